@@ -1,0 +1,107 @@
+"""`create_app(settings)`: the composition root of the HTTP service."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import anyio
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from api.notify import notify
+from api.orders import get_order, order_events, register_order
+from api.responses import LedgerJSONResponse, fail
+from api.state import AppState, Merchant
+from ledger.application import Ledger, build_ledger
+from ledger.errors import InvalidRequest, LedgerError
+from ledger.settings import Settings
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("api")
+
+_ERROR_CODES = {400: "INVALID_REQUEST", 401: "UNAUTHORIZED", 404: "NOT_FOUND", 409: "CONFLICT"}
+
+
+async def healthz(request: Request) -> Response:
+    return LedgerJSONResponse({"status": "ok"})
+
+
+def _is_open(path: str) -> bool:
+    return path == "/healthz" or path == "/wechatpay/notify" or path.startswith("/wechatpay/notify/")
+
+
+class AdminTokenMiddleware:
+    """With `LEDGER_ADMIN_TOKEN` set, everything but notifications and /healthz needs it."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self._app = app
+        self._expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not _is_open(scope["path"]):
+            given = Headers(scope=scope).get("authorization", "").encode()
+            if not hmac.compare_digest(given, self._expected):
+                await fail(401, "missing or wrong admin token", "UNAUTHORIZED")(scope, receive, send)
+                return
+        await self._app(scope, receive, send)
+
+
+async def _ledger_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, LedgerError)
+    code = "FAIL" if request.url.path.startswith("/wechatpay/") else _ERROR_CODES.get(exc.status_code, "FAIL")
+    # Our own API explains what was wrong with the request; everything else gets the fixed reason.
+    message = str(exc) if isinstance(exc, InvalidRequest) else exc.reason
+    return fail(exc.status_code, message, code)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.error("unexpected %s on %s %s", type(exc).__name__, request.method, request.url.path, exc_info=exc)
+    return fail(500, "internal error")
+
+
+def create_app(
+    settings: Settings,
+    *,
+    ledger: Ledger | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Starlette:
+    """Build the service; the ledger is built from `settings` unless one is given (tests)."""
+    merchants = {m.mchid: Merchant.from_settings(m, clock) for m in settings.merchants}
+    the_ledger = ledger if ledger is not None else build_ledger(settings.database_url.value)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        app.state.ledger = AppState(
+            settings, the_ledger, merchants, anyio.CapacityLimiter(settings.worker_threads)
+        )
+        yield
+        if ledger is None:
+            the_ledger.close()
+
+    middleware = []
+    if settings.admin_token is not None:
+        middleware.append(Middleware(AdminTokenMiddleware, token=settings.admin_token.value))
+    routes = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/wechatpay/notify", notify, methods=["POST"]),
+        Route("/wechatpay/notify/{mchid}", notify, methods=["POST"]),
+        Route("/orders", register_order, methods=["POST"]),
+        Route("/orders/{out_trade_no}", get_order, methods=["GET"]),
+        Route("/orders/{out_trade_no}/events", order_events, methods=["GET"]),
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={LedgerError: _ledger_error, Exception: _unexpected},
+    )

@@ -1,0 +1,89 @@
+"""`POST /wechatpay/notify[/{mchid}]`: raw bytes in; 204 only after the events are committed."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import anyio
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from api.responses import fail
+from api.state import AppState
+from ledger.errors import BodyTooLarge, DecryptionFailed, NotificationRejected, StoreUnavailable
+
+__all__ = ["notify", "read_body"]
+
+log = logging.getLogger("api.notify")
+BODY_READ_TIMEOUT = 10.0
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, byte for byte, refused above `limit` before it is all read."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"declared {declared} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"more than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def notify(request: Request) -> Response:
+    state: AppState = request.app.state.ledger
+    started = time.perf_counter()
+    mchid = request.path_params.get("mchid") or state.default_mchid
+    merchant = state.merchants.get(mchid or "")
+    if merchant is None:
+        log.warning("notification for unknown merchant %r", (mchid or "")[:32])
+        return fail(404, "unknown merchant")
+    try:
+        with anyio.fail_after(BODY_READ_TIMEOUT):
+            body = await read_body(request, state.max_body_bytes)
+    except BodyTooLarge as exc:
+        log.warning("notification refused mchid=%s: %s", mchid, exc.reason)
+        return fail(413, exc.reason)
+    except TimeoutError:
+        log.warning("notification body not received within %.0fs mchid=%s", BODY_READ_TIMEOUT, mchid)
+        return fail(408, "request body timeout")
+    except ClientDisconnect:
+        return fail(400, "client disconnected")
+
+    try:
+        notification = merchant.verifier.verify(request.headers, body)
+    except DecryptionFailed:
+        log.error(
+            "SIGNED NOTIFICATION DOES NOT DECRYPT for mchid=%s: WECHATPAY_APIV3_KEY is wrong or was "
+            "reset; WeChat will retry, fix the key now",
+            mchid,
+        )
+        return fail(500, DecryptionFailed.reason)
+    except NotificationRejected as exc:
+        log.warning("notification rejected mchid=%s status=%d: %s", mchid, exc.status_code, exc)
+        return fail(exc.status_code, exc.reason)
+
+    try:
+        result = await anyio.to_thread.run_sync(
+            lambda: state.ledger.record_notification(
+                merchant.mchid, notification, expected_appid=merchant.appid
+            ),
+            limiter=state.limiter,
+        )
+    except StoreUnavailable:
+        log.error("notification %s not stored: store unavailable; answering 503", notification.id)
+        return fail(503, StoreUnavailable.reason)
+    log.info(
+        "notification %s %s mchid=%s %s stream_version=%d in %.1fms",
+        notification.id,
+        notification.event_type,
+        merchant.mchid,
+        result.outcome.value,
+        result.version,
+        (time.perf_counter() - started) * 1000,
+    )
+    return Response(status_code=204)

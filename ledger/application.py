@@ -1,0 +1,196 @@
+"""The ledger application: commands in, events stored, state by replay.
+
+Every command is load → decide → save, retried on a version conflict (another worker or
+replica appended first), so concurrent deliveries are never lost and never decided twice.
+The library is synchronous; the web layer calls it from worker threads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import IntegrityError, PersistenceError
+
+from ledger.domain import Evidence, NotificationInbox, Outcome, PaymentOrder, inbox_id, order_id
+from ledger.errors import InvalidRequest, OrderConflict, OrderNotFound, StoreUnavailable
+from ledger.storage import persistence_env
+from ledger.wechatpay.notification import VerifiedNotification
+
+__all__ = ["Ledger", "RecordResult", "build_ledger", "event_to_dict"]
+
+log = logging.getLogger("ledger.application")
+
+T = TypeVar("T")
+_BASE_FIELDS = {"originator_id", "originator_version", "timestamp", "originator_topic"}
+MAX_CONFLICT_RETRIES = 50
+
+
+@dataclass(frozen=True)
+class RecordResult:
+    outcome: Outcome
+    stream_id: UUID
+    version: int
+    routed_to_order: bool
+
+
+def event_to_dict(event: Any) -> dict[str, Any]:
+    """A stored event as the audit API shows it."""
+    data = {
+        f.name: getattr(event, f.name)
+        for f in dataclasses.fields(event)
+        if f.name not in _BASE_FIELDS
+    }
+    return {
+        "version": event.originator_version,
+        "type": type(event).__name__,
+        "recorded_at": event.timestamp,
+        "data": data,
+    }
+
+
+class Ledger(Application[UUID]):
+    name = "ledger"
+
+    # -- commands -------------------------------------------------------------------------
+
+    def register_order(
+        self, mchid: str, out_trade_no: str, amount_total: int, currency: str = "CNY", description: str = ""
+    ) -> tuple[PaymentOrder, bool]:
+        """Register an expected order; returns (order, created). Same body again: not created."""
+        if not isinstance(amount_total, int) or isinstance(amount_total, bool) or amount_total <= 0:
+            raise InvalidRequest("amount_total must be a positive integer in fen")
+
+        def attempt() -> tuple[PaymentOrder, bool]:
+            order = self._load_or_open(mchid, out_trade_no)
+            try:
+                changed = order.register(amount_total, currency, description)
+            except ValueError:
+                raise OrderConflict(f"order {out_trade_no} registered with different details") from None
+            if changed:
+                self.save(order)
+            return order, changed
+
+        return self._with_retries(attempt)
+
+    def record_notification(
+        self, mchid: str, notification: VerifiedNotification, *, expected_appid: str | None = None
+    ) -> RecordResult:
+        """Append a verified delivery (and its decisions) to its stream; durable on return."""
+        evidence = evidence_from(notification)
+        out_trade_no = notification.resource.get("out_trade_no")
+
+        def attempt() -> RecordResult:
+            if isinstance(out_trade_no, str) and out_trade_no:
+                order = self._load_or_open(mchid, out_trade_no)
+                outcome = order.receive(evidence, expected_appid=expected_appid)
+                stream: PaymentOrder | NotificationInbox = order
+            else:
+                stream = self._load_inbox(mchid, notification.id)
+                outcome = stream.receive(evidence)
+            if outcome is Outcome.RECORDED:
+                self.save(stream)
+            return RecordResult(outcome, stream.id, stream.version, isinstance(stream, PaymentOrder))
+
+        return self._with_retries(attempt)
+
+    # -- queries --------------------------------------------------------------------------
+
+    def get_order(self, mchid: str, out_trade_no: str) -> PaymentOrder:
+        with self._store():
+            try:
+                order = self.repository.get(order_id(mchid, out_trade_no))
+            except AggregateNotFoundError:
+                raise OrderNotFound(out_trade_no) from None
+        assert isinstance(order, PaymentOrder)
+        return order
+
+    def history(self, stream_id: UUID) -> list[dict[str, Any]]:
+        with self._store():
+            return [event_to_dict(e) for e in self.events.get(stream_id)]
+
+    def order_history(self, mchid: str, out_trade_no: str) -> list[dict[str, Any]]:
+        events = self.history(order_id(mchid, out_trade_no))
+        if not events:
+            raise OrderNotFound(out_trade_no)
+        return events
+
+    def inbox_history(self, mchid: str, notification_id: str) -> list[dict[str, Any]]:
+        return self.history(inbox_id(mchid, notification_id))
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _load_or_open(self, mchid: str, out_trade_no: str) -> PaymentOrder:
+        try:
+            order = self.repository.get(order_id(mchid, out_trade_no))
+        except AggregateNotFoundError:
+            return PaymentOrder.open(mchid, out_trade_no)
+        assert isinstance(order, PaymentOrder)
+        return order
+
+    def _load_inbox(self, mchid: str, notification_id: str) -> NotificationInbox:
+        try:
+            inbox = self.repository.get(inbox_id(mchid, notification_id))
+        except AggregateNotFoundError:
+            return NotificationInbox.open(mchid, notification_id)
+        assert isinstance(inbox, NotificationInbox)
+        return inbox
+
+    @contextmanager
+    def _store(self) -> Iterator[None]:
+        try:
+            yield
+        except IntegrityError:
+            raise
+        except PersistenceError as exc:
+            log.error("event store unavailable: %s", type(exc).__name__)
+            raise StoreUnavailable(type(exc).__name__) from None
+
+    def _with_retries(self, attempt: Callable[[], T]) -> T:
+        for n in range(MAX_CONFLICT_RETRIES):
+            try:
+                with self._store():
+                    return attempt()
+            except IntegrityError:
+                # Another writer appended to this stream first: reload and decide again.
+                time.sleep(random.uniform(0, 0.002 * (n + 1)))
+        log.error("gave up after %d version conflicts", MAX_CONFLICT_RETRIES)
+        raise StoreUnavailable("too many concurrent writers on one stream")
+
+
+def evidence_from(notification: VerifiedNotification) -> Evidence:
+    return Evidence(
+        notification_id=notification.id,
+        event_type=notification.event_type,
+        delivery_key=notification.delivery_key,
+        key_serial=notification.key_serial,
+        raw_body=notification.body.decode("utf-8"),
+        signature_headers=notification.headers.as_dict(),
+        envelope=notification.envelope,
+        resource=notification.resource,
+        resource_digest=notification.resource_digest,
+        received_at=notification.received_at,
+    )
+
+
+def build_ledger(database_url: str, extra_env: Mapping[str, str] | None = None) -> Ledger:
+    """Construct the application on the configured store (tables created if missing)."""
+    env = persistence_env(database_url)
+    env.update(extra_env or {})
+    try:
+        return Ledger(env=env)
+    except PersistenceError as exc:
+        raise StoreUnavailable(type(exc).__name__) from None
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)

@@ -1,0 +1,153 @@
+"""`payledger`: thin commands over the ledger: parse, call, print."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from ledger.errors import ConfigurationError, LedgerError
+from ledger.settings import Settings
+
+__all__ = ["main"]
+
+
+def _settings(args: argparse.Namespace, *, require_merchant: bool = True) -> Settings:
+    env = dict(os.environ)
+    if getattr(args, "dev", False) and not env.get("WECHATPAY_MCHID") and not env.get("LEDGER_CONFIG"):
+        from ledger.devmode import dev_environment
+
+        env.update(dev_environment())
+    return Settings.load(env, require_merchant=require_merchant)
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.app import create_app
+    from ledger.storage import redact_url
+
+    settings = _settings(args)
+    _configure_logging(settings.log_level)
+    app = create_app(settings)
+    merchants = ", ".join(m.mchid for m in settings.merchants)
+    print(
+        f"payledger: serving on http://{args.host}:{args.port} "
+        f"(store {redact_url(settings.database_url.value)}; merchants {merchants})",
+        file=sys.stderr,
+    )
+    if args.dev:
+        print(
+            f"payledger: development merchant; notify URL http://{args.host}:{args.port}/wechatpay/notify\n"
+            "payledger: try   payledger dev-notify ORDER-0001 --amount 100 "
+            f"--url http://{args.host}:{args.port}\n"
+            "payledger: then  payledger history ORDER-0001 --dev",
+            file=sys.stderr,
+        )
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_keep_alive=30)
+    return 0
+
+
+def _print_event(event: dict[str, Any]) -> None:
+    data = event["data"]
+    line = f"{event['version']:>4}  {event['recorded_at'].isoformat()}  {event['type']}"
+    if event["type"] == "NotificationReceived":
+        line += f"  {data['event_type']} id={data['notification_id']} serial={data['key_serial']}"
+    elif event["type"] == "Registered":
+        line += f"  amount_total={data['amount_total']} {data['currency']}"
+    elif event["type"] == "PaymentSucceeded":
+        line += f"  transaction_id={data['transaction_id']} amount_total={data['amount_total']}"
+    elif event["type"].startswith("Refund"):
+        line += f"  out_refund_no={data['out_refund_no']} refund={data['refund']}"
+    elif event["type"] == "AnomalyDetected":
+        line += f"  {data['kind']} {json.dumps(data['detail'], ensure_ascii=False)}"
+    print(line)
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from api.responses import to_jsonable
+    from ledger.application import build_ledger
+
+    settings = _settings(args)
+    mchid = args.mchid or settings.merchants[0].mchid
+    ledger = build_ledger(settings.database_url.value)
+    try:
+        events = ledger.order_history(mchid, args.out_trade_no)
+        order = ledger.get_order(mchid, args.out_trade_no)
+    finally:
+        ledger.close()
+    if args.json:
+        print(json.dumps(to_jsonable({"events": events}), ensure_ascii=False, indent=2))
+        return 0
+    print(f"order {order.out_trade_no} (mchid {order.mchid}): {order.trade_state}, version {order.version}")
+    for event in events:
+        _print_event(event)
+    return 0
+
+
+def cmd_dev_notify(args: argparse.Namespace) -> int:
+    import httpx
+
+    from ledger.devmode import dev_factory
+
+    factory = dev_factory()
+    if args.refund:
+        out_refund_no, _, amount = args.refund.partition(":")
+        delivery = factory.refunded(args.out_trade_no, out_refund_no, int(amount), args.amount)
+    else:
+        delivery = factory.paid(args.out_trade_no, args.amount)
+    response = httpx.post(f"{args.url.rstrip('/')}/wechatpay/notify", content=delivery.body, headers=delivery.headers)
+    print(f"POST /wechatpay/notify -> {response.status_code} {response.text}")
+    return 0 if response.status_code in (200, 204) else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="payledger", description="Event-sourced WeChat Pay ledger")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the HTTP service")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--dev", action="store_true", help="use a generated local test merchant (./payledger-dev)")
+    serve.set_defaults(func=cmd_serve)
+
+    history = sub.add_parser("history", help="print an order's full event history")
+    history.add_argument("out_trade_no")
+    history.add_argument("--mchid")
+    history.add_argument("--json", action="store_true")
+    history.add_argument("--dev", action="store_true")
+    history.set_defaults(func=cmd_history)
+
+    dev = sub.add_parser("dev-notify", help="send a signed test notification (development merchant only)")
+    dev.add_argument("out_trade_no")
+    dev.add_argument("--amount", type=int, required=True, help="order total in fen")
+    dev.add_argument("--refund", metavar="OUT_REFUND_NO:FEN", help="send a refund notification instead")
+    dev.add_argument("--url", default="http://127.0.0.1:8000")
+    dev.set_defaults(func=cmd_dev_notify)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigurationError as exc:
+        print(f"payledger: configuration error: {exc.setting}: {exc.problem}", file=sys.stderr)
+        return 2
+    except LedgerError as exc:
+        print(f"payledger: {exc.reason}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,390 @@
+"""The payment order aggregate: evidence in, decisions out, no I/O.
+
+Evidence is a verified notification delivery (or, later, a status query). Decisions are
+derived from evidence by `PaymentOrder.receive` and recorded as their own events, so a replay
+never re-decides: it re-applies. Every decision is guarded by state that the decision itself
+changes, which is why duplicates, retries and reorderings collapse into one decision.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from eventsourcing.domain import Aggregate
+
+__all__ = [
+    "Evidence",
+    "NotificationInbox",
+    "Outcome",
+    "PaymentOrder",
+    "inbox_id",
+    "order_id",
+]
+
+NAMESPACE = uuid.UUID("5b0e3c36-8f5e-4f3a-9f2b-6b7e1c0d9a41")
+# NUL cannot occur in an mchid, an out_trade_no or a notification id, so ("ab","c") != ("a","bc").
+_SEP = "\x00"
+
+
+def order_id(mchid: str, out_trade_no: str) -> uuid.UUID:
+    return uuid.uuid5(NAMESPACE, f"order{_SEP}{mchid}{_SEP}{out_trade_no}")
+
+
+def inbox_id(mchid: str, notification_id: str) -> uuid.UUID:
+    return uuid.uuid5(NAMESPACE, f"notification{_SEP}{mchid}{_SEP}{notification_id}")
+
+
+class Outcome(str, Enum):
+    RECORDED = "recorded"
+    DUPLICATE = "duplicate"
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """A verified notification, as the domain sees it (the protocol layer builds it)."""
+
+    notification_id: str
+    event_type: str
+    delivery_key: str
+    key_serial: str
+    raw_body: str
+    signature_headers: dict[str, str]
+    envelope: dict[str, Any]
+    resource: dict[str, Any]
+    resource_digest: str
+    received_at: dt.datetime
+
+
+def _amount(resource: dict[str, Any], name: str) -> int | None:
+    amount = resource.get("amount")
+    if isinstance(amount, dict):
+        value = amount.get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def _str(resource: dict[str, Any], name: str) -> str:
+    value = resource.get(name)
+    return value if isinstance(value, str) else ""
+
+
+class _DeliveryLog(Aggregate):
+    """Keeps every delivery; answers whether a delivery is a byte-identical replay."""
+
+    delivery_keys: set[str]
+    resource_digests: dict[str, str]
+
+    class NotificationReceived(Aggregate.Event):
+        notification_id: str
+        event_type: str
+        delivery_key: str
+        key_serial: str
+        raw_body: str
+        signature_headers: dict[str, str]
+        envelope: dict[str, Any]
+        resource: dict[str, Any]
+        resource_digest: str
+        received_at: dt.datetime
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.delivery_keys.add(self.delivery_key)
+            aggregate.resource_digests.setdefault(self.notification_id, self.resource_digest)
+            aggregate.deliveries += 1
+
+    def _init_log(self) -> None:
+        self.delivery_keys = set()
+        self.resource_digests = {}
+        self.deliveries = 0
+
+    def _record_delivery(self, evidence: Evidence) -> bool:
+        """Append the delivery unless it is a byte-identical replay; True when appended."""
+        if evidence.delivery_key in self.delivery_keys:
+            return False
+        self.trigger_event(
+            self.NotificationReceived,
+            notification_id=evidence.notification_id,
+            event_type=evidence.event_type,
+            delivery_key=evidence.delivery_key,
+            key_serial=evidence.key_serial,
+            raw_body=evidence.raw_body,
+            signature_headers=dict(evidence.signature_headers),
+            envelope=evidence.envelope,
+            resource=evidence.resource,
+            resource_digest=evidence.resource_digest,
+            received_at=evidence.received_at,
+        )
+        return True
+
+
+class NotificationInbox(_DeliveryLog):
+    """Notifications that name no order (e.g. PAYSCORE.*, COMPLAINT.*): kept, never dropped."""
+
+    class Opened(Aggregate.Created):
+        mchid: str
+        notification_id: str
+
+    def __init__(self, mchid: str, notification_id: str) -> None:
+        self.mchid = mchid
+        self.notification_id = notification_id
+        self._init_log()
+
+    @classmethod
+    def open(cls, mchid: str, notification_id: str) -> NotificationInbox:
+        return cls._create(
+            cls.Opened, id=inbox_id(mchid, notification_id), mchid=mchid, notification_id=notification_id
+        )
+
+    def receive(self, evidence: Evidence) -> Outcome:
+        return Outcome.RECORDED if self._record_delivery(evidence) else Outcome.DUPLICATE
+
+
+class PaymentOrder(_DeliveryLog):
+    """One merchant order (mchid, out_trade_no) and everything WeChat told us about it."""
+
+    FINAL_REFUND_STATES = frozenset({"SUCCESS", "CLOSED"})
+
+    class Opened(Aggregate.Created):
+        mchid: str
+        out_trade_no: str
+
+    def __init__(self, mchid: str, out_trade_no: str) -> None:
+        self.mchid = mchid
+        self.out_trade_no = out_trade_no
+        self.registered = False
+        self.amount_total: int | None = None
+        self.currency = "CNY"
+        self.description = ""
+        self.trade_state = "NOTPAY"
+        self.transaction_id: str | None = None
+        self.success_time: str | None = None
+        self.paid = False
+        self.paid_total: int | None = None
+        self.payer_total: int | None = None
+        self.refunds: dict[str, dict[str, Any]] = {}
+        self.anomalies: list[dict[str, Any]] = []
+        self.anomaly_keys: set[str] = set()
+        self._init_log()
+
+    @classmethod
+    def open(cls, mchid: str, out_trade_no: str) -> PaymentOrder:
+        return cls._create(cls.Opened, id=order_id(mchid, out_trade_no), mchid=mchid, out_trade_no=out_trade_no)
+
+    @property
+    def refunded_total(self) -> int:
+        return sum(r["refund"] for r in self.refunds.values() if r["status"] == "SUCCESS")
+
+    # -- events --------------------------------------------------------------------------
+
+    class Registered(Aggregate.Event):
+        amount_total: int
+        currency: str
+        description: str
+
+        def apply(self, order: PaymentOrder) -> None:
+            order.registered = True
+            order.amount_total = self.amount_total
+            order.currency = self.currency
+            order.description = self.description
+
+    class PaymentSucceeded(Aggregate.Event):
+        transaction_id: str
+        amount_total: int | None
+        payer_total: int | None
+        currency: str
+        success_time: str
+        trade_type: str
+        evidence: str
+
+        def apply(self, order: PaymentOrder) -> None:
+            order.trade_state = "SUCCESS" if order.trade_state in {"NOTPAY", "SUCCESS"} else order.trade_state
+            order.paid = True
+            order.transaction_id = self.transaction_id
+            order.success_time = self.success_time
+            order.paid_total = self.amount_total
+            order.payer_total = self.payer_total
+            if order.amount_total is None:
+                order.amount_total = self.amount_total
+
+    class _RefundDecision(Aggregate.Event):
+        out_refund_no: str
+        refund_id: str
+        refund: int
+        success_time: str
+        transaction_id: str
+        evidence: str
+
+        status = ""
+
+        def apply(self, order: PaymentOrder) -> None:
+            order.refunds[self.out_refund_no] = {
+                "out_refund_no": self.out_refund_no,
+                "refund_id": self.refund_id,
+                "refund": self.refund,
+                "status": self.status,
+                "success_time": self.success_time or None,
+            }
+            if self.status == "SUCCESS":
+                order.trade_state = "REFUND"
+            if order.transaction_id is None and self.transaction_id:
+                order.transaction_id = self.transaction_id
+
+    class RefundSucceeded(_RefundDecision):
+        status = "SUCCESS"
+
+    class RefundClosed(_RefundDecision):
+        status = "CLOSED"
+
+    class RefundAbnormal(_RefundDecision):
+        status = "ABNORMAL"
+
+    class AnomalyDetected(Aggregate.Event):
+        kind: str
+        key: str
+        detail: dict[str, Any]
+        evidence: str
+
+        def apply(self, order: PaymentOrder) -> None:
+            order.anomaly_keys.add(self.key)
+            order.anomalies.append({"kind": self.kind, "detail": self.detail, "evidence": self.evidence})
+
+    # -- commands ------------------------------------------------------------------------
+
+    def register(self, amount_total: int, currency: str, description: str) -> bool:
+        """Register the expected order; False when already registered identically.
+
+        Raises ValueError when registered with different details (the caller maps it to 409).
+        """
+        if self.registered:
+            if (self.amount_total, self.currency, self.description) == (amount_total, currency, description):
+                return False
+            raise ValueError("registered with different details")
+        self.trigger_event(self.Registered, amount_total=amount_total, currency=currency, description=description)
+        if self.paid and self.paid_total != amount_total:
+            self._anomaly(
+                "amount_mismatch",
+                f"amount_mismatch:payment:{self.transaction_id}",
+                {"expected": amount_total, "actual": self.paid_total, "field": "amount.total"},
+                evidence="registration",
+            )
+        return True
+
+    def receive(self, evidence: Evidence, *, expected_appid: str | None = None) -> Outcome:
+        """Record a delivery and derive whatever decisions it supports."""
+        if not self._record_delivery(evidence):
+            return Outcome.DUPLICATE
+        first_digest = self.resource_digests[evidence.notification_id]
+        if first_digest != evidence.resource_digest:
+            self._anomaly(
+                "notification_conflict",
+                f"notification_conflict:{evidence.notification_id}:{evidence.resource_digest}",
+                {"notification_id": evidence.notification_id},
+                evidence.notification_id,
+            )
+            return Outcome.RECORDED
+        if evidence.event_type == "TRANSACTION.SUCCESS":
+            self._decide_payment(evidence.resource, evidence.notification_id, expected_appid)
+        elif evidence.event_type in {"REFUND.SUCCESS", "REFUND.CLOSED", "REFUND.ABNORMAL"}:
+            self._decide_refund(evidence.resource, evidence.notification_id, evidence.event_type[7:])
+        return Outcome.RECORDED
+
+    # -- decisions -----------------------------------------------------------------------
+
+    def _anomaly(self, kind: str, key: str, detail: dict[str, Any], evidence: str) -> None:
+        if key not in self.anomaly_keys:
+            self.trigger_event(self.AnomalyDetected, kind=kind, key=key, detail=detail, evidence=evidence)
+
+    def _identity_matches(self, resource: dict[str, Any], evidence: str, expected_appid: str | None) -> bool:
+        mchid = _str(resource, "mchid")
+        if mchid != self.mchid:
+            self._anomaly(
+                "mchid_mismatch", f"mchid_mismatch:{evidence}", {"expected": self.mchid, "actual": mchid}, evidence
+            )
+            return False
+        appid = resource.get("appid")
+        if expected_appid is not None and appid is not None and appid != expected_appid:
+            self._anomaly(
+                "appid_mismatch",
+                f"appid_mismatch:{evidence}",
+                {"expected": expected_appid, "actual": str(appid)},
+                evidence,
+            )
+            return False
+        return True
+
+    def _check_total(self, resource: dict[str, Any], subject: str, evidence: str) -> None:
+        total = _amount(resource, "total")
+        currency = resource.get("amount", {}).get("currency") if isinstance(resource.get("amount"), dict) else None
+        if self.registered and total != self.amount_total:
+            self._anomaly(
+                "amount_mismatch",
+                f"amount_mismatch:{subject}",
+                {"expected": self.amount_total, "actual": total, "field": "amount.total"},
+                evidence,
+            )
+        elif self.registered and currency is not None and currency != self.currency:
+            self._anomaly(
+                "amount_mismatch",
+                f"currency_mismatch:{subject}",
+                {"expected": self.currency, "actual": str(currency), "field": "amount.currency"},
+                evidence,
+            )
+
+    def _decide_payment(self, resource: dict[str, Any], evidence: str, expected_appid: str | None) -> None:
+        if resource.get("trade_state") != "SUCCESS" or not self._identity_matches(resource, evidence, expected_appid):
+            return
+        transaction_id = _str(resource, "transaction_id")
+        self._check_total(resource, f"payment:{transaction_id}", evidence)
+        if self.paid:
+            if transaction_id and transaction_id != self.transaction_id:
+                self._anomaly(
+                    "transaction_conflict",
+                    f"transaction_conflict:{transaction_id}",
+                    {"expected": self.transaction_id, "actual": transaction_id},
+                    evidence,
+                )
+            return
+        amount = resource.get("amount") if isinstance(resource.get("amount"), dict) else {}
+        self.trigger_event(
+            self.PaymentSucceeded,
+            transaction_id=transaction_id,
+            amount_total=_amount(resource, "total"),
+            payer_total=_amount(resource, "payer_total"),
+            currency=str(amount.get("currency") or "CNY"),
+            success_time=_str(resource, "success_time"),
+            trade_type=_str(resource, "trade_type"),
+            evidence=evidence,
+        )
+
+    def _decide_refund(self, resource: dict[str, Any], evidence: str, event_status: str) -> None:
+        out_refund_no = _str(resource, "out_refund_no")
+        status = _str(resource, "refund_status") or event_status
+        if not out_refund_no or status != event_status or not self._identity_matches(resource, evidence, None):
+            return
+        refund = _amount(resource, "refund")
+        current = self.refunds.get(out_refund_no, {}).get("status")
+        if current in self.FINAL_REFUND_STATES or current == status or refund is None:
+            return
+        self._check_total(resource, f"refund:{out_refund_no}", evidence)
+        decision = {"SUCCESS": self.RefundSucceeded, "CLOSED": self.RefundClosed, "ABNORMAL": self.RefundAbnormal}[status]
+        self.trigger_event(
+            decision,
+            out_refund_no=out_refund_no,
+            refund_id=_str(resource, "refund_id"),
+            refund=refund,
+            success_time=_str(resource, "success_time"),
+            transaction_id=_str(resource, "transaction_id"),
+            evidence=evidence,
+        )
+        ceiling = self.paid_total if self.paid_total is not None else _amount(resource, "total")
+        if status == "SUCCESS" and ceiling is not None and self.refunded_total > ceiling:
+            self._anomaly(
+                "over_refund",
+                f"over_refund:{out_refund_no}",
+                {"paid": ceiling, "refunded_total": self.refunded_total},
+                evidence,
+            )

@@ -1,0 +1,98 @@
+"""Every error the ledger raises, in one tree.
+
+LedgerError
+├── ConfigurationError          bad or missing setting, raised at start-up; names the setting
+├── NotificationRejected        an inbound notification we must not acknowledge
+│   ├── VerificationFailed      401: missing headers, stale timestamp, unknown serial,
+│   │                                probe or bad signature, wrong signature type
+│   ├── MalformedNotification   400: verified, but the envelope is not what WeChat sends
+│   ├── BodyTooLarge            413
+│   └── DecryptionFailed        500: signed correctly but the resource does not decrypt
+│                                    (our APIv3 key is wrong); WeChat keeps retrying
+├── OrderConflict               409: the order exists with different registration details
+├── OrderNotFound               404
+├── InvalidRequest              400: a request to our own API is malformed
+└── StoreUnavailable            503: the event store cannot be reached; nothing was stored
+
+Each error carries a short, fixed `reason` that is safe to put in an answer; the exception
+message may hold more detail for logs, never secrets.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BodyTooLarge",
+    "ConfigurationError",
+    "DecryptionFailed",
+    "InvalidRequest",
+    "LedgerError",
+    "MalformedNotification",
+    "NotificationRejected",
+    "OrderConflict",
+    "OrderNotFound",
+    "StoreUnavailable",
+    "VerificationFailed",
+]
+
+
+class LedgerError(Exception):
+    status_code = 500
+    reason = "internal error"
+
+    def __init__(self, detail: str = "", *, reason: str | None = None) -> None:
+        super().__init__(detail or reason or self.reason)
+        if reason is not None:
+            self.reason = reason
+
+
+class ConfigurationError(LedgerError):
+    """A setting is missing or invalid; `setting` names it."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        super().__init__(f"{setting}: {problem}")
+        self.setting = setting
+        self.problem = problem
+
+
+class NotificationRejected(LedgerError):
+    pass
+
+
+class VerificationFailed(NotificationRejected):
+    status_code = 401
+    reason = "signature verification failed"
+
+
+class MalformedNotification(NotificationRejected):
+    status_code = 400
+    reason = "malformed notification"
+
+
+class BodyTooLarge(NotificationRejected):
+    status_code = 413
+    reason = "body too large"
+
+
+class DecryptionFailed(NotificationRejected):
+    status_code = 500
+    reason = "resource decryption failed"
+
+
+class OrderConflict(LedgerError):
+    status_code = 409
+    reason = "order already registered with different details"
+
+
+class OrderNotFound(LedgerError):
+    status_code = 404
+    reason = "order not found"
+
+
+class InvalidRequest(LedgerError):
+    status_code = 400
+    reason = "invalid request"
+
+
+class StoreUnavailable(LedgerError):
+    status_code = 503
+    reason = "store unavailable"

@@ -1,0 +1,277 @@
+"""Settings, read once at start-up from the environment and an optional TOML file.
+
+One merchant comes from ``WECHATPAY_*`` variables; several from ``[[merchants]]`` tables in
+the file named by ``LEDGER_CONFIG`` (same keys, with or without the ``WECHATPAY_`` prefix, any
+case). Every problem is a `ConfigurationError` naming the setting, raised here and not at
+the first callback. Secrets are masked in every ``repr``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from ledger.errors import ConfigurationError
+from ledger.wechatpay.keys import PUBLIC_KEY_ID_PREFIX, KeyStore
+
+__all__ = ["DEFAULT_API_BASE_URL", "MerchantSettings", "Secret", "Settings"]
+
+DEFAULT_API_BASE_URL = "https://api.mch.weixin.qq.com"
+DEFAULT_DATABASE_URL = "sqlite:///payledger.sqlite3"
+
+_MERCHANT_KEYS = {
+    "WECHATPAY_MCHID",
+    "WECHATPAY_APPID",
+    "WECHATPAY_APIV3_KEY",
+    "WECHATPAY_MERCHANT_SERIAL_NO",
+    "WECHATPAY_MERCHANT_PRIVATE_KEY_FILE",
+    "WECHATPAY_PUBLIC_KEY_ID",
+    "WECHATPAY_PUBLIC_KEY_FILE",
+    "WECHATPAY_PLATFORM_CERT_DIR",
+    "WECHATPAY_API_BASE_URL",
+}
+_LEDGER_KEYS = {
+    "LEDGER_DATABASE_URL",
+    "LEDGER_ADMIN_TOKEN",
+    "LEDGER_MAX_BODY_BYTES",
+    "LEDGER_WORKER_THREADS",
+    "LEDGER_LOG_LEVEL",
+}
+_MCHID = re.compile(r"[0-9]{6,32}")
+_APPID = re.compile(r"w[a-z][0-9A-Za-z]{16}")
+_HEX_SERIAL = re.compile(r"[0-9A-Fa-f]{1,64}")
+_PUBLIC_KEY_ID = re.compile(re.escape(PUBLIC_KEY_ID_PREFIX) + r"[0-9A-Za-z_]{1,64}")
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A value that never shows in a repr, a str or a log line."""
+
+    value: str = field(repr=False)
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class MerchantSettings:
+    mchid: str
+    apiv3_key: Secret
+    keys: KeyStore = field(repr=False, compare=False)
+    appid: str | None = None
+    merchant_serial_no: str | None = None
+    merchant_private_key: RSAPrivateKey | None = field(default=None, repr=False, compare=False)
+    public_key_id: str | None = None
+    platform_cert_dir: Path | None = None
+    api_base_url: str = DEFAULT_API_BASE_URL
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, str], where: str = "") -> MerchantSettings:
+        """Build from ``WECHATPAY_*`` keys; `where` prefixes setting names in errors."""
+
+        def name(key: str) -> str:
+            return f"{where}{key}"
+
+        def get(key: str) -> str | None:
+            value = values.get(key)
+            if value is None:
+                return None
+            value = str(value).strip()
+            return value or None
+
+        mchid = get("WECHATPAY_MCHID")
+        if mchid is None:
+            raise ConfigurationError(name("WECHATPAY_MCHID"), "is required")
+        if not _MCHID.fullmatch(mchid):
+            raise ConfigurationError(name("WECHATPAY_MCHID"), "must be the merchant's numeric id")
+
+        appid = get("WECHATPAY_APPID")
+        if appid is not None and not _APPID.fullmatch(appid):
+            raise ConfigurationError(name("WECHATPAY_APPID"), "must look like wx followed by 16 letters or digits")
+
+        apiv3 = get("WECHATPAY_APIV3_KEY")
+        if apiv3 is None:
+            raise ConfigurationError(name("WECHATPAY_APIV3_KEY"), "is required")
+        if len(apiv3.encode()) != 32:
+            raise ConfigurationError(name("WECHATPAY_APIV3_KEY"), "must be exactly 32 bytes")
+
+        serial_no = get("WECHATPAY_MERCHANT_SERIAL_NO")
+        key_file = get("WECHATPAY_MERCHANT_PRIVATE_KEY_FILE")
+        if (serial_no is None) != (key_file is None):
+            missing = "WECHATPAY_MERCHANT_PRIVATE_KEY_FILE" if key_file is None else "WECHATPAY_MERCHANT_SERIAL_NO"
+            raise ConfigurationError(name(missing), "is required with the other merchant key setting")
+        if serial_no is not None and not _HEX_SERIAL.fullmatch(serial_no):
+            raise ConfigurationError(name("WECHATPAY_MERCHANT_SERIAL_NO"), "must be the hex serial of the merchant API certificate")
+        private_key = None
+        if key_file is not None:
+            private_key = _load_private_key(Path(key_file), name("WECHATPAY_MERCHANT_PRIVATE_KEY_FILE"))
+
+        public_key_id = get("WECHATPAY_PUBLIC_KEY_ID")
+        public_key_file = get("WECHATPAY_PUBLIC_KEY_FILE")
+        if (public_key_id is None) != (public_key_file is None):
+            missing = "WECHATPAY_PUBLIC_KEY_FILE" if public_key_file is None else "WECHATPAY_PUBLIC_KEY_ID"
+            raise ConfigurationError(name(missing), "is required in public-key mode (set both or neither)")
+        if public_key_id is not None and not _PUBLIC_KEY_ID.fullmatch(public_key_id):
+            raise ConfigurationError(name("WECHATPAY_PUBLIC_KEY_ID"), f"must start with {PUBLIC_KEY_ID_PREFIX}")
+        cert_dir = get("WECHATPAY_PLATFORM_CERT_DIR")
+        if public_key_id is None and cert_dir is None:
+            raise ConfigurationError(
+                name("WECHATPAY_PUBLIC_KEY_ID"),
+                "no verification key: set WECHATPAY_PUBLIC_KEY_ID and WECHATPAY_PUBLIC_KEY_FILE, "
+                "or WECHATPAY_PLATFORM_CERT_DIR, or both",
+            )
+        keys = KeyStore.load(
+            public_key_id=public_key_id,
+            public_key_file=Path(public_key_file) if public_key_file else None,
+            platform_cert_dir=Path(cert_dir) if cert_dir else None,
+            setting_prefix=f"{where}WECHATPAY_",
+        )
+
+        base_url = get("WECHATPAY_API_BASE_URL") or DEFAULT_API_BASE_URL
+        parts = urlsplit(base_url)
+        if parts.scheme not in {"http", "https"} or not parts.netloc:
+            raise ConfigurationError(name("WECHATPAY_API_BASE_URL"), "must be an http(s) URL")
+
+        return cls(
+            mchid=mchid,
+            apiv3_key=Secret(apiv3),
+            keys=keys,
+            appid=appid,
+            merchant_serial_no=serial_no.upper() if serial_no else None,
+            merchant_private_key=private_key,
+            public_key_id=public_key_id,
+            platform_cert_dir=Path(cert_dir) if cert_dir else None,
+            api_base_url=base_url.rstrip("/"),
+        )
+
+
+def _load_private_key(path: Path, setting: str) -> RSAPrivateKey:
+    try:
+        key = load_pem_private_key(path.read_bytes(), password=None)
+    except OSError as exc:
+        raise ConfigurationError(setting, f"cannot read {path}: {exc.strerror}") from None
+    except (ValueError, TypeError):
+        raise ConfigurationError(setting, f"{path} is not an unencrypted PEM private key") from None
+    if not isinstance(key, RSAPrivateKey):
+        raise ConfigurationError(setting, f"{path} is not an RSA private key")
+    return key
+
+
+def _int_setting(values: Mapping[str, str], key: str, default: int, low: int, high: int) -> int:
+    raw = values.get(key)
+    if raw is None or str(raw).strip() == "":
+        return default
+    try:
+        value = int(str(raw).strip())
+    except ValueError:
+        raise ConfigurationError(key, "must be an integer") from None
+    if not low <= value <= high:
+        raise ConfigurationError(key, f"must be between {low} and {high}")
+    return value
+
+
+def _normalise_keys(table: Mapping[str, Any], prefix: str, allowed: set[str], where: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in table.items():
+        upper = key.upper()
+        full = upper if upper.startswith(prefix) else prefix + upper
+        if full not in allowed:
+            raise ConfigurationError(f"{where}{key}", "is not a known setting")
+        if isinstance(value, (dict, list)):
+            raise ConfigurationError(f"{where}{key}", "must be a string or number")
+        out[full] = str(value)
+    return out
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: Secret
+    merchants: tuple[MerchantSettings, ...]
+    admin_token: Secret | None = None
+    max_body_bytes: int = 64 * 1024
+    worker_threads: int = 16
+    log_level: str = "INFO"
+
+    @property
+    def default_merchant(self) -> MerchantSettings | None:
+        return self.merchants[0] if self.merchants else None
+
+    def merchant(self, mchid: str) -> MerchantSettings | None:
+        for merchant in self.merchants:
+            if merchant.mchid == mchid:
+                return merchant
+        return None
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None, *, require_merchant: bool = True) -> Settings:
+        env = dict(os.environ if environ is None else environ)
+        top: dict[str, str] = {}
+        merchants: list[MerchantSettings] = []
+        config_path = env.get("LEDGER_CONFIG", "").strip()
+        if config_path:
+            top, merchants = _read_config_file(Path(config_path))
+        top.update({k: v for k, v in env.items() if k in _LEDGER_KEYS})
+        if env.get("WECHATPAY_MCHID", "").strip():
+            merchant = MerchantSettings.from_mapping({k: v for k, v in env.items() if k in _MERCHANT_KEYS})
+            merchants = [m for m in merchants if m.mchid != merchant.mchid]
+            merchants.insert(0, merchant)
+        if require_merchant and not merchants:
+            raise ConfigurationError(
+                "WECHATPAY_MCHID", "no merchant configured (set WECHATPAY_* variables or LEDGER_CONFIG)"
+            )
+        seen: set[str] = set()
+        for merchant in merchants:
+            if merchant.mchid in seen:
+                raise ConfigurationError("WECHATPAY_MCHID", f"merchant {merchant.mchid} configured twice")
+            seen.add(merchant.mchid)
+
+        database_url = top.get("LEDGER_DATABASE_URL", "").strip() or DEFAULT_DATABASE_URL
+        from ledger.storage import persistence_env  # validates the URL
+
+        persistence_env(database_url)
+        token = top.get("LEDGER_ADMIN_TOKEN", "").strip()
+        if token and len(token) < 16:
+            raise ConfigurationError("LEDGER_ADMIN_TOKEN", "must be at least 16 characters")
+        level = top.get("LEDGER_LOG_LEVEL", "INFO").strip().upper() or "INFO"
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ConfigurationError("LEDGER_LOG_LEVEL", "must be DEBUG, INFO, WARNING or ERROR")
+        return cls(
+            database_url=Secret(database_url),
+            merchants=tuple(merchants),
+            admin_token=Secret(token) if token else None,
+            max_body_bytes=_int_setting(top, "LEDGER_MAX_BODY_BYTES", 64 * 1024, 1024, 16 * 1024 * 1024),
+            worker_threads=_int_setting(top, "LEDGER_WORKER_THREADS", 16, 1, 256),
+            log_level=level,
+        )
+
+
+def _read_config_file(path: Path) -> tuple[dict[str, str], list[MerchantSettings]]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigurationError("LEDGER_CONFIG", f"cannot read {path}: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigurationError("LEDGER_CONFIG", f"{path} is not valid TOML: {exc}") from None
+    tables = data.pop("merchants", [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ConfigurationError("LEDGER_CONFIG", "merchants must be an array of tables ([[merchants]])")
+    top = _normalise_keys(data, "LEDGER_", _LEDGER_KEYS, "LEDGER_CONFIG: ")
+    merchants = [
+        MerchantSettings.from_mapping(
+            _normalise_keys(t, "WECHATPAY_", _MERCHANT_KEYS, f"LEDGER_CONFIG merchants[{i}]."),
+            where=f"LEDGER_CONFIG merchants[{i}].",
+        )
+        for i, t in enumerate(tables)
+    ]
+    return top, merchants

@@ -1,0 +1,66 @@
+"""`LEDGER_DATABASE_URL` → the `eventsourcing` persistence environment.
+
+The library is configured by its own variable names; users only ever see ours.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from ledger.errors import ConfigurationError
+
+__all__ = ["persistence_env", "redact_url"]
+
+SETTING = "LEDGER_DATABASE_URL"
+
+
+def persistence_env(url: str) -> dict[str, str]:
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        # sqlite:///relative.db, sqlite:////absolute/path.db, sqlite:///:memory:
+        path = url[len("sqlite://") :]
+        if path.startswith("/"):
+            path = path[1:]
+        if not path:
+            raise ConfigurationError(SETTING, "sqlite URL needs a file name, e.g. sqlite:///payledger.sqlite3")
+        if ":memory:" not in path and "mode=memory" not in path:
+            parent = Path(path).expanduser().resolve().parent
+            if not parent.is_dir():
+                raise ConfigurationError(SETTING, f"directory {parent} does not exist")
+        return {
+            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "SQLITE_DBNAME": path,
+            "SQLITE_LOCK_TIMEOUT": "5",
+            "CREATE_TABLE": "y",
+        }
+    if parts.scheme in {"postgresql", "postgres"}:
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        dbname = unquote(parts.path.lstrip("/"))
+        if not dbname:
+            raise ConfigurationError(SETTING, "postgresql URL needs a database name")
+        env = {
+            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "POSTGRES_DBNAME": dbname,
+            "POSTGRES_HOST": parts.hostname or "127.0.0.1",
+            "POSTGRES_PORT": str(parts.port or 5432),
+            "POSTGRES_USER": unquote(parts.username or "postgres"),
+            "POSTGRES_PASSWORD": unquote(parts.password or ""),
+            "POSTGRES_CONNECT_TIMEOUT": query.get("connect_timeout", "5"),
+            "POSTGRES_LOCK_TIMEOUT": query.get("lock_timeout", "5"),
+            "POSTGRES_POOL_SIZE": query.get("pool_size", "10"),
+            "POSTGRES_MAX_OVERFLOW": query.get("max_overflow", "10"),
+            "POSTGRES_PRE_PING": "y",
+            "CREATE_TABLE": "y",
+        }
+        if "schema" in query:
+            env["POSTGRES_SCHEMA"] = query["schema"]
+        return env
+    raise ConfigurationError(SETTING, "must start with sqlite:/// or postgresql://")
+
+
+def redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@", 1)
+    return url

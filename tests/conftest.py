@@ -1,0 +1,97 @@
+"""Shared fixtures: generated WeChat Pay keys, SQLite and PostgreSQL stores, the real app.
+
+PostgreSQL tests use `LEDGER_TEST_POSTGRES_URL` (default: the local `test` database), each in
+a schema of its own. Without PostgreSQL they are skipped, except when `CI` is set: then an
+unreachable PostgreSQL fails them.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from ledger.wechatpay.testing import NotificationFactory
+
+POSTGRES_URL = os.environ.get("LEDGER_TEST_POSTGRES_URL", "postgresql://127.0.0.1:5432/test")
+MCHID = "1900000109"
+APPID = "wxd678efh567hg6787"
+
+
+@pytest.fixture(scope="session")
+def factory() -> NotificationFactory:
+    """WeChat Pay's signing side with generated keys, as public key and platform certificate."""
+    return NotificationFactory(mchid=MCHID, appid=APPID).with_certificate()
+
+
+@pytest.fixture(scope="session")
+def other_factory() -> NotificationFactory:
+    """A second, unrelated key pair (what an attacker or a stale configuration would have)."""
+    return NotificationFactory(mchid=MCHID, appid=APPID)
+
+
+@pytest.fixture
+def merchant_env(factory: NotificationFactory, tmp_path: Path) -> dict[str, str]:
+    """`WECHATPAY_*` settings matching `factory` (both verification modes configured)."""
+    return factory.write_keys(tmp_path / "keys")
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+
+
+def _postgres_available() -> str | None:
+    try:
+        with psycopg.connect(POSTGRES_URL, connect_timeout=3):
+            return None
+    except psycopg.Error as exc:
+        return type(exc).__name__
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    problem = _postgres_available()
+    if problem is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set but PostgreSQL at {POSTGRES_URL} is unreachable ({problem})")
+        pytest.skip(f"PostgreSQL unreachable ({problem}); set CI to make this a failure")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in POSTGRES_URL else "?"
+    try:
+        yield f"{POSTGRES_URL}{sep}schema={schema}"
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """Every storage test runs on both stores."""
+    name = "sqlite_url" if request.param == "sqlite" else "postgres_url"
+    url: str = request.getfixturevalue(name)
+    return url
+
+
+@pytest.fixture
+def ledger_factory(database_url: str) -> Iterator[Callable[[], Any]]:
+    """Build ledgers on the same store (several = several processes or a restart)."""
+    from ledger.application import build_ledger
+
+    built: list[Any] = []
+
+    def make() -> Any:
+        ledger = build_ledger(database_url)
+        built.append(ledger)
+        return ledger
+
+    yield make
+    for ledger in built:
+        ledger.close()
