@@ -147,7 +147,8 @@ def verify_signed_message(
         )
     if not headers.timestamp.isascii() or not headers.timestamp.isdigit():
         raise VerificationFailed("timestamp is not an integer", reason="bad timestamp")
-    if abs(now - int(headers.timestamp)) > tolerance:
+    # Whole seconds on both sides: WeChat signs with integer seconds.
+    if abs(int(now) - int(headers.timestamp)) > tolerance:
         raise VerificationFailed(
             f"timestamp {headers.timestamp} outside ±{tolerance}s of {int(now)}",
             reason="timestamp outside the allowed window",

@@ -1,0 +1,47 @@
+"""Small builders shared by the tests (the signing side lives in ledger.wechatpay.testing)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from typing import Any
+
+from ledger.domain import Evidence, PaymentOrder
+
+
+def evidence(
+    resource: dict[str, Any],
+    event_type: str = "TRANSACTION.SUCCESS",
+    *,
+    notification_id: str = "n-1",
+    attempt: int = 0,
+) -> Evidence:
+    """Evidence as the verifier would produce it; `attempt` varies the signature (a retry)."""
+    body = json.dumps({"id": notification_id, "event_type": event_type, "resource": "..."})
+    digest = hashlib.sha256(json.dumps(resource, sort_keys=True).encode()).hexdigest()
+    return Evidence(
+        notification_id=notification_id,
+        event_type=event_type,
+        delivery_key=hashlib.sha256(f"{notification_id}/{attempt}/{digest}".encode()).hexdigest(),
+        key_serial="PUB_KEY_ID_0001",
+        raw_body=body,
+        signature_headers={"Wechatpay-Timestamp": str(1_700_000_000 + attempt)},
+        envelope={"id": notification_id, "event_type": event_type},
+        resource=resource,
+        resource_digest=digest,
+        received_at=dt.datetime(2026, 11, 27, tzinfo=dt.timezone.utc),
+    )
+
+
+def replay(order: PaymentOrder, events: list[Any]) -> PaymentOrder:
+    """Rebuild an aggregate from its events alone, as the repository does."""
+    rebuilt: Any = None
+    for event in events:
+        rebuilt = event.mutate(rebuilt)
+    assert isinstance(rebuilt, PaymentOrder)
+    return rebuilt
+
+
+def event_types(events: list[Any]) -> list[str]:
+    return [type(e).__name__ for e in events]

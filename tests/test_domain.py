@@ -1,0 +1,212 @@
+"""The PaymentOrder aggregate: decisions happen once, whatever arrives and in whatever order."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ledger.domain import Outcome, PaymentOrder, inbox_id, order_id
+from ledger.wechatpay.testing import NotificationFactory
+from tests.helpers import event_types, evidence, replay
+
+MCHID = "1900000109"
+APPID = "wxd678efh567hg6787"
+WECHAT = NotificationFactory(mchid=MCHID, appid=APPID)
+
+
+def pay(total: int = 100, **kwargs: Any) -> dict[str, Any]:
+    return WECHAT.transaction("ORDER-0001", total, transaction_id="4200000000000000000000000001", **kwargs)
+
+
+def refund(no: str, amount: int, status: str = "SUCCESS") -> dict[str, Any]:
+    return WECHAT.refund(
+        "ORDER-0001", no, amount, 100, refund_status=status, refund_id=f"RID-{no}",
+        transaction_id="4200000000000000000000000001",
+    )
+
+
+def new_order(registered: int | None = 100) -> PaymentOrder:
+    order = PaymentOrder.open(MCHID, "ORDER-0001")
+    if registered is not None:
+        order.register(registered, "CNY", "")
+    order.collect_events()
+    return order
+
+
+def test_stream_ids_are_uuid5_of_mchid_and_out_trade_no_without_ambiguity() -> None:
+    assert order_id("ab", "c") != order_id("a", "bc")
+    assert order_id(MCHID, "X") == order_id(MCHID, "X")
+    assert order_id(MCHID, "X") != inbox_id(MCHID, "X")
+    assert order_id(MCHID, "X").version == 5
+
+
+def test_payment_success_is_decided_once_across_retries_and_replays() -> None:
+    order = new_order()
+    assert order.receive(evidence(pay())) is Outcome.RECORDED
+    assert order.receive(evidence(pay())) is Outcome.DUPLICATE  # byte-identical replay
+    assert order.receive(evidence(pay(), attempt=1)) is Outcome.RECORDED  # WeChat retry, re-signed
+    events = order.collect_events()
+    assert event_types(events) == ["NotificationReceived", "PaymentSucceeded", "NotificationReceived"]
+    assert order.trade_state == "SUCCESS"
+    assert order.transaction_id == "4200000000000000000000000001"
+    assert order.deliveries == 2
+
+
+def test_unregistered_order_is_recorded_and_paid() -> None:
+    order = PaymentOrder.open(MCHID, "ORDER-0001")
+    order.receive(evidence(pay(250)))
+    assert event_types(order.collect_events()) == ["Opened", "NotificationReceived", "PaymentSucceeded"]
+    assert (order.registered, order.amount_total, order.trade_state) == (False, 250, "SUCCESS")
+
+
+def test_amount_differing_from_registration_is_an_anomaly() -> None:
+    order = new_order(registered=100)
+    order.receive(evidence(pay(1)))
+    order.receive(evidence(pay(1), attempt=1))
+    events = order.collect_events()
+    assert Counter(event_types(events))["AnomalyDetected"] == 1
+    assert order.anomalies[0]["kind"] == "amount_mismatch"
+    assert order.anomalies[0]["detail"] == {"expected": 100, "actual": 1, "field": "amount.total"}
+
+
+def test_payer_total_below_total_is_not_an_anomaly() -> None:
+    """§3.1: coupons make payer_total smaller; compare amount.total."""
+    order = new_order(registered=100)
+    order.receive(evidence(pay(100, payer_total=90)))
+    assert order.anomalies == []
+    assert order.payer_total == 90
+
+
+def test_registration_after_payment_checks_the_amount() -> None:
+    order = PaymentOrder.open(MCHID, "ORDER-0001")
+    order.receive(evidence(pay(100)))
+    order.register(120, "CNY", "")
+    assert [a["kind"] for a in order.anomalies] == ["amount_mismatch"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "kind"),
+    [("mchid", "1900000999", "mchid_mismatch"), ("appid", "wx0000000000000000", "appid_mismatch")],
+)
+def test_identity_mismatch_is_an_anomaly_and_no_decision(field: str, value: str, kind: str) -> None:
+    order = new_order()
+    order.receive(evidence(pay(**{field: value})), expected_appid=APPID)
+    types = event_types(order.collect_events())
+    assert "PaymentSucceeded" not in types
+    assert [a["kind"] for a in order.anomalies] == [kind]
+    assert order.trade_state == "NOTPAY"
+
+
+def test_same_notification_id_with_different_resource_is_an_anomaly() -> None:
+    order = new_order()
+    order.receive(evidence(pay(100), notification_id="same"))
+    order.receive(evidence(pay(100, success_time="2026-11-28T00:00:00+08:00"), notification_id="same", attempt=1))
+    types = event_types(order.collect_events())
+    assert Counter(types) == Counter(
+        {"NotificationReceived": 2, "PaymentSucceeded": 1, "AnomalyDetected": 1}
+    )
+    assert order.anomalies[0]["kind"] == "notification_conflict"
+
+
+def test_partial_refunds_add_up_and_statuses_are_final() -> None:
+    order = new_order()
+    order.receive(evidence(pay(), notification_id="p"))
+    order.receive(evidence(refund("R1", 30), "REFUND.SUCCESS", notification_id="r1"))
+    order.receive(evidence(refund("R2", 20, "ABNORMAL"), "REFUND.ABNORMAL", notification_id="r2a"))
+    order.receive(evidence(refund("R2", 20), "REFUND.SUCCESS", notification_id="r2"))
+    order.receive(evidence(refund("R3", 50, "CLOSED"), "REFUND.CLOSED", notification_id="r3"))
+    order.receive(evidence(refund("R1", 30, "CLOSED"), "REFUND.CLOSED", notification_id="r1c"))
+    assert order.refunded_total == 50
+    assert order.trade_state == "REFUND"
+    assert {no: r["status"] for no, r in order.refunds.items()} == {"R1": "SUCCESS", "R2": "SUCCESS", "R3": "CLOSED"}
+
+
+def test_refund_beyond_the_paid_amount_is_an_anomaly() -> None:
+    order = new_order()
+    order.receive(evidence(pay(), notification_id="p"))
+    order.receive(evidence(refund("R1", 80), "REFUND.SUCCESS", notification_id="r1"))
+    order.receive(evidence(refund("R2", 80), "REFUND.SUCCESS", notification_id="r2"))
+    assert [a["kind"] for a in order.anomalies] == ["over_refund"]
+
+
+def test_other_event_types_are_recorded_without_decision() -> None:
+    order = new_order()
+    assert order.receive(evidence(pay(), "TRANSACTION.FAIL")) is Outcome.RECORDED
+    assert event_types(order.collect_events()) == ["NotificationReceived"]
+    assert order.trade_state == "NOTPAY"
+
+
+def test_reregistration_identical_is_a_no_op_and_different_is_refused() -> None:
+    order = new_order(registered=100)
+    assert order.register(100, "CNY", "") is False
+    with pytest.raises(ValueError):
+        order.register(101, "CNY", "")
+    assert order.collect_events() == []
+
+
+# -- the property: any interleaving and duplication of deliveries gives one decision each ---
+
+DELIVERIES = [
+    evidence(pay(), notification_id="pay", attempt=0),
+    evidence(pay(), notification_id="pay", attempt=1),
+    evidence(pay(), notification_id="pay", attempt=2),
+    evidence(refund("R1", 30), "REFUND.SUCCESS", notification_id="r1", attempt=0),
+    evidence(refund("R1", 30), "REFUND.SUCCESS", notification_id="r1", attempt=1),
+    evidence(refund("R2", 20, "ABNORMAL"), "REFUND.ABNORMAL", notification_id="r2a"),
+    evidence(refund("R2", 20), "REFUND.SUCCESS", notification_id="r2"),
+    evidence(refund("R3", 10, "CLOSED"), "REFUND.CLOSED", notification_id="r3"),
+]
+
+
+def expected_state(present: set[int]) -> dict[str, Any]:
+    """What the order must end as, from the *set* of distinct deliveries alone."""
+    refunds = {}
+    if present & {3, 4}:
+        refunds["R1"] = "SUCCESS"
+    if 6 in present:
+        refunds["R2"] = "SUCCESS"
+    elif 5 in present:
+        refunds["R2"] = "ABNORMAL"
+    if 7 in present:
+        refunds["R3"] = "CLOSED"
+    refunded = (30 if "R1" in refunds else 0) + (20 if refunds.get("R2") == "SUCCESS" else 0)
+    paid = bool(present & {0, 1, 2})
+    state = "REFUND" if refunded else ("SUCCESS" if paid else "NOTPAY")
+    return {"trade_state": state, "refunded_total": refunded, "refunds": refunds, "deliveries": len(present)}
+
+
+def observed_state(order: PaymentOrder) -> dict[str, Any]:
+    return {
+        "trade_state": order.trade_state,
+        "refunded_total": order.refunded_total,
+        "refunds": {no: r["status"] for no, r in order.refunds.items()},
+        "deliveries": order.deliveries,
+    }
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, len(DELIVERIES) - 1), min_size=1, max_size=30))
+def test_any_interleaving_and_duplication_decides_once(sequence: list[int]) -> None:
+    order = PaymentOrder.open(MCHID, "ORDER-0001")
+    order.register(100, "CNY", "")
+    for i in sequence:
+        order.receive(DELIVERIES[i], expected_appid=APPID)
+    events = order.collect_events()
+    counts = Counter(event_types(events))
+    present = set(sequence)
+
+    assert counts["PaymentSucceeded"] == (1 if present & {0, 1, 2} else 0)
+    successes = Counter(e.out_refund_no for e in events if type(e).__name__ == "RefundSucceeded")
+    assert all(n == 1 for n in successes.values())
+    assert counts["RefundClosed"] <= 1 and counts["RefundAbnormal"] <= 1
+    assert counts["NotificationReceived"] == len(present)
+    assert counts["AnomalyDetected"] == 0
+    assert observed_state(order) == expected_state(present)
+
+    rebuilt = replay(order, events)
+    assert observed_state(rebuilt) == observed_state(order)
+    assert rebuilt.version == order.version == len(events)
