@@ -1,0 +1,579 @@
+"""Notification ingest benchmark: the ledger against a minimal baseline, over real HTTP.
+
+Both servers run as their own single-worker uvicorn processes on loopback, each on a fresh
+store of the same kind: the ledger (`payledger serve`) and `baseline_app.py` (verify, decrypt,
+one UPDATE). The same client drives both with freshly signed TRANSACTION.SUCCESS notifications
+for distinct, pre-registered orders, in two modes:
+
+* throughput: N callbacks at a fixed concurrency (closed loop), callbacks/s and latency;
+* rate: a fixed arrival rate for D seconds (open loop: sends are scheduled at t0 + i/rate
+  whatever the answers), latency at that load.
+
+Every answer must be 204; afterwards a sample of ledger orders must read SUCCESS and every
+baseline row must be updated, otherwise the run is invalid and the exit code is 1.
+
+    python bench/ingest.py [--store sqlite|postgres|both] [--requests 2000] [--concurrency 16]
+                           [--rate 200] [--duration 10] [--repeat 1] [--json]
+
+Target (PostgreSQL, this 2-core machine): ledger throughput >= 1.0x the baseline's, and
+ledger p99 < 50 ms at 200 callbacks/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import random
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+from baseline_app import open_orders  # our sibling: this file runs as a script from bench/
+
+from ledger.application import build_ledger
+from ledger.domain import PaymentOrder
+from ledger.wechatpay.testing import Delivery, NotificationFactory
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+HOST = "127.0.0.1"
+SERVERS = ("ledger", "baseline")
+MODES = ("throughput", "rate")
+AMOUNT = 100  # fen; every order is registered with it and paid in full, so no anomalies
+DEFAULT_POSTGRES_URL = os.environ.get("LEDGER_TEST_POSTGRES_URL", "postgresql://127.0.0.1:5432/test")
+# Enough connections that the open-loop mode never queues in the client at the target rate.
+MIN_CONNECTIONS = 64
+REQUEST_TIMEOUT = 30.0
+STARTUP_TIMEOUT = 30.0
+SEED_BATCH = 500
+LEDGER_SAMPLE = 50
+TARGET_RATIO = 1.0
+TARGET_P99_MS = 50.0
+
+
+class BenchError(Exception):
+    """Setup failed (a server would not start, PostgreSQL unreachable): no numbers at all."""
+
+
+def log(message: str) -> None:
+    print(f"[ingest] {message}", file=sys.stderr, flush=True)
+
+
+# -- parameters -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Params:
+    stores: tuple[str, ...]
+    requests: int
+    concurrency: int
+    rate: float
+    duration: float
+    repeat: int
+    warmup: int
+    postgres_url: str
+    as_json: bool
+
+    @property
+    def rate_requests(self) -> int:
+        return max(1, round(self.rate * self.duration))
+
+    def describe(self) -> str:
+        return (
+            f"ingest benchmark: stores {', '.join(self.stores)}; "
+            f"throughput {self.requests} callbacks at concurrency {self.concurrency}; "
+            f"rate {self.rate:g}/s for {self.duration:g} s ({self.rate_requests} callbacks); "
+            f"repeat {self.repeat} (median); warm-up {self.warmup} per server; "
+            f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}"
+        )
+
+
+def _positive(kind: type[int] | type[float]) -> Any:
+    def parse(text: str) -> int | float:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError("must be positive")
+        return value
+
+    return parse
+
+
+def parse_args(argv: Sequence[str] | None) -> Params:
+    parser = argparse.ArgumentParser(description="Ledger vs. baseline notification ingest benchmark")
+    parser.add_argument("--store", choices=["sqlite", "postgres", "both"], default="both")
+    parser.add_argument("--requests", type=_positive(int), default=2000, help="callbacks in throughput mode")
+    parser.add_argument("--concurrency", type=_positive(int), default=16, help="in-flight callbacks")
+    parser.add_argument("--rate", type=_positive(float), default=200.0, help="callbacks/s in rate mode")
+    parser.add_argument("--duration", type=_positive(float), default=10.0, help="seconds of rate mode")
+    parser.add_argument("--repeat", type=_positive(int), default=1, help="runs per mode; medians reported")
+    parser.add_argument("--warmup", type=int, default=50, help="unmeasured callbacks per server first")
+    parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL, help="database for fresh schemas")
+    parser.add_argument("--json", action="store_true", help="print the results as one JSON document")
+    args = parser.parse_args(argv)
+    stores = ("sqlite", "postgres") if args.store == "both" else (args.store,)
+    return Params(
+        stores=stores,
+        requests=args.requests,
+        concurrency=args.concurrency,
+        rate=args.rate,
+        duration=args.duration,
+        repeat=args.repeat,
+        warmup=max(0, args.warmup),
+        postgres_url=args.postgres_url,
+        as_json=args.json,
+    )
+
+
+# -- orders and stores ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OrderPlan:
+    """Which orders each phase pays; both servers get the same ids, each in its own store."""
+
+    warmup: list[str]
+    throughput: list[list[str]]  # one list per round
+    rate: list[list[str]]
+
+    @property
+    def all(self) -> list[str]:
+        phases = [*self.throughput, *self.rate]
+        return [*self.warmup, *(n for ids in phases for n in ids)]
+
+
+def plan_orders(run_id: str, params: Params) -> OrderPlan:
+    counter = iter(range(10**8))
+
+    def take(count: int) -> list[str]:
+        return [f"B{run_id}{next(counter):08d}" for _ in range(count)]
+
+    warmup = take(params.warmup)
+    throughput = [take(params.requests) for _ in range(params.repeat)]
+    rate = [take(params.rate_requests) for _ in range(params.repeat)]
+    return OrderPlan(warmup, throughput, rate)
+
+
+@contextmanager
+def fresh_stores(store: str, params: Params, run_id: str, tmp: Path) -> Iterator[dict[str, str]]:
+    """A new, empty store per server: an SQLite file or a PostgreSQL schema, dropped after."""
+    if store == "sqlite":
+        yield {s: f"sqlite:///{tmp / f'{s}.sqlite3'}" for s in SERVERS}
+        return
+    schemas = {s: f"bench_{run_id}_{s}" for s in SERVERS}
+    try:
+        with psycopg.connect(params.postgres_url, autocommit=True, connect_timeout=5) as conn:
+            for schema in schemas.values():
+                conn.execute(f"CREATE SCHEMA {schema}")
+    except psycopg.Error as exc:
+        raise BenchError(f"PostgreSQL at {params.postgres_url}: {type(exc).__name__}: {exc}") from None
+    sep = "&" if "?" in params.postgres_url else "?"
+    try:
+        yield {s: f"{params.postgres_url}{sep}schema={schema}" for s, schema in schemas.items()}
+    finally:
+        with psycopg.connect(params.postgres_url, autocommit=True) as conn:
+            for schema in schemas.values():
+                conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+def seed_ledger(url: str, mchid: str, out_trade_nos: Sequence[str]) -> None:
+    """Register every order, as `POST /orders` would, but many per transaction to save minutes."""
+    ledger = build_ledger(url)
+    try:
+        for start in range(0, len(out_trade_nos), SEED_BATCH):
+            orders = [PaymentOrder.open(mchid, n) for n in out_trade_nos[start : start + SEED_BATCH]]
+            for order in orders:
+                order.register(AMOUNT, "CNY", "")
+            ledger.save(*orders)
+    finally:
+        ledger.close()
+
+
+def seed_baseline(url: str, out_trade_nos: Sequence[str]) -> None:
+    orders = open_orders(url)
+    try:
+        orders.insert_unpaid(out_trade_nos, AMOUNT)
+    finally:
+        orders.close()
+
+
+def baseline_paid(url: str) -> int:
+    orders = open_orders(url)
+    try:
+        return orders.count_paid()
+    finally:
+        orders.close()
+
+
+# -- servers --------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def server_command(server: str) -> list[str]:
+    if server == "ledger":
+        return [sys.executable, "-m", "ledger.cli", "serve"]
+    return [sys.executable, str(BENCH_DIR / "baseline_app.py")]
+
+
+def server_env(keys_env: dict[str, str], database_url: str) -> dict[str, str]:
+    # Nothing inherited may reconfigure either server (an admin token, another merchant).
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LEDGER_", "WECHATPAY_"))}
+    env.update(keys_env)
+    env.update({"LEDGER_DATABASE_URL": database_url, "LEDGER_LOG_LEVEL": "WARNING"})
+    return env
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def wait_ready(proc: subprocess.Popen[bytes], base_url: str, log_path: Path) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"server exited with {proc.returncode}:\n{_tail(log_path)}")
+        try:
+            if httpx.get(f"{base_url}/healthz", timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise BenchError(f"server not ready within {STARTUP_TIMEOUT:.0f}s:\n{_tail(log_path)}")
+
+
+@contextmanager
+def running(server: str, env: dict[str, str], log_path: Path) -> Iterator[str]:
+    """Start one server on a free loopback port; yield its base URL; stop it."""
+    port = free_port()
+    with log_path.open("wb") as output:
+        proc = subprocess.Popen(
+            [*server_command(server), "--host", HOST, "--port", str(port)],
+            env=env,
+            cwd=ROOT,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        base_url = f"http://{HOST}:{port}"
+        wait_ready(proc, base_url, log_path)
+        yield base_url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# -- load -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Phase:
+    server: str
+    mode: str
+    requests: int
+    seconds: float
+    latencies_ms: list[float]
+    failures: list[str]
+
+
+def sign(factory: NotificationFactory, out_trade_nos: Sequence[str]) -> list[Delivery]:
+    # Signing is WeChat's cost, not the server's: done before the clock starts, with fresh
+    # timestamps each phase so none nears the 300 s window however long the phases take.
+    return [factory.paid(n, AMOUNT) for n in out_trade_nos]
+
+
+async def post(
+    client: httpx.AsyncClient, delivery: Delivery, latencies: list[float], failures: list[str]
+) -> None:
+    started = time.perf_counter()
+    try:
+        response = await client.post("/wechatpay/notify", content=delivery.body, headers=delivery.headers)
+    except httpx.HTTPError as exc:
+        failures.append(f"{type(exc).__name__}: {exc}")
+        return
+    latencies.append((time.perf_counter() - started) * 1000)
+    if response.status_code != 204:
+        failures.append(f"HTTP {response.status_code}: {response.text[:200]}")
+
+
+async def closed_loop(client: httpx.AsyncClient, deliveries: Sequence[Delivery], concurrency: int) -> Phase:
+    """`concurrency` workers, each sending its next callback as soon as the last is answered."""
+    latencies: list[float] = []
+    failures: list[str] = []
+    pending = iter(deliveries)
+
+    async def worker() -> None:
+        for delivery in pending:
+            await post(client, delivery, latencies, failures)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    seconds = time.perf_counter() - started
+    return Phase("", "throughput", len(deliveries), seconds, latencies, failures)
+
+
+async def open_loop(client: httpx.AsyncClient, deliveries: Sequence[Delivery], rate: float) -> Phase:
+    """Send callback i at t0 + i/rate whether or not earlier ones were answered."""
+    latencies: list[float] = []
+    failures: list[str] = []
+    tasks: list[asyncio.Task[None]] = []
+    started = time.perf_counter()
+    for i, delivery in enumerate(deliveries):
+        delay = started + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(post(client, delivery, latencies, failures)))
+    await asyncio.gather(*tasks)
+    seconds = time.perf_counter() - started
+    return Phase("", "rate", len(deliveries), seconds, latencies, failures)
+
+
+def new_client(base_url: str, params: Params) -> httpx.AsyncClient:
+    connections = max(params.concurrency, MIN_CONNECTIONS)
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    return httpx.AsyncClient(base_url=base_url, limits=limits, timeout=REQUEST_TIMEOUT)
+
+
+async def run_phase(
+    client: httpx.AsyncClient,
+    server: str,
+    mode: str,
+    ids: Sequence[str],
+    factory: NotificationFactory,
+    params: Params,
+) -> Phase:
+    deliveries = sign(factory, ids)
+    if mode == "throughput":
+        phase = await closed_loop(client, deliveries, params.concurrency)
+    else:
+        phase = await open_loop(client, deliveries, params.rate)
+    phase.server = server
+    return phase
+
+
+async def check_ledger(client: httpx.AsyncClient, out_trade_nos: Sequence[str]) -> list[str]:
+    """A sample of the paid orders must read back SUCCESS with the full amount."""
+    sample = random.sample(list(out_trade_nos), min(LEDGER_SAMPLE, len(out_trade_nos)))
+    problems = []
+    for out_trade_no in sample:
+        response = await client.get(f"/orders/{out_trade_no}")
+        body = response.json() if response.status_code == 200 else {}
+        if body.get("trade_state") != "SUCCESS" or body.get("paid_total") != AMOUNT:
+            problems.append(f"ledger order {out_trade_no}: HTTP {response.status_code} {response.text[:200]}")
+    return problems
+
+
+async def measure(
+    urls: dict[str, str], plan: OrderPlan, factory: NotificationFactory, params: Params, store: str
+) -> tuple[list[Phase], list[str]]:
+    """Warm up both servers, then alternate them phase by phase; returns phases and problems."""
+    phases: list[Phase] = []
+    clients = {s: new_client(urls[s], params) for s in SERVERS}
+    try:
+        for server in SERVERS:
+            warm = await closed_loop(clients[server], sign(factory, plan.warmup), params.concurrency)
+            if warm.failures:
+                return phases, [f"{server} warm-up: {f}" for f in warm.failures[:5]]
+        for round_no in range(params.repeat):
+            # Alternate who goes first so neither always runs on a store the other just warmed.
+            order = SERVERS if round_no % 2 == 0 else SERVERS[::-1]
+            for mode, ids in (("throughput", plan.throughput[round_no]), ("rate", plan.rate[round_no])):
+                for server in order:
+                    log(f"{store}: {server} {mode} run {round_no + 1}/{params.repeat} ({len(ids)} callbacks)")
+                    phases.append(await run_phase(clients[server], server, mode, ids, factory, params))
+        problems = await check_ledger(clients["ledger"], plan.all)
+    finally:
+        for client in clients.values():
+            await client.aclose()
+    return phases, problems
+
+
+# -- results --------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile: a latency some request actually had."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+@dataclass(frozen=True)
+class Row:
+    server: str
+    mode: str
+    requests: int
+    callbacks_per_s: float
+    p50_ms: float | None
+    p99_ms: float | None
+    max_ms: float | None
+    failures: int
+
+
+def summarise(phases: Sequence[Phase]) -> Row:
+    """The median of each figure over the repeated runs of one server and mode."""
+    first = phases[0]
+    return Row(
+        server=first.server,
+        mode=first.mode,
+        requests=first.requests,
+        callbacks_per_s=statistics.median(p.requests / p.seconds for p in phases),
+        p50_ms=_median([percentile(p.latencies_ms, 0.50) for p in phases]),
+        p99_ms=_median([percentile(p.latencies_ms, 0.99) for p in phases]),
+        max_ms=_median([max(p.latencies_ms, default=None) for p in phases]),
+        failures=sum(len(p.failures) for p in phases),
+    )
+
+
+@dataclass
+class StoreReport:
+    store: str
+    rows: list[Row]
+    throughput_ratio: float
+    target_met: bool | None  # only PostgreSQL has a target
+    problems: list[str]
+
+    def row(self, server: str, mode: str) -> Row:
+        return next(r for r in self.rows if r.server == server and r.mode == mode)
+
+    @property
+    def valid(self) -> bool:
+        return not self.problems and all(r.failures == 0 for r in self.rows)
+
+
+def report_store(store: str, phases: Sequence[Phase], problems: list[str], params: Params) -> StoreReport:
+    rows = [summarise([p for p in phases if p.server == s and p.mode == m]) for m in MODES for s in SERVERS]
+    by_key = {(r.server, r.mode): r for r in rows}
+    ratio = by_key["ledger", "throughput"].callbacks_per_s / by_key["baseline", "throughput"].callbacks_per_s
+    target_met = None
+    if store == "postgres":
+        at_rate = by_key["ledger", "rate"]
+        kept_up = at_rate.callbacks_per_s >= 0.95 * params.rate
+        fast = at_rate.p99_ms is not None and at_rate.p99_ms < TARGET_P99_MS
+        target_met = ratio >= TARGET_RATIO and kept_up and fast
+    failures = [f"{p.server} {p.mode}: {f}" for p in phases for f in p.failures[:5]]
+    return StoreReport(store, rows, ratio, target_met, [*problems, *failures])
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def print_store(report: StoreReport, params: Params) -> None:
+    print(f"\n== {report.store} ==")
+    print(f"{'server':<9} {'mode':<8} {'requests':>8} {'callbacks/s':>12} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'max ms':>8} {'failures':>8}")
+    for r in report.rows:
+        mode = f"c={params.concurrency}" if r.mode == "throughput" else f"{params.rate:g}/s"
+        print(f"{r.server:<9} {mode:<8} {r.requests:>8} {r.callbacks_per_s:>12.1f} {_ms(r.p50_ms):>8} "
+              f"{_ms(r.p99_ms):>8} {_ms(r.max_ms):>8} {r.failures:>8}")
+    ledger_rate, baseline_rate = report.row("ledger", "rate"), report.row("baseline", "rate")
+    print(f"ledger/baseline throughput: {report.throughput_ratio:.2f}x; p99 at {params.rate:g}/s: "
+          f"ledger {_ms(ledger_rate.p99_ms)} ms, baseline {_ms(baseline_rate.p99_ms)} ms")
+    if report.target_met is not None:
+        verdict = "MET" if report.target_met else "NOT MET"
+        print(f"target (>= {TARGET_RATIO:.1f}x baseline throughput, ledger p99 < {TARGET_P99_MS:.0f} ms "
+              f"at {params.rate:g}/s): {verdict}")
+    for problem in report.problems[:20]:
+        print(f"INVALID: {problem}")
+
+
+# -- driver ---------------------------------------------------------------------------------
+
+
+def bench_store(store: str, params: Params, factory: NotificationFactory, keys_env: dict[str, str],
+                tmp: Path) -> StoreReport:
+    run_id = secrets.token_hex(3)
+    plan = plan_orders(run_id, params)
+    ids = plan.all
+    with fresh_stores(store, params, run_id, tmp) as urls:
+        log(f"{store}: registering {len(ids)} orders in each store")
+        seed_ledger(urls["ledger"], factory.mchid, ids)
+        seed_baseline(urls["baseline"], ids)
+        with (
+            running("ledger", server_env(keys_env, urls["ledger"]), tmp / "ledger.log") as ledger_url,
+            running("baseline", server_env(keys_env, urls["baseline"]), tmp / "baseline.log") as base_url,
+        ):
+            phases, problems = asyncio.run(
+                measure({"ledger": ledger_url, "baseline": base_url}, plan, factory, params, store)
+            )
+        paid = baseline_paid(urls["baseline"])
+    if not problems and paid != len(ids):
+        problems.append(f"baseline: {paid} of {len(ids)} orders updated to SUCCESS")
+    if not phases:
+        raise BenchError(f"{store}: warm-up failed: {'; '.join(problems)}")
+    return report_store(store, phases, problems, params)
+
+
+def as_json(params: Params, reports: Sequence[StoreReport]) -> str:
+    document = {
+        "params": asdict(params),
+        "stores": [
+            {
+                "store": r.store,
+                "rows": [asdict(row) for row in r.rows],
+                "throughput_ratio": r.throughput_ratio,
+                "target_met": r.target_met,
+                "valid": r.valid,
+                "problems": r.problems,
+            }
+            for r in reports
+        ],
+        "valid": all(r.valid for r in reports),
+    }
+    return json.dumps(document, indent=2)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    params = parse_args(argv)
+    if not params.as_json:
+        print(params.describe(), flush=True)
+    factory = NotificationFactory()
+    reports = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="payledger-bench-") as folder:
+            tmp = Path(folder)
+            keys_env = factory.write_keys(tmp / "keys")
+            for store in params.stores:
+                store_tmp = tmp / store
+                store_tmp.mkdir()
+                reports.append(bench_store(store, params, factory, keys_env, store_tmp))
+                if not params.as_json:
+                    print_store(reports[-1], params)
+    except BenchError as exc:
+        print(f"ingest: {exc}", file=sys.stderr)
+        return 2
+    if params.as_json:
+        print(as_json(params, reports))
+    return 0 if all(r.valid for r in reports) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

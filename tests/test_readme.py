@@ -1,0 +1,76 @@
+"""The README's commands are the ones CI runs, and the dev quick start really works."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.servers import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def quick_start() -> list[str]:
+    section = README.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```sh\n(.*?)\n```", section, re.S)
+
+
+def test_quick_start_has_the_two_commands_and_ci_runs_the_test_one() -> None:
+    blocks = quick_start()
+    serve, tests = blocks[0], blocks[1]
+    assert serve.startswith("python3 -m venv .venv && ") and serve.endswith("payledger serve --dev")
+    assert tests.endswith("python -m pytest")
+    assert tests in (ROOT / ".ci" / "run").read_text()
+
+
+def test_dev_quick_start_serves_records_and_shows_history(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WECHATPAY_", "LEDGER_"))}
+    cli = [sys.executable, "-m", "ledger.cli"]
+    server = subprocess.Popen(
+        [*cli, "serve", "--dev", "--port", str(port)], cwd=tmp_path, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and server.poll() is None, "server did not start"
+            time.sleep(0.1)
+        url = f"http://127.0.0.1:{port}"
+        run = lambda *args: subprocess.run([*cli, *args], cwd=tmp_path, env=env, capture_output=True, text=True)  # noqa: E731
+        assert run("dev-notify", "ORDER-0001", "--amount", "100", "--url", url).returncode == 0
+        assert run("dev-notify", "ORDER-0001", "--amount", "100", "--refund", "R-0001:30", "--url", url).returncode == 0
+        history = run("history", "ORDER-0001", "--dev")
+        assert history.returncode == 0, history.stderr
+        assert "PaymentSucceeded" in history.stdout and "RefundSucceeded" in history.stdout
+        assert "REFUND" in history.stdout.splitlines()[0]
+        order = httpx.get(f"{url}/orders/ORDER-0001").json()
+        assert (order["trade_state"], order["refunded_total"]) == ("REFUND", 30)
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=10)[0].decode()
+    apiv3_key = json.loads((tmp_path / "payledger-dev" / "merchant.json").read_text())["apiv3_key"]
+    assert "serving on" in output and apiv3_key not in output
+
+
+def test_bad_configuration_fails_at_start_naming_the_setting(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WECHATPAY_", "LEDGER_"))}
+    env |= {"WECHATPAY_MCHID": "1900000109", "WECHATPAY_APIV3_KEY": "too-short"}
+    result = subprocess.run(
+        [sys.executable, "-m", "ledger.cli", "serve"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+    assert "WECHATPAY_APIV3_KEY" in result.stderr and "too-short" not in result.stderr
