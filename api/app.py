@@ -10,8 +10,8 @@ from contextlib import asynccontextmanager
 
 import anyio
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.datastructures import Headers
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route

@@ -84,7 +84,9 @@ async def notify(request: Request) -> Response:
         log.error(
             "notification %s not stored (%s); answering 503 so WeChat retries",
             notification.id,
-            "store unavailable" if isinstance(exc, StoreUnavailable) else f"no commit within {STORE_DEADLINE}s",
+            "store unavailable"
+            if isinstance(exc, StoreUnavailable)
+            else f"no commit within {STORE_DEADLINE}s",
         )
         return fail(503, StoreUnavailable.reason)
     log.info(

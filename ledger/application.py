@@ -45,11 +45,7 @@ class RecordResult:
 
 def event_to_dict(event: Any) -> dict[str, Any]:
     """A stored event as the audit API shows it."""
-    data = {
-        f.name: getattr(event, f.name)
-        for f in dataclasses.fields(event)
-        if f.name not in _BASE_FIELDS
-    }
+    data = {f.name: getattr(event, f.name) for f in dataclasses.fields(event) if f.name not in _BASE_FIELDS}
     return {
         "version": event.originator_version,
         "type": type(event).__name__,
@@ -108,7 +104,7 @@ class Ledger(Application[UUID]):
     def get_order(self, mchid: str, out_trade_no: str) -> PaymentOrder:
         with self._store():
             try:
-                order = self.repository.get(order_id(mchid, out_trade_no))
+                order: PaymentOrder = self.repository.get(order_id(mchid, out_trade_no))
             except AggregateNotFoundError:
                 raise OrderNotFound(out_trade_no) from None
         assert isinstance(order, PaymentOrder)
@@ -131,7 +127,7 @@ class Ledger(Application[UUID]):
 
     def _load_or_open(self, mchid: str, out_trade_no: str) -> PaymentOrder:
         try:
-            order = self.repository.get(order_id(mchid, out_trade_no))
+            order: PaymentOrder = self.repository.get(order_id(mchid, out_trade_no))
         except AggregateNotFoundError:
             return PaymentOrder.open(mchid, out_trade_no)
         assert isinstance(order, PaymentOrder)
@@ -139,7 +135,7 @@ class Ledger(Application[UUID]):
 
     def _load_inbox(self, mchid: str, notification_id: str) -> NotificationInbox:
         try:
-            inbox = self.repository.get(inbox_id(mchid, notification_id))
+            inbox: NotificationInbox = self.repository.get(inbox_id(mchid, notification_id))
         except AggregateNotFoundError:
             return NotificationInbox.open(mchid, notification_id)
         assert isinstance(inbox, NotificationInbox)
@@ -193,4 +189,4 @@ def build_ledger(database_url: str, extra_env: Mapping[str, str] | None = None) 
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)

@@ -106,7 +106,9 @@ def cmd_dev_notify(args: argparse.Namespace) -> int:
         delivery = factory.refunded(args.out_trade_no, out_refund_no, int(amount), args.amount)
     else:
         delivery = factory.paid(args.out_trade_no, args.amount)
-    response = httpx.post(f"{args.url.rstrip('/')}/wechatpay/notify", content=delivery.body, headers=delivery.headers)
+    response = httpx.post(
+        f"{args.url.rstrip('/')}/wechatpay/notify", content=delivery.body, headers=delivery.headers
+    )
     print(f"POST /wechatpay/notify -> {response.status_code} {response.text}")
     return 0 if response.status_code in (200, 204) else 1
 
@@ -118,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the HTTP service")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--dev", action="store_true", help="use a generated local test merchant (./payledger-dev)")
+    serve.add_argument(
+        "--dev", action="store_true", help="use a generated local test merchant (./payledger-dev)"
+    )
     serve.set_defaults(func=cmd_serve)
 
     history = sub.add_parser("history", help="print an order's full event history")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from eventsourcing.domain import Aggregate
@@ -38,7 +38,7 @@ def inbox_id(mchid: str, notification_id: str) -> uuid.UUID:
     return uuid.uuid5(NAMESPACE, f"notification{_SEP}{mchid}{_SEP}{notification_id}")
 
 
-class Outcome(str, Enum):
+class Outcome(StrEnum):
     RECORDED = "recorded"
     DUPLICATE = "duplicate"
 
@@ -66,6 +66,11 @@ def _amount(resource: dict[str, Any], name: str) -> int | None:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     return None
+
+
+def _amounts(resource: dict[str, Any]) -> dict[str, Any]:
+    amount = resource.get("amount")
+    return amount if isinstance(amount, dict) else {}
 
 
 def _str(resource: dict[str, Any], name: str) -> str:
@@ -172,7 +177,9 @@ class PaymentOrder(_DeliveryLog):
 
     @classmethod
     def open(cls, mchid: str, out_trade_no: str) -> PaymentOrder:
-        return cls._create(cls.Opened, id=order_id(mchid, out_trade_no), mchid=mchid, out_trade_no=out_trade_no)
+        return cls._create(
+            cls.Opened, id=order_id(mchid, out_trade_no), mchid=mchid, out_trade_no=out_trade_no
+        )
 
     @property
     def refunded_total(self) -> int:
@@ -263,7 +270,9 @@ class PaymentOrder(_DeliveryLog):
             if (self.amount_total, self.currency, self.description) == (amount_total, currency, description):
                 return False
             raise ValueError("registered with different details")
-        self.trigger_event(self.Registered, amount_total=amount_total, currency=currency, description=description)
+        self.trigger_event(
+            self.Registered, amount_total=amount_total, currency=currency, description=description
+        )
         if self.paid and self.paid_total != amount_total:
             self._anomaly(
                 "amount_mismatch",
@@ -302,7 +311,10 @@ class PaymentOrder(_DeliveryLog):
         mchid = _str(resource, "mchid")
         if mchid != self.mchid:
             self._anomaly(
-                "mchid_mismatch", f"mchid_mismatch:{evidence}", {"expected": self.mchid, "actual": mchid}, evidence
+                "mchid_mismatch",
+                f"mchid_mismatch:{evidence}",
+                {"expected": self.mchid, "actual": mchid},
+                evidence,
             )
             return False
         appid = resource.get("appid")
@@ -318,7 +330,7 @@ class PaymentOrder(_DeliveryLog):
 
     def _check_total(self, resource: dict[str, Any], subject: str, evidence: str) -> None:
         total = _amount(resource, "total")
-        currency = resource.get("amount", {}).get("currency") if isinstance(resource.get("amount"), dict) else None
+        currency = _amounts(resource).get("currency")
         if self.registered and total != self.amount_total:
             self._anomaly(
                 "amount_mismatch",
@@ -335,7 +347,9 @@ class PaymentOrder(_DeliveryLog):
             )
 
     def _decide_payment(self, resource: dict[str, Any], evidence: str, expected_appid: str | None) -> None:
-        if resource.get("trade_state") != "SUCCESS" or not self._identity_matches(resource, evidence, expected_appid):
+        if resource.get("trade_state") != "SUCCESS" or not self._identity_matches(
+            resource, evidence, expected_appid
+        ):
             return
         transaction_id = _str(resource, "transaction_id")
         self._check_total(resource, f"payment:{transaction_id}", evidence)
@@ -348,7 +362,7 @@ class PaymentOrder(_DeliveryLog):
                     evidence,
                 )
             return
-        amount = resource.get("amount") if isinstance(resource.get("amount"), dict) else {}
+        amount = _amounts(resource)
         self.trigger_event(
             self.PaymentSucceeded,
             transaction_id=transaction_id,
@@ -363,14 +377,22 @@ class PaymentOrder(_DeliveryLog):
     def _decide_refund(self, resource: dict[str, Any], evidence: str, event_status: str) -> None:
         out_refund_no = _str(resource, "out_refund_no")
         status = _str(resource, "refund_status") or event_status
-        if not out_refund_no or status != event_status or not self._identity_matches(resource, evidence, None):
+        if (
+            not out_refund_no
+            or status != event_status
+            or not self._identity_matches(resource, evidence, None)
+        ):
             return
         refund = _amount(resource, "refund")
         current = self.refunds.get(out_refund_no, {}).get("status")
         if current in self.FINAL_REFUND_STATES or current == status or refund is None:
             return
         self._check_total(resource, f"refund:{out_refund_no}", evidence)
-        decision = {"SUCCESS": self.RefundSucceeded, "CLOSED": self.RefundClosed, "ABNORMAL": self.RefundAbnormal}[status]
+        decision = {
+            "SUCCESS": self.RefundSucceeded,
+            "CLOSED": self.RefundClosed,
+            "ABNORMAL": self.RefundAbnormal,
+        }[status]
         self.trigger_event(
             decision,
             out_refund_no=out_refund_no,

@@ -98,7 +98,9 @@ class MerchantSettings:
 
         appid = get("WECHATPAY_APPID")
         if appid is not None and not _APPID.fullmatch(appid):
-            raise ConfigurationError(name("WECHATPAY_APPID"), "must look like wx followed by 16 letters or digits")
+            raise ConfigurationError(
+                name("WECHATPAY_APPID"), "must look like wx followed by 16 letters or digits"
+            )
 
         apiv3 = get("WECHATPAY_APIV3_KEY")
         if apiv3 is None:
@@ -109,10 +111,14 @@ class MerchantSettings:
         serial_no = get("WECHATPAY_MERCHANT_SERIAL_NO")
         key_file = get("WECHATPAY_MERCHANT_PRIVATE_KEY_FILE")
         if (serial_no is None) != (key_file is None):
-            missing = "WECHATPAY_MERCHANT_PRIVATE_KEY_FILE" if key_file is None else "WECHATPAY_MERCHANT_SERIAL_NO"
+            missing = (
+                "WECHATPAY_MERCHANT_PRIVATE_KEY_FILE" if key_file is None else "WECHATPAY_MERCHANT_SERIAL_NO"
+            )
             raise ConfigurationError(name(missing), "is required with the other merchant key setting")
         if serial_no is not None and not _HEX_SERIAL.fullmatch(serial_no):
-            raise ConfigurationError(name("WECHATPAY_MERCHANT_SERIAL_NO"), "must be the hex serial of the merchant API certificate")
+            raise ConfigurationError(
+                name("WECHATPAY_MERCHANT_SERIAL_NO"), "must be the hex serial of the merchant API certificate"
+            )
         private_key = None
         if key_file is not None:
             private_key = _load_private_key(Path(key_file), name("WECHATPAY_MERCHANT_PRIVATE_KEY_FILE"))
@@ -123,7 +129,9 @@ class MerchantSettings:
             missing = "WECHATPAY_PUBLIC_KEY_FILE" if public_key_file is None else "WECHATPAY_PUBLIC_KEY_ID"
             raise ConfigurationError(name(missing), "is required in public-key mode (set both or neither)")
         if public_key_id is not None and not _PUBLIC_KEY_ID.fullmatch(public_key_id):
-            raise ConfigurationError(name("WECHATPAY_PUBLIC_KEY_ID"), f"must start with {PUBLIC_KEY_ID_PREFIX}")
+            raise ConfigurationError(
+                name("WECHATPAY_PUBLIC_KEY_ID"), f"must start with {PUBLIC_KEY_ID_PREFIX}"
+            )
         cert_dir = get("WECHATPAY_PLATFORM_CERT_DIR")
         if public_key_id is None and cert_dir is None:
             raise ConfigurationError(

@@ -24,7 +24,12 @@ def pay(total: int = 100, **kwargs: Any) -> dict[str, Any]:
 
 def refund(no: str, amount: int, status: str = "SUCCESS") -> dict[str, Any]:
     return WECHAT.refund(
-        "ORDER-0001", no, amount, 100, refund_status=status, refund_id=f"RID-{no}",
+        "ORDER-0001",
+        no,
+        amount,
+        100,
+        refund_status=status,
+        refund_id=f"RID-{no}",
         transaction_id="4200000000000000000000000001",
     )
 
@@ -104,11 +109,11 @@ def test_identity_mismatch_is_an_anomaly_and_no_decision(field: str, value: str,
 def test_same_notification_id_with_different_resource_is_an_anomaly() -> None:
     order = new_order()
     order.receive(evidence(pay(100), notification_id="same"))
-    order.receive(evidence(pay(100, success_time="2026-11-28T00:00:00+08:00"), notification_id="same", attempt=1))
-    types = event_types(order.collect_events())
-    assert Counter(types) == Counter(
-        {"NotificationReceived": 2, "PaymentSucceeded": 1, "AnomalyDetected": 1}
+    order.receive(
+        evidence(pay(100, success_time="2026-11-28T00:00:00+08:00"), notification_id="same", attempt=1)
     )
+    types = event_types(order.collect_events())
+    assert Counter(types) == Counter({"NotificationReceived": 2, "PaymentSucceeded": 1, "AnomalyDetected": 1})
     assert order.anomalies[0]["kind"] == "notification_conflict"
 
 
@@ -122,7 +127,11 @@ def test_partial_refunds_add_up_and_statuses_are_final() -> None:
     order.receive(evidence(refund("R1", 30, "CLOSED"), "REFUND.CLOSED", notification_id="r1c"))
     assert order.refunded_total == 50
     assert order.trade_state == "REFUND"
-    assert {no: r["status"] for no, r in order.refunds.items()} == {"R1": "SUCCESS", "R2": "SUCCESS", "R3": "CLOSED"}
+    assert {no: r["status"] for no, r in order.refunds.items()} == {
+        "R1": "SUCCESS",
+        "R2": "SUCCESS",
+        "R3": "CLOSED",
+    }
 
 
 def test_refund_beyond_the_paid_amount_is_an_anomaly() -> None:

@@ -23,10 +23,14 @@ from ledger.wechatpay.signature import TIMESTAMP_TOLERANCE, SignatureHeaders, ve
 __all__ = ["NotificationVerifier", "VerifiedNotification", "delivery_key", "parse_json_object"]
 
 
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def parse_json_object(data: bytes, what: str) -> dict[str, Any]:
     """Strict UTF-8 JSON object; floats become Decimal so no amount is ever a float."""
     try:
-        value = json.loads(data.decode("utf-8"), parse_float=Decimal)
+        value = json.loads(data.decode("utf-8"), parse_float=Decimal, parse_constant=_no_constants)
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise MalformedNotification(f"{what} is not UTF-8 JSON") from None
     if not isinstance(value, dict):
@@ -104,9 +108,12 @@ class NotificationVerifier:
             raise MalformedNotification("envelope has no event_type")
         if not isinstance(resource, dict):
             raise MalformedNotification("envelope has no resource object")
-        fields = {name: resource.get(name) for name in ("algorithm", "ciphertext", "nonce")}
-        if not all(isinstance(v, str) and v for v in fields.values()):
-            raise MalformedNotification("resource lacks algorithm, ciphertext or nonce")
+        fields: dict[str, str] = {}
+        for name in ("algorithm", "ciphertext", "nonce"):
+            value = resource.get(name)
+            if not isinstance(value, str) or not value:
+                raise MalformedNotification(f"resource has no {name}")
+            fields[name] = value
         if fields["algorithm"] != aead.ALGORITHM:
             raise MalformedNotification("unsupported resource algorithm")
         associated_data = resource.get("associated_data", "")
@@ -114,14 +121,12 @@ class NotificationVerifier:
             associated_data = ""
         if not isinstance(associated_data, str):
             raise MalformedNotification("resource associated_data is not a string")
-        plaintext = aead.decrypt(
-            self._apiv3_key, fields["nonce"], associated_data, fields["ciphertext"]
-        )
+        plaintext = aead.decrypt(self._apiv3_key, fields["nonce"], associated_data, fields["ciphertext"])
         return VerifiedNotification(
             body=body,
             headers=signature_headers,
             key_serial=serial,
             envelope=envelope,
             resource=parse_json_object(plaintext, "decrypted resource"),
-            received_at=dt.datetime.fromtimestamp(now, dt.timezone.utc),
+            received_at=dt.datetime.fromtimestamp(now, dt.UTC),
         )

@@ -76,9 +76,7 @@ def new_nonce(length: int = 32) -> str:
     return "".join(secrets.choice(alphabet) for _ in range(length))
 
 
-def authorization_header(
-    *, mchid: str, serial_no: str, timestamp: str, nonce: str, signature: str
-) -> str:
+def authorization_header(*, mchid: str, serial_no: str, timestamp: str, nonce: str, signature: str) -> str:
     return (
         f'{SIGNATURE_TYPE} mchid="{mchid}",nonce_str="{nonce}",'
         f'timestamp="{timestamp}",serial_no="{serial_no}",signature="{signature}"'
@@ -145,7 +143,8 @@ def verify_signed_message(
             f"unsupported signature type {headers.signature_type[:64]!r}",
             reason="unsupported signature type",
         )
-    if not headers.timestamp.isascii() or not headers.timestamp.isdigit():
+    ts = headers.timestamp
+    if not (ts.isascii() and ts.isdigit() and len(ts) <= 12):
         raise VerificationFailed("timestamp is not an integer", reason="bad timestamp")
     # Whole seconds on both sides: WeChat signs with integer seconds.
     if abs(int(now) - int(headers.timestamp)) > tolerance:

@@ -1,6 +1,6 @@
 """Generate correctly signed and encrypted notifications with keys of our own.
 
-This plays WeChat Pay's side of §1–§3 for the tests, the benchmarks and `payledger dev`:
+This plays WeChat Pay's side of §1-§3 for the tests, the benchmarks and `payledger dev`:
 it holds a signing key (as a public-key id, a platform certificate, or both), the merchant's
 APIv3 key, and builds compact bodies with raw UTF-8 exactly like WeChat's.
 """
@@ -40,7 +40,9 @@ def random_apiv3_key() -> str:
     return "".join(secrets.choice(alphabet) for _ in range(32))
 
 
-def _self_signed_certificate(key: rsa.RSAPrivateKey, serial: int, days: int, start: dt.datetime) -> x509.Certificate:
+def _self_signed_certificate(
+    key: rsa.RSAPrivateKey, serial: int, days: int, start: dt.datetime
+) -> x509.Certificate:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "payledger test platform certificate")])
     return (
         x509.CertificateBuilder()
@@ -78,7 +80,7 @@ class NotificationFactory:
 
     def with_certificate(self, days: int = 365, start: dt.datetime | None = None) -> NotificationFactory:
         """Also act as a platform certificate (same key), selectable by its serial."""
-        start = start or dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)
+        start = start or dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
         self.certificate = _self_signed_certificate(
             self.private_key, x509.random_serial_number(), days, start
         )
