@@ -47,7 +47,7 @@ _LEDGER_KEYS = {
     "LEDGER_LOG_LEVEL",
 }
 _MCHID = re.compile(r"[0-9]{6,32}")
-_APPID = re.compile(r"w[a-z][0-9A-Za-z]{16}")
+_APPID = re.compile(r"w[xw][0-9A-Za-z]{16}")
 _HEX_SERIAL = re.compile(r"[0-9A-Fa-f]{1,64}")
 _PUBLIC_KEY_ID = re.compile(re.escape(PUBLIC_KEY_ID_PREFIX) + r"[0-9A-Za-z_]{1,64}")
 
@@ -99,7 +99,7 @@ class MerchantSettings:
         appid = get("WECHATPAY_APPID")
         if appid is not None and not _APPID.fullmatch(appid):
             raise ConfigurationError(
-                name("WECHATPAY_APPID"), "must look like wx followed by 16 letters or digits"
+                name("WECHATPAY_APPID"), "must look like wx (or ww) followed by 16 letters or digits"
             )
 
         apiv3 = get("WECHATPAY_APIV3_KEY")

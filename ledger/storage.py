@@ -16,7 +16,12 @@ SETTING = "LEDGER_DATABASE_URL"
 
 
 def persistence_env(url: str) -> dict[str, str]:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        # The URL itself stays out of the message: it may hold a password.
+        raise ConfigurationError(SETTING, "is not a valid URL") from None
     if parts.scheme == "sqlite":
         # sqlite:///relative.db, sqlite:////absolute/path.db, sqlite:///:memory:
         path = url[len("sqlite://") :]
@@ -45,7 +50,7 @@ def persistence_env(url: str) -> dict[str, str]:
             "PERSISTENCE_MODULE": "eventsourcing.postgres",
             "POSTGRES_DBNAME": dbname,
             "POSTGRES_HOST": parts.hostname or "127.0.0.1",
-            "POSTGRES_PORT": str(parts.port or 5432),
+            "POSTGRES_PORT": str(port or 5432),
             "POSTGRES_USER": unquote(parts.username or "postgres"),
             "POSTGRES_PASSWORD": unquote(parts.password or ""),
             "POSTGRES_CONNECT_TIMEOUT": query.get("connect_timeout", "5"),
@@ -62,7 +67,10 @@ def persistence_env(url: str) -> dict[str, str]:
 
 
 def redact_url(url: str) -> str:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<invalid url>"
     if parts.password:
         return url.replace(f":{parts.password}@", ":***@", 1)
     return url

@@ -1,4 +1,4 @@
-"""AEAD_AES_256_GCM resource decryption (protocol reference §3, §8): vectors both ways, every failure typed."""
+"""AEAD_AES_256_GCM resource decryption (protocol reference §3, §8): vectors both ways, failures typed."""
 
 from __future__ import annotations
 
@@ -16,8 +16,13 @@ from ledger.wechatpay.aead import decrypt, encrypt
 VECTORS_PATH = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "wechatpay-vectors.json"
 
 # §8.1 V5 (GO utils/aes_test.go): a 16-byte key, so AES-128-GCM.
-V5 = {"key": "testAPIv3Key0000", "nonce": "wCq51qZv4Yfg", "associated_data": "Dl56FrqWQJF1t9LtC3vEUsniZKvbqdR8",
-      "ciphertext_b64": "FsdXzxryWfKwvLJKf8LG/ToRPTRh8RN9wROC", "plaintext": "Hello World"}
+V5 = {
+    "key": "testAPIv3Key0000",
+    "nonce": "wCq51qZv4Yfg",
+    "associated_data": "Dl56FrqWQJF1t9LtC3vEUsniZKvbqdR8",
+    "ciphertext_b64": "FsdXzxryWfKwvLJKf8LG/ToRPTRh8RN9wROC",
+    "plaintext": "Hello World",
+}
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +85,9 @@ def test_d2_resource_decrypts_to_raw_utf8(vectors: dict[str, Any]) -> None:
     """§3/§8.2 D2: the plaintext is compact JSON with raw UTF-8 Chinese text."""
     d2 = vectors["D2_transaction_success_notification"]
     resource = resource_of(d2)
-    plaintext = decrypt(d2["apiv3_key"].encode(), resource["nonce"], resource["associated_data"],
-                        resource["ciphertext"])
+    plaintext = decrypt(
+        d2["apiv3_key"].encode(), resource["nonce"], resource["associated_data"], resource["ciphertext"]
+    )
     assert plaintext == d2["plaintext"].encode("utf-8")
     assert "支付成功".encode() in plaintext
 
@@ -131,8 +137,9 @@ FAILURES = {
     "truncated-tag": lambda v: {"ciphertext_b64": _cut(v["ciphertext_b64"], -1)},
     "tag-only-part": lambda v: {"ciphertext_b64": _cut(v["ciphertext_b64"], 10)},
     "empty": lambda v: {"ciphertext_b64": ""},
-    "extra-byte": lambda v: {"ciphertext_b64": base64.b64encode(base64.b64decode(v["ciphertext_b64"]) + b"\0")
-                             .decode()},
+    "extra-byte": lambda v: {
+        "ciphertext_b64": base64.b64encode(base64.b64decode(v["ciphertext_b64"]) + b"\0").decode()
+    },
 }
 
 

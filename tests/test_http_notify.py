@@ -56,7 +56,9 @@ def stored(ledger: Ledger, out_trade_no: str) -> list[str]:
         return []
 
 
-def test_verified_payment_is_answered_204_with_no_body_after_storing(make_client: Any, factory: NotificationFactory) -> None:
+def test_verified_payment_is_answered_204_with_no_body_after_storing(
+    make_client: Any, factory: NotificationFactory
+) -> None:
     client, ledger = make_client()
     response = post(client, factory.paid("ORDER-2001", 100))
     assert response.status_code == 204
@@ -64,7 +66,9 @@ def test_verified_payment_is_answered_204_with_no_body_after_storing(make_client
     assert stored(ledger, "ORDER-2001") == ["Opened", "NotificationReceived", "PaymentSucceeded"]
 
 
-def test_byte_identical_replay_is_acknowledged_without_a_new_event(make_client: Any, factory: NotificationFactory) -> None:
+def test_byte_identical_replay_is_acknowledged_without_a_new_event(
+    make_client: Any, factory: NotificationFactory
+) -> None:
     client, ledger = make_client()
     delivery = factory.paid("ORDER-2002", 100)
     assert post(client, delivery).status_code == 204
@@ -77,7 +81,9 @@ def test_byte_identical_replay_is_acknowledged_without_a_new_event(make_client: 
 def test_platform_certificate_serial_is_accepted_too(make_client: Any, factory: NotificationFactory) -> None:
     """§2.3: both modes at once during the migration."""
     client, ledger = make_client()
-    delivery = factory.deliver(factory.envelope(factory.transaction("ORDER-2003", 100)), serial=factory.certificate_serial)
+    delivery = factory.deliver(
+        factory.envelope(factory.transaction("ORDER-2003", 100)), serial=factory.certificate_serial
+    )
     assert post(client, delivery).status_code == 204
     assert "PaymentSucceeded" in stored(ledger, "ORDER-2003")
 
@@ -99,8 +105,14 @@ def _without(header: str) -> Callable[[Delivery], Delivery]:
         ("§2.1 missing timestamp", _without("Wechatpay-Timestamp")),
         ("§2.1 missing nonce", _without("Wechatpay-Nonce")),
         ("§2.3 missing serial", _without("Wechatpay-Serial")),
-        ("§2.3 unknown serial", lambda d: Delivery(d.body, {**d.headers, "Wechatpay-Serial": "PUB_KEY_ID_9"}, "")),
-        ("§1.2 wrong signature type", lambda d: Delivery(d.body, {**d.headers, "Wechatpay-Signature-Type": "HMAC-SHA256"}, "")),
+        (
+            "§2.3 unknown serial",
+            lambda d: Delivery(d.body, {**d.headers, "Wechatpay-Serial": "PUB_KEY_ID_9"}, ""),
+        ),
+        (
+            "§1.2 wrong signature type",
+            lambda d: Delivery(d.body, {**d.headers, "Wechatpay-Signature-Type": "HMAC-SHA256"}, ""),
+        ),
         ("§2.1 bad base64", lambda d: Delivery(d.body, {**d.headers, "Wechatpay-Signature": "%%%"}, "")),
     ],
 )
@@ -131,7 +143,9 @@ def test_signed_notification_signed_by_another_key_fails(
     make_client: Any, factory: NotificationFactory, other_factory: NotificationFactory
 ) -> None:
     client, _ = make_client()
-    delivery = other_factory.deliver(factory.envelope(factory.transaction("ORDER-2006", 100)), serial=factory.public_key_id)
+    delivery = other_factory.deliver(
+        factory.envelope(factory.transaction("ORDER-2006", 100)), serial=factory.public_key_id
+    )
     assert post(client, delivery).status_code == 401
 
 
@@ -165,25 +179,35 @@ def test_body_above_the_limit_is_413(make_client: Any, factory: NotificationFact
     assert response.json()["code"] == "FAIL"
 
 
-def test_other_event_types_are_acknowledged_and_recorded(make_client: Any, factory: NotificationFactory) -> None:
+def test_other_event_types_are_acknowledged_and_recorded(
+    make_client: Any, factory: NotificationFactory
+) -> None:
     client, ledger = make_client()
-    body = factory.envelope({"mchid": MCHID, "complaint_id": "200201820200101080076610000"}, "COMPLAINT.CREATE")
+    body = factory.envelope(
+        {"mchid": MCHID, "complaint_id": "200201820200101080076610000"}, "COMPLAINT.CREATE"
+    )
     delivery = factory.deliver(body)
     assert post(client, delivery).status_code == 204
-    assert [e["type"] for e in ledger.inbox_history(MCHID, delivery.notification_id)] == ["Opened", "NotificationReceived"]
+    assert [e["type"] for e in ledger.inbox_history(MCHID, delivery.notification_id)] == [
+        "Opened",
+        "NotificationReceived",
+    ]
 
 
 def test_notify_by_mchid_routes_to_that_merchant(
-    merchant_env: dict[str, str], other_factory: NotificationFactory, factory: NotificationFactory,
-    tmp_path: Path, sqlite_url: str,
+    merchant_env: dict[str, str],
+    other_factory: NotificationFactory,
+    factory: NotificationFactory,
+    tmp_path: Path,
+    sqlite_url: str,
 ) -> None:
     second = NotificationFactory(mchid="1900000222", appid="wx1111111111111111")
     env2 = second.write_keys(tmp_path / "second")
     config = tmp_path / "ledger.toml"
-    config.write_text(
-        "[[merchants]]\n" + "".join(f'{k} = "{v}"\n' for k, v in env2.items())
+    config.write_text("[[merchants]]\n" + "".join(f'{k} = "{v}"\n' for k, v in env2.items()))
+    settings = Settings.load(
+        {**merchant_env, "LEDGER_CONFIG": str(config), "LEDGER_DATABASE_URL": sqlite_url}
     )
-    settings = Settings.load({**merchant_env, "LEDGER_CONFIG": str(config), "LEDGER_DATABASE_URL": sqlite_url})
     ledger = build_ledger(sqlite_url)
     with serve(create_app(settings, ledger=ledger)) as client:
         ok = second.paid("ORDER-2008", 100)
@@ -193,7 +217,9 @@ def test_notify_by_mchid_routes_to_that_merchant(
     assert ledger.get_order("1900000222", "ORDER-2008").trade_state == "SUCCESS"
 
 
-def test_unexpected_errors_never_leak_their_text(merchant_env: dict[str, str], factory: NotificationFactory, sqlite_url: str) -> None:
+def test_unexpected_errors_never_leak_their_text(
+    merchant_env: dict[str, str], factory: NotificationFactory, sqlite_url: str
+) -> None:
     class Broken(Ledger):
         def record_notification(self, *args: Any, **kwargs: Any) -> Any:
             raise RuntimeError("secret-internal-detail")

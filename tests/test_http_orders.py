@@ -37,7 +37,11 @@ def test_register_is_201_then_200_then_409(client: httpx.Client) -> None:
     body = {"out_trade_no": "ORDER-4001", "amount_total": 100, "description": "茶"}
     first = client.post("/orders", json=body)
     assert first.status_code == 201
-    assert (first.json()["trade_state"], first.json()["amount_total"], first.json()["currency"]) == ("NOTPAY", 100, "CNY")
+    assert (first.json()["trade_state"], first.json()["amount_total"], first.json()["currency"]) == (
+        "NOTPAY",
+        100,
+        "CNY",
+    )
     assert client.post("/orders", json=body).status_code == 200
     conflict = client.post("/orders", json={**body, "amount_total": 101})
     assert conflict.status_code == 409
@@ -96,14 +100,24 @@ def test_events_show_raw_deliveries_that_an_auditor_can_reverify(
     client.post("/wechatpay/notify", content=delivery.body, headers=factory.sign_headers(delivery.body))
     events = client.get("/orders/ORDER-4005/events").json()["events"]
     assert [(e["version"], e["type"]) for e in events] == [
-        (1, "Opened"), (2, "NotificationReceived"), (3, "PaymentSucceeded"), (4, "NotificationReceived"),
+        (1, "Opened"),
+        (2, "NotificationReceived"),
+        (3, "PaymentSucceeded"),
+        (4, "NotificationReceived"),
     ]
-    verifier = NotificationVerifier(factory.key_store(), factory.apiv3_key.encode(), clock=lambda: 0, tolerance=10**10)
+    verifier = NotificationVerifier(
+        factory.key_store(), factory.apiv3_key.encode(), clock=lambda: 0, tolerance=10**10
+    )
     for event in (events[1], events[3]):
         data = event["data"]
         assert data["raw_body"].encode() == delivery.body
-        assert set(SignatureHeaders.from_headers(data["signature_headers"]).as_dict()) >= {"Wechatpay-Signature"}
-        assert verifier.verify(data["signature_headers"], data["raw_body"].encode()).id == delivery.notification_id
+        assert set(SignatureHeaders.from_headers(data["signature_headers"]).as_dict()) >= {
+            "Wechatpay-Signature"
+        }
+        assert (
+            verifier.verify(data["signature_headers"], data["raw_body"].encode()).id
+            == delivery.notification_id
+        )
         assert event["recorded_at"].endswith("+00:00")
 
 
@@ -113,10 +127,18 @@ def test_admin_token_guards_everything_but_notify_and_healthz(
     with service(merchant_env, sqlite_url, LEDGER_ADMIN_TOKEN=TOKEN) as client:
         assert client.get("/healthz").status_code == 200
         delivery = factory.paid("ORDER-4006", 100)
-        assert client.post("/wechatpay/notify", content=delivery.body, headers=delivery.headers).status_code == 204
+        assert (
+            client.post("/wechatpay/notify", content=delivery.body, headers=delivery.headers).status_code
+            == 204
+        )
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
             assert client.get("/orders/ORDER-4006", headers=headers).status_code == 401
-            assert client.post("/orders", json={"out_trade_no": "ORDER-4007", "amount_total": 1}, headers=headers).status_code == 401
+            assert (
+                client.post(
+                    "/orders", json={"out_trade_no": "ORDER-4007", "amount_total": 1}, headers=headers
+                ).status_code
+                == 401
+            )
         auth = {"Authorization": f"Bearer {TOKEN}"}
         assert client.get("/orders/ORDER-4006", headers=auth).json()["trade_state"] == "SUCCESS"
         assert client.get("/orders/ORDER-4006/events", headers=auth).status_code == 200

@@ -42,7 +42,11 @@ def test_register_pay_refund_and_restart_keeps_history(
     order = restarted.get_order(MCHID, "ORDER-1001")
     assert (order.trade_state, order.refunded_total, order.amount_total) == ("REFUND", 40, 100)
     assert types_of(restarted.order_history(MCHID, "ORDER-1001")) == [
-        "Opened", "Registered", "NotificationReceived", "PaymentSucceeded", "NotificationReceived",
+        "Opened",
+        "Registered",
+        "NotificationReceived",
+        "PaymentSucceeded",
+        "NotificationReceived",
         "RefundSucceeded",
     ]
 
@@ -63,7 +67,9 @@ def test_history_keeps_the_raw_body_and_headers_byte_for_byte(
     ledger = ledger_factory()
     delivery = factory.paid("ORDER-1003", 100)
     ledger.record_notification(MCHID, verify(delivery))
-    received = next(e for e in ledger.order_history(MCHID, "ORDER-1003") if e["type"] == "NotificationReceived")
+    received = next(
+        e for e in ledger.order_history(MCHID, "ORDER-1003") if e["type"] == "NotificationReceived"
+    )
     assert received["data"]["raw_body"].encode() == delivery.body
     headers = received["data"]["signature_headers"]
     # An auditor can re-verify the stored delivery independently.
@@ -86,7 +92,12 @@ def test_notification_without_order_goes_to_its_own_stream(
     ledger_factory: Callable[[], Any], factory: NotificationFactory, verify: Any
 ) -> None:
     ledger = ledger_factory()
-    resource = {"mchid": MCHID, "appid": APPID, "out_contract_code": "C-1", "create_time": "2026-11-27T10:00:00+08:00"}
+    resource = {
+        "mchid": MCHID,
+        "appid": APPID,
+        "out_contract_code": "C-1",
+        "create_time": "2026-11-27T10:00:00+08:00",
+    }
     body = factory.envelope(resource, "PAYSCORE.USER_OPEN_SERVICE", associated_data="payscore")
     delivery = factory.deliver(body)
     result = ledger.record_notification(MCHID, verify(delivery))

@@ -36,8 +36,11 @@ def test_dev_quick_start_serves_records_and_shows_history(tmp_path: Path) -> Non
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WECHATPAY_", "LEDGER_"))}
     cli = [sys.executable, "-m", "ledger.cli"]
     server = subprocess.Popen(
-        [*cli, "serve", "--dev", "--port", str(port)], cwd=tmp_path, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [*cli, "serve", "--dev", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.monotonic() + 20
@@ -50,9 +53,16 @@ def test_dev_quick_start_serves_records_and_shows_history(tmp_path: Path) -> Non
             assert time.monotonic() < deadline and server.poll() is None, "server did not start"
             time.sleep(0.1)
         url = f"http://127.0.0.1:{port}"
-        run = lambda *args: subprocess.run([*cli, *args], cwd=tmp_path, env=env, capture_output=True, text=True)  # noqa: E731
+        run = lambda *args: subprocess.run(
+            [*cli, *args], cwd=tmp_path, env=env, capture_output=True, text=True
+        )  # noqa: E731
         assert run("dev-notify", "ORDER-0001", "--amount", "100", "--url", url).returncode == 0
-        assert run("dev-notify", "ORDER-0001", "--amount", "100", "--refund", "R-0001:30", "--url", url).returncode == 0
+        assert (
+            run(
+                "dev-notify", "ORDER-0001", "--amount", "100", "--refund", "R-0001:30", "--url", url
+            ).returncode
+            == 0
+        )
         history = run("history", "ORDER-0001", "--dev")
         assert history.returncode == 0, history.stderr
         assert "PaymentSucceeded" in history.stdout and "RefundSucceeded" in history.stdout
@@ -70,7 +80,12 @@ def test_bad_configuration_fails_at_start_naming_the_setting(tmp_path: Path) -> 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WECHATPAY_", "LEDGER_"))}
     env |= {"WECHATPAY_MCHID": "1900000109", "WECHATPAY_APIV3_KEY": "too-short"}
     result = subprocess.run(
-        [sys.executable, "-m", "ledger.cli", "serve"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30
+        [sys.executable, "-m", "ledger.cli", "serve"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 2
     assert "WECHATPAY_APIV3_KEY" in result.stderr and "too-short" not in result.stderr

@@ -52,8 +52,14 @@ def d2(vectors: dict[str, Any]) -> dict[str, Any]:
     return dict(vectors["D2_transaction_success_notification"])
 
 
-def check(vector: dict[str, Any], keys: KeyStore, *, headers: dict[str, str] | None = None,
-          body: bytes | None = None, now: float | None = None) -> str:
+def check(
+    vector: dict[str, Any],
+    keys: KeyStore,
+    *,
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+    now: float | None = None,
+) -> str:
     """Run the full §10 steps 2-5 on a vector, with optional replacements."""
     parsed = SignatureHeaders.from_headers(vector["headers"] if headers is None else headers)
     raw = vector["body"].encode() if body is None else body
@@ -115,20 +121,30 @@ def test_build_message_with_empty_body() -> None:
 def test_authorization_header_format(vectors: dict[str, Any]) -> None:
     """§5.1: scheme, a space, then comma-separated key="value" pairs, no spaces, one line."""
     d1 = vectors["D1_authorization_signature"]
-    header = authorization_header(mchid=d1["mchid"], serial_no=d1["serial_no"], timestamp=d1["timestamp"],
-                                  nonce=d1["nonce_str"], signature=d1["signature"])
+    header = authorization_header(
+        mchid=d1["mchid"],
+        serial_no=d1["serial_no"],
+        timestamp=d1["timestamp"],
+        nonce=d1["nonce_str"],
+        signature=d1["signature"],
+    )
     scheme, params = header.split(" ", 1)
     assert scheme == "WECHATPAY2-SHA256-RSA2048"
     pairs = re.findall(r'([a-z_]+)="([^"]*)"', params)
     assert params == ",".join(f'{k}="{v}"' for k, v in pairs)
-    assert dict(pairs) == {"mchid": d1["mchid"], "nonce_str": d1["nonce_str"], "timestamp": d1["timestamp"],
-                           "serial_no": d1["serial_no"], "signature": d1["signature"]}
+    assert dict(pairs) == {
+        "mchid": d1["mchid"],
+        "nonce_str": d1["nonce_str"],
+        "timestamp": d1["timestamp"],
+        "serial_no": d1["serial_no"],
+        "signature": d1["signature"],
+    }
     assert "\n" not in header and len(pairs) == 5
 
 
 def test_sign_and_verify_round_trip(factory: NotificationFactory, other_factory: NotificationFactory) -> None:
     """§2.1: PKCS#1 v1.5 + SHA-256, standard base64 with padding, 256-byte signature."""
-    message = build_message("1624523846", "nonce", "{\"a\":\"支付成功\"}".encode())
+    message = build_message("1624523846", "nonce", '{"a":"支付成功"}'.encode())
     signature = sign(factory.private_key, message)
     assert len(base64.b64decode(signature, validate=True)) == 256
     assert verify(factory.private_key.public_key(), message, signature) is True
@@ -173,13 +189,32 @@ def test_timestamp_outside_300_seconds_fails(d2: dict[str, Any], keys: KeyStore,
 
 @pytest.mark.parametrize(
     "timestamp",
-    ["1624523846.0", "-1624523846", "+1624523846", " 1624523846", "0x60d4", "١٦٢٤٥٢٣٨٤٦", "",
-     "9" * 400, "9" * 5000],
-    ids=["decimal", "negative", "plus", "space", "hex", "arabic-digits", "empty", "400-digits",
-         "5000-digits"],
+    [
+        "1624523846.0",
+        "-1624523846",
+        "+1624523846",
+        " 1624523846",
+        "0x60d4",
+        "١٦٢٤٥٢٣٨٤٦",
+        "",
+        "9" * 400,
+        "9" * 5000,
+    ],
+    ids=[
+        "decimal",
+        "negative",
+        "plus",
+        "space",
+        "hex",
+        "arabic-digits",
+        "empty",
+        "400-digits",
+        "5000-digits",
+    ],
 )
-def test_non_integer_or_absurd_timestamp_fails_as_verification(d2: dict[str, Any], keys: KeyStore,
-                                                               timestamp: str) -> None:
+def test_non_integer_or_absurd_timestamp_fails_as_verification(
+    d2: dict[str, Any], keys: KeyStore, timestamp: str
+) -> None:
     """§2.2: a non-integer timestamp is a verification failure (401), never another exception.
 
     The clock is a float, as `time.time()` is in production.
@@ -188,16 +223,21 @@ def test_non_integer_or_absurd_timestamp_fails_as_verification(d2: dict[str, Any
         check(d2, keys, headers=with_header(d2, "Wechatpay-Timestamp", timestamp), now=float(d2["now"]))
 
 
-def test_probe_signature_fails_as_verification(d2: dict[str, Any], keys: KeyStore,
-                                               factory: NotificationFactory) -> None:
+def test_probe_signature_fails_as_verification(
+    d2: dict[str, Any], keys: KeyStore, factory: NotificationFactory
+) -> None:
     """§2.6: a WECHATPAY/SIGNTEST/ probe is an ordinary failure (4XX), not a decode crash."""
     with pytest.raises(VerificationFailed):
         check(d2, keys, headers=with_header(d2, "Wechatpay-Signature", "WECHATPAY/SIGNTEST/" + "A1b-_=" * 9))
     probe = factory.probe(factory.paid("probe-order", 1))
     assert probe.headers["Wechatpay-Signature"].startswith("WECHATPAY/SIGNTEST/")
     with pytest.raises(VerificationFailed):
-        verify_signed_message(SignatureHeaders.from_headers(probe.headers), probe.body, factory.key_store(),
-                              int(probe.headers["Wechatpay-Timestamp"]))
+        verify_signed_message(
+            SignatureHeaders.from_headers(probe.headers),
+            probe.body,
+            factory.key_store(),
+            int(probe.headers["Wechatpay-Timestamp"]),
+        )
 
 
 def _tamper(signature: str) -> str:
@@ -219,8 +259,17 @@ def _tamper(signature: str) -> str:
         lambda s: base64.b64encode(bytes(256)).decode(),
         lambda s: s + s,
     ],
-    ids=["non-base64", "truncated-4", "truncated-100", "unpadded", "bad-last-unit", "non-ascii",
-         "bit-flip", "zeros", "doubled"],
+    ids=[
+        "non-base64",
+        "truncated-4",
+        "truncated-100",
+        "unpadded",
+        "bad-last-unit",
+        "non-ascii",
+        "bit-flip",
+        "zeros",
+        "doubled",
+    ],
 )
 def test_bad_signature_fails(d2: dict[str, Any], keys: KeyStore, mangle) -> None:
     """§2.1/§10.5: base64 errors and wrong signatures are verification failures."""
@@ -229,8 +278,10 @@ def test_bad_signature_fails(d2: dict[str, Any], keys: KeyStore, mangle) -> None
         check(d2, keys, headers=with_header(d2, "Wechatpay-Signature", signature))
 
 
-@pytest.mark.parametrize("serial", ["F5765756002FDD77", "PUB_KEY_ID_0000000000000024101100397200000006",
-                                    "not-a-serial", "D7CE59D1F522D70"])
+@pytest.mark.parametrize(
+    "serial",
+    ["F5765756002FDD77", "PUB_KEY_ID_0000000000000024101100397200000006", "not-a-serial", "D7CE59D1F522D70"],
+)
 def test_unknown_serial_fails(d2: dict[str, Any], keys: KeyStore, serial: str) -> None:
     """§2.3/§10.4: an unknown serial is a failure (the merchant cert serial is not a platform one)."""
     with pytest.raises(VerificationFailed) as exc:
@@ -288,8 +339,9 @@ def test_certificate_outside_validity_fails(start_days: int) -> None:
     assert verify_signed_message(headers, body, wechat.key_store(), now) == wechat.public_key_id
 
 
-def test_public_key_and_certificate_modes_at_once(factory: NotificationFactory,
-                                                  other_factory: NotificationFactory) -> None:
+def test_public_key_and_certificate_modes_at_once(
+    factory: NotificationFactory, other_factory: NotificationFactory
+) -> None:
     """§2.3 migration: PUB_KEY_ID_ and platform-certificate serials are both accepted, each by its key."""
     keys = factory.key_store()
     body = factory.envelope(factory.transaction("both-modes", 100))
