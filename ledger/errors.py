@@ -12,7 +12,11 @@ LedgerError
 ├── OrderConflict               409: the order exists with different registration details
 ├── OrderNotFound               404
 ├── InvalidRequest              400: a request to our own API is malformed
-└── StoreUnavailable            503: the event store cannot be reached; nothing was stored
+├── StoreUnavailable            503: the event store cannot be reached; nothing was stored
+└── WeChatPayError              an outbound call to WeChat Pay did not give a trusted answer (502)
+    ├── WeChatPayUnavailable    network error, timeout, 429 or 5xx, still failing at the deadline
+    ├── WeChatPayRejected       a 4xx answer (not retried); carries WeChat's code and message
+    └── ResponseUntrusted       a 2xx whose signature, serial, timestamp or body cannot be trusted
 
 Each error carries a short, fixed `reason` that is safe to put in an answer; the exception
 message may hold more detail for logs, never secrets.
@@ -31,7 +35,11 @@ __all__ = [
     "OrderConflict",
     "OrderNotFound",
     "StoreUnavailable",
+    "ResponseUntrusted",
     "VerificationFailed",
+    "WeChatPayError",
+    "WeChatPayRejected",
+    "WeChatPayUnavailable",
 ]
 
 
@@ -96,3 +104,28 @@ class InvalidRequest(LedgerError):
 class StoreUnavailable(LedgerError):
     status_code = 503
     reason = "store unavailable"
+
+
+class WeChatPayError(LedgerError):
+    status_code = 502
+    reason = "WeChat Pay answer failed or could not be trusted"
+
+
+class WeChatPayUnavailable(WeChatPayError):
+    reason = "WeChat Pay unavailable"
+
+
+class WeChatPayRejected(WeChatPayError):
+    """A 4xx from WeChat Pay: `code` and `message` are WeChat's (e.g. ORDER_NOT_EXIST)."""
+
+    reason = "WeChat Pay rejected the request"
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class ResponseUntrusted(WeChatPayError):
+    reason = "WeChat Pay answer could not be verified"
