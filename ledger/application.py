@@ -21,7 +21,15 @@ from uuid import UUID
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import IntegrityError, PersistenceError
 
-from ledger.domain import Evidence, NotificationInbox, Outcome, PaymentOrder, inbox_id, order_id
+from ledger.domain import (
+    Evidence,
+    NotificationInbox,
+    Outcome,
+    PaymentOrder,
+    QueryEvidence,
+    inbox_id,
+    order_id,
+)
 from ledger.errors import InvalidRequest, OrderConflict, OrderNotFound, StoreUnavailable
 from ledger.storage import persistence_env
 from ledger.wechatpay.notification import VerifiedNotification
@@ -96,6 +104,19 @@ class Ledger(Application[UUID]):
             if outcome is Outcome.RECORDED:
                 self.save(stream)
             return RecordResult(outcome, stream.id, stream.version, isinstance(stream, PaymentOrder))
+
+        return self._with_retries(attempt)
+
+    def record_query(
+        self, mchid: str, out_trade_no: str, evidence: QueryEvidence, *, expected_appid: str | None = None
+    ) -> PaymentOrder:
+        """Append a verified status-query answer (and its decisions) to the order's stream."""
+
+        def attempt() -> PaymentOrder:
+            order = self._load_or_open(mchid, out_trade_no)
+            order.record_query(evidence, expected_appid=expected_appid)
+            self.save(order)
+            return order
 
         return self._with_retries(attempt)
 

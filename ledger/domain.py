@@ -17,7 +17,10 @@ from typing import Any
 from eventsourcing.domain import Aggregate
 
 __all__ = [
+    "FINAL_TRADE_STATES",
+    "OPEN_TRADE_STATES",
     "Evidence",
+    "QueryEvidence",
     "NotificationInbox",
     "Outcome",
     "PaymentOrder",
@@ -36,6 +39,11 @@ def order_id(mchid: str, out_trade_no: str) -> uuid.UUID:
 
 def inbox_id(mchid: str, notification_id: str) -> uuid.UUID:
     return uuid.uuid5(NAMESPACE, f"notification{_SEP}{mchid}{_SEP}{notification_id}")
+
+
+# §5.3: states a query can still move on from, and states that end the order's life.
+OPEN_TRADE_STATES = frozenset({"NOTPAY", "USERPAYING", "ACCEPT"})
+FINAL_TRADE_STATES = frozenset({"SUCCESS", "REFUND", "CLOSED", "REVOKED", "PAYERROR"})
 
 
 class Outcome(StrEnum):
@@ -57,6 +65,20 @@ class Evidence:
     resource: dict[str, Any]
     resource_digest: str
     received_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class QueryEvidence:
+    """A verified answer to a status query (§5.3), as the domain sees it."""
+
+    query: str
+    status_code: int
+    raw_body: str
+    response_headers: dict[str, str]
+    key_serial: str
+    request_id: str
+    transaction: dict[str, Any]
+    queried_at: dt.datetime
 
 
 def _amount(resource: dict[str, Any], name: str) -> int | None:
@@ -173,6 +195,8 @@ class PaymentOrder(_DeliveryLog):
         self.refunds: dict[str, dict[str, Any]] = {}
         self.anomalies: list[dict[str, Any]] = []
         self.anomaly_keys: set[str] = set()
+        self.queries = 0
+        self.last_queried_at: dt.datetime | None = None
         self._init_log()
 
     @classmethod
@@ -208,7 +232,8 @@ class PaymentOrder(_DeliveryLog):
         evidence: str
 
         def apply(self, order: PaymentOrder) -> None:
-            order.trade_state = "SUCCESS" if order.trade_state in {"NOTPAY", "SUCCESS"} else order.trade_state
+            if order.trade_state != "REFUND":
+                order.trade_state = "SUCCESS"
             order.paid = True
             order.transaction_id = self.transaction_id
             order.success_time = self.success_time
@@ -248,6 +273,29 @@ class PaymentOrder(_DeliveryLog):
 
     class RefundAbnormal(_RefundDecision):
         status = "ABNORMAL"
+
+    class StatusQueried(Aggregate.Event):
+        query: str
+        status_code: int
+        raw_body: str
+        response_headers: dict[str, str]
+        key_serial: str
+        request_id: str
+        transaction: dict[str, Any]
+        queried_at: dt.datetime
+
+        def apply(self, order: PaymentOrder) -> None:
+            order.queries += 1
+            order.last_queried_at = self.queried_at
+
+    class TradeStateChanged(Aggregate.Event):
+        from_state: str
+        to_state: str
+        trade_state_desc: str
+        evidence: str
+
+        def apply(self, order: PaymentOrder) -> None:
+            order.trade_state = self.to_state
 
     class AnomalyDetected(Aggregate.Event):
         kind: str
@@ -301,11 +349,48 @@ class PaymentOrder(_DeliveryLog):
             self._decide_refund(evidence.resource, evidence.notification_id, evidence.event_type[7:])
         return Outcome.RECORDED
 
+    def record_query(self, evidence: QueryEvidence, *, expected_appid: str | None = None) -> None:
+        """Record a verified query answer and fold it into the same decisions as a callback."""
+        self.trigger_event(
+            self.StatusQueried,
+            query=evidence.query,
+            status_code=evidence.status_code,
+            raw_body=evidence.raw_body,
+            response_headers=dict(evidence.response_headers),
+            key_serial=evidence.key_serial,
+            request_id=evidence.request_id,
+            transaction=evidence.transaction,
+            queried_at=evidence.queried_at,
+        )
+        source = f"query:{evidence.request_id}"
+        state = _str(evidence.transaction, "trade_state")
+        if state in {"SUCCESS", "REFUND"}:
+            self._decide_payment(evidence.transaction, source, expected_appid)
+            if state == "REFUND" and self.paid and self.trade_state != "REFUND":
+                self._change_state("REFUND", evidence.transaction, source)
+        elif state in OPEN_TRADE_STATES | FINAL_TRADE_STATES and not self.paid:
+            if self.trade_state in OPEN_TRADE_STATES and state != self.trade_state:
+                if self._identity_matches(evidence.transaction, source, expected_appid):
+                    self._change_state(state, evidence.transaction, source)
+
+    @property
+    def is_final(self) -> bool:
+        return self.trade_state in FINAL_TRADE_STATES
+
     # -- decisions -----------------------------------------------------------------------
 
     def _anomaly(self, kind: str, key: str, detail: dict[str, Any], evidence: str) -> None:
         if key not in self.anomaly_keys:
             self.trigger_event(self.AnomalyDetected, kind=kind, key=key, detail=detail, evidence=evidence)
+
+    def _change_state(self, to_state: str, resource: dict[str, Any], evidence: str) -> None:
+        self.trigger_event(
+            self.TradeStateChanged,
+            from_state=self.trade_state,
+            to_state=to_state,
+            trade_state_desc=_str(resource, "trade_state_desc"),
+            evidence=evidence,
+        )
 
     def _identity_matches(self, resource: dict[str, Any], evidence: str, expected_appid: str | None) -> bool:
         mchid = _str(resource, "mchid")
@@ -347,9 +432,9 @@ class PaymentOrder(_DeliveryLog):
             )
 
     def _decide_payment(self, resource: dict[str, Any], evidence: str, expected_appid: str | None) -> None:
-        if resource.get("trade_state") != "SUCCESS" or not self._identity_matches(
-            resource, evidence, expected_appid
-        ):
+        if resource.get("trade_state") not in {"SUCCESS", "REFUND"}:
+            return
+        if not self._identity_matches(resource, evidence, expected_appid):
             return
         transaction_id = _str(resource, "transaction_id")
         self._check_total(resource, f"payment:{transaction_id}", evidence)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import Counter
 from typing import Any
 
@@ -9,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger.domain import Outcome, PaymentOrder, inbox_id, order_id
+from ledger.domain import Outcome, PaymentOrder, QueryEvidence, inbox_id, order_id
 from ledger.wechatpay.testing import NotificationFactory
 from tests.helpers import event_types, evidence, replay
 
@@ -157,6 +158,63 @@ def test_reregistration_identical_is_a_no_op_and_different_is_refused() -> None:
     assert order.collect_events() == []
 
 
+def query(trade_state: str, request_id: str = "Q-1", **kwargs: Any) -> QueryEvidence:
+    transaction = pay(**kwargs)
+    transaction["trade_state"] = trade_state
+    if trade_state not in {"SUCCESS", "REFUND"}:
+        for name in ("transaction_id", "success_time", "payer", "bank_type"):
+            transaction.pop(name)
+    return QueryEvidence(
+        query="out_trade_no", status_code=200, raw_body="{}", response_headers={}, key_serial="PUB_KEY_ID_0001",
+        request_id=request_id, transaction=transaction, queried_at=dt.datetime(2026, 11, 27, tzinfo=dt.UTC),
+    )
+
+
+def test_query_finding_success_before_any_callback_decides_once() -> None:
+    """Issue 2/4: the callback that arrives later collapses into the query's decision."""
+    order = new_order()
+    order.record_query(query("SUCCESS"), expected_appid=APPID)
+    order.receive(evidence(pay()), expected_appid=APPID)
+    order.record_query(query("SUCCESS", "Q-2"), expected_appid=APPID)
+    assert event_types(order.collect_events()) == [
+        "StatusQueried", "PaymentSucceeded", "NotificationReceived", "StatusQueried",
+    ]
+    assert (order.trade_state, order.queries, order.is_final) == ("SUCCESS", 2, True)
+
+
+def test_callback_before_query_decides_once() -> None:
+    order = new_order()
+    order.receive(evidence(pay()), expected_appid=APPID)
+    order.record_query(query("SUCCESS"), expected_appid=APPID)
+    assert Counter(event_types(order.collect_events()))["PaymentSucceeded"] == 1
+
+
+@pytest.mark.parametrize("state", ["CLOSED", "REVOKED", "PAYERROR", "USERPAYING"])
+def test_queried_states_are_reflected_in_trade_state(state: str) -> None:
+    order = new_order()
+    order.record_query(query(state), expected_appid=APPID)
+    assert order.trade_state == state
+    assert event_types(order.collect_events()) == ["StatusQueried", "TradeStateChanged"]
+
+
+def test_final_states_do_not_move_back_and_a_paid_order_ignores_stale_notpay() -> None:
+    order = new_order()
+    order.record_query(query("CLOSED"))
+    order.record_query(query("NOTPAY", "Q-2"))
+    assert order.trade_state == "CLOSED"
+    paid = new_order()
+    paid.receive(evidence(pay()))
+    paid.record_query(query("NOTPAY"))
+    assert paid.trade_state == "SUCCESS"
+    assert "TradeStateChanged" not in event_types(paid.collect_events())
+
+
+def test_query_with_refund_state_records_the_payment_too() -> None:
+    order = new_order()
+    order.record_query(query("REFUND"))
+    assert (order.paid, order.trade_state) == (True, "REFUND")
+
+
 # -- the property: any interleaving and duplication of deliveries gives one decision each ---
 
 DELIVERIES = [
@@ -168,7 +226,10 @@ DELIVERIES = [
     evidence(refund("R2", 20, "ABNORMAL"), "REFUND.ABNORMAL", notification_id="r2a"),
     evidence(refund("R2", 20), "REFUND.SUCCESS", notification_id="r2"),
     evidence(refund("R3", 10, "CLOSED"), "REFUND.CLOSED", notification_id="r3"),
+    query("SUCCESS", "Q-8"),
+    query("NOTPAY", "Q-9"),
 ]
+QUERIES = {8, 9}
 
 
 def expected_state(present: set[int]) -> dict[str, Any]:
@@ -183,9 +244,12 @@ def expected_state(present: set[int]) -> dict[str, Any]:
     if 7 in present:
         refunds["R3"] = "CLOSED"
     refunded = (30 if "R1" in refunds else 0) + (20 if refunds.get("R2") == "SUCCESS" else 0)
-    paid = bool(present & {0, 1, 2})
+    paid = bool(present & {0, 1, 2, 8})
     state = "REFUND" if refunded else ("SUCCESS" if paid else "NOTPAY")
-    return {"trade_state": state, "refunded_total": refunded, "refunds": refunds, "deliveries": len(present)}
+    return {
+        "trade_state": state, "refunded_total": refunded, "refunds": refunds,
+        "deliveries": len(present - QUERIES),
+    }
 
 
 def observed_state(order: PaymentOrder) -> dict[str, Any]:
@@ -203,16 +267,21 @@ def test_any_interleaving_and_duplication_decides_once(sequence: list[int]) -> N
     order = PaymentOrder.open(MCHID, "ORDER-0001")
     order.register(100, "CNY", "")
     for i in sequence:
-        order.receive(DELIVERIES[i], expected_appid=APPID)
+        item = DELIVERIES[i]
+        if isinstance(item, QueryEvidence):
+            order.record_query(item, expected_appid=APPID)
+        else:
+            order.receive(item, expected_appid=APPID)
     events = order.collect_events()
     counts = Counter(event_types(events))
     present = set(sequence)
 
-    assert counts["PaymentSucceeded"] == (1 if present & {0, 1, 2} else 0)
+    assert counts["PaymentSucceeded"] == (1 if present & {0, 1, 2, 8} else 0)
     successes = Counter(e.out_refund_no for e in events if type(e).__name__ == "RefundSucceeded")
     assert all(n == 1 for n in successes.values())
     assert counts["RefundClosed"] <= 1 and counts["RefundAbnormal"] <= 1
-    assert counts["NotificationReceived"] == len(present)
+    assert counts["NotificationReceived"] == len(present - QUERIES)
+    assert counts["StatusQueried"] == sum(1 for i in sequence if i in QUERIES)
     assert counts["AnomalyDetected"] == 0
     assert observed_state(order) == expected_state(present)
 
