@@ -1,0 +1,86 @@
+"""Active status queries: ask WeChat Pay, verify the answer, append it to the order's stream.
+
+A query that fails (network, 5xx, 429) or cannot be trusted (bad or probe signature, tampered
+body, an answer about another order) is not an event: it is counted, logged, and raised.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import Mapping
+from typing import Protocol
+
+from ledger.application import Ledger
+from ledger.domain import PaymentOrder, QueryEvidence
+from ledger.errors import ResponseUntrusted, WeChatPayError, WeChatPayRejected
+from ledger.wechatpay.client import WeChatPayResponse
+
+__all__ = ["OrderQuery", "QueryClient", "evidence_from_response"]
+
+log = logging.getLogger("ledger.queries")
+
+
+class QueryClient(Protocol):
+    def query_by_out_trade_no(self, out_trade_no: str) -> WeChatPayResponse: ...
+
+
+def evidence_from_response(response: WeChatPayResponse, query: str) -> QueryEvidence:
+    return QueryEvidence(
+        query=query,
+        status_code=response.status_code,
+        raw_body=response.body.decode("utf-8"),
+        response_headers=dict(response.headers),
+        key_serial=response.key_serial,
+        request_id=response.request_id or "",
+        transaction=dict(response.data or {}),
+        queried_at=response.received_at,
+    )
+
+
+class OrderQuery:
+    """Query one order by `out_trade_no` and record the verified answer; thread-safe."""
+
+    def __init__(
+        self, ledger: Ledger, clients: Mapping[str, QueryClient], appids: Mapping[str, str | None]
+    ) -> None:
+        self._ledger = ledger
+        self._clients = clients
+        self._appids = appids
+        self._lock = threading.Lock()
+        self.outcomes: Counter[str] = Counter()
+
+    def _count(self, outcome: str) -> None:
+        with self._lock:
+            self.outcomes[outcome] += 1
+
+    def __call__(self, mchid: str, out_trade_no: str) -> PaymentOrder:
+        client = self._clients.get(mchid)
+        if client is None:
+            self._count("not_configured")
+            raise WeChatPayError(
+                f"merchant {mchid} has no WECHATPAY_MERCHANT_SERIAL_NO / WECHATPAY_MERCHANT_PRIVATE_KEY_FILE",
+                reason="queries not configured for this merchant",
+            )
+        try:
+            response = client.query_by_out_trade_no(out_trade_no)
+            data = response.data or {}
+            if data.get("out_trade_no") != out_trade_no or data.get("mchid") != mchid:
+                raise ResponseUntrusted("answer is about another order or merchant")
+        except WeChatPayRejected as exc:
+            self._count(f"rejected:{exc.code}")
+            log.warning("query %s mchid=%s rejected: %s %s", out_trade_no, mchid, exc.status, exc.code)
+            raise
+        except WeChatPayError as exc:
+            kind = "untrusted" if isinstance(exc, ResponseUntrusted) else "unavailable"
+            self._count(kind)
+            log.warning("query %s mchid=%s failed (%s): %s", out_trade_no, mchid, kind, exc)
+            raise
+        order = self._ledger.record_query(
+            mchid, out_trade_no, evidence_from_response(response, "out_trade_no"),
+            expected_appid=self._appids.get(mchid),
+        )
+        self._count("recorded")
+        log.info("query %s mchid=%s -> %s (version %d)", out_trade_no, mchid, order.trade_state, order.version)
+        return order

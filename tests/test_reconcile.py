@@ -1,0 +1,157 @@
+"""Reconciliation: the worklist follows the log, leases keep reconcilers apart, schedules back off."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from ledger.application import Ledger
+from ledger.domain import PaymentOrder, QueryEvidence
+from ledger.errors import WeChatPayUnavailable
+from ledger.reconcile import Reconciler
+from ledger.worklist import Worklist
+from ledger.wechatpay.notification import NotificationVerifier
+from ledger.wechatpay.testing import NotificationFactory
+from tests.conftest import MCHID
+
+
+class FakeWeChat:
+    """Answers queries from a dict of trade states, recording who asked and when."""
+
+    def __init__(self, ledger: Ledger, states: dict[str, str], delay: float = 0.0) -> None:
+        self.ledger, self.states, self.delay = ledger, states, delay
+        self.calls: Counter[str] = Counter()
+        self.in_flight: Counter[str] = Counter()
+        self.max_in_flight = 0
+        self.fail: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, mchid: str, out_trade_no: str) -> PaymentOrder:
+        with self._lock:
+            self.calls[out_trade_no] += 1
+            self.in_flight[out_trade_no] += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight[out_trade_no])
+        try:
+            time.sleep(self.delay)
+            if out_trade_no in self.fail:
+                raise WeChatPayUnavailable("503")
+            state = self.states.get(out_trade_no, "NOTPAY")
+            transaction: dict[str, Any] = {"mchid": mchid, "out_trade_no": out_trade_no, "trade_state": state,
+                                           "amount": {"total": 100, "currency": "CNY"}}
+            if state == "SUCCESS":
+                transaction |= {"transaction_id": f"4200{out_trade_no[-6:]:0>24}", "success_time": "2026-11-27T10:00:00+08:00"}
+            evidence = QueryEvidence("out_trade_no", 200, "{}", {}, "PUB_KEY_ID_1", f"req-{out_trade_no}",
+                                     transaction, dt.datetime.now(dt.UTC))
+            return self.ledger.record_query(mchid, out_trade_no, evidence)
+        finally:
+            with self._lock:
+                self.in_flight[out_trade_no] -= 1
+
+
+@pytest.fixture
+def worklist(database_url: str) -> Any:
+    w = Worklist(database_url)
+    yield w
+    w.close()
+
+
+def make(ledger: Ledger, worklist: Worklist, fake: Callable[[str, str], PaymentOrder], now: list[float], **kw: Any) -> Reconciler:
+    return Reconciler(ledger, worklist, fake, clock=lambda: now[0], rate=1000, **kw)
+
+
+def test_worklist_follows_the_log_and_skips_paid_orders(
+    ledger_factory: Callable[[], Ledger], worklist: Worklist, factory: NotificationFactory
+) -> None:
+    ledger = ledger_factory()
+    verifier = NotificationVerifier(factory.key_store(), factory.apiv3_key.encode())
+    for i in range(5):
+        ledger.register_order(MCHID, f"ORDER-500{i}", 100)
+    paid = factory.paid("ORDER-5000", 100)
+    ledger.record_notification(MCHID, verifier.verify(paid.headers, paid.body))
+    now = [time.time() + 6]
+    fake = FakeWeChat(ledger, {})
+    reconciler = make(ledger, worklist, fake, now)
+    assert reconciler.catch_up() == 6
+    assert reconciler.catch_up() == 0  # the position is kept
+    assert worklist.counts() == {"open": 4, "done": 1}
+    changes = reconciler.run_pass()
+    assert sorted(c.out_trade_no for c in changes) == [f"ORDER-500{i}" for i in range(1, 5)]
+    assert set(fake.calls) == {f"ORDER-500{i}" for i in range(1, 5)}
+
+
+def test_recovers_a_missing_callback_by_query_and_stops_when_final(
+    ledger_factory: Callable[[], Ledger], worklist: Worklist
+) -> None:
+    ledger = ledger_factory()
+    ledger.register_order(MCHID, "ORDER-5101", 100)
+    now = [time.time() + 1]
+    fake = FakeWeChat(ledger, {"ORDER-5101": "SUCCESS"})
+    reconciler = make(ledger, worklist, fake, now)
+    assert reconciler.run_pass() == []  # not due yet: the callback may still come
+    now[0] += 10
+    [change] = reconciler.run_pass()
+    assert (change.before, change.after, change.queried) == ("NOTPAY", "SUCCESS", True)
+    assert "NOTPAY -> SUCCESS" in str(change)
+    now[0] += 10**6
+    assert reconciler.run_pass() == []
+    assert fake.calls["ORDER-5101"] == 1
+    assert ledger.get_order(MCHID, "ORDER-5101").trade_state == "SUCCESS"
+
+
+def test_schedule_backs_off_and_failed_queries_are_retried_later(
+    ledger_factory: Callable[[], Ledger], worklist: Worklist
+) -> None:
+    ledger = ledger_factory()
+    ledger.register_order(MCHID, "ORDER-5201", 100)
+    start = time.time()
+    now = [start]
+    fake = FakeWeChat(ledger, {})
+    fake.fail.add("ORDER-5201")
+    reconciler = make(ledger, worklist, fake, now, schedule=(5, 10, 100), expiry=1000)
+    queried_at = []
+    while now[0] < start + 1200:
+        now[0] += 1
+        for change in reconciler.run_pass():
+            queried_at.append(round(now[0] - start))
+            if len(queried_at) == 2:
+                fake.fail.discard("ORDER-5201")  # WeChat is back; the order is still unpaid
+    gaps = [b - a for a, b in zip(queried_at, queried_at[1:], strict=False)]
+    assert queried_at[0] in (5, 6)
+    assert gaps[:2] == [10, 100]
+    assert all(g <= 100 for g in gaps)
+    assert queried_at[-1] >= 1000  # one last query at expiry, then it stops
+    assert worklist.counts() == {"expired": 1}
+
+
+def test_two_reconcilers_never_query_the_same_order_at_once(
+    ledger_factory: Callable[[], Ledger], database_url: str
+) -> None:
+    ledger_a, ledger_b = ledger_factory(), ledger_factory()
+    for i in range(20):
+        ledger_a.register_order(MCHID, f"ORDER-53{i:02d}", 100)
+    now = [time.time() + 6]
+    fake = FakeWeChat(ledger_a, {f"ORDER-53{i:02d}": "SUCCESS" for i in range(20)}, delay=0.02)
+    lists = [Worklist(database_url), Worklist(database_url)]
+    reconcilers = [make(ledger_a, lists[0], fake, now, batch=5), make(ledger_b, lists[1], fake, now, batch=5)]
+    barrier = threading.Barrier(2)
+
+    def work(r: Reconciler) -> None:
+        barrier.wait()
+        while r.run_pass():
+            pass
+
+    threads = [threading.Thread(target=work, args=(r,)) for r in reconcilers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for w in lists:
+        w.close()
+    assert fake.max_in_flight == 1
+    assert fake.calls == Counter({f"ORDER-53{i:02d}": 1 for i in range(20)})
