@@ -1,0 +1,307 @@
+"""Outbound WeChat Pay APIv3 calls: sign, send, retry, verify (protocol reference §5).
+
+Every 2xx is verified before anything in it is trusted (§5.2, §2.6). Failures are classified
+once, by `classify` (§5.4): 429, 5xx and transport errors are retried within a deadline, any
+other 4xx is final, and an untrusted 2xx is never retried here (the reconciler re-queries later).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal
+from urllib.parse import quote
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+
+from ledger.errors import (
+    MalformedNotification,
+    ResponseUntrusted,
+    VerificationFailed,
+    WeChatPayRejected,
+    WeChatPayUnavailable,
+)
+from ledger.wechatpay.keys import KeyStore, normalise_serial
+from ledger.wechatpay.notification import parse_json_object
+from ledger.wechatpay.signature import (
+    SignatureHeaders,
+    authorization_header,
+    new_nonce,
+    request_message,
+    sign,
+    verify_signed_message,
+)
+
+__all__ = ["DEFAULT_BASE_URL", "USER_AGENT", "Outcome", "WeChatPayClient", "WeChatPayResponse", "classify"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://api.mch.weixin.qq.com"
+USER_AGENT = "wechatpay-ledger/0.1"
+Outcome = Literal["ok", "retry", "reject"]
+
+
+def classify(status_code: int | None, exc: BaseException | None = None) -> Outcome:
+    """What one attempt's result means (§5.4): trust it (after verification), try again, or stop."""
+    if exc is not None:
+        # TimeoutException is a TransportError; anything else (a broken gzip stream, a redirect
+        # loop) will not heal by itself within the deadline.
+        return "retry" if isinstance(exc, httpx.TransportError) else "reject"
+    if status_code is None:
+        raise ValueError("classify needs a status code or an exception")
+    if 200 <= status_code < 300:
+        return "ok"
+    if status_code == 429 or status_code >= 500:
+        return "retry"
+    return "reject"
+
+
+@dataclass(frozen=True)
+class WeChatPayResponse:
+    """A trusted answer. `key_serial` is "" only for `download_certificates(verify=False)`."""
+
+    status_code: int
+    body: bytes
+    headers: dict[str, str]
+    key_serial: str
+    data: dict[str, Any] | None
+    request_id: str | None
+    received_at: dt.datetime
+
+
+def _segment(value: str) -> str:
+    # "." and ".." would be folded away by URL normalisation and change the signed target.
+    if value.strip(".") == "":
+        raise ValueError(f"not a usable path parameter: {value!r}")
+    return quote(value, safe="")
+
+
+def _error_fields(body: bytes) -> tuple[str, str]:
+    """WeChat's `code` and `message` from an error body (§5.4); empty when it has none."""
+    try:
+        value = parse_json_object(body, "error body")
+    except MalformedNotification:
+        return "", ""
+    code, message = value.get("code"), value.get("message")
+    return (code if isinstance(code, str) else "")[:64], (message if isinstance(message, str) else "")[:256]
+
+
+def _retry_after(response: httpx.Response | None) -> float | None:
+    value = response.headers.get("Retry-After", "").strip() if response is not None else ""
+    return float(value) if value.isascii() and value.isdigit() else None
+
+
+class WeChatPayClient:
+    """Synchronous, thread-safe client for the query, close and certificate APIs (§5.3-§5.7)."""
+
+    def __init__(
+        self,
+        *,
+        mchid: str,
+        merchant_serial_no: str,
+        merchant_private_key: RSAPrivateKey,
+        keys: Callable[[], KeyStore],
+        base_url: str = DEFAULT_BASE_URL,
+        wechatpay_serial: str | None = None,
+        transport: httpx.BaseTransport | None = None,
+        timeout: float = 5.0,
+        deadline: float = 15.0,
+        max_attempts: int = 4,
+        backoff: float = 0.5,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        on_unknown_serial: Callable[[str], None] | None = None,
+        nonce: Callable[[], str] = new_nonce,
+    ) -> None:
+        origin = httpx.URL(base_url)
+        if origin.query or not origin.host:
+            raise ValueError("base_url must be scheme://host[:port][/prefix] without a query")
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        self.mchid = mchid
+        self.base_url = base_url
+        self._origin = origin
+        # A sandbox may sit under a prefix; the signed URL line is always the full path sent.
+        self._prefix = origin.raw_path.decode("ascii").rstrip("/")
+        self._merchant_serial_no = merchant_serial_no
+        self._private_key = merchant_private_key
+        self._keys = keys
+        self._wechatpay_serial = wechatpay_serial
+        self._timeout = timeout
+        self._deadline = deadline
+        self._max_attempts = max_attempts
+        self._backoff = backoff
+        self._clock = clock
+        self._sleep = sleep
+        self._on_unknown_serial = on_unknown_serial
+        self._nonce = nonce
+        self._http = httpx.Client(transport=transport, timeout=timeout, follow_redirects=False)
+
+    def __repr__(self) -> str:
+        return f"WeChatPayClient(mchid={self.mchid!r}, base_url={self.base_url!r})"
+
+    def __enter__(self) -> WeChatPayClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- the APIs ----------------------------------------------------------------------------
+
+    def query_by_out_trade_no(self, out_trade_no: str) -> WeChatPayResponse:
+        """§5.3: the transaction by our own order number (works for unpaid orders too)."""
+        mchid = quote(self.mchid, safe="")
+        return self._call("GET", f"/v3/pay/transactions/out-trade-no/{_segment(out_trade_no)}?mchid={mchid}")
+
+    def query_by_transaction_id(self, transaction_id: str) -> WeChatPayResponse:
+        """§5.3: the transaction by WeChat's order number."""
+        mchid = quote(self.mchid, safe="")
+        return self._call("GET", f"/v3/pay/transactions/id/{_segment(transaction_id)}?mchid={mchid}")
+
+    def query_refund(self, out_refund_no: str) -> WeChatPayResponse:
+        """§5.5: one refund by our refund number."""
+        return self._call("GET", f"/v3/refund/domestic/refunds/{_segment(out_refund_no)}")
+
+    def close_order(self, out_trade_no: str) -> WeChatPayResponse:
+        """§5.6: close an unpaid order; success is a signed 204 with an empty body."""
+        # Compact, as WeChat's own SDKs send it; these exact bytes are signed and sent.
+        body = json.dumps({"mchid": self.mchid}, separators=(",", ":"), ensure_ascii=False).encode()
+        return self._call("POST", f"/v3/pay/transactions/out-trade-no/{_segment(out_trade_no)}/close", body)
+
+    def download_certificates(self, *, verify: bool = True) -> WeChatPayResponse:
+        """§5.7: platform certificates. verify=False is only for the very first download, which
+        the caller must re-verify with the certificates it contains."""
+        return self._call("GET", "/v3/certificates", verify=verify)
+
+    # -- one call: attempts, retries, deadline -----------------------------------------------
+
+    def _call(self, method: str, target: str, body: bytes = b"", *, verify: bool = True) -> WeChatPayResponse:
+        path = self._prefix + target
+        started = self._clock()
+        last = "no attempt within the deadline"
+        attempts = 0
+        while attempts < self._max_attempts:
+            remaining = self._deadline - (self._clock() - started)
+            if remaining <= 0:
+                break
+            attempts += 1
+            response: httpx.Response | None = None
+            sent_at = self._clock()
+            try:
+                response = self._http.send(self._request(method, path, body, min(self._timeout, remaining)))
+            except httpx.HTTPError as exc:
+                outcome, last = classify(None, exc), type(exc).__name__
+            else:
+                outcome, last = classify(response.status_code), f"HTTP {response.status_code}"
+            duration = self._clock() - sent_at
+            logger.debug("wechatpay %s %s -> %s attempt=%d %.3fs", method, path, last, attempts, duration)
+            if outcome == "ok" and response is not None:
+                return self._trusted(method, path, response, verify)
+            if response is not None:
+                code, message = _error_fields(response.content)
+                if outcome == "reject":
+                    raise WeChatPayRejected(response.status_code, code, message)
+                last = f"{last} {code}".rstrip()
+            elif outcome == "reject":
+                raise WeChatPayUnavailable(f"{method} {path}: {last}")
+            if attempts >= self._max_attempts:
+                break
+            delay = _retry_after(response)
+            if delay is None:
+                delay = random.uniform(0, self._backoff * 2 ** (attempts - 1))
+            # Waiting past the deadline only to give up then helps nobody; give up now.
+            if self._clock() - started + delay >= self._deadline:
+                break
+            self._sleep(delay)
+        raise WeChatPayUnavailable(f"{method} {path}: gave up after {attempts} attempt(s), last {last}")
+
+    def _request(self, method: str, path: str, body: bytes, timeout: float) -> httpx.Request:
+        timestamp = str(int(self._clock()))
+        nonce = self._nonce()
+        signature = sign(self._private_key, request_message(method, path, timestamp, nonce, body))
+        headers = {
+            "Accept": "application/json",
+            "User-Agent": USER_AGENT,
+            "Authorization": authorization_header(
+                mchid=self.mchid,
+                serial_no=self._merchant_serial_no,
+                timestamp=timestamp,
+                nonce=nonce,
+                signature=signature,
+            ),
+        }
+        if body:
+            headers["Content-Type"] = "application/json"
+        if self._wechatpay_serial:
+            headers["Wechatpay-Serial"] = self._wechatpay_serial
+        url = self._origin.copy_with(raw_path=path.encode("ascii"))
+        request = self._http.build_request(
+            method, url, content=body or None, headers=headers, timeout=timeout
+        )
+        # The signature covers the target byte for byte (§5.1); never send one it does not match.
+        if request.url.raw_path != path.encode("ascii"):
+            raise ValueError(f"request target would be rewritten: {path!r}")
+        return request
+
+    # -- trusting a 2xx (§5.2) ---------------------------------------------------------------
+
+    def _trusted(self, method: str, path: str, response: httpx.Response, verify: bool) -> WeChatPayResponse:
+        body = response.content
+        key_serial = self._verify(f"{method} {path}", response.headers, body) if verify else ""
+        try:
+            data = parse_json_object(body, "response body") if body else None
+        except MalformedNotification as exc:
+            raise ResponseUntrusted(f"{method} {path}: {exc}") from None
+        return WeChatPayResponse(
+            status_code=response.status_code,
+            body=body,
+            headers=_received_headers(response.headers),
+            key_serial=key_serial,
+            data=data,
+            request_id=response.headers.get("Request-ID"),
+            received_at=dt.datetime.fromtimestamp(self._clock(), dt.UTC),
+        )
+
+    def _verify(self, where: str, headers: httpx.Headers, body: bytes) -> str:
+        try:
+            signed = SignatureHeaders.from_headers(headers)
+        except VerificationFailed as exc:
+            raise ResponseUntrusted(f"{where}: {exc}") from exc
+        keys = self._keys()
+        try:
+            return verify_signed_message(signed, body, keys, self._clock())
+        except VerificationFailed as exc:
+            serial = normalise_serial(signed.serial)
+            if serial not in keys.serials:
+                self._report_unknown_serial(serial)
+            raise ResponseUntrusted(f"{where}: {exc}") from exc
+
+    def _report_unknown_serial(self, serial: str) -> None:
+        if self._on_unknown_serial is None:
+            return
+        try:
+            self._on_unknown_serial(serial)
+        except Exception:
+            # A failing refresh must not hide the real answer: this response is untrusted.
+            logger.warning("on_unknown_serial hook failed for serial %s", serial[:64], exc_info=True)
+
+
+def _received_headers(headers: httpx.Headers) -> dict[str, str]:
+    """The headers with their names as received; a repeated header is joined with ", "."""
+    out: dict[str, str] = {}
+    for raw_name, raw_value in headers.raw:
+        name, value = raw_name.decode(headers.encoding), raw_value.decode(headers.encoding)
+        out[name] = f"{out[name]}, {value}" if name in out else value
+    return out
