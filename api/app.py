@@ -23,6 +23,7 @@ from api.responses import LedgerJSONResponse, fail
 from api.state import AppState, Merchant
 from ledger.application import Ledger, build_ledger
 from ledger.errors import InvalidRequest, LedgerError
+from ledger.groupcommit import GroupCommitter
 from ledger.settings import Settings
 
 __all__ = ["create_app"]
@@ -81,10 +82,12 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        committer = GroupCommitter(the_ledger)
         app.state.ledger = AppState(
-            settings, the_ledger, merchants, anyio.CapacityLimiter(settings.worker_threads)
+            settings, the_ledger, committer, merchants, anyio.CapacityLimiter(settings.worker_threads)
         )
         yield
+        committer.close()
         if ledger is None:
             the_ledger.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -70,15 +71,11 @@ async def notify(request: Request) -> Response:
         return fail(exc.status_code, exc.reason)
 
     try:
-        # On timeout the worker thread is abandoned, not killed: if its commit still lands,
-        # WeChat's retry collapses into it. What matters is that no 2xx precedes the commit.
+        # On timeout we stop waiting; if the commit still lands, WeChat's retry collapses
+        # into it. What matters is that no 2xx precedes the commit.
         with anyio.fail_after(STORE_DEADLINE):
-            result = await anyio.to_thread.run_sync(
-                lambda: state.ledger.record_notification(
-                    merchant.mchid, notification, expected_appid=merchant.appid
-                ),
-                limiter=state.limiter,
-                abandon_on_cancel=True,
+            result = await asyncio.wrap_future(
+                state.committer.submit(merchant.mchid, notification, expected_appid=merchant.appid)
             )
     except (StoreUnavailable, TimeoutError) as exc:
         log.error(

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from ledger.application import Ledger
+from ledger.groupcommit import GroupCommitter
 from ledger.settings import MerchantSettings, Settings
 from ledger.wechatpay.notification import NotificationVerifier
 
@@ -30,6 +31,7 @@ class Merchant:
 class AppState:
     settings: Settings
     ledger: Ledger
+    committer: GroupCommitter
     merchants: dict[str, Merchant]
     limiter: anyio.CapacityLimiter
 

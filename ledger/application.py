@@ -12,14 +12,16 @@ import datetime as dt
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import IntegrityError, PersistenceError
+from eventsourcing.persistence import IntegrityError, PersistenceError, StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder
+from psycopg.sql import SQL, Identifier
 
 from ledger.domain import (
     Evidence,
@@ -143,6 +145,31 @@ class Ledger(Application[UUID]):
 
     def inbox_history(self, mchid: str, notification_id: str) -> list[dict[str, Any]]:
         return self.history(inbox_id(mchid, notification_id))
+
+    def get_many(self, ids: Iterable[UUID]) -> dict[UUID, Any]:
+        """Current aggregates by id (missing ids absent); one read on PostgreSQL."""
+        wanted = list(ids)
+        recorder = self.recorder
+        if not isinstance(recorder, PostgresApplicationRecorder) or len(wanted) < 2:
+            found: dict[UUID, Any] = {}
+            for stream_id in wanted:
+                try:
+                    found[stream_id] = self.repository.get(stream_id)
+                except AggregateNotFoundError:
+                    pass
+            return found
+        statement = SQL(
+            "SELECT originator_id, originator_version, topic, state FROM {schema}.{table}"
+            " WHERE originator_id = ANY(%s) ORDER BY originator_id, originator_version"
+        ).format(schema=Identifier(recorder.datastore.schema), table=Identifier(recorder.events_table_name))
+        with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(statement, (wanted,), prepare=True)
+            rows = curs.fetchall()
+        aggregates: dict[UUID, Any] = {}
+        for row in rows:
+            event: Any = self.mapper.to_domain_event(StoredEvent(**row))
+            aggregates[event.originator_id] = event.mutate(aggregates.get(event.originator_id))
+        return aggregates
 
     # -- plumbing -------------------------------------------------------------------------
 

@@ -78,9 +78,13 @@ class OrderQuery:
             log.warning("query %s mchid=%s failed (%s): %s", out_trade_no, mchid, kind, exc)
             raise
         order = self._ledger.record_query(
-            mchid, out_trade_no, evidence_from_response(response, "out_trade_no"),
+            mchid,
+            out_trade_no,
+            evidence_from_response(response, "out_trade_no"),
             expected_appid=self._appids.get(mchid),
         )
         self._count("recorded")
-        log.info("query %s mchid=%s -> %s (version %d)", out_trade_no, mchid, order.trade_state, order.version)
+        log.info(
+            "query %s mchid=%s -> %s (version %d)", out_trade_no, mchid, order.trade_state, order.version
+        )
         return order

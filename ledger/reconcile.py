@@ -119,14 +119,23 @@ class Reconciler:
                     if isinstance(event, PaymentOrder.Registered):
                         order: PaymentOrder = self._ledger.repository.get(event.originator_id)
                         registered_at = event.timestamp.timestamp()
-                        due = Due(stream_id, order.mchid, order.out_trade_no, registered_at,
-                                  registered_at + self._expiry, 0)
+                        due = Due(
+                            stream_id,
+                            order.mchid,
+                            order.out_trade_no,
+                            registered_at,
+                            registered_at + self._expiry,
+                            0,
+                        )
                         self._worklist.add(cur, due, registered_at + self._schedule[0])
                         if order.is_final:
                             self._worklist.settle(cur, stream_id, order.trade_state)
                     elif isinstance(event, PaymentOrder.PaymentSucceeded):
                         self._worklist.settle(cur, stream_id, "SUCCESS")
-                    elif isinstance(event, PaymentOrder.TradeStateChanged) and event.to_state in FINAL_TRADE_STATES:
+                    elif (
+                        isinstance(event, PaymentOrder.TradeStateChanged)
+                        and event.to_state in FINAL_TRADE_STATES
+                    ):
                         self._worklist.settle(cur, stream_id, event.to_state)
                     applied += 1
                 position = stop if len(page) < _PAGE else page[-1].id
@@ -161,7 +170,9 @@ class Reconciler:
             after = self._query(due.mchid, due.out_trade_no)
         except WeChatPayError as exc:
             self._worklist.reschedule(self.owner, due.stream_id, self._next_due(due, now), exc.reason)
-            return Change(due.mchid, due.out_trade_no, before.trade_state, before.trade_state, True, exc.reason)
+            return Change(
+                due.mchid, due.out_trade_no, before.trade_state, before.trade_state, True, exc.reason
+            )
         if after.is_final:
             self._worklist.finish(self.owner, due.stream_id, "done", after.trade_state)
         elif now >= due.expires_at:
@@ -171,7 +182,9 @@ class Reconciler:
             self._worklist.reschedule(self.owner, due.stream_id, self._next_due(due, now), None)
         return Change(due.mchid, due.out_trade_no, before.trade_state, after.trade_state, True)
 
-    def follow(self, stop: threading.Event, idle: float = 1.0, report: Callable[[Change], None] = print) -> None:
+    def follow(
+        self, stop: threading.Event, idle: float = 1.0, report: Callable[[Change], None] = print
+    ) -> None:
         """Run passes until `stop` is set; sleeps `idle` seconds when nothing was due."""
         while not stop.is_set():
             try:

@@ -57,7 +57,8 @@ def persistence_env(url: str) -> dict[str, str]:
             "POSTGRES_LOCK_TIMEOUT": query.get("lock_timeout", "5"),
             "POSTGRES_POOL_SIZE": query.get("pool_size", "10"),
             "POSTGRES_MAX_OVERFLOW": query.get("max_overflow", "10"),
-            "POSTGRES_PRE_PING": "y",
+            "POSTGRES_PRE_PING": query.get("pre_ping", "n"),
+            "APPLICATION_RECORDER_TOPIC": "ledger.pgrecorder:LedgerPostgresRecorder",
             "CREATE_TABLE": "y",
         }
         if "schema" in query:

@@ -98,9 +98,7 @@ class Worklist:
                 " state TEXT NOT NULL, trade_state TEXT, lease_owner TEXT,"
                 " lease_until DOUBLE PRECISION, last_error TEXT)"
             )
-            cur.execute(
-                f"CREATE INDEX IF NOT EXISTS {TABLE}_due ON {self.table} (state, next_due_at)"
-            )
+            cur.execute(f"CREATE INDEX IF NOT EXISTS {TABLE}_due ON {self.table} (state, next_due_at)")
             cur.execute(
                 f"CREATE TABLE IF NOT EXISTS {self._prefix}{POSITION} ("
                 " name TEXT PRIMARY KEY, position BIGINT NOT NULL)"
@@ -130,8 +128,8 @@ class Worklist:
 
     def settle(self, cur: _Cursor, stream_id: str, trade_state: str) -> None:
         cur.execute(
-            f"UPDATE {self.table} SET state = 'done', trade_state = %s, lease_owner = NULL, lease_until = NULL "
-            "WHERE stream_id = %s",
+            f"UPDATE {self.table} SET state = 'done', trade_state = %s,"
+            " lease_owner = NULL, lease_until = NULL WHERE stream_id = %s",
             (trade_state, stream_id),
         )
 
@@ -157,7 +155,9 @@ class Worklist:
                 )
                 row = cur.fetchone()
                 if row is not None:
-                    claimed.append(Due(str(row[0]), row[1], row[2], float(row[3]), float(row[4]), int(row[5])))
+                    claimed.append(
+                        Due(str(row[0]), row[1], row[2], float(row[3]), float(row[4]), int(row[5]))
+                    )
             return claimed
 
     def reschedule(self, owner: str, stream_id: str, next_due_at: float, error: str | None) -> None:

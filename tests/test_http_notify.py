@@ -221,7 +221,7 @@ def test_unexpected_errors_never_leak_their_text(
     merchant_env: dict[str, str], factory: NotificationFactory, sqlite_url: str
 ) -> None:
     class Broken(Ledger):
-        def record_notification(self, *args: Any, **kwargs: Any) -> Any:
+        def save(self, *args: Any, **kwargs: Any) -> Any:
             raise RuntimeError("secret-internal-detail")
 
     settings = Settings.load({**merchant_env, "LEDGER_DATABASE_URL": sqlite_url})

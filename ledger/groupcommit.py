@@ -1,0 +1,158 @@
+"""Group commit: concurrent notifications share one load and one transaction.
+
+Each HTTP worker hands its verified notification to the committer and waits for *its own*
+commit; the committer takes everything that is waiting, loads the streams in one read,
+decides each delivery in arrival order (two deliveries of one order apply one after the
+other to the same aggregate), and saves all of them with one ``save()``. On PostgreSQL every
+insert transaction takes the events table lock, so amortising it is what lets an event
+store keep up with a plain UPDATE. If the batch conflicts with another process, each
+delivery is retried on its own through the ordinary reload-and-retry path.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import IntegrityError, PersistenceError
+
+from ledger.application import Ledger, RecordResult, evidence_from
+from ledger.domain import NotificationInbox, Outcome, PaymentOrder, inbox_id, order_id
+from ledger.errors import StoreUnavailable
+from ledger.wechatpay.notification import VerifiedNotification
+
+__all__ = ["GroupCommitter"]
+
+log = logging.getLogger("ledger.groupcommit")
+
+
+@dataclass
+class _Request:
+    mchid: str
+    notification: VerifiedNotification
+    expected_appid: str | None
+    future: Future[RecordResult] = field(default_factory=Future)
+
+    @property
+    def stream_id(self) -> UUID:
+        out_trade_no = self.notification.resource.get("out_trade_no")
+        if isinstance(out_trade_no, str) and out_trade_no:
+            return order_id(self.mchid, out_trade_no)
+        return inbox_id(self.mchid, self.notification.id)
+
+
+class GroupCommitter:
+    def __init__(self, ledger: Ledger, max_batch: int = 64) -> None:
+        self._ledger = ledger
+        self._max_batch = max_batch
+        self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
+        self._thread.start()
+        self.batches = 0
+        self.requests = 0
+
+    def submit(
+        self, mchid: str, notification: VerifiedNotification, *, expected_appid: str | None = None
+    ) -> Future[RecordResult]:
+        """Queue a notification; the future resolves once its events are committed.
+
+        Cancelling the future before the committer picks it up withdraws the request.
+        """
+        request = _Request(mchid, notification, expected_appid)
+        self._queue.put(request)
+        return request.future
+
+    def record_notification(
+        self, mchid: str, notification: VerifiedNotification, *, expected_appid: str | None = None
+    ) -> RecordResult:
+        """Same contract as `Ledger.record_notification`: durable on return."""
+        return self.submit(mchid, notification, expected_appid=expected_appid).result()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < self._max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)
+                    break
+                batch.append(item)
+            self._commit(batch)
+
+    def _commit(self, batch: list[_Request]) -> None:
+        batch = [r for r in batch if r.future.set_running_or_notify_cancel()]
+        if not batch:
+            return
+        self.batches += 1
+        self.requests += len(batch)
+        try:
+            results = self._decide_and_save(batch)
+        except IntegrityError:
+            # Another process appended to one of these streams: retry each on its own.
+            for request in batch:
+                self._individually(request)
+            return
+        except PersistenceError as exc:
+            log.error("event store unavailable: %s", type(exc).__name__)
+            for request in batch:
+                request.future.set_exception(StoreUnavailable(type(exc).__name__))
+            return
+        except Exception as exc:  # never strand a waiting request
+            log.exception("group commit failed; retrying individually")
+            del exc
+            for request in batch:
+                self._individually(request)
+            return
+        for request, result in zip(batch, results, strict=True):
+            request.future.set_result(result)
+
+    def _individually(self, request: _Request) -> None:
+        try:
+            result = self._ledger.record_notification(
+                request.mchid, request.notification, expected_appid=request.expected_appid
+            )
+        except BaseException as exc:
+            request.future.set_exception(exc)
+        else:
+            request.future.set_result(result)
+
+    def _decide_and_save(self, batch: list[_Request]) -> list[RecordResult]:
+        streams: dict[UUID, Any] = self._ledger.get_many({r.stream_id for r in batch})
+        outcomes: list[tuple[Outcome, Any]] = []
+        for request in batch:
+            stream = streams.get(request.stream_id)
+            evidence = evidence_from(request.notification)
+            if isinstance(stream, NotificationInbox) or (
+                stream is None and request.stream_id == inbox_id(request.mchid, request.notification.id)
+            ):
+                inbox = stream or NotificationInbox.open(request.mchid, request.notification.id)
+                streams[request.stream_id] = inbox
+                outcomes.append((inbox.receive(evidence), inbox))
+                continue
+            order = stream or PaymentOrder.open(
+                request.mchid, str(request.notification.resource["out_trade_no"])
+            )
+            streams[request.stream_id] = order
+            outcomes.append((order.receive(evidence, expected_appid=request.expected_appid), order))
+        pending = [s for s in streams.values() if s.pending_events]
+        if pending:
+            self._ledger.save(*pending)
+        return [
+            RecordResult(outcome, stream.id, stream.version, isinstance(stream, PaymentOrder))
+            for outcome, stream in outcomes
+        ]
