@@ -6,7 +6,6 @@ import asyncio
 import logging
 import time
 
-import anyio
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
@@ -46,7 +45,7 @@ async def notify(request: Request) -> Response:
         log.warning("notification for unknown merchant %r", (mchid or "")[:32])
         return fail(404, "unknown merchant")
     try:
-        with anyio.fail_after(BODY_READ_TIMEOUT):
+        async with asyncio.timeout(BODY_READ_TIMEOUT):
             body = await read_body(request, state.max_body_bytes)
     except BodyTooLarge as exc:
         log.warning("notification refused mchid=%s: %s", mchid, exc.reason)
@@ -73,9 +72,9 @@ async def notify(request: Request) -> Response:
     try:
         # On timeout we stop waiting; if the commit still lands, WeChat's retry collapses
         # into it. What matters is that no 2xx precedes the commit.
-        with anyio.fail_after(STORE_DEADLINE):
-            result = await asyncio.wrap_future(
-                state.committer.submit(merchant.mchid, notification, expected_appid=merchant.appid)
+        async with asyncio.timeout(STORE_DEADLINE):
+            result = await state.committer.submit_async(
+                merchant.mchid, notification, expected_appid=merchant.appid
             )
     except (StoreUnavailable, TimeoutError) as exc:
         log.error(

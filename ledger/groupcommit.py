@@ -11,11 +11,12 @@ delivery is retried on its own through the ordinary reload-and-retry path.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -36,7 +37,10 @@ class _Request:
     mchid: str
     notification: VerifiedNotification
     expected_appid: str | None
-    future: Future[RecordResult] = field(default_factory=Future)
+    future: Future[RecordResult] | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    afuture: asyncio.Future[RecordResult] | None = None
+    outcome: RecordResult | BaseException | None = None
 
     @property
     def stream_id(self) -> UUID:
@@ -44,6 +48,23 @@ class _Request:
         if isinstance(out_trade_no, str) and out_trade_no:
             return order_id(self.mchid, out_trade_no)
         return inbox_id(self.mchid, self.notification.id)
+
+    def withdrawn(self) -> bool:
+        """True when the caller gave up before the committer picked the request up."""
+        if self.future is not None:
+            return not self.future.set_running_or_notify_cancel()
+        return self.afuture is not None and self.afuture.cancelled()
+
+
+def _resolve(requests: list[_Request]) -> None:
+    for request in requests:
+        assert request.afuture is not None
+        if request.afuture.done():  # the caller stopped waiting (deadline)
+            continue
+        if isinstance(request.outcome, BaseException):
+            request.afuture.set_exception(request.outcome)
+        else:
+            request.afuture.set_result(request.outcome)  # type: ignore[arg-type]
 
 
 class GroupCommitter:
@@ -63,9 +84,20 @@ class GroupCommitter:
 
         Cancelling the future before the committer picks it up withdraws the request.
         """
-        request = _Request(mchid, notification, expected_appid)
+        request = _Request(mchid, notification, expected_appid, future=Future())
         self._queue.put(request)
+        assert request.future is not None
         return request.future
+
+    def submit_async(
+        self, mchid: str, notification: VerifiedNotification, *, expected_appid: str | None = None
+    ) -> asyncio.Future[RecordResult]:
+        """Like `submit`, for a caller on an event loop: one loop wake-up per batch, not per request."""
+        loop = asyncio.get_running_loop()
+        request = _Request(mchid, notification, expected_appid, loop=loop, afuture=loop.create_future())
+        self._queue.put(request)
+        assert request.afuture is not None
+        return request.afuture
 
     def record_notification(
         self, mchid: str, notification: VerifiedNotification, *, expected_appid: str | None = None
@@ -92,12 +124,12 @@ class GroupCommitter:
                     self._queue.put(None)
                     break
                 batch.append(item)
-            self._commit(batch)
+            batch = [r for r in batch if not r.withdrawn()]
+            if batch:
+                self._commit(batch)
+                self._deliver(batch)
 
     def _commit(self, batch: list[_Request]) -> None:
-        batch = [r for r in batch if r.future.set_running_or_notify_cancel()]
-        if not batch:
-            return
         self.batches += 1
         self.requests += len(batch)
         try:
@@ -110,26 +142,37 @@ class GroupCommitter:
         except PersistenceError as exc:
             log.error("event store unavailable: %s", type(exc).__name__)
             for request in batch:
-                request.future.set_exception(StoreUnavailable(type(exc).__name__))
+                request.outcome = StoreUnavailable(type(exc).__name__)
             return
-        except Exception as exc:  # never strand a waiting request
+        except Exception:  # never strand a waiting request
             log.exception("group commit failed; retrying individually")
-            del exc
             for request in batch:
                 self._individually(request)
             return
         for request, result in zip(batch, results, strict=True):
-            request.future.set_result(result)
+            request.outcome = result
 
     def _individually(self, request: _Request) -> None:
         try:
-            result = self._ledger.record_notification(
+            request.outcome = self._ledger.record_notification(
                 request.mchid, request.notification, expected_appid=request.expected_appid
             )
-        except BaseException as exc:
-            request.future.set_exception(exc)
-        else:
-            request.future.set_result(result)
+        except Exception as exc:
+            request.outcome = exc
+
+    @staticmethod
+    def _deliver(batch: list[_Request]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Request]] = {}
+        for request in batch:
+            if request.future is not None:
+                if isinstance(request.outcome, BaseException):
+                    request.future.set_exception(request.outcome)
+                else:
+                    request.future.set_result(request.outcome)  # type: ignore[arg-type]
+            elif request.loop is not None:
+                by_loop.setdefault(request.loop, []).append(request)
+        for loop, requests in by_loop.items():
+            loop.call_soon_threadsafe(_resolve, requests)
 
     def _decide_and_save(self, batch: list[_Request]) -> list[RecordResult]:
         streams: dict[UUID, Any] = self._ledger.get_many({r.stream_id for r in batch})
