@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import anyio
+import httpx
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.middleware import Middleware
@@ -18,11 +19,12 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.notify import notify
-from api.orders import get_order, order_events, register_order
+from api.orders import get_order, order_events, query_order, register_order
 from api.responses import LedgerJSONResponse, fail
-from api.state import AppState, Merchant
-from ledger.application import Ledger, build_ledger
-from ledger.errors import InvalidRequest, LedgerError
+from api.state import AppState
+from ledger.application import Ledger
+from ledger.bootstrap import bootstrap
+from ledger.errors import InvalidRequest, LedgerError, WeChatPayRejected
 from ledger.groupcommit import GroupCommitter
 from ledger.settings import Settings
 
@@ -62,6 +64,8 @@ async def _ledger_error(request: Request, exc: Exception) -> Response:
     code = "FAIL" if request.url.path.startswith("/wechatpay/") else _ERROR_CODES.get(exc.status_code, "FAIL")
     # Our own API explains what was wrong with the request; everything else gets the fixed reason.
     message = str(exc) if isinstance(exc, InvalidRequest) else exc.reason
+    if isinstance(exc, WeChatPayRejected) and exc.code:
+        message = f"{exc.reason}: {exc.code}"
     return fail(exc.status_code, message, code)
 
 
@@ -75,21 +79,21 @@ def create_app(
     *,
     ledger: Ledger | None = None,
     clock: Callable[[], float] = time.time,
+    transport: httpx.BaseTransport | None = None,
+    background: bool = True,
 ) -> Starlette:
     """Build the service; the ledger is built from `settings` unless one is given (tests)."""
-    merchants = {m.mchid: Merchant.from_settings(m, clock) for m in settings.merchants}
-    the_ledger = ledger if ledger is not None else build_ledger(settings.database_url.value)
+    services = bootstrap(settings, ledger=ledger, clock=clock, transport=transport)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        committer = GroupCommitter(the_ledger)
-        app.state.ledger = AppState(
-            settings, the_ledger, committer, merchants, anyio.CapacityLimiter(settings.worker_threads)
-        )
+        committer = GroupCommitter(services.ledger)
+        app.state.ledger = AppState(services, committer, anyio.CapacityLimiter(settings.worker_threads))
+        if background:
+            services.start_background()
         yield
         committer.close()
-        if ledger is None:
-            the_ledger.close()
+        services.close()
 
     middleware = []
     if settings.admin_token is not None:
@@ -101,6 +105,7 @@ def create_app(
         Route("/orders", register_order, methods=["POST"]),
         Route("/orders/{out_trade_no}", get_order, methods=["GET"]),
         Route("/orders/{out_trade_no}/events", order_events, methods=["GET"]),
+        Route("/orders/{out_trade_no}/query", query_order, methods=["POST"]),
     ]
     return Starlette(
         routes=routes,

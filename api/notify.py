@@ -11,7 +11,13 @@ from starlette.responses import Response
 
 from api.responses import fail
 from api.state import AppState
-from ledger.errors import BodyTooLarge, DecryptionFailed, NotificationRejected, StoreUnavailable
+from ledger.errors import (
+    BodyTooLarge,
+    DecryptionFailed,
+    NotificationRejected,
+    StoreUnavailable,
+    UnknownSerial,
+)
 
 __all__ = ["notify", "read_body"]
 
@@ -67,6 +73,10 @@ async def notify(request: Request) -> Response:
         return fail(500, DecryptionFailed.reason)
     except NotificationRejected as exc:
         log.warning("notification rejected mchid=%s status=%d: %s", mchid, exc.status_code, exc)
+        if isinstance(exc, UnknownSerial) and merchant.certificates is not None:
+            # Perhaps a rotation we have not seen yet: refresh in the background, rate-limited.
+            # This answer stays a failure; WeChat's retry will find the new certificate.
+            merchant.certificates.request_refresh(exc.serial)
         return fail(exc.status_code, exc.reason)
 
     try:

@@ -15,7 +15,7 @@ from api.state import AppState
 from ledger.domain import PaymentOrder
 from ledger.errors import InvalidRequest
 
-__all__ = ["get_order", "order_events", "order_to_dict", "register_order"]
+__all__ = ["get_order", "order_events", "order_to_dict", "query_order", "register_order"]
 
 OUT_TRADE_NO = re.compile(r"[0-9A-Za-z_\-|*@]{6,32}")
 CURRENCY = re.compile(r"[A-Z]{3}")
@@ -110,3 +110,14 @@ async def order_events(request: Request) -> Response:
         lambda: state.ledger.order_history(mchid, out_trade_no), limiter=state.limiter
     )
     return LedgerJSONResponse({"out_trade_no": out_trade_no, "mchid": mchid, "events": events})
+
+
+async def query_order(request: Request) -> Response:
+    """Ask WeChat Pay now; 200 with the updated order, 502 when its answer failed or is untrusted."""
+    state: AppState = request.app.state.ledger
+    out_trade_no = _out_trade_no(request.path_params["out_trade_no"])
+    mchid = _mchid(state, request.query_params.get("mchid"))
+    order = await anyio.to_thread.run_sync(
+        lambda: state.services.query(mchid, out_trade_no), limiter=state.limiter
+    )
+    return LedgerJSONResponse(order_to_dict(order))

@@ -1,39 +1,36 @@
-"""What the app holds between requests: the ledger, one verifier per merchant, a thread limiter."""
+"""What the app holds between requests: the wired services, the group committer, a thread limiter."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import anyio
 
 from ledger.application import Ledger
+from ledger.bootstrap import MerchantServices, Services
 from ledger.groupcommit import GroupCommitter
-from ledger.settings import MerchantSettings, Settings
-from ledger.wechatpay.notification import NotificationVerifier
+from ledger.settings import Settings
 
-__all__ = ["AppState", "Merchant"]
-
-
-@dataclass(frozen=True)
-class Merchant:
-    mchid: str
-    appid: str | None
-    verifier: NotificationVerifier = field(repr=False)
-
-    @classmethod
-    def from_settings(cls, settings: MerchantSettings, clock: Callable[[], float]) -> Merchant:
-        verifier = NotificationVerifier(settings.keys, settings.apiv3_key.value.encode(), clock=clock)
-        return cls(settings.mchid, settings.appid, verifier)
+__all__ = ["AppState"]
 
 
 @dataclass
 class AppState:
-    settings: Settings
-    ledger: Ledger
+    services: Services
     committer: GroupCommitter
-    merchants: dict[str, Merchant]
     limiter: anyio.CapacityLimiter
+
+    @property
+    def settings(self) -> Settings:
+        return self.services.settings
+
+    @property
+    def ledger(self) -> Ledger:
+        return self.services.ledger
+
+    @property
+    def merchants(self) -> dict[str, MerchantServices]:
+        return self.services.merchants
 
     @property
     def default_mchid(self) -> str | None:

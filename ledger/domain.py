@@ -20,10 +20,10 @@ __all__ = [
     "FINAL_TRADE_STATES",
     "OPEN_TRADE_STATES",
     "Evidence",
-    "QueryEvidence",
     "NotificationInbox",
     "Outcome",
     "PaymentOrder",
+    "QueryEvidence",
     "inbox_id",
     "order_id",
 ]

@@ -4,7 +4,8 @@ LedgerError
 ├── ConfigurationError          bad or missing setting, raised at start-up; names the setting
 ├── NotificationRejected        an inbound notification we must not acknowledge
 │   ├── VerificationFailed      401: missing headers, stale timestamp, unknown serial,
-│   │                                probe or bad signature, wrong signature type
+│   │   │                            probe or bad signature, wrong signature type
+│   │   └── UnknownSerial       401: no key for this Wechatpay-Serial (may trigger a refresh)
 │   ├── MalformedNotification   400: verified, but the envelope is not what WeChat sends
 │   ├── BodyTooLarge            413
 │   └── DecryptionFailed        500: signed correctly but the resource does not decrypt
@@ -34,8 +35,9 @@ __all__ = [
     "NotificationRejected",
     "OrderConflict",
     "OrderNotFound",
-    "StoreUnavailable",
     "ResponseUntrusted",
+    "StoreUnavailable",
+    "UnknownSerial",
     "VerificationFailed",
     "WeChatPayError",
     "WeChatPayRejected",
@@ -69,6 +71,14 @@ class NotificationRejected(LedgerError):
 class VerificationFailed(NotificationRejected):
     status_code = 401
     reason = "signature verification failed"
+
+
+class UnknownSerial(VerificationFailed):
+    reason = "unknown serial"
+
+    def __init__(self, serial: str) -> None:
+        super().__init__(f"unknown serial {serial[:64]!r}")
+        self.serial = serial
 
 
 class MalformedNotification(NotificationRejected):

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from ledger.errors import ConfigurationError, VerificationFailed
+from ledger.errors import ConfigurationError, UnknownSerial, VerificationFailed
 
 __all__ = ["PUBLIC_KEY_ID_PREFIX", "KeyStore", "PlatformCertificate", "normalise_serial"]
 
@@ -41,6 +41,7 @@ class PlatformCertificate:
     not_before: dt.datetime
     not_after: dt.datetime
     source: str
+    certificate: x509.Certificate = field(repr=False, compare=False)
 
     @classmethod
     def from_pem(cls, pem: bytes, source: str = "") -> PlatformCertificate:
@@ -54,6 +55,7 @@ class PlatformCertificate:
             not_before=cert.not_valid_before_utc,
             not_after=cert.not_valid_after_utc,
             source=source,
+            certificate=cert,
         )
 
     def valid_at(self, now: float) -> bool:
@@ -95,6 +97,10 @@ class KeyStore:
         return sorted([*self._public_keys, *self._certificates])
 
     @property
+    def public_keys(self) -> dict[str, RSAPublicKey]:
+        return dict(self._public_keys)
+
+    @property
     def certificates(self) -> list[PlatformCertificate]:
         return sorted(self._certificates.values(), key=lambda c: c.not_after)
 
@@ -107,7 +113,7 @@ class KeyStore:
             return key_id, self._public_keys[key_id]
         cert = self._certificates.get(key_id)
         if cert is None:
-            raise VerificationFailed(f"unknown serial {key_id[:64]!r}", reason="unknown serial")
+            raise UnknownSerial(key_id)
         if not cert.valid_at(now):
             raise VerificationFailed(f"certificate {key_id} not valid now", reason="certificate expired")
         return key_id, cert.public_key

@@ -82,24 +82,25 @@ class NotificationVerifier:
 
     def __init__(
         self,
-        keys: KeyStore,
+        keys: KeyStore | Callable[[], KeyStore],
         apiv3_key: bytes,
         *,
         clock: Callable[[], float] = time.time,
         tolerance: int = TIMESTAMP_TOLERANCE,
     ) -> None:
-        self._keys = keys
+        # A callable sees certificate rotations; a KeyStore is fixed (tests, public-key mode).
+        self._keys: Callable[[], KeyStore] = keys if callable(keys) else (lambda: keys)
         self._apiv3_key = apiv3_key
         self._clock = clock
         self._tolerance = tolerance
 
     def __repr__(self) -> str:
-        return f"NotificationVerifier(keys={self._keys.serials!r}, apiv3_key=***)"
+        return f"NotificationVerifier(keys={self._keys().serials!r}, apiv3_key=***)"
 
     def verify(self, headers: Mapping[str, str], body: bytes) -> VerifiedNotification:
         now = self._clock()
         signature_headers = SignatureHeaders.from_headers(headers)
-        serial = verify_signed_message(signature_headers, body, self._keys, now, self._tolerance)
+        serial = verify_signed_message(signature_headers, body, self._keys(), now, self._tolerance)
         envelope = parse_json_object(body, "body")
         resource = envelope.get("resource")
         if not isinstance(envelope.get("id"), str) or not envelope["id"]:

@@ -22,6 +22,7 @@ from ledger.errors import VerificationFailed
 from ledger.wechatpay.keys import KeyStore
 
 __all__ = [
+    "PROBE_PREFIX",
     "SIGNATURE_TYPE",
     "TIMESTAMP_TOLERANCE",
     "SignatureHeaders",
