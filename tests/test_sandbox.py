@@ -395,7 +395,7 @@ def test_certificates_download_decrypts_to_the_platform_certificate(
     assert list(_decrypted_certificates(response, factory.apiv3_key)) == [factory.certificate_serial]
 
 
-def test_rotation_lists_two_certificates_and_signs_with_the_new_one(
+def test_rotation_lists_two_certificates_and_answers_with_the_named_one(
     sandbox: Sandbox, wechat: httpx.Client, factory: NotificationFactory, merchant_key: rsa.RSAPrivateKey
 ) -> None:
     new_serial = sandbox.rotate_certificate(days_valid=30)
@@ -403,11 +403,15 @@ def test_rotation_lists_two_certificates_and_signs_with_the_new_one(
     certificates = _decrypted_certificates(response, factory.apiv3_key)
     assert set(certificates) == {factory.certificate_serial, new_serial}
 
-    # A client that knows only the old certificate asks for certificates and is answered by the new one.
+    # §2.3: an answer follows the Wechatpay-Serial the client names, so a client that knows
+    # only the old certificate can still verify; a client naming the new one gets the new one.
     sandbox.create_order("ORDER-1010", 100)
-    answer = query(
+    old_answer = query(
         wechat, "ORDER-1010", merchant_key, headers={"Wechatpay-Serial": factory.certificate_serial}
     )
+    assert old_answer.headers["Wechatpay-Serial"] == factory.certificate_serial
+    assert verified(old_answer, factory.key_store()) == factory.certificate_serial
+    answer = query(wechat, "ORDER-1010", merchant_key, headers={"Wechatpay-Serial": new_serial})
     assert answer.headers["Wechatpay-Serial"] == new_serial
     with pytest.raises(VerificationFailed):
         verified(answer, factory.key_store())

@@ -57,15 +57,18 @@ class WeChatKeys:
         return [c for c in self._certificates() if c.not_valid_after_utc.timestamp() >= now]
 
     def signing_key(self, requested_serial: str | None, default: Signing) -> SigningKey:
-        """A request's ``Wechatpay-Serial`` picks public key or certificates; else `default`."""
+        """A request's ``Wechatpay-Serial`` picks the public key or that certificate; else `default`."""
         public = SigningKey(self._factory.public_key_id, self._factory)
         current = self._current()
         if requested_serial:
             wanted = normalise_serial(requested_serial)
             if wanted == public.serial:
                 return public
-            if current is not None and wanted in {format(c.serial_number, "X") for c in self.listed()}:
-                return current
+            # §2.3: API answers follow the Wechatpay-Serial the merchant sends, so a client
+            # can ask to be answered with a certificate it already trusts.
+            named = self._holder(wanted)
+            if named is not None:
+                return named
         if default == "certificate" and current is not None:
             return current
         return public
@@ -73,6 +76,20 @@ class WeChatKeys:
     def _certificates(self) -> list[x509.Certificate]:
         with self._lock:
             return [h.certificate for h in self._holders if h.certificate is not None]
+
+    def _holder(self, serial: str) -> SigningKey | None:
+        now = self._clock()
+        with self._lock:
+            holders = list(self._holders)
+        for holder in holders:
+            cert = holder.certificate
+            if (
+                cert is not None
+                and holder.certificate_serial == serial
+                and cert.not_valid_after_utc.timestamp() >= now
+            ):
+                return SigningKey(holder.certificate_serial, holder)
+        return None
 
     def _current(self) -> SigningKey | None:
         """The newest certificate in effect now."""
