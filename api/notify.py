@@ -83,16 +83,12 @@ async def notify(request: Request) -> Response:
         # On timeout we stop waiting; if the commit still lands, WeChat's retry collapses
         # into it. What matters is that no 2xx precedes the commit.
         async with asyncio.timeout(STORE_DEADLINE):
-            result = await state.committer.submit_async(
-                merchant.mchid, notification, expected_appid=merchant.appid
-            )
+            result = await state.committer.submit_async(merchant.mchid, notification, expected_appid=merchant.appid)
     except (StoreUnavailable, TimeoutError) as exc:
         log.error(
             "notification %s not stored (%s); answering 503 so WeChat retries",
             notification.id,
-            "store unavailable"
-            if isinstance(exc, StoreUnavailable)
-            else f"no commit within {STORE_DEADLINE}s",
+            "store unavailable" if isinstance(exc, StoreUnavailable) else f"no commit within {STORE_DEADLINE}s",
         )
         return fail(503, StoreUnavailable.reason)
     log.info(

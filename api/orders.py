@@ -96,9 +96,7 @@ async def get_order(request: Request) -> Response:
     state: AppState = request.app.state.ledger
     out_trade_no = request.path_params["out_trade_no"]
     mchid = _mchid(state, request.query_params.get("mchid"))
-    order = await anyio.to_thread.run_sync(
-        lambda: state.ledger.get_order(mchid, out_trade_no), limiter=state.limiter
-    )
+    order = await anyio.to_thread.run_sync(lambda: state.ledger.get_order(mchid, out_trade_no), limiter=state.limiter)
     return LedgerJSONResponse(order_to_dict(order))
 
 
@@ -117,7 +115,5 @@ async def query_order(request: Request) -> Response:
     state: AppState = request.app.state.ledger
     out_trade_no = _out_trade_no(request.path_params["out_trade_no"])
     mchid = _mchid(state, request.query_params.get("mchid"))
-    order = await anyio.to_thread.run_sync(
-        lambda: state.services.query(mchid, out_trade_no), limiter=state.limiter
-    )
+    order = await anyio.to_thread.run_sync(lambda: state.services.query(mchid, out_trade_no), limiter=state.limiter)
     return LedgerJSONResponse(order_to_dict(order))

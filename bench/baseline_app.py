@@ -170,9 +170,7 @@ def create_app(settings: Settings) -> Starlette:
             return _fail(exc.status_code, exc.reason)
         out_trade_no = str(resource.get("out_trade_no", ""))
         transaction_id = str(resource.get("transaction_id", ""))
-        updated = await anyio.to_thread.run_sync(
-            orders.mark_paid, out_trade_no, transaction_id, limiter=limiter
-        )
+        updated = await anyio.to_thread.run_sync(orders.mark_paid, out_trade_no, transaction_id, limiter=limiter)
         if not updated:
             return _fail(404, "unknown order")
         return Response(status_code=204)

@@ -618,8 +618,7 @@ def bench_store(
         raise BenchError(f"{store}: warm-up failed: {'; '.join(problems)}")
     report = report_store(store, phases, problems, params)
     report.checked = (
-        f"{min(LEDGER_SAMPLE, len(ids))} sampled ledger orders read back; "
-        f"baseline {paid}/{len(ids)} rows SUCCESS"
+        f"{min(LEDGER_SAMPLE, len(ids))} sampled ledger orders read back; baseline {paid}/{len(ids)} rows SUCCESS"
     )
     return report
 

@@ -48,11 +48,11 @@ class Services:
     query: OrderQuery
     owns_ledger: bool = True
 
-    def start_background(self, interval: float = 3600.0) -> None:
+    def start_background(self) -> None:
         """Periodic certificate refresh (never in a request path)."""
         for merchant in self.merchants.values():
             if merchant.certificates is not None and merchant.client is not None:
-                merchant.certificates.start(interval)
+                merchant.certificates.start(self.settings.cert_refresh_interval)
 
     def close(self) -> None:
         for merchant in self.merchants.values():

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from ledger.errors import ConfigurationError, LedgerError
@@ -26,9 +27,7 @@ def _settings(args: argparse.Namespace, *, require_merchant: bool = True) -> Set
 
 
 def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -106,11 +105,116 @@ def cmd_dev_notify(args: argparse.Namespace) -> int:
         delivery = factory.refunded(args.out_trade_no, out_refund_no, int(amount), args.amount)
     else:
         delivery = factory.paid(args.out_trade_no, args.amount)
-    response = httpx.post(
-        f"{args.url.rstrip('/')}/wechatpay/notify", content=delivery.body, headers=delivery.headers
-    )
+    response = httpx.post(f"{args.url.rstrip('/')}/wechatpay/notify", content=delivery.body, headers=delivery.headers)
     print(f"POST /wechatpay/notify -> {response.status_code} {response.text}")
     return 0 if response.status_code in (200, 204) else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ledger.demo import run_demo
+
+    return run_demo(host=args.host, port=args.port, sandbox_port=args.sandbox_port, wait=not args.no_wait)
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    from ledger.wechatpay.sandbox import run_sandbox
+
+    run_sandbox(
+        args.host,
+        args.port,
+        Path(args.folder),
+        args.notify_url,
+        args.time_scale,
+        args.duplicate_rate,
+        args.probe_rate,
+        args.drop_rate,
+        seed=args.seed,
+    )
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from api.orders import order_to_dict
+    from api.responses import to_jsonable
+    from ledger.bootstrap import bootstrap
+
+    settings = _settings(args)
+    services = bootstrap(settings)
+    try:
+        order = services.query(args.mchid or settings.merchants[0].mchid, args.out_trade_no)
+    finally:
+        services.close()
+    print(json.dumps(to_jsonable(order_to_dict(order)), ensure_ascii=False, indent=2))
+    return 0
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    import threading
+
+    from ledger.bootstrap import bootstrap
+    from ledger.reconcile import Reconciler
+    from ledger.worklist import Worklist
+
+    settings = _settings(args)
+    _configure_logging(settings.log_level if args.follow else "WARNING")
+    services = bootstrap(settings)
+    worklist = Worklist(settings.database_url.value)
+    reconciler = Reconciler(
+        services.ledger,
+        worklist,
+        services.query,
+        schedule=settings.reconcile_schedule,
+        expiry=settings.reconcile_expiry,
+        rate=settings.reconcile_qps,
+    )
+    try:
+        if args.follow:
+            stop = threading.Event()
+            try:
+                reconciler.follow(stop, idle=args.interval, report=lambda c: print(c, flush=True))
+            except KeyboardInterrupt:
+                stop.set()
+            return 0
+        changes = reconciler.run_pass()
+        for change in changes:
+            print(change)
+        failed = sum(1 for c in changes if c.error)
+        print(
+            f"reconciled {len(changes)} order(s): {len(changes) - failed} queried or settled, {failed} failed "
+            f"(retried later); open orders: {worklist.counts().get('open', 0)}"
+        )
+        return 0
+    finally:
+        worklist.close()
+        services.close()
+
+
+def cmd_certificates(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from ledger.bootstrap import bootstrap
+
+    settings = _settings(args)
+    services = bootstrap(settings)
+    try:
+        for merchant in services.merchants.values():
+            manager = merchant.certificates
+            if args.refresh and manager is not None:
+                added = manager.refresh()
+                print(f"{merchant.mchid}: refreshed, {len(added)} new")
+            keys = merchant.keys()
+            for key_id in keys.public_keys:
+                print(f"{merchant.mchid}  public key  {key_id}  (no expiry)")
+            now = dt.datetime.now(dt.UTC)
+            for cert in keys.certificates:
+                state = "valid" if cert.not_before <= now <= cert.not_after else "NOT VALID NOW"
+                print(
+                    f"{merchant.mchid}  certificate {cert.serial}  {cert.not_before:%Y-%m-%d} -> "
+                    f"{cert.not_after:%Y-%m-%d}  {state}"
+                )
+    finally:
+        services.close()
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,9 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the HTTP service")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument(
-        "--dev", action="store_true", help="use a generated local test merchant (./payledger-dev)"
-    )
+    serve.add_argument("--dev", action="store_true", help="use a generated local test merchant (./payledger-dev)")
     serve.set_defaults(func=cmd_serve)
 
     history = sub.add_parser("history", help="print an order's full event history")
@@ -131,6 +233,39 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--json", action="store_true")
     history.add_argument("--dev", action="store_true")
     history.set_defaults(func=cmd_history)
+
+    demo = sub.add_parser("demo", help="run the ledger against the sandbox with a scripted scenario")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--sandbox-port", type=int, default=8090)
+    demo.add_argument("--no-wait", action="store_true", help="exit after the scripted part")
+    demo.set_defaults(func=cmd_demo)
+
+    sandbox = sub.add_parser("sandbox", help="run a local fake WeChat Pay (writes the ledger configuration)")
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument("--port", type=int, default=8090)
+    sandbox.add_argument("--folder", default="payledger-sandbox")
+    sandbox.add_argument("--notify-url", default="http://127.0.0.1:8000/wechatpay/notify")
+    sandbox.add_argument("--time-scale", type=float, default=1.0, help="divide WeChat's retry schedule by this")
+    sandbox.add_argument("--duplicate-rate", type=float, default=0.0)
+    sandbox.add_argument("--probe-rate", type=float, default=0.0)
+    sandbox.add_argument("--drop-rate", type=float, default=0.0)
+    sandbox.add_argument("--seed", type=int)
+    sandbox.set_defaults(func=cmd_sandbox)
+
+    query = sub.add_parser("query", help="query WeChat Pay for an order now and record the answer")
+    query.add_argument("out_trade_no")
+    query.add_argument("--mchid")
+    query.set_defaults(func=cmd_query)
+
+    reconcile = sub.add_parser("reconcile", help="query open orders whose callback has not come")
+    reconcile.add_argument("--follow", action="store_true", help="keep running")
+    reconcile.add_argument("--interval", type=float, default=1.0, help="idle wait between passes (--follow)")
+    reconcile.set_defaults(func=cmd_reconcile)
+
+    certificates = sub.add_parser("certificates", help="list verification keys and certificates with expiry")
+    certificates.add_argument("--refresh", action="store_true", help="download from WeChat Pay first")
+    certificates.set_defaults(func=cmd_certificates)
 
     dev = sub.add_parser("dev-notify", help="send a signed test notification (development merchant only)")
     dev.add_argument("out_trade_no")

@@ -201,9 +201,7 @@ class PaymentOrder(_DeliveryLog):
 
     @classmethod
     def open(cls, mchid: str, out_trade_no: str) -> PaymentOrder:
-        return cls._create(
-            cls.Opened, id=order_id(mchid, out_trade_no), mchid=mchid, out_trade_no=out_trade_no
-        )
+        return cls._create(cls.Opened, id=order_id(mchid, out_trade_no), mchid=mchid, out_trade_no=out_trade_no)
 
     @property
     def refunded_total(self) -> int:
@@ -318,9 +316,7 @@ class PaymentOrder(_DeliveryLog):
             if (self.amount_total, self.currency, self.description) == (amount_total, currency, description):
                 return False
             raise ValueError("registered with different details")
-        self.trigger_event(
-            self.Registered, amount_total=amount_total, currency=currency, description=description
-        )
+        self.trigger_event(self.Registered, amount_total=amount_total, currency=currency, description=description)
         if self.paid and self.paid_total != amount_total:
             self._anomaly(
                 "amount_mismatch",
@@ -462,11 +458,7 @@ class PaymentOrder(_DeliveryLog):
     def _decide_refund(self, resource: dict[str, Any], evidence: str, event_status: str) -> None:
         out_refund_no = _str(resource, "out_refund_no")
         status = _str(resource, "refund_status") or event_status
-        if (
-            not out_refund_no
-            or status != event_status
-            or not self._identity_matches(resource, evidence, None)
-        ):
+        if not out_refund_no or status != event_status or not self._identity_matches(resource, evidence, None):
             return
         refund = _amount(resource, "refund")
         current = self.refunds.get(out_refund_no, {}).get("status")

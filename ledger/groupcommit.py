@@ -187,9 +187,7 @@ class GroupCommitter:
                 streams[request.stream_id] = inbox
                 outcomes.append((inbox.receive(evidence), inbox))
                 continue
-            order = stream or PaymentOrder.open(
-                request.mchid, str(request.notification.resource["out_trade_no"])
-            )
+            order = stream or PaymentOrder.open(request.mchid, str(request.notification.resource["out_trade_no"]))
             streams[request.stream_id] = order
             outcomes.append((order.receive(evidence, expected_appid=request.expected_appid), order))
         pending = [s for s in streams.values() if s.pending_events]

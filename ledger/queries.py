@@ -42,9 +42,7 @@ def evidence_from_response(response: WeChatPayResponse, query: str) -> QueryEvid
 class OrderQuery:
     """Query one order by `out_trade_no` and record the verified answer; thread-safe."""
 
-    def __init__(
-        self, ledger: Ledger, clients: Mapping[str, QueryClient], appids: Mapping[str, str | None]
-    ) -> None:
+    def __init__(self, ledger: Ledger, clients: Mapping[str, QueryClient], appids: Mapping[str, str | None]) -> None:
         self._ledger = ledger
         self._clients = clients
         self._appids = appids
@@ -84,7 +82,5 @@ class OrderQuery:
             expected_appid=self._appids.get(mchid),
         )
         self._count("recorded")
-        log.info(
-            "query %s mchid=%s -> %s (version %d)", out_trade_no, mchid, order.trade_state, order.version
-        )
+        log.info("query %s mchid=%s -> %s (version %d)", out_trade_no, mchid, order.trade_state, order.version)
         return order

@@ -23,16 +23,17 @@ from eventsourcing.utils import get_topic
 from ledger.application import Ledger
 from ledger.domain import FINAL_TRADE_STATES, PaymentOrder
 from ledger.errors import OrderNotFound, WeChatPayError
+from ledger.settings import DEFAULT_RECONCILE_SCHEDULE
 from ledger.worklist import Due, Worklist
 
 __all__ = ["DEFAULT_EXPIRY", "DEFAULT_SCHEDULE", "Change", "RateLimiter", "Reconciler"]
 
 log = logging.getLogger("ledger.reconcile")
 
-# Seconds between queries: WeChat suggests querying a few seconds after a late callback;
-# like Kill Bill's janitor we then back off to minutes and hours. The last step repeats.
-DEFAULT_SCHEDULE: tuple[float, ...] = (5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400)
-DEFAULT_EXPIRY = 7 * 24 * 3600.0  # §5.3: unpaid orders are auto-closed after 7 days by default
+# WeChat suggests querying a few seconds after a late callback; like Kill Bill's janitor we
+# then back off to minutes and hours. §5.3: unpaid orders are auto-closed after 7 days.
+DEFAULT_SCHEDULE = DEFAULT_RECONCILE_SCHEDULE
+DEFAULT_EXPIRY = 7 * 24 * 3600.0
 _PAGE = 500
 
 
@@ -132,10 +133,7 @@ class Reconciler:
                             self._worklist.settle(cur, stream_id, order.trade_state)
                     elif isinstance(event, PaymentOrder.PaymentSucceeded):
                         self._worklist.settle(cur, stream_id, "SUCCESS")
-                    elif (
-                        isinstance(event, PaymentOrder.TradeStateChanged)
-                        and event.to_state in FINAL_TRADE_STATES
-                    ):
+                    elif isinstance(event, PaymentOrder.TradeStateChanged) and event.to_state in FINAL_TRADE_STATES:
                         self._worklist.settle(cur, stream_id, event.to_state)
                     applied += 1
                 position = stop if len(page) < _PAGE else page[-1].id
@@ -170,9 +168,7 @@ class Reconciler:
             after = self._query(due.mchid, due.out_trade_no)
         except WeChatPayError as exc:
             self._worklist.reschedule(self.owner, due.stream_id, self._next_due(due, now), exc.reason)
-            return Change(
-                due.mchid, due.out_trade_no, before.trade_state, before.trade_state, True, exc.reason
-            )
+            return Change(due.mchid, due.out_trade_no, before.trade_state, before.trade_state, True, exc.reason)
         if after.is_final:
             self._worklist.finish(self.owner, due.stream_id, "done", after.trade_state)
         elif now >= due.expires_at:
@@ -182,9 +178,7 @@ class Reconciler:
             self._worklist.reschedule(self.owner, due.stream_id, self._next_due(due, now), None)
         return Change(due.mchid, due.out_trade_no, before.trade_state, after.trade_state, True)
 
-    def follow(
-        self, stop: threading.Event, idle: float = 1.0, report: Callable[[Change], None] = print
-    ) -> None:
+    def follow(self, stop: threading.Event, idle: float = 1.0, report: Callable[[Change], None] = print) -> None:
         """Run passes until `stop` is set; sleeps `idle` seconds when nothing was due."""
         while not stop.is_set():
             try:

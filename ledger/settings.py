@@ -45,7 +45,13 @@ _LEDGER_KEYS = {
     "LEDGER_MAX_BODY_BYTES",
     "LEDGER_WORKER_THREADS",
     "LEDGER_LOG_LEVEL",
+    "LEDGER_RECONCILE_SCHEDULE",
+    "LEDGER_RECONCILE_EXPIRY",
+    "LEDGER_RECONCILE_QPS",
+    "LEDGER_CERT_REFRESH_INTERVAL",
 }
+# Seconds between reconciliation queries: a few seconds, then minutes, then hours; the last repeats.
+DEFAULT_RECONCILE_SCHEDULE = (5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0)
 _MCHID = re.compile(r"[0-9]{6,32}")
 _APPID = re.compile(r"w[xw][0-9A-Za-z]{16}")
 _HEX_SERIAL = re.compile(r"[0-9A-Fa-f]{1,64}")
@@ -111,9 +117,7 @@ class MerchantSettings:
         serial_no = get("WECHATPAY_MERCHANT_SERIAL_NO")
         key_file = get("WECHATPAY_MERCHANT_PRIVATE_KEY_FILE")
         if (serial_no is None) != (key_file is None):
-            missing = (
-                "WECHATPAY_MERCHANT_PRIVATE_KEY_FILE" if key_file is None else "WECHATPAY_MERCHANT_SERIAL_NO"
-            )
+            missing = "WECHATPAY_MERCHANT_PRIVATE_KEY_FILE" if key_file is None else "WECHATPAY_MERCHANT_SERIAL_NO"
             raise ConfigurationError(name(missing), "is required with the other merchant key setting")
         if serial_no is not None and not _HEX_SERIAL.fullmatch(serial_no):
             raise ConfigurationError(
@@ -129,9 +133,7 @@ class MerchantSettings:
             missing = "WECHATPAY_PUBLIC_KEY_FILE" if public_key_file is None else "WECHATPAY_PUBLIC_KEY_ID"
             raise ConfigurationError(name(missing), "is required in public-key mode (set both or neither)")
         if public_key_id is not None and not _PUBLIC_KEY_ID.fullmatch(public_key_id):
-            raise ConfigurationError(
-                name("WECHATPAY_PUBLIC_KEY_ID"), f"must start with {PUBLIC_KEY_ID_PREFIX}"
-            )
+            raise ConfigurationError(name("WECHATPAY_PUBLIC_KEY_ID"), f"must start with {PUBLIC_KEY_ID_PREFIX}")
         cert_dir = get("WECHATPAY_PLATFORM_CERT_DIR")
         if public_key_id is None and cert_dir is None:
             raise ConfigurationError(
@@ -189,6 +191,18 @@ def _int_setting(values: Mapping[str, str], key: str, default: int, low: int, hi
     return value
 
 
+def _schedule(raw: str | None) -> tuple[float, ...]:
+    if raw is None or not raw.strip():
+        return DEFAULT_RECONCILE_SCHEDULE
+    try:
+        steps = tuple(float(part) for part in raw.split(","))
+    except ValueError:
+        raise ConfigurationError("LEDGER_RECONCILE_SCHEDULE", "must be comma-separated seconds") from None
+    if not steps or any(not 0 < step <= 7 * 24 * 3600 for step in steps):
+        raise ConfigurationError("LEDGER_RECONCILE_SCHEDULE", "each step must be between 0 and 604800 seconds")
+    return steps
+
+
 def _normalise_keys(table: Mapping[str, Any], prefix: str, allowed: set[str], where: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in table.items():
@@ -210,6 +224,10 @@ class Settings:
     max_body_bytes: int = 64 * 1024
     worker_threads: int = 16
     log_level: str = "INFO"
+    reconcile_schedule: tuple[float, ...] = DEFAULT_RECONCILE_SCHEDULE
+    reconcile_expiry: int = 7 * 24 * 3600
+    reconcile_qps: int = 10
+    cert_refresh_interval: int = 3600
 
     @property
     def default_merchant(self) -> MerchantSettings | None:
@@ -261,6 +279,10 @@ class Settings:
             max_body_bytes=_int_setting(top, "LEDGER_MAX_BODY_BYTES", 64 * 1024, 1024, 16 * 1024 * 1024),
             worker_threads=_int_setting(top, "LEDGER_WORKER_THREADS", 16, 1, 256),
             log_level=level,
+            reconcile_schedule=_schedule(top.get("LEDGER_RECONCILE_SCHEDULE")),
+            reconcile_expiry=_int_setting(top, "LEDGER_RECONCILE_EXPIRY", 7 * 24 * 3600, 60, 400 * 24 * 3600),
+            reconcile_qps=_int_setting(top, "LEDGER_RECONCILE_QPS", 10, 1, 1000),
+            cert_refresh_interval=_int_setting(top, "LEDGER_CERT_REFRESH_INTERVAL", 3600, 60, 7 * 24 * 3600),
         )
 
 

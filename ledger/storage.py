@@ -28,9 +28,7 @@ def persistence_env(url: str) -> dict[str, str]:
         if path.startswith("/"):
             path = path[1:]
         if not path:
-            raise ConfigurationError(
-                SETTING, "sqlite URL needs a file name, e.g. sqlite:///payledger.sqlite3"
-            )
+            raise ConfigurationError(SETTING, "sqlite URL needs a file name, e.g. sqlite:///payledger.sqlite3")
         if ":memory:" not in path and "mode=memory" not in path:
             parent = Path(path).expanduser().resolve().parent
             if not parent.is_dir():

@@ -155,9 +155,7 @@ class Worklist:
                 )
                 row = cur.fetchone()
                 if row is not None:
-                    claimed.append(
-                        Due(str(row[0]), row[1], row[2], float(row[3]), float(row[4]), int(row[5]))
-                    )
+                    claimed.append(Due(str(row[0]), row[1], row[2], float(row[3]), float(row[4]), int(row[5])))
             return claimed
 
     def reschedule(self, owner: str, stream_id: str, next_due_at: float, error: str | None) -> None:

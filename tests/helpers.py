@@ -30,7 +30,7 @@ def evidence(
         envelope={"id": notification_id, "event_type": event_type},
         resource=resource,
         resource_digest=digest,
-        received_at=dt.datetime(2026, 11, 27, tzinfo=dt.timezone.utc),
+        received_at=dt.datetime(2026, 11, 27, tzinfo=dt.UTC),
     )
 
 

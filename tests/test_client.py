@@ -193,9 +193,7 @@ def authorization_fields(request: httpx.Request) -> dict[str, str]:
 def assert_signed_by(request: httpx.Request, key: rsa.RSAPrivateKey) -> None:
     """The signature verifies over METHOD, the raw target sent, ts, nonce and the body sent."""
     fields = authorization_fields(request)
-    message = build_message(
-        request.method, request.url.raw_path, fields["timestamp"], fields["nonce"], request.content
-    )
+    message = build_message(request.method, request.url.raw_path, fields["timestamp"], fields["nonce"], request.content)
     assert verify(key.public_key(), message, fields["signature"])
 
 
@@ -210,9 +208,7 @@ def vectors() -> dict[str, Any]:
     return data
 
 
-def test_d1_authorization_header_reproduces_the_vector(
-    vectors: dict[str, Any], factory: NotificationFactory
-) -> None:
+def test_d1_authorization_header_reproduces_the_vector(vectors: dict[str, Any], factory: NotificationFactory) -> None:
     """§8 D1: GO's test key, fixed time and nonce give D1's signature, over the target sent."""
     d1 = vectors["D1_authorization_signature"]
     key = load_pem_private_key(GO_TEST_PRIVATE_KEY.replace("TESTING KEY", "PRIVATE KEY").encode(), None)
@@ -249,9 +245,7 @@ def test_authorization_header_format_and_request_headers(
 ) -> None:
     """§5.1 / §8 V8: field names and order, no spaces after commas, seconds, a 32-char nonce."""
     fake = FakeWeChatPay(signed(factory, clock))
-    make_client(fake, wechatpay_serial=factory.public_key_id).query_by_transaction_id(
-        "4200000000002104083200000488"
-    )
+    make_client(fake, wechatpay_serial=factory.public_key_id).query_by_transaction_id("4200000000002104083200000488")
     (request,) = fake.requests
     value = request.headers["Authorization"]
     assert ", " not in value and "\n" not in value
@@ -662,9 +656,7 @@ def test_retry_after_is_honoured(
     make_client: Callable[..., WeChatPayClient], factory: NotificationFactory, clock: FakeClock
 ) -> None:
     """§5.4: a rate-limited answer says how long to wait; we wait exactly that."""
-    fake = FakeWeChatPay(
-        error(429, "FREQUENCY_LIMITED", "频率超限", {"Retry-After": "3"}), signed(factory, clock)
-    )
+    fake = FakeWeChatPay(error(429, "FREQUENCY_LIMITED", "频率超限", {"Retry-After": "3"}), signed(factory, clock))
     make_client(fake).query_by_out_trade_no("ORDER-1")
     assert clock.sleeps == [3.0]
 
@@ -678,9 +670,7 @@ def test_a_retry_after_beyond_the_deadline_gives_up_now(
     assert len(fake.requests) == 1 and clock.sleeps == []
 
 
-def test_the_deadline_bounds_the_whole_call(
-    make_client: Callable[..., WeChatPayClient], clock: FakeClock
-) -> None:
+def test_the_deadline_bounds_the_whole_call(make_client: Callable[..., WeChatPayClient], clock: FakeClock) -> None:
     """§5.4: never past `deadline` seconds since the call started, whatever max_attempts says."""
     fake = FakeWeChatPay(error(503, "SYSTEM_ERROR", "busy", {"Retry-After": "2"}))
     with pytest.raises(WeChatPayUnavailable):
@@ -689,9 +679,7 @@ def test_the_deadline_bounds_the_whole_call(
     assert clock() - NOW <= 5
 
 
-def test_slow_attempts_are_cut_to_the_time_left(
-    make_client: Callable[..., WeChatPayClient], clock: FakeClock
-) -> None:
+def test_slow_attempts_are_cut_to_the_time_left(make_client: Callable[..., WeChatPayClient], clock: FakeClock) -> None:
     """Each attempt's timeout shrinks to what is left of the deadline."""
 
     def hangs(request: httpx.Request) -> httpx.Response:

@@ -110,9 +110,7 @@ def test_identity_mismatch_is_an_anomaly_and_no_decision(field: str, value: str,
 def test_same_notification_id_with_different_resource_is_an_anomaly() -> None:
     order = new_order()
     order.receive(evidence(pay(100), notification_id="same"))
-    order.receive(
-        evidence(pay(100, success_time="2026-11-28T00:00:00+08:00"), notification_id="same", attempt=1)
-    )
+    order.receive(evidence(pay(100, success_time="2026-11-28T00:00:00+08:00"), notification_id="same", attempt=1))
     types = event_types(order.collect_events())
     assert Counter(types) == Counter({"NotificationReceived": 2, "PaymentSucceeded": 1, "AnomalyDetected": 1})
     assert order.anomalies[0]["kind"] == "notification_conflict"
@@ -165,8 +163,14 @@ def query(trade_state: str, request_id: str = "Q-1", **kwargs: Any) -> QueryEvid
         for name in ("transaction_id", "success_time", "payer", "bank_type"):
             transaction.pop(name)
     return QueryEvidence(
-        query="out_trade_no", status_code=200, raw_body="{}", response_headers={}, key_serial="PUB_KEY_ID_0001",
-        request_id=request_id, transaction=transaction, queried_at=dt.datetime(2026, 11, 27, tzinfo=dt.UTC),
+        query="out_trade_no",
+        status_code=200,
+        raw_body="{}",
+        response_headers={},
+        key_serial="PUB_KEY_ID_0001",
+        request_id=request_id,
+        transaction=transaction,
+        queried_at=dt.datetime(2026, 11, 27, tzinfo=dt.UTC),
     )
 
 
@@ -177,7 +181,10 @@ def test_query_finding_success_before_any_callback_decides_once() -> None:
     order.receive(evidence(pay()), expected_appid=APPID)
     order.record_query(query("SUCCESS", "Q-2"), expected_appid=APPID)
     assert event_types(order.collect_events()) == [
-        "StatusQueried", "PaymentSucceeded", "NotificationReceived", "StatusQueried",
+        "StatusQueried",
+        "PaymentSucceeded",
+        "NotificationReceived",
+        "StatusQueried",
     ]
     assert (order.trade_state, order.queries, order.is_final) == ("SUCCESS", 2, True)
 
@@ -247,7 +254,9 @@ def expected_state(present: set[int]) -> dict[str, Any]:
     paid = bool(present & {0, 1, 2, 8})
     state = "REFUND" if refunded else ("SUCCESS" if paid else "NOTPAY")
     return {
-        "trade_state": state, "refunded_total": refunded, "refunds": refunds,
+        "trade_state": state,
+        "refunded_total": refunded,
+        "refunds": refunds,
         "deliveries": len(present - QUERIES),
     }
 

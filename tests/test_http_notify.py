@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
 import logging
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import httpx
+import pytest
 
 from api.app import create_app
 from ledger.application import Ledger, build_ledger
@@ -29,9 +29,7 @@ def serve(app: Any) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture
-def make_client(
-    merchant_env: dict[str, str], sqlite_url: str
-) -> Iterator[Callable[..., tuple[httpx.Client, Ledger]]]:
+def make_client(merchant_env: dict[str, str], sqlite_url: str) -> Iterator[Callable[..., tuple[httpx.Client, Ledger]]]:
     with contextlib.ExitStack() as stack:
 
         def make(
@@ -179,13 +177,9 @@ def test_body_above_the_limit_is_413(make_client: Any, factory: NotificationFact
     assert response.json()["code"] == "FAIL"
 
 
-def test_other_event_types_are_acknowledged_and_recorded(
-    make_client: Any, factory: NotificationFactory
-) -> None:
+def test_other_event_types_are_acknowledged_and_recorded(make_client: Any, factory: NotificationFactory) -> None:
     client, ledger = make_client()
-    body = factory.envelope(
-        {"mchid": MCHID, "complaint_id": "200201820200101080076610000"}, "COMPLAINT.CREATE"
-    )
+    body = factory.envelope({"mchid": MCHID, "complaint_id": "200201820200101080076610000"}, "COMPLAINT.CREATE")
     delivery = factory.deliver(body)
     assert post(client, delivery).status_code == 204
     assert [e["type"] for e in ledger.inbox_history(MCHID, delivery.notification_id)] == [
@@ -205,9 +199,7 @@ def test_notify_by_mchid_routes_to_that_merchant(
     env2 = second.write_keys(tmp_path / "second")
     config = tmp_path / "ledger.toml"
     config.write_text("[[merchants]]\n" + "".join(f'{k} = "{v}"\n' for k, v in env2.items()))
-    settings = Settings.load(
-        {**merchant_env, "LEDGER_CONFIG": str(config), "LEDGER_DATABASE_URL": sqlite_url}
-    )
+    settings = Settings.load({**merchant_env, "LEDGER_CONFIG": str(config), "LEDGER_DATABASE_URL": sqlite_url})
     ledger = build_ledger(sqlite_url)
     with serve(create_app(settings, ledger=ledger)) as client:
         ok = second.paid("ORDER-2008", 100)

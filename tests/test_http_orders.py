@@ -105,19 +105,12 @@ def test_events_show_raw_deliveries_that_an_auditor_can_reverify(
         (3, "PaymentSucceeded"),
         (4, "NotificationReceived"),
     ]
-    verifier = NotificationVerifier(
-        factory.key_store(), factory.apiv3_key.encode(), clock=lambda: 0, tolerance=10**10
-    )
+    verifier = NotificationVerifier(factory.key_store(), factory.apiv3_key.encode(), clock=lambda: 0, tolerance=10**10)
     for event in (events[1], events[3]):
         data = event["data"]
         assert data["raw_body"].encode() == delivery.body
-        assert set(SignatureHeaders.from_headers(data["signature_headers"]).as_dict()) >= {
-            "Wechatpay-Signature"
-        }
-        assert (
-            verifier.verify(data["signature_headers"], data["raw_body"].encode()).id
-            == delivery.notification_id
-        )
+        assert set(SignatureHeaders.from_headers(data["signature_headers"]).as_dict()) >= {"Wechatpay-Signature"}
+        assert verifier.verify(data["signature_headers"], data["raw_body"].encode()).id == delivery.notification_id
         assert event["recorded_at"].endswith("+00:00")
 
 
@@ -127,10 +120,7 @@ def test_admin_token_guards_everything_but_notify_and_healthz(
     with service(merchant_env, sqlite_url, LEDGER_ADMIN_TOKEN=TOKEN) as client:
         assert client.get("/healthz").status_code == 200
         delivery = factory.paid("ORDER-4006", 100)
-        assert (
-            client.post("/wechatpay/notify", content=delivery.body, headers=delivery.headers).status_code
-            == 204
-        )
+        assert client.post("/wechatpay/notify", content=delivery.body, headers=delivery.headers).status_code == 204
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
             assert client.get("/orders/ORDER-4006", headers=headers).status_code == 401
             assert (

@@ -46,16 +46,11 @@ def test_twenty_concurrent_deliveries_over_http_give_one_decision(
     assert (order["trade_state"], order["deliveries"]) == ("SUCCESS", 20)
 
 
-def test_restart_keeps_history(
-    database_url: str, merchant_env: dict[str, str], factory: NotificationFactory
-) -> None:
+def test_restart_keeps_history(database_url: str, merchant_env: dict[str, str], factory: NotificationFactory) -> None:
     settings = Settings.load({**merchant_env, "LEDGER_DATABASE_URL": database_url})
     delivery = factory.paid("ORDER-3002", 100)
     with running(create_app(settings)) as url:
-        assert (
-            httpx.post(f"{url}/wechatpay/notify", content=delivery.body, headers=delivery.headers).status_code
-            == 204
-        )
+        assert httpx.post(f"{url}/wechatpay/notify", content=delivery.body, headers=delivery.headers).status_code == 204
     with running(create_app(settings)) as url:
         events = httpx.get(f"{url}/orders/ORDER-3002/events").json()["events"]
     assert [e["type"] for e in events] == ["Opened", "NotificationReceived", "PaymentSucceeded"]
@@ -73,16 +68,11 @@ def test_store_unavailable_is_503_and_nothing_is_acknowledged(
     try:
         with running(create_app(settings, ledger=ledger)) as url:
             first = factory.paid("ORDER-3003", 100)
-            assert (
-                httpx.post(f"{url}/wechatpay/notify", content=first.body, headers=first.headers).status_code
-                == 204
-            )
+            assert httpx.post(f"{url}/wechatpay/notify", content=first.body, headers=first.headers).status_code == 204
             proxy.cut()
             second = factory.paid("ORDER-3004", 100)
             started = time.monotonic()
-            response = httpx.post(
-                f"{url}/wechatpay/notify", content=second.body, headers=second.headers, timeout=30
-            )
+            response = httpx.post(f"{url}/wechatpay/notify", content=second.body, headers=second.headers, timeout=30)
             elapsed = time.monotonic() - started
     finally:
         ledger.close()

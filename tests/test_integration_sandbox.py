@@ -36,10 +36,7 @@ class World:
     def register(self, out_trade_no: str, total: int = 100) -> None:
         self.sandbox.create_order(out_trade_no, total)
         assert (
-            self.client.post(
-                "/orders", json={"out_trade_no": out_trade_no, "amount_total": total}
-            ).status_code
-            == 201
+            self.client.post("/orders", json={"out_trade_no": out_trade_no, "amount_total": total}).status_code == 201
         )
 
     def order(self, out_trade_no: str) -> dict[str, Any]:
@@ -164,9 +161,7 @@ def test_certificate_rotation_with_two_valid_certificates(tmp_path: Path) -> Non
         with running(create_app(settings, background=False)) as url:
             for serial in [*old, new]:
                 w.register(f"ORDER-61{serial[-4:]}")
-                body = w.sandbox.factory.envelope(
-                    w.sandbox.factory.transaction(f"ORDER-61{serial[-4:]}", 100)
-                )
+                body = w.sandbox.factory.envelope(w.sandbox.factory.transaction(f"ORDER-61{serial[-4:]}", 100))
                 key = w.sandbox.signing_key(serial)
                 headers = key.factory.sign_headers(body, serial=key.serial)
                 assert httpx.post(f"{url}/wechatpay/notify", content=body, headers=headers).status_code == 204

@@ -67,9 +67,7 @@ def test_history_keeps_the_raw_body_and_headers_byte_for_byte(
     ledger = ledger_factory()
     delivery = factory.paid("ORDER-1003", 100)
     ledger.record_notification(MCHID, verify(delivery))
-    received = next(
-        e for e in ledger.order_history(MCHID, "ORDER-1003") if e["type"] == "NotificationReceived"
-    )
+    received = next(e for e in ledger.order_history(MCHID, "ORDER-1003") if e["type"] == "NotificationReceived")
     assert received["data"]["raw_body"].encode() == delivery.body
     headers = received["data"]["signature_headers"]
     # An auditor can re-verify the stored delivery independently.

@@ -244,9 +244,7 @@ def test_numbers_with_fractions_become_decimals(factory: NotificationFactory) ->
     assert not has_float(n.resource) and not has_float(n.envelope)
 
 
-@pytest.mark.parametrize(
-    "constant", [float("nan"), float("inf"), float("-inf")], ids=["NaN", "Infinity", "-Infinity"]
-)
+@pytest.mark.parametrize("constant", [float("nan"), float("inf"), float("-inf")], ids=["NaN", "Infinity", "-Infinity"])
 def test_json_constants_never_become_floats(factory: NotificationFactory, constant: float) -> None:
     """§9.10: NaN/Infinity are not JSON (RFC 8259); the verifier must reject them or keep them non-float."""
     resource = factory.transaction("constant", 100)

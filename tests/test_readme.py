@@ -53,16 +53,12 @@ def test_dev_quick_start_serves_records_and_shows_history(tmp_path: Path) -> Non
             assert time.monotonic() < deadline and server.poll() is None, "server did not start"
             time.sleep(0.1)
         url = f"http://127.0.0.1:{port}"
-        run = lambda *args: subprocess.run(
-            [*cli, *args], cwd=tmp_path, env=env, capture_output=True, text=True
-        )  # noqa: E731
+
+        def run(*args):
+            return subprocess.run([*cli, *args], cwd=tmp_path, env=env, capture_output=True, text=True)
+
         assert run("dev-notify", "ORDER-0001", "--amount", "100", "--url", url).returncode == 0
-        assert (
-            run(
-                "dev-notify", "ORDER-0001", "--amount", "100", "--refund", "R-0001:30", "--url", url
-            ).returncode
-            == 0
-        )
+        assert run("dev-notify", "ORDER-0001", "--amount", "100", "--refund", "R-0001:30", "--url", url).returncode == 0
         history = run("history", "ORDER-0001", "--dev")
         assert history.returncode == 0, history.stderr
         assert "PaymentSucceeded" in history.stdout and "RefundSucceeded" in history.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import threading
 import time
 from collections import Counter
@@ -15,9 +16,9 @@ from ledger.application import Ledger
 from ledger.domain import PaymentOrder, QueryEvidence
 from ledger.errors import WeChatPayUnavailable
 from ledger.reconcile import Reconciler
-from ledger.worklist import Worklist
 from ledger.wechatpay.notification import NotificationVerifier
 from ledger.wechatpay.testing import NotificationFactory
+from ledger.worklist import Worklist
 from tests.conftest import MCHID
 
 
@@ -42,12 +43,27 @@ class FakeWeChat:
             if out_trade_no in self.fail:
                 raise WeChatPayUnavailable("503")
             state = self.states.get(out_trade_no, "NOTPAY")
-            transaction: dict[str, Any] = {"mchid": mchid, "out_trade_no": out_trade_no, "trade_state": state,
-                                           "amount": {"total": 100, "currency": "CNY"}}
+            transaction: dict[str, Any] = {
+                "mchid": mchid,
+                "out_trade_no": out_trade_no,
+                "trade_state": state,
+                "amount": {"total": 100, "currency": "CNY"},
+            }
             if state == "SUCCESS":
-                transaction |= {"transaction_id": f"4200{out_trade_no[-6:]:0>24}", "success_time": "2026-11-27T10:00:00+08:00"}
-            evidence = QueryEvidence("out_trade_no", 200, "{}", {}, "PUB_KEY_ID_1", f"req-{out_trade_no}",
-                                     transaction, dt.datetime.now(dt.UTC))
+                transaction |= {
+                    "transaction_id": f"4200{out_trade_no[-6:]:0>24}",
+                    "success_time": "2026-11-27T10:00:00+08:00",
+                }
+            evidence = QueryEvidence(
+                "out_trade_no",
+                200,
+                "{}",
+                {},
+                "PUB_KEY_ID_1",
+                f"req-{out_trade_no}",
+                transaction,
+                dt.datetime.now(dt.UTC),
+            )
             return self.ledger.record_query(mchid, out_trade_no, evidence)
         finally:
             with self._lock:
@@ -61,7 +77,9 @@ def worklist(database_url: str) -> Any:
     w.close()
 
 
-def make(ledger: Ledger, worklist: Worklist, fake: Callable[[str, str], PaymentOrder], now: list[float], **kw: Any) -> Reconciler:
+def make(
+    ledger: Ledger, worklist: Worklist, fake: Callable[[str, str], PaymentOrder], now: list[float], **kw: Any
+) -> Reconciler:
     return Reconciler(ledger, worklist, fake, clock=lambda: now[0], rate=1000, **kw)
 
 
@@ -117,11 +135,11 @@ def test_schedule_backs_off_and_failed_queries_are_retried_later(
     queried_at = []
     while now[0] < start + 1200:
         now[0] += 1
-        for change in reconciler.run_pass():
+        for _change in reconciler.run_pass():
             queried_at.append(round(now[0] - start))
             if len(queried_at) == 2:
                 fake.fail.discard("ORDER-5201")  # WeChat is back; the order is still unpaid
-    gaps = [b - a for a, b in zip(queried_at, queried_at[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(queried_at)]
     assert queried_at[0] in (5, 6)
     assert gaps[:2] == [10, 100]
     assert all(g <= 100 for g in gaps)

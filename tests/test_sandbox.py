@@ -117,15 +117,11 @@ def call(
 
 def verified(response: httpx.Response, keys: KeyStore) -> str:
     """§5.2: the serial whose key verified the answer; raises VerificationFailed otherwise."""
-    return verify_signed_message(
-        SignatureHeaders.from_headers(response.headers), response.content, keys, time.time()
-    )
+    return verify_signed_message(SignatureHeaders.from_headers(response.headers), response.content, keys, time.time())
 
 
 def query(client: httpx.Client, out_trade_no: str, key: rsa.RSAPrivateKey, **kwargs: Any) -> httpx.Response:
-    return call(
-        client, "GET", f"/v3/pay/transactions/out-trade-no/{out_trade_no}?mchid={MCHID}", key=key, **kwargs
-    )
+    return call(client, "GET", f"/v3/pay/transactions/out-trade-no/{out_trade_no}?mchid={MCHID}", key=key, **kwargs)
 
 
 class Receiver:
@@ -228,9 +224,7 @@ def test_query_by_transaction_id_and_an_unpaid_order(
     assert not {"transaction_id", "success_time", "payer"} & unpaid.keys()
 
     transaction_id = sandbox.pay("ORDER-1002", notify=False)
-    response = call(
-        wechat, "GET", f"/v3/pay/transactions/id/{transaction_id}?mchid={MCHID}", key=merchant_key
-    )
+    response = call(wechat, "GET", f"/v3/pay/transactions/id/{transaction_id}?mchid={MCHID}", key=merchant_key)
     assert response.status_code == 200
     assert response.json()["out_trade_no"] == "ORDER-1002"
 
@@ -239,9 +233,7 @@ def test_answer_uses_the_platform_certificate_the_request_names(
     sandbox: Sandbox, wechat: httpx.Client, factory: NotificationFactory, merchant_key: rsa.RSAPrivateKey
 ) -> None:
     sandbox.create_order("ORDER-1003", 100)
-    response = query(
-        wechat, "ORDER-1003", merchant_key, headers={"Wechatpay-Serial": factory.certificate_serial}
-    )
+    response = query(wechat, "ORDER-1003", merchant_key, headers={"Wechatpay-Serial": factory.certificate_serial})
     assert response.headers["Wechatpay-Serial"] == factory.certificate_serial
     assert verified(response, factory.key_store()) == factory.certificate_serial
 
@@ -264,9 +256,7 @@ def test_bad_authorization_is_an_unsigned_401_sign_error(
         signing["serial"] = "0123456789ABCDEF"
     elif problem == "mchid":
         signing["mchid"] = "1900000999"
-    header = authorization(
-        "GET", target.replace("1004", "9999") if problem == "other target" else target, **signing
-    )
+    header = authorization("GET", target.replace("1004", "9999") if problem == "other target" else target, **signing)
     if problem == "format":
         header = header.replace('",', '";')
     response = wechat.get(target, headers={} if problem == "missing" else {"Authorization": header})
@@ -293,9 +283,7 @@ def test_unknown_orders_and_refunds_are_404(
     unknown = query(wechat, "ORDER-9999", merchant_key)
     assert (unknown.status_code, unknown.json()["code"]) == (404, "ORDER_NOT_EXIST")
     assert "Wechatpay-Signature" not in unknown.headers
-    other_mchid = call(
-        wechat, "GET", "/v3/pay/transactions/out-trade-no/ORDER-1006?mchid=1900000999", key=merchant_key
-    )
+    other_mchid = call(wechat, "GET", "/v3/pay/transactions/out-trade-no/ORDER-1006?mchid=1900000999", key=merchant_key)
     assert (other_mchid.status_code, other_mchid.json()["code"]) == (404, "ORDER_NOT_EXIST")
     refund = call(wechat, "GET", "/v3/refund/domestic/refunds/R-9999", key=merchant_key)
     assert (refund.status_code, refund.json()["code"]) == (404, "RESOURCE_NOT_EXISTS")
@@ -307,9 +295,7 @@ def test_close_is_a_signed_204_and_a_paid_order_cannot_be_closed(
     sandbox.create_order("ORDER-1007", 100)
     body = json.dumps({"mchid": MCHID}, separators=(",", ":")).encode()
 
-    closed = call(
-        wechat, "POST", "/v3/pay/transactions/out-trade-no/ORDER-1007/close", body, key=merchant_key
-    )
+    closed = call(wechat, "POST", "/v3/pay/transactions/out-trade-no/ORDER-1007/close", body, key=merchant_key)
     assert closed.status_code == 204 and closed.content == b""
     assert verified(closed, factory.key_store()) == factory.public_key_id  # over "ts\nnonce\n\n"
     assert query(wechat, "ORDER-1007", merchant_key).json()["trade_state"] == "CLOSED"
@@ -376,9 +362,7 @@ def _decrypted_certificates(response: httpx.Response, apiv3_key: str) -> dict[st
     for entry in response.json()["data"]:
         sealed = entry["encrypt_certificate"]
         assert (sealed["algorithm"], sealed["associated_data"]) == ("AEAD_AES_256_GCM", "certificate")
-        pem = aead.decrypt(
-            apiv3_key.encode(), sealed["nonce"], sealed["associated_data"], sealed["ciphertext"]
-        )
+        pem = aead.decrypt(apiv3_key.encode(), sealed["nonce"], sealed["associated_data"], sealed["ciphertext"])
         cert = x509.load_pem_x509_certificate(pem)
         assert format(cert.serial_number, "X") == entry["serial_no"]
         assert entry["expire_time"].endswith("+08:00")
@@ -406,9 +390,7 @@ def test_rotation_lists_two_certificates_and_answers_with_the_named_one(
     # §2.3: an answer follows the Wechatpay-Serial the client names, so a client that knows
     # only the old certificate can still verify; a client naming the new one gets the new one.
     sandbox.create_order("ORDER-1010", 100)
-    old_answer = query(
-        wechat, "ORDER-1010", merchant_key, headers={"Wechatpay-Serial": factory.certificate_serial}
-    )
+    old_answer = query(wechat, "ORDER-1010", merchant_key, headers={"Wechatpay-Serial": factory.certificate_serial})
     assert old_answer.headers["Wechatpay-Serial"] == factory.certificate_serial
     assert verified(old_answer, factory.key_store()) == factory.certificate_serial
     answer = query(wechat, "ORDER-1010", merchant_key, headers={"Wechatpay-Serial": new_serial})
@@ -520,9 +502,7 @@ def test_refund_notifications_carry_refund_status(
         sandbox.refund("ORDER-2002", "R-2002-2", 60, status="CLOSED")
         sandbox.wait_idle(5)
 
-    notifications = sorted(
-        (verifier.verify(h, b) for h, b, _ in receiver.received), key=lambda n: n.event_type
-    )
+    notifications = sorted((verifier.verify(h, b) for h, b, _ in receiver.received), key=lambda n: n.event_type)
     assert [n.event_type for n in notifications] == ["REFUND.CLOSED", "REFUND.SUCCESS"]
     closed, succeeded = (n.resource for n in notifications)
     assert (succeeded["out_refund_no"], succeeded["refund_status"], succeeded["amount"]["refund"]) == (
@@ -585,9 +565,7 @@ def test_duplicates_deliver_the_same_notification_twice(
     assert sum(d.was_duplicate for d in sandbox.deliveries) == 4
 
 
-def test_delivery_gives_up_after_fifteen_retries(
-    make_sandbox: Callable[..., Sandbox], receiving: Receiving
-) -> None:
+def test_delivery_gives_up_after_fifteen_retries(make_sandbox: Callable[..., Sandbox], receiving: Receiving) -> None:
     sandbox = make_sandbox(time_scale=1_000_000)
     receiver = Receiver(answers=(503,))
     with serve(sandbox.app), receiving(sandbox, receiver):
@@ -680,9 +658,7 @@ def test_the_sandbox_can_run_inside_an_event_loop_of_ours(sandbox: Sandbox, rece
 # -- the control endpoints and the ledger's configuration ----------------------------------------
 
 
-def test_control_endpoints_need_no_authorization(
-    sandbox: Sandbox, wechat: httpx.Client, receiving: Receiving
-) -> None:
+def test_control_endpoints_need_no_authorization(sandbox: Sandbox, wechat: httpx.Client, receiving: Receiving) -> None:
     receiver = Receiver()
     with receiving(sandbox, receiver):
         created = wechat.post("/sandbox/orders", json={"out_trade_no": "ORDER-4001", "amount_total": 250})

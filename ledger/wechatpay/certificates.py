@@ -74,9 +74,7 @@ class CertificateManager:
     def refresh(self) -> list[str]:
         """Download, verify and store the platform certificates; returns the new serials."""
         if self._client_factory is None:
-            raise WeChatPayError(
-                "no merchant key configured", reason="certificate download needs the merchant API key"
-            )
+            raise WeChatPayError("no merchant key configured", reason="certificate download needs the merchant API key")
         with self._lock:
             self._last_attempt = self._clock()
         now = self._clock()
@@ -126,9 +124,7 @@ class CertificateManager:
             certificates.append(cert)
         return certificates
 
-    def _verify_first_use(
-        self, response: WeChatPayResponse, downloaded: list[PlatformCertificate], now: float
-    ) -> None:
+    def _verify_first_use(self, response: WeChatPayResponse, downloaded: list[PlatformCertificate], now: float) -> None:
         try:
             verify_signed_message(
                 SignatureHeaders.from_headers(response.headers),

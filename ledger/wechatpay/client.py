@@ -247,9 +247,7 @@ class WeChatPayClient:
         if self._wechatpay_serial:
             headers["Wechatpay-Serial"] = self._wechatpay_serial
         url = self._origin.copy_with(raw_path=path.encode("ascii"))
-        request = self._http.build_request(
-            method, url, content=body or None, headers=headers, timeout=timeout
-        )
+        request = self._http.build_request(method, url, content=body or None, headers=headers, timeout=timeout)
         # The signature covers the target byte for byte (§5.1); never send one it does not match.
         if request.url.raw_path != path.encode("ascii"):
             raise ValueError(f"request target would be rewritten: {path!r}")

@@ -97,9 +97,7 @@ class Sandbox:
         self._lock = threading.RLock()
         self._rng = random.Random(seed)
         self._keys = WeChatKeys(self.factory, clock)
-        self.orders = OrderBook(
-            self.factory, mchid=mchid, appid=appid, rng=self._rng, clock=clock, lock=self._lock
-        )
+        self.orders = OrderBook(self.factory, mchid=mchid, appid=appid, rng=self._rng, clock=clock, lock=self._lock)
         self._notifier = Notifier(
             sign=self._sign_notification,
             probe=self.factory.probe,
@@ -127,9 +125,7 @@ class Sandbox:
         """A NOTPAY order; `notify_url` overrides the sandbox's for its notifications."""
         return self.orders.create(out_trade_no, total, description, notify_url)
 
-    def pay(
-        self, out_trade_no: str, *, notify: bool = True, drop: bool = False, payer_total: int | None = None
-    ) -> str:
+    def pay(self, out_trade_no: str, *, notify: bool = True, drop: bool = False, payer_total: int | None = None) -> str:
         """The user pays: SUCCESS, a new transaction_id, and a TRANSACTION.SUCCESS notification."""
         order = self.orders.pay(out_trade_no, payer_total)
         if notify:
@@ -220,9 +216,7 @@ class Sandbox:
 
     # -- fault injection for the client's tests ------------------------------------------------
 
-    def fail_next(
-        self, n: int = 1, status: int = 500, code: str | None = None, message: str | None = None
-    ) -> None:
+    def fail_next(self, n: int = 1, status: int = 500, code: str | None = None, message: str | None = None) -> None:
         """The next `n` API requests fail (unsigned, like WeChat's errors); 500 SYSTEM_ERROR,
         429 FREQUENCY_LIMITED by default."""
         self._api.fail_next(n, status, code, message)

@@ -134,9 +134,7 @@ class WeChatApi:
 
     # -- fault injection -------------------------------------------------------------------------
 
-    def fail_next(
-        self, n: int = 1, status: int = 500, code: str | None = None, message: str | None = None
-    ) -> None:
+    def fail_next(self, n: int = 1, status: int = 500, code: str | None = None, message: str | None = None) -> None:
         _check_count(n)
         if not 400 <= status <= 599:
             raise SandboxError(400, "PARAM_ERROR", "an injected failure is a 4xx or 5xx status")
@@ -259,9 +257,7 @@ class WeChatApi:
         sandbox = self._sandbox
         certificates = sandbox.listed_certificates()
         if not certificates:
-            raise SandboxError(
-                404, "RESOURCE_NOT_EXISTS", "无可用的平台证书，请在商户平台-API安全申请使用微信支付公钥"
-            )
+            raise SandboxError(404, "RESOURCE_NOT_EXISTS", "无可用的平台证书，请在商户平台-API安全申请使用微信支付公钥")
         key = sandbox.factory.apiv3_key.encode()
         data = []
         for cert in certificates:

@@ -227,9 +227,7 @@ class Notifier:
         accepted = _accepted(await self._post(notification, attempt, delivery))
         if rng.random() < self.duplicate_rate:
             again = delivery if rng.random() < 0.5 else self._sign(notification.body)
-            accepted = (
-                _accepted(await self._post(notification, attempt, again, was_duplicate=True)) or accepted
-            )
+            accepted = _accepted(await self._post(notification, attempt, again, was_duplicate=True)) or accepted
         return accepted
 
     async def _post(
@@ -272,7 +270,5 @@ class Notifier:
 
     def _log(self, notification: Notification, attempt: int, status: int | None, **details: Any) -> None:
         self._attempts.append(
-            DeliveryAttempt(
-                notification.id, notification.event_type, attempt, status, at=self._clock(), **details
-            )
+            DeliveryAttempt(notification.id, notification.event_type, attempt, status, at=self._clock(), **details)
         )

@@ -83,11 +83,7 @@ class WeChatKeys:
             holders = list(self._holders)
         for holder in holders:
             cert = holder.certificate
-            if (
-                cert is not None
-                and holder.certificate_serial == serial
-                and cert.not_valid_after_utc.timestamp() >= now
-            ):
+            if cert is not None and holder.certificate_serial == serial and cert.not_valid_after_utc.timestamp() >= now:
                 return SigningKey(holder.certificate_serial, holder)
         return None
 

@@ -126,9 +126,7 @@ class OrderBook:
         if not _OUT_REFUND_NO.fullmatch(out_refund_no):
             raise SandboxError(400, "PARAM_ERROR", "out_refund_no must be 1-64 of [0-9A-Za-z_-|*@]")
         if status not in REFUND_STATUSES:
-            raise SandboxError(
-                400, "PARAM_ERROR", f"refund status must be one of {', '.join(REFUND_STATUSES)}"
-            )
+            raise SandboxError(400, "PARAM_ERROR", f"refund status must be one of {', '.join(REFUND_STATUSES)}")
         with self._lock:
             order = self._get(out_trade_no)
             if order.trade_state not in {"SUCCESS", "REFUND"}:

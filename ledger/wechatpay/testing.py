@@ -40,9 +40,7 @@ def random_apiv3_key() -> str:
     return "".join(secrets.choice(alphabet) for _ in range(32))
 
 
-def _self_signed_certificate(
-    key: rsa.RSAPrivateKey, serial: int, days: int, start: dt.datetime
-) -> x509.Certificate:
+def _self_signed_certificate(key: rsa.RSAPrivateKey, serial: int, days: int, start: dt.datetime) -> x509.Certificate:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "payledger test platform certificate")])
     return (
         x509.CertificateBuilder()
@@ -81,9 +79,7 @@ class NotificationFactory:
     def with_certificate(self, days: int = 365, start: dt.datetime | None = None) -> NotificationFactory:
         """Also act as a platform certificate (same key), selectable by its serial."""
         start = start or dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
-        self.certificate = _self_signed_certificate(
-            self.private_key, x509.random_serial_number(), days, start
-        )
+        self.certificate = _self_signed_certificate(self.private_key, x509.random_serial_number(), days, start)
         return self
 
     @property
