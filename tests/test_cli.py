@@ -1,0 +1,102 @@
+"""The payledger commands, run as a user runs them (subprocesses against a sandbox on loopback)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ledger.wechatpay.sandbox import Sandbox
+from tests.servers import free_port, running
+
+CLI = [sys.executable, "-m", "ledger.cli"]
+
+
+def clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("WECHATPAY_", "LEDGER_"))}
+
+
+def payledger(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args], env=env or clean_env(), cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_demo_finishes_its_script_in_under_30_seconds_and_shows_the_recovered_order(tmp_path: Path) -> None:
+    started = time.monotonic()
+    result = payledger(
+        "demo", "--no-wait", "--port", str(free_port()), "--sandbox-port", str(free_port()), cwd=tmp_path
+    )
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert elapsed < 30
+    out = result.stdout
+    assert "DEMO-0003: NOTPAY -> SUCCESS" in out
+    assert "DEMO-0003: SUCCESS" in out and "StatusQueried" in out
+    assert "DEMO-0001: REFUND  amount_total=2500 refunded_total=700" in out
+    assert "answered 401" in out
+    assert out.count("PaymentSucceeded") == 3  # DEMO-0001..0003, once each
+
+
+@pytest.fixture
+def sandbox_env(tmp_path: Path) -> Iterator[tuple[Sandbox, dict[str, str]]]:
+    sandbox = Sandbox(seed=11, signing="certificate")
+    with running(sandbox.app) as url:
+        env = sandbox.write_ledger_config(tmp_path / "keys", url)
+        env["LEDGER_DATABASE_URL"] = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+        env["LEDGER_RECONCILE_SCHEDULE"] = "0.1,60"
+        yield sandbox, {**clean_env(), **env}
+
+
+def test_query_reconcile_and_certificates_commands(sandbox_env: tuple[Sandbox, dict[str, str]]) -> None:
+    sandbox, env = sandbox_env
+    for no in ("ORDER-7001", "ORDER-7002"):
+        sandbox.create_order(no, 100)
+    sandbox.pay("ORDER-7001", notify=False)
+
+    queried = payledger("query", "ORDER-7002", env=env)
+    assert queried.returncode == 0, queried.stderr
+    assert '"trade_state": "NOTPAY"' in queried.stdout
+
+    # Register ORDER-7001 (paid at WeChat; its callback never came) and let reconciliation find it.
+    from ledger.application import build_ledger
+
+    ledger = build_ledger(env["LEDGER_DATABASE_URL"])
+    ledger.register_order(sandbox.mchid, "ORDER-7001", 100)
+    ledger.close()
+    time.sleep(0.2)
+    reconciled = payledger("reconcile", env=env)
+    assert reconciled.returncode == 0, reconciled.stderr
+    assert "ORDER-7001: NOTPAY -> SUCCESS" in reconciled.stdout
+
+    ledger = build_ledger(env["LEDGER_DATABASE_URL"])
+    ledger.register_order(sandbox.mchid, "ORDER-7002", 100)
+    ledger.close()
+    sandbox.fail_next(50, status=503)
+    time.sleep(0.2)
+    failing = payledger("reconcile", env=env)  # WeChat down: the pass still runs, exit 0
+    assert failing.returncode == 0, failing.stderr
+    assert "ORDER-7002: NOTPAY, query failed (WeChat Pay unavailable); will retry" in failing.stdout
+    assert "1 failed" in failing.stdout
+
+    history = payledger("history", "ORDER-7001", env=env)
+    assert "StatusQueried" in history.stdout and "PaymentSucceeded" in history.stdout
+
+    listed = payledger("certificates", env=env)
+    assert listed.returncode == 0
+    serial = sandbox.listed_certificates()[0].serial_number
+    assert f"certificate {serial:X}" in listed.stdout and "valid" in listed.stdout
+
+
+def test_query_failure_exits_non_zero_with_a_reason(sandbox_env: tuple[Sandbox, dict[str, str]]) -> None:
+    _, env = sandbox_env
+    result = payledger("query", "ORDER-7404", env=env)
+    assert result.returncode == 1
+    assert "rejected" in result.stderr
