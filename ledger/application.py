@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import logging
 import random
 import time
@@ -21,7 +22,7 @@ from uuid import UUID
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import IntegrityError, PersistenceError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder
-from psycopg.sql import SQL, Identifier
+from psycopg.sql import SQL, Composed, Identifier
 
 from ledger.domain import (
     Evidence,
@@ -158,10 +159,7 @@ class Ledger(Application[UUID]):
                 except AggregateNotFoundError:
                     pass
             return found
-        statement = SQL(
-            "SELECT originator_id, originator_version, topic, state FROM {schema}.{table}"
-            " WHERE originator_id = ANY(%s) ORDER BY originator_id, originator_version"
-        ).format(schema=Identifier(recorder.datastore.schema), table=Identifier(recorder.events_table_name))
+        statement = self._select_many_statement(recorder)
         with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(statement, (wanted,), prepare=True)
             rows = curs.fetchall()
@@ -170,6 +168,13 @@ class Ledger(Application[UUID]):
             event: Any = self.mapper.to_domain_event(StoredEvent(**row))
             aggregates[event.originator_id] = event.mutate(aggregates.get(event.originator_id))
         return aggregates
+
+    @functools.cache  # noqa: B019 - one application object per process; the statement never changes
+    def _select_many_statement(self, recorder: PostgresApplicationRecorder) -> Composed:
+        return SQL(
+            "SELECT originator_id, originator_version, topic, state FROM {schema}.{table}"
+            " WHERE originator_id = ANY(%s) ORDER BY originator_id, originator_version"
+        ).format(schema=Identifier(recorder.datastore.schema), table=Identifier(recorder.events_table_name))
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -219,11 +224,19 @@ def evidence_from(notification: VerifiedNotification) -> Evidence:
         key_serial=notification.key_serial,
         raw_body=notification.body.decode("utf-8"),
         signature_headers=notification.headers.as_dict(),
-        envelope=notification.envelope,
+        envelope=_envelope_metadata(notification.envelope),
         resource=notification.resource,
         resource_digest=notification.resource_digest,
         received_at=notification.received_at,
     )
+
+
+def _envelope_metadata(envelope: dict[str, Any]) -> dict[str, Any]:
+    """The envelope as stored: the ciphertext is left out, the raw body already carries it."""
+    resource = envelope.get("resource")
+    if not isinstance(resource, dict):
+        return dict(envelope)
+    return {**envelope, "resource": {k: v for k, v in resource.items() if k != "ciphertext"}}
 
 
 def build_ledger(database_url: str, extra_env: Mapping[str, str] | None = None) -> Ledger:

@@ -19,14 +19,15 @@ README = (ROOT / "README.md").read_text()
 
 
 def quick_start() -> list[str]:
-    section = README.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    section = README.split("## Quick start", 1)[1].split("\n### ", 1)[0]
     return re.findall(r"```sh\n(.*?)\n```", section, re.S)
 
 
 def test_quick_start_has_the_two_commands_and_ci_runs_the_test_one() -> None:
     blocks = quick_start()
-    serve, tests = blocks[0], blocks[1]
-    assert serve.startswith("python3 -m venv .venv && ") and serve.endswith("payledger serve --dev")
+    assert len(blocks) == 2
+    serve, tests = blocks
+    assert serve.startswith("python3 -m venv .venv && ") and serve.endswith("payledger demo")
     assert tests.endswith("python -m pytest")
     assert tests in (ROOT / ".ci" / "run").read_text()
 

@@ -173,3 +173,13 @@ def test_two_reconcilers_never_query_the_same_order_at_once(
         w.close()
     assert fake.max_in_flight == 1
     assert fake.calls == Counter({f"ORDER-53{i:02d}": 1 for i in range(20)})
+
+
+def test_rate_limiter_paces_queries() -> None:
+    from ledger.reconcile import RateLimiter
+
+    limiter = RateLimiter(50)
+    started = time.monotonic()
+    for _ in range(21):
+        limiter.acquire()
+    assert time.monotonic() - started >= 0.38

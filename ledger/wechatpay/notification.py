@@ -27,10 +27,13 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+_DECODER = json.JSONDecoder(parse_float=Decimal, parse_constant=_no_constants)
+
+
 def parse_json_object(data: bytes, what: str) -> dict[str, Any]:
     """Strict UTF-8 JSON object; floats become Decimal so no amount is ever a float."""
     try:
-        value = json.loads(data.decode("utf-8"), parse_float=Decimal, parse_constant=_no_constants)
+        value = _DECODER.decode(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise MalformedNotification(f"{what} is not UTF-8 JSON") from None
     if not isinstance(value, dict):
