@@ -259,6 +259,16 @@ def wait_ready(proc: subprocess.Popen[bytes], base_url: str, log_path: Path) -> 
     raise BenchError(f"server not ready within {STARTUP_TIMEOUT:.0f}s:\n{_tail(log_path)}")
 
 
+SERVER_PIDS: dict[int, int] = {}
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(port: int) -> float:
+    """User + system CPU the server process has used: what one callback costs it, whatever the noise."""
+    fields = Path(f"/proc/{SERVER_PIDS[port]}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
 @contextmanager
 def running(server: str, env: dict[str, str], log_path: Path) -> Iterator[int]:
     """Start one server on a free loopback port; yield the port; stop it."""
@@ -271,6 +281,7 @@ def running(server: str, env: dict[str, str], log_path: Path) -> Iterator[int]:
             stdout=output,
             stderr=subprocess.STDOUT,
         )
+    SERVER_PIDS[port] = proc.pid
     try:
         wait_ready(proc, f"http://{HOST}:{port}", log_path)
         yield port
@@ -294,6 +305,7 @@ class Phase:
     seconds: float
     latencies_ms: list[float]
     failures: list[str]
+    cpu_seconds: float = 0.0
 
 
 NOTIFY_PATH = "/wechatpay/notify"
@@ -440,6 +452,7 @@ async def run_phase(
     # while the other server is measured. Open-loop may need more than `concurrency`.
     size = params.concurrency if mode != "rate" else max(params.concurrency, RATE_CONNECTIONS)
     pool = Pool(port, size)
+    cpu_before = cpu_seconds(port)
     try:
         await pool.connect(params.concurrency)
         if mode == "rate":
@@ -449,6 +462,7 @@ async def run_phase(
     finally:
         pool.close()
     phase.server, phase.mode = server, mode
+    phase.cpu_seconds = cpu_seconds(port) - cpu_before
     return phase
 
 
@@ -511,6 +525,7 @@ class Row:
     p99_ms: float | None
     max_ms: float | None
     failures: int
+    cpu_ms_per_callback: float | None = None
 
 
 def summarise(phases: Sequence[Phase]) -> Row:
@@ -525,6 +540,7 @@ def summarise(phases: Sequence[Phase]) -> Row:
         p99_ms=_median([percentile(p.latencies_ms, 0.99) for p in phases]),
         max_ms=_median([max(p.latencies_ms, default=None) for p in phases]),
         failures=sum(len(p.failures) for p in phases),
+        cpu_ms_per_callback=_median([1000 * p.cpu_seconds / p.requests for p in phases]),
     )
 
 
@@ -559,6 +575,10 @@ def report_store(store: str, phases: Sequence[Phase], problems: list[str], param
     return StoreReport(store, rows, ratio, target_met, [*problems, *failures])
 
 
+def _cpu(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
@@ -567,13 +587,13 @@ def print_store(report: StoreReport, params: Params) -> None:
     print(f"\n== {report.store} ==")
     print(
         f"{'server':<9} {'mode':<8} {'requests':>8} {'callbacks/s':>12} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'max ms':>8} {'failures':>8}"
+        f"{'max ms':>8} {'failures':>8} {'server cpu ms/cb':>16}"
     )
     for r in report.rows:
         mode = f"c={params.concurrency}" if r.mode == "throughput" else f"{params.rate:g}/s"
         print(
             f"{r.server:<9} {mode:<8} {r.requests:>8} {r.callbacks_per_s:>12.1f} {_ms(r.p50_ms):>8} "
-            f"{_ms(r.p99_ms):>8} {_ms(r.max_ms):>8} {r.failures:>8}"
+            f"{_ms(r.p99_ms):>8} {_ms(r.max_ms):>8} {r.failures:>8} {_cpu(r.cpu_ms_per_callback):>16}"
         )
     ledger_rate, baseline_rate = report.row("ledger", "rate"), report.row("baseline", "rate")
     print(

@@ -123,6 +123,17 @@ class Ledger(Application[UUID]):
 
         return self._with_retries(attempt)
 
+    def save_all(self, aggregates: Iterable[Any]) -> None:
+        """`save()` for aggregates only, in one transaction.
+
+        The library's `save()` checks every object against runtime-checkable Protocols, about
+        50 µs each, which is a tenth of a group commit's cost. Snapshots are off and nothing
+        overrides the notify hooks, so collecting the events and putting them is all it does here.
+        """
+        events = [event for aggregate in aggregates for event in aggregate.collect_events()]
+        if events:
+            self.events.put(events)
+
     # -- queries --------------------------------------------------------------------------
 
     def get_order(self, mchid: str, out_trade_no: str) -> PaymentOrder:

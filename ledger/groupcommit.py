@@ -12,6 +12,7 @@ delivery is retried on its own through the ordinary reload-and-retry path.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import queue
 import threading
@@ -42,7 +43,7 @@ class _Request:
     afuture: asyncio.Future[RecordResult] | None = None
     outcome: RecordResult | BaseException | None = None
 
-    @property
+    @functools.cached_property
     def stream_id(self) -> UUID:
         out_trade_no = self.notification.resource.get("out_trade_no")
         if isinstance(out_trade_no, str) and out_trade_no:
@@ -190,9 +191,7 @@ class GroupCommitter:
             order = stream or PaymentOrder.open(request.mchid, str(request.notification.resource["out_trade_no"]))
             streams[request.stream_id] = order
             outcomes.append((order.receive(evidence, expected_appid=request.expected_appid), order))
-        pending = [s for s in streams.values() if s.pending_events]
-        if pending:
-            self._ledger.save(*pending)
+        self._ledger.save_all(streams.values())
         return [
             RecordResult(outcome, stream.id, stream.version, isinstance(stream, PaymentOrder))
             for outcome, stream in outcomes

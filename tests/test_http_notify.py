@@ -216,6 +216,8 @@ def test_unexpected_errors_never_leak_their_text(
         def save(self, *args: Any, **kwargs: Any) -> Any:
             raise RuntimeError("secret-internal-detail")
 
+        save_all = save
+
     settings = Settings.load({**merchant_env, "LEDGER_DATABASE_URL": sqlite_url})
     from ledger.storage import persistence_env
 
