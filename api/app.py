@@ -20,7 +20,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.notify import notify
-from api.orders import get_order, order_events, query_order, register_order
+from api.orders import get_order, list_orders, order_events, query_order, register_order
 from api.responses import LedgerJSONResponse, fail
 from api.state import AppState
 from ledger.application import Ledger
@@ -28,6 +28,7 @@ from ledger.bootstrap import bootstrap
 from ledger.errors import InvalidRequest, LedgerError, WeChatPayRejected
 from ledger.groupcommit import GroupCommitter
 from ledger.settings import Settings
+from projections.runner import open_orders_view
 
 __all__ = ["create_app"]
 
@@ -89,7 +90,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         committer = GroupCommitter(services.ledger)
-        app.state.ledger = AppState(services, committer, anyio.CapacityLimiter(settings.worker_threads))
+        orders_view = open_orders_view(settings.database_url.value)
+        app.state.ledger = AppState(services, committer, anyio.CapacityLimiter(settings.worker_threads), orders_view)
         if background:
             services.start_background()
         # Everything built so far lives as long as the process: keep it out of the cyclic
@@ -99,6 +101,7 @@ def create_app(
         yield
         committer.close()
         services.close()
+        orders_view.datastore.close()  # type: ignore[attr-defined]
 
     middleware = []
     if settings.admin_token is not None:
@@ -108,6 +111,7 @@ def create_app(
         Route("/wechatpay/notify", notify, methods=["POST"]),
         Route("/wechatpay/notify/{mchid}", notify, methods=["POST"]),
         Route("/orders", register_order, methods=["POST"]),
+        Route("/orders", list_orders, methods=["GET"]),
         Route("/orders/{out_trade_no}", get_order, methods=["GET"]),
         Route("/orders/{out_trade_no}/events", order_events, methods=["GET"]),
         Route("/orders/{out_trade_no}/query", query_order, methods=["POST"]),

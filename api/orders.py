@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 from typing import Any
@@ -12,36 +13,21 @@ from starlette.responses import Response
 
 from api.responses import LedgerJSONResponse
 from api.state import AppState
-from ledger.domain import PaymentOrder
-from ledger.errors import InvalidRequest
+from ledger.domain import FINAL_TRADE_STATES, OPEN_TRADE_STATES, PaymentOrder
+from ledger.errors import InvalidRequest, OrderNotFound
+from projections.read_model import cursor_decode, cursor_encode
 
-__all__ = ["get_order", "order_events", "order_to_dict", "query_order", "register_order"]
+__all__ = ["get_order", "list_orders", "order_events", "order_to_dict", "query_order", "register_order"]
 
 OUT_TRADE_NO = re.compile(r"[0-9A-Za-z_\-|*@]{6,32}")
 CURRENCY = re.compile(r"[A-Z]{3}")
 _REGISTER_FIELDS = {"out_trade_no", "amount_total", "currency", "mchid", "description"}
 MAX_REGISTER_BODY = 16 * 1024
+TRADE_STATES = OPEN_TRADE_STATES | FINAL_TRADE_STATES
 
 
 def order_to_dict(order: PaymentOrder) -> dict[str, Any]:
-    return {
-        "out_trade_no": order.out_trade_no,
-        "mchid": order.mchid,
-        "registered": order.registered,
-        "trade_state": order.trade_state,
-        "amount_total": order.amount_total,
-        "currency": order.currency,
-        "description": order.description,
-        "transaction_id": order.transaction_id,
-        "success_time": order.success_time,
-        "paid_total": order.paid_total,
-        "payer_total": order.payer_total,
-        "refunded_total": order.refunded_total,
-        "refunds": sorted(order.refunds.values(), key=lambda r: r["out_refund_no"]),
-        "anomalies": order.anomalies,
-        "deliveries": order.deliveries,
-        "version": order.version,
-    }
+    return order.summary()
 
 
 def _mchid(state: AppState, given: Any) -> str:
@@ -93,11 +79,71 @@ async def register_order(request: Request) -> Response:
 
 
 async def get_order(request: Request) -> Response:
+    """Read-your-writes: from the read model only once it has caught up with the log."""
     state: AppState = request.app.state.ledger
     out_trade_no = request.path_params["out_trade_no"]
     mchid = _mchid(state, request.query_params.get("mchid"))
-    order = await anyio.to_thread.run_sync(lambda: state.ledger.get_order(mchid, out_trade_no), limiter=state.limiter)
-    return LedgerJSONResponse(order_to_dict(order))
+
+    def read() -> dict[str, Any]:
+        view = state.orders_view
+        if view is not None and view.position() >= (state.ledger.recorder.max_notification_id() or 0):
+            row = view.get(mchid, out_trade_no)
+            if row is None:
+                raise OrderNotFound(out_trade_no)
+            return dict(row["document"])
+        return order_to_dict(state.ledger.get_order(mchid, out_trade_no))
+
+    return LedgerJSONResponse(await anyio.to_thread.run_sync(read, limiter=state.limiter))
+
+
+def _float_param(request: Request, name: str) -> float | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return dt.datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise InvalidRequest(f"{name} must be an ISO 8601 time") from None
+
+
+async def list_orders(request: Request) -> Response:
+    """`GET /orders?trade_state=&mchid=&since=&until=&limit=&cursor=` from the read model."""
+    state: AppState = request.app.state.ledger
+    view = state.orders_view
+    if view is None:
+        raise InvalidRequest("the read model is not configured")
+    params = request.query_params
+    try:
+        limit = int(params.get("limit", "50"))
+    except ValueError:
+        raise InvalidRequest("limit must be an integer") from None
+    if not 1 <= limit <= 500:
+        raise InvalidRequest("limit must be between 1 and 500")
+    trade_state = params.get("trade_state") or None
+    if trade_state is not None and trade_state not in TRADE_STATES:
+        raise InvalidRequest("unknown trade_state")
+    after = None
+    if params.get("cursor"):
+        try:
+            after = cursor_decode(params["cursor"])
+        except ValueError:
+            raise InvalidRequest("bad cursor") from None
+    since, until = _float_param(request, "since"), _float_param(request, "until")
+    mchid = params.get("mchid") or None
+
+    def read() -> dict[str, Any]:
+        log_position = state.ledger.recorder.max_notification_id() or 0
+        position = view.position()
+        rows = view.list_orders(
+            mchid=mchid, trade_state=trade_state, since=since, until=until, after=after, limit=limit
+        )
+        return {
+            "orders": [row["document"] for row in rows],
+            "next_cursor": cursor_encode(rows[-1]) if len(rows) == limit else None,
+            "view": {"position": position, "log_position": log_position, "behind": max(0, log_position - position)},
+        }
+
+    return LedgerJSONResponse(await anyio.to_thread.run_sync(read, limiter=state.limiter))
 
 
 async def order_events(request: Request) -> Response:

@@ -10,6 +10,7 @@ from ledger.application import Ledger
 from ledger.bootstrap import MerchantServices, Services
 from ledger.groupcommit import GroupCommitter
 from ledger.settings import Settings
+from projections.read_model import OrdersView
 
 __all__ = ["AppState"]
 
@@ -19,6 +20,7 @@ class AppState:
     services: Services
     committer: GroupCommitter
     limiter: anyio.CapacityLimiter
+    orders_view: OrdersView | None = None
 
     @property
     def settings(self) -> Settings:

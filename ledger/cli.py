@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "payledger: then  payledger history ORDER-0001 --dev",
             file=sys.stderr,
         )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_keep_alive=30)
+    workers: list[threading.Thread] = []
+    stop = threading.Event()
+    if args.with_workers:
+        from projections.runner import run_orders_projector
+
+        workers.append(
+            threading.Thread(
+                target=run_orders_projector, args=(settings.database_url.value, stop), name="projector", daemon=True
+            )
+        )
+    for worker in workers:
+        worker.start()
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_keep_alive=30)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(10)
     return 0
 
 
@@ -108,6 +126,25 @@ def cmd_dev_notify(args: argparse.Namespace) -> int:
     response = httpx.post(f"{args.url.rstrip('/')}/wechatpay/notify", content=delivery.body, headers=delivery.headers)
     print(f"POST /wechatpay/notify -> {response.status_code} {response.text}")
     return 0 if response.status_code in (200, 204) else 1
+
+
+def _stop_on_signals() -> threading.Event:
+    """SIGTERM and SIGINT set the returned event: workers finish what they hold and exit."""
+    import signal
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def cmd_project(args: argparse.Namespace) -> int:
+    from projections.runner import run_orders_projector
+
+    settings = _settings(args, require_merchant=False)
+    _configure_logging(settings.log_level)
+    run_orders_projector(settings.database_url.value, _stop_on_signals())
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -225,6 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--dev", action="store_true", help="use a generated local test merchant (./payledger-dev)")
+    serve.add_argument(
+        "--with-workers",
+        action="store_true",
+        help="also run the projector in this process (single machine; the same lock applies)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     history = sub.add_parser("history", help="print an order's full event history")
@@ -262,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     reconcile.add_argument("--follow", action="store_true", help="keep running")
     reconcile.add_argument("--interval", type=float, default=1.0, help="idle wait between passes (--follow)")
     reconcile.set_defaults(func=cmd_reconcile)
+
+    project = sub.add_parser("project", help="run the projection worker (one active per projection; others wait)")
+    project.set_defaults(func=cmd_project)
 
     certificates = sub.add_parser("certificates", help="list verification keys and certificates with expiry")
     certificates.add_argument("--refresh", action="store_true", help="download from WeChat Pay first")

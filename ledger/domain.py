@@ -203,6 +203,27 @@ class PaymentOrder(_DeliveryLog):
     def open(cls, mchid: str, out_trade_no: str) -> PaymentOrder:
         return cls._create(cls.Opened, id=order_id(mchid, out_trade_no), mchid=mchid, out_trade_no=out_trade_no)
 
+    def summary(self) -> dict[str, Any]:
+        """The order's current state as the API and the read model show it (JSON-ready)."""
+        return {
+            "out_trade_no": self.out_trade_no,
+            "mchid": self.mchid,
+            "registered": self.registered,
+            "trade_state": self.trade_state,
+            "amount_total": self.amount_total,
+            "currency": self.currency,
+            "description": self.description,
+            "transaction_id": self.transaction_id,
+            "success_time": self.success_time,
+            "paid_total": self.paid_total,
+            "payer_total": self.payer_total,
+            "refunded_total": self.refunded_total,
+            "refunds": sorted(self.refunds.values(), key=lambda r: r["out_refund_no"]),
+            "anomalies": self.anomalies,
+            "deliveries": self.deliveries,
+            "version": self.version,
+        }
+
     @property
     def refunded_total(self) -> int:
         return sum(r["refund"] for r in self.refunds.values() if r["status"] == "SUCCESS")

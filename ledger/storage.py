@@ -38,6 +38,7 @@ def persistence_env(url: str) -> dict[str, str]:
             "SQLITE_DBNAME": path,
             "SQLITE_LOCK_TIMEOUT": "5",
             "CREATE_TABLE": "y",
+            "APPLICATION_RECORDER_TOPIC": "ledger.sqliterecorder:LedgerSQLiteRecorder",
         }
     if parts.scheme in {"postgresql", "postgres"}:
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}

@@ -134,3 +134,48 @@ def test_reconcile_follow_keeps_running_and_reports_changes(sandbox_env: tuple[S
         reader.join(10)
         process.stdout.close()  # type: ignore[union-attr]
     assert any("ORDER-7101: NOTPAY -> SUCCESS" in line for line in lines)
+
+
+def test_project_follows_the_log_and_a_second_projector_waits_for_the_first(
+    tmp_path: Path, merchant_env: dict[str, str]
+) -> None:
+    import signal
+
+    from ledger.application import build_ledger
+    from projections.runner import open_orders_view
+
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    env = {**clean_env(), **merchant_env, "LEDGER_DATABASE_URL": url}
+    ledger = build_ledger(url)
+    ledger.register_order(merchant_env["WECHATPAY_MCHID"], "ORDER-7201", 100)
+    first = subprocess.Popen([*CLI, "project"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    view = open_orders_view(url)
+    try:
+        deadline = time.monotonic() + 20
+        while view.position() < (ledger.recorder.max_notification_id() or 0) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert view.get(merchant_env["WECHATPAY_MCHID"], "ORDER-7201") is not None
+        second = subprocess.Popen(
+            [*CLI, "project"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        time.sleep(1.5)
+        assert second.poll() is None  # waiting, not projecting
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(10) == 0  # a clean stop on SIGTERM
+        ledger.register_order(merchant_env["WECHATPAY_MCHID"], "ORDER-7202", 100)  # only the second can see it
+        deadline = time.monotonic() + 20
+        while view.get(merchant_env["WECHATPAY_MCHID"], "ORDER-7202") is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert view.get(merchant_env["WECHATPAY_MCHID"], "ORDER-7202") is not None  # the second took over
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(10) == 0
+        assert "another projector holds" in second.stderr.read()  # type: ignore[union-attr]
+    finally:
+        for process in (first, locals().get("second")):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
+            if process is not None and process.stderr is not None:
+                process.stderr.close()
+        view.datastore.close()  # type: ignore[attr-defined]
+        ledger.close()

@@ -1,0 +1,144 @@
+"""Running the projections: the view objects, the projector process and its exclusive lock.
+
+Exactly one projector may write a projection at a time. On PostgreSQL a session-level
+advisory lock enforces it (a second projector waits for the first to exit or die); on SQLite
+an `flock` on a file beside the view does the same for processes on one machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from eventsourcing.persistence import InfrastructureFactory
+from eventsourcing.projection import BaseProjectionRunner
+from eventsourcing.utils import Environment
+
+from ledger.application import Ledger, build_ledger
+from projections.read_model import NAME, OrdersProjection, OrdersView, PostgresOrdersView, SQLiteOrdersView, view_env
+
+__all__ = ["ProjectorLock", "open_orders_view", "run_orders_projector", "start_orders_projector"]
+
+log = logging.getLogger("projections.runner")
+
+
+def _is_postgres(env: dict[str, str]) -> bool:
+    return env["PERSISTENCE_MODULE"] == "eventsourcing.postgres"
+
+
+def open_orders_view(database_url: str, name: str = NAME) -> OrdersView:
+    """The view for reading (the API) or writing (the projector); tables created if missing."""
+    env = view_env(database_url, name)
+    view_class = PostgresOrdersView if _is_postgres(env) else SQLiteOrdersView
+    view = InfrastructureFactory.construct(env=Environment(name, env)).tracking_recorder(view_class)
+    assert isinstance(view, OrdersView)
+    return view
+
+
+def start_orders_projector(database_url: str) -> tuple[BaseProjectionRunner[Ledger], OrdersView, Ledger]:
+    """Start following the log; returns the runner (a context manager), its view and its loader."""
+    env = view_env(database_url)
+    view = open_orders_view(database_url)
+    projection = OrdersProjection(view)
+    loader = build_ledger(database_url)
+    projection.ledger = loader
+    runner: BaseProjectionRunner[Ledger] = BaseProjectionRunner(
+        projection=projection,
+        application_class=Ledger,
+        tracking_recorder=view,  # type: ignore[arg-type]
+        topics=projection.topics,
+        env=env,
+    )
+    return runner, view, loader
+
+
+class ProjectorLock:
+    """Held for as long as this process projects `name`; `acquire` waits for it."""
+
+    def __init__(self, database_url: str, name: str = NAME) -> None:
+        self._env = view_env(database_url, name)
+        self._name = name
+        self._conn: psycopg.Connection[Any] | None = None
+        self._file: Any = None
+
+    def acquire(self, stop: threading.Event, poll: float = 1.0) -> bool:
+        """Block until the lock is ours (True) or `stop` is set (False)."""
+        announced = False
+        while not stop.is_set():
+            if self._try():
+                return True
+            if not announced:
+                log.info("another projector holds %s; waiting", self._name)
+                announced = True
+            stop.wait(poll)
+        return False
+
+    def _try(self) -> bool:
+        if _is_postgres(self._env):
+            if self._conn is None:
+                e = self._env
+                self._conn = psycopg.connect(
+                    dbname=e["POSTGRES_DBNAME"],
+                    host=e["POSTGRES_HOST"],
+                    port=e["POSTGRES_PORT"],
+                    user=e["POSTGRES_USER"],
+                    password=e["POSTGRES_PASSWORD"] or None,
+                    autocommit=True,
+                )
+            key = int.from_bytes(hashlib.sha256(f"payledger:{self._name}".encode()).digest()[:8], "big", signed=True)
+            row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+            return bool(row and row[0])
+        path = Path(self._env.get(f"{self._name.upper()}_SQLITE_DBNAME", self._env["SQLITE_DBNAME"]) + ".lock")
+        if self._file is None:
+            self._file = path.open("a+")
+        try:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def release(self) -> None:
+        if self._conn is not None:
+            self._conn.close()  # the session ends; PostgreSQL releases its advisory locks
+            self._conn = None
+        if self._file is not None:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+
+@contextlib.contextmanager
+def _held(lock: ProjectorLock) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def run_orders_projector(database_url: str, stop: threading.Event, poll: float = 1.0) -> None:
+    """`payledger project`: wait for the lock, follow the log until `stop`, release."""
+    lock = ProjectorLock(database_url)
+    if not lock.acquire(stop, poll):
+        return
+    with _held(lock):
+        runner, view, loader = start_orders_projector(database_url)
+        log.info("projecting %s from position %d", NAME, view.position())
+        try:
+            with runner:
+                while not stop.is_set():
+                    runner.run_forever(timeout=poll)
+                    if runner.is_interrupted.is_set():
+                        break
+        finally:
+            loader.close()
+            with contextlib.suppress(Exception):
+                view.datastore.close()  # type: ignore[attr-defined]
+        time.sleep(0)

@@ -1,0 +1,174 @@
+"""The orders read model: built from the log exactly once, served read-your-writes, one projector."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from eventsourcing.persistence import Tracking
+
+from api.app import create_app
+from ledger.application import Ledger, build_ledger
+from ledger.settings import Settings
+from ledger.wechatpay.notification import NotificationVerifier
+from ledger.wechatpay.testing import NotificationFactory
+from projections.read_model import OrdersProjection
+from projections.runner import ProjectorLock, open_orders_view, start_orders_projector
+from tests.conftest import MCHID
+from tests.servers import running
+
+
+def fill(ledger: Ledger, factory: NotificationFactory, count: int, offset: int = 0) -> list[str]:
+    verifier = NotificationVerifier(factory.key_store(), factory.apiv3_key.encode())
+    numbers = []
+    for i in range(offset, offset + count):
+        no = f"ORDER-8{i:03d}"
+        ledger.register_order(MCHID, no, 100 + i)
+        if i % 3 != 2:
+            d = factory.paid(no, 100 + i)
+            ledger.record_notification(MCHID, verifier.verify(d.headers, d.body))
+        if i % 3 == 0:
+            d = factory.refunded(no, f"R-{no}", 10, 100 + i)
+            ledger.record_notification(MCHID, verifier.verify(d.headers, d.body))
+        numbers.append(no)
+    return numbers
+
+
+def project_until_caught_up(database_url: str, ledger: Ledger) -> None:
+    runner, view, loader = start_orders_projector(database_url)
+    with runner:
+        runner.wait(ledger.recorder.max_notification_id(), timeout=20)
+    loader.close()
+    view.datastore.close()  # type: ignore[attr-defined]
+
+
+def test_view_matches_the_aggregates(
+    database_url: str, ledger_factory: Callable[[], Ledger], factory: NotificationFactory
+) -> None:
+    ledger = ledger_factory()
+    numbers = fill(ledger, factory, 12)
+    project_until_caught_up(database_url, ledger)
+    view = open_orders_view(database_url)
+    try:
+        assert view.position() == ledger.recorder.max_notification_id()
+        for no in numbers:
+            row = view.get(MCHID, no)
+            assert row is not None
+            assert row["document"] == ledger.get_order(MCHID, no).summary()
+        assert [r["out_trade_no"] for r in view.list_orders(trade_state="NOTPAY")] == numbers[2::3]
+        assert len(view.refunds(MCHID, numbers[0])) == 1
+    finally:
+        view.datastore.close()  # type: ignore[attr-defined]
+
+
+def test_a_crash_mid_way_repeats_nothing_and_skips_nothing(
+    database_url: str,
+    ledger_factory: Callable[[], Ledger],
+    factory: NotificationFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rows and tracking commit together: a failure after the rows, before the commit, rolls both back."""
+    ledger = ledger_factory()
+    numbers = fill(ledger, factory, 6)
+    calls = {"n": 0}
+    original = OrdersProjection.process_event
+
+    def crashing(self: OrdersProjection, event: Any, tracking: Tracking) -> None:
+        calls["n"] += 1
+        if calls["n"] == 7:
+            view = self.view
+            real = view._insert_tracking  # type: ignore[attr-defined]
+
+            def boom(curs: Any, tracking: Tracking) -> None:
+                raise RuntimeError("projector killed between the rows and the commit")
+
+            view._insert_tracking = boom  # type: ignore[attr-defined]
+            try:
+                original(self, event, tracking)
+            finally:
+                view._insert_tracking = real  # type: ignore[attr-defined]
+        original(self, event, tracking)
+
+    monkeypatch.setattr(OrdersProjection, "process_event", crashing)
+    runner, view, loader = start_orders_projector(database_url)
+    with pytest.raises(RuntimeError, match="killed"), runner:
+        runner.run_forever(timeout=20)
+    crashed_at = view.position()
+    loader.close()
+    assert 0 < crashed_at < (ledger.recorder.max_notification_id() or 0)
+    monkeypatch.setattr(OrdersProjection, "process_event", original)
+    project_until_caught_up(database_url, ledger)
+    view = open_orders_view(database_url)
+    try:
+        assert view.position() == ledger.recorder.max_notification_id()
+        for no in numbers:
+            assert view.get(MCHID, no)["document"] == ledger.get_order(MCHID, no).summary()  # type: ignore[index]
+    finally:
+        view.datastore.close()  # type: ignore[attr-defined]
+
+
+def test_two_projectors_never_both_run(database_url: str, ledger_factory: Callable[[], Ledger]) -> None:
+    ledger_factory()  # creates the tables
+    first, second = ProjectorLock(database_url), ProjectorLock(database_url)
+    stop = threading.Event()
+    assert first.acquire(stop)
+    got: list[bool] = []
+    waiter = threading.Thread(target=lambda: got.append(second.acquire(stop, poll=0.05)))
+    waiter.start()
+    time.sleep(0.5)
+    assert got == []  # still waiting while the first holds it
+    first.release()
+    waiter.join(10)
+    assert got == [True]
+    second.release()
+
+
+def test_api_reads_its_writes_and_lists_from_the_view(
+    merchant_env: dict[str, str], factory: NotificationFactory, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    settings = Settings.load({**merchant_env, "LEDGER_DATABASE_URL": url})
+    with running(create_app(settings, background=False)) as base, httpx.Client(base_url=base) as client:
+        client.post("/orders", json={"out_trade_no": "ORDER-8801", "amount_total": 100})
+        paid = factory.paid("ORDER-8801", 100)
+        assert client.post("/wechatpay/notify", content=paid.body, headers=paid.headers).status_code == 204
+        # No projector has run: the view is behind, so the order comes from its stream.
+        assert client.get("/orders/ORDER-8801").json()["trade_state"] == "SUCCESS"
+        listed = client.get("/orders").json()
+        assert (
+            listed["orders"] == [] and listed["view"]["behind"] == 4
+        )  # Opened, Registered, NotificationReceived, PaymentSucceeded
+        ledger = build_ledger(url)
+        project_until_caught_up(url, ledger)
+        ledger.close()
+        listed = client.get("/orders", params={"trade_state": "SUCCESS", "limit": 10}).json()
+        assert [o["out_trade_no"] for o in listed["orders"]] == ["ORDER-8801"]
+        assert listed["view"]["behind"] == 0
+        assert client.get("/orders/ORDER-8801").json() == listed["orders"][0]
+        assert client.get("/orders", params={"trade_state": "BOGUS"}).status_code == 400
+        assert client.get("/orders/ORDER-8899").status_code == 404
+
+
+def test_cursor_pages_through_every_order_once(sqlite_url: str, factory: NotificationFactory) -> None:
+    ledger = build_ledger(sqlite_url)
+    numbers = fill(ledger, factory, 9)
+    project_until_caught_up(sqlite_url, ledger)
+    view = open_orders_view(sqlite_url)
+    from projections.read_model import cursor_decode, cursor_encode
+
+    seen: list[str] = []
+    after = None
+    while True:
+        page = view.list_orders(after=after, limit=4)
+        seen += [r["out_trade_no"] for r in page]
+        if len(page) < 4:
+            break
+        after = cursor_decode(cursor_encode(page[-1]))
+    view.datastore.close()  # type: ignore[attr-defined]
+    ledger.close()
+    assert sorted(seen) == sorted(numbers) and len(seen) == len(set(seen))
