@@ -22,13 +22,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from api.notify import notify
 from api.orders import get_order, list_orders, order_events, query_order, register_order
 from api.responses import LedgerJSONResponse, fail
-from api.state import AppState
+from api.state import AppState, LiveView
 from ledger.application import Ledger
 from ledger.bootstrap import bootstrap
 from ledger.errors import InvalidRequest, LedgerError, WeChatPayRejected
 from ledger.groupcommit import GroupCommitter
 from ledger.settings import Settings
-from projections.runner import open_orders_view
 
 __all__ = ["create_app"]
 
@@ -42,7 +41,18 @@ async def healthz(request: Request) -> Response:
 
 
 def _is_open(path: str) -> bool:
-    return path == "/healthz" or path == "/wechatpay/notify" or path.startswith("/wechatpay/notify/")
+    return path in ("/healthz", "/readyz", "/wechatpay/notify") or path.startswith("/wechatpay/notify/")
+
+
+async def readyz(request: Request) -> Response:
+    """Ready when the event store answers (load balancers stop sending traffic otherwise)."""
+    state: AppState = request.app.state.ledger
+    try:
+        position = await anyio.to_thread.run_sync(state.ledger.recorder.max_notification_id, limiter=state.limiter)
+    except Exception:
+        log.warning("readiness check: event store unreachable")
+        return fail(503, "store unavailable", "NOT_READY")
+    return LedgerJSONResponse({"status": "ready", "log_position": position or 0})
 
 
 class AdminTokenMiddleware:
@@ -90,8 +100,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         committer = GroupCommitter(services.ledger)
-        orders_view = open_orders_view(settings.database_url.value)
-        app.state.ledger = AppState(services, committer, anyio.CapacityLimiter(settings.worker_threads), orders_view)
+        views = LiveView(settings.database_url.value)
+        app.state.ledger = AppState(services, committer, anyio.CapacityLimiter(settings.worker_threads), views)
         if background:
             services.start_background()
         # Everything built so far lives as long as the process: keep it out of the cyclic
@@ -101,13 +111,14 @@ def create_app(
         yield
         committer.close()
         services.close()
-        orders_view.datastore.close()  # type: ignore[attr-defined]
+        views.close()
 
     middleware = []
     if settings.admin_token is not None:
         middleware.append(Middleware(AdminTokenMiddleware, token=settings.admin_token.value))
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
         Route("/wechatpay/notify", notify, methods=["POST"]),
         Route("/wechatpay/notify/{mchid}", notify, methods=["POST"]),
         Route("/orders", register_order, methods=["POST"]),

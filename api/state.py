@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass
 
 import anyio
@@ -10,9 +12,36 @@ from ledger.application import Ledger
 from ledger.bootstrap import MerchantServices, Services
 from ledger.groupcommit import GroupCommitter
 from ledger.settings import Settings
-from projections.read_model import OrdersView
+from projections.read_model import NAME, OrdersView
+from projections.runner import open_orders_view
+from projections.versions import live_view
 
-__all__ = ["AppState"]
+__all__ = ["AppState", "LiveView"]
+
+
+class LiveView:
+    """The live version of the orders view, re-checked at most once a second (a rebuild may switch it)."""
+
+    def __init__(self, database_url: str, interval: float = 1.0) -> None:
+        self._url = database_url
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._name = live_view(database_url, NAME)
+        self._view = open_orders_view(database_url, self._name)
+        self._checked = time.monotonic()
+
+    def current(self) -> OrdersView:
+        with self._lock:
+            if time.monotonic() - self._checked >= self._interval:
+                self._checked = time.monotonic()
+                name = live_view(self._url, NAME)
+                if name != self._name:
+                    old, self._view, self._name = self._view, open_orders_view(self._url, name), name
+                    old.datastore.close()  # type: ignore[attr-defined]
+            return self._view
+
+    def close(self) -> None:
+        self._view.datastore.close()  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -20,7 +49,11 @@ class AppState:
     services: Services
     committer: GroupCommitter
     limiter: anyio.CapacityLimiter
-    orders_view: OrdersView | None = None
+    views: LiveView | None = None
+
+    @property
+    def orders_view(self) -> OrdersView | None:
+        return self.views.current() if self.views is not None else None
 
     @property
     def settings(self) -> Settings:

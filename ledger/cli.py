@@ -147,6 +147,19 @@ def cmd_project(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    from projections.rebuild import print_progress, rebuild_orders_view
+
+    if args.name not in ("orders_view",):
+        print(f"payledger: unknown projection {args.name!r} (known: orders_view)", file=sys.stderr)
+        return 2
+    settings = _settings(args, require_merchant=False)
+    summary = rebuild_orders_view(settings.database_url.value, progress=print_progress)
+    print(file=sys.stderr)
+    print(summary)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from ledger.demo import run_demo
 
@@ -206,11 +219,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     )
     try:
         if args.follow:
-            stop = threading.Event()
-            try:
-                reconciler.follow(stop, idle=args.interval, report=lambda c: print(c, flush=True))
-            except KeyboardInterrupt:
-                stop.set()
+            reconciler.follow(_stop_on_signals(), idle=args.interval, report=lambda c: print(c, flush=True))
             return 0
         changes = reconciler.run_pass()
         for change in changes:
@@ -307,6 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     project = sub.add_parser("project", help="run the projection worker (one active per projection; others wait)")
     project.set_defaults(func=cmd_project)
+
+    rebuild = sub.add_parser("rebuild", help="rebuild a projection beside the live one, then switch (blue/green)")
+    rebuild.add_argument("name", nargs="?", default="orders_view")
+    rebuild.set_defaults(func=cmd_rebuild)
 
     certificates = sub.add_parser("certificates", help="list verification keys and certificates with expiry")
     certificates.add_argument("--refresh", action="store_true", help="download from WeChat Pay first")

@@ -244,6 +244,8 @@ class PostgresOrdersView(OrdersView, PostgresTrackingRecorder):
 
     def __init__(self, datastore: Any, **kwargs: Any) -> None:
         super().__init__(datastore, **kwargs)
+        # One version of the view per tracking table: "orders_view_v2_tracking" -> "orders_view_v2".
+        self.table_prefix = self.tracking_table_name.removesuffix("_tracking")  # type: ignore[misc]
         for statement in self._create_statements():
             self.sql_create_statements.append(self._sql(statement))
 

@@ -12,7 +12,6 @@ import fcntl
 import hashlib
 import logging
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,8 +23,9 @@ from eventsourcing.utils import Environment
 
 from ledger.application import Ledger, build_ledger
 from projections.read_model import NAME, OrdersProjection, OrdersView, PostgresOrdersView, SQLiteOrdersView, view_env
+from projections.versions import live_view
 
-__all__ = ["ProjectorLock", "open_orders_view", "run_orders_projector", "start_orders_projector"]
+__all__ = ["ProjectorLock", "open_orders_view", "run_orders_projector", "start_orders_projector", "wake"]
 
 log = logging.getLogger("projections.runner")
 
@@ -43,10 +43,12 @@ def open_orders_view(database_url: str, name: str = NAME) -> OrdersView:
     return view
 
 
-def start_orders_projector(database_url: str) -> tuple[BaseProjectionRunner[Ledger], OrdersView, Ledger]:
+def start_orders_projector(
+    database_url: str, name: str = NAME
+) -> tuple[BaseProjectionRunner[Ledger], OrdersView, Ledger]:
     """Start following the log; returns the runner (a context manager), its view and its loader."""
-    env = view_env(database_url)
-    view = open_orders_view(database_url)
+    env = view_env(database_url, name)
+    view = open_orders_view(database_url, name)
     projection = OrdersProjection(view)
     loader = build_ledger(database_url)
     projection.ledger = loader
@@ -115,6 +117,19 @@ class ProjectorLock:
             self._file = None
 
 
+def wake(ledger: Ledger) -> None:
+    """The library's PostgreSQL subscription waits for a NOTIFY without a timeout (upstream
+    #305): send one, so a stopping runner is not left waiting for the next payment."""
+    recorder = ledger.recorder
+    channel = getattr(recorder, "channel_name", None)
+    if channel is None:
+        return
+    from psycopg.sql import SQL, Identifier
+
+    with recorder.datastore.get_connection() as conn:  # type: ignore[attr-defined]
+        conn.execute(SQL("NOTIFY {0}").format(Identifier(channel)))
+
+
 @contextlib.contextmanager
 def _held(lock: ProjectorLock) -> Iterator[None]:
     try:
@@ -124,21 +139,25 @@ def _held(lock: ProjectorLock) -> Iterator[None]:
 
 
 def run_orders_projector(database_url: str, stop: threading.Event, poll: float = 1.0) -> None:
-    """`payledger project`: wait for the lock, follow the log until `stop`, release."""
+    """`payledger project`: wait for the lock, follow the log and the live version until `stop`."""
     lock = ProjectorLock(database_url)
     if not lock.acquire(stop, poll):
         return
     with _held(lock):
-        runner, view, loader = start_orders_projector(database_url)
-        log.info("projecting %s from position %d", NAME, view.position())
-        try:
-            with runner:
-                while not stop.is_set():
-                    runner.run_forever(timeout=poll)
-                    if runner.is_interrupted.is_set():
-                        break
-        finally:
-            loader.close()
-            with contextlib.suppress(Exception):
-                view.datastore.close()  # type: ignore[attr-defined]
-        time.sleep(0)
+        while not stop.is_set():
+            name = live_view(database_url, NAME)
+            runner, view, loader = start_orders_projector(database_url, name)
+            log.info("projecting %s from position %d", name, view.position())
+            try:
+                with runner:
+                    # A rebuild moves the pointer: then follow the new version from its position.
+                    while not stop.is_set() and live_view(database_url, NAME) == name:
+                        runner.run_forever(timeout=poll)
+                        if runner.is_interrupted.is_set():
+                            break
+                    runner.stop()
+                    wake(loader)
+            finally:
+                loader.close()
+                with contextlib.suppress(Exception):
+                    view.datastore.close()  # type: ignore[attr-defined]

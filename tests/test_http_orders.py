@@ -136,3 +136,10 @@ def test_admin_token_guards_everything_but_notify_and_healthz(
 
 def test_healthz_is_open(client: httpx.Client) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_readyz_is_open_and_reports_the_store(merchant_env: dict[str, str], sqlite_url: str) -> None:
+    with service(merchant_env, sqlite_url, LEDGER_ADMIN_TOKEN=TOKEN) as client:
+        response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json()["status"] == "ready"

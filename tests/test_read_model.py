@@ -18,7 +18,7 @@ from ledger.settings import Settings
 from ledger.wechatpay.notification import NotificationVerifier
 from ledger.wechatpay.testing import NotificationFactory
 from projections.read_model import OrdersProjection
-from projections.runner import ProjectorLock, open_orders_view, start_orders_projector
+from projections.runner import ProjectorLock, open_orders_view, start_orders_projector, wake
 from tests.conftest import MCHID
 from tests.servers import running
 
@@ -43,6 +43,8 @@ def project_until_caught_up(database_url: str, ledger: Ledger) -> None:
     runner, view, loader = start_orders_projector(database_url)
     with runner:
         runner.wait(ledger.recorder.max_notification_id(), timeout=20)
+        runner.stop()
+        wake(loader)
     loader.close()
     view.datastore.close()  # type: ignore[attr-defined]
 

@@ -92,7 +92,11 @@ class CertificateManager:
             self._verify_first_use(response, downloaded, now)
         new = [c for c in downloaded if c.serial not in set(self._keys.serials) and c.valid_at(now)]
         for cert in new:
-            self._write(cert)
+            try:
+                self._write(cert)
+            except OSError as exc:
+                # Still trusted in memory; only the copy on disk for the next start is missing.
+                log.error("cannot write certificate %s to %s: %s", cert.serial, self._folder, exc.strerror)
         certificates = {c.serial: c for c in [*self._keys.certificates, *downloaded]}
         self._keys = KeyStore(self._public_keys, certificates.values())
         self.refreshes += 1

@@ -1,0 +1,195 @@
+"""Blue/green rebuild of the orders view: bulk-build a new version beside the live one, catch
+up with the log, switch the pointer. The API, the projector and the dispatcher keep running.
+
+Bulk phase: the log up to the current head is read in stream order (`originator_id`,
+`originator_version`), so one order is folded at a time (memory stays flat), and rows are
+written in large batches, the tracking position committed with the last batch. Catch-up phase:
+the ordinary per-event projection from that position until it reaches the head. Then the
+pointer moves and the projector follows it. The outbox is a projection of its own with
+deterministic message ids: a rebuild of the read model never sends or drops a notification.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import StoredEvent, Tracking
+
+from ledger.application import Ledger, build_ledger
+from ledger.domain import PaymentOrder
+from ledger.storage import persistence_env
+from projections.read_model import NAME, OrdersView, order_row, refund_rows
+from projections.runner import open_orders_view, start_orders_projector, wake
+from projections.versions import live_view, next_version, set_live_view
+
+__all__ = ["RebuildSummary", "rebuild_orders_view"]
+
+PAGE = 5_000
+BATCH = 2_000
+_TOPIC_PREFIX = "ledger.domain:PaymentOrder."
+
+
+@dataclass(frozen=True)
+class RebuildSummary:
+    old: str
+    new: str
+    events: int
+    orders: int
+    caught_up: int
+    seconds: float
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+    def __str__(self) -> str:
+        return (
+            f"rebuilt {self.new} (was {self.old}): {self.events:,} events, {self.orders:,} orders in "
+            f"{self.seconds:.1f} s ({self.events_per_second:,.0f} events/s); {self.caught_up:,} more while "
+            f"catching up; {self.new} is live"
+        )
+
+
+def _stream_ordered(ledger: Ledger, head: int) -> Iterator[StoredEvent]:
+    """PaymentOrder events with notification id <= head, by stream then version, in pages."""
+    recorder: Any = ledger.recorder
+    env = persistence_env_of(ledger)
+    last: tuple[str, int] = ("", 0)
+    while True:
+        if env == "sqlite":
+            sql = (
+                "SELECT originator_id, originator_version, topic, state FROM stored_events"
+                " WHERE rowid <= ? AND topic LIKE ? AND (originator_id > ? OR (originator_id = ? AND"
+                " originator_version > ?)) ORDER BY originator_id, originator_version LIMIT ?"
+            )
+            with recorder.datastore.transaction(commit=False) as c:
+                c.execute(sql, (head, _TOPIC_PREFIX + "%", last[0], last[0], last[1], PAGE))
+                rows = [(r[0], r[1], r[2], r[3]) for r in c.fetchall()]
+            events = [StoredEvent(UUID(r[0]), r[1], r[2], r[3]) for r in rows]
+            keys = [(r[0], r[1]) for r in rows]
+        else:
+            from psycopg.sql import SQL, Identifier
+
+            pg_sql = SQL(
+                "SELECT originator_id, originator_version, topic, state FROM {t}"
+                " WHERE notification_id <= %s AND topic LIKE %s AND (originator_id, originator_version) > (%s, %s)"
+                " ORDER BY originator_id, originator_version LIMIT %s"
+            ).format(t=Identifier(recorder.datastore.schema, recorder.events_table_name))
+            start = UUID(int=0) if not last[0] else UUID(last[0])
+            with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
+                curs.execute(pg_sql, (head, _TOPIC_PREFIX + "%", start, last[1], PAGE))
+                rows = curs.fetchall()
+            events = [StoredEvent(r["originator_id"], r["originator_version"], r["topic"], r["state"]) for r in rows]
+            keys = [(str(r["originator_id"]), r["originator_version"]) for r in rows]
+        yield from events
+        if len(events) < PAGE:
+            return
+        last = keys[-1]
+
+
+def persistence_env_of(ledger: Ledger) -> str:
+    return (
+        "sqlite"
+        if type(ledger.recorder).__module__.startswith(("eventsourcing.sqlite", "ledger.sqlite"))
+        else "postgres"
+    )
+
+
+def _write(view: OrdersView, orders: list[PaymentOrder], tracking: Tracking | None) -> None:
+    with view._cursor_transaction(commit=True) as curs:
+        for order in orders:
+            view._upsert(curs, order_row(order, order.modified_on), refund_rows(order))
+        if tracking is not None:
+            view._insert_tracking(curs, tracking)  # type: ignore[attr-defined]
+
+
+def _drop(database_url: str, name: str) -> None:
+    """Remove what a crashed earlier rebuild may have left of this version."""
+    env = persistence_env(database_url)
+    if env["PERSISTENCE_MODULE"] == "eventsourcing.sqlite":
+        from pathlib import Path
+
+        from projections.read_model import view_env
+
+        path = Path(view_env(database_url, name)[f"{name.upper()}_SQLITE_DBNAME"])
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(path) + suffix).unlink(missing_ok=True)
+        return
+    import psycopg
+
+    schema = env.get("POSTGRES_SCHEMA", "public")
+    with psycopg.connect(
+        dbname=env["POSTGRES_DBNAME"],
+        host=env["POSTGRES_HOST"],
+        port=env["POSTGRES_PORT"],
+        user=env["POSTGRES_USER"],
+        password=env["POSTGRES_PASSWORD"] or None,
+        autocommit=True,
+    ) as conn:
+        for table in (f"{name}_orders", f"{name}_refunds", f"{name}_tracking"):
+            conn.execute(f'DROP TABLE IF EXISTS "{schema}"."{table}"')
+
+
+def rebuild_orders_view(
+    database_url: str, *, progress: Callable[[int, int, float], None] | None = None
+) -> RebuildSummary:
+    started = time.perf_counter()
+    old = live_view(database_url, NAME)
+    new = next_version(old)
+    _drop(database_url, new)
+    view = open_orders_view(database_url, new)
+    ledger = build_ledger(database_url)
+    try:
+        head = ledger.recorder.max_notification_id() or 0
+        events = orders = 0
+        batch: list[PaymentOrder] = []
+        order: Any = None
+        for stored in _stream_ordered(ledger, head):
+            event: Any = ledger.mapper.to_domain_event(stored)
+            if order is not None and event.originator_id != order.id:
+                batch.append(order)
+                orders += 1
+                order = None
+            order = event.mutate(order)
+            events += 1
+            if len(batch) >= BATCH:
+                _write(view, batch, None)
+                batch = []
+                if progress is not None:
+                    progress(events, head, time.perf_counter() - started)
+        if order is not None:
+            batch.append(order)
+            orders += 1
+        _write(view, batch, Tracking(notification_id=head, application_name=ledger.name) if head else None)
+        if progress is not None:
+            progress(events, head, time.perf_counter() - started)
+        bulk_seconds = time.perf_counter() - started
+    finally:
+        ledger.close()
+    caught_up_before = view.position()
+    view.datastore.close()  # type: ignore[attr-defined]
+    runner, caught_view, loader = start_orders_projector(database_url, name=new)
+    with runner:
+        target = loader.recorder.max_notification_id() or 0
+        runner.wait(target, timeout=60)
+        runner.stop()
+        wake(loader)
+    caught_up = caught_view.position() - caught_up_before
+    loader.close()
+    caught_view.datastore.close()  # type: ignore[attr-defined]
+    set_live_view(database_url, NAME, new)
+    return RebuildSummary(old, new, events, orders, max(0, caught_up), bulk_seconds)
+
+
+def print_progress(events: int, total: int, seconds: float) -> None:
+    width = 30
+    done = min(1.0, events / total) if total else 1.0
+    bar = "#" * int(done * width) + "." * (width - int(done * width))
+    rate = events / seconds if seconds else 0.0
+    sys.stderr.write(f"\r[{bar}] {events:,} events ({rate:,.0f}/s)")
+    sys.stderr.flush()

@@ -1,0 +1,732 @@
+"""Static checks of deploy/: the image, compose, nginx and Kubernetes files agree with the code.
+
+Nothing here builds or runs a container. YAML is read with PyYAML when it is installed; without
+it, with `_MiniYAML`, a reader for the block-style subset these files use (when PyYAML is
+there, both readers run and must agree, so the fallback cannot drift silently).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ledger.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+
+# Commands of the target topology that are being written now; once they exist in the parser
+# their arguments are checked like every other command's.
+PLANNED_COMMANDS = {"project", "dispatch"}
+SECRET_SETTINGS = {"WECHATPAY_APIV3_KEY", "LEDGER_ADMIN_TOKEN", "LEDGER_DATABASE_URL"}
+LIVENESS, READINESS = "/healthz", "/readyz"
+API_PORT = 8000
+SERVE = ["payledger", "serve", "--host", "0.0.0.0", "--port", str(API_PORT)]
+
+
+# -- reading YAML ------------------------------------------------------------------------------
+
+_KEY = re.compile(r"(?P<key>[A-Za-z0-9_./<-]+|\"[^\"]*\"|'[^']*') *:(?: +(?P<rest>.*))?")
+_BOOLS = {v: True for v in ("true", "True", "TRUE", "yes", "Yes", "YES", "on", "On", "ON")} | {
+    v: False for v in ("false", "False", "FALSE", "no", "No", "NO", "off", "Off", "OFF")
+}
+
+
+def _is_item(content: str) -> bool:
+    return content == "-" or content.startswith("- ")
+
+
+def _strip_comment(line: str) -> str:
+    quote = None
+    for i, char in enumerate(line):
+        if quote is not None:
+            if char == quote and not (quote == '"' and line[i - 1] == "\\"):
+                quote = None
+        elif char in "\"'" and (i == 0 or line[i - 1] in " [{,:-"):
+            quote = char
+        elif char == "#" and (i == 0 or line[i - 1] in " \t"):
+            return line[:i]
+    return line
+
+
+def _split_flow(inner: str) -> list[str]:
+    parts, current, quote = [], "", None
+    for char in inner:
+        if quote is not None:
+            quote = None if char == quote else quote
+        elif char in "\"'":
+            quote = char
+        elif char == ",":
+            parts.append(current.strip())
+            current = ""
+            continue
+        current += char
+    parts.append(current.strip())
+    return parts
+
+
+class _MiniYAML:
+    """Block mappings and sequences, plain/quoted scalars, one-line flow collections, `|` and
+    `|-` literals, anchors, aliases and `<<` merges, `---` documents. Anything else fails."""
+
+    def __init__(self, text: str, where: str) -> None:
+        self.lines = text.split("\n")
+        self.pos = 0
+        self.where = where
+        self.anchors: dict[str, Any] = {}
+        self.pending: tuple[int, str] | None = None
+
+    def fail(self, message: str) -> Any:
+        raise AssertionError(f"{self.where}:{self.pos + 1}: {message} (outside the YAML subset read without PyYAML)")
+
+    def peek(self) -> tuple[int, str] | None:
+        if self.pending is not None:
+            return self.pending
+        while self.pos < len(self.lines):
+            raw = self.lines[self.pos]
+            content = _strip_comment(raw).rstrip()
+            if content.strip():
+                if "\t" in raw[: len(raw) - len(raw.lstrip())]:
+                    self.fail("tab in indentation")
+                return len(content) - len(content.lstrip(" ")), content.strip()
+            self.pos += 1
+        return None
+
+    def take(self) -> None:
+        if self.pending is not None:
+            self.pending = None
+        else:
+            self.pos += 1
+
+    def documents(self) -> list[Any]:
+        docs = []
+        while (line := self.peek()) is not None:
+            if line == (0, "---"):
+                self.take()
+                continue
+            docs.append(self.block(line[0]))
+        return docs
+
+    def block(self, indent: int) -> Any:
+        line = self.peek()
+        if line is None or line[0] != indent:
+            return self.fail("bad indentation")
+        return self.sequence(indent) if _is_item(line[1]) else self.mapping(indent)
+
+    def mapping(self, indent: int) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        merges: list[Any] = []
+        while (line := self.peek()) is not None and line[0] == indent and not _is_item(line[1]) and line[1] != "---":
+            match = _KEY.fullmatch(line[1])
+            if match is None:
+                self.fail(f"expected 'key: value', got {line[1]!r}")
+            assert match is not None
+            self.take()
+            key = match["key"]
+            key = self.scalar(key) if key[0] in "\"'" else key
+            value = self.value(match["rest"] or "", indent)
+            if key == "<<":
+                merges.extend(value if isinstance(value, list) else [value])
+            elif key in result:
+                self.fail(f"duplicate key {key!r}")
+            else:
+                result[key] = value
+        if line is not None and line[0] > indent:
+            self.fail("bad indentation")
+        merged: dict[str, Any] = {}
+        for source in merges:
+            if not isinstance(source, dict):
+                self.fail("<< needs mappings")
+            for key, value in source.items():
+                merged.setdefault(key, value)
+        return merged | result
+
+    def sequence(self, indent: int) -> list[Any]:
+        items = []
+        while (line := self.peek()) is not None and line[0] == indent and _is_item(line[1]):
+            self.take()
+            rest = line[1][1:].lstrip(" ")
+            if rest and rest[0] not in "\"'[{&*" and _KEY.fullmatch(rest):
+                self.pending = (indent + len(line[1]) - len(rest), rest)
+                items.append(self.mapping(self.pending[0]))
+            else:
+                items.append(self.value(rest, indent))
+        if line is not None and line[0] > indent:
+            self.fail("bad indentation")
+        return items
+
+    def value(self, rest: str, indent: int) -> Any:
+        anchor = None
+        if rest.startswith("&"):
+            anchor, _, rest = rest[1:].partition(" ")
+            rest = rest.strip()
+        if rest == "":
+            line = self.peek()
+            deeper = line is not None and (line[0] > indent or (line[0] == indent and _is_item(line[1])))
+            value = self.block(line[0]) if deeper and line is not None else None
+        elif rest in ("|", "|-"):
+            value = self.literal(indent, keep_newline=rest == "|")
+        else:
+            value = self.scalar(rest)
+        if anchor:
+            self.anchors[anchor] = value
+        return value
+
+    def literal(self, indent: int, *, keep_newline: bool) -> str:
+        lines: list[str] = []
+        block_indent = None
+        while self.pos < len(self.lines):
+            raw = self.lines[self.pos]
+            if raw.strip():
+                current = len(raw) - len(raw.lstrip(" "))
+                if current <= indent:
+                    break
+                block_indent = current if block_indent is None else block_indent
+                if current < block_indent:
+                    self.fail("literal block less indented than its first line")
+                lines.append(raw[block_indent:])
+            else:
+                lines.append("")
+            self.pos += 1
+        while lines and not lines[-1]:
+            lines.pop()
+        text = "\n".join(lines)
+        return text + "\n" if keep_newline and text else text
+
+    def scalar(self, text: str) -> Any:
+        if text.startswith("*"):
+            return self.anchors[text[1:]] if text[1:] in self.anchors else self.fail(f"unknown alias {text}")
+        if text.startswith('"'):
+            return json.loads(text) if len(text) > 1 and text.endswith('"') else self.fail("unclosed quote")
+        if text.startswith("'"):
+            return text[1:-1].replace("''", "'") if len(text) > 1 and text.endswith("'") else self.fail("unclosed")
+        if text.startswith("["):
+            inner = text[1:-1].strip() if text.endswith("]") else self.fail("multi-line flow sequence")
+            return [self.scalar(item) for item in _split_flow(inner)] if inner else []
+        if text.startswith("{"):
+            inner = text[1:-1].strip() if text.endswith("}") else self.fail("multi-line flow mapping")
+            pairs = [_KEY.fullmatch(item) for item in _split_flow(inner)] if inner else []
+            return {m["key"]: self.scalar(m["rest"] or "~") for m in pairs if m} if all(pairs) else self.fail(text)
+        if text[0] in "!%@`|>&":
+            return self.fail(f"unsupported scalar {text!r}")
+        if text in _BOOLS:
+            return _BOOLS[text]
+        if text in ("~", "null", "Null", "NULL"):
+            return None
+        if re.fullmatch(r"[-+]?(0|[1-9][0-9]*)", text):
+            return int(text)
+        if re.fullmatch(r"0[0-7]+", text):
+            return int(text, 8)
+        if re.fullmatch(r"[-+]?([0-9]+\.[0-9]*|\.[0-9]+)", text):
+            return float(text)
+        if re.fullmatch(r"[-+]?[1-9][0-9_]*(:[0-5]?[0-9])+", text):
+            return self.fail(f"{text} reads as a base-60 number in YAML 1.1: quote it")
+        return text
+
+
+def load_yaml(path: Path) -> list[Any]:
+    """The documents of a YAML file (empty documents dropped)."""
+    text = path.read_text(encoding="utf-8")
+    docs = [d for d in _MiniYAML(text, str(path.relative_to(ROOT))).documents() if d is not None]
+    try:
+        import yaml  # type: ignore[import-untyped]
+    except ImportError:
+        return docs
+    reference = [d for d in yaml.safe_load_all(text) if d is not None]
+    assert docs == reference, f"{path}: the fallback YAML reader disagrees with PyYAML"
+    return reference
+
+
+def test_fallback_yaml_reader_on_a_known_sample() -> None:
+    sample = """
+x-base: &base
+  image: "payledger:local"  # comment
+  env: {}
+list:
+- a
+- 'b # not a comment'
+svc:
+  <<: [*base]
+  command: ["payledger", "serve"]
+  mode: 0440
+  items:
+    - name: one
+      enabled: yes
+    - two
+  text: |
+    line 1
+    line 2
+---
+second: ~
+"""
+    assert _MiniYAML(sample, "sample").documents() == [
+        {
+            "x-base": {"image": "payledger:local", "env": {}},
+            "list": ["a", "b # not a comment"],
+            "svc": {
+                "image": "payledger:local",
+                "env": {},
+                "command": ["payledger", "serve"],
+                "mode": 0o440,
+                "items": [{"name": "one", "enabled": True}, "two"],
+                "text": "line 1\nline 2\n",
+            },
+        },
+        {"second": None},
+    ]
+    with pytest.raises(AssertionError, match="base-60"):
+        _MiniYAML("ports:\n  - 22:22\n", "sample").documents()
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def compose() -> dict[str, Any]:
+    (doc,) = load_yaml(DEPLOY / "compose.yaml")
+    assert isinstance(doc, dict)
+    return doc
+
+
+def k8s_files() -> list[Path]:
+    return sorted(K8S.glob("*.yaml"))
+
+
+def k8s_objects() -> Iterator[tuple[Path, dict[str, Any]]]:
+    for path in k8s_files():
+        for doc in load_yaml(path):
+            yield path, doc
+
+
+def deployments() -> dict[str, dict[str, Any]]:
+    """Deployments by the payledger subcommand their main container runs."""
+    found: dict[str, dict[str, Any]] = {}
+    for _, obj in k8s_objects():
+        if obj["kind"] == "Deployment":
+            command = main_container(obj)["args"][1]
+            assert command not in found, f"two Deployments run payledger {command}"
+            found[command] = obj
+    return found
+
+
+def main_container(deployment: dict[str, Any]) -> dict[str, Any]:
+    (container,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "payledger"]
+    return container
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    text = (DEPLOY / "Dockerfile").read_text()
+    logical = re.sub(r"\\\n", " ", "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#")))
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in logical.splitlines() if line.strip()]
+
+
+def dockerfile_cmd() -> list[str]:
+    (cmd,) = [args for op, args in dockerfile_instructions() if op == "CMD"]
+    argv = json.loads(cmd)
+    assert isinstance(argv, list), "CMD must be in exec (JSON) form"
+    return argv
+
+
+def ledger_services() -> dict[str, dict[str, Any]]:
+    return {name: s for name, s in compose()["services"].items() if s.get("image", "").startswith("payledger")}
+
+
+def service_argv(service: dict[str, Any]) -> list[str]:
+    command = service.get("command", dockerfile_cmd())
+    assert isinstance(command, list), "compose commands must be lists (exec form, no shell)"
+    return command
+
+
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(action.choices)
+
+
+def check_payledger_argv(argv: list[str], where: str) -> argparse.Namespace | None:
+    """`argv` is a real payledger command line (or a planned command); returns its parse."""
+    assert argv[0] == "payledger", f"{where}: {argv} does not run payledger"
+    parser = build_parser()
+    known = subcommands(parser)
+    assert len(argv) > 1 and (argv[1] in known or argv[1] in PLANNED_COMMANDS), (
+        f"{where}: `payledger {' '.join(argv[1:])}` names no payledger subcommand ({', '.join(sorted(known))})"
+    )
+    if argv[1] not in known:
+        return None
+    try:
+        return parser.parse_args(argv[1:])
+    except SystemExit:
+        raise AssertionError(f"{where}: payledger rejects the arguments {argv[1:]}") from None
+
+
+def readme_settings() -> set[str]:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    names: set[str] = set()
+    for row in section.splitlines():
+        if row.startswith("| `"):
+            names |= set(re.findall(r"`([A-Z][A-Z0-9_]+)`", row.split("|")[1]))
+    assert {"LEDGER_DATABASE_URL", "WECHATPAY_MCHID"} <= names, "README configuration table not found"
+    return names
+
+
+def env_example() -> dict[str, tuple[str, bool]]:
+    """NAME -> (value, commented) for every assignment in ledger.env.example."""
+    found = {}
+    for line in (DEPLOY / "ledger.env.example").read_text().splitlines():
+        match = re.fullmatch(r"(#\s*)?([A-Z][A-Z0-9_]*)=(.*)", line.strip())
+        if match:
+            found[match[2]] = (match[3], match[1] is not None)
+    return found
+
+
+def nginx_conf() -> str:
+    return "\n".join(_strip_comment(line) for line in (DEPLOY / "nginx.conf").read_text().splitlines())
+
+
+def nginx_block(conf: str, header: str) -> str:
+    match = re.search(re.escape(header) + r"\s*\{([^{}]*)\}", conf)
+    assert match, f"nginx.conf has no `{header} {{ ... }}` block"
+    return match[1]
+
+
+def nginx_seconds(value: str) -> float:
+    match = re.fullmatch(r"(\d+)(ms|s|m)?", value)
+    assert match, f"unreadable nginx time {value!r}"
+    return int(match[1]) * {"ms": 0.001, "s": 1, None: 1, "m": 60}[match[2]]
+
+
+# -- every file parses; commands are real ---------------------------------------------------------
+
+
+def test_every_yaml_file_parses_and_k8s_objects_are_namespace_agnostic() -> None:
+    assert isinstance(compose()["services"], dict)
+    assert k8s_files(), "deploy/k8s has no manifests"
+    for path, obj in k8s_objects():
+        assert isinstance(obj, dict) and obj.get("apiVersion") and obj.get("kind"), path
+        if obj["kind"] != "Kustomization":
+            assert obj["metadata"]["name"], path
+            assert "namespace" not in obj["metadata"], f"{path}: namespace is chosen when applying"
+        else:
+            assert "namespace" not in obj, f"{path}: namespace is chosen when applying"
+
+
+def test_kustomization_lists_every_manifest_but_never_the_secret_template() -> None:
+    (kustomization,) = load_yaml(K8S / "kustomization.yaml")
+    resources = kustomization["resources"]
+    expected = {p.name for p in k8s_files() if p.name != "kustomization.yaml" and ".example." not in p.name}
+    assert sorted(resources) == sorted(expected)
+    assert all((K8S / r).is_file() for r in resources)
+    assert not [r for r in resources if ".example." in r], "placeholder secrets would overwrite the real ones"
+    images = {i["name"] for i in kustomization.get("images", [])}
+    for _, obj in k8s_objects():
+        if obj["kind"] == "Deployment":
+            pod = obj["spec"]["template"]["spec"]
+            for container in pod["containers"] + pod.get("initContainers", []):
+                assert container["image"] in images, f"{obj['metadata']['name']}: image not set by kustomization"
+
+
+def test_every_command_is_a_payledger_subcommand_with_valid_arguments() -> None:
+    argvs = {"Dockerfile CMD": dockerfile_cmd()}
+    argvs |= {f"compose service {name}": service_argv(s) for name, s in ledger_services().items()}
+    for _, obj in k8s_objects():
+        if obj["kind"] == "Deployment":
+            container = main_container(obj)
+            # `command` would replace the image's ENTRYPOINT (tini, which forwards SIGTERM).
+            assert "command" not in container, f"{obj['metadata']['name']}: use args, not command"
+            argvs[f"Deployment {obj['metadata']['name']}"] = container["args"]
+    for where, argv in argvs.items():
+        args = check_payledger_argv(argv, where)
+        if argv[1] == "serve":
+            assert args is not None and (args.host, args.port, args.dev) == ("0.0.0.0", API_PORT, False), where
+
+
+def test_commands_mentioned_in_deploy_files_are_real() -> None:
+    """`payledger X ...` in inline code and README code blocks names a real (or planned) command."""
+    mentions = 0
+    for path in sorted(p for p in DEPLOY.rglob("*") if p.is_file()):
+        text = path.read_text()
+        snippets = re.findall(r"`([^`\n]+)`", text)
+        if path.suffix == ".md":
+            for block in re.findall(r"```\w*\n(.*?)```", text, re.S):
+                snippets += block.splitlines()
+        for snippet in snippets:
+            for match in re.finditer(r"(?<![\w/.-])payledger[ \t]+([a-z][^#|;&]*)", snippet):
+                argv = ["payledger", *shlex.split(match[1].replace("...", ""))]
+                check_payledger_argv(argv, f"{path.relative_to(ROOT)}: {snippet.strip()!r}")
+                mentions += 1
+    assert mentions >= 8
+
+
+def test_the_process_topology() -> None:
+    services = ledger_services()
+    by_command: dict[str, list[tuple[str, int]]] = {}
+    for name, service in services.items():
+        argv = service_argv(service)
+        by_command.setdefault(argv[1], []).append((name, service.get("deploy", {}).get("replicas", 1)))
+        if argv[1] == "reconcile":
+            assert "--follow" in argv, name
+    assert sum(r for _, r in by_command["serve"]) >= 2
+    assert [r for _, r in by_command["project"]] == [1], "one projector (a second one only waits on the lock)"
+    assert [r for _, r in by_command["dispatch"]] == [2]
+    assert sum(r for _, r in by_command["reconcile"]) >= 1
+    assert set(by_command) == {"serve", "project", "dispatch", "reconcile"}
+
+    k8s = deployments()
+    assert set(k8s) == {"serve", "project", "dispatch", "reconcile"}
+    replicas = {command: d["spec"]["replicas"] for command, d in k8s.items()}
+    assert replicas == {"serve": 2, "project": 1, "dispatch": 2, "reconcile": 1}
+    assert k8s["project"]["spec"]["strategy"]["type"] == "Recreate"
+    assert "--follow" in main_container(k8s["reconcile"])["args"]
+
+
+# -- the image -----------------------------------------------------------------------------------
+
+
+def test_dockerfile_builds_a_non_root_image_that_serves_by_default() -> None:
+    instructions = dockerfile_instructions()
+    stages = [args for op, args in instructions if op == "FROM"]
+    assert stages and all(s.split()[0] == "python:3.11-slim" for s in stages)
+    final = instructions[max(i for i, (op, _) in enumerate(instructions) if op == "FROM") :]
+    users = [args for op, args in final if op == "USER"]
+    assert users, "the final stage sets no USER (it would run as root)"
+    uid = users[-1].split(":")[0]
+    assert uid.isdigit() and int(uid) != 0, "USER must be a numeric non-root uid (runAsNonRoot checks it)"
+    assert dockerfile_cmd() == SERVE
+    assert ("EXPOSE", str(API_PORT)) in instructions
+    (healthcheck,) = [args for op, args in instructions if op == "HEALTHCHECK"]
+    assert "python" in healthcheck and f"127.0.0.1:{API_PORT}{LIVENESS}" in healthcheck
+    assert "curl" not in healthcheck and "wget" not in healthcheck
+
+
+def test_dockerfile_installs_the_project_without_dev_dependencies_or_secrets() -> None:
+    instructions = dockerfile_instructions()
+    copied = {src for op, args in instructions if op == "COPY" and "--from" not in args for src in args.split()[:-1]}
+    assert copied == {"pyproject.toml", "README.md", "ledger", "api", "projections"}
+    installs = [args for op, args in instructions if op == "RUN" and "pip install" in args]
+    assert installs and not [i for i in installs if "[test]" in i or " -e " in i or "pytest" in i]
+    known = readme_settings()
+    for op, args in instructions:
+        if op in ("ENV", "ARG"):
+            assert not [name for name in known if name in args], f"{op} {args}: settings come from the environment"
+            assert not re.search(r"(?i)password|secret|token|apiv3", args), f"{op} {args}"
+
+
+# -- compose -------------------------------------------------------------------------------------
+
+
+def test_compose_postgres_and_the_ledger_services() -> None:
+    doc = compose()
+    postgres = doc["services"]["postgres"]
+    assert postgres["image"].split(":")[1].split(".")[0] == "15"
+    assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
+    data = [v for v in postgres["volumes"] if v.endswith(":/var/lib/postgresql/data")]
+    assert data and data[0].split(":")[0] in doc["volumes"]
+
+    services = ledger_services()
+    assert len(services) >= 5
+    for name, service in services.items():
+        assert service["depends_on"]["postgres"]["condition"] == "service_healthy", name
+        env_files = [e["path"] if isinstance(e, dict) else e for e in service["env_file"]]
+        assert "ledger.env.example" in env_files, name
+        assert all((DEPLOY / f).is_file() or f == "ledger.env" for f in env_files), name
+        assert any(v.startswith("./secrets:") and v.endswith(":ro") for v in service["volumes"]), name
+        assert (DEPLOY / service["build"]["context"] / service["build"]["dockerfile"]).resolve() == (
+            DEPLOY / "Dockerfile"
+        )
+        serves_http = service_argv(service)[1] == "serve"
+        # The image's HEALTHCHECK calls /healthz: right for serve, always failing for workers.
+        assert service.get("healthcheck", {}).get("disable", False) is not serves_http, name
+        assert "LEDGER_DATABASE_URL" in service["environment"], name
+        assert "@postgres:5432/" in service["environment"]["LEDGER_DATABASE_URL"], name
+    ignored = (DEPLOY / ".gitignore").read_text().split()
+    assert {"ledger.env", "secrets/", ".env"} <= set(ignored), "real settings and keys must stay out of git"
+
+
+def test_compose_proxy_load_balances_the_api_replicas() -> None:
+    doc = compose()
+    proxy = doc["services"]["proxy"]
+    assert proxy["image"].split(":")[0] in ("nginx", "caddy")
+    mounts = [v.split(":") for v in proxy["volumes"]]
+    assert ["./nginx.conf", "/etc/nginx/nginx.conf", "ro"] in mounts
+    api = {name for name, s in ledger_services().items() if service_argv(s)[1] == "serve"}
+    assert len(api) >= 2
+    assert {name for name, d in proxy["depends_on"].items() if d["condition"] == "service_healthy"} >= api
+    upstream = nginx_block(nginx_conf(), "upstream payledger_api")
+    servers = set(re.findall(r"^\s*server\s+(\S+)", upstream, re.M))
+    assert servers == {f"{name}:{API_PORT}" for name in api}
+
+
+# -- nginx ---------------------------------------------------------------------------------------
+
+
+def test_nginx_passes_the_raw_body_and_headers_unchanged_within_the_limits() -> None:
+    conf = nginx_conf()
+    assert re.search(r"^\s*client_max_body_size\s+64k;", conf, re.M)
+    assert re.search(r"^\s*proxy_request_buffering\s+(on|off);", conf, re.M)
+    assert re.search(r"^\s*proxy_pass_request_body\s+on;", conf, re.M)
+    for forbidden in ("proxy_set_body", "proxy_pass_request_body off", "proxy_pass_request_headers off", "sub_filter"):
+        assert forbidden not in conf, forbidden
+    assert not re.search(r"proxy_set_header\s+wechatpay-", conf, re.I), "Wechatpay-* headers must pass unchanged"
+    passes = re.findall(r"proxy_pass\s+([^;]+);", conf)
+    assert passes and all(re.fullmatch(r"http://[\w.-]+(:\d+)?", p) for p in passes), (
+        f"{passes}: a URI part in proxy_pass rewrites the request path"
+    )
+
+
+def test_nginx_answers_wechat_notifications_within_five_seconds() -> None:
+    notify = nginx_block(nginx_conf(), "location /wechatpay/notify")
+    assert "proxy_pass" in notify
+    timeouts = dict(re.findall(r"(proxy_(?:connect|send|read|next_upstream)_timeout)\s+(\S+);", notify))
+    assert {"proxy_connect_timeout", "proxy_send_timeout", "proxy_read_timeout"} <= set(timeouts)
+    for directive, value in timeouts.items():
+        assert nginx_seconds(value) < 5, f"{directive} {value}: WeChat Pay stops waiting at 5 s"
+
+
+# -- settings ------------------------------------------------------------------------------------
+
+
+def test_env_example_documents_every_setting_with_placeholders_only() -> None:
+    example = env_example()
+    settings = readme_settings()
+    assert settings <= set(example), f"missing from ledger.env.example: {sorted(settings - set(example))}"
+    assert set(example) <= settings, f"not a setting: {sorted(set(example) - settings)}"
+    assert all(commented for _, commented in example.values()), "the committed example must set nothing"
+    for name in SECRET_SETTINGS:
+        assert "REPLACE" in example[name][0], f"{name}: placeholder values only"
+
+
+def test_k8s_config_and_secrets_split_the_settings() -> None:
+    objects = {(o["kind"], o["metadata"]["name"]): o for _, o in k8s_objects() if o["kind"] != "Kustomization"}
+    settings = readme_settings()
+    config = objects["ConfigMap", "payledger-config"]["data"]
+    assert set(config) <= settings and not set(config) & SECRET_SETTINGS
+    assert all(isinstance(v, str) for v in config.values()), "ConfigMap values must be strings"
+    secret = objects["Secret", "payledger-secrets"]["stringData"]
+    assert set(secret) == SECRET_SETTINGS
+    assert all("REPLACE" in value for value in secret.values())
+    key_files = objects["Secret", "payledger-merchant-keys"]["stringData"]
+
+    for (kind, name), obj in objects.items():
+        if kind != "Deployment":
+            continue
+        pod = obj["spec"]["template"]["spec"]
+        env_from = main_container(obj)["envFrom"]
+        assert {"configMapRef": {"name": "payledger-config"}} in env_from, name
+        assert {"secretRef": {"name": "payledger-secrets"}} in env_from, name
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        mounts = {m["mountPath"]: m for m in main_container(obj)["volumeMounts"]}
+        for setting, path in config.items():
+            if setting.endswith("_FILE"):
+                folder, _, file = path.rpartition("/")
+                mount = mounts.get(folder)
+                assert mount is not None and mount.get("readOnly") is True, f"{name}: {setting} not mounted read-only"
+                assert volumes[mount["name"]]["secret"]["secretName"] == "payledger-merchant-keys", name
+                assert file in key_files, f"{setting}: {file} is not in the payledger-merchant-keys template"
+
+
+# -- Kubernetes probes and pod settings --------------------------------------------------------
+
+
+def test_api_deployment_probes_and_graceful_shutdown() -> None:
+    api = deployments()["serve"]
+    pod = api["spec"]["template"]["spec"]
+    container = main_container(api)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": API_PORT}
+    assert container["readinessProbe"]["httpGet"]["path"] == READINESS
+    assert container["livenessProbe"]["httpGet"]["path"] == LIVENESS
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        if probe in container:
+            port = container[probe]["httpGet"]["port"]
+            assert ports.get(port, port) == API_PORT, probe
+            assert container[probe]["httpGet"]["path"] in (LIVENESS, READINESS), probe
+    assert pod["terminationGracePeriodSeconds"] == 30
+    pre_stop = container["lifecycle"]["preStop"]
+    seconds = pre_stop["sleep"]["seconds"] if "sleep" in pre_stop else int(pre_stop["exec"]["command"][-1])
+    assert pre_stop.get("exec", {}).get("command", ["sleep"])[0] == "sleep"
+    assert 0 < seconds < pod["terminationGracePeriodSeconds"] - 10, "drain, then leave time for a clean shutdown"
+
+
+def test_every_deployment_runs_non_root_with_resources() -> None:
+    for command, deployment in deployments().items():
+        pod = deployment["spec"]["template"]["spec"]
+        container = main_container(deployment)
+        assert pod["securityContext"]["runAsNonRoot"] is True, command
+        assert pod["securityContext"].get("runAsUser", 1) != 0, command
+        assert pod["terminationGracePeriodSeconds"] == 30, command
+        for c in pod["containers"] + pod.get("initContainers", []):
+            assert c["securityContext"]["allowPrivilegeEscalation"] is False, command
+            assert {"requests", "limits"} <= set(c["resources"]), f"{command}: {c['name']} has no resources"
+            assert "memory" in c["resources"]["limits"], command
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items(), command
+        if command != "serve":
+            assert not {"readinessProbe", "livenessProbe", "ports"} & set(container), f"{command} serves no HTTP"
+
+
+def test_service_and_disruption_budget_select_exactly_the_api_pods() -> None:
+    by_command = deployments()
+    api_labels = by_command["serve"]["spec"]["template"]["metadata"]["labels"]
+    others = [d["spec"]["template"]["metadata"]["labels"] for c, d in by_command.items() if c != "serve"]
+
+    def selects(selector: dict[str, str]) -> Callable[[dict[str, str]], bool]:
+        return lambda labels: selector.items() <= labels.items()
+
+    kinds = {obj["kind"]: obj for _, obj in k8s_objects() if obj["kind"] in ("Service", "PodDisruptionBudget")}
+    service, pdb = kinds["Service"], kinds["PodDisruptionBudget"]
+    for selector in (service["spec"]["selector"], pdb["spec"]["selector"]["matchLabels"]):
+        assert selects(selector)(api_labels) and not any(map(selects(selector), others))
+    (port,) = service["spec"]["ports"]
+    assert port["targetPort"] in ("http", API_PORT)
+    assert 0 < pdb["spec"]["minAvailable"] < by_command["serve"]["spec"]["replicas"], "drains must be possible"
+
+
+# -- the probes the files use are open -----------------------------------------------------------
+
+
+def test_the_files_probe_only_healthz_and_readyz() -> None:
+    paths = set(re.findall(r"127\.0\.0\.1:\d+(/\w+)", (DEPLOY / "Dockerfile").read_text()))
+    for _, obj in k8s_objects():
+        if obj["kind"] == "Deployment":
+            container = main_container(obj)
+            probes = ("readinessProbe", "livenessProbe", "startupProbe")
+            paths |= {container[p]["httpGet"]["path"] for p in probes if p in container}
+    assert paths == {LIVENESS, READINESS}
+    readme = (DEPLOY / "README.md").read_text()
+    assert LIVENESS in readme and READINESS in readme
+
+
+@pytest.mark.parametrize("path", [LIVENESS, READINESS])
+def test_probe_paths_need_no_admin_token(path: str) -> None:
+    """Probes send no Authorization header: with LEDGER_ADMIN_TOKEN set they must still pass."""
+    import anyio
+
+    from api.app import AdminTokenMiddleware
+
+    source = (ROOT / "api" / "app.py").read_text()
+    if not re.search(r"Route\(\s*[\"']" + re.escape(path) + r"[\"']", source):
+        pytest.skip(f"GET {path} is not implemented in api/app.py yet (the readiness probe needs it)")
+
+    async def ok(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": path, "headers": [], "query_string": b""}
+    anyio.run(AdminTokenMiddleware(ok, token="a-long-admin-token-for-the-test"), scope, receive, send)
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    assert status == 200, f"GET {path} is behind LEDGER_ADMIN_TOKEN ({status}): the probe would fail"
