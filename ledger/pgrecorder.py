@@ -22,7 +22,7 @@ from typing import Any
 from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.utils import retry
-from psycopg.sql import SQL, Identifier
+from psycopg.sql import SQL, Identifier, Literal
 
 __all__ = ["LedgerPostgresRecorder"]
 
@@ -40,9 +40,19 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
             "channel": Identifier(self.channel_name),
             "lock_timeout": SQL(str(int(datastore.lock_timeout))),
         }
+        names["signature"] = Literal(
+            f"{datastore.schema}.{self.events_table_name}_append({'uuid' if datastore.originator_id_type == 'uuid' else 'text'}[],"
+            " integer[], text[], bytea[])"
+        )
+        # Every process creates its tables at start. `CREATE OR REPLACE FUNCTION` from two
+        # sessions at once fails ("tuple concurrently updated") and can break a concurrent
+        # append, so the library's unused function is not created and ours only if missing.
+        self.sql_create_statements.pop(self.create_insert_function_statement_index)
         self.sql_create_statements.append(
             SQL(
-                "CREATE OR REPLACE FUNCTION {schema}.{function}"
+                "DO $OUTER$ BEGIN"
+                " IF to_regprocedure({signature}) IS NULL THEN"
+                " CREATE FUNCTION {schema}.{function}"
                 "(ids {id_type}[], versions int[], topics text[], states bytea[])"
                 " RETURNS SETOF bigint LANGUAGE plpgsql AS $BODY$"
                 " BEGIN"
@@ -53,7 +63,10 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
                 "   (originator_id, originator_version, topic, state)"
                 "   SELECT * FROM unnest(ids, versions, topics, states)"
                 "   RETURNING notification_id;"
-                " END; $BODY$"
+                " END; $BODY$;"
+                " END IF;"
+                " EXCEPTION WHEN duplicate_function THEN NULL;"
+                " END $OUTER$"
             ).format(**names)
         )
         self._append_statement = SQL(

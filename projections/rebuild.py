@@ -102,8 +102,11 @@ def persistence_env_of(ledger: Ledger) -> str:
 
 def _write(view: OrdersView, orders: list[PaymentOrder], tracking: Tracking | None) -> None:
     with view._cursor_transaction(commit=True) as curs:
-        for order in orders:
-            view._upsert(curs, order_row(order, order.modified_on), refund_rows(order))
+        view.upsert_many(
+            curs,
+            [order_row(order, order.modified_on) for order in orders],
+            [refund for order in orders for refund in refund_rows(order)],
+        )
         if tracking is not None:
             view._insert_tracking(curs, tracking)  # type: ignore[attr-defined]
 

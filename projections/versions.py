@@ -35,10 +35,12 @@ def _connect(database_url: str) -> tuple[Any, str, str]:
 
 
 def live_view(database_url: str, projection: str) -> str:
+    """The live version's name; the projection's own name until a rebuild has switched it."""
     conn, mark, schema = _connect(database_url)
     try:
-        conn.execute(f"CREATE TABLE IF NOT EXISTS {schema}{TABLE} (projection TEXT PRIMARY KEY, name TEXT NOT NULL)")
         row = conn.execute(f"SELECT name FROM {schema}{TABLE} WHERE projection = {mark}", (projection,)).fetchone()
+    except (psycopg.errors.UndefinedTable, sqlite3.OperationalError):
+        return projection  # no rebuild has ever switched anything
     finally:
         conn.close()
     return str(row[0]) if row else projection
@@ -47,7 +49,12 @@ def live_view(database_url: str, projection: str) -> str:
 def set_live_view(database_url: str, projection: str, name: str) -> None:
     conn, mark, schema = _connect(database_url)
     try:
-        conn.execute(f"CREATE TABLE IF NOT EXISTS {schema}{TABLE} (projection TEXT PRIMARY KEY, name TEXT NOT NULL)")
+        try:
+            conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {schema}{TABLE} (projection TEXT PRIMARY KEY, name TEXT NOT NULL)"
+            )
+        except psycopg.errors.UniqueViolation:
+            pass  # created concurrently by another process (a known PostgreSQL race): it exists now
         conn.execute(
             f"INSERT INTO {schema}{TABLE} (projection, name) VALUES ({mark}, {mark})"
             " ON CONFLICT (projection) DO UPDATE SET name = excluded.name",
