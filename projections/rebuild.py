@@ -12,9 +12,11 @@ deterministic message ids: a rebuild of the read model never sends or drops a no
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from queue import Queue
 from typing import Any
 from uuid import UUID
 
@@ -29,7 +31,7 @@ from projections.versions import live_view, next_version, set_live_view
 
 __all__ = ["RebuildSummary", "rebuild_orders_view"]
 
-PAGE = 5_000
+PAGE = 10_000
 BATCH = 2_000
 _TOPIC_PREFIX = "ledger.domain:PaymentOrder."
 
@@ -55,7 +57,26 @@ class RebuildSummary:
         )
 
 
-def _stream_ordered(ledger: Ledger, head: int) -> Iterator[StoredEvent]:
+def _prefetched(pages: Iterator[list[StoredEvent]]) -> Iterator[StoredEvent]:
+    """Read the next page while this one is folded and written: the database and Python overlap."""
+    queue: Queue[list[StoredEvent] | BaseException | None] = Queue(maxsize=2)
+
+    def read() -> None:
+        try:
+            for page in pages:
+                queue.put(page)
+            queue.put(None)
+        except BaseException as exc:  # handed to the consumer, raised there
+            queue.put(exc)
+
+    threading.Thread(target=read, name="rebuild-reader", daemon=True).start()
+    while (item := queue.get()) is not None:
+        if isinstance(item, BaseException):
+            raise item
+        yield from item
+
+
+def _pages(ledger: Ledger, head: int) -> Iterator[list[StoredEvent]]:
     """PaymentOrder events with notification id <= head, by stream then version, in pages."""
     recorder: Any = ledger.recorder
     env = persistence_env_of(ledger)
@@ -86,7 +107,7 @@ def _stream_ordered(ledger: Ledger, head: int) -> Iterator[StoredEvent]:
                 rows = curs.fetchall()
             events = [StoredEvent(r["originator_id"], r["originator_version"], r["topic"], r["state"]) for r in rows]
             keys = [(str(r["originator_id"]), r["originator_version"]) for r in rows]
-        yield from events
+        yield events
         if len(events) < PAGE:
             return
         last = keys[-1]
@@ -102,7 +123,7 @@ def persistence_env_of(ledger: Ledger) -> str:
 
 def _write(view: OrdersView, orders: list[PaymentOrder], tracking: Tracking | None) -> None:
     with view._cursor_transaction(commit=True) as curs:
-        view.upsert_many(
+        view.insert_fresh(
             curs,
             [order_row(order, order.modified_on) for order in orders],
             [refund for order in orders for refund in refund_rows(order)],
@@ -152,7 +173,7 @@ def rebuild_orders_view(
         events = orders = 0
         batch: list[PaymentOrder] = []
         order: Any = None
-        for stored in _stream_ordered(ledger, head):
+        for stored in _prefetched(_pages(ledger, head)):
             event: Any = ledger.mapper.to_domain_event(stored)
             if order is not None and event.originator_id != order.id:
                 batch.append(order)

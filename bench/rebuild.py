@@ -1,0 +1,196 @@
+"""Rebuild benchmark: the batched blue/green rebuild against the library's per-event runner.
+
+Seeds N events of payment orders (Opened, Registered, NotificationReceived, PaymentSucceeded:
+four per order; notification events carry a real-sized raw body), then in the same run:
+
+* per-event: the `eventsourcing` projection runner building a fresh view, one transaction per
+  event, timed over the first `--runner-events` events (it would take minutes for all);
+* rebuild: `payledger rebuild`'s code path over the whole log (bulk phase: stream-ordered read,
+  batched writes, one tracking position), with the process's resident memory sampled every
+  0.2 s to show it stays flat.
+
+    python bench/rebuild.py [--events 1000000] [--store postgres|sqlite] [--runner-events 20000]
+
+Target (PostgreSQL, this 2-core machine): at least 20,000 events/s for the rebuild.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+
+from ledger.application import build_ledger
+from ledger.domain import Evidence, PaymentOrder
+from projections.rebuild import rebuild_orders_view
+from projections.runner import start_orders_projector, wake
+
+POSTGRES_URL = os.environ.get("LEDGER_TEST_POSTGRES_URL", "postgresql://127.0.0.1:5432/test")
+MCHID = "1900000109"
+TARGET = 20_000.0
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def evidence(no: str) -> Evidence:
+    resource = {
+        "mchid": MCHID,
+        "appid": "wxd678efh567hg6787",
+        "out_trade_no": no,
+        "transaction_id": "42" + hashlib.sha256(no.encode()).hexdigest()[:26],
+        "trade_type": "JSAPI",
+        "trade_state": "SUCCESS",
+        "trade_state_desc": "支付成功",
+        "bank_type": "OTHERS",
+        "attach": "",
+        "success_time": "2026-11-27T10:34:56+08:00",
+        "payer": {"openid": "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"},
+        "amount": {"total": 100, "payer_total": 100, "currency": "CNY", "payer_currency": "CNY"},
+    }
+    envelope = {
+        "id": str(uuid.uuid4()),
+        "create_time": "2026-11-27T10:34:56+08:00",
+        "resource_type": "encrypt-resource",
+        "event_type": "TRANSACTION.SUCCESS",
+        "summary": "支付成功",
+        "resource": {
+            "original_type": "transaction",
+            "algorithm": "AEAD_AES_256_GCM",
+            "associated_data": "transaction",
+            "nonce": "fdasflkja484",
+        },
+    }
+    body = json.dumps({**envelope, "resource": {**envelope["resource"], "ciphertext": "x" * 600}}, ensure_ascii=False)
+    return Evidence(
+        notification_id=envelope["id"],
+        event_type="TRANSACTION.SUCCESS",
+        delivery_key=hashlib.sha256(body.encode()).hexdigest(),
+        key_serial="PUB_KEY_ID_0001",
+        raw_body=body,
+        signature_headers={
+            "Wechatpay-Timestamp": "1795000000",
+            "Wechatpay-Nonce": "n" * 32,
+            "Wechatpay-Signature": "s" * 344,
+            "Wechatpay-Serial": "PUB_KEY_ID_0001",
+        },
+        envelope=envelope,
+        resource=resource,
+        resource_digest=hashlib.sha256(no.encode()).hexdigest(),
+        received_at=dt.datetime.now(dt.UTC),
+    )
+
+
+def seed(url: str, events: int) -> int:
+    ledger = build_ledger(url)
+    orders = events // 4
+    started = time.perf_counter()
+    batch = []
+    for i in range(orders):
+        order = PaymentOrder.open(MCHID, f"R{i:010d}")
+        order.register(100, "CNY", "")
+        order.receive(evidence(f"R{i:010d}"))
+        batch.append(order)
+        if len(batch) == 500:
+            ledger.save_all(batch)
+            batch = []
+        if i % 25_000 == 0 and i:
+            rate = i * 4 / (time.perf_counter() - started)
+            print(f"  seeded {i * 4:,} events ({rate:,.0f}/s)", file=sys.stderr)
+    ledger.save_all(batch)
+    total = ledger.recorder.max_notification_id() or 0
+    ledger.close()
+    return total
+
+
+def per_event(url: str, limit: int) -> float:
+    """Events/s of the library's runner building a fresh view, over the first `limit` events."""
+    runner, view, loader = start_orders_projector(url, name="bench_per_event_view")
+    target = min(limit, loader.recorder.max_notification_id() or 0)
+    started = time.perf_counter()
+    with runner:
+        runner.wait(target, timeout=3600)
+        elapsed = time.perf_counter() - started
+        runner.stop()
+        wake(loader)
+    processed = view.position()
+    loader.close()
+    view.datastore.close()  # type: ignore[attr-defined]
+    return processed / elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--store", choices=["postgres", "sqlite"], default="postgres")
+    parser.add_argument("--runner-events", type=int, default=20_000)
+    args = parser.parse_args()
+    print(
+        f"rebuild benchmark: {args.events:,} events on {args.store}; per-event runner timed over "
+        f"{args.runner_events:,} events; 2 CPUs shared with the database; Python {sys.version.split()[0]}"
+    )
+    tmp = tempfile.mkdtemp(prefix="payledger-rebuild-")
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    if args.store == "postgres":
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f"CREATE SCHEMA {schema}")
+        url = f"{POSTGRES_URL}{'&' if '?' in POSTGRES_URL else '?'}schema={schema}"
+    else:
+        url = f"sqlite:///{tmp}/ledger.sqlite3"
+    try:
+        started = time.perf_counter()
+        total = seed(url, args.events)
+        print(f"seeded {total:,} events in {time.perf_counter() - started:.0f} s")
+
+        runner_rate = per_event(url, args.runner_events)
+        print(f"per-event runner: {runner_rate:,.0f} events/s")
+
+        samples: list[float] = []
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.2):
+                samples.append(rss_mb())
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        before = rss_mb()
+        sampler.start()
+        summary = rebuild_orders_view(url)
+        done.set()
+        sampler.join()
+        after = rss_mb()
+        print(summary)
+        quarter = max(1, len(samples) // 4)
+        early, late = max(samples[:quarter], default=before), max(samples[-quarter:], default=after)
+        print(
+            f"memory (RSS): {before:.0f} MB before, {max(samples, default=after):.0f} MB peak, "
+            f"{early:.0f} MB peak in the first quarter, {late:.0f} MB in the last, {after:.0f} MB after"
+        )
+        ratio = summary.events_per_second / runner_rate if runner_rate else float("inf")
+        print(f"rebuild/per-event: {ratio:.1f}x")
+        if args.store == "postgres":
+            met = summary.events_per_second >= TARGET
+            print(f"target (>= {TARGET:,.0f} events/s on PostgreSQL): {'MET' if met else 'NOT MET'}")
+    finally:
+        if args.store == "postgres":
+            with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+                conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
