@@ -65,8 +65,8 @@ class Dispatcher:
         self._clock = clock
         self._batch = batch
         self._jitter = jitter
-        # Long enough for a whole batch to time out one message after another.
-        self._lease = max(60.0, batch * (timeout + 5.0) + 30.0)
+        # Long enough for a whole batch to time out one message after another (connect, send, read).
+        self._lease = max(60.0, batch * (3 * timeout + 5.0) + 30.0)
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._client = httpx.Client(
             transport=transport, timeout=timeout, follow_redirects=False, headers={"user-agent": USER_AGENT}
@@ -103,6 +103,9 @@ class Dispatcher:
                 attempted = self.run_once()
             except (sqlite3.Error, psycopg.Error) as exc:  # the store is away: wait, then retry
                 log.warning("outbox unavailable: %s", type(exc).__name__)
+                attempted = 0
+            except Exception:  # keep delivering; leased messages are retried when their lease ends
+                log.exception("dispatch pass failed")
                 attempted = 0
             if not attempted:
                 stop.wait(idle)

@@ -184,8 +184,12 @@ def create_tables(cursor: Cursor, dialect: Dialect, *, schema: str | None = None
         cursor.execute(_sql(template, dialect, schema))
 
 
+def _types(stored: str) -> tuple[str, ...]:
+    return ("*",) if stored == "*" else tuple(json.loads(stored))
+
+
 def _endpoint(row: Sequence[Any]) -> Endpoint:
-    types = ("*",) if row[3] == "*" else tuple(json.loads(row[3]))
+    types = _types(row[3])
     failing = None if row[6] is None else float(row[6])
     return Endpoint(row[0], row[1], tuple(json.loads(row[2])), types, bool(row[4]), row[5], failing, float(row[7]))
 
@@ -309,10 +313,11 @@ class Outbox:
                 cur.execute("BEGIN IMMEDIATE")
                 try:
                     yield cur
+                    cur.execute("COMMIT")
                 except BaseException:
-                    cur.execute("ROLLBACK")
+                    if self._sqlite.in_transaction:
+                        cur.execute("ROLLBACK")
                     raise
-                cur.execute("COMMIT")
                 return
             if self._pg is None or self._pg.closed or self._pg.broken:
                 self._pg = psycopg.connect(**self._pg_params)
@@ -348,6 +353,13 @@ class Outbox:
             raise ValueError("an endpoint needs at least one secret")
         for secret in secrets:
             parse_secret(secret)
+        try:
+            before = self.get_endpoint(endpoint_id)
+        except LookupError:
+            pass
+        else:  # configured endpoints are synced at every start: only a change is recorded
+            if (before.url, before.secrets, before.event_types) == (url, tuple(secrets), _types(_event_types(events))):
+                return before
         now = time.time()
         with self.transaction() as cur:
             cur.execute(

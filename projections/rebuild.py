@@ -21,6 +21,7 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent, Tracking
+from eventsourcing.sqlite import SQLiteApplicationRecorder
 
 from ledger.application import Ledger, build_ledger
 from ledger.domain import PaymentOrder
@@ -114,11 +115,7 @@ def _pages(ledger: Ledger, head: int) -> Iterator[list[StoredEvent]]:
 
 
 def persistence_env_of(ledger: Ledger) -> str:
-    return (
-        "sqlite"
-        if type(ledger.recorder).__module__.startswith(("eventsourcing.sqlite", "ledger.sqlite"))
-        else "postgres"
-    )
+    return "sqlite" if isinstance(ledger.recorder, SQLiteApplicationRecorder) else "postgres"
 
 
 def _write(view: OrdersView, orders: list[PaymentOrder], tracking: Tracking | None) -> None:
