@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from queue import Queue
@@ -26,7 +27,7 @@ from eventsourcing.sqlite import SQLiteApplicationRecorder
 from ledger.application import Ledger, build_ledger
 from ledger.domain import PaymentOrder
 from ledger.storage import persistence_env
-from projections.read_model import NAME, OrdersView, order_row, refund_rows
+from projections.read_model import NAME, OrdersProjection, OrdersView, order_row, refund_rows
 from projections.runner import open_orders_view, start_orders_projector, wake
 from projections.versions import live_view, next_version, set_live_view
 
@@ -34,6 +35,7 @@ __all__ = ["RebuildSummary", "rebuild_orders_view"]
 
 PAGE = 10_000
 BATCH = 2_000
+CACHE = 20_000  # orders in memory at once: bounds the rebuild's memory whatever the log's size
 _TOPIC_PREFIX = "ledger.domain:PaymentOrder."
 
 
@@ -56,6 +58,18 @@ class RebuildSummary:
             f"{self.seconds:.1f} s ({self.events_per_second:,.0f} events/s); {self.caught_up:,} more while "
             f"catching up; {self.new} is live"
         )
+
+
+def _log_pages(ledger: Ledger, head: int) -> Iterator[list[Any]]:
+    """The log in notification order (a sequential read), PaymentOrder events only, in pages."""
+    topics = list(OrdersProjection.topics)
+    position = 0
+    while position < head:
+        page = ledger.recorder.select_notifications(position, PAGE, stop=head, topics=topics, inclusive_of_start=False)
+        if not page:
+            return
+        yield list(page)
+        position = page[-1].id
 
 
 def _prefetched(pages: Iterator[list[StoredEvent]]) -> Iterator[StoredEvent]:
@@ -118,15 +132,16 @@ def persistence_env_of(ledger: Ledger) -> str:
     return "sqlite" if isinstance(ledger.recorder, SQLiteApplicationRecorder) else "postgres"
 
 
-def _write(view: OrdersView, orders: list[PaymentOrder], tracking: Tracking | None) -> None:
+def _write(view: OrdersView, orders: list[PaymentOrder], tracking: Tracking | None) -> int:
     with view._cursor_transaction(commit=True) as curs:
-        view.insert_fresh(
+        view.upsert_many(
             curs,
             [order_row(order, order.modified_on) for order in orders],
             [refund for order in orders for refund in refund_rows(order)],
         )
         if tracking is not None:
             view._insert_tracking(curs, tracking)  # type: ignore[attr-defined]
+    return len(orders)
 
 
 def _drop(database_url: str, name: str) -> None:
@@ -168,25 +183,28 @@ def rebuild_orders_view(
     try:
         head = ledger.recorder.max_notification_id() or 0
         events = orders = 0
-        batch: list[PaymentOrder] = []
-        order: Any = None
-        for stored in _prefetched(_pages(ledger, head)):
+        written: list[PaymentOrder] = []
+        # Orders being folded, least recently touched first. An order's events sit close
+        # together in the log, so it is nearly always complete when it leaves the cache; if a
+        # later event comes for it, it is reloaded at that version and its row written again.
+        cache: OrderedDict[Any, PaymentOrder] = OrderedDict()
+        for stored in _prefetched(_log_pages(ledger, head)):
             event: Any = ledger.mapper.to_domain_event(stored)
-            if order is not None and event.originator_id != order.id:
-                batch.append(order)
-                orders += 1
-                order = None
-            order = event.mutate(order)
+            order: Any = cache.pop(event.originator_id, None)
+            if order is None and event.originator_version > PaymentOrder.INITIAL_VERSION:
+                order = ledger.repository.get(event.originator_id, version=event.originator_version - 1)
+            cache[event.originator_id] = event.mutate(order)
             events += 1
-            if len(batch) >= BATCH:
-                _write(view, batch, None)
-                batch = []
-                if progress is not None:
-                    progress(events, head, time.perf_counter() - started)
-        if order is not None:
-            batch.append(order)
-            orders += 1
-        _write(view, batch, Tracking(notification_id=head, application_name=ledger.name) if head else None)
+            if len(cache) > CACHE:
+                written.append(cache.popitem(last=False)[1])
+                if len(written) >= BATCH:
+                    orders += _write(view, written, None)
+                    written = []
+                    if progress is not None:
+                        progress(events, head, time.perf_counter() - started)
+        written.extend(cache.values())
+        cache.clear()
+        orders += _write(view, written, Tracking(notification_id=head, application_name=ledger.name) if head else None)
         if progress is not None:
             progress(events, head, time.perf_counter() - started)
         bulk_seconds = time.perf_counter() - started
