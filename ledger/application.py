@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from uuid import UUID
 
+import psycopg
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import IntegrityError, PersistenceError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder
@@ -34,7 +35,7 @@ from ledger.domain import (
     order_id,
 )
 from ledger.errors import InvalidRequest, OrderConflict, OrderNotFound, StoreUnavailable
-from ledger.storage import persistence_env
+from ledger.storage import persistence_env, schema_lock
 from ledger.wechatpay.notification import VerifiedNotification
 
 __all__ = ["Ledger", "RecordResult", "build_ledger", "event_to_dict"]
@@ -255,8 +256,9 @@ def build_ledger(database_url: str, extra_env: Mapping[str, str] | None = None) 
     env = persistence_env(database_url)
     env.update(extra_env or {})
     try:
-        return Ledger(env=env)
-    except PersistenceError as exc:
+        with schema_lock(database_url):
+            return Ledger(env=env)
+    except (PersistenceError, psycopg.OperationalError) as exc:
         raise StoreUnavailable(type(exc).__name__) from None
 
 

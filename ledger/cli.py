@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 from collections.abc import Sequence
@@ -57,15 +58,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     workers: list[threading.Thread] = []
     stop = threading.Event()
     if args.with_workers:
-        from projections.runner import run_orders_projector
-
+        workers += _projector_threads(settings.database_url.value, stop)
         workers.append(
-            threading.Thread(
-                target=run_orders_projector, args=(settings.database_url.value, stop), name="projector", daemon=True
-            )
+            threading.Thread(target=_dispatch_until, args=(settings.database_url.value, stop), name="dispatcher")
         )
     for worker in workers:
         worker.start()
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal to the handler it
+    # found: ours only records it, so a clean stop exits 0 rather than "killed by signal".
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_keep_alive=30)
     finally:
@@ -130,20 +131,53 @@ def cmd_dev_notify(args: argparse.Namespace) -> int:
 
 def _stop_on_signals() -> threading.Event:
     """SIGTERM and SIGINT set the returned event: workers finish what they hold and exit."""
-    import signal
-
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     return stop
 
 
-def cmd_project(args: argparse.Namespace) -> int:
+def _projector_threads(database_url: str, stop: threading.Event) -> list[threading.Thread]:
+    from projections.outbox_projection import run_outbox_projector
     from projections.runner import run_orders_projector
 
+    return [
+        threading.Thread(target=run, args=(database_url, stop), name=name)
+        for name, run in (("orders-view", run_orders_projector), ("outbox", run_outbox_projector))
+    ]
+
+
+def _dispatch_until(database_url: str, stop: threading.Event) -> None:
+    """The dispatcher inside `serve --with-workers` (claims rows like a separate `payledger dispatch`)."""
+    from projections.cli_webhooks import webhook_settings
+    from projections.dispatcher import Dispatcher
+    from projections.outbox import Outbox, outbox_url
+
+    options = webhook_settings()
+    outbox = Outbox(outbox_url(database_url))
+    dispatcher = Dispatcher(
+        outbox, schedule=options.schedule, timeout=options.timeout, disable_after=options.disable_after
+    )
+    try:
+        dispatcher.run_forever(stop)
+    finally:
+        dispatcher.close()
+        outbox.close()
+
+
+def cmd_project(args: argparse.Namespace) -> int:
+    """Both projections, each exclusive by its own lock; SIGTERM stops them cleanly."""
     settings = _settings(args, require_merchant=False)
     _configure_logging(settings.log_level)
-    run_orders_projector(settings.database_url.value, _stop_on_signals())
+    stop = _stop_on_signals()
+    threads = _projector_threads(settings.database_url.value, stop)
+    for thread in threads:
+        thread.start()
+    while any(t.is_alive() for t in threads):
+        for thread in threads:
+            thread.join(0.5)
+        if not stop.is_set() and not all(t.is_alive() for t in threads):
+            stop.set()  # one projector failed: stop the other and exit, so a supervisor restarts both
     return 0
 
 
@@ -199,7 +233,6 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
-    import threading
 
     from ledger.bootstrap import bootstrap
     from ledger.reconcile import Reconciler
@@ -324,6 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
     certificates = sub.add_parser("certificates", help="list verification keys and certificates with expiry")
     certificates.add_argument("--refresh", action="store_true", help="download from WeChat Pay first")
     certificates.set_defaults(func=cmd_certificates)
+
+    from projections.cli_webhooks import register as register_webhook_commands
+
+    register_webhook_commands(sub, lambda a: _settings(a, require_merchant=False))
 
     dev = sub.add_parser("dev-notify", help="send a signed test notification (development merchant only)")
     dev.add_argument("out_trade_no")

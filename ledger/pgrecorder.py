@@ -40,9 +40,9 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
             "channel": Identifier(self.channel_name),
             "lock_timeout": SQL(str(int(datastore.lock_timeout))),
         }
+        id_array = "uuid[]" if datastore.originator_id_type == "uuid" else "text[]"
         names["signature"] = Literal(
-            f"{datastore.schema}.{self.events_table_name}_append({'uuid' if datastore.originator_id_type == 'uuid' else 'text'}[],"
-            " integer[], text[], bytea[])"
+            f"{datastore.schema}.{self.events_table_name}_append({id_array}, integer[], text[], bytea[])"
         )
         # Every process creates its tables at start. `CREATE OR REPLACE FUNCTION` from two
         # sessions at once fails ("tuple concurrently updated") and can break a concurrent

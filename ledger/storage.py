@@ -5,12 +5,16 @@ The library is configured by its own variable names; users only ever see ours.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ledger.errors import ConfigurationError
 
-__all__ = ["persistence_env", "redact_url"]
+__all__ = ["persistence_env", "redact_url", "schema_lock"]
+
+_SCHEMA_LOCK = 0x7061796C65646772  # "payledgr": one lock for all of the project's DDL
 
 SETTING = "LEDGER_DATABASE_URL"
 
@@ -54,7 +58,7 @@ def persistence_env(url: str) -> dict[str, str]:
             "POSTGRES_PASSWORD": unquote(parts.password or ""),
             "POSTGRES_CONNECT_TIMEOUT": query.get("connect_timeout", "5"),
             "POSTGRES_LOCK_TIMEOUT": query.get("lock_timeout", "5"),
-            "POSTGRES_POOL_SIZE": query.get("pool_size", "10"),
+            "POSTGRES_POOL_SIZE": query.get("pool_size", "2"),
             "POSTGRES_MAX_OVERFLOW": query.get("max_overflow", "10"),
             "POSTGRES_PRE_PING": query.get("pre_ping", "n"),
             "APPLICATION_RECORDER_TOPIC": "ledger.pgrecorder:LedgerPostgresRecorder",
@@ -74,3 +78,29 @@ def redact_url(url: str) -> str:
     if parts.password:
         return url.replace(f":{parts.password}@", ":***@", 1)
     return url
+
+
+@contextlib.contextmanager
+def schema_lock(url: str) -> Iterator[None]:
+    """Serialise table creation across processes (replicas starting together on an empty
+    PostgreSQL database would otherwise race on `CREATE ... IF NOT EXISTS`)."""
+    env = persistence_env(url)
+    if env["PERSISTENCE_MODULE"] != "eventsourcing.postgres":
+        yield
+        return
+    import psycopg
+
+    with psycopg.connect(
+        dbname=env["POSTGRES_DBNAME"],
+        host=env["POSTGRES_HOST"],
+        port=env["POSTGRES_PORT"],
+        user=env["POSTGRES_USER"],
+        password=env["POSTGRES_PASSWORD"] or None,
+        autocommit=True,
+        connect_timeout=int(env["POSTGRES_CONNECT_TIMEOUT"]),
+    ) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (_SCHEMA_LOCK,))
+        try:
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_SCHEMA_LOCK,))

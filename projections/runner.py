@@ -22,6 +22,7 @@ from eventsourcing.projection import BaseProjectionRunner
 from eventsourcing.utils import Environment
 
 from ledger.application import Ledger, build_ledger
+from ledger.storage import schema_lock
 from projections.read_model import NAME, OrdersProjection, OrdersView, PostgresOrdersView, SQLiteOrdersView, view_env
 from projections.versions import live_view
 
@@ -38,7 +39,8 @@ def open_orders_view(database_url: str, name: str = NAME) -> OrdersView:
     """The view for reading (the API) or writing (the projector); tables created if missing."""
     env = view_env(database_url, name)
     view_class = PostgresOrdersView if _is_postgres(env) else SQLiteOrdersView
-    view = InfrastructureFactory.construct(env=Environment(name, env)).tracking_recorder(view_class)
+    with schema_lock(database_url):
+        view = InfrastructureFactory.construct(env=Environment(name, env)).tracking_recorder(view_class)
     assert isinstance(view, OrdersView)
     return view
 
