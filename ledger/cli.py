@@ -58,6 +58,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     workers: list[threading.Thread] = []
     stop = threading.Event()
     if args.with_workers:
+        from projections.outbox_projection import sync_endpoints
+
+        sync_endpoints(settings.database_url.value, settings.endpoints)
         workers += _projector_threads(settings.database_url.value, stop)
         workers.append(
             threading.Thread(target=_dispatch_until, args=(settings.database_url.value, stop), name="dispatcher")
@@ -167,8 +170,11 @@ def _dispatch_until(database_url: str, stop: threading.Event) -> None:
 
 def cmd_project(args: argparse.Namespace) -> int:
     """Both projections, each exclusive by its own lock; SIGTERM stops them cleanly."""
+    from projections.outbox_projection import sync_endpoints
+
     settings = _settings(args, require_merchant=False)
     _configure_logging(settings.log_level)
+    sync_endpoints(settings.database_url.value, settings.endpoints)
     stop = _stop_on_signals()
     threads = _projector_threads(settings.database_url.value, stop)
     for thread in threads:

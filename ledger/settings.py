@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from ledger.errors import ConfigurationError
 from ledger.wechatpay.keys import PUBLIC_KEY_ID_PREFIX, KeyStore
 
-__all__ = ["DEFAULT_API_BASE_URL", "MerchantSettings", "Secret", "Settings"]
+__all__ = ["DEFAULT_API_BASE_URL", "EndpointSettings", "MerchantSettings", "Secret", "Settings"]
 
 DEFAULT_API_BASE_URL = "https://api.mch.weixin.qq.com"
 DEFAULT_DATABASE_URL = "sqlite:///payledger.sqlite3"
@@ -216,6 +216,43 @@ def _normalise_keys(table: Mapping[str, Any], prefix: str, allowed: set[str], wh
     return out
 
 
+_ENDPOINT_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_WHSEC = re.compile(r"whsec_[A-Za-z0-9+/]+={0,2}")
+
+
+@dataclass(frozen=True)
+class EndpointSettings:
+    """A business system that receives outbound notifications, configured in the file."""
+
+    id: str
+    url: str
+    secrets: tuple[Secret, ...] = field(repr=False)
+    events: tuple[str, ...] | None = None
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, Any], where: str) -> EndpointSettings:
+        unknown = set(table) - {"id", "url", "secret", "secrets", "events"}
+        if unknown:
+            raise ConfigurationError(f"{where}{sorted(unknown)[0]}", "is not a known endpoint setting")
+        endpoint_id = str(table.get("id", ""))
+        if not _ENDPOINT_ID.fullmatch(endpoint_id):
+            raise ConfigurationError(f"{where}id", "is required: 1-64 letters, digits, '_', '-', '.'")
+        url = str(table.get("url", ""))
+        parts = urlsplit(url)
+        if parts.scheme not in {"http", "https"} or not parts.netloc:
+            raise ConfigurationError(f"{where}url", "must be an http(s) URL")
+        secrets = table.get("secrets", [table["secret"]] if "secret" in table else [])
+        if not isinstance(secrets, list) or not secrets or not all(isinstance(x, str) for x in secrets):
+            raise ConfigurationError(f"{where}secret", "is required: whsec_<base64 key> (or a list, secrets)")
+        for secret in secrets:
+            if not _WHSEC.fullmatch(secret):
+                raise ConfigurationError(f"{where}secret", "must look like whsec_<base64 key>")
+        events = table.get("events")
+        if events is not None and (not isinstance(events, list) or not all(isinstance(e, str) for e in events)):
+            raise ConfigurationError(f"{where}events", "must be a list of event types")
+        return cls(endpoint_id, url, tuple(Secret(x) for x in secrets), tuple(events) if events else None)
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: Secret
@@ -228,6 +265,7 @@ class Settings:
     reconcile_expiry: int = 7 * 24 * 3600
     reconcile_qps: int = 10
     cert_refresh_interval: int = 3600
+    endpoints: tuple[EndpointSettings, ...] = ()
 
     @property
     def default_merchant(self) -> MerchantSettings | None:
@@ -244,9 +282,10 @@ class Settings:
         env = dict(os.environ if environ is None else environ)
         top: dict[str, str] = {}
         merchants: list[MerchantSettings] = []
+        endpoints: list[EndpointSettings] = []
         config_path = env.get("LEDGER_CONFIG", "").strip()
         if config_path:
-            top, merchants = _read_config_file(Path(config_path))
+            top, merchants, endpoints = _read_config_file(Path(config_path))
         top.update({k: v for k, v in env.items() if k in _LEDGER_KEYS})
         if env.get("WECHATPAY_MCHID", "").strip():
             merchant = MerchantSettings.from_mapping({k: v for k, v in env.items() if k in _MERCHANT_KEYS})
@@ -283,16 +322,25 @@ class Settings:
             reconcile_expiry=_int_setting(top, "LEDGER_RECONCILE_EXPIRY", 7 * 24 * 3600, 60, 400 * 24 * 3600),
             reconcile_qps=_int_setting(top, "LEDGER_RECONCILE_QPS", 10, 1, 1000),
             cert_refresh_interval=_int_setting(top, "LEDGER_CERT_REFRESH_INTERVAL", 3600, 60, 7 * 24 * 3600),
+            endpoints=tuple(endpoints),
         )
 
 
-def _read_config_file(path: Path) -> tuple[dict[str, str], list[MerchantSettings]]:
+def _read_config_file(path: Path) -> tuple[dict[str, str], list[MerchantSettings], list[EndpointSettings]]:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigurationError("LEDGER_CONFIG", f"cannot read {path}: {exc.strerror}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigurationError("LEDGER_CONFIG", f"{path} is not valid TOML: {exc}") from None
+    endpoint_tables = data.pop("endpoints", [])
+    if not isinstance(endpoint_tables, list) or not all(isinstance(t, dict) for t in endpoint_tables):
+        raise ConfigurationError("LEDGER_CONFIG", "endpoints must be an array of tables ([[endpoints]])")
+    endpoints = [
+        EndpointSettings.from_table(t, f"LEDGER_CONFIG endpoints[{i}].") for i, t in enumerate(endpoint_tables)
+    ]
+    if len({e.id for e in endpoints}) != len(endpoints):
+        raise ConfigurationError("LEDGER_CONFIG", "two endpoints have the same id")
     tables = data.pop("merchants", [])
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
         raise ConfigurationError("LEDGER_CONFIG", "merchants must be an array of tables ([[merchants]])")
@@ -304,4 +352,4 @@ def _read_config_file(path: Path) -> tuple[dict[str, str], list[MerchantSettings
         )
         for i, t in enumerate(tables)
     ]
-    return top, merchants
+    return top, merchants, endpoints

@@ -176,6 +176,9 @@ def cmd_dispatch(load_settings: LoadSettings, args: argparse.Namespace) -> int:
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     options = webhook_settings()
+    from projections.outbox_projection import sync_endpoints
+
+    sync_endpoints(settings.database_url.value, settings.endpoints)
     outbox = Outbox(outbox_url(settings.database_url.value))
     dispatcher = Dispatcher(
         outbox, schedule=options.schedule, timeout=options.timeout, disable_after=options.disable_after

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -23,10 +24,11 @@ from psycopg.rows import tuple_row
 
 from ledger.application import Ledger, build_ledger
 from ledger.domain import PaymentOrder
+from ledger.settings import EndpointSettings
 from ledger.storage import persistence_env, schema_lock
-from projections.outbox import create_tables, enqueue, load_endpoints, outbox_url
+from projections.outbox import Outbox, create_tables, enqueue, load_endpoints, outbox_url
 
-__all__ = ["DECISIONS", "OutboxProjection", "run_outbox_projector", "start_outbox_projector"]
+__all__ = ["DECISIONS", "OutboxProjection", "run_outbox_projector", "start_outbox_projector", "sync_endpoints"]
 
 NAME = "outbox"
 DECISIONS = (
@@ -124,6 +126,20 @@ class OutboxProjection(Projection[Any]):
             domain_event.originator_id, version=domain_event.originator_version
         )
         self.view.record(domain_event, order, tracking)
+
+
+def sync_endpoints(database_url: str, endpoints: Sequence[EndpointSettings]) -> None:
+    """Create or update the endpoints of the configuration file (an operator's disable stays)."""
+    if not endpoints:
+        return
+    outbox = Outbox(outbox_url(database_url))
+    try:
+        for endpoint in endpoints:
+            outbox.upsert_endpoint(
+                endpoint.id, endpoint.url, [secret.value for secret in endpoint.secrets], endpoint.events
+            )
+    finally:
+        outbox.close()
 
 
 def open_outbox_view(database_url: str) -> Any:

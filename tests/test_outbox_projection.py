@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from ledger.application import Ledger
 from ledger.wechatpay.notification import NotificationVerifier
@@ -89,3 +90,39 @@ def test_replaying_the_log_or_rebuilding_the_view_queues_nothing_again_and_loses
     assert after[delivered_id] == "delivered"  # not to be sent again
     assert [state for mid, state in after.items() if mid != delivered_id] == ["pending"]  # not lost
     assert endpoint.id
+
+
+def test_endpoints_from_the_configuration_file_are_synced(
+    tmp_path: Path, merchant_env: dict[str, str], sqlite_url: str
+) -> None:
+    from ledger.settings import Settings
+    from projections.outbox_projection import sync_endpoints
+    from projections.webhooks import generate_secret
+
+    secret = generate_secret()
+    config = tmp_path / "ledger.toml"
+    config.write_text(
+        f'[[endpoints]]\nid = "erp"\nurl = "http://10.0.0.5:8080/wechat"\nsecret = "{secret}"\n'
+        'events = ["PaymentSucceeded", "RefundSucceeded"]\n'
+    )
+    settings = Settings.load({**merchant_env, "LEDGER_CONFIG": str(config), "LEDGER_DATABASE_URL": sqlite_url})
+    assert secret not in repr(settings)
+    sync_endpoints(sqlite_url, settings.endpoints)
+    sync_endpoints(sqlite_url, settings.endpoints)  # every start: idempotent
+    outbox = Outbox(outbox_url(sqlite_url))
+    [endpoint] = outbox.list_endpoints()
+    assert (endpoint.id, endpoint.url, endpoint.event_types) == (
+        "erp",
+        "http://10.0.0.5:8080/wechat",
+        ("PaymentSucceeded", "RefundSucceeded"),
+    )
+    assert outbox.endpoint_secrets("erp") == [secret]
+    outbox.close()
+    config.write_text('[[endpoints]]\nid = "erp"\nurl = "ftp://x"\nsecret = "nope"\n')
+    import pytest
+
+    from ledger.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError) as error:
+        Settings.load({**merchant_env, "LEDGER_CONFIG": str(config), "LEDGER_DATABASE_URL": sqlite_url})
+    assert error.value.setting == "LEDGER_CONFIG endpoints[0].url"
