@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.metrics import ProjectionLag, metrics, new_registry
 from api.notify import notify
 from api.orders import get_order, list_orders, order_events, query_order, register_order
 from api.responses import LedgerJSONResponse, fail
@@ -102,6 +103,12 @@ def create_app(
         committer = GroupCommitter(services.ledger)
         views = LiveView(settings.database_url.value)
         app.state.ledger = AppState(services, committer, anyio.CapacityLimiter(settings.worker_threads), views)
+        app.state.metrics = new_registry(
+            ProjectionLag(
+                lambda: services.ledger.recorder.max_notification_id() or 0,
+                lambda: {"orders_view": views.current().position()},
+            )
+        )
         if background:
             services.start_background()
         # Everything built so far lives as long as the process: keep it out of the cyclic
@@ -119,6 +126,7 @@ def create_app(
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
         Route("/wechatpay/notify", notify, methods=["POST"]),
         Route("/wechatpay/notify/{mchid}", notify, methods=["POST"]),
         Route("/orders", register_order, methods=["POST"]),

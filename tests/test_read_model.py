@@ -174,3 +174,22 @@ def test_cursor_pages_through_every_order_once(sqlite_url: str, factory: Notific
     view.datastore.close()  # type: ignore[attr-defined]
     ledger.close()
     assert sorted(seen) == sorted(numbers) and len(seen) == len(set(seen))
+
+
+def test_projection_lag_is_exported_as_a_metric(
+    merchant_env: dict[str, str], factory: NotificationFactory, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    settings = Settings.load({**merchant_env, "LEDGER_DATABASE_URL": url, "LEDGER_ADMIN_TOKEN": "x" * 20})
+    with running(create_app(settings, background=False)) as base, httpx.Client(base_url=base) as client:
+        auth = {"Authorization": "Bearer " + "x" * 20}
+        client.post("/orders", json={"out_trade_no": "ORDER-8901", "amount_total": 100}, headers=auth)
+        assert client.get("/metrics").status_code == 401
+        text = client.get("/metrics", headers=auth).text
+        assert 'payledger_projection_lag_events{projection="orders_view"} 2.0' in text
+        ledger = build_ledger(url)
+        project_until_caught_up(url, ledger)
+        ledger.close()
+        assert (
+            'payledger_projection_lag_events{projection="orders_view"} 0.0' in client.get("/metrics", headers=auth).text
+        )
