@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from ledger.errors import ConfigurationError
 
-__all__ = ["persistence_env", "redact_url", "schema_lock"]
+__all__ = ["SMALL_POOL", "persistence_env", "redact_url", "schema_lock", "small_pool"]
 
 _SCHEMA_LOCK = 0x7061796C65646772  # "payledgr": one lock for all of the project's DDL
 
@@ -58,7 +58,7 @@ def persistence_env(url: str) -> dict[str, str]:
             "POSTGRES_PASSWORD": unquote(parts.password or ""),
             "POSTGRES_CONNECT_TIMEOUT": query.get("connect_timeout", "5"),
             "POSTGRES_LOCK_TIMEOUT": query.get("lock_timeout", "5"),
-            "POSTGRES_POOL_SIZE": query.get("pool_size", "2"),
+            "POSTGRES_POOL_SIZE": query.get("pool_size", "10"),
             "POSTGRES_MAX_OVERFLOW": query.get("max_overflow", "10"),
             "POSTGRES_PRE_PING": query.get("pre_ping", "n"),
             "APPLICATION_RECORDER_TOPIC": "ledger.pgrecorder:LedgerPostgresRecorder",
@@ -68,6 +68,15 @@ def persistence_env(url: str) -> dict[str, str]:
             env["POSTGRES_SCHEMA"] = query["schema"]
         return env
     raise ConfigurationError(SETTING, "must start with sqlite:/// or postgresql://")
+
+
+SMALL_POOL = {"POSTGRES_POOL_SIZE": "1", "POSTGRES_MAX_OVERFLOW": "4"}
+
+
+def small_pool(env: dict[str, str]) -> dict[str, str]:
+    """For a process's secondary connections (projection views, loaders): one kept open, so
+    several processes fit PostgreSQL's connection limit; the request path keeps its own pool."""
+    return {**env, **SMALL_POOL} if env.get("PERSISTENCE_MODULE") == "eventsourcing.postgres" else env
 
 
 def redact_url(url: str) -> str:

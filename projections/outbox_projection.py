@@ -25,7 +25,7 @@ from psycopg.rows import tuple_row
 from ledger.application import Ledger, build_ledger
 from ledger.domain import PaymentOrder
 from ledger.settings import EndpointSettings
-from ledger.storage import persistence_env, schema_lock
+from ledger.storage import SMALL_POOL, persistence_env, schema_lock, small_pool
 from projections.outbox import Outbox, create_tables, enqueue, load_endpoints, outbox_url
 
 __all__ = ["DECISIONS", "OutboxProjection", "run_outbox_projector", "start_outbox_projector", "sync_endpoints"]
@@ -41,7 +41,7 @@ DECISIONS = (
 
 
 def outbox_env(database_url: str) -> dict[str, str]:
-    env = persistence_env(database_url)
+    env = small_pool(persistence_env(database_url))
     if env["PERSISTENCE_MODULE"] == "eventsourcing.sqlite":
         env[f"{NAME.upper()}_SQLITE_DBNAME"] = persistence_env(outbox_url(database_url))["SQLITE_DBNAME"]
     return env
@@ -154,7 +154,7 @@ def open_outbox_view(database_url: str) -> Any:
 def start_outbox_projector(database_url: str) -> tuple[BaseProjectionRunner[Ledger], Any, Ledger]:
     view = open_outbox_view(database_url)
     projection = OutboxProjection(view)
-    loader = build_ledger(database_url)
+    loader = build_ledger(database_url, SMALL_POOL)
     projection.ledger = loader
     runner: BaseProjectionRunner[Ledger] = BaseProjectionRunner(
         projection=projection,

@@ -25,7 +25,7 @@ from psycopg.sql import SQL, Identifier
 
 from ledger.application import Ledger
 from ledger.domain import PaymentOrder
-from ledger.storage import persistence_env
+from ledger.storage import persistence_env, small_pool
 
 __all__ = ["ORDER_FIELDS", "OrdersProjection", "OrdersView", "PostgresOrdersView", "SQLiteOrdersView", "view_env"]
 
@@ -54,7 +54,7 @@ _TIME_FIELDS = {"created_at", "updated_at"}
 
 def view_env(database_url: str, name: str = NAME) -> dict[str, str]:
     """The environment of the ledger plus, on SQLite, the view's own file."""
-    env = persistence_env(database_url)
+    env = small_pool(persistence_env(database_url))
     if env["PERSISTENCE_MODULE"] == "eventsourcing.sqlite" and "memory" not in env["SQLITE_DBNAME"]:
         path = Path(env["SQLITE_DBNAME"])
         env[f"{name.upper()}_SQLITE_DBNAME"] = str(path.with_name(f"{path.stem}.{name}{path.suffix or '.sqlite3'}"))

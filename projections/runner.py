@@ -22,7 +22,7 @@ from eventsourcing.projection import BaseProjectionRunner
 from eventsourcing.utils import Environment
 
 from ledger.application import Ledger, build_ledger
-from ledger.storage import schema_lock
+from ledger.storage import SMALL_POOL, schema_lock
 from projections.read_model import NAME, OrdersProjection, OrdersView, PostgresOrdersView, SQLiteOrdersView, view_env
 from projections.versions import live_view
 
@@ -52,7 +52,7 @@ def start_orders_projector(
     env = view_env(database_url, name)
     view = open_orders_view(database_url, name)
     projection = OrdersProjection(view)
-    loader = build_ledger(database_url)
+    loader = build_ledger(database_url, SMALL_POOL)
     projection.ledger = loader
     runner: BaseProjectionRunner[Ledger] = BaseProjectionRunner(
         projection=projection,
