@@ -143,17 +143,6 @@ class OrdersView:
             " success_time TEXT, PRIMARY KEY (mchid, out_refund_no))",
         ]
 
-    def insert_fresh(self, curs: Any, orders: list[dict[str, Any]], refunds: list[dict[str, Any]]) -> None:
-        """Rows into tables known to lack them (a rebuild's new version): COPY on PostgreSQL."""
-        if self.dialect != "postgres":
-            self.upsert_many(curs, orders, refunds)
-            return
-        for table, fields, rows in (("{orders}", ORDER_FIELDS, orders), ("{refunds}", REFUND_FIELDS, refunds)):
-            if rows:
-                with curs.copy(self._sql(f"COPY {table} ({', '.join(fields)}) FROM STDIN")) as copy:
-                    for row in rows:
-                        copy.write_row([row[c] for c in fields])
-
     def upsert_many(self, curs: Any, orders: list[dict[str, Any]], refunds: list[dict[str, Any]]) -> None:
         """Many rows in one round of statements (the rebuild's bulk phase)."""
         columns = ", ".join(ORDER_FIELDS)

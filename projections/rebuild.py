@@ -1,8 +1,8 @@
 """Blue/green rebuild of the orders view: bulk-build a new version beside the live one, catch
 up with the log, switch the pointer. The API, the projector and the dispatcher keep running.
 
-Bulk phase: the log up to the current head is read in stream order (`originator_id`,
-`originator_version`), so one order is folded at a time (memory stays flat), and rows are
+Bulk phase: the log up to the current head is read in notification order (a sequential read)
+and folded with a bounded cache of orders (memory does not grow with the log), and rows are
 written in large batches, the tracking position committed with the last batch. Catch-up phase:
 the ordinary per-event projection from that position until it reaches the head. Then the
 pointer moves and the projector follows it. The outbox is a projection of its own with
@@ -19,10 +19,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from queue import Queue
 from typing import Any
-from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent, Tracking
-from eventsourcing.sqlite import SQLiteApplicationRecorder
 
 from ledger.application import Ledger, build_ledger
 from ledger.domain import PaymentOrder
@@ -89,47 +87,6 @@ def _prefetched(pages: Iterator[list[StoredEvent]]) -> Iterator[StoredEvent]:
         if isinstance(item, BaseException):
             raise item
         yield from item
-
-
-def _pages(ledger: Ledger, head: int) -> Iterator[list[StoredEvent]]:
-    """PaymentOrder events with notification id <= head, by stream then version, in pages."""
-    recorder: Any = ledger.recorder
-    env = persistence_env_of(ledger)
-    last: tuple[str, int] = ("", 0)
-    while True:
-        if env == "sqlite":
-            sql = (
-                "SELECT originator_id, originator_version, topic, state FROM stored_events"
-                " WHERE rowid <= ? AND topic LIKE ? AND (originator_id > ? OR (originator_id = ? AND"
-                " originator_version > ?)) ORDER BY originator_id, originator_version LIMIT ?"
-            )
-            with recorder.datastore.transaction(commit=False) as c:
-                c.execute(sql, (head, _TOPIC_PREFIX + "%", last[0], last[0], last[1], PAGE))
-                rows = [(r[0], r[1], r[2], r[3]) for r in c.fetchall()]
-            events = [StoredEvent(UUID(r[0]), r[1], r[2], r[3]) for r in rows]
-            keys = [(r[0], r[1]) for r in rows]
-        else:
-            from psycopg.sql import SQL, Identifier
-
-            pg_sql = SQL(
-                "SELECT originator_id, originator_version, topic, state FROM {t}"
-                " WHERE notification_id <= %s AND topic LIKE %s AND (originator_id, originator_version) > (%s, %s)"
-                " ORDER BY originator_id, originator_version LIMIT %s"
-            ).format(t=Identifier(recorder.datastore.schema, recorder.events_table_name))
-            start = UUID(int=0) if not last[0] else UUID(last[0])
-            with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
-                curs.execute(pg_sql, (head, _TOPIC_PREFIX + "%", start, last[1], PAGE))
-                rows = curs.fetchall()
-            events = [StoredEvent(r["originator_id"], r["originator_version"], r["topic"], r["state"]) for r in rows]
-            keys = [(str(r["originator_id"]), r["originator_version"]) for r in rows]
-        yield events
-        if len(events) < PAGE:
-            return
-        last = keys[-1]
-
-
-def persistence_env_of(ledger: Ledger) -> str:
-    return "sqlite" if isinstance(ledger.recorder, SQLiteApplicationRecorder) else "postgres"
 
 
 def _write(view: OrdersView, orders: list[PaymentOrder], tracking: Tracking | None) -> int:

@@ -179,3 +179,38 @@ def test_project_follows_the_log_and_a_second_projector_waits_for_the_first(
                 process.stderr.close()
         view.datastore.close()  # type: ignore[attr-defined]
         ledger.close()
+
+
+def test_sandbox_command_serves_and_writes_the_ledger_configuration(tmp_path: Path) -> None:
+    import httpx
+
+    from ledger.settings import Settings
+    from tests.servers import free_port
+
+    port = free_port()
+    process = subprocess.Popen(
+        [*CLI, "sandbox", "--port", str(port), "--folder", str(tmp_path / "sb"), "--time-scale", "100"],
+        env=clean_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/sandbox/deliveries").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        created = httpx.post(
+            f"http://127.0.0.1:{port}/sandbox/orders", json={"out_trade_no": "ORDER-7301", "amount_total": 100}
+        )
+        assert created.status_code in (200, 201)
+        env = dict(line.split("=", 1) for line in (tmp_path / "sb" / "env").read_text().splitlines())
+        settings = Settings.load({**env, "LEDGER_DATABASE_URL": f"sqlite:///{tmp_path / 'l.sqlite3'}"})
+        assert settings.merchants[0].api_base_url == f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)
+        process.stderr.close()  # type: ignore[union-attr]
