@@ -8,11 +8,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ledger.errors import ConfigurationError
 
-__all__ = ["SMALL_POOL", "persistence_env", "redact_url", "schema_lock", "small_pool"]
+__all__ = ["SMALL_POOL", "connect_postgres", "persistence_env", "redact_url", "schema_lock", "small_pool"]
 
 _SCHEMA_LOCK = 0x7061796C65646772  # "payledgr": one lock for all of the project's DDL
 
@@ -89,6 +90,21 @@ def redact_url(url: str) -> str:
     return url
 
 
+def connect_postgres(env: dict[str, str]) -> Any:
+    """A plain autocommit psycopg connection to the store that `env` (from `persistence_env`) names."""
+    import psycopg
+
+    return psycopg.connect(
+        dbname=env["POSTGRES_DBNAME"],
+        host=env["POSTGRES_HOST"],
+        port=env["POSTGRES_PORT"],
+        user=env["POSTGRES_USER"],
+        password=env["POSTGRES_PASSWORD"] or None,
+        connect_timeout=int(env.get("POSTGRES_CONNECT_TIMEOUT", "5")),
+        autocommit=True,
+    )
+
+
 @contextlib.contextmanager
 def schema_lock(url: str) -> Iterator[None]:
     """Serialise table creation across processes (replicas starting together on an empty
@@ -97,17 +113,7 @@ def schema_lock(url: str) -> Iterator[None]:
     if env["PERSISTENCE_MODULE"] != "eventsourcing.postgres":
         yield
         return
-    import psycopg
-
-    with psycopg.connect(
-        dbname=env["POSTGRES_DBNAME"],
-        host=env["POSTGRES_HOST"],
-        port=env["POSTGRES_PORT"],
-        user=env["POSTGRES_USER"],
-        password=env["POSTGRES_PASSWORD"] or None,
-        autocommit=True,
-        connect_timeout=int(env["POSTGRES_CONNECT_TIMEOUT"]),
-    ) as conn:
+    with connect_postgres(env) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_SCHEMA_LOCK,))
         try:
             yield

@@ -24,7 +24,7 @@ from eventsourcing.persistence import StoredEvent, Tracking
 
 from ledger.application import Ledger, build_ledger
 from ledger.domain import PaymentOrder
-from ledger.storage import persistence_env
+from ledger.storage import connect_postgres, persistence_env
 from projections.read_model import NAME, OrdersProjection, OrdersView, order_row, refund_rows
 from projections.runner import open_orders_view, start_orders_projector, wake
 from projections.versions import live_view, next_version, set_live_view
@@ -113,17 +113,8 @@ def _drop(database_url: str, name: str) -> None:
         for suffix in ("", "-wal", "-shm"):
             Path(str(path) + suffix).unlink(missing_ok=True)
         return
-    import psycopg
-
     schema = env.get("POSTGRES_SCHEMA", "public")
-    with psycopg.connect(
-        dbname=env["POSTGRES_DBNAME"],
-        host=env["POSTGRES_HOST"],
-        port=env["POSTGRES_PORT"],
-        user=env["POSTGRES_USER"],
-        password=env["POSTGRES_PASSWORD"] or None,
-        autocommit=True,
-    ) as conn:
+    with connect_postgres(env) as conn:
         for table in (f"{name}_orders", f"{name}_refunds", f"{name}_tracking"):
             conn.execute(f'DROP TABLE IF EXISTS "{schema}"."{table}"')
 

@@ -22,7 +22,7 @@ from eventsourcing.projection import BaseProjectionRunner
 from eventsourcing.utils import Environment
 
 from ledger.application import Ledger, build_ledger
-from ledger.storage import SMALL_POOL, schema_lock
+from ledger.storage import SMALL_POOL, connect_postgres, schema_lock
 from projections.read_model import NAME, OrdersProjection, OrdersView, PostgresOrdersView, SQLiteOrdersView, view_env
 from projections.versions import live_view
 
@@ -88,15 +88,7 @@ class ProjectorLock:
     def _try(self) -> bool:
         if _is_postgres(self._env):
             if self._conn is None:
-                e = self._env
-                self._conn = psycopg.connect(
-                    dbname=e["POSTGRES_DBNAME"],
-                    host=e["POSTGRES_HOST"],
-                    port=e["POSTGRES_PORT"],
-                    user=e["POSTGRES_USER"],
-                    password=e["POSTGRES_PASSWORD"] or None,
-                    autocommit=True,
-                )
+                self._conn = connect_postgres(self._env)
             key = int.from_bytes(hashlib.sha256(f"payledger:{self._name}".encode()).digest()[:8], "big", signed=True)
             row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
             return bool(row and row[0])

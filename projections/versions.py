@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 
-from ledger.storage import persistence_env
+from ledger.storage import connect_postgres, persistence_env
 
 __all__ = ["live_view", "next_version", "set_live_view"]
 
@@ -23,14 +23,7 @@ def _connect(database_url: str) -> tuple[Any, str, str]:
     env = persistence_env(database_url)
     if env["PERSISTENCE_MODULE"] == "eventsourcing.sqlite":
         return sqlite3.connect(env["SQLITE_DBNAME"], timeout=10, isolation_level=None), "?", ""
-    conn = psycopg.connect(
-        dbname=env["POSTGRES_DBNAME"],
-        host=env["POSTGRES_HOST"],
-        port=env["POSTGRES_PORT"],
-        user=env["POSTGRES_USER"],
-        password=env["POSTGRES_PASSWORD"] or None,
-        autocommit=True,
-    )
+    conn = connect_postgres(env)
     return conn, "%s", f'"{env.get("POSTGRES_SCHEMA", "public")}".'
 
 
