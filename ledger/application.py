@@ -23,6 +23,7 @@ import psycopg
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import IntegrityError, PersistenceError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder
+from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Composed, Identifier
 
 from ledger.domain import (
@@ -172,12 +173,13 @@ class Ledger(Application[UUID]):
                     pass
             return found
         statement = self._select_many_statement(recorder)
-        with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(statement, (wanted,), prepare=True)
+        # Tuples in binary format: no per-row dict, no hex-decoding of the state.
+        with recorder.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as curs:
+            curs.execute(statement, (wanted,), prepare=True, binary=True)
             rows = curs.fetchall()
         aggregates: dict[UUID, Any] = {}
-        for row in rows:
-            event: Any = self.mapper.to_domain_event(StoredEvent(**row))
+        for originator_id, version, topic, state in rows:
+            event: Any = self.mapper.to_domain_event(StoredEvent(originator_id, version, topic, bytes(state)))
             aggregates[event.originator_id] = event.mutate(aggregates.get(event.originator_id))
         return aggregates
 
