@@ -168,24 +168,12 @@ def start_outbox_projector(database_url: str) -> tuple[BaseProjectionRunner[Ledg
 
 def run_outbox_projector(database_url: str, stop: threading.Event, poll: float = 1.0) -> None:
     """The outbox half of `payledger project`: exclusive by its own lock."""
-    from projections.runner import ProjectorLock, wake
+    from projections.runner import ProjectorLock, follow
 
     lock = ProjectorLock(database_url, NAME)
     if not lock.acquire(stop, poll):
         return
     try:
-        runner, view, loader = start_outbox_projector(database_url)
-        try:
-            with runner:
-                while not stop.is_set():
-                    runner.run_forever(timeout=poll)
-                    if runner.is_interrupted.is_set():
-                        break
-                runner.stop()
-                wake(loader)
-        finally:
-            loader.close()
-            with contextlib.suppress(Exception):
-                view.datastore.close()
+        follow(*start_outbox_projector(database_url), stop, poll)
     finally:
         lock.release()

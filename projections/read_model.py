@@ -144,7 +144,7 @@ class OrdersView:
         ]
 
     def upsert_many(self, curs: Any, orders: list[dict[str, Any]], refunds: list[dict[str, Any]]) -> None:
-        """Many rows in one round of statements (the rebuild's bulk phase)."""
+        """Orders and refunds by key, inserted or replaced, in the caller's transaction."""
         columns = ", ".join(ORDER_FIELDS)
         updates = ", ".join(f"{c} = excluded.{c}" for c in ORDER_FIELDS[2:])
         if orders:
@@ -166,33 +166,10 @@ class OrdersView:
                 [[r[c] for c in REFUND_FIELDS] for r in refunds],
             )
 
-    def _upsert(self, curs: Any, order: dict[str, Any], refunds: list[dict[str, Any]]) -> None:
-        columns = ", ".join(ORDER_FIELDS)
-        marks = ", ".join(["%s"] * len(ORDER_FIELDS))
-        updates = ", ".join(f"{c} = excluded.{c}" for c in ORDER_FIELDS[2:])
-        curs.execute(
-            self._sql(
-                f"INSERT INTO {{orders}} ({columns}) VALUES ({marks})"
-                f" ON CONFLICT (mchid, out_trade_no) DO UPDATE SET {updates}"
-            ),
-            [order[c] for c in ORDER_FIELDS],
-        )
-        for refund in refunds:
-            columns = ", ".join(REFUND_FIELDS)
-            marks = ", ".join(["%s"] * len(REFUND_FIELDS))
-            updates = ", ".join(f"{c} = excluded.{c}" for c in REFUND_FIELDS[2:])
-            curs.execute(
-                self._sql(
-                    f"INSERT INTO {{refunds}} ({columns}) VALUES ({marks})"
-                    f" ON CONFLICT (mchid, out_refund_no) DO UPDATE SET {updates}"
-                ),
-                [refund[c] for c in REFUND_FIELDS],
-            )
-
     def record(self, order: PaymentOrder, at: dt.datetime, tracking: Tracking) -> None:
         """The order's rows and the tracking position, in one transaction."""
         with self._cursor_transaction(commit=True) as curs:
-            self._upsert(curs, order_row(order, at), refund_rows(order))
+            self.upsert_many(curs, [order_row(order, at)], refund_rows(order))
             self._insert_tracking(curs, tracking)  # type: ignore[attr-defined]
 
     def get(self, mchid: str, out_trade_no: str) -> dict[str, Any] | None:

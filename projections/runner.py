@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from ledger.storage import SMALL_POOL, connect_postgres, schema_lock
 from projections.read_model import NAME, OrdersProjection, OrdersView, PostgresOrdersView, SQLiteOrdersView, view_env
 from projections.versions import live_view
 
-__all__ = ["ProjectorLock", "open_orders_view", "run_orders_projector", "start_orders_projector", "wake"]
+__all__ = ["ProjectorLock", "follow", "open_orders_view", "run_orders_projector", "start_orders_projector", "wake"]
 
 log = logging.getLogger("projections.runner")
 
@@ -111,6 +112,33 @@ class ProjectorLock:
             self._file = None
 
 
+def _is_live(database_url: str, name: str) -> bool:
+    return live_view(database_url, NAME) == name
+
+
+def follow(
+    runner: BaseProjectionRunner[Ledger],
+    view: Any,
+    loader: Ledger,
+    stop: threading.Event,
+    poll: float,
+    still_current: Callable[[], bool] = lambda: True,
+) -> None:
+    """Run a projection until `stop` (or until it is no longer current), then close its parts."""
+    try:
+        with runner:
+            while not stop.is_set() and still_current():
+                runner.run_forever(timeout=poll)
+                if runner.is_interrupted.is_set():
+                    break
+            runner.stop()
+            wake(loader)
+    finally:
+        loader.close()
+        with contextlib.suppress(Exception):
+            view.datastore.close()
+
+
 def wake(ledger: Ledger) -> None:
     """The library's PostgreSQL subscription waits for a NOTIFY without a timeout (upstream
     #305): send one, so a stopping runner is not left waiting for the next payment."""
@@ -142,16 +170,5 @@ def run_orders_projector(database_url: str, stop: threading.Event, poll: float =
             name = live_view(database_url, NAME)
             runner, view, loader = start_orders_projector(database_url, name)
             log.info("projecting %s from position %d", name, view.position())
-            try:
-                with runner:
-                    # A rebuild moves the pointer: then follow the new version from its position.
-                    while not stop.is_set() and live_view(database_url, NAME) == name:
-                        runner.run_forever(timeout=poll)
-                        if runner.is_interrupted.is_set():
-                            break
-                    runner.stop()
-                    wake(loader)
-            finally:
-                loader.close()
-                with contextlib.suppress(Exception):
-                    view.datastore.close()  # type: ignore[attr-defined]
+            # A rebuild moves the pointer: then follow the new version from its position.
+            follow(runner, view, loader, stop, poll, functools.partial(_is_live, database_url, name))
