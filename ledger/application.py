@@ -44,7 +44,7 @@ __all__ = ["Ledger", "RecordResult", "build_ledger", "event_to_dict"]
 log = logging.getLogger("ledger.application")
 
 T = TypeVar("T")
-_BASE_FIELDS = {"originator_id", "originator_version", "timestamp", "originator_topic"}
+_BASE_FIELDS = {"originator_id", "originator_version", "timestamp", "originator_topic", "chain"}
 MAX_CONFLICT_RETRIES = 50
 
 
@@ -64,6 +64,7 @@ def event_to_dict(event: Any) -> dict[str, Any]:
         "type": type(event).__name__,
         "recorded_at": event.timestamp,
         "data": data,
+        "chain": event.chain,
     }
 
 
