@@ -26,6 +26,7 @@ from eventsourcing.postgres import PostgresApplicationRecorder
 from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Composed, Identifier
 
+from ledger.cipher import SETTING as ENCRYPTION_SETTING
 from ledger.domain import (
     Evidence,
     NotificationInbox,
@@ -35,7 +36,6 @@ from ledger.domain import (
     inbox_id,
     order_id,
 )
-from ledger.cipher import SETTING as ENCRYPTION_SETTING
 from ledger.errors import (
     ConfigurationError,
     EventUndecryptable,

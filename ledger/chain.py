@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import msgspec
 from eventsourcing.domain import Aggregate
@@ -81,7 +81,7 @@ class ChainedAggregate(Aggregate):
         pass
 
     @classmethod
-    def _create(cls, event_class: type[Any], *, id: Any = None, **kwargs: Any) -> Any:  # noqa: A002
+    def _create(cls, event_class: type[Any], *, id: Any = None, **kwargs: Any) -> Self:
         # Every field the library would add is fixed here first, so the hash covers it.
         kwargs["timestamp"] = kwargs.get("timestamp") or event_class.create_timestamp()
         fields = {
