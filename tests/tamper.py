@@ -52,7 +52,9 @@ def all_states(url: str) -> list[bytes]:
 def edit_state(url: str, stream_id: UUID, version: int, edit: Callable[[bytes], bytes]) -> None:
     """Rewrite one stored event's state bytes in place."""
     state = edit(stored_state(url, stream_id, version))
-    value: Any = state if persistence_env(url)["PERSISTENCE_MODULE"] == "eventsourcing.sqlite" else psycopg.Binary(state)
+    value: Any = (
+        state if persistence_env(url)["PERSISTENCE_MODULE"] == "eventsourcing.sqlite" else psycopg.Binary(state)
+    )
     with _table(url) as (conn, table, p):
         conn.execute(
             f"UPDATE {table} SET state = {p} WHERE originator_id = {p} AND originator_version = {p}",

@@ -76,7 +76,8 @@ def test_a_clean_ledger_verifies_every_chain_and_notification(
     assert report.ok, problems(report)
     assert (report.streams, report.notifications) == (3, 4)
     assert report.events == sum(
-        len(ledger.history(s)) for s in (order_id(MCHID, ORDER), order_id(MCHID, "ORDER-9002"), inbox_id(MCHID, notification_id))
+        len(ledger.history(s))
+        for s in (order_id(MCHID, ORDER), order_id(MCHID, "ORDER-9002"), inbox_id(MCHID, notification_id))
     )
     one = verify_order(ledger, keys, MCHID, ORDER)
     assert (one.ok, one.streams, one.events, one.notifications) == (True, 1, 6, 2)
