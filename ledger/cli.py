@@ -330,6 +330,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_reencrypt(args: argparse.Namespace) -> int:
+    """Exit 0 when every stored state is now under the newest key."""
+    from ledger.application import build_ledger
+    from ledger.reencrypt import reencrypt
+
+    settings = _settings(args, require_merchant=False)
+    ledger = build_ledger(settings.database_url.value)
+    try:
+        summary = reencrypt(ledger)
+    finally:
+        ledger.close()
+    print(summary)
+    return 1 if summary.unreadable else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="payledger", description="Event-sourced WeChat Pay ledger")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -399,6 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--mchid")
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(func=cmd_verify)
+
+    reencrypt = sub.add_parser("reencrypt", help="rewrite stored event states with the newest encryption key")
+    reencrypt.set_defaults(func=cmd_reencrypt)
 
     from projections.cli_webhooks import register as register_webhook_commands
 

@@ -17,6 +17,7 @@ from ledger.application import Ledger, build_ledger
 from ledger.cipher import SETTING, key_id, parse_keys, stored_key_id
 from ledger.domain import order_id
 from ledger.errors import ConfigurationError, EventUndecryptable
+from ledger.reencrypt import reencrypt
 from ledger.settings import Settings
 from ledger.verify import verify_all
 from ledger.wechatpay.notification import NotificationVerifier
@@ -190,3 +191,37 @@ def test_keys_are_masked_in_settings_and_cipher_reprs(sqlite_url: str) -> None:
         assert repr(ledger.mapper.cipher) == f"RotatingAESCipher(key_ids=['{kid(key)}'])"
     finally:
         ledger.close()
+
+
+def test_reencrypt_moves_every_state_to_the_newest_key_so_the_old_one_can_retire(
+    database_url: str, factory: NotificationFactory, record: Callable[[Ledger, Delivery], None]
+) -> None:
+    import subprocess
+    import sys
+
+    old, new = new_key(), new_key()
+    plain = build_ledger(database_url)
+    plain.register_order(MCHID, "ORDER-E0", 100)  # from before encryption was switched on
+    plain.close()
+    first = build_ledger(database_url, {SETTING: old})
+    record(first, factory.paid("ORDER-E1", 100))
+    first.close()
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WECHATPAY_", "LEDGER_"))}
+    env |= {"LEDGER_DATABASE_URL": database_url, SETTING: f"{new},{old}"}
+    result = subprocess.run(
+        [sys.executable, "-m", "ledger.cli", "reencrypt"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"re-encrypted 5 of 5 stored states with key {kid(new)}"
+    assert old not in result.stdout + result.stderr and new not in result.stdout + result.stderr
+
+    retired = build_ledger(database_url, {SETTING: new})
+    try:
+        assert retired.get_order(MCHID, "ORDER-E1").paid_total == 100
+        assert retired.get_order(MCHID, "ORDER-E0").amount_total == 100
+        report = verify_all(retired, {MCHID: factory.key_store()})
+        assert report.ok and report.key_ids == {kid(new): 5}  # the chains still hold
+        assert reencrypt(retired).rewritten == 0  # nothing left to do
+    finally:
+        retired.close()
