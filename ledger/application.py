@@ -26,6 +26,7 @@ from eventsourcing.postgres import PostgresApplicationRecorder
 from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Composed, Identifier
 
+from ledger.cipher import SETTING as ENCRYPTION_SETTING
 from ledger.domain import (
     Evidence,
     NotificationInbox,
@@ -35,7 +36,14 @@ from ledger.domain import (
     inbox_id,
     order_id,
 )
-from ledger.errors import InvalidRequest, OrderConflict, OrderNotFound, StoreUnavailable
+from ledger.errors import (
+    ConfigurationError,
+    EventUndecryptable,
+    InvalidRequest,
+    OrderConflict,
+    OrderNotFound,
+    StoreUnavailable,
+)
 from ledger.storage import persistence_env, schema_lock
 from ledger.wechatpay.notification import VerifiedNotification
 
@@ -44,7 +52,7 @@ __all__ = ["Ledger", "RecordResult", "build_ledger", "event_to_dict"]
 log = logging.getLogger("ledger.application")
 
 T = TypeVar("T")
-_BASE_FIELDS = {"originator_id", "originator_version", "timestamp", "originator_topic"}
+_BASE_FIELDS = {"originator_id", "originator_version", "timestamp", "originator_topic", "chain"}
 MAX_CONFLICT_RETRIES = 50
 
 
@@ -64,6 +72,7 @@ def event_to_dict(event: Any) -> dict[str, Any]:
         "type": type(event).__name__,
         "recorded_at": event.timestamp,
         "data": data,
+        "chain": event.chain,
     }
 
 
@@ -259,9 +268,27 @@ def build_ledger(database_url: str, extra_env: Mapping[str, str] | None = None) 
     env.update(extra_env or {})
     try:
         with schema_lock(database_url):
-            return Ledger(env=env)
+            ledger = Ledger(env=env)
+        _check_newest_event_decrypts(ledger)
     except (PersistenceError, psycopg.OperationalError) as exc:
         raise StoreUnavailable(type(exc).__name__) from None
+    return ledger
+
+
+def _check_newest_event_decrypts(ledger: Ledger) -> None:
+    """A key missing from LEDGER_ENCRYPTION_KEYS fails at start-up, not at the first read."""
+    cipher = ledger.mapper.cipher
+    head = ledger.recorder.max_notification_id()
+    if cipher is None or not head:
+        return
+    for stored in ledger.recorder.select_notifications(head, 1):
+        try:
+            cipher.decrypt(stored.state)
+        except EventUndecryptable as exc:
+            ledger.close()
+            raise ConfigurationError(
+                ENCRYPTION_SETTING, f"the newest stored event needs key {exc.key_id}, which is not configured"
+            ) from None
 
 
 def utcnow() -> dt.datetime:

@@ -302,6 +302,49 @@ def cmd_certificates(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Exit 0 when every chain and every stored signature checks out, 1 on any break."""
+    from ledger.application import build_ledger
+    from ledger.verify import verify_all, verify_order
+
+    settings = _settings(args, require_merchant=False)
+    keys = {m.mchid: m.keys for m in settings.merchants}
+    ledger = build_ledger(settings.database_url.value)
+    try:
+        if args.all:
+            report = verify_all(ledger, keys)
+        else:
+            mchid = args.mchid or (settings.merchants[0].mchid if settings.merchants else "")
+            if not mchid:
+                print("payledger: verify OUT_TRADE_NO needs --mchid (no merchant configured)", file=sys.stderr)
+                return 2
+            report = verify_order(ledger, keys, mchid, args.out_trade_no)
+    finally:
+        ledger.close()
+    if args.json:
+        print(report.to_json())
+    else:
+        for problem in report.breaks:
+            print(f"BREAK {problem}")
+        print(report.summary())
+    return 0 if report.ok else 1
+
+
+def cmd_reencrypt(args: argparse.Namespace) -> int:
+    """Exit 0 when every stored state is now under the newest key."""
+    from ledger.application import build_ledger
+    from ledger.reencrypt import reencrypt
+
+    settings = _settings(args, require_merchant=False)
+    ledger = build_ledger(settings.database_url.value)
+    try:
+        summary = reencrypt(ledger)
+    finally:
+        ledger.close()
+    print(summary)
+    return 1 if summary.unreadable else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="payledger", description="Event-sourced WeChat Pay ledger")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -363,6 +406,17 @@ def build_parser() -> argparse.ArgumentParser:
     certificates = sub.add_parser("certificates", help="list verification keys and certificates with expiry")
     certificates.add_argument("--refresh", action="store_true", help="download from WeChat Pay first")
     certificates.set_defaults(func=cmd_certificates)
+
+    verify = sub.add_parser("verify", help="recompute the hash chains and re-verify stored notifications")
+    verify_what = verify.add_mutually_exclusive_group(required=True)
+    verify_what.add_argument("out_trade_no", nargs="?", help="one order (or a notification id naming no order)")
+    verify_what.add_argument("--all", action="store_true", help="every stream in the log")
+    verify.add_argument("--mchid")
+    verify.add_argument("--json", action="store_true")
+    verify.set_defaults(func=cmd_verify)
+
+    reencrypt = sub.add_parser("reencrypt", help="rewrite stored event states with the newest encryption key")
+    reencrypt.set_defaults(func=cmd_reencrypt)
 
     from projections.cli_webhooks import register as register_webhook_commands
 
