@@ -11,7 +11,6 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from ledger.errors import ConfigurationError, LedgerError
 from ledger.settings import Settings

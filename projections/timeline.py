@@ -90,6 +90,10 @@ def _compact(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True, default=str)
 
 
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
 def facts(event_type: str, data: Mapping[str, Any]) -> str:
     """The key facts of one event on one line (the full payload is in `data`)."""
     get = data.get
@@ -99,7 +103,7 @@ def facts(event_type: str, data: Mapping[str, Any]) -> str:
         text = f"amount_total={get('amount_total')} {get('currency')}"
         return f"{text} description={_compact(get('description'))}" if get("description") else text
     if event_type == "NotificationReceived":
-        resource = get("resource") if isinstance(get("resource"), dict) else {}
+        resource = _mapping(get("resource"))
         state = resource.get("trade_state") or resource.get("refund_status")
         text = f"{get('event_type')} id={get('notification_id')} serial={get('key_serial')}"
         return f"{text} state={state}" if state else text
@@ -114,7 +118,7 @@ def facts(event_type: str, data: Mapping[str, Any]) -> str:
             f" evidence={get('evidence')}"
         )
     if event_type == "StatusQueried":
-        transaction = get("transaction") if isinstance(get("transaction"), dict) else {}
+        transaction = _mapping(get("transaction"))
         return (
             f"by {get('query')}: HTTP {get('status_code')} trade_state={transaction.get('trade_state')}"
             f" request_id={get('request_id')}"
