@@ -24,6 +24,7 @@ from api.notify import notify
 from api.orders import get_order, list_orders, order_events, query_order, register_order
 from api.responses import LedgerJSONResponse, fail
 from api.state import AppState, LiveView
+from api.ui import ui_mount
 from ledger.application import Ledger
 from ledger.bootstrap import bootstrap
 from ledger.errors import InvalidRequest, LedgerError, WeChatPayRejected
@@ -45,6 +46,11 @@ def _is_open(path: str) -> bool:
     return path in ("/healthz", "/readyz", "/wechatpay/notify") or path.startswith("/wechatpay/notify/")
 
 
+def _is_ui(path: str) -> bool:
+    """The operator pages check the token or a login session themselves (api/ui_auth.py)."""
+    return path == "/ui" or path.startswith("/ui/")
+
+
 async def readyz(request: Request) -> Response:
     """Ready when the event store answers (load balancers stop sending traffic otherwise)."""
     state: AppState = request.app.state.ledger
@@ -64,7 +70,7 @@ class AdminTokenMiddleware:
         self._expected = f"Bearer {token}".encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not _is_open(scope["path"]):
+        if scope["type"] == "http" and not _is_open(scope["path"]) and not _is_ui(scope["path"]):
             given = Headers(scope=scope).get("authorization", "").encode()
             if not hmac.compare_digest(given, self._expected):
                 await fail(401, "missing or wrong admin token", "UNAUTHORIZED")(scope, receive, send)
@@ -135,6 +141,7 @@ def create_app(
         Route("/orders/{out_trade_no}", get_order, methods=["GET"]),
         Route("/orders/{out_trade_no}/events", order_events, methods=["GET"]),
         Route("/orders/{out_trade_no}/query", query_order, methods=["POST"]),
+        ui_mount(settings),
     ]
     return Starlette(
         routes=routes,

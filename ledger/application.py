@@ -166,6 +166,37 @@ class Ledger(Application[UUID]):
             raise OrderNotFound(out_trade_no)
         return events
 
+    def order_events(
+        self, mchid: str, out_trade_no: str, *, since_version: int = 0, types: Iterable[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """The order's events after `since_version` (exclusive), optionally of some types only.
+
+        An order that exists but has nothing newer gives an empty list; an unknown order raises.
+        """
+        stream_id = order_id(mchid, out_trade_no)
+        wanted = None if types is None else set(types)
+        with self._store():
+            found = [
+                event_to_dict(e)
+                for e in self.events.get(stream_id, gt=since_version or None)
+                if wanted is None or type(e).__name__ in wanted
+            ]
+            if not found and not self.recorder.select_events(stream_id, limit=1):
+                raise OrderNotFound(out_trade_no)
+        return found
+
+    def order_as_of(self, mchid: str, out_trade_no: str, version: int) -> PaymentOrder:
+        """The order replayed up to and including `version` (an audit's "as it was then")."""
+        with self._store():
+            try:
+                order: PaymentOrder = self.repository.get(order_id(mchid, out_trade_no), version=version)
+            except AggregateNotFoundError:
+                raise OrderNotFound(out_trade_no) from None
+        assert isinstance(order, PaymentOrder)
+        if order.version < version:
+            raise OrderNotFound(f"{out_trade_no} has no version {version}", reason="order has no such version")
+        return order
+
     def inbox_history(self, mchid: str, notification_id: str) -> list[dict[str, Any]]:
         return self.history(inbox_id(mchid, notification_id))
 

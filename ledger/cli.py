@@ -11,7 +11,6 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from ledger.errors import ConfigurationError, LedgerError
 from ledger.settings import Settings
@@ -79,40 +78,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_event(event: dict[str, Any]) -> None:
-    data = event["data"]
-    line = f"{event['version']:>4}  {event['recorded_at'].isoformat()}  {event['type']}"
-    if event["type"] == "NotificationReceived":
-        line += f"  {data['event_type']} id={data['notification_id']} serial={data['key_serial']}"
-    elif event["type"] == "Registered":
-        line += f"  amount_total={data['amount_total']} {data['currency']}"
-    elif event["type"] == "PaymentSucceeded":
-        line += f"  transaction_id={data['transaction_id']} amount_total={data['amount_total']}"
-    elif event["type"].startswith("Refund"):
-        line += f"  out_refund_no={data['out_refund_no']} refund={data['refund']}"
-    elif event["type"] == "AnomalyDetected":
-        line += f"  {data['kind']} {json.dumps(data['detail'], ensure_ascii=False)}"
-    print(line)
-
-
 def cmd_history(args: argparse.Namespace) -> int:
+    """The order's timeline: events with retry gaps and anomalies, then outbound deliveries."""
     from api.responses import to_jsonable
     from ledger.application import build_ledger
+    from projections.timeline import load_timeline, render_text, to_json
 
     settings = _settings(args)
     mchid = args.mchid or settings.merchants[0].mchid
     ledger = build_ledger(settings.database_url.value)
     try:
-        events = ledger.order_history(mchid, args.out_trade_no)
-        order = ledger.get_order(mchid, args.out_trade_no)
+        timeline = load_timeline(ledger, settings.database_url.value, mchid, args.out_trade_no)
     finally:
         ledger.close()
     if args.json:
-        print(json.dumps(to_jsonable({"events": events}), ensure_ascii=False, indent=2))
+        print(json.dumps(to_jsonable(to_json(timeline)), ensure_ascii=False, indent=2))
         return 0
-    print(f"order {order.out_trade_no} (mchid {order.mchid}): {order.trade_state}, version {order.version}")
-    for event in events:
-        _print_event(event)
+    print(render_text(timeline))
     return 0
 
 
@@ -360,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=cmd_serve)
 
-    history = sub.add_parser("history", help="print an order's full event history")
+    history = sub.add_parser("history", help="print an order's timeline: events, retries, anomalies, webhooks")
     history.add_argument("out_trade_no")
     history.add_argument("--mchid")
     history.add_argument("--json", action="store_true")
