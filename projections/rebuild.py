@@ -28,6 +28,7 @@ from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier
 
 from ledger.application import Ledger, build_ledger
+from ledger.cipher import RotatingAESCipher
 from ledger.domain import PaymentOrder
 from ledger.storage import connect_postgres, persistence_env
 from projections.read_model import NAME, OrdersProjection, OrdersView, order_row, refund_rows
@@ -71,9 +72,12 @@ _DELIVERY_HEAD = len(_TIMESTAMP_PREFIX) + 40
 
 
 def _plain_states(ledger: Ledger) -> bool:
-    """Stored states are the transcoder's JSON as is (no cipher, no compressor)."""
+    """Stored states are the transcoder's JSON as is: no compressor, no encryption key."""
     mapper: Any = ledger.mapper
-    return mapper.cipher is None and mapper.compressor is None
+    cipher = mapper.cipher
+    # Our cipher is always installed; without keys it stores (and passes through) plaintext.
+    encrypting = cipher is not None and not (isinstance(cipher, RotatingAESCipher) and not cipher.key_ids)
+    return mapper.compressor is None and not encrypting
 
 
 def _log_pages(ledger: Ledger, head: int) -> Iterator[list[Row]]:

@@ -80,7 +80,11 @@ def test_rebuild_folds_deliveries_exactly_like_the_projection(
 ) -> None:
     """Deliveries are folded from their first bytes; if those are not laid out as expected the
     rebuild reads the whole event instead. Both give the incremental build's rows exactly."""
-    if not fast_path:
+    folded: list[object] = []
+    if fast_path:
+        original = rebuild._delivery_timestamp
+        monkeypatch.setattr(rebuild, "_delivery_timestamp", lambda state: folded.append(original(state)) or folded[-1])
+    else:
         monkeypatch.setattr(rebuild, "_TIMESTAMP_PREFIX", b'{"not-the-layout":')
     ledger = ledger_factory()
     fill(ledger, factory, 6)
@@ -91,6 +95,9 @@ def test_rebuild_folds_deliveries_exactly_like_the_projection(
     assert retried["deliveries"] == 4 and retried["anomalies"], retried
     summary = rebuild_orders_view(database_url)
     assert snapshot(database_url, summary.new) == incremental
+    if fast_path:  # every delivery was folded from its head
+        deliveries = 4 + sum(1 for i in range(6) if i % 3 != 2) + sum(1 for i in range(6) if i % 3 == 0)
+        assert len(folded) == deliveries and all(folded)
 
 
 def test_rebuild_is_live_while_the_projector_runs_and_writes_continue(
