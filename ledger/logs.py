@@ -1,0 +1,114 @@
+"""Log lines: JSON (one object per line) or text, each carrying the id of the request it serves.
+
+The request id lives in a context variable set by the HTTP middleware; a filter copies it
+onto every record, so code anywhere below a request (worker threads included: anyio copies
+the context into them) logs it without passing it along. Structured fields travel as
+``extra={...}`` and become keys of the JSON object.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sys
+from contextvars import ContextVar
+from typing import Any, Literal, TextIO
+
+__all__ = ["JSONFormatter", "RequestIdFilter", "TextFormatter", "configure_logging", "default_format", "request_id"]
+
+LogFormat = Literal["json", "text"]
+
+request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+# Attributes every LogRecord has; anything else on a record came in through `extra`.
+_STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "request_id", "taskName"}
+
+
+class RequestIdFilter(logging.Filter):
+    """Puts the current request id (or None) on each record; attached to the handler."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            record.request_id = request_id.get()
+        return True
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
+
+
+class JSONFormatter(logging.Formatter):
+    """``{"time", "level", "logger", "message", "request_id", ...fields}``, one json.dumps per record."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        rid = getattr(record, "request_id", None)
+        if rid is not None:
+            line["request_id"] = rid
+        line.update(_fields(record))
+        if record.exc_info:
+            line["exc_info"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """The classic line, with the request id and the structured fields appended when present."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        extras = " ".join(f"{k}={v}" for k, v in _fields(record).items())
+        rid = getattr(record, "request_id", None)
+        head, sep, tail = text.partition("\n")  # a traceback stays below the line it belongs to
+        if extras:
+            head += f" [{extras}]"
+        if rid is not None:
+            head += f" request_id={rid}"
+        return head + sep + tail
+
+
+def default_format(stream: TextIO) -> LogFormat:
+    """Text for a person at a terminal, JSON for everything collected by a machine."""
+    return "text" if stream.isatty() else "json"
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stderr` is at the time (tests and tools replace it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        pass
+
+
+def configure_logging(level: str, fmt: str | None = None, stream: TextIO | None = None) -> logging.Handler:
+    """Send the root logger's records as `fmt` lines to `stream` (default: stderr).
+
+    Replaces a handler installed by an earlier call, and leaves any other handler alone.
+    """
+    handler: logging.Handler = _StderrHandler() if stream is None else logging.StreamHandler(stream)
+    handler.addFilter(RequestIdFilter())
+    chosen = fmt or default_format(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JSONFormatter() if chosen == "json" else TextFormatter())
+    handler._payledger = True  # type: ignore[attr-defined]
+    root = logging.getLogger()
+    for old in root.handlers[:]:
+        if getattr(old, "_payledger", False):
+            root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    return handler
