@@ -26,6 +26,7 @@ from api.metrics import (
     OutboxMetrics,
     ProjectionLag,
     QueryOutcomes,
+    StoreBreaker,
     metrics,
     new_registry,
 )
@@ -65,9 +66,13 @@ async def readyz(request: Request) -> Response:
     """Ready when the event store answers and no projection is further behind than the bound."""
     state: AppState = request.app.state.ledger
     lag: ProjectionLag = request.app.state.projection_lag
+    breaker: StoreBreaker = request.app.state.store_breaker
+    if breaker.is_open:
+        return fail(503, "store unavailable", "NOT_READY")
     try:
         position, lags = await anyio.to_thread.run_sync(lag.lags, limiter=state.limiter)
     except Exception as exc:
+        breaker.trip()
         log.warning("readiness check: event store unreachable (%s)", type(exc).__name__)
         return fail(503, "store unavailable", "NOT_READY")
     for name, behind in lags.items():
@@ -137,10 +142,11 @@ def create_app(
             },
             {ORDERS_VIEW: OrdersProjection.topics, OUTBOX: OutboxProjection.topics},
         )
+        breaker = app.state.store_breaker = StoreBreaker()
         registry.register(QueryOutcomes(services.query))
-        registry.register(Guarded("projection lag", app.state.projection_lag))
-        registry.register(Guarded("decisions", DecisionMetrics(DecisionTally(services.ledger))))
-        registry.register(Guarded("outbox", OutboxMetrics(outbox)))
+        registry.register(Guarded("projection lag", app.state.projection_lag, breaker))
+        registry.register(Guarded("decisions", DecisionMetrics(DecisionTally(services.ledger)), breaker))
+        registry.register(Guarded("outbox", OutboxMetrics(outbox), breaker))
         app.state.metrics = registry
         if background:
             services.start_background()

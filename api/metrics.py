@@ -34,6 +34,7 @@ __all__ = [
     "OutboxMetrics",
     "ProjectionLag",
     "QueryOutcomes",
+    "StoreBreaker",
     "metrics",
     "new_registry",
 ]
@@ -179,18 +180,42 @@ class OutboxMetrics(Collector):
         yield dead
 
 
+class StoreBreaker:
+    """After a store read fails, store reads are skipped for `pause` seconds.
+
+    While the store is away each read can spend seconds in connection retries; a scrape or a
+    readiness probe in that window answers at once instead (and tells the same story).
+    """
+
+    def __init__(self, pause: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._pause = pause
+        self._clock = clock
+        self._until = 0.0
+
+    @property
+    def is_open(self) -> bool:
+        return self._clock() < self._until
+
+    def trip(self) -> None:
+        self._until = self._clock() + self._pause
+
+
 class Guarded(Collector):
     """A store-backed collector that yields nothing while the store is away, so the in-process
     figures (which count exactly those failures) are still served."""
 
-    def __init__(self, name: str, collector: Collector) -> None:
+    def __init__(self, name: str, collector: Collector, breaker: StoreBreaker) -> None:
         self._name = name
         self._collector = collector
+        self._breaker = breaker
 
     def collect(self) -> Iterable[Metric]:
+        if self._breaker.is_open:
+            return []
         try:
             return list(self._collector.collect())
         except Exception as exc:
+            self._breaker.trip()
             log.warning("metrics: %s not read (%s)", self._name, type(exc).__name__)
             return []
 
