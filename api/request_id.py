@@ -7,6 +7,7 @@ ASGI (no BaseHTTPMiddleware): a header scan and one context-variable set per req
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 
@@ -14,20 +15,23 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ledger.logs import request_id
 
-__all__ = ["HEADER", "RequestIdMiddleware", "new_request_id"]
+__all__ = ["HEADER", "RequestIdMiddleware"]
 
 HEADER = b"x-request-id"
 # What may be echoed into our logs and headers: nothing that could forge a line or a field.
 _SAFE = re.compile(rb"[A-Za-z0-9._-]{1,64}")
 
 
-def new_request_id() -> str:
-    return os.urandom(12).hex()
-
-
 class RequestIdMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self._app = app
+        # A random prefix per process and a counter: unique across replicas without a system
+        # call per request (an id only has to be unique, it is not a secret).
+        self._prefix = os.urandom(6).hex()
+        self._counter = itertools.count(1)
+
+    def new_request_id(self) -> str:
+        return f"{self._prefix}{next(self._counter) & 0xFFFFFFFFFFFF:012x}"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -39,7 +43,7 @@ class RequestIdMiddleware:
                 rid = value.decode("ascii") if _SAFE.fullmatch(value) else None
                 break
         if rid is None:
-            rid = new_request_id()
+            rid = self.new_request_id()
         header = (HEADER, rid.encode("ascii"))
 
         async def send_with_id(message: Message) -> None:

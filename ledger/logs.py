@@ -8,10 +8,10 @@ the context into them) logs it without passing it along. Structured fields trave
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import sys
+import time
 from contextvars import ContextVar
 from typing import Any, Literal, TextIO
 
@@ -35,15 +35,31 @@ class RequestIdFilter(logging.Filter):
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
+    attributes = record.__dict__
+    return {k: attributes[k] for k in attributes.keys() - _STANDARD}
+
+
+# Built once: json.dumps with options builds a new encoder on every call.
+_ENCODE = json.JSONEncoder(ensure_ascii=False, default=str).encode
 
 
 class JSONFormatter(logging.Formatter):
-    """``{"time", "level", "logger", "message", "request_id", ...fields}``, one json.dumps per record."""
+    """``{"time", "level", "logger", "message", "request_id", ...fields}``, one encode per record."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = -1
+        self._stamp = ""
+
+    def _time(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:  # one strftime per second, not per line
+            self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._stamp}.{int((created - second) * 1000):03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
+            "time": self._time(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -54,25 +70,22 @@ class JSONFormatter(logging.Formatter):
         line.update(_fields(record))
         if record.exc_info:
             line["exc_info"] = self.formatException(record.exc_info)
-        return json.dumps(line, ensure_ascii=False, default=str)
+        return _ENCODE(line)
 
 
 class TextFormatter(logging.Formatter):
-    """The classic line, with the request id and the structured fields appended when present."""
+    """The classic line with the request id appended (the message itself already names the fields)."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
-        extras = " ".join(f"{k}={v}" for k, v in _fields(record).items())
         rid = getattr(record, "request_id", None)
+        if rid is None:
+            return text
         head, sep, tail = text.partition("\n")  # a traceback stays below the line it belongs to
-        if extras:
-            head += f" [{extras}]"
-        if rid is not None:
-            head += f" request_id={rid}"
-        return head + sep + tail
+        return f"{head} request_id={rid}{sep}{tail}"
 
 
 def default_format(stream: TextIO) -> LogFormat:

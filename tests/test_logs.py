@@ -167,12 +167,14 @@ def test_an_error_answer_and_its_log_line_share_the_request_id(
     )
 
 
-def test_text_lines_carry_the_request_id_and_fields() -> None:
+def test_text_lines_carry_the_request_id_when_there_is_one() -> None:
     record = logging.makeLogRecord(
         {"name": "api.notify", "levelname": "INFO", "msg": "stored %s", "args": ("n-1",), "outcome": "accepted"}
     )
     record.request_id = "r-9"
-    assert TextFormatter().format(record).endswith("api.notify: stored n-1 [outcome=accepted] request_id=r-9")
+    assert TextFormatter().format(record).endswith("api.notify: stored n-1 request_id=r-9")
+    record = logging.makeLogRecord({"name": "api", "levelname": "INFO", "msg": "start"})
+    assert TextFormatter().format(record).endswith("api: start")
 
 
 class _Terminal(io.StringIO):
