@@ -141,6 +141,7 @@ def create_app(
                 OUTBOX: outbox_view.max_tracking_id(Ledger.name) or 0,
             },
             {ORDERS_VIEW: OrdersProjection.topics, OUTBOX: OutboxProjection.topics},
+            exact_up_to=max(100_000, settings.ready_max_lag + 1),
         )
         breaker = app.state.store_breaker = StoreBreaker()
         registry.register(QueryOutcomes(services.query))

@@ -109,16 +109,21 @@ class ProjectionLag(Collector):
     """Position of the log and, per projection, the events of its kinds it has not processed yet."""
 
     def __init__(
-        self, ledger: Ledger, positions: Callable[[], dict[str, int]], topics: dict[str, Sequence[str]]
+        self,
+        ledger: Ledger,
+        positions: Callable[[], dict[str, int]],
+        topics: dict[str, Sequence[str]],
+        exact_up_to: int = 100_000,
     ) -> None:
         self._ledger = ledger
         self._positions = positions
         self._topics = topics
+        self._cap = exact_up_to
 
     def lags(self) -> tuple[int, dict[str, int]]:
         head = self._ledger.recorder.max_notification_id() or 0
         lags = {
-            name: unprocessed(self._ledger, position, head, self._topics[name])
+            name: unprocessed(self._ledger, position, head, self._topics[name], self._cap)
             for name, position in self._positions().items()
         }
         return head, lags

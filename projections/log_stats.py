@@ -63,9 +63,34 @@ def count_by_topic(ledger: Ledger, after: int, upto: int, topics: Sequence[str])
         return {row[0]: int(row[1]) for row in cur.fetchall()}
 
 
-def unprocessed(ledger: Ledger, position: int, head: int, topics: Sequence[str]) -> int:
-    """Events a projection following `topics` has still to process (the rest of the log it skips)."""
-    return sum(count_by_topic(ledger, position, head, topics).values())
+def unprocessed(ledger: Ledger, position: int, head: int, topics: Sequence[str], cap: int = 100_000) -> int:
+    """Events a projection following `topics` has still to process (the rest of the log it skips).
+
+    Counted exactly up to `cap`; a projection further behind is reported as ``head - position``
+    (an upper bound), so a stalled projector never makes each scrape or probe scan the log.
+    """
+    if head <= position:
+        return 0
+    recorder: Any = ledger.recorder
+    if isinstance(recorder, PostgresApplicationRecorder):
+        statement = SQL(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM {schema}.{table} WHERE notification_id > %s"
+            " AND notification_id <= %s AND topic = ANY(%s) LIMIT %s) AS pending"
+        ).format(schema=Identifier(recorder.datastore.schema), table=Identifier(recorder.events_table_name))
+        with recorder.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
+            cur.execute(statement, (position, head, list(topics), cap))
+            row = cur.fetchone()
+    else:
+        marks = ", ".join("?" * len(topics))
+        sqlite_statement = (
+            f"SELECT COUNT(*) FROM (SELECT 1 FROM {recorder.events_table_name}"
+            f" WHERE rowid > ? AND rowid <= ? AND topic IN ({marks}) LIMIT ?)"
+        )
+        with recorder.datastore.transaction(commit=False) as cur:
+            cur.execute(sqlite_statement, (position, head, *topics, cap))
+            row = cur.fetchone()
+    count = int(row[0]) if row is not None else 0
+    return count if count < cap else head - position
 
 
 class DecisionTally:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import httpx
 
 from ledger.wechatpay.testing import NotificationFactory
+from projections.log_stats import unprocessed
+from projections.outbox_projection import OutboxProjection
 from tests.test_metrics import post, service
 from tests.test_outbox_projection import run_outbox
 from tests.test_read_model import project_until_caught_up
@@ -51,3 +53,17 @@ def test_the_default_bound_tolerates_an_ordinary_backlog(
         status, body = ready(client)
     assert status == 200
     assert body["projections"] == {"orders_view": 9, "outbox": 3}
+
+
+def test_lag_is_counted_exactly_up_to_a_cap_and_bounded_above_beyond_it(
+    database_url: str, merchant_env: dict[str, str], factory: NotificationFactory
+) -> None:
+    with service(merchant_env, database_url) as (client, ledger):
+        for n in range(3):
+            assert post(client, factory.paid(f"ORDER-78{n:02d}", 100)) == 204
+        head = ledger.recorder.max_notification_id()
+        decisions = OutboxProjection.topics
+        counted = [unprocessed(ledger, 0, head, decisions, cap) for cap in (10, 4, 3, 2)]
+        assert unprocessed(ledger, head, head, decisions) == 0
+    # 3 payments among 9 events: exact below the cap; at or above it, the span of the log.
+    assert counted == [3, 3, head, head]
