@@ -35,6 +35,7 @@ from api.orders import get_order, list_orders, order_events, query_order, regist
 from api.request_id import RequestIdMiddleware
 from api.responses import LedgerJSONResponse, fail
 from api.state import AppState, LiveView
+from api.ui import ui_mount
 from ledger.application import Ledger
 from ledger.bootstrap import bootstrap
 from ledger.errors import InvalidRequest, LedgerError, WeChatPayRejected
@@ -60,6 +61,11 @@ async def healthz(request: Request) -> Response:
 
 def _is_open(path: str) -> bool:
     return path in ("/healthz", "/readyz", "/wechatpay/notify") or path.startswith("/wechatpay/notify/")
+
+
+def _is_ui(path: str) -> bool:
+    """The operator pages check the token or a login session themselves (api/ui_auth.py)."""
+    return path == "/ui" or path.startswith("/ui/")
 
 
 async def readyz(request: Request) -> Response:
@@ -90,7 +96,7 @@ class AdminTokenMiddleware:
         self._expected = f"Bearer {token}".encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not _is_open(scope["path"]):
+        if scope["type"] == "http" and not _is_open(scope["path"]) and not _is_ui(scope["path"]):
             given = Headers(scope=scope).get("authorization", "").encode()
             if not hmac.compare_digest(given, self._expected):
                 await fail(401, "missing or wrong admin token", "UNAUTHORIZED")(scope, receive, send)
@@ -177,6 +183,7 @@ def create_app(
         Route("/orders/{out_trade_no}", get_order, methods=["GET"]),
         Route("/orders/{out_trade_no}/events", order_events, methods=["GET"]),
         Route("/orders/{out_trade_no}/query", query_order, methods=["POST"]),
+        ui_mount(settings),
     ]
     return Starlette(
         routes=routes,

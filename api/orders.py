@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 import anyio
+from eventsourcing.domain import Aggregate
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -17,7 +18,7 @@ from ledger.domain import FINAL_TRADE_STATES, OPEN_TRADE_STATES, PaymentOrder
 from ledger.errors import InvalidRequest, OrderNotFound
 from projections.read_model import cursor_decode, cursor_encode
 
-__all__ = ["get_order", "list_orders", "order_events", "order_to_dict", "query_order", "register_order"]
+__all__ = ["EVENT_TYPES", "get_order", "list_orders", "order_events", "order_to_dict", "query_order", "register_order"]
 
 OUT_TRADE_NO = re.compile(r"[0-9A-Za-z_\-|*@]{6,32}")
 CURRENCY = re.compile(r"[A-Z]{3}")
@@ -26,8 +27,40 @@ MAX_REGISTER_BODY = 16 * 1024
 TRADE_STATES = OPEN_TRADE_STATES | FINAL_TRADE_STATES
 
 
+# Every event a PaymentOrder stream can hold, by the name the events API shows.
+EVENT_TYPES = frozenset(
+    name
+    for name in dir(PaymentOrder)
+    if not name.startswith("_")
+    and name not in ("Event", "Created")  # the library's base classes, never stored as such
+    and isinstance(getattr(PaymentOrder, name), type)
+    and issubclass(getattr(PaymentOrder, name), Aggregate.Event)
+)
+
+
 def order_to_dict(order: PaymentOrder) -> dict[str, Any]:
     return order.summary()
+
+
+def _version_param(request: Request, name: str, *, minimum: int) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return None
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 9 or int(raw) < minimum:
+        raise InvalidRequest(f"{name} must be an integer of at least {minimum}")
+    return int(raw)
+
+
+def _types_param(request: Request) -> list[str] | None:
+    raw = request.query_params.get("type")
+    if raw is None:
+        return None
+    types = [part.strip() for part in raw.split(",") if part.strip()]
+    unknown = sorted(set(types) - EVENT_TYPES)
+    if not types or unknown:
+        known = ", ".join(sorted(EVENT_TYPES))
+        raise InvalidRequest(f"type must be comma-separated event types ({known})")
+    return types
 
 
 def _mchid(state: AppState, given: Any) -> str:
@@ -79,10 +112,19 @@ async def register_order(request: Request) -> Response:
 
 
 async def get_order(request: Request) -> Response:
-    """Read-your-writes: from the read model only once it has caught up with the log."""
+    """Read-your-writes: from the read model only once it has caught up with the log.
+
+    `?as_of_version=N` replays the stream up to event N instead (404 beyond the current version).
+    """
     state: AppState = request.app.state.ledger
     out_trade_no = request.path_params["out_trade_no"]
     mchid = _mchid(state, request.query_params.get("mchid"))
+    as_of = _version_param(request, "as_of_version", minimum=1)
+    if as_of is not None:
+        order = await anyio.to_thread.run_sync(
+            lambda: state.ledger.order_as_of(mchid, out_trade_no, as_of), limiter=state.limiter
+        )
+        return LedgerJSONResponse(order_to_dict(order))
 
     def read() -> dict[str, Any]:
         view = state.orders_view
@@ -147,11 +189,15 @@ async def list_orders(request: Request) -> Response:
 
 
 async def order_events(request: Request) -> Response:
+    """`?type=A,B` keeps those event types; `?since_version=N` keeps versions above N (exclusive)."""
     state: AppState = request.app.state.ledger
     out_trade_no = request.path_params["out_trade_no"]
     mchid = _mchid(state, request.query_params.get("mchid"))
+    since = _version_param(request, "since_version", minimum=0) or 0
+    types = _types_param(request)
     events = await anyio.to_thread.run_sync(
-        lambda: state.ledger.order_history(mchid, out_trade_no), limiter=state.limiter
+        lambda: state.ledger.order_events(mchid, out_trade_no, since_version=since, types=types),
+        limiter=state.limiter,
     )
     return LedgerJSONResponse({"out_trade_no": out_trade_no, "mchid": mchid, "events": events})
 

@@ -269,6 +269,22 @@ def cpu_seconds(port: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
+def database_cpu_seconds() -> float:
+    """User + system CPU of every local PostgreSQL process (backends, WAL writer, ...), plus
+    what exited backends left in their parent's account: the database's share of the cost."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            head, _, rest = stat.read_text().rpartition(")")
+        except OSError:  # the process ended while we looked
+            continue
+        if not head.endswith("(postgres"):
+            continue
+        fields = rest.split()
+        total += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
+    return total / _TICKS
+
+
 @contextmanager
 def running(server: str, env: dict[str, str], log_path: Path) -> Iterator[int]:
     """Start one server on a free loopback port; yield the port; stop it."""
@@ -306,6 +322,7 @@ class Phase:
     latencies_ms: list[float]
     failures: list[str]
     cpu_seconds: float = 0.0
+    database_cpu_seconds: float = 0.0
 
 
 NOTIFY_PATH = "/wechatpay/notify"
@@ -452,7 +469,7 @@ async def run_phase(
     # while the other server is measured. Open-loop may need more than `concurrency`.
     size = params.concurrency if mode != "rate" else max(params.concurrency, RATE_CONNECTIONS)
     pool = Pool(port, size)
-    cpu_before = cpu_seconds(port)
+    cpu_before, database_before = cpu_seconds(port), database_cpu_seconds()
     try:
         await pool.connect(params.concurrency)
         if mode == "rate":
@@ -463,6 +480,7 @@ async def run_phase(
         pool.close()
     phase.server, phase.mode = server, mode
     phase.cpu_seconds = cpu_seconds(port) - cpu_before
+    phase.database_cpu_seconds = database_cpu_seconds() - database_before
     return phase
 
 
@@ -526,6 +544,7 @@ class Row:
     max_ms: float | None
     failures: int
     cpu_ms_per_callback: float | None = None
+    database_cpu_ms_per_callback: float | None = None
 
 
 def summarise(phases: Sequence[Phase]) -> Row:
@@ -541,6 +560,7 @@ def summarise(phases: Sequence[Phase]) -> Row:
         max_ms=_median([max(p.latencies_ms, default=None) for p in phases]),
         failures=sum(len(p.failures) for p in phases),
         cpu_ms_per_callback=_median([1000 * p.cpu_seconds / p.requests for p in phases]),
+        database_cpu_ms_per_callback=_median([1000 * p.database_cpu_seconds / p.requests for p in phases]),
     )
 
 
@@ -587,13 +607,14 @@ def print_store(report: StoreReport, params: Params) -> None:
     print(f"\n== {report.store} ==")
     print(
         f"{'server':<9} {'mode':<8} {'requests':>8} {'callbacks/s':>12} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'max ms':>8} {'failures':>8} {'server cpu ms/cb':>16}"
+        f"{'max ms':>8} {'failures':>8} {'server cpu ms/cb':>16} {'db cpu ms/cb':>12}"
     )
     for r in report.rows:
         mode = f"c={params.concurrency}" if r.mode == "throughput" else f"{params.rate:g}/s"
         print(
             f"{r.server:<9} {mode:<8} {r.requests:>8} {r.callbacks_per_s:>12.1f} {_ms(r.p50_ms):>8} "
-            f"{_ms(r.p99_ms):>8} {_ms(r.max_ms):>8} {r.failures:>8} {_cpu(r.cpu_ms_per_callback):>16}"
+            f"{_ms(r.p99_ms):>8} {_ms(r.max_ms):>8} {r.failures:>8} {_cpu(r.cpu_ms_per_callback):>16} "
+            f"{_cpu(r.database_cpu_ms_per_callback if report.store == 'postgres' else None):>12}"
         )
     ledger_rate, baseline_rate = report.row("ledger", "rate"), report.row("baseline", "rate")
     print(

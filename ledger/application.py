@@ -26,6 +26,7 @@ from eventsourcing.postgres import PostgresApplicationRecorder
 from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Composed, Identifier
 
+from ledger.cipher import SETTING as ENCRYPTION_SETTING
 from ledger.domain import (
     Evidence,
     NotificationInbox,
@@ -35,7 +36,14 @@ from ledger.domain import (
     inbox_id,
     order_id,
 )
-from ledger.errors import InvalidRequest, OrderConflict, OrderNotFound, StoreUnavailable
+from ledger.errors import (
+    ConfigurationError,
+    EventUndecryptable,
+    InvalidRequest,
+    OrderConflict,
+    OrderNotFound,
+    StoreUnavailable,
+)
 from ledger.storage import persistence_env, schema_lock
 from ledger.wechatpay.notification import VerifiedNotification
 
@@ -44,7 +52,7 @@ __all__ = ["Ledger", "RecordResult", "build_ledger", "event_to_dict"]
 log = logging.getLogger("ledger.application")
 
 T = TypeVar("T")
-_BASE_FIELDS = {"originator_id", "originator_version", "timestamp", "originator_topic"}
+_BASE_FIELDS = {"originator_id", "originator_version", "timestamp", "originator_topic", "chain"}
 MAX_CONFLICT_RETRIES = 50
 
 
@@ -64,6 +72,7 @@ def event_to_dict(event: Any) -> dict[str, Any]:
         "type": type(event).__name__,
         "recorded_at": event.timestamp,
         "data": data,
+        "chain": event.chain,
     }
 
 
@@ -156,6 +165,37 @@ class Ledger(Application[UUID]):
         if not events:
             raise OrderNotFound(out_trade_no)
         return events
+
+    def order_events(
+        self, mchid: str, out_trade_no: str, *, since_version: int = 0, types: Iterable[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """The order's events after `since_version` (exclusive), optionally of some types only.
+
+        An order that exists but has nothing newer gives an empty list; an unknown order raises.
+        """
+        stream_id = order_id(mchid, out_trade_no)
+        wanted = None if types is None else set(types)
+        with self._store():
+            found = [
+                event_to_dict(e)
+                for e in self.events.get(stream_id, gt=since_version or None)
+                if wanted is None or type(e).__name__ in wanted
+            ]
+            if not found and not self.recorder.select_events(stream_id, limit=1):
+                raise OrderNotFound(out_trade_no)
+        return found
+
+    def order_as_of(self, mchid: str, out_trade_no: str, version: int) -> PaymentOrder:
+        """The order replayed up to and including `version` (an audit's "as it was then")."""
+        with self._store():
+            try:
+                order: PaymentOrder = self.repository.get(order_id(mchid, out_trade_no), version=version)
+            except AggregateNotFoundError:
+                raise OrderNotFound(out_trade_no) from None
+        assert isinstance(order, PaymentOrder)
+        if order.version < version:
+            raise OrderNotFound(f"{out_trade_no} has no version {version}", reason="order has no such version")
+        return order
 
     def inbox_history(self, mchid: str, notification_id: str) -> list[dict[str, Any]]:
         return self.history(inbox_id(mchid, notification_id))
@@ -259,9 +299,27 @@ def build_ledger(database_url: str, extra_env: Mapping[str, str] | None = None) 
     env.update(extra_env or {})
     try:
         with schema_lock(database_url):
-            return Ledger(env=env)
+            ledger = Ledger(env=env)
+        _check_newest_event_decrypts(ledger)
     except (PersistenceError, psycopg.OperationalError) as exc:
         raise StoreUnavailable(type(exc).__name__) from None
+    return ledger
+
+
+def _check_newest_event_decrypts(ledger: Ledger) -> None:
+    """A key missing from LEDGER_ENCRYPTION_KEYS fails at start-up, not at the first read."""
+    cipher = ledger.mapper.cipher
+    head = ledger.recorder.max_notification_id()
+    if cipher is None or not head:
+        return
+    for stored in ledger.recorder.select_notifications(head, 1):
+        try:
+            cipher.decrypt(stored.state)
+        except EventUndecryptable as exc:
+            ledger.close()
+            raise ConfigurationError(
+                ENCRYPTION_SETTING, f"the newest stored event needs key {exc.key_id}, which is not configured"
+            ) from None
 
 
 def utcnow() -> dt.datetime:

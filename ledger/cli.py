@@ -10,7 +10,6 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from ledger.errors import ConfigurationError, LedgerError
 from ledger.settings import Settings
@@ -80,40 +79,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_event(event: dict[str, Any]) -> None:
-    data = event["data"]
-    line = f"{event['version']:>4}  {event['recorded_at'].isoformat()}  {event['type']}"
-    if event["type"] == "NotificationReceived":
-        line += f"  {data['event_type']} id={data['notification_id']} serial={data['key_serial']}"
-    elif event["type"] == "Registered":
-        line += f"  amount_total={data['amount_total']} {data['currency']}"
-    elif event["type"] == "PaymentSucceeded":
-        line += f"  transaction_id={data['transaction_id']} amount_total={data['amount_total']}"
-    elif event["type"].startswith("Refund"):
-        line += f"  out_refund_no={data['out_refund_no']} refund={data['refund']}"
-    elif event["type"] == "AnomalyDetected":
-        line += f"  {data['kind']} {json.dumps(data['detail'], ensure_ascii=False)}"
-    print(line)
-
-
 def cmd_history(args: argparse.Namespace) -> int:
+    """The order's timeline: events with retry gaps and anomalies, then outbound deliveries."""
     from api.responses import to_jsonable
     from ledger.application import build_ledger
+    from projections.timeline import load_timeline, render_text, to_json
 
     settings = _settings(args)
     mchid = args.mchid or settings.merchants[0].mchid
     ledger = build_ledger(settings.database_url.value)
     try:
-        events = ledger.order_history(mchid, args.out_trade_no)
-        order = ledger.get_order(mchid, args.out_trade_no)
+        timeline = load_timeline(ledger, settings.database_url.value, mchid, args.out_trade_no)
     finally:
         ledger.close()
     if args.json:
-        print(json.dumps(to_jsonable({"events": events}), ensure_ascii=False, indent=2))
+        print(json.dumps(to_jsonable(to_json(timeline)), ensure_ascii=False, indent=2))
         return 0
-    print(f"order {order.out_trade_no} (mchid {order.mchid}): {order.trade_state}, version {order.version}")
-    for event in events:
-        _print_event(event)
+    print(render_text(timeline))
     return 0
 
 
@@ -303,6 +285,49 @@ def cmd_certificates(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Exit 0 when every chain and every stored signature checks out, 1 on any break."""
+    from ledger.application import build_ledger
+    from ledger.verify import verify_all, verify_order
+
+    settings = _settings(args, require_merchant=False)
+    keys = {m.mchid: m.keys for m in settings.merchants}
+    ledger = build_ledger(settings.database_url.value)
+    try:
+        if args.all:
+            report = verify_all(ledger, keys)
+        else:
+            mchid = args.mchid or (settings.merchants[0].mchid if settings.merchants else "")
+            if not mchid:
+                print("payledger: verify OUT_TRADE_NO needs --mchid (no merchant configured)", file=sys.stderr)
+                return 2
+            report = verify_order(ledger, keys, mchid, args.out_trade_no)
+    finally:
+        ledger.close()
+    if args.json:
+        print(report.to_json())
+    else:
+        for problem in report.breaks:
+            print(f"BREAK {problem}")
+        print(report.summary())
+    return 0 if report.ok else 1
+
+
+def cmd_reencrypt(args: argparse.Namespace) -> int:
+    """Exit 0 when every stored state is now under the newest key."""
+    from ledger.application import build_ledger
+    from ledger.reencrypt import reencrypt
+
+    settings = _settings(args, require_merchant=False)
+    ledger = build_ledger(settings.database_url.value)
+    try:
+        summary = reencrypt(ledger)
+    finally:
+        ledger.close()
+    print(summary)
+    return 1 if summary.unreadable else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="payledger", description="Event-sourced WeChat Pay ledger")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -318,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=cmd_serve)
 
-    history = sub.add_parser("history", help="print an order's full event history")
+    history = sub.add_parser("history", help="print an order's timeline: events, retries, anomalies, webhooks")
     history.add_argument("out_trade_no")
     history.add_argument("--mchid")
     history.add_argument("--json", action="store_true")
@@ -364,6 +389,17 @@ def build_parser() -> argparse.ArgumentParser:
     certificates = sub.add_parser("certificates", help="list verification keys and certificates with expiry")
     certificates.add_argument("--refresh", action="store_true", help="download from WeChat Pay first")
     certificates.set_defaults(func=cmd_certificates)
+
+    verify = sub.add_parser("verify", help="recompute the hash chains and re-verify stored notifications")
+    verify_what = verify.add_mutually_exclusive_group(required=True)
+    verify_what.add_argument("out_trade_no", nargs="?", help="one order (or a notification id naming no order)")
+    verify_what.add_argument("--all", action="store_true", help="every stream in the log")
+    verify.add_argument("--mchid")
+    verify.add_argument("--json", action="store_true")
+    verify.set_defaults(func=cmd_verify)
+
+    reencrypt = sub.add_parser("reencrypt", help="rewrite stored event states with the newest encryption key")
+    reencrypt.set_defaults(func=cmd_reencrypt)
 
     from projections.cli_webhooks import register as register_webhook_commands
 

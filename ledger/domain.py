@@ -16,6 +16,8 @@ from typing import Any
 
 from eventsourcing.domain import Aggregate
 
+from ledger.chain import ChainedAggregate
+
 __all__ = [
     "FINAL_TRADE_STATES",
     "OPEN_TRADE_STATES",
@@ -100,7 +102,7 @@ def _str(resource: dict[str, Any], name: str) -> str:
     return value if isinstance(value, str) else ""
 
 
-class _DeliveryLog(Aggregate):
+class _DeliveryLog(ChainedAggregate):
     """Keeps every delivery; answers whether a delivery is a byte-identical replay."""
 
     delivery_keys: set[str]

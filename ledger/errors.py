@@ -16,6 +16,8 @@ LedgerError
 ├── OrderNotFound               404
 ├── InvalidRequest              400: a request to our own API is malformed
 ├── StoreUnavailable            503: the event store cannot be reached; nothing was stored
+├── EventUndecryptable          a stored event's state cannot be decrypted: its key is not in
+│                                    LEDGER_ENCRYPTION_KEYS, or the bytes were altered
 └── WeChatPayError              an outbound call to WeChat Pay did not give a trusted answer (502)
     ├── WeChatPayUnavailable    network error, timeout, 429 or 5xx, still failing at the deadline
     ├── WeChatPayRejected       a 4xx answer (not retried); carries WeChat's code and message
@@ -31,6 +33,7 @@ __all__ = [
     "BodyTooLarge",
     "ConfigurationError",
     "DecryptionFailed",
+    "EventUndecryptable",
     "InvalidRequest",
     "LedgerError",
     "MalformedNotification",
@@ -126,6 +129,16 @@ class InvalidRequest(LedgerError):
 class StoreUnavailable(LedgerError):
     status_code = 503
     reason = "store unavailable"
+
+
+class EventUndecryptable(LedgerError):
+    """`key_id` names the key (its public fingerprint, never the key) the state needs."""
+
+    reason = "stored event cannot be decrypted"
+
+    def __init__(self, detail: str, key_id: str) -> None:
+        super().__init__(detail)
+        self.key_id = key_id
 
 
 class WeChatPayError(LedgerError):

@@ -268,6 +268,7 @@ class Settings:
     reconcile_qps: int = 10
     cert_refresh_interval: int = 3600
     endpoints: tuple[EndpointSettings, ...] = ()
+    encryption_keys: tuple[Secret, ...] = field(default=(), repr=False)
     # None: text when stderr is a terminal, JSON otherwise (see ledger.logs).
     log_format: str | None = None
     ready_max_lag: int = 10_000
@@ -331,9 +332,20 @@ class Settings:
             reconcile_qps=_int_setting(top, "LEDGER_RECONCILE_QPS", 10, 1, 1000),
             cert_refresh_interval=_int_setting(top, "LEDGER_CERT_REFRESH_INTERVAL", 3600, 60, 7 * 24 * 3600),
             endpoints=tuple(endpoints),
+            encryption_keys=_encryption_keys(env),
             log_format=log_format,
             ready_max_lag=_int_setting(top, "LEDGER_READY_MAX_LAG", 10_000, 0, 10**12),
         )
+
+
+def _encryption_keys(env: Mapping[str, str]) -> tuple[Secret, ...]:
+    """Validated here so a bad key stops start-up; environment only, because the event store's
+    cipher reads the same variable from the process environment in every process."""
+    from ledger.cipher import SETTING, parse_keys
+
+    raw = env.get(SETTING, "")
+    parse_keys(raw)
+    return tuple(Secret(part.strip()) for part in raw.split(",") if part.strip())
 
 
 def _read_config_file(path: Path) -> tuple[dict[str, str], list[MerchantSettings], list[EndpointSettings]]:

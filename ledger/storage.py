@@ -18,6 +18,9 @@ __all__ = ["SMALL_POOL", "connect_postgres", "persistence_env", "redact_url", "s
 _SCHEMA_LOCK = 0x7061796C65646772  # "payledgr": one lock for all of the project's DDL
 
 SETTING = "LEDGER_DATABASE_URL"
+# Always installed: it reads LEDGER_ENCRYPTION_KEYS from the process environment, which the
+# library merges into every application's environment (API, projectors, rebuild, verify alike).
+CIPHER_TOPIC = "ledger.cipher:RotatingAESCipher"
 
 
 def persistence_env(url: str) -> dict[str, str]:
@@ -44,6 +47,7 @@ def persistence_env(url: str) -> dict[str, str]:
             "SQLITE_LOCK_TIMEOUT": "5",
             "CREATE_TABLE": "y",
             "APPLICATION_RECORDER_TOPIC": "ledger.sqliterecorder:LedgerSQLiteRecorder",
+            "CIPHER_TOPIC": CIPHER_TOPIC,
         }
     if parts.scheme in {"postgresql", "postgres"}:
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
@@ -64,6 +68,7 @@ def persistence_env(url: str) -> dict[str, str]:
             "POSTGRES_PRE_PING": query.get("pre_ping", "n"),
             "APPLICATION_RECORDER_TOPIC": "ledger.pgrecorder:LedgerPostgresRecorder",
             "CREATE_TABLE": "y",
+            "CIPHER_TOPIC": CIPHER_TOPIC,
         }
         if "schema" in query:
             env["POSTGRES_SCHEMA"] = query["schema"]

@@ -174,6 +174,7 @@ def create_tables(cursor: Cursor, dialect: Dialect, *, schema: str | None = None
         " lease_until DOUBLE PRECISION, UNIQUE (source_id, endpoint_id))",
         "CREATE INDEX IF NOT EXISTS payledger_outbox_due ON {outbox} (state, next_attempt_at)",
         "CREATE INDEX IF NOT EXISTS payledger_outbox_created ON {outbox} (created_at)",
+        "CREATE INDEX IF NOT EXISTS payledger_outbox_order ON {outbox} (mchid, out_trade_no)",
         "CREATE TABLE IF NOT EXISTS {attempts} (id {serial}, message_id TEXT NOT NULL,"
         " attempted_at DOUBLE PRECISION NOT NULL, status INTEGER, duration_ms DOUBLE PRECISION NOT NULL,"
         " response_body TEXT NOT NULL, error TEXT)",
@@ -490,6 +491,27 @@ class Outbox:
                     " WHERE message_id IN (SELECT id FROM {outbox} WHERE " + where + ") ORDER BY id"
                 ),
                 params,
+            )
+            history: dict[str, list[Attempt]] = {}
+            for a in cur.fetchall():
+                history.setdefault(a[0], []).append(Attempt(float(a[1]), a[2], float(a[3]), a[4], a[5]))
+        return [_message(row, tuple(history.get(row[0], ()))) for row in rows]
+
+    def messages_for_order(self, mchid: str, out_trade_no: str) -> list[Message]:
+        """One order's messages in the order of its events, each with its attempts oldest first."""
+        where = "mchid = %s AND out_trade_no = %s"
+        with self.transaction() as cur:
+            cur.execute(
+                self._q("SELECT {mcols} FROM {outbox} WHERE " + where + " ORDER BY stream_version, endpoint_id"),
+                (mchid, out_trade_no),
+            )
+            rows = cur.fetchall()
+            cur.execute(
+                self._q(
+                    "SELECT message_id, attempted_at, status, duration_ms, response_body, error FROM {attempts}"
+                    " WHERE message_id IN (SELECT id FROM {outbox} WHERE " + where + ") ORDER BY id"
+                ),
+                (mchid, out_trade_no),
             )
             history: dict[str, list[Attempt]] = {}
             for a in cur.fetchall():

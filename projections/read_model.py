@@ -138,6 +138,7 @@ class OrdersView:
             " document TEXT NOT NULL, PRIMARY KEY (mchid, out_trade_no))",
             "CREATE INDEX IF NOT EXISTS {orders_state} ON {orders} (trade_state, updated_at)",
             "CREATE INDEX IF NOT EXISTS {orders_updated} ON {orders} (updated_at, mchid, out_trade_no)",
+            "CREATE INDEX IF NOT EXISTS {orders_transaction} ON {orders} (transaction_id)",
             "CREATE TABLE IF NOT EXISTS {refunds} (mchid TEXT NOT NULL, out_refund_no TEXT NOT NULL,"
             " out_trade_no TEXT NOT NULL, refund_id TEXT, status TEXT NOT NULL, refund BIGINT NOT NULL,"
             " success_time TEXT, PRIMARY KEY (mchid, out_refund_no))",
@@ -215,6 +216,18 @@ class OrdersView:
             curs.execute(self._sql(text), [*params, limit])
             return [_row_out(ORDER_FIELDS, row) for row in curs.fetchall()]
 
+    def by_transaction_id(self, transaction_id: str, limit: int = 20) -> list[dict[str, Any]]:
+        """Orders paid (or refunded) under WeChat's `transaction_id`; normally one."""
+        with self._cursor_transaction(commit=False) as curs:
+            curs.execute(
+                self._sql(
+                    f"SELECT {', '.join(ORDER_FIELDS)} FROM {{orders}} WHERE transaction_id = %s"
+                    " ORDER BY mchid, out_trade_no LIMIT %s"
+                ),
+                [transaction_id, limit],
+            )
+            return [_row_out(ORDER_FIELDS, row) for row in curs.fetchall()]
+
     def refunds(self, mchid: str, out_trade_no: str) -> list[dict[str, Any]]:
         with self._cursor_transaction(commit=False) as curs:
             curs.execute(
@@ -236,6 +249,7 @@ def _names(prefix: str) -> dict[str, str]:
         "refunds": f"{prefix}_refunds",
         "orders_state": f"{prefix}_orders_state",
         "orders_updated": f"{prefix}_orders_updated",
+        "orders_transaction": f"{prefix}_orders_transaction",
     }
 
 
@@ -253,6 +267,7 @@ class PostgresOrdersView(OrdersView, PostgresTrackingRecorder):
         names = {k: Identifier(self.datastore.schema, v) for k, v in _names(self.table_prefix).items()}
         names["orders_state"] = Identifier(_names(self.table_prefix)["orders_state"])
         names["orders_updated"] = Identifier(_names(self.table_prefix)["orders_updated"])
+        names["orders_transaction"] = Identifier(_names(self.table_prefix)["orders_transaction"])
         return SQL(text).format(**names)
 
 

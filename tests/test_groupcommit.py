@@ -1,0 +1,164 @@
+"""Group commit: batched, pipelined appends keep every per-delivery guarantee."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from ledger.domain import Outcome
+from ledger.errors import OrderNotFound, StoreUnavailable
+from ledger.groupcommit import GroupCommitter
+from ledger.wechatpay.notification import NotificationVerifier, VerifiedNotification
+from ledger.wechatpay.testing import Delivery, NotificationFactory
+from tests.conftest import APPID, MCHID
+
+
+@pytest.fixture
+def verify(factory: NotificationFactory) -> Callable[[Delivery], VerifiedNotification]:
+    verifier = NotificationVerifier(factory.key_store(), factory.apiv3_key.encode())
+    return lambda d: verifier.verify(d.headers, d.body)
+
+
+def test_many_orders_and_retries_through_the_pipeline(
+    ledger_factory: Callable[[], Any], factory: NotificationFactory, verify: Any
+) -> None:
+    """Every delivery recorded once, every order decided once, versions without gaps."""
+    ledger = ledger_factory()
+    orders = [f"GC-{n:04d}" for n in range(40)]
+    for out_trade_no in orders:
+        ledger.register_order(MCHID, out_trade_no, 100)
+    bodies = {n: factory.paid(n, 100).body for n in orders}
+    committer = GroupCommitter(ledger, max_batch=8)
+    try:
+        futures = []
+        for _ in range(3):  # WeChat's retries: same notification, freshly signed each time
+            for out_trade_no in orders:
+                futures.append(
+                    committer.submit(MCHID, verify(factory.deliver(bodies[out_trade_no])), expected_appid=APPID)
+                )
+        results = [f.result(timeout=30) for f in futures]
+    finally:
+        committer.close()
+    assert Counter(r.outcome for r in results) == {Outcome.RECORDED: 3 * len(orders)}
+    assert committer.batches > 1 and committer.requests == 3 * len(orders)
+    for out_trade_no in orders:
+        history = ledger.order_history(MCHID, out_trade_no)
+        types = [e["type"] for e in history]
+        assert types.count("NotificationReceived") == 3
+        assert types.count("PaymentSucceeded") == 1
+        assert [e["version"] for e in history] == list(range(1, len(history) + 1))
+        assert ledger.get_order(MCHID, out_trade_no).trade_state == "SUCCESS"
+
+
+class _SlowSaves:
+    """The ledger with a slow commit, counting the fallbacks to one-by-one recording."""
+
+    def __init__(self, ledger: Any, delay: float) -> None:
+        self._ledger = ledger
+        self._delay = delay
+        self.fallbacks = 0
+        self.saving = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ledger, name)
+
+    def save_all(self, aggregates: Any) -> None:
+        self.saving.set()
+        time.sleep(self._delay)
+        self._ledger.save_all(aggregates)
+
+    def record_notification(self, *args: Any, **kwargs: Any) -> Any:
+        self.fallbacks += 1
+        return self._ledger.record_notification(*args, **kwargs)
+
+
+def test_a_stream_being_written_is_read_after_the_write(
+    ledger_factory: Callable[[], Any], factory: NotificationFactory, verify: Any
+) -> None:
+    """The reader never decides on a stream whose previous batch is still being committed."""
+    slow = _SlowSaves(ledger_factory(), delay=0.3)
+    slow.register_order(MCHID, "GC-SLOW-1", 100)
+    paid = factory.paid("GC-SLOW-1", 100)
+    committer = GroupCommitter(slow)  # type: ignore[arg-type]
+    try:
+        first = committer.submit(MCHID, verify(paid), expected_appid=APPID)
+        assert slow.saving.wait(5)
+        # Submitted while the first is being written: read before that write ends, it would
+        # decide on a stale stream and conflict.
+        second = committer.submit(MCHID, verify(factory.deliver(paid.body)), expected_appid=APPID)
+        results = [first.result(timeout=10), second.result(timeout=10)]
+    finally:
+        committer.close()
+    assert [r.outcome for r in results] == [Outcome.RECORDED, Outcome.RECORDED]
+    assert results[1].version == results[0].version + 1
+    assert slow.fallbacks == 0
+    types = [e["type"] for e in slow.order_history(MCHID, "GC-SLOW-1")]
+    assert types.count("NotificationReceived") == 2 and types.count("PaymentSucceeded") == 1
+
+
+def test_other_streams_are_decided_while_a_batch_is_written(
+    ledger_factory: Callable[[], Any], factory: NotificationFactory, verify: Any
+) -> None:
+    """The two stages overlap: batch N+1 is loaded and decided during batch N's commit."""
+    slow = _SlowSaves(ledger_factory(), delay=0.4)
+    decided = threading.Event()
+    original_get_many = slow._ledger.get_many
+    calls = 0
+
+    def get_many(ids: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        found = original_get_many(ids)
+        if calls == 2:
+            decided.set()
+        return found
+
+    slow._ledger.get_many = get_many
+    committer = GroupCommitter(slow)  # type: ignore[arg-type]
+    try:
+        first = committer.submit(MCHID, verify(factory.paid("GC-PIPE-1", 100)), expected_appid=APPID)
+        assert slow.saving.wait(5)
+        second = committer.submit(MCHID, verify(factory.paid("GC-PIPE-2", 100)), expected_appid=APPID)
+        # The second batch's read happens while the first is still sleeping in its commit.
+        assert decided.wait(0.3)
+        assert not first.done()
+        assert first.result(timeout=10).outcome is Outcome.RECORDED
+        assert second.result(timeout=10).outcome is Outcome.RECORDED
+    finally:
+        committer.close()
+
+
+def test_store_failure_answers_every_request_and_the_committer_recovers(
+    ledger_factory: Callable[[], Any], factory: NotificationFactory, verify: Any
+) -> None:
+    from eventsourcing.persistence import OperationalError
+
+    ledger = ledger_factory()
+    broken = {"on": True}
+    original = ledger.save_all
+
+    def save_all(aggregates: Any) -> None:
+        if broken["on"]:
+            raise OperationalError("connection refused")
+        original(aggregates)
+
+    ledger.save_all = save_all
+    committer = GroupCommitter(ledger)
+    try:
+        failing = [committer.submit(MCHID, verify(factory.paid(f"GC-DOWN-{n}", 100))) for n in range(5)]
+        for future in failing:
+            with pytest.raises(StoreUnavailable):
+                future.result(timeout=10)
+        broken["on"] = False
+        result = committer.submit(MCHID, verify(factory.paid("GC-DOWN-0", 100))).result(timeout=10)
+    finally:
+        committer.close()
+    assert result.outcome is Outcome.RECORDED
+    assert [e["type"] for e in ledger.order_history(MCHID, "GC-DOWN-0")].count("NotificationReceived") == 1
+    with pytest.raises(OrderNotFound):
+        ledger.order_history(MCHID, "GC-DOWN-1")

@@ -1,0 +1,218 @@
+"""Tamper evidence: the chain, `verify` (function and the real `payledger verify`), on both stores."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from ledger.application import Ledger
+from ledger.chain import GENESIS, event_fields, link
+from ledger.domain import inbox_id, order_id
+from ledger.verify import Report, verify_all, verify_order
+from ledger.wechatpay.keys import KeyStore
+from ledger.wechatpay.notification import NotificationVerifier
+from ledger.wechatpay.testing import NotificationFactory
+from tests.conftest import APPID, MCHID
+from tests.tamper import delete_event, edit_json, edit_state, stored_state
+
+ORDER = "ORDER-9001"
+
+
+@pytest.fixture
+def keys(factory: NotificationFactory) -> dict[str, KeyStore]:
+    return {MCHID: factory.key_store()}
+
+
+def fill(ledger: Ledger, factory: NotificationFactory) -> str:
+    """Paid and refunded orders (one with a decimal in its resource), a retry, an inbox stream."""
+    verifier = NotificationVerifier(factory.key_store(), factory.apiv3_key.encode())
+
+    def record(delivery: Any) -> None:
+        ledger.record_notification(MCHID, verifier.verify(delivery.headers, delivery.body), expected_appid=APPID)
+
+    ledger.register_order(MCHID, ORDER, 100, "CNY", "茶")
+    paid = factory.paid(ORDER, 100)
+    record(paid)  # v3 NotificationReceived, v4 PaymentSucceeded
+    record(paid)  # a byte-identical replay: no event
+    record(factory.refunded(ORDER, "R-1", 40, 100))
+    resource = {**factory.transaction("ORDER-9002", 300), "promotion_detail": [{"rate": 0.5}]}
+    record(factory.deliver(factory.envelope(resource)))
+    ledger.register_order(MCHID, "ORDER-9002", 200)  # an amount mismatch: AnomalyDetected
+    body = factory.envelope({"mchid": MCHID, "out_contract_code": "C-1"}, "PAYSCORE.USER_OPEN_SERVICE")
+    inbox = factory.deliver(body)
+    record(inbox)
+    return inbox.notification_id
+
+
+def problems(report: Report) -> list[tuple[str, int, str]]:
+    return [(b.name, b.version, b.problem) for b in report.breaks]
+
+
+def payledger(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ledger.cli", *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.fixture
+def cli_env(merchant_env: dict[str, str], database_url: str) -> dict[str, str]:
+    import os
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("WECHATPAY_", "LEDGER_"))}
+    return {**base, **merchant_env, "LEDGER_DATABASE_URL": database_url}
+
+
+def test_a_clean_ledger_verifies_every_chain_and_notification(
+    ledger_factory: Callable[[], Ledger], factory: NotificationFactory, keys: dict[str, KeyStore]
+) -> None:
+    ledger = ledger_factory()
+    notification_id = fill(ledger, factory)
+    report = verify_all(ledger, keys, page=3)  # small pages: streams straddle page boundaries
+    assert report.ok, problems(report)
+    assert (report.streams, report.notifications) == (3, 4)
+    assert report.events == sum(
+        len(ledger.history(s))
+        for s in (order_id(MCHID, ORDER), order_id(MCHID, "ORDER-9002"), inbox_id(MCHID, notification_id))
+    )
+    one = verify_order(ledger, keys, MCHID, ORDER)
+    assert (one.ok, one.streams, one.events, one.notifications) == (True, 1, 6, 2)
+    assert verify_order(ledger, keys, MCHID, notification_id).events == 2  # an inbox stream by its id
+
+
+def test_history_shows_a_chain_that_links_each_event_to_the_one_before(
+    ledger_factory: Callable[[], Ledger], factory: NotificationFactory
+) -> None:
+    ledger = ledger_factory()
+    fill(ledger, factory)
+    history = ledger.order_history(MCHID, ORDER)
+    stored = list(ledger.events.get(order_id(MCHID, ORDER)))
+    previous = GENESIS
+    for shown, event in zip(history, stored, strict=True):
+        assert shown["chain"] == event.chain == link(previous, type(event), event_fields(event))
+        assert "chain" not in shown["data"]
+        previous = shown["chain"]
+    assert len({e["chain"] for e in history}) == len(history)
+
+
+def test_chains_survive_a_restart_and_identical_replays(
+    ledger_factory: Callable[[], Ledger], factory: NotificationFactory, keys: dict[str, KeyStore]
+) -> None:
+    ledger = ledger_factory()
+    verifier = NotificationVerifier(factory.key_store(), factory.apiv3_key.encode())
+    delivery = factory.paid(ORDER, 100)
+    ledger.register_order(MCHID, ORDER, 100)
+    ledger.record_notification(MCHID, verifier.verify(delivery.headers, delivery.body))
+    before = [e["chain"] for e in ledger.order_history(MCHID, ORDER)]
+    ledger.close()
+
+    restarted = ledger_factory()
+    assert [e["chain"] for e in restarted.order_history(MCHID, ORDER)] == before
+    # The same delivery again (no event), then WeChat's re-signed retry (a new event chained on).
+    restarted.record_notification(MCHID, verifier.verify(delivery.headers, delivery.body))
+    retry = factory.deliver(delivery.body)
+    restarted.record_notification(MCHID, verifier.verify(retry.headers, retry.body))
+    after = restarted.order_history(MCHID, ORDER)
+    assert [e["chain"] for e in after[: len(before)]] == before and len(after) == len(before) + 1
+    assert verify_all(restarted, keys).ok
+
+
+def test_an_edited_amount_is_caught_by_verify_and_by_the_cli(
+    ledger_factory: Callable[[], Ledger],
+    factory: NotificationFactory,
+    keys: dict[str, KeyStore],
+    database_url: str,
+    cli_env: dict[str, str],
+) -> None:
+    ledger = ledger_factory()
+    fill(ledger, factory)
+    assert payledger("verify", "--all", env=cli_env).returncode == 0
+    assert ledger.order_history(MCHID, ORDER)[3]["type"] == "PaymentSucceeded"
+
+    def pay_less(state: dict[str, Any]) -> None:
+        assert state["amount_total"] == 100
+        state["amount_total"] = 1
+
+    edit_json(database_url, order_id(MCHID, ORDER), 4, pay_less)
+    assert ledger.get_order(MCHID, ORDER).paid_total == 1  # the edit is live: only the chain tells
+    assert problems(verify_all(ledger, keys)) == [(ORDER, 4, "chain mismatch")]
+
+    one = payledger("verify", ORDER, env=cli_env)
+    assert one.returncode == 1
+    assert f"BREAK order {ORDER} (mchid {MCHID}) version 4: chain mismatch" in one.stdout
+    assert "1 break" in one.stdout.splitlines()[-1]
+    every = payledger("verify", "--all", "--json", env=cli_env)
+    assert every.returncode == 1, every.stderr
+    answer = json.loads(every.stdout)
+    assert answer["ok"] is False and answer["streams"] == 3
+    assert [(b["kind"], b["name"], b["version"], b["problem"]) for b in answer["breaks"]] == [
+        ("order", ORDER, 4, "chain mismatch")
+    ]
+
+
+def test_a_deleted_middle_event_is_caught(
+    ledger_factory: Callable[[], Ledger], factory: NotificationFactory, keys: dict[str, KeyStore], database_url: str
+) -> None:
+    ledger = ledger_factory()
+    fill(ledger, factory)
+    delete_event(database_url, order_id(MCHID, ORDER), 5)  # the refund's NotificationReceived
+    assert problems(verify_order(ledger, keys, MCHID, ORDER)) == [
+        (ORDER, 6, "events missing before it (version 5)"),
+        (ORDER, 6, "chain mismatch"),
+    ]
+
+
+def test_a_raw_body_that_no_longer_matches_its_signature_is_reported(
+    ledger_factory: Callable[[], Ledger], factory: NotificationFactory, keys: dict[str, KeyStore], database_url: str
+) -> None:
+    ledger = ledger_factory()
+    fill(ledger, factory)
+    stream = order_id(MCHID, ORDER)
+
+    def one_byte(state: dict[str, Any]) -> None:
+        body = state["raw_body"]
+        state["raw_body"] = body.replace('"id":"', '"id":"X', 1)
+        assert state["raw_body"] != body
+
+    edit_json(database_url, stream, 3, one_byte)
+    assert problems(verify_order(ledger, keys, MCHID, ORDER)) == [
+        (ORDER, 3, "chain mismatch"),
+        (ORDER, 3, "signature does not verify"),
+    ]
+
+    # An attacker who also recomputes every chain from there on still cannot re-sign the body.
+    events = list(ledger.events.get(stream))
+    previous = events[1].chain
+    for event in events[2:]:
+        chain = link(previous, type(event), event_fields(event))
+        edit_json(database_url, stream, event.originator_version, lambda s, c=chain: s.update(chain=c))
+        previous = chain
+    assert problems(verify_order(ledger, keys, MCHID, ORDER)) == [(ORDER, 3, "signature does not verify")]
+
+
+def test_unknown_keys_missing_chains_and_garbage_are_each_reported(
+    ledger_factory: Callable[[], Ledger],
+    factory: NotificationFactory,
+    other_factory: NotificationFactory,
+    keys: dict[str, KeyStore],
+    database_url: str,
+) -> None:
+    ledger = ledger_factory()
+    notification_id = fill(ledger, factory)
+    public_key_id = next(iter(factory.key_store().public_keys))
+    stranger = verify_order(ledger, {MCHID: other_factory.key_store()}, MCHID, notification_id)
+    assert problems(stranger) == [(notification_id, 2, f"key {public_key_id} not configured")]
+
+    edit_json(database_url, order_id(MCHID, ORDER), 2, lambda s: s.pop("chain"))  # as stored before chains
+    edit_state(database_url, order_id(MCHID, "ORDER-9002"), 1, lambda b: b[:-5])
+    report = verify_all(ledger, keys)
+    assert problems(report) == [
+        (ORDER, 2, "event has no chain"),
+        ("", 1, "event does not decode: stored state is not a valid event"),
+    ]
+    assert str(report.breaks[1]).startswith(f"stream {order_id(MCHID, 'ORDER-9002')} version 1")
+    assert stored_state(database_url, order_id(MCHID, ORDER), 3)  # the rest is untouched
