@@ -7,7 +7,9 @@ the store, so a second app on the same store reports the same.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from api.app import create_app
 from api.metrics import NOTIFICATION_OUTCOMES
 from ledger.application import Ledger, build_ledger
+from ledger.cipher import SETTING as ENCRYPTION_KEYS
+from ledger.cipher import stored_key_id
 from ledger.settings import Settings
 from ledger.wechatpay.sandbox import Sandbox
 from ledger.wechatpay.testing import Delivery, NotificationFactory
@@ -27,6 +31,7 @@ from projections.dispatcher import Dispatcher
 from projections.outbox import Attempt, Outbox, outbox_url
 from projections.outbox_stats import ATTEMPT_RESULTS
 from tests.servers import TCPProxy, running
+from tests.tamper import all_states
 from tests.test_outbox_dispatcher import FakeClock, Receiver, decide
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -139,9 +144,16 @@ def test_a_store_that_goes_away_is_counted_and_metrics_still_answer(
     assert not any(name == "payledger_decisions_total" for name, _ in samples), "store figures are left out, not 0"
 
 
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
 def test_decisions_by_type_and_anomalies_by_kind_come_from_the_log_for_every_replica(
-    database_url: str, merchant_env: dict[str, str], factory: NotificationFactory
+    database_url: str,
+    merchant_env: dict[str, str],
+    factory: NotificationFactory,
+    encrypted: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    if encrypted:  # an anomaly's kind is inside the stored state: read through the mapper
+        monkeypatch.setenv(ENCRYPTION_KEYS, base64.b64encode(os.urandom(32)).decode())
     with service(merchant_env, database_url) as (client, _):
         before = scrape(client)
         for no in ("ORDER-7201", "ORDER-7202"):
@@ -152,6 +164,8 @@ def test_decisions_by_type_and_anomalies_by_kind_come_from_the_log_for_every_rep
         after = scrape(client)
         with service(merchant_env, database_url) as (second, _):
             other_replica = scrape(second)
+    states = all_states(database_url)
+    assert states and all((stored_key_id(state) is not None) == encrypted for state in states)
     decided = {
         t: value(after, "payledger_decisions_total", type=t) - value(before, "payledger_decisions_total", type=t)
         for t in ("PaymentSucceeded", "RefundSucceeded", "RefundClosed", "RefundAbnormal", "AnomalyDetected")
