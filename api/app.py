@@ -19,9 +19,20 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.metrics import ProjectionLag, metrics, new_registry
+from api.metrics import (
+    DecisionMetrics,
+    Guarded,
+    NotifyMetrics,
+    OutboxMetrics,
+    ProjectionLag,
+    QueryOutcomes,
+    StoreBreaker,
+    metrics,
+    new_registry,
+)
 from api.notify import notify
 from api.orders import get_order, list_orders, order_events, query_order, register_order
+from api.request_id import RequestIdMiddleware
 from api.responses import LedgerJSONResponse, fail
 from api.state import AppState, LiveView
 from api.ui import ui_mount
@@ -30,6 +41,12 @@ from ledger.bootstrap import bootstrap
 from ledger.errors import InvalidRequest, LedgerError, WeChatPayRejected
 from ledger.groupcommit import GroupCommitter
 from ledger.settings import Settings
+from projections.log_stats import DecisionTally
+from projections.outbox import Outbox, outbox_url
+from projections.outbox_projection import NAME as OUTBOX
+from projections.outbox_projection import OutboxProjection, open_outbox_view
+from projections.read_model import NAME as ORDERS_VIEW
+from projections.read_model import OrdersProjection
 
 __all__ = ["create_app"]
 
@@ -52,14 +69,23 @@ def _is_ui(path: str) -> bool:
 
 
 async def readyz(request: Request) -> Response:
-    """Ready when the event store answers (load balancers stop sending traffic otherwise)."""
+    """Ready when the event store answers and no projection is further behind than the bound."""
     state: AppState = request.app.state.ledger
-    try:
-        position = await anyio.to_thread.run_sync(state.ledger.recorder.max_notification_id, limiter=state.limiter)
-    except Exception:
-        log.warning("readiness check: event store unreachable")
+    lag: ProjectionLag = request.app.state.projection_lag
+    breaker: StoreBreaker = request.app.state.store_breaker
+    if breaker.is_open:
         return fail(503, "store unavailable", "NOT_READY")
-    return LedgerJSONResponse({"status": "ready", "log_position": position or 0})
+    try:
+        position, lags = await anyio.to_thread.run_sync(lag.lags, limiter=state.limiter)
+    except Exception as exc:
+        breaker.trip()
+        log.warning("readiness check: event store unreachable (%s)", type(exc).__name__)
+        return fail(503, "store unavailable", "NOT_READY")
+    for name, behind in lags.items():
+        if behind > state.settings.ready_max_lag:
+            log.warning("readiness check: projection %s lagging %d events", name, behind)
+            return fail(503, f"projection {name} lagging {behind} events", "NOT_READY")
+    return LedgerJSONResponse({"status": "ready", "log_position": position, "projections": lags})
 
 
 class AdminTokenMiddleware:
@@ -108,13 +134,27 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         committer = GroupCommitter(services.ledger)
         views = LiveView(settings.database_url.value)
-        app.state.ledger = AppState(services, committer, anyio.CapacityLimiter(settings.worker_threads), views)
-        app.state.metrics = new_registry(
-            ProjectionLag(
-                lambda: services.ledger.recorder.max_notification_id() or 0,
-                lambda: {"orders_view": views.current().position()},
-            )
+        outbox_view = open_outbox_view(settings.database_url.value)
+        outbox = Outbox(outbox_url(settings.database_url.value))
+        registry = new_registry()
+        app.state.ledger = AppState(
+            services, committer, anyio.CapacityLimiter(settings.worker_threads), views, NotifyMetrics(registry)
         )
+        app.state.projection_lag = ProjectionLag(
+            services.ledger,
+            lambda: {
+                ORDERS_VIEW: views.current().position(),
+                OUTBOX: outbox_view.max_tracking_id(Ledger.name) or 0,
+            },
+            {ORDERS_VIEW: OrdersProjection.topics, OUTBOX: OutboxProjection.topics},
+            exact_up_to=max(100_000, settings.ready_max_lag + 1),
+        )
+        breaker = app.state.store_breaker = StoreBreaker()
+        registry.register(QueryOutcomes(services.query))
+        registry.register(Guarded("projection lag", app.state.projection_lag, breaker))
+        registry.register(Guarded("decisions", DecisionMetrics(DecisionTally(services.ledger)), breaker))
+        registry.register(Guarded("outbox", OutboxMetrics(outbox), breaker))
+        app.state.metrics = registry
         if background:
             services.start_background()
         # Everything built so far lives as long as the process: keep it out of the cyclic
@@ -125,8 +165,10 @@ def create_app(
         committer.close()
         services.close()
         views.close()
+        outbox.close()
+        outbox_view.datastore.close()
 
-    middleware = []
+    middleware = [Middleware(RequestIdMiddleware)]
     if settings.admin_token is not None:
         middleware.append(Middleware(AdminTokenMiddleware, token=settings.admin_token.value))
     # The notification routes first: they take nearly all the traffic.

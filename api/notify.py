@@ -11,10 +11,14 @@ from starlette.responses import Response
 
 from api.responses import fail
 from api.state import AppState
+from ledger.domain import Outcome
 from ledger.errors import (
     BodyTooLarge,
     DecryptionFailed,
+    MalformedNotification,
     NotificationRejected,
+    SignatureProbe,
+    StaleTimestamp,
     StoreUnavailable,
     UnknownSerial,
 )
@@ -25,6 +29,13 @@ log = logging.getLogger("api.notify")
 BODY_READ_TIMEOUT = 10.0
 # WeChat counts an answer after 5 s as a failure; leave room for the network.
 STORE_DEADLINE = 4.0
+# The outcome counted for each refusal; any other verification failure is a bad signature.
+_REJECTED = {
+    SignatureProbe: "probe",
+    StaleTimestamp: "stale",
+    UnknownSerial: "unknown_serial",
+    MalformedNotification: "malformed",
+}
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -45,21 +56,31 @@ async def read_body(request: Request, limit: int) -> bytes:
 async def notify(request: Request) -> Response:
     state: AppState = request.app.state.ledger
     started = time.perf_counter()
+    metrics = state.notify_metrics
     mchid = request.path_params.get("mchid") or state.default_mchid
     merchant = state.merchants.get(mchid or "")
     if merchant is None:
-        log.warning("notification for unknown merchant %r", (mchid or "")[:32])
+        log.warning("notification for unknown merchant %r", (mchid or "")[:32], extra={"outcome": "unknown_merchant"})
+        metrics.answered("unknown_merchant", started)
         return fail(404, "unknown merchant")
     try:
         async with asyncio.timeout(BODY_READ_TIMEOUT):
             body = await read_body(request, state.max_body_bytes)
     except BodyTooLarge as exc:
-        log.warning("notification refused mchid=%s: %s", mchid, exc.reason)
+        log.warning("notification refused mchid=%s: %s", mchid, exc.reason, extra={"outcome": "too_large"})
+        metrics.answered("too_large", started)
         return fail(413, exc.reason)
     except TimeoutError:
-        log.warning("notification body not received within %.0fs mchid=%s", BODY_READ_TIMEOUT, mchid)
+        log.warning(
+            "notification body not received within %.0fs mchid=%s",
+            BODY_READ_TIMEOUT,
+            mchid,
+            extra={"outcome": "body_timeout"},
+        )
+        metrics.answered("body_timeout", started)
         return fail(408, "request body timeout")
     except ClientDisconnect:
+        metrics.answered("disconnected", started)
         return fail(400, "client disconnected")
 
     try:
@@ -69,10 +90,20 @@ async def notify(request: Request) -> Response:
             "SIGNED NOTIFICATION DOES NOT DECRYPT for mchid=%s: WECHATPAY_APIV3_KEY is wrong or was "
             "reset; WeChat will retry, fix the key now",
             mchid,
+            extra={"outcome": "decrypt_failure"},
         )
+        metrics.answered("decrypt_failure", started)
         return fail(500, DecryptionFailed.reason)
     except NotificationRejected as exc:
-        log.warning("notification rejected mchid=%s status=%d: %s", mchid, exc.status_code, exc)
+        outcome = _REJECTED.get(type(exc), "bad_signature")
+        log.warning(
+            "notification rejected mchid=%s status=%d: %s",
+            mchid,
+            exc.status_code,
+            exc,
+            extra={"mchid": mchid, "outcome": outcome, "status": exc.status_code},
+        )
+        metrics.answered(outcome, started)
         if isinstance(exc, UnknownSerial) and merchant.certificates is not None:
             # Perhaps a rotation we have not seen yet: refresh in the background, rate-limited.
             # This answer stays a failure; WeChat's retry will find the new certificate.
@@ -89,8 +120,12 @@ async def notify(request: Request) -> Response:
             "notification %s not stored (%s); answering 503 so WeChat retries",
             notification.id,
             "store unavailable" if isinstance(exc, StoreUnavailable) else f"no commit within {STORE_DEADLINE}s",
+            extra={"outcome": "store_unavailable", "notification_id": notification.id},
         )
+        metrics.answered("store_unavailable", started)
         return fail(503, StoreUnavailable.reason)
+    outcome = "accepted" if result.outcome is Outcome.RECORDED else "duplicate"
+    duration_ms = metrics.answered(outcome, started) * 1000
     log.info(
         "notification %s %s mchid=%s %s stream_version=%d in %.1fms",
         notification.id,
@@ -98,6 +133,13 @@ async def notify(request: Request) -> Response:
         merchant.mchid,
         result.outcome.value,
         result.version,
-        (time.perf_counter() - started) * 1000,
+        duration_ms,
+        extra={
+            "mchid": merchant.mchid,
+            "notification_id": notification.id,
+            "outcome": outcome,
+            "status": 204,
+            "duration_ms": round(duration_ms, 2),
+        },
     )
     return Response(status_code=204)

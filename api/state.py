@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
+from prometheus_client import CollectorRegistry
 
+from api.metrics import NotifyMetrics
 from ledger.application import Ledger
 from ledger.bootstrap import MerchantServices, Services
 from ledger.groupcommit import GroupCommitter
@@ -50,6 +52,7 @@ class AppState:
     committer: GroupCommitter
     limiter: anyio.CapacityLimiter
     views: LiveView | None = None
+    notify_metrics: NotifyMetrics = field(default_factory=lambda: NotifyMetrics(CollectorRegistry()))
 
     @property
     def orders_view(self) -> OrdersView | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import signal
 import sys
@@ -27,8 +26,10 @@ def _settings(args: argparse.Namespace, *, require_merchant: bool = True) -> Set
     return Settings.load(env, require_merchant=require_merchant)
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+def _configure_logging(level: str, fmt: str | None = None) -> None:
+    from ledger.logs import configure_logging
+
+    configure_logging(level, fmt)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -38,7 +39,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ledger.storage import redact_url
 
     settings = _settings(args)
-    _configure_logging(settings.log_level)
+    _configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
     merchants = ", ".join(m.mchid for m in settings.merchants)
     print(
@@ -155,7 +156,7 @@ def cmd_project(args: argparse.Namespace) -> int:
     from projections.outbox_projection import sync_endpoints
 
     settings = _settings(args, require_merchant=False)
-    _configure_logging(settings.log_level)
+    _configure_logging(settings.log_level, settings.log_format)
     sync_endpoints(settings.database_url.value, settings.endpoints)
     stop = _stop_on_signals()
     threads = _projector_threads(settings.database_url.value, stop)
@@ -227,7 +228,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     from ledger.worklist import Worklist
 
     settings = _settings(args)
-    _configure_logging(settings.log_level if args.follow else "WARNING")
+    _configure_logging(settings.log_level if args.follow else "WARNING", settings.log_format)
     services = bootstrap(settings)
     worklist = Worklist(settings.database_url.value)
     reconciler = Reconciler(

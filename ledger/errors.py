@@ -5,7 +5,9 @@ LedgerError
 ├── NotificationRejected        an inbound notification we must not acknowledge
 │   ├── VerificationFailed      401: missing headers, stale timestamp, unknown serial,
 │   │   │                            probe or bad signature, wrong signature type
-│   │   └── UnknownSerial       401: no key for this Wechatpay-Serial (may trigger a refresh)
+│   │   ├── UnknownSerial       401: no key for this Wechatpay-Serial (may trigger a refresh)
+│   │   ├── StaleTimestamp      401: Wechatpay-Timestamp outside the allowed window
+│   │   └── SignatureProbe      401: WeChat's deliberate WECHATPAY/SIGNTEST/ signature
 │   ├── MalformedNotification   400: verified, but the envelope is not what WeChat sends
 │   ├── BodyTooLarge            413
 │   └── DecryptionFailed        500: signed correctly but the resource does not decrypt
@@ -39,6 +41,8 @@ __all__ = [
     "OrderConflict",
     "OrderNotFound",
     "ResponseUntrusted",
+    "SignatureProbe",
+    "StaleTimestamp",
     "StoreUnavailable",
     "UnknownSerial",
     "VerificationFailed",
@@ -82,6 +86,14 @@ class UnknownSerial(VerificationFailed):
     def __init__(self, serial: str) -> None:
         super().__init__(f"unknown serial {serial[:64]!r}")
         self.serial = serial
+
+
+class StaleTimestamp(VerificationFailed):
+    reason = "timestamp outside the allowed window"
+
+
+class SignatureProbe(VerificationFailed):
+    """Answered like any bad signature; its own class so it is counted apart from real failures."""
 
 
 class MalformedNotification(NotificationRejected):

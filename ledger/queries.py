@@ -49,6 +49,11 @@ class OrderQuery:
         self._lock = threading.Lock()
         self.outcomes: Counter[str] = Counter()
 
+    def counts(self) -> dict[str, int]:
+        """A snapshot of `outcomes` (``"rejected:<WeChat code>"`` for 4xx answers)."""
+        with self._lock:
+            return dict(self.outcomes)
+
     def _count(self, outcome: str) -> None:
         with self._lock:
             self.outcomes[outcome] += 1

@@ -49,6 +49,8 @@ _LEDGER_KEYS = {
     "LEDGER_RECONCILE_EXPIRY",
     "LEDGER_RECONCILE_QPS",
     "LEDGER_CERT_REFRESH_INTERVAL",
+    "LEDGER_LOG_FORMAT",
+    "LEDGER_READY_MAX_LAG",
 }
 # Seconds between reconciliation queries: a few seconds, then minutes, then hours; the last repeats.
 DEFAULT_RECONCILE_SCHEDULE = (5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0)
@@ -267,6 +269,9 @@ class Settings:
     cert_refresh_interval: int = 3600
     endpoints: tuple[EndpointSettings, ...] = ()
     encryption_keys: tuple[Secret, ...] = field(default=(), repr=False)
+    # None: text when stderr is a terminal, JSON otherwise (see ledger.logs).
+    log_format: str | None = None
+    ready_max_lag: int = 10_000
 
     @property
     def default_merchant(self) -> MerchantSettings | None:
@@ -312,6 +317,9 @@ class Settings:
         level = top.get("LEDGER_LOG_LEVEL", "INFO").strip().upper() or "INFO"
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ConfigurationError("LEDGER_LOG_LEVEL", "must be DEBUG, INFO, WARNING or ERROR")
+        log_format = top.get("LEDGER_LOG_FORMAT", "").strip().lower() or None
+        if log_format not in {None, "json", "text"}:
+            raise ConfigurationError("LEDGER_LOG_FORMAT", "must be json or text")
         return cls(
             database_url=Secret(database_url),
             merchants=tuple(merchants),
@@ -325,6 +333,8 @@ class Settings:
             cert_refresh_interval=_int_setting(top, "LEDGER_CERT_REFRESH_INTERVAL", 3600, 60, 7 * 24 * 3600),
             endpoints=tuple(endpoints),
             encryption_keys=_encryption_keys(env),
+            log_format=log_format,
+            ready_max_lag=_int_setting(top, "LEDGER_READY_MAX_LAG", 10_000, 0, 10**12),
         )
 
 

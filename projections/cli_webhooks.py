@@ -12,7 +12,6 @@ import argparse
 import datetime as dt
 import functools
 import json
-import logging
 import os
 import signal
 import sys
@@ -23,6 +22,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ledger.errors import ConfigurationError
+from ledger.logs import configure_logging
 from ledger.settings import Settings
 from projections.dispatcher import DEFAULT_SCHEDULE, Dispatcher
 from projections.outbox import STATES, Endpoint, Message, Outbox, outbox_url
@@ -172,9 +172,7 @@ def cmd_deliveries(load_settings: LoadSettings, args: argparse.Namespace) -> int
 
 def cmd_dispatch(load_settings: LoadSettings, args: argparse.Namespace) -> int:
     settings = load_settings(args)
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    configure_logging(settings.log_level, settings.log_format)
     options = webhook_settings()
     from projections.outbox_projection import sync_endpoints
 

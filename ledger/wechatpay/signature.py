@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 
-from ledger.errors import VerificationFailed
+from ledger.errors import SignatureProbe, StaleTimestamp, VerificationFailed
 from ledger.wechatpay.keys import KeyStore
 
 __all__ = [
@@ -149,12 +149,9 @@ def verify_signed_message(
         raise VerificationFailed("timestamp is not an integer", reason="bad timestamp")
     # Whole seconds on both sides: WeChat signs with integer seconds.
     if abs(int(now) - int(headers.timestamp)) > tolerance:
-        raise VerificationFailed(
-            f"timestamp {headers.timestamp} outside ±{tolerance}s of {int(now)}",
-            reason="timestamp outside the allowed window",
-        )
+        raise StaleTimestamp(f"timestamp {headers.timestamp} outside ±{tolerance}s of {int(now)}")
     if headers.is_probe:
-        raise VerificationFailed("signature probe", reason="signature verification failed")
+        raise SignatureProbe("signature probe")
     serial, public_key = keys.lookup(headers.serial, now)
     message = build_message(headers.timestamp, headers.nonce, body)
     if not verify(public_key, message, headers.signature):

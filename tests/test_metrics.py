@@ -1,0 +1,291 @@
+"""GET /metrics through the real app: every figure moves by exactly what was done.
+
+Per-request figures (notification outcomes, answer latency, query outcomes) are the replica's
+own; store figures (decisions, anomalies, lag, outbound attempts, dead letters) are read from
+the store, so a second app on the same store reports the same.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from api.app import create_app
+from api.metrics import NOTIFICATION_OUTCOMES
+from ledger.application import Ledger, build_ledger
+from ledger.cipher import SETTING as ENCRYPTION_KEYS
+from ledger.cipher import stored_key_id
+from ledger.settings import Settings
+from ledger.wechatpay.sandbox import Sandbox
+from ledger.wechatpay.testing import Delivery, NotificationFactory
+from projections.dispatcher import Dispatcher
+from projections.outbox import Attempt, Outbox, outbox_url
+from projections.outbox_stats import ATTEMPT_RESULTS
+from tests.servers import TCPProxy, running
+from tests.tamper import all_states
+from tests.test_outbox_dispatcher import FakeClock, Receiver, decide
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(client: httpx.Client) -> Samples:
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(response.text)
+        for s in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """The sample, which must be there (a metric missing from a scrape is a failure, not a 0)."""
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+def post(client: httpx.Client, delivery: Delivery, path: str = "/wechatpay/notify") -> int:
+    return client.post(path, content=delivery.body, headers=delivery.headers).status_code
+
+
+@contextlib.contextmanager
+def service(env: dict[str, str], database_url: str, **extra: str) -> Iterator[tuple[httpx.Client, Ledger]]:
+    settings = Settings.load({**env, "LEDGER_DATABASE_URL": database_url, **extra})
+    ledger = build_ledger(database_url)
+    try:
+        with (
+            running(create_app(settings, ledger=ledger, background=False)) as url,
+            httpx.Client(base_url=url, timeout=30) as client,
+        ):
+            yield client, ledger
+    finally:
+        ledger.close()
+
+
+def test_every_notification_outcome_is_counted_once_and_every_answer_is_timed(
+    database_url: str,
+    merchant_env: dict[str, str],
+    factory: NotificationFactory,
+    other_factory: NotificationFactory,
+) -> None:
+    now = int(time.time())
+    paid = factory.paid("ORDER-7001", 100)
+    other_body = factory.envelope(factory.transaction("ORDER-7002", 100))
+    sent = {
+        "accepted": (paid, 204),
+        "duplicate": (paid, 204),  # the same bytes again
+        "probe": (factory.probe(factory.paid("ORDER-7003", 100)), 401),
+        "bad_signature": (other_factory.deliver(other_body, serial=factory.public_key_id), 401),
+        "stale": (factory.deliver(other_body, timestamp=now - 3600), 401),
+        "unknown_serial": (factory.deliver(other_body, serial="PUB_KEY_ID_" + "7" * 30), 401),
+        "malformed": (factory.deliver(b'{"id":"n-7005","event_type":"TRANSACTION.SUCCESS"}'), 400),
+        "decrypt_failure": (
+            factory.deliver(factory.envelope(factory.transaction("ORDER-7006", 100), apiv3_key="X" * 32)),
+            500,
+        ),
+    }
+    with service(merchant_env, database_url, LEDGER_MAX_BODY_BYTES="2048") as (client, _):
+        before = scrape(client)
+        assert {value(before, "payledger_notifications_total", outcome=o) for o in NOTIFICATION_OUTCOMES} == {0.0}
+        for outcome, (delivery, status) in sent.items():
+            assert post(client, delivery) == status, outcome
+        big = factory.deliver(factory.envelope({**factory.transaction("ORDER-7007", 100), "attach": "x" * 3000}))
+        assert post(client, big) == 413
+        assert post(client, paid, "/wechatpay/notify/1999999999") == 404
+        after = scrape(client)
+    expected = dict.fromkeys(NOTIFICATION_OUTCOMES, 0) | dict.fromkeys(sent, 1)
+    expected |= {"too_large": 1, "unknown_merchant": 1}
+    counted = {
+        o: value(after, "payledger_notifications_total", outcome=o)
+        - value(before, "payledger_notifications_total", outcome=o)
+        for o in NOTIFICATION_OUTCOMES
+    }
+    assert counted == expected
+    answers = value(after, "payledger_notification_answer_seconds_count") - value(
+        before, "payledger_notification_answer_seconds_count"
+    )
+    assert answers == len(sent) + 2
+    within_5s = value(after, "payledger_notification_answer_seconds_bucket", le="5.0") - value(
+        before, "payledger_notification_answer_seconds_bucket", le="5.0"
+    )
+    assert within_5s == answers
+    assert value(after, "payledger_notification_answer_seconds_sum") > value(
+        before, "payledger_notification_answer_seconds_sum"
+    )
+
+
+@pytest.mark.postgres
+def test_a_store_that_goes_away_is_counted_and_metrics_still_answer(
+    postgres_url: str, merchant_env: dict[str, str], factory: NotificationFactory
+) -> None:
+    parts = urlsplit(postgres_url)
+    proxy = TCPProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    proxied = postgres_url.replace(f":{parts.port}/", f":{proxy.port}/", 1) + "&connect_timeout=2"
+    with service(merchant_env, proxied) as (client, _):
+        assert post(client, factory.paid("ORDER-7101", 100)) == 204
+        assert client.get("/readyz").status_code == 200
+        proxy.cut()
+        assert post(client, factory.paid("ORDER-7102", 100)) == 503
+        ready = client.get("/readyz")
+        samples = scrape(client)
+        assert client.get("/healthz").status_code == 200
+    assert (ready.status_code, ready.json()) == (503, {"code": "NOT_READY", "message": "store unavailable"})
+    assert value(samples, "payledger_notifications_total", outcome="store_unavailable") == 1
+    assert value(samples, "payledger_notifications_total", outcome="accepted") == 1
+    assert not any(name == "payledger_decisions_total" for name, _ in samples), "store figures are left out, not 0"
+
+
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
+def test_decisions_by_type_and_anomalies_by_kind_come_from_the_log_for_every_replica(
+    database_url: str,
+    merchant_env: dict[str, str],
+    factory: NotificationFactory,
+    encrypted: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if encrypted:  # an anomaly's kind is inside the stored state: read through the mapper
+        monkeypatch.setenv(ENCRYPTION_KEYS, base64.b64encode(os.urandom(32)).decode())
+    with service(merchant_env, database_url) as (client, _):
+        before = scrape(client)
+        for no in ("ORDER-7201", "ORDER-7202"):
+            assert client.post("/orders", json={"out_trade_no": no, "amount_total": 100}).status_code == 201
+        assert post(client, factory.paid("ORDER-7201", 100)) == 204
+        assert post(client, factory.paid("ORDER-7202", 90)) == 204  # not what was registered
+        assert post(client, factory.refunded("ORDER-7201", "REFUND-7201", 30, 100)) == 204
+        after = scrape(client)
+        with service(merchant_env, database_url) as (second, _):
+            other_replica = scrape(second)
+    states = all_states(database_url)
+    assert states and all((stored_key_id(state) is not None) == encrypted for state in states)
+    decided = {
+        t: value(after, "payledger_decisions_total", type=t) - value(before, "payledger_decisions_total", type=t)
+        for t in ("PaymentSucceeded", "RefundSucceeded", "RefundClosed", "RefundAbnormal", "AnomalyDetected")
+    }
+    assert decided == {
+        "PaymentSucceeded": 2,
+        "RefundSucceeded": 1,
+        "RefundClosed": 0,
+        "RefundAbnormal": 0,
+        "AnomalyDetected": 1,
+    }
+    assert value(after, "payledger_anomalies_total", kind="amount_mismatch") == 1
+    assert ("payledger_anomalies_total", (("kind", "amount_mismatch"),)) not in before
+    for name in ("payledger_decisions_total", "payledger_anomalies_total", "payledger_log_position"):
+        mine = {k: v for k, v in after.items() if k[0] == name}
+        assert mine and mine == {k: v for k, v in other_replica.items() if k[0] == name}, name
+
+
+def test_query_outcomes_are_counted_by_outcome_and_wechat_code(tmp_path: Path) -> None:
+    sandbox = Sandbox(seed=7, time_scale=1000)
+    with running(sandbox.app) as sandbox_url:
+        env = sandbox.write_ledger_config(tmp_path / "keys", sandbox_url)
+        env["LEDGER_DATABASE_URL"] = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+        with (
+            running(create_app(Settings.load(env), background=False)) as url,
+            httpx.Client(base_url=url, timeout=30) as client,
+        ):
+            sandbox.create_order("ORDER-7301", 100)
+            client.post("/orders", json={"out_trade_no": "ORDER-7301", "amount_total": 100})
+            sandbox.pay("ORDER-7301", drop=True)
+            before = scrape(client)
+            assert client.post("/orders/ORDER-7301/query").status_code == 200
+            sandbox.probe_next_response()
+            assert client.post("/orders/ORDER-7301/query").status_code == 502
+            assert client.post("/orders/ORDER-7399/query").status_code == 502
+            sandbox.fail_next(10, status=503)
+            assert client.post("/orders/ORDER-7301/query").status_code == 502
+            after = scrape(client)
+
+    def delta(outcome: str, code: str = "") -> float:
+        now = value(after, "payledger_queries_total", outcome=outcome, code=code)
+        return now - before.get(("payledger_queries_total", (("code", code), ("outcome", outcome))), 0.0)
+
+    assert (delta("recorded"), delta("untrusted"), delta("unavailable"), delta("rejected", "ORDER_NOT_EXIST")) == (
+        1,
+        1,
+        1,
+        1,
+    )
+    assert delta("not_configured") == 0
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    with running(r.app) as url:
+        r.url = url
+        yield r
+
+
+def test_outbound_attempts_by_result_and_dead_letters_as_any_dispatcher_left_them(
+    database_url: str, merchant_env: dict[str, str], receiver: Receiver
+) -> None:
+    outbox = Outbox(outbox_url(database_url))
+    endpoint = outbox.add_endpoint(receiver.url + "/hook")
+    # An hour ago: these attempts are old enough to be remembered rather than recounted.
+    clock = FakeClock(time.time() - 3600)
+    dispatcher = Dispatcher(outbox, schedule=(1.0,), clock=clock, workers=1, jitter=0.0)
+    try:
+        with service(merchant_env, database_url) as (client, _):
+            before = scrape(client)
+            assert value(before, "payledger_webhook_dead_letters") == 0
+            receiver.answer = lambda hit: (500, {}, 0.0)
+            decide(outbox, 1, at=clock())
+            assert dispatcher.run_once() == 1
+            clock.advance(2)
+            assert dispatcher.run_once() == 1  # the schedule is exhausted: dead
+            first = scrape(client)
+            receiver.answer = lambda hit: (200, {}, 0.0)
+            clock.now = time.time()
+            decide(outbox, 2, at=clock())
+            assert dispatcher.run_once() == 1
+            outbox.record_attempt("msg_x", Attempt(time.time(), None, 1.0, "", "ConnectError: refused"))
+            outbox.record_attempt("msg_x", Attempt(time.time(), None, 1.0, "", "timeout"))
+            outbox.record_attempt("msg_x", Attempt(time.time(), 404, 1.0, "", None))
+            outbox.record_attempt("msg_x", Attempt(time.time(), 302, 1.0, "", "redirect not followed"))
+            second = scrape(client)
+            third = scrape(client)
+    finally:
+        dispatcher.close()
+        outbox.close()
+    assert endpoint.enabled
+
+    def attempts(samples: Samples) -> dict[str, float]:
+        return {r: value(samples, "payledger_webhook_attempts_total", result=r) for r in ATTEMPT_RESULTS}
+
+    zero = dict.fromkeys(ATTEMPT_RESULTS, 0.0)
+    assert attempts(before) == zero
+    assert attempts(first) == zero | {"http_5xx": 2}
+    assert value(first, "payledger_webhook_dead_letters") == 1
+    assert value(first, "payledger_outbox_messages", state="dead") == 1
+    expected = zero | {"http_5xx": 2, "delivered": 1, "network_error": 1, "timeout": 1, "http_4xx": 1, "redirect": 1}
+    assert attempts(second) == expected
+    assert attempts(third) == expected, "a second scrape counts nothing twice"
+    assert value(third, "payledger_webhook_dead_letters") == 1
+    assert value(third, "payledger_outbox_messages", state="pending") == 0
+
+
+def test_projection_lag_counts_only_the_events_each_projection_follows(
+    database_url: str, merchant_env: dict[str, str], factory: NotificationFactory
+) -> None:
+    with service(merchant_env, database_url) as (client, ledger):
+        client.post("/orders", json={"out_trade_no": "ORDER-7401", "amount_total": 100})
+        registered = scrape(client)
+        assert post(client, factory.paid("ORDER-7401", 100)) == 204
+        paid = scrape(client)
+        head = ledger.recorder.max_notification_id()
+    # Opened + Registered; then NotificationReceived + PaymentSucceeded, of which the outbox follows one.
+    assert value(registered, "payledger_projection_lag_events", projection="orders_view") == 2
+    assert value(registered, "payledger_projection_lag_events", projection="outbox") == 0
+    assert value(paid, "payledger_projection_lag_events", projection="orders_view") == 4
+    assert value(paid, "payledger_projection_lag_events", projection="outbox") == 1
+    assert value(paid, "payledger_log_position") == head

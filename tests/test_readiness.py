@@ -1,0 +1,69 @@
+"""GET /healthz and GET /readyz: alive, and ready only when the store answers and projections keep up."""
+
+from __future__ import annotations
+
+import httpx
+
+from ledger.wechatpay.testing import NotificationFactory
+from projections.log_stats import unprocessed
+from projections.outbox_projection import OutboxProjection
+from tests.test_metrics import post, service
+from tests.test_outbox_projection import run_outbox
+from tests.test_read_model import project_until_caught_up
+
+
+def ready(client: httpx.Client) -> tuple[int, dict[str, object]]:
+    response = client.get("/readyz")
+    return response.status_code, response.json()
+
+
+def test_readyz_names_the_projection_that_lags_beyond_the_bound_until_it_catches_up(
+    database_url: str, merchant_env: dict[str, str], factory: NotificationFactory
+) -> None:
+    with service(merchant_env, database_url, LEDGER_READY_MAX_LAG="1") as (client, ledger):
+        assert ready(client) == (
+            200,
+            {"status": "ready", "log_position": 0, "projections": {"orders_view": 0, "outbox": 0}},
+        )
+        client.post("/orders", json={"out_trade_no": "ORDER-7601", "amount_total": 100})
+        assert ready(client) == (503, {"code": "NOT_READY", "message": "projection orders_view lagging 2 events"})
+        assert client.get("/healthz").json() == {"status": "ok"}, "alive whatever the lag"
+        project_until_caught_up(database_url, ledger)
+        assert ready(client)[0] == 200
+        for no in ("ORDER-7601", "ORDER-7602"):
+            assert post(client, factory.paid(no, 100)) == 204
+        project_until_caught_up(database_url, ledger)
+        # Both payments are decisions the outbox has not turned into messages yet.
+        assert ready(client) == (503, {"code": "NOT_READY", "message": "projection outbox lagging 2 events"})
+        run_outbox(database_url, ledger)
+        status, body = ready(client)
+        head = ledger.recorder.max_notification_id()
+    assert (status, body) == (
+        200,
+        {"status": "ready", "log_position": head, "projections": {"orders_view": 0, "outbox": 0}},
+    )
+
+
+def test_the_default_bound_tolerates_an_ordinary_backlog(
+    database_url: str, merchant_env: dict[str, str], factory: NotificationFactory
+) -> None:
+    with service(merchant_env, database_url) as (client, _):
+        for n in range(3):
+            assert post(client, factory.paid(f"ORDER-77{n:02d}", 100)) == 204
+        status, body = ready(client)
+    assert status == 200
+    assert body["projections"] == {"orders_view": 9, "outbox": 3}
+
+
+def test_lag_is_counted_exactly_up_to_a_cap_and_bounded_above_beyond_it(
+    database_url: str, merchant_env: dict[str, str], factory: NotificationFactory
+) -> None:
+    with service(merchant_env, database_url) as (client, ledger):
+        for n in range(3):
+            assert post(client, factory.paid(f"ORDER-78{n:02d}", 100)) == 204
+        head = ledger.recorder.max_notification_id()
+        decisions = OutboxProjection.topics
+        counted = [unprocessed(ledger, 0, head, decisions, cap) for cap in (10, 4, 3, 2)]
+        assert unprocessed(ledger, head, head, decisions) == 0
+    # 3 payments among 9 events: exact below the cap; at or above it, the span of the log.
+    assert counted == [3, 3, head, head]
