@@ -49,6 +49,7 @@ _LEDGER_KEYS = {
     "LEDGER_RECONCILE_EXPIRY",
     "LEDGER_RECONCILE_QPS",
     "LEDGER_CERT_REFRESH_INTERVAL",
+    "LEDGER_BODY_READ_TIMEOUT",
 }
 # Seconds between reconciliation queries: a few seconds, then minutes, then hours; the last repeats.
 DEFAULT_RECONCILE_SCHEDULE = (5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0)
@@ -267,6 +268,8 @@ class Settings:
     cert_refresh_interval: int = 3600
     endpoints: tuple[EndpointSettings, ...] = ()
     encryption_keys: tuple[Secret, ...] = field(default=(), repr=False)
+    # Seconds a client may take to send a notification body (a slow-loris holds a worker otherwise).
+    body_read_timeout: int = 10
 
     @property
     def default_merchant(self) -> MerchantSettings | None:
@@ -325,6 +328,7 @@ class Settings:
             cert_refresh_interval=_int_setting(top, "LEDGER_CERT_REFRESH_INTERVAL", 3600, 60, 7 * 24 * 3600),
             endpoints=tuple(endpoints),
             encryption_keys=_encryption_keys(env),
+            body_read_timeout=_int_setting(top, "LEDGER_BODY_READ_TIMEOUT", 10, 1, 60),
         )
 
 

@@ -1,0 +1,438 @@
+"""`GET /openapi.json`: the OpenAPI 3.1 description of the JSON API, written by hand.
+
+Written out rather than derived from the handlers so that it states what the handlers promise
+(required fields, integer fen, enums, every status code) and a test can hold them to it. It is
+served without the admin token: it describes the API and holds no data.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api.responses import LedgerJSONResponse
+from ledger.domain import FINAL_TRADE_STATES, OPEN_TRADE_STATES
+
+__all__ = ["OPENAPI_PATH", "openapi", "openapi_document"]
+
+OPENAPI_PATH = "/openapi.json"
+_JSON = "application/json"
+_OUT_TRADE_NO = r"^[0-9A-Za-z_\-|*@]{6,32}$"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {_JSON: {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(_ref("Error"), description)
+
+
+def _notify_failure(description: str) -> dict[str, Any]:
+    return _json(_ref("NotifyFailure"), description)
+
+
+_NULLABLE_INT = {"type": ["integer", "null"], "minimum": 0}
+_NULLABLE_STR = {"type": ["string", "null"]}
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "description": "A failure of our own API: a fixed code and a short message, never exception text.",
+        "required": ["code", "message"],
+        "additionalProperties": False,
+        "properties": {
+            "code": {
+                "type": "string",
+                "enum": ["INVALID_REQUEST", "UNAUTHORIZED", "NOT_FOUND", "CONFLICT", "METHOD_NOT_ALLOWED", "FAIL"],
+            },
+            "message": {"type": "string", "maxLength": 200},
+        },
+    },
+    "NotifyFailure": {
+        "type": "object",
+        "description": "What WeChat Pay reads on a failed notification; it retries on any non-2xx.",
+        "required": ["code", "message"],
+        "additionalProperties": False,
+        "properties": {"code": {"const": "FAIL"}, "message": {"type": "string", "maxLength": 200}},
+    },
+    "NotificationEnvelope": {
+        "type": "object",
+        "description": "WeChat Pay's notification envelope; signed as raw bytes, so sent exactly as WeChat sent it.",
+        "required": ["id", "event_type", "resource"],
+        "properties": {
+            "id": {"type": "string"},
+            "create_time": {"type": "string"},
+            "event_type": {"type": "string"},
+            "resource_type": {"type": "string"},
+            "summary": {"type": "string"},
+            "resource": {
+                "type": "object",
+                "required": ["algorithm", "ciphertext", "nonce"],
+                "properties": {
+                    "algorithm": {"const": "AEAD_AES_256_GCM"},
+                    "ciphertext": {"type": "string"},
+                    "nonce": {"type": "string"},
+                    "associated_data": {"type": "string"},
+                    "original_type": {"type": "string"},
+                },
+            },
+        },
+    },
+    "RegisterOrder": {
+        "type": "object",
+        "required": ["out_trade_no", "amount_total"],
+        "additionalProperties": False,
+        "properties": {
+            "out_trade_no": {"type": "string", "pattern": _OUT_TRADE_NO},
+            "amount_total": {"type": "integer", "minimum": 1, "description": "fen"},
+            "currency": {"type": "string", "pattern": "^[A-Z]{3}$", "default": "CNY"},
+            "mchid": {"type": "string", "description": "optional when one merchant is configured"},
+            "description": {"type": "string", "maxLength": 127},
+        },
+    },
+    "Refund": {
+        "type": "object",
+        "required": ["out_refund_no", "refund", "status"],
+        "properties": {
+            "out_refund_no": {"type": "string"},
+            "refund_id": _NULLABLE_STR,
+            "refund": {"type": "integer", "minimum": 0, "description": "fen"},
+            "status": {"type": "string"},
+            "success_time": _NULLABLE_STR,
+        },
+    },
+    "Anomaly": {
+        "type": "object",
+        "required": ["kind", "detail"],
+        "properties": {"kind": {"type": "string"}, "detail": {}, "evidence": {}},
+    },
+    "Order": {
+        "type": "object",
+        "required": [
+            "out_trade_no",
+            "mchid",
+            "registered",
+            "trade_state",
+            "amount_total",
+            "currency",
+            "description",
+            "transaction_id",
+            "success_time",
+            "paid_total",
+            "payer_total",
+            "refunded_total",
+            "refunds",
+            "anomalies",
+            "deliveries",
+            "version",
+        ],
+        "additionalProperties": False,
+        "properties": {
+            "out_trade_no": {"type": "string"},
+            "mchid": {"type": "string"},
+            "registered": {"type": "boolean"},
+            "trade_state": {"type": "string", "enum": sorted(OPEN_TRADE_STATES | FINAL_TRADE_STATES)},
+            "amount_total": {**_NULLABLE_INT, "description": "fen; null until registered or paid"},
+            "currency": {"type": "string"},
+            "description": {"type": "string"},
+            "transaction_id": {**_NULLABLE_STR, "description": "WeChat's id, always a string"},
+            "success_time": {**_NULLABLE_STR, "description": "WeChat's original time string"},
+            "paid_total": _NULLABLE_INT,
+            "payer_total": _NULLABLE_INT,
+            "refunded_total": {"type": "integer", "minimum": 0},
+            "refunds": {"type": "array", "items": _ref("Refund")},
+            "anomalies": {"type": "array", "items": _ref("Anomaly")},
+            "deliveries": {"type": "integer", "minimum": 0},
+            "version": {"type": "integer", "minimum": 1},
+        },
+    },
+    "OrderList": {
+        "type": "object",
+        "required": ["orders", "next_cursor", "view"],
+        "additionalProperties": False,
+        "properties": {
+            "orders": {"type": "array", "items": _ref("Order")},
+            "next_cursor": _NULLABLE_STR,
+            "view": {
+                "type": "object",
+                "required": ["position", "log_position", "behind"],
+                "additionalProperties": False,
+                "properties": {
+                    "position": {"type": "integer", "minimum": 0},
+                    "log_position": {"type": "integer", "minimum": 0},
+                    "behind": {"type": "integer", "minimum": 0},
+                },
+            },
+        },
+    },
+    "Event": {
+        "type": "object",
+        "required": ["version", "type", "recorded_at", "data"],
+        "additionalProperties": False,
+        "properties": {
+            "version": {"type": "integer", "minimum": 1},
+            "type": {"type": "string"},
+            "recorded_at": {"type": "string", "format": "date-time"},
+            "data": {"type": "object"},
+        },
+    },
+    "OrderEvents": {
+        "type": "object",
+        "required": ["out_trade_no", "mchid", "events"],
+        "additionalProperties": False,
+        "properties": {
+            "out_trade_no": {"type": "string"},
+            "mchid": {"type": "string"},
+            "events": {"type": "array", "items": _ref("Event")},
+        },
+    },
+}
+
+_OPEN: list[dict[str, list[str]]] = []  # an operation that never needs the admin token
+_UNAUTHORIZED = _error("LEDGER_ADMIN_TOKEN is set and the bearer token is missing or wrong")
+_STORE = _error("the event store cannot be reached")
+_MCHID_QUERY = {
+    "name": "mchid",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": "required when several merchants are configured",
+}
+
+
+def _path_param(name: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": schema or {"type": "string", "minLength": 1}}
+
+
+def _signature_header(name: str, schema: dict[str, Any], required: bool = True) -> dict[str, Any]:
+    return {"name": name, "in": "header", "required": required, "schema": schema}
+
+
+def _notify_operation(by_mchid: bool) -> dict[str, Any]:
+    parameters = [
+        _signature_header("Wechatpay-Timestamp", {"type": "string", "pattern": "^[0-9]{1,12}$"}),
+        _signature_header("Wechatpay-Nonce", {"type": "string", "minLength": 1}),
+        _signature_header("Wechatpay-Signature", {"type": "string", "minLength": 1}),
+        _signature_header("Wechatpay-Serial", {"type": "string", "minLength": 1}),
+        _signature_header("Wechatpay-Signature-Type", {"const": "WECHATPAY2-SHA256-RSA2048"}, required=False),
+    ]
+    if by_mchid:
+        parameters.insert(0, _path_param("mchid", {"type": "string", "pattern": "^[0-9]{6,32}$"}))
+    not_found = "no such merchant is configured" if by_mchid else "no merchant is configured"
+    return {
+        "post": {
+            "operationId": "notifyMerchant" if by_mchid else "notify",
+            "summary": "A WeChat Pay notification, verified over its raw bytes, acknowledged only once stored",
+            "security": _OPEN,
+            "parameters": parameters,
+            "requestBody": {"required": True, "content": {_JSON: {"schema": _ref("NotificationEnvelope")}}},
+            "responses": {
+                "204": {"description": "verified and committed (or a byte-identical replay of a committed one)"},
+                "400": _notify_failure("verified, but the envelope is not what WeChat sends; or the client left"),
+                "401": _notify_failure("verification failed: headers, timestamp window, serial, signature, probe"),
+                "404": _notify_failure(not_found),
+                "408": _notify_failure("the body did not arrive within LEDGER_BODY_READ_TIMEOUT"),
+                "413": _notify_failure("the body is above LEDGER_MAX_BODY_BYTES"),
+                "500": _notify_failure("signed correctly but does not decrypt: our APIv3 key is wrong"),
+                "503": _notify_failure("the store is unavailable or did not commit within 4 s"),
+            },
+        }
+    }
+
+
+def _admin(operation: dict[str, Any], *statuses: str) -> dict[str, Any]:
+    """An admin operation: 401 without the token, 503 when the store is down, plus `statuses`."""
+    responses = operation.setdefault("responses", {})
+    answers = {
+        "400": _error("invalid parameters or body"),
+        "404": _error("no such order"),
+        "409": _error("the order is registered with different details"),
+    }
+    for status in statuses:
+        responses[status] = answers[status]
+    responses["401"] = _UNAUTHORIZED
+    responses["503"] = _STORE
+    return operation
+
+
+def openapi_document() -> dict[str, Any]:
+    """The description, built fresh (callers may keep it)."""
+    order_no = _path_param("out_trade_no")
+    paths: dict[str, Any] = {
+        "/wechatpay/notify": _notify_operation(by_mchid=False),
+        "/wechatpay/notify/{mchid}": _notify_operation(by_mchid=True),
+        "/healthz": {
+            "get": {
+                "operationId": "healthz",
+                "summary": "The process is alive",
+                "security": _OPEN,
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["status"],
+                            "additionalProperties": False,
+                            "properties": {"status": {"const": "ok"}},
+                        },
+                        "alive",
+                    )
+                },
+            }
+        },
+        "/readyz": {
+            "get": {
+                "operationId": "readyz",
+                "summary": "The event store answers (for load-balancer probes; says nothing else)",
+                "security": _OPEN,
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["status"],
+                            "additionalProperties": False,
+                            "properties": {"status": {"const": "ready"}},
+                        },
+                        "ready",
+                    ),
+                    "503": _json(
+                        {
+                            "type": "object",
+                            "required": ["code", "message"],
+                            "additionalProperties": False,
+                            "properties": {"code": {"const": "NOT_READY"}, "message": {"type": "string"}},
+                        },
+                        "the event store does not answer",
+                    ),
+                },
+            }
+        },
+        OPENAPI_PATH: {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This description",
+                "security": _OPEN,
+                "responses": {"200": _json({"type": "object", "required": ["openapi", "paths"]}, "OpenAPI 3.1")},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus text format",
+                "responses": {
+                    "200": {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                    "401": _UNAUTHORIZED,
+                },
+            }
+        },
+        "/orders": {
+            "post": _admin(
+                {
+                    "operationId": "registerOrder",
+                    "summary": "Register an expected order",
+                    "requestBody": {"required": True, "content": {_JSON: {"schema": _ref("RegisterOrder")}}},
+                    "responses": {
+                        "201": _json(_ref("Order"), "registered"),
+                        "200": _json(_ref("Order"), "already registered with the same details"),
+                    },
+                },
+                "400",
+                "409",
+            ),
+            "get": _admin(
+                {
+                    "operationId": "listOrders",
+                    "summary": "Orders from the read model, oldest change first",
+                    "parameters": [
+                        {
+                            "name": "trade_state",
+                            "in": "query",
+                            "schema": {"type": "string", "enum": sorted(OPEN_TRADE_STATES | FINAL_TRADE_STATES)},
+                        },
+                        {"name": "mchid", "in": "query", "schema": {"type": "string"}},
+                        {"name": "since", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+                        {"name": "until", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
+                        },
+                        {
+                            "name": "cursor",
+                            "in": "query",
+                            "schema": {"type": "string"},
+                            "description": "the previous page's next_cursor",
+                        },
+                    ],
+                    "responses": {"200": _json(_ref("OrderList"), "a page of orders")},
+                },
+                "400",
+            ),
+        },
+        "/orders/{out_trade_no}": {
+            "get": _admin(
+                {
+                    "operationId": "getOrder",
+                    "summary": "An order's current state (read-your-writes)",
+                    "parameters": [order_no, _MCHID_QUERY],
+                    "responses": {"200": _json(_ref("Order"), "the order")},
+                },
+                "400",
+                "404",
+            )
+        },
+        "/orders/{out_trade_no}/events": {
+            "get": _admin(
+                {
+                    "operationId": "orderEvents",
+                    "summary": "The order's stream, raw deliveries included, for audit",
+                    "parameters": [order_no, _MCHID_QUERY],
+                    "responses": {"200": _json(_ref("OrderEvents"), "the events in stream order")},
+                },
+                "400",
+                "404",
+            )
+        },
+        "/orders/{out_trade_no}/query": {
+            "post": _admin(
+                {
+                    "operationId": "queryOrder",
+                    "summary": "Ask WeChat Pay now and record its verified answer",
+                    "parameters": [
+                        _path_param("out_trade_no", {"type": "string", "pattern": _OUT_TRADE_NO}),
+                        _MCHID_QUERY,
+                    ],
+                    "responses": {
+                        "200": _json(_ref("Order"), "the order after the recorded answer"),
+                        "502": _error("WeChat Pay's answer failed or could not be trusted; nothing was recorded"),
+                    },
+                },
+                "400",
+            )
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "wechatpay-ledger",
+            "version": "1",
+            "description": "Event-sourced ledger of WeChat Pay notifications. With LEDGER_ADMIN_TOKEN set, "
+            "every operation not marked open needs `Authorization: Bearer <token>`.",
+        },
+        "security": [{"adminToken": []}],
+        "paths": paths,
+        "components": {
+            "schemas": _SCHEMAS,
+            "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+async def openapi(request: Request) -> Response:
+    return LedgerJSONResponse(openapi_document())
