@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from api.metrics import ProjectionLag, metrics, new_registry
 from api.notify import notify
 from api.openapi import OPENAPI_PATH, openapi
-from api.orders import get_order, list_orders, order_events, query_order, register_order
+from api.orders import get_order, order_events, orders, query_order
 from api.responses import LedgerJSONResponse, fail
 from api.state import AppState, LiveView
 from api.ui import ui_mount
@@ -151,8 +151,7 @@ def create_app(
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
-        Route("/orders", register_order, methods=["POST"]),
-        Route("/orders", list_orders, methods=["GET"]),
+        Route("/orders", orders, methods=["GET", "POST"]),
         Route("/orders/{out_trade_no}", get_order, methods=["GET"]),
         Route("/orders/{out_trade_no}/events", order_events, methods=["GET"]),
         Route("/orders/{out_trade_no}/query", query_order, methods=["POST"]),

@@ -207,6 +207,11 @@ _MCHID_QUERY = {
 }
 
 
+def _filter(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """An optional query filter; given empty, it is not applied (as an HTML form sends it)."""
+    return {"name": name, "in": "query", "schema": {"type": "string", "anyOf": [schema, {"maxLength": 0}]}}
+
+
 def _path_param(name: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": schema or {"type": "string", "minLength": 1}}
 
@@ -350,14 +355,12 @@ def openapi_document() -> dict[str, Any]:
                     "operationId": "listOrders",
                     "summary": "Orders from the read model, oldest change first",
                     "parameters": [
-                        {
-                            "name": "trade_state",
-                            "in": "query",
-                            "schema": {"type": "string", "enum": sorted(OPEN_TRADE_STATES | FINAL_TRADE_STATES)},
-                        },
+                        _filter(
+                            "trade_state", {"type": "string", "enum": sorted(OPEN_TRADE_STATES | FINAL_TRADE_STATES)}
+                        ),
                         {"name": "mchid", "in": "query", "schema": {"type": "string"}},
-                        {"name": "since", "in": "query", "schema": {"type": "string", "format": "date-time"}},
-                        {"name": "until", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+                        _filter("since", {"type": "string", "format": "date-time"}),
+                        _filter("until", {"type": "string", "format": "date-time"}),
                         {
                             "name": "limit",
                             "in": "query",
@@ -367,7 +370,7 @@ def openapi_document() -> dict[str, Any]:
                             "name": "cursor",
                             "in": "query",
                             "schema": {"type": "string"},
-                            "description": "the previous page's next_cursor",
+                            "description": "the previous page's next_cursor (empty: the first page)",
                         },
                     ],
                     "responses": {"200": _json(_ref("OrderList"), "a page of orders")},
