@@ -2,14 +2,16 @@
 
 A body trickled a byte at a time is cut off after LEDGER_BODY_READ_TIMEOUT; an oversized body,
 declared or chunked, is refused with 413 long before it is all sent, and the connection closed.
-Slow *headers* never reach the app (uvicorn has no header timeout): nginx's client_header_timeout
-bounds them in the deployment, and tests/test_deploy.py holds nginx.conf to it.
+Slow *headers* never reach the app, and uvicorn has no timeout for them (its keep-alive timer
+starts only after a first answer; h11 only caps the head at 16 KiB): nginx's client_header_timeout
+bounds them in the deployment, and the last test here holds deploy/nginx.conf to that.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import re
 import select
 import socket
 import time
@@ -22,6 +24,7 @@ from api.app import create_app
 from ledger.application import Ledger, build_ledger
 from ledger.settings import Settings
 from tests.servers import running
+from tests.test_deploy import nginx_conf, nginx_seconds
 
 REQUEST_HEAD = (
     "POST /wechatpay/notify HTTP/1.1\r\n"
@@ -141,3 +144,19 @@ def test_headers_beyond_uvicorns_limit_never_reach_the_app(server: tuple[tuple[s
                 sock.sendall(f"X-Filler-{i}: {'a' * 200}\r\n".encode())
         status, _, _ = read_answer(sock)
     assert status in (400, 431)
+
+
+def test_nginx_bounds_slow_headers_slow_bodies_and_body_size_within_the_apps_own_limits() -> None:
+    conf = nginx_conf()
+    settings = Settings.load({"LEDGER_DATABASE_URL": "sqlite:///unused.db"}, require_merchant=False)
+
+    def directive(name: str) -> str:
+        found = re.findall(rf"^\s*{name}\s+(\S+);", conf, re.M)
+        assert len(found) == 1, f"nginx.conf must set {name} once"
+        return found[0]
+
+    assert nginx_seconds(directive("client_header_timeout")) <= settings.body_read_timeout
+    assert nginx_seconds(directive("client_body_timeout")) <= settings.body_read_timeout
+    size = re.fullmatch(r"(\d+)([km]?)", directive("client_max_body_size"))
+    assert size, "client_max_body_size must be a size"
+    assert int(size[1]) * {"": 1, "k": 1024, "m": 1024 * 1024}[size[2]] <= settings.max_body_bytes
