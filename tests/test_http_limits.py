@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from api.app import create_app
+from ledger.errors import ConfigurationError
 from ledger.application import Ledger, build_ledger
 from ledger.settings import Settings
 from tests.servers import running
@@ -160,3 +161,12 @@ def test_nginx_bounds_slow_headers_slow_bodies_and_body_size_within_the_apps_own
     size = re.fullmatch(r"(\d+)([km]?)", directive("client_max_body_size"))
     assert size, "client_max_body_size must be a size"
     assert int(size[1]) * {"": 1, "k": 1024, "m": 1024 * 1024}[size[2]] <= settings.max_body_bytes
+
+
+@pytest.mark.parametrize("value", ["0", "61", "1.5", "ten"])
+def test_body_read_timeout_is_whole_seconds_from_1_to_60(merchant_env: dict[str, str], value: str) -> None:
+    assert Settings.load({**merchant_env, "LEDGER_BODY_READ_TIMEOUT": "7"}).body_read_timeout == 7
+    assert Settings.load(merchant_env).body_read_timeout == 10
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.load({**merchant_env, "LEDGER_BODY_READ_TIMEOUT": value})
+    assert caught.value.setting == "LEDGER_BODY_READ_TIMEOUT"
