@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from api.app import create_app
-from ledger.errors import ConfigurationError
 from ledger.application import Ledger, build_ledger
+from ledger.errors import ConfigurationError
 from ledger.settings import Settings
 from tests.servers import running
 from tests.test_deploy import nginx_conf, nginx_seconds
