@@ -12,6 +12,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api.orders import EVENT_TYPES
 from api.responses import LedgerJSONResponse
 from ledger.domain import FINAL_TRADE_STATES, OPEN_TRADE_STATES
 
@@ -174,13 +175,18 @@ _SCHEMAS: dict[str, Any] = {
     },
     "Event": {
         "type": "object",
-        "required": ["version", "type", "recorded_at", "data"],
+        "required": ["version", "type", "recorded_at", "data", "chain"],
         "additionalProperties": False,
         "properties": {
             "version": {"type": "integer", "minimum": 1},
-            "type": {"type": "string"},
+            "type": {"type": "string", "enum": sorted(EVENT_TYPES)},
             "recorded_at": {"type": "string", "format": "date-time"},
             "data": {"type": "object"},
+            "chain": {
+                "type": ["string", "null"],
+                "pattern": "^[0-9a-f]{64}$",
+                "description": "hash linking the event to the one before it; null if written before chains",
+            },
         },
     },
     "OrderEvents": {
@@ -210,6 +216,15 @@ _MCHID_QUERY = {
 def _filter(name: str, schema: dict[str, Any]) -> dict[str, Any]:
     """An optional query filter; given empty, it is not applied (as an HTML form sends it)."""
     return {"name": name, "in": "query", "schema": {"type": "string", "anyOf": [schema, {"maxLength": 0}]}}
+
+
+def _version(name: str, minimum: int, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "schema": {"type": "integer", "minimum": minimum, "maximum": 999_999_999},
+        "description": description,
+    }
 
 
 def _path_param(name: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -382,8 +397,12 @@ def openapi_document() -> dict[str, Any]:
             "get": _admin(
                 {
                     "operationId": "getOrder",
-                    "summary": "An order's current state (read-your-writes)",
-                    "parameters": [order_no, _MCHID_QUERY],
+                    "summary": "An order's current state (read-your-writes), or its state as of an event",
+                    "parameters": [
+                        order_no,
+                        _MCHID_QUERY,
+                        _version("as_of_version", 1, "replay the stream up to this event (404 beyond the last)"),
+                    ],
                     "responses": {"200": _json(_ref("Order"), "the order")},
                 },
                 "400",
@@ -395,7 +414,19 @@ def openapi_document() -> dict[str, Any]:
                 {
                     "operationId": "orderEvents",
                     "summary": "The order's stream, raw deliveries included, for audit",
-                    "parameters": [order_no, _MCHID_QUERY],
+                    "parameters": [
+                        order_no,
+                        _MCHID_QUERY,
+                        {
+                            "name": "type",
+                            "in": "query",
+                            "style": "form",
+                            "explode": False,
+                            "schema": {"type": "array", "minItems": 1, "items": {"enum": sorted(EVENT_TYPES)}},
+                            "description": "keep only these event types (comma-separated)",
+                        },
+                        _version("since_version", 0, "keep only events after this version"),
+                    ],
                     "responses": {"200": _json(_ref("OrderEvents"), "the events in stream order")},
                 },
                 "400",
