@@ -7,24 +7,19 @@ served without the admin token: it describes the API and holds no data.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.orders import EVENT_TYPES
+from api.openapi_schemas import EVENT_NAMES, OUT_TRADE_NO, SCHEMAS, TRADE_STATES, ref
 from api.responses import LedgerJSONResponse
-from ledger.domain import FINAL_TRADE_STATES, OPEN_TRADE_STATES
 
 __all__ = ["OPENAPI_PATH", "openapi", "openapi_document"]
 
 OPENAPI_PATH = "/openapi.json"
 _JSON = "application/json"
-_OUT_TRADE_NO = r"^[0-9A-Za-z_\-|*@]{6,32}$"
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -32,174 +27,12 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 def _error(description: str) -> dict[str, Any]:
-    return _json(_ref("Error"), description)
+    return _json(ref("Error"), description)
 
 
 def _notify_failure(description: str) -> dict[str, Any]:
-    return _json(_ref("NotifyFailure"), description)
+    return _json(ref("NotifyFailure"), description)
 
-
-_NULLABLE_INT = {"type": ["integer", "null"], "minimum": 0}
-_NULLABLE_STR = {"type": ["string", "null"]}
-
-_SCHEMAS: dict[str, Any] = {
-    "Error": {
-        "type": "object",
-        "description": "A failure of our own API: a fixed code and a short message, never exception text.",
-        "required": ["code", "message"],
-        "additionalProperties": False,
-        "properties": {
-            "code": {
-                "type": "string",
-                "enum": ["INVALID_REQUEST", "UNAUTHORIZED", "NOT_FOUND", "CONFLICT", "METHOD_NOT_ALLOWED", "FAIL"],
-            },
-            "message": {"type": "string", "maxLength": 200},
-        },
-    },
-    "NotifyFailure": {
-        "type": "object",
-        "description": "What WeChat Pay reads on a failed notification; it retries on any non-2xx.",
-        "required": ["code", "message"],
-        "additionalProperties": False,
-        "properties": {"code": {"const": "FAIL"}, "message": {"type": "string", "maxLength": 200}},
-    },
-    "NotificationEnvelope": {
-        "type": "object",
-        "description": "WeChat Pay's notification envelope; signed as raw bytes, so sent exactly as WeChat sent it.",
-        "required": ["id", "event_type", "resource"],
-        "properties": {
-            "id": {"type": "string"},
-            "create_time": {"type": "string"},
-            "event_type": {"type": "string"},
-            "resource_type": {"type": "string"},
-            "summary": {"type": "string"},
-            "resource": {
-                "type": "object",
-                "required": ["algorithm", "ciphertext", "nonce"],
-                "properties": {
-                    "algorithm": {"const": "AEAD_AES_256_GCM"},
-                    "ciphertext": {"type": "string"},
-                    "nonce": {"type": "string"},
-                    "associated_data": {"type": "string"},
-                    "original_type": {"type": "string"},
-                },
-            },
-        },
-    },
-    "RegisterOrder": {
-        "type": "object",
-        "required": ["out_trade_no", "amount_total"],
-        "additionalProperties": False,
-        "properties": {
-            "out_trade_no": {"type": "string", "pattern": _OUT_TRADE_NO},
-            "amount_total": {"type": "integer", "minimum": 1, "description": "fen"},
-            "currency": {"type": "string", "pattern": "^[A-Z]{3}$", "default": "CNY"},
-            "mchid": {"type": "string", "description": "optional when one merchant is configured"},
-            "description": {"type": "string", "maxLength": 127},
-        },
-    },
-    "Refund": {
-        "type": "object",
-        "required": ["out_refund_no", "refund", "status"],
-        "properties": {
-            "out_refund_no": {"type": "string"},
-            "refund_id": _NULLABLE_STR,
-            "refund": {"type": "integer", "minimum": 0, "description": "fen"},
-            "status": {"type": "string"},
-            "success_time": _NULLABLE_STR,
-        },
-    },
-    "Anomaly": {
-        "type": "object",
-        "required": ["kind", "detail"],
-        "properties": {"kind": {"type": "string"}, "detail": {}, "evidence": {}},
-    },
-    "Order": {
-        "type": "object",
-        "required": [
-            "out_trade_no",
-            "mchid",
-            "registered",
-            "trade_state",
-            "amount_total",
-            "currency",
-            "description",
-            "transaction_id",
-            "success_time",
-            "paid_total",
-            "payer_total",
-            "refunded_total",
-            "refunds",
-            "anomalies",
-            "deliveries",
-            "version",
-        ],
-        "additionalProperties": False,
-        "properties": {
-            "out_trade_no": {"type": "string"},
-            "mchid": {"type": "string"},
-            "registered": {"type": "boolean"},
-            "trade_state": {"type": "string", "enum": sorted(OPEN_TRADE_STATES | FINAL_TRADE_STATES)},
-            "amount_total": {**_NULLABLE_INT, "description": "fen; null until registered or paid"},
-            "currency": {"type": "string"},
-            "description": {"type": "string"},
-            "transaction_id": {**_NULLABLE_STR, "description": "WeChat's id, always a string"},
-            "success_time": {**_NULLABLE_STR, "description": "WeChat's original time string"},
-            "paid_total": _NULLABLE_INT,
-            "payer_total": _NULLABLE_INT,
-            "refunded_total": {"type": "integer", "minimum": 0},
-            "refunds": {"type": "array", "items": _ref("Refund")},
-            "anomalies": {"type": "array", "items": _ref("Anomaly")},
-            "deliveries": {"type": "integer", "minimum": 0},
-            "version": {"type": "integer", "minimum": 1},
-        },
-    },
-    "OrderList": {
-        "type": "object",
-        "required": ["orders", "next_cursor", "view"],
-        "additionalProperties": False,
-        "properties": {
-            "orders": {"type": "array", "items": _ref("Order")},
-            "next_cursor": _NULLABLE_STR,
-            "view": {
-                "type": "object",
-                "required": ["position", "log_position", "behind"],
-                "additionalProperties": False,
-                "properties": {
-                    "position": {"type": "integer", "minimum": 0},
-                    "log_position": {"type": "integer", "minimum": 0},
-                    "behind": {"type": "integer", "minimum": 0},
-                },
-            },
-        },
-    },
-    "Event": {
-        "type": "object",
-        "required": ["version", "type", "recorded_at", "data", "chain"],
-        "additionalProperties": False,
-        "properties": {
-            "version": {"type": "integer", "minimum": 1},
-            "type": {"type": "string", "enum": sorted(EVENT_TYPES)},
-            "recorded_at": {"type": "string", "format": "date-time"},
-            "data": {"type": "object"},
-            "chain": {
-                "type": ["string", "null"],
-                "pattern": "^[0-9a-f]{64}$",
-                "description": "hash linking the event to the one before it; null if written before chains",
-            },
-        },
-    },
-    "OrderEvents": {
-        "type": "object",
-        "required": ["out_trade_no", "mchid", "events"],
-        "additionalProperties": False,
-        "properties": {
-            "out_trade_no": {"type": "string"},
-            "mchid": {"type": "string"},
-            "events": {"type": "array", "items": _ref("Event")},
-        },
-    },
-}
 
 _OPEN: list[dict[str, list[str]]] = []  # an operation that never needs the admin token
 _UNAUTHORIZED = _error("LEDGER_ADMIN_TOKEN is set and the bearer token is missing or wrong")
@@ -252,7 +85,7 @@ def _notify_operation(by_mchid: bool) -> dict[str, Any]:
             "summary": "A WeChat Pay notification, verified over its raw bytes, acknowledged only once stored",
             "security": _OPEN,
             "parameters": parameters,
-            "requestBody": {"required": True, "content": {_JSON: {"schema": _ref("NotificationEnvelope")}}},
+            "requestBody": {"required": True, "content": {_JSON: {"schema": ref("NotificationEnvelope")}}},
             "responses": {
                 "204": {"description": "verified and committed (or a byte-identical replay of a committed one)"},
                 "400": _notify_failure("verified, but the envelope is not what WeChat sends; or the client left"),
@@ -356,10 +189,10 @@ def openapi_document() -> dict[str, Any]:
                 {
                     "operationId": "registerOrder",
                     "summary": "Register an expected order",
-                    "requestBody": {"required": True, "content": {_JSON: {"schema": _ref("RegisterOrder")}}},
+                    "requestBody": {"required": True, "content": {_JSON: {"schema": ref("RegisterOrder")}}},
                     "responses": {
-                        "201": _json(_ref("Order"), "registered"),
-                        "200": _json(_ref("Order"), "already registered with the same details"),
+                        "201": _json(ref("Order"), "registered"),
+                        "200": _json(ref("Order"), "already registered with the same details"),
                     },
                 },
                 "400",
@@ -370,9 +203,7 @@ def openapi_document() -> dict[str, Any]:
                     "operationId": "listOrders",
                     "summary": "Orders from the read model, oldest change first",
                     "parameters": [
-                        _filter(
-                            "trade_state", {"type": "string", "enum": sorted(OPEN_TRADE_STATES | FINAL_TRADE_STATES)}
-                        ),
+                        _filter("trade_state", {"type": "string", "enum": TRADE_STATES}),
                         {"name": "mchid", "in": "query", "schema": {"type": "string"}},
                         _filter("since", {"type": "string", "format": "date-time"}),
                         _filter("until", {"type": "string", "format": "date-time"}),
@@ -388,7 +219,7 @@ def openapi_document() -> dict[str, Any]:
                             "description": "the previous page's next_cursor (empty: the first page)",
                         },
                     ],
-                    "responses": {"200": _json(_ref("OrderList"), "a page of orders")},
+                    "responses": {"200": _json(ref("OrderList"), "a page of orders")},
                 },
                 "400",
             ),
@@ -403,7 +234,7 @@ def openapi_document() -> dict[str, Any]:
                         _MCHID_QUERY,
                         _version("as_of_version", 1, "replay the stream up to this event (404 beyond the last)"),
                     ],
-                    "responses": {"200": _json(_ref("Order"), "the order")},
+                    "responses": {"200": _json(ref("Order"), "the order")},
                 },
                 "400",
                 "404",
@@ -422,12 +253,12 @@ def openapi_document() -> dict[str, Any]:
                             "in": "query",
                             "style": "form",
                             "explode": False,
-                            "schema": {"type": "array", "minItems": 1, "items": {"enum": sorted(EVENT_TYPES)}},
+                            "schema": {"type": "array", "minItems": 1, "items": {"enum": EVENT_NAMES}},
                             "description": "keep only these event types (comma-separated)",
                         },
                         _version("since_version", 0, "keep only events after this version"),
                     ],
-                    "responses": {"200": _json(_ref("OrderEvents"), "the events in stream order")},
+                    "responses": {"200": _json(ref("OrderEvents"), "the events in stream order")},
                 },
                 "400",
                 "404",
@@ -439,11 +270,11 @@ def openapi_document() -> dict[str, Any]:
                     "operationId": "queryOrder",
                     "summary": "Ask WeChat Pay now and record its verified answer",
                     "parameters": [
-                        _path_param("out_trade_no", {"type": "string", "pattern": _OUT_TRADE_NO}),
+                        _path_param("out_trade_no", {"type": "string", "pattern": OUT_TRADE_NO}),
                         _MCHID_QUERY,
                     ],
                     "responses": {
-                        "200": _json(_ref("Order"), "the order after the recorded answer"),
+                        "200": _json(ref("Order"), "the order after the recorded answer"),
                         "502": _error("WeChat Pay's answer failed or could not be trusted; nothing was recorded"),
                     },
                 },
@@ -462,7 +293,7 @@ def openapi_document() -> dict[str, Any]:
         "security": [{"adminToken": []}],
         "paths": paths,
         "components": {
-            "schemas": _SCHEMAS,
+            "schemas": copy.deepcopy(SCHEMAS),
             "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
         },
     }
