@@ -13,6 +13,7 @@ import anyio
 import httpx
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
@@ -31,7 +32,8 @@ from api.metrics import (
     new_registry,
 )
 from api.notify import notify
-from api.orders import get_order, list_orders, order_events, query_order, register_order
+from api.openapi import OPENAPI_PATH, openapi
+from api.orders import get_order, order_events, orders, query_order
 from api.request_id import RequestIdMiddleware
 from api.responses import LedgerJSONResponse, fail
 from api.state import AppState, LiveView
@@ -53,6 +55,7 @@ __all__ = ["create_app"]
 log = logging.getLogger("api")
 
 _ERROR_CODES = {400: "INVALID_REQUEST", 401: "UNAUTHORIZED", 404: "NOT_FOUND", 409: "CONFLICT"}
+_ROUTING_ERRORS = {404: ("NOT_FOUND", "not found"), 405: ("METHOD_NOT_ALLOWED", "method not allowed")}
 
 
 async def healthz(request: Request) -> Response:
@@ -60,7 +63,7 @@ async def healthz(request: Request) -> Response:
 
 
 def _is_open(path: str) -> bool:
-    return path in ("/healthz", "/readyz", "/wechatpay/notify") or path.startswith("/wechatpay/notify/")
+    return path in ("/healthz", "/readyz", "/wechatpay/notify", OPENAPI_PATH) or path.startswith("/wechatpay/notify/")
 
 
 def _is_ui(path: str) -> bool:
@@ -76,7 +79,7 @@ async def readyz(request: Request) -> Response:
     if breaker.is_open:
         return fail(503, "store unavailable", "NOT_READY")
     try:
-        position, lags = await anyio.to_thread.run_sync(lag.lags, limiter=state.limiter)
+        _, lags = await anyio.to_thread.run_sync(lag.lags, limiter=state.limiter)
     except Exception as exc:
         breaker.trip()
         log.warning("readiness check: event store unreachable (%s)", type(exc).__name__)
@@ -84,8 +87,10 @@ async def readyz(request: Request) -> Response:
     for name, behind in lags.items():
         if behind > state.settings.ready_max_lag:
             log.warning("readiness check: projection %s lagging %d events", name, behind)
-            return fail(503, f"projection {name} lagging {behind} events", "NOT_READY")
-    return LedgerJSONResponse({"status": "ready", "log_position": position, "projections": lags})
+            return fail(503, f"projection {name} is lagging", "NOT_READY")
+    # Open to load balancers, so it says ready or not and nothing else: positions and lags are
+    # data (the business's volume), at /metrics behind the token.
+    return LedgerJSONResponse({"status": "ready"})
 
 
 class AdminTokenMiddleware:
@@ -99,7 +104,9 @@ class AdminTokenMiddleware:
         if scope["type"] == "http" and not _is_open(scope["path"]) and not _is_ui(scope["path"]):
             given = Headers(scope=scope).get("authorization", "").encode()
             if not hmac.compare_digest(given, self._expected):
-                await fail(401, "missing or wrong admin token", "UNAUTHORIZED")(scope, receive, send)
+                answer = fail(401, "missing or wrong admin token", "UNAUTHORIZED")
+                answer.headers["www-authenticate"] = "Bearer"
+                await answer(scope, receive, send)
                 return
         await self._app(scope, receive, send)
 
@@ -112,6 +119,15 @@ async def _ledger_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, WeChatPayRejected) and exc.code:
         message = f"{exc.reason}: {exc.code}"
     return fail(exc.status_code, message, code)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Routing failures (no such path, method not allowed) in the same JSON shape as every other answer."""
+    assert isinstance(exc, HTTPException)
+    code, message = _ROUTING_ERRORS.get(exc.status_code, ("FAIL", "invalid request"))
+    answer = fail(exc.status_code, message, code)
+    answer.headers.update(exc.headers or {})
+    return answer
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
@@ -178,16 +194,16 @@ def create_app(
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
-        Route("/orders", register_order, methods=["POST"]),
-        Route("/orders", list_orders, methods=["GET"]),
+        Route("/orders", orders, methods=["GET", "POST"]),
         Route("/orders/{out_trade_no}", get_order, methods=["GET"]),
         Route("/orders/{out_trade_no}/events", order_events, methods=["GET"]),
         Route("/orders/{out_trade_no}/query", query_order, methods=["POST"]),
+        Route(OPENAPI_PATH, openapi, methods=["GET"]),
         ui_mount(settings),
     ]
     return Starlette(
         routes=routes,
         middleware=middleware,
         lifespan=lifespan,
-        exception_handlers={LedgerError: _ledger_error, Exception: _unexpected},
+        exception_handlers={LedgerError: _ledger_error, HTTPException: _http_error, Exception: _unexpected},
     )

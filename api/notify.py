@@ -26,7 +26,6 @@ from ledger.errors import (
 __all__ = ["notify", "read_body"]
 
 log = logging.getLogger("api.notify")
-BODY_READ_TIMEOUT = 10.0
 # WeChat counts an answer after 5 s as a failure; leave room for the network.
 STORE_DEADLINE = 4.0
 # The outcome counted for each refusal; any other verification failure is a bad signature.
@@ -36,6 +35,27 @@ _REJECTED = {
     UnknownSerial: "unknown_serial",
     MalformedNotification: "malformed",
 }
+SIGNATURE_HEADERS = frozenset(
+    {
+        b"wechatpay-timestamp",
+        b"wechatpay-nonce",
+        b"wechatpay-signature",
+        b"wechatpay-serial",
+        b"wechatpay-signature-type",
+    }
+)
+
+
+def _repeated_signature_header(raw: list[tuple[bytes, bytes]]) -> bool:
+    """One pass over the header names."""
+    seen: set[bytes] = set()
+    for raw_name, _ in raw:
+        name = raw_name.lower()
+        if name in SIGNATURE_HEADERS:
+            if name in seen:
+                return True
+            seen.add(name)
+    return False
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -53,6 +73,12 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _closing(response: Response) -> Response:
+    """Close the connection after this answer: the rest of the body is never read."""
+    response.headers["connection"] = "close"
+    return response
+
+
 async def notify(request: Request) -> Response:
     state: AppState = request.app.state.ledger
     started = time.perf_counter()
@@ -63,26 +89,31 @@ async def notify(request: Request) -> Response:
         log.warning("notification for unknown merchant %r", (mchid or "")[:32], extra={"outcome": "unknown_merchant"})
         metrics.answered("unknown_merchant", started)
         return fail(404, "unknown merchant")
+    timeout = state.settings.body_read_timeout
     try:
-        async with asyncio.timeout(BODY_READ_TIMEOUT):
+        async with asyncio.timeout(timeout):
             body = await read_body(request, state.max_body_bytes)
     except BodyTooLarge as exc:
         log.warning("notification refused mchid=%s: %s", mchid, exc.reason, extra={"outcome": "too_large"})
         metrics.answered("too_large", started)
-        return fail(413, exc.reason)
+        return _closing(fail(413, exc.reason))
     except TimeoutError:
         log.warning(
-            "notification body not received within %.0fs mchid=%s",
-            BODY_READ_TIMEOUT,
-            mchid,
-            extra={"outcome": "body_timeout"},
+            "notification body not received within %ds mchid=%s", timeout, mchid, extra={"outcome": "body_timeout"}
         )
         metrics.answered("body_timeout", started)
-        return fail(408, "request body timeout")
+        return _closing(fail(408, "request body timeout"))
     except ClientDisconnect:
         metrics.answered("disconnected", started)
         return fail(400, "client disconnected")
 
+    if _repeated_signature_header(request.headers.raw):
+        # Which of two values we verified and which one a proxy or an auditor reads could differ.
+        log.warning(
+            "notification rejected mchid=%s: a signature header is repeated", mchid, extra={"outcome": "bad_signature"}
+        )
+        metrics.answered("bad_signature", started)
+        return fail(401, "duplicate signature headers")
     try:
         notification = merchant.verifier.verify(request.headers, body)
     except DecryptionFailed:

@@ -18,7 +18,16 @@ from ledger.domain import FINAL_TRADE_STATES, OPEN_TRADE_STATES, PaymentOrder
 from ledger.errors import InvalidRequest, OrderNotFound
 from projections.read_model import cursor_decode, cursor_encode
 
-__all__ = ["EVENT_TYPES", "get_order", "list_orders", "order_events", "order_to_dict", "query_order", "register_order"]
+__all__ = [
+    "EVENT_TYPES",
+    "get_order",
+    "list_orders",
+    "order_events",
+    "order_to_dict",
+    "orders",
+    "query_order",
+    "register_order",
+]
 
 OUT_TRADE_NO = re.compile(r"[0-9A-Za-z_\-|*@]{6,32}")
 CURRENCY = re.compile(r"[A-Z]{3}")
@@ -103,12 +112,21 @@ async def register_order(request: Request) -> Response:
     description = body.get("description", "")
     if not isinstance(description, str) or len(description) > 127:
         raise InvalidRequest("description must be a string of at most 127 characters")
+    if "mchid" in body and not isinstance(body["mchid"], str):
+        raise InvalidRequest("mchid must be a string")
     mchid = _mchid(state, body.get("mchid"))
     order, created = await anyio.to_thread.run_sync(
         lambda: state.ledger.register_order(mchid, out_trade_no, amount, currency, description),
         limiter=state.limiter,
     )
     return LedgerJSONResponse(order_to_dict(order), status_code=201 if created else 200)
+
+
+async def orders(request: Request) -> Response:
+    """`/orders`: one route for both methods, so a 405 there lists both in `Allow`."""
+    if request.method == "POST":
+        return await register_order(request)
+    return await list_orders(request)
 
 
 async def get_order(request: Request) -> Response:

@@ -51,6 +51,7 @@ _LEDGER_KEYS = {
     "LEDGER_CERT_REFRESH_INTERVAL",
     "LEDGER_LOG_FORMAT",
     "LEDGER_READY_MAX_LAG",
+    "LEDGER_BODY_READ_TIMEOUT",
 }
 # Seconds between reconciliation queries: a few seconds, then minutes, then hours; the last repeats.
 DEFAULT_RECONCILE_SCHEDULE = (5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0)
@@ -272,6 +273,8 @@ class Settings:
     # None: text when stderr is a terminal, JSON otherwise (see ledger.logs).
     log_format: str | None = None
     ready_max_lag: int = 10_000
+    # Seconds a client may take to send a notification body (a slow-loris holds a worker otherwise).
+    body_read_timeout: int = 10
 
     @property
     def default_merchant(self) -> MerchantSettings | None:
@@ -335,6 +338,7 @@ class Settings:
             encryption_keys=_encryption_keys(env),
             log_format=log_format,
             ready_max_lag=_int_setting(top, "LEDGER_READY_MAX_LAG", 10_000, 0, 10**12),
+            body_read_timeout=_int_setting(top, "LEDGER_BODY_READ_TIMEOUT", 10, 1, 60),
         )
 
 

@@ -1,0 +1,303 @@
+"""`GET /openapi.json`: the OpenAPI 3.1 description of the JSON API, written by hand.
+
+Written out rather than derived from the handlers so that it states what the handlers promise
+(required fields, integer fen, enums, every status code) and a test can hold them to it. It is
+served without the admin token: it describes the API and holds no data.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api.openapi_schemas import EVENT_NAMES, OUT_TRADE_NO, SCHEMAS, TRADE_STATES, ref
+from api.responses import LedgerJSONResponse
+
+__all__ = ["OPENAPI_PATH", "openapi", "openapi_document"]
+
+OPENAPI_PATH = "/openapi.json"
+_JSON = "application/json"
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {_JSON: {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(ref("Error"), description)
+
+
+def _notify_failure(description: str) -> dict[str, Any]:
+    return _json(ref("NotifyFailure"), description)
+
+
+_OPEN: list[dict[str, list[str]]] = []  # an operation that never needs the admin token
+_UNAUTHORIZED = _error("LEDGER_ADMIN_TOKEN is set and the bearer token is missing or wrong")
+_STORE = _error("the event store cannot be reached")
+_MCHID_QUERY = {
+    "name": "mchid",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": "required when several merchants are configured",
+}
+
+
+def _filter(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """An optional query filter; given empty, it is not applied (as an HTML form sends it)."""
+    return {"name": name, "in": "query", "schema": {"type": "string", "anyOf": [schema, {"maxLength": 0}]}}
+
+
+def _version(name: str, minimum: int, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "schema": {"type": "integer", "minimum": minimum, "maximum": 999_999_999},
+        "description": description,
+    }
+
+
+def _path_param(name: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": schema or {"type": "string", "minLength": 1}}
+
+
+def _signature_header(name: str, schema: dict[str, Any], required: bool = True) -> dict[str, Any]:
+    return {"name": name, "in": "header", "required": required, "schema": schema}
+
+
+def _notify_operation(by_mchid: bool) -> dict[str, Any]:
+    parameters = [
+        _signature_header("Wechatpay-Timestamp", {"type": "string", "pattern": "^[0-9]{1,12}$"}),
+        _signature_header("Wechatpay-Nonce", {"type": "string", "minLength": 1}),
+        _signature_header("Wechatpay-Signature", {"type": "string", "minLength": 1}),
+        _signature_header("Wechatpay-Serial", {"type": "string", "minLength": 1}),
+        _signature_header("Wechatpay-Signature-Type", {"const": "WECHATPAY2-SHA256-RSA2048"}, required=False),
+    ]
+    if by_mchid:
+        parameters.insert(0, _path_param("mchid", {"type": "string", "pattern": "^[0-9]{6,32}$"}))
+    not_found = "no such merchant is configured" if by_mchid else "no merchant is configured"
+    return {
+        "post": {
+            "operationId": "notifyMerchant" if by_mchid else "notify",
+            "summary": "A WeChat Pay notification, verified over its raw bytes, acknowledged only once stored",
+            "security": _OPEN,
+            "parameters": parameters,
+            "requestBody": {"required": True, "content": {_JSON: {"schema": ref("NotificationEnvelope")}}},
+            "responses": {
+                "204": {"description": "verified and committed (or a byte-identical replay of a committed one)"},
+                "400": _notify_failure("verified, but the envelope is not what WeChat sends; or the client left"),
+                "401": _notify_failure("verification failed: headers, timestamp window, serial, signature, probe"),
+                "404": _notify_failure(not_found),
+                "408": _notify_failure("the body did not arrive within LEDGER_BODY_READ_TIMEOUT"),
+                "413": _notify_failure("the body is above LEDGER_MAX_BODY_BYTES"),
+                "500": _notify_failure("signed correctly but does not decrypt: our APIv3 key is wrong"),
+                "503": _notify_failure("the store is unavailable or did not commit within 4 s"),
+            },
+        }
+    }
+
+
+def _admin(operation: dict[str, Any], *statuses: str) -> dict[str, Any]:
+    """An admin operation: 401 without the token, 503 when the store is down, plus `statuses`."""
+    responses = operation.setdefault("responses", {})
+    answers = {
+        "400": _error("invalid parameters or body"),
+        "404": _error("no such order"),
+        "409": _error("the order is registered with different details"),
+    }
+    for status in statuses:
+        responses[status] = answers[status]
+    responses["401"] = _UNAUTHORIZED
+    responses["503"] = _STORE
+    return operation
+
+
+def openapi_document() -> dict[str, Any]:
+    """The description, built fresh (callers may keep it)."""
+    order_no = _path_param("out_trade_no")
+    paths: dict[str, Any] = {
+        "/wechatpay/notify": _notify_operation(by_mchid=False),
+        "/wechatpay/notify/{mchid}": _notify_operation(by_mchid=True),
+        "/healthz": {
+            "get": {
+                "operationId": "healthz",
+                "summary": "The process is alive",
+                "security": _OPEN,
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["status"],
+                            "additionalProperties": False,
+                            "properties": {"status": {"const": "ok"}},
+                        },
+                        "alive",
+                    )
+                },
+            }
+        },
+        "/readyz": {
+            "get": {
+                "operationId": "readyz",
+                "summary": "The event store answers (for load-balancer probes; says nothing else)",
+                "security": _OPEN,
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["status"],
+                            "additionalProperties": False,
+                            "properties": {"status": {"const": "ready"}},
+                        },
+                        "ready",
+                    ),
+                    "503": _json(
+                        {
+                            "type": "object",
+                            "required": ["code", "message"],
+                            "additionalProperties": False,
+                            "properties": {"code": {"const": "NOT_READY"}, "message": {"type": "string"}},
+                        },
+                        "the event store does not answer",
+                    ),
+                },
+            }
+        },
+        OPENAPI_PATH: {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This description",
+                "security": _OPEN,
+                "responses": {"200": _json({"type": "object", "required": ["openapi", "paths"]}, "OpenAPI 3.1")},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus text format",
+                "responses": {
+                    "200": {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                    "401": _UNAUTHORIZED,
+                },
+            }
+        },
+        "/orders": {
+            "post": _admin(
+                {
+                    "operationId": "registerOrder",
+                    "summary": "Register an expected order",
+                    "requestBody": {"required": True, "content": {_JSON: {"schema": ref("RegisterOrder")}}},
+                    "responses": {
+                        "201": _json(ref("Order"), "registered"),
+                        "200": _json(ref("Order"), "already registered with the same details"),
+                    },
+                },
+                "400",
+                "409",
+            ),
+            "get": _admin(
+                {
+                    "operationId": "listOrders",
+                    "summary": "Orders from the read model, oldest change first",
+                    "parameters": [
+                        _filter("trade_state", {"type": "string", "enum": TRADE_STATES}),
+                        {"name": "mchid", "in": "query", "schema": {"type": "string"}},
+                        _filter("since", {"type": "string", "format": "date-time"}),
+                        _filter("until", {"type": "string", "format": "date-time"}),
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
+                        },
+                        {
+                            "name": "cursor",
+                            "in": "query",
+                            "schema": {"type": "string"},
+                            "description": "the previous page's next_cursor (empty: the first page)",
+                        },
+                    ],
+                    "responses": {"200": _json(ref("OrderList"), "a page of orders")},
+                },
+                "400",
+            ),
+        },
+        "/orders/{out_trade_no}": {
+            "get": _admin(
+                {
+                    "operationId": "getOrder",
+                    "summary": "An order's current state (read-your-writes), or its state as of an event",
+                    "parameters": [
+                        order_no,
+                        _MCHID_QUERY,
+                        _version("as_of_version", 1, "replay the stream up to this event (404 beyond the last)"),
+                    ],
+                    "responses": {"200": _json(ref("Order"), "the order")},
+                },
+                "400",
+                "404",
+            )
+        },
+        "/orders/{out_trade_no}/events": {
+            "get": _admin(
+                {
+                    "operationId": "orderEvents",
+                    "summary": "The order's stream, raw deliveries included, for audit",
+                    "parameters": [
+                        order_no,
+                        _MCHID_QUERY,
+                        {
+                            "name": "type",
+                            "in": "query",
+                            "style": "form",
+                            "explode": False,
+                            "schema": {"type": "array", "minItems": 1, "items": {"enum": EVENT_NAMES}},
+                            "description": "keep only these event types (comma-separated)",
+                        },
+                        _version("since_version", 0, "keep only events after this version"),
+                    ],
+                    "responses": {"200": _json(ref("OrderEvents"), "the events in stream order")},
+                },
+                "400",
+                "404",
+            )
+        },
+        "/orders/{out_trade_no}/query": {
+            "post": _admin(
+                {
+                    "operationId": "queryOrder",
+                    "summary": "Ask WeChat Pay now and record its verified answer",
+                    "parameters": [
+                        _path_param("out_trade_no", {"type": "string", "pattern": OUT_TRADE_NO}),
+                        _MCHID_QUERY,
+                    ],
+                    "responses": {
+                        "200": _json(ref("Order"), "the order after the recorded answer"),
+                        "502": _error("WeChat Pay's answer failed or could not be trusted; nothing was recorded"),
+                    },
+                },
+                "400",
+            )
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "wechatpay-ledger",
+            "version": "1",
+            "description": "Event-sourced ledger of WeChat Pay notifications. With LEDGER_ADMIN_TOKEN set, "
+            "every operation not marked open needs `Authorization: Bearer <token>`.",
+        },
+        "security": [{"adminToken": []}],
+        "paths": paths,
+        "components": {
+            "schemas": copy.deepcopy(SCHEMAS),
+            "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+async def openapi(request: Request) -> Response:
+    return LedgerJSONResponse(openapi_document())
