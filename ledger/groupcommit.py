@@ -7,11 +7,6 @@ other to the same aggregate), and saves all of them with one ``save()``. On Post
 insert transaction takes the events table lock, so amortising it is what lets an event
 store keep up with a plain UPDATE. If the batch conflicts with another process, each
 delivery is retried on its own through the ordinary reload-and-retry path.
-
-The work runs as a two-stage pipeline on two threads: while the writer commits batch N, the
-reader already loads and decides batch N+1 (whose streams cannot overlap N's: a request for a
-stream that is still being written waits for that write). A batch's cycle is then the longer
-of the two stages instead of their sum.
 """
 
 from __future__ import annotations
@@ -21,6 +16,7 @@ import functools
 import logging
 import queue
 import threading
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +32,11 @@ from ledger.wechatpay.notification import VerifiedNotification
 __all__ = ["GroupCommitter"]
 
 log = logging.getLogger("ledger.groupcommit")
+
+# Measured on the ingest benchmark (PostgreSQL, 16 concurrent callbacks): 1 ms lowered both our
+# CPU and the database's per callback; 2 ms did no better; p99 at 200/s did not move.
+LINGER = 0.001
+LINGER_TARGET = 12
 
 
 @dataclass
@@ -73,28 +74,20 @@ def _resolve(requests: list[_Request]) -> None:
             request.afuture.set_result(request.outcome)  # type: ignore[arg-type]
 
 
-@dataclass
-class _Prepared:
-    batch: list[_Request]
-    streams: list[Any]
-    outcomes: list[tuple[Outcome, Any]]
-
-
 class GroupCommitter:
-    def __init__(self, ledger: Ledger, max_batch: int = 64) -> None:
+    def __init__(
+        self, ledger: Ledger, max_batch: int = 64, *, linger: float = LINGER, linger_target: int = LINGER_TARGET
+    ) -> None:
         self._ledger = ledger
         self._max_batch = max_batch
+        self._linger = linger
+        self._linger_target = linger_target
+        self._last_batch = 0
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
-        # One prepared batch waits while another is written: enough to overlap the stages.
-        self._prepared: queue.Queue[_Prepared | None] = queue.Queue(maxsize=1)
-        self._inflight: set[UUID] = set()
-        self._inflight_changed = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
+        self._thread.start()
         self.batches = 0
         self.requests = 0
-        self._reader = threading.Thread(target=self._read_loop, name="group-commit-read", daemon=True)
-        self._writer = threading.Thread(target=self._write_loop, name="group-commit-write", daemon=True)
-        self._reader.start()
-        self._writer.start()
 
     def submit(
         self, mchid: str, notification: VerifiedNotification, *, expected_appid: str | None = None
@@ -125,125 +118,77 @@ class GroupCommitter:
         return self.submit(mchid, notification, expected_appid=expected_appid).result()
 
     def close(self) -> None:
-        """Finish what was submitted, then stop both threads."""
         self._queue.put(None)
-        self._reader.join(10)
-        self._writer.join(10)
+        self._thread.join(10)
 
-    # -- stage 1: take a batch, load its streams, decide -----------------------------------
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = self._gather(first)
+            self._last_batch = len(batch)
+            batch = [r for r in batch if not r.withdrawn()]
+            if batch:
+                self._commit(batch)
+                self._deliver(batch)
 
-    def _read_loop(self) -> None:
-        try:
-            while (batch := self._next_batch()) is not None:
-                batch = [r for r in batch if not r.withdrawn()]
-                if batch:
-                    self._prepare(batch)
-        finally:
-            self._prepared.put(None)
+    def _gather(self, first: _Request) -> list[_Request]:
+        """`first` and whatever waits behind it; while busy, linger briefly for more.
 
-    def _next_batch(self) -> list[_Request] | None:
-        first = self._queue.get()
-        if first is None:
-            return None
+        Each batch costs a read and a transaction whatever its size (about half a millisecond
+        of our CPU and some of the database's), so under load a slightly longer wait for a
+        fuller batch costs every callback less. When the previous batch held a single
+        callback there is no load to amortise and nothing waits."""
         batch = [first]
+        deadline = time.monotonic() + self._linger if self._last_batch >= 2 else 0.0
         while len(batch) < self._max_batch:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
-                break
+                remaining = deadline - time.monotonic()
+                if len(batch) >= self._linger_target or remaining <= 0:
+                    break
+                try:
+                    item = self._queue.get(timeout=remaining)
+                except queue.Empty:
+                    break
             if item is None:
                 self._queue.put(None)
                 break
             batch.append(item)
         return batch
 
-    def _prepare(self, batch: list[_Request]) -> None:
+    def _commit(self, batch: list[_Request]) -> None:
         self.batches += 1
         self.requests += len(batch)
-        ids = {r.stream_id for r in batch}
-        with self._inflight_changed:
-            # A stream still being written must be read after that write, never before.
-            self._inflight_changed.wait_for(lambda: self._inflight.isdisjoint(ids))
-            self._inflight |= ids
         try:
-            streams, outcomes = self._decide(batch, ids)
-        except IntegrityError:  # cannot happen on a read, but never strand a request
-            self._individually_all(batch, ids)
-            return
-        except PersistenceError as exc:
-            log.error("event store unavailable: %s", type(exc).__name__)
-            for request in batch:
-                request.outcome = StoreUnavailable(type(exc).__name__)
-            self._finish(batch, ids)
-            return
-        except Exception:
-            log.exception("group commit failed; retrying individually")
-            self._individually_all(batch, ids)
-            return
-        self._prepared.put(_Prepared(batch, streams, outcomes))
-
-    def _decide(self, batch: list[_Request], ids: set[UUID]) -> tuple[list[Any], list[tuple[Outcome, Any]]]:
-        streams: dict[UUID, Any] = self._ledger.get_many(ids)
-        outcomes: list[tuple[Outcome, Any]] = []
-        for request in batch:
-            stream = streams.get(request.stream_id)
-            evidence = evidence_from(request.notification)
-            if isinstance(stream, NotificationInbox) or (
-                stream is None and request.stream_id == inbox_id(request.mchid, request.notification.id)
-            ):
-                inbox = stream or NotificationInbox.open(request.mchid, request.notification.id)
-                streams[request.stream_id] = inbox
-                outcomes.append((inbox.receive(evidence), inbox))
-                continue
-            order = stream or PaymentOrder.open(request.mchid, str(request.notification.resource["out_trade_no"]))
-            streams[request.stream_id] = order
-            outcomes.append((order.receive(evidence, expected_appid=request.expected_appid), order))
-        return list(streams.values()), outcomes
-
-    # -- stage 2: commit, answer -----------------------------------------------------------
-
-    def _write_loop(self) -> None:
-        while (prepared := self._prepared.get()) is not None:
-            self._commit(prepared)
-
-    def _commit(self, prepared: _Prepared) -> None:
-        batch = prepared.batch
-        ids = {r.stream_id for r in batch}
-        try:
-            self._ledger.save_all(prepared.streams)
+            results = self._decide_and_save(batch)
         except IntegrityError:
             # Another process appended to one of these streams: retry each on its own.
-            self._individually_all(batch, ids)
+            for request in batch:
+                self._individually(request)
             return
         except PersistenceError as exc:
             log.error("event store unavailable: %s", type(exc).__name__)
             for request in batch:
                 request.outcome = StoreUnavailable(type(exc).__name__)
-            self._finish(batch, ids)
             return
         except Exception:  # never strand a waiting request
             log.exception("group commit failed; retrying individually")
-            self._individually_all(batch, ids)
+            for request in batch:
+                self._individually(request)
             return
-        for request, (outcome, stream) in zip(batch, prepared.outcomes, strict=True):
-            request.outcome = RecordResult(outcome, stream.id, stream.version, isinstance(stream, PaymentOrder))
-        self._finish(batch, ids)
+        for request, result in zip(batch, results, strict=True):
+            request.outcome = result
 
-    def _individually_all(self, batch: list[_Request], ids: set[UUID]) -> None:
-        for request in batch:
-            try:
-                request.outcome = self._ledger.record_notification(
-                    request.mchid, request.notification, expected_appid=request.expected_appid
-                )
-            except Exception as exc:
-                request.outcome = exc
-        self._finish(batch, ids)
-
-    def _finish(self, batch: list[_Request], ids: set[UUID]) -> None:
-        with self._inflight_changed:
-            self._inflight -= ids
-            self._inflight_changed.notify_all()
-        self._deliver(batch)
+    def _individually(self, request: _Request) -> None:
+        try:
+            request.outcome = self._ledger.record_notification(
+                request.mchid, request.notification, expected_appid=request.expected_appid
+            )
+        except Exception as exc:
+            request.outcome = exc
 
     @staticmethod
     def _deliver(batch: list[_Request]) -> None:
@@ -258,3 +203,25 @@ class GroupCommitter:
                 by_loop.setdefault(request.loop, []).append(request)
         for loop, requests in by_loop.items():
             loop.call_soon_threadsafe(_resolve, requests)
+
+    def _decide_and_save(self, batch: list[_Request]) -> list[RecordResult]:
+        streams: dict[UUID, Any] = self._ledger.get_many({r.stream_id for r in batch})
+        outcomes: list[tuple[Outcome, Any]] = []
+        for request in batch:
+            stream = streams.get(request.stream_id)
+            evidence = evidence_from(request.notification)
+            if isinstance(stream, NotificationInbox) or (
+                stream is None and request.stream_id == inbox_id(request.mchid, request.notification.id)
+            ):
+                inbox = stream or NotificationInbox.open(request.mchid, request.notification.id)
+                streams[request.stream_id] = inbox
+                outcomes.append((inbox.receive(evidence), inbox))
+                continue
+            order = stream or PaymentOrder.open(request.mchid, str(request.notification.resource["out_trade_no"]))
+            streams[request.stream_id] = order
+            outcomes.append((order.receive(evidence, expected_appid=request.expected_appid), order))
+        self._ledger.save_all(streams.values())
+        return [
+            RecordResult(outcome, stream.id, stream.version, isinstance(stream, PaymentOrder))
+            for outcome, stream in outcomes
+        ]

@@ -1,4 +1,4 @@
-"""Group commit: batched, pipelined appends keep every per-delivery guarantee."""
+"""Group commit: batched appends keep every per-delivery guarantee."""
 
 from __future__ import annotations
 
@@ -101,36 +101,43 @@ def test_a_stream_being_written_is_read_after_the_write(
     assert types.count("NotificationReceived") == 2 and types.count("PaymentSucceeded") == 1
 
 
-def test_other_streams_are_decided_while_a_batch_is_written(
+def test_under_load_a_batch_lingers_for_company_and_a_lone_callback_never_waits(
     ledger_factory: Callable[[], Any], factory: NotificationFactory, verify: Any
 ) -> None:
-    """The two stages overlap: batch N+1 is loaded and decided during batch N's commit."""
-    slow = _SlowSaves(ledger_factory(), delay=0.4)
-    decided = threading.Event()
-    original_get_many = slow._ledger.get_many
-    calls = 0
+    """After a batch of several, the committer waits a moment for more; after a batch of one
+    (no load) it does not. Saves are slowed so the arrivals fall where the test wants them."""
+    slow = _SlowSaves(ledger_factory(), delay=0.5)
+    sizes: list[int] = []
+    original_save_all = slow.save_all
 
-    def get_many(ids: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        found = original_get_many(ids)
-        if calls == 2:
-            decided.set()
-        return found
+    def save_all(aggregates: Any) -> None:
+        aggregates = list(aggregates)
+        sizes.append(len(aggregates))
+        original_save_all(aggregates)
 
-    slow._ledger.get_many = get_many
-    committer = GroupCommitter(slow)  # type: ignore[arg-type]
+    slow.save_all = save_all  # type: ignore[method-assign]
+    committer = GroupCommitter(slow, linger=0.4, linger_target=3)  # type: ignore[arg-type]
+
+    def submit(no: str) -> Any:
+        return committer.submit(MCHID, verify(factory.paid(no, 100)), expected_appid=APPID)
+
     try:
-        first = committer.submit(MCHID, verify(factory.paid("GC-PIPE-1", 100)), expected_appid=APPID)
-        assert slow.saving.wait(5)
-        second = committer.submit(MCHID, verify(factory.paid("GC-PIPE-2", 100)), expected_appid=APPID)
-        # The second batch's read happens while the first is still sleeping in its commit.
-        assert decided.wait(0.3)
-        assert not first.done()
-        assert first.result(timeout=10).outcome is Outcome.RECORDED
-        assert second.result(timeout=10).outcome is Outcome.RECORDED
+        started = time.monotonic()
+        a = submit("GC-LINGER-A")  # alone: committed without waiting for company
+        time.sleep(0.1)
+        b, c = submit("GC-LINGER-B"), submit("GC-LINGER-C")  # queued behind A's save
+        assert a.result(timeout=10).outcome is Outcome.RECORDED
+        assert time.monotonic() - started < 0.5 + 0.3
+        time.sleep(0.15)  # B and C are being saved together now
+        d = submit("GC-LINGER-D")
+        b.result(timeout=10)
+        time.sleep(0.2)  # D was taken after a batch of two: its batch waits for more
+        e = submit("GC-LINGER-E")
+        results = [f.result(timeout=10) for f in (c, d, e)]
     finally:
         committer.close()
+    assert [r.outcome for r in results] == [Outcome.RECORDED] * 3
+    assert sizes == [1, 2, 2]
 
 
 def test_store_failure_answers_every_request_and_the_committer_recovers(
