@@ -21,7 +21,7 @@ from uuid import UUID
 
 import psycopg
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import IntegrityError, PersistenceError, StoredEvent
+from eventsourcing.persistence import IntegrityError, PersistenceError, StoredEvent, Transcoder
 from eventsourcing.postgres import PostgresApplicationRecorder
 from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Composed, Identifier
@@ -45,6 +45,7 @@ from ledger.errors import (
     StoreUnavailable,
 )
 from ledger.storage import persistence_env, schema_lock
+from ledger.transcoder import FastJSONTranscoder
 from ledger.wechatpay.notification import VerifiedNotification
 
 __all__ = ["Ledger", "RecordResult", "build_ledger", "event_to_dict"]
@@ -78,6 +79,12 @@ def event_to_dict(event: Any) -> dict[str, Any]:
 
 class Ledger(Application[UUID]):
     name = "ledger"
+
+    def construct_transcoder(self) -> Transcoder:
+        """The library's format and transcodings, encoded faster (see `ledger.transcoder`)."""
+        transcoder = FastJSONTranscoder()
+        self.register_transcodings(transcoder)
+        return transcoder
 
     # -- commands -------------------------------------------------------------------------
 

@@ -1,0 +1,112 @@
+"""The fast transcoder writes exactly the library's format: stored events read the same."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from eventsourcing.persistence import (
+    DatetimeAsISO,
+    DecimalAsStr,
+    JSONTranscoder,
+    TranscodingNotRegisteredError,
+    UUIDAsHex,
+)
+
+from ledger.application import Ledger, evidence_from
+from ledger.domain import PaymentOrder, QueryEvidence
+from ledger.transcoder import FastJSONTranscoder
+from ledger.wechatpay.notification import NotificationVerifier
+from ledger.wechatpay.testing import NotificationFactory
+from tests.conftest import APPID, MCHID
+
+
+def transcoders() -> tuple[JSONTranscoder, FastJSONTranscoder]:
+    library, fast = JSONTranscoder(), FastJSONTranscoder()
+    for transcoder in (library, fast):
+        for transcoding in (UUIDAsHex(), DecimalAsStr(), DatetimeAsISO()):
+            transcoder.register(transcoding)
+    return library, fast
+
+
+def event_states(factory: NotificationFactory) -> list[tuple[str, dict[str, Any]]]:
+    """Every kind of event an order goes through: deliveries, decisions, anomalies, queries."""
+    verifier = NotificationVerifier(factory.key_store(), factory.apiv3_key.encode())
+
+    def delivered(d: Any) -> Any:
+        return evidence_from(verifier.verify(d.headers, d.body))
+
+    order = PaymentOrder.open(MCHID, "ORDER-TC-1")
+    order.register(1000, "CNY", '茶叶 \u2028 \x1f "quoted" \\ back/slash')
+    order.receive(delivered(factory.paid("ORDER-TC-1", 999)), expected_appid=APPID)  # amount anomaly
+    order.receive(delivered(factory.paid("ORDER-TC-1", 1000)), expected_appid=APPID)
+    order.receive(delivered(factory.refunded("ORDER-TC-1", "R-1", 300, 1000)))
+    order.receive(delivered(factory.refunded("ORDER-TC-1", "R-2", 200, 1000, status="ABNORMAL")))
+    order.record_query(
+        QueryEvidence(
+            query="out-trade-no",
+            status_code=200,
+            raw_body='{"trade_state":"REFUND"}',
+            response_headers={"Request-ID": "08F78BB5AF0610"},
+            key_serial="PUB_KEY_ID_0114232134912410000000000000",
+            request_id="08F78BB5AF0610",
+            transaction={"trade_state": "REFUND", "amount": {"total": 1000}},
+            queried_at=dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC),
+        ),
+        expected_appid=APPID,
+    )
+    states = []
+    for event in order.collect_events():
+        state = dict(event.__dict__)
+        state.pop("originator_id"), state.pop("originator_version")
+        states.append((type(event).__name__, state))
+    return states
+
+
+def test_every_event_is_written_byte_for_byte_as_the_library_writes_it(factory: NotificationFactory) -> None:
+    library, fast = transcoders()
+    states = event_states(factory)
+    assert {name for name, _ in states} >= {
+        "Opened",
+        "Registered",
+        "NotificationReceived",
+        "AnomalyDetected",
+        "PaymentSucceeded",
+        "RefundSucceeded",
+        "RefundAbnormal",
+        "StatusQueried",
+    }
+    for _, state in states:
+        written = fast.encode(state)
+        assert written == library.encode(state)
+        assert library.decode(written) == state
+
+
+def test_what_orjson_would_write_differently_is_left_to_the_library() -> None:
+    library, fast = transcoders()
+    odd: list[dict[str, Any]] = [
+        {"id": uuid.uuid4(), "at": dt.datetime.now(dt.UTC)},  # orjson would not tag the UUID
+        {"amount": Decimal("12.30"), "nested": {"when": dt.datetime(2026, 11, 27, tzinfo=dt.UTC)}},
+        {"big": 2**70},  # beyond 64 bits
+        {1: "non-string key"},
+    ]
+    for state in odd:
+        written = fast.encode(state)
+        assert written == library.encode(state)
+        assert library.decode(written) == library.decode(library.encode(state))
+    for transcoder in (library, fast):  # an unregistered type is refused the same way
+        with pytest.raises(TranscodingNotRegisteredError):
+            transcoder.encode({"when": dt.date(2026, 11, 27)})
+
+
+def test_the_ledger_uses_it(sqlite_url: str) -> None:
+    from ledger.application import build_ledger
+
+    ledger: Ledger = build_ledger(sqlite_url)
+    try:
+        assert isinstance(ledger.mapper.transcoder, FastJSONTranscoder)
+    finally:
+        ledger.close()
