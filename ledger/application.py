@@ -222,7 +222,7 @@ class Ledger(Application[UUID]):
         statement = self._select_many_statement(recorder)
         # Tuples in binary format: no per-row dict, no hex-decoding of the state.
         with recorder.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as curs:
-            curs.execute(statement, (wanted,), prepare=True, binary=True)
+            curs.execute(statement, (uuid_array_literal(wanted),), prepare=True, binary=True)
             rows = curs.fetchall()
         aggregates: dict[UUID, Any] = {}
         for originator_id, version, topic, state in rows:
@@ -234,7 +234,7 @@ class Ledger(Application[UUID]):
     def _select_many_statement(self, recorder: PostgresApplicationRecorder) -> Composed:
         return SQL(
             "SELECT originator_id, originator_version, topic, state FROM {schema}.{table}"
-            " WHERE originator_id = ANY(%s) ORDER BY originator_id, originator_version"
+            " WHERE originator_id = ANY(%s::uuid[]) ORDER BY originator_id, originator_version"
         ).format(schema=Identifier(recorder.datastore.schema), table=Identifier(recorder.events_table_name))
 
     # -- plumbing -------------------------------------------------------------------------
@@ -275,6 +275,11 @@ class Ledger(Application[UUID]):
                 time.sleep(random.uniform(0, 0.002 * (n + 1)))
         log.error("gave up after %d version conflicts", MAX_CONFLICT_RETRIES)
         raise StoreUnavailable("too many concurrent writers on one stream")
+
+
+def uuid_array_literal(ids: Iterable[UUID]) -> str:
+    """`{...}` for a `uuid[]` parameter: psycopg's binary list dumper costs ~45 µs more per call."""
+    return "{" + ",".join(map(str, ids)) + "}"
 
 
 def evidence_from(notification: VerifiedNotification) -> Evidence:

@@ -16,7 +16,7 @@ key that gives optimistic concurrency. Unlike the library's own function option
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
@@ -25,6 +25,15 @@ from eventsourcing.utils import retry
 from psycopg.sql import SQL, Identifier, Literal
 
 __all__ = ["LedgerPostgresRecorder"]
+
+
+def _array_literal(elements: Iterable[str]) -> str:
+    return "{" + ",".join(elements) + "}"
+
+
+def _quoted(element: str) -> str:
+    """An array literal element, double-quoted (topics hold `:` and `.`, and may hold more)."""
+    return '"' + element.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 class LedgerPostgresRecorder(PostgresApplicationRecorder):
@@ -41,6 +50,7 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
             "lock_timeout": SQL(str(int(datastore.lock_timeout))),
         }
         id_array = "uuid[]" if datastore.originator_id_type == "uuid" else "text[]"
+        self._text_ids = datastore.originator_id_type != "uuid"
         names["signature"] = Literal(
             f"{datastore.schema}.{self.events_table_name}_append({id_array}, integer[], text[], bytea[])"
         )
@@ -69,8 +79,10 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
                 " END $OUTER$"
             ).format(**names)
         )
+        # Ids, versions and topics go as array literals (psycopg's binary list dumpers cost more
+        # Python than the whole statement); the states, most of the bytes, as a binary array.
         self._append_statement = SQL(
-            "SELECT * FROM {schema}.{function}(%b::{id_type}[], %b::int[], %b::text[], %b::bytea[])"
+            "SELECT * FROM {schema}.{function}(%s::{id_type}[], %s::int[], %s::text[], %b::bytea[])"
         ).format(**names)
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
@@ -82,9 +94,11 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
             curs.execute(
                 self._append_statement,
                 (
-                    [e.originator_id for e in stored_events],
-                    [e.originator_version for e in stored_events],
-                    [e.topic for e in stored_events],
+                    _array_literal(
+                        _quoted(str(e.originator_id)) if self._text_ids else str(e.originator_id) for e in stored_events
+                    ),
+                    _array_literal(str(e.originator_version) for e in stored_events),
+                    _array_literal(_quoted(e.topic) for e in stored_events),
                     [e.state for e in stored_events],
                 ),
                 prepare=True,

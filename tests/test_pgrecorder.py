@@ -33,6 +33,26 @@ def test_ledger_uses_it_and_returns_ids_in_order(postgres_url: str) -> None:
         ledger.close()
 
 
+@pytest.mark.parametrize(
+    "topic",
+    ["ledger.domain:PaymentOrder.PaymentSucceeded", 'odd "quoted" \\ {braces}, commas', "NULL", "", " spaced "],
+)
+def test_topics_and_versions_arrive_exactly_as_given(postgres_url: str, topic: str) -> None:
+    """Ids, versions and topics travel as array literals: quoting must keep every topic intact."""
+    ledger = build_ledger(postgres_url)
+    try:
+        recorder: Any = ledger.recorder
+        stream = uuid.uuid4()
+        events = [StoredEvent(stream, v, topic, b"{}") for v in (1, 2, 3)]
+        recorder.insert_events(events)
+        back = recorder.select_events(stream)
+        assert [(e.originator_id, e.originator_version, e.topic) for e in back] == [
+            (stream, v, topic) for v in (1, 2, 3)
+        ]
+    finally:
+        ledger.close()
+
+
 def test_version_conflict_is_an_integrity_error_and_writes_nothing(postgres_url: str) -> None:
     ledger = build_ledger(postgres_url)
     try:
