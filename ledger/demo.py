@@ -165,6 +165,7 @@ def run_demo(
                 f"the service log is {folder / 'ledger.log'}"
             )
             out(f"open {ledger_url}/orders/DEMO-0003/events for the recovered order's audit trail")
+            out(f"or {ledger_url}/ui/orders/DEMO-0003 for the same history as an operator's page")
             if not wait:
                 return 0
             out("the ledger and the sandbox keep running; press Ctrl-C to stop")
