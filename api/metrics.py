@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
+from eventsourcing.persistence import PersistenceError
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -55,6 +56,7 @@ NOTIFICATION_OUTCOMES = (
     "body_timeout",
     "disconnected",
     "unknown_merchant",
+    "error",
 )
 # WeChat counts an answer after 5 s as a failure; the fine buckets are where a healthy replica lives.
 ANSWER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 4.0, 5.0)
@@ -219,8 +221,14 @@ class Guarded(Collector):
             return []
         try:
             return list(self._collector.collect())
-        except Exception as exc:
+        except PersistenceError as exc:
+            # Only the store being away pauses the store-backed figures (and /readyz with them).
             self._breaker.trip()
+            log.warning("metrics: %s not read, store unavailable (%s)", self._name, type(exc).__name__)
+            return []
+        except Exception as exc:
+            # Anything else (an event this replica cannot decrypt, a missing table) is this
+            # collector's problem: it is left out of this scrape, and readiness is untouched.
             log.warning("metrics: %s not read (%s)", self._name, type(exc).__name__)
             return []
 

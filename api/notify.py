@@ -155,6 +155,18 @@ async def notify(request: Request) -> Response:
         )
         metrics.answered("store_unavailable", started)
         return fail(503, StoreUnavailable.reason)
+    except Exception as exc:
+        # Not stored, for a reason of ours (a bug): logged with its traceback for us, answered
+        # with a fixed reason, counted and timed like every other answer. WeChat retries.
+        log.error(
+            "notification %s not stored: unexpected %s; answering 500 so WeChat retries",
+            notification.id,
+            type(exc).__name__,
+            exc_info=exc,
+            extra={"outcome": "error", "notification_id": notification.id},
+        )
+        metrics.answered("error", started)
+        return fail(500, "internal error")
     outcome = "accepted" if result.outcome is Outcome.RECORDED else "duplicate"
     duration_ms = metrics.answered(outcome, started) * 1000
     log.info(

@@ -19,11 +19,12 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 
+from api.notify import read_body
 from api.orders import OUT_TRADE_NO, _mchid
 from api.responses import to_jsonable
 from api.state import AppState
 from api.ui_auth import COOKIE, SESSION_SECONDS, Access, UISessions
-from ledger.errors import InvalidRequest, OrderNotFound, WeChatPayError, WeChatPayRejected
+from ledger.errors import BodyTooLarge, InvalidRequest, OrderNotFound, WeChatPayError, WeChatPayRejected
 from ledger.settings import Settings
 from projections.timeline import Entry, attempt_text, duration, iso, load_timeline
 
@@ -68,9 +69,12 @@ def _next_path(value: str) -> str:
 
 
 async def _form(request: Request) -> dict[str, str]:
-    body = await request.body()
-    if len(body) > MAX_FORM_BYTES:
-        raise InvalidRequest("form too large")
+    # Refused on its Content-Length or while it streams, never read whole first: the login
+    # form is open to anyone, in the process that answers WeChat.
+    try:
+        body = await read_body(request, MAX_FORM_BYTES)
+    except BodyTooLarge:
+        raise InvalidRequest("form too large") from None
     try:
         fields = parse_qs(body.decode("utf-8"), max_num_fields=10)
     except (UnicodeDecodeError, ValueError):

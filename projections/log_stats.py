@@ -109,23 +109,27 @@ class DecisionTally:
             head = self._ledger.recorder.max_notification_id() or 0
             if head > self._position:
                 counts = count_by_topic(self._ledger, self._position, head, list(DECISION_TYPES))
-                if counts.get(ANOMALY):
-                    self._count_anomalies(self._position, head)
+                # Counted aside and merged only once everything was read: a failure half-way
+                # (a page of anomalies, the store going away) must not count a page twice.
+                anomalies = self._count_anomalies(self._position, head) if counts.get(ANOMALY) else Counter()
+                self._anomalies.update(anomalies)
                 for topic, n in counts.items():
                     self._decisions[DECISION_TYPES[topic]] += n
                 self._position = head
             return dict(self._decisions), dict(self._anomalies)
 
-    def _count_anomalies(self, after: int, upto: int) -> None:
+    def _count_anomalies(self, after: int, upto: int) -> Counter[str]:
         # Anomalies are rare, and their kind is inside the event: read just those, through the
         # application's mapper (so it works whatever the stored form of an event is).
+        kinds: Counter[str] = Counter()
         while after < upto:
             page = self._ledger.recorder.select_notifications(
                 after, _PAGE, stop=upto, topics=[ANOMALY], inclusive_of_start=False
             )
             for notification in page:
                 event: Any = self._ledger.mapper.to_domain_event(notification)
-                self._anomalies[str(event.kind)] += 1
+                kinds[str(event.kind)] += 1
             if len(page) < _PAGE:
-                return
+                break
             after = page[-1].id
+        return kinds

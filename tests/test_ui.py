@@ -210,3 +210,15 @@ def test_without_an_admin_token_the_pages_are_open_and_say_so(
         assert csrf is not None
         assert client.post(f"{ORDER_PAGE}/query", data={}).status_code == 403  # CSRF still applies
         assert client.post(f"{ORDER_PAGE}/query", data={"csrf": csrf.group(1)}).status_code == 502
+
+
+def test_an_oversized_login_form_is_refused_before_it_is_read(ui: UI) -> None:
+    """The login form is open to anyone: a huge body is refused on its declared length."""
+    response = ui.client.post(
+        "/ui/login",
+        content=b"token=" + b"x" * (1024 * 1024),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 400
+    assert "set-cookie" not in response.headers
+    _no_order_data(response.text)
