@@ -24,8 +24,17 @@ from ledger.application import Ledger
 from ledger.chain import GENESIS, event_fields, link
 from ledger.cipher import stored_key_id
 from ledger.domain import NotificationInbox, PaymentOrder, inbox_id, order_id
-from ledger.errors import EventUndecryptable, OrderNotFound, StoreUnavailable, UnknownSerial, VerificationFailed
+from ledger.errors import (
+    DecryptionFailed,
+    EventUndecryptable,
+    NotificationRejected,
+    OrderNotFound,
+    StoreUnavailable,
+    UnknownSerial,
+    VerificationFailed,
+)
 from ledger.wechatpay.keys import KeyStore, normalise_serial
+from ledger.wechatpay.notification import NotificationVerifier
 from ledger.wechatpay.signature import SignatureHeaders, build_message, verify
 
 __all__ = ["PAGE", "Break", "Report", "verify_all", "verify_order"]
@@ -56,6 +65,10 @@ class Report:
     streams: int = 0
     events: int = 0
     notifications: int = 0
+    # Stored resources compared with what their signed body decrypts to, and those that could
+    # not be (no APIv3 key given, or the key has been reset since they arrived).
+    resources: int = 0
+    resources_unchecked: int = 0
     breaks: list[Break] = field(default_factory=list)
     # How many stored states each key encrypts ("unencrypted" for plaintext): retire a key at 0.
     key_ids: Counter[str] = field(default_factory=Counter)
@@ -71,7 +84,10 @@ class Report:
         )
         return (
             f"verified {self.streams} streams, {self.events} events, {self.notifications} notifications "
-            f"re-verified: {breaks}" + (f" (stored states: {states})" if states else "")
+            f"re-verified, {self.resources} resources re-decrypted"
+            + (f" ({self.resources_unchecked} not: APIv3 key missing or reset)" if self.resources_unchecked else "")
+            + f": {breaks}"
+            + (f" (stored states: {states})" if states else "")
         )
 
     def to_json(self) -> str:
@@ -81,6 +97,8 @@ class Report:
                 "streams": self.streams,
                 "events": self.events,
                 "notifications": self.notifications,
+                "resources": self.resources,
+                "resources_unchecked": self.resources_unchecked,
                 "breaks": [asdict(b) for b in self.breaks],
                 "key_ids": dict(sorted(self.key_ids.items())),
             },
@@ -99,9 +117,10 @@ class _Head:
 
 
 class _Checker:
-    def __init__(self, ledger: Ledger, keys: Mapping[str, KeyStore]) -> None:
+    def __init__(self, ledger: Ledger, keys: Mapping[str, KeyStore], apiv3: Mapping[str, bytes]) -> None:
         self._ledger = ledger
         self._keys = keys
+        self._apiv3 = apiv3
         self.report = Report()
         self.heads: dict[UUID, _Head] = {}
 
@@ -143,6 +162,8 @@ class _Checker:
         if stored.topic.endswith(".NotificationReceived"):
             self.report.notifications += 1
             problem = self._signature_problem(head.mchid, event)
+            if problem is None:
+                problem = self._resource_problem(head.mchid, event)
             if problem is not None:
                 self._break(stream_id, head, version, problem)
 
@@ -153,6 +174,28 @@ class _Checker:
         elif topic.startswith(_INBOX_TOPIC):
             head.kind, head.name = "inbox", str(getattr(event, "notification_id", ""))
         head.mchid = str(getattr(event, "mchid", ""))
+
+    def _resource_problem(self, mchid: str, event: Any) -> str | None:
+        """The stored resource must be what the signed body decrypts to (through the same
+        verifier that accepted it, at the notification's own time)."""
+        apiv3 = self._apiv3.get(mchid)
+        store = self._keys.get(mchid)
+        if apiv3 is None or store is None:
+            self.report.resources_unchecked += 1
+            return None
+        timestamp = float(SignatureHeaders.from_headers(event.signature_headers).timestamp)
+        verifier = NotificationVerifier(store, apiv3, clock=lambda: timestamp)
+        try:
+            verified = verifier.verify(event.signature_headers, str(event.raw_body).encode("utf-8"))
+        except DecryptionFailed:  # the merchant reset the APIv3 key since: cannot tell
+            self.report.resources_unchecked += 1
+            return None
+        except NotificationRejected:
+            return "signed body is not a valid notification"
+        self.report.resources += 1
+        if verified.resource != event.resource:
+            return "stored resource is not what the signed body decrypts to"
+        return None
 
     def _signature_problem(self, mchid: str, event: Any) -> str | None:
         try:
@@ -182,8 +225,10 @@ class _Checker:
         return None
 
 
-def _checked(ledger: Ledger, keys: Mapping[str, KeyStore], events: Iterable[StoredEvent]) -> _Checker:
-    checker = _Checker(ledger, keys)
+def _checked(
+    ledger: Ledger, keys: Mapping[str, KeyStore], apiv3: Mapping[str, bytes], events: Iterable[StoredEvent]
+) -> _Checker:
+    checker = _Checker(ledger, keys, apiv3)
     try:
         for stored in events:
             checker.check(stored)
@@ -192,7 +237,13 @@ def _checked(ledger: Ledger, keys: Mapping[str, KeyStore], events: Iterable[Stor
     return checker
 
 
-def verify_order(ledger: Ledger, keys: Mapping[str, KeyStore], mchid: str, out_trade_no: str) -> Report:
+def verify_order(
+    ledger: Ledger,
+    keys: Mapping[str, KeyStore],
+    mchid: str,
+    out_trade_no: str,
+    apiv3: Mapping[str, bytes] | None = None,
+) -> Report:
     """One order's stream; when no order has that name, the inbox stream of that notification id."""
     for stream_id, kind in ((order_id(mchid, out_trade_no), "order"), (inbox_id(mchid, out_trade_no), "inbox")):
         try:
@@ -200,7 +251,7 @@ def verify_order(ledger: Ledger, keys: Mapping[str, KeyStore], mchid: str, out_t
         except PersistenceError as exc:
             raise StoreUnavailable(type(exc).__name__) from None
         if stored:
-            checker = _Checker(ledger, keys)
+            checker = _Checker(ledger, keys, apiv3 or {})
             # Named from the request, so a stream whose first event is gone is still named.
             checker.heads[stream_id] = _Head(kind, out_trade_no, mchid)
             checker.report.streams = 1
@@ -220,6 +271,8 @@ def _log(ledger: Ledger, page: int) -> Iterator[StoredEvent]:
         position = notifications[-1].id
 
 
-def verify_all(ledger: Ledger, keys: Mapping[str, KeyStore], *, page: int = PAGE) -> Report:
+def verify_all(
+    ledger: Ledger, keys: Mapping[str, KeyStore], *, page: int = PAGE, apiv3: Mapping[str, bytes] | None = None
+) -> Report:
     """Every stream in the log, read once in notification order."""
-    return _checked(ledger, keys, _log(ledger, page)).report
+    return _checked(ledger, keys, apiv3 or {}, _log(ledger, page)).report

@@ -194,6 +194,37 @@ def test_a_raw_body_that_no_longer_matches_its_signature_is_reported(
     assert problems(verify_order(ledger, keys, MCHID, ORDER)) == [(ORDER, 3, "signature does not verify")]
 
 
+def test_a_stored_resource_that_is_not_what_the_signed_body_decrypts_to_is_reported(
+    ledger_factory: Callable[[], Ledger], factory: NotificationFactory, keys: dict[str, KeyStore], database_url: str
+) -> None:
+    """An attacker who edits the decrypted resource (the amount) and recomputes every chain
+    leaves the signed body alone: with the APIv3 key, verify decrypts it again and compares."""
+    ledger = ledger_factory()
+    fill(ledger, factory)
+    stream = order_id(MCHID, ORDER)
+    apiv3 = {MCHID: factory.apiv3_key.encode()}
+    clean = verify_order(ledger, keys, MCHID, ORDER, apiv3=apiv3)
+    assert clean.ok and clean.resources == clean.notifications > 0 and clean.resources_unchecked == 0
+
+    def richer(state: dict[str, Any]) -> None:
+        state["resource"]["amount"]["total"] += 1000
+
+    edit_json(database_url, stream, 3, richer)
+    events = list(ledger.events.get(stream))
+    previous = events[1].chain
+    for event in events[2:]:
+        chain = link(previous, type(event), event_fields(event))
+        edit_json(database_url, stream, event.originator_version, lambda s, c=chain: s.update(chain=c))
+        previous = chain
+    assert problems(verify_order(ledger, keys, MCHID, ORDER)) == [], "without the APIv3 key it cannot tell"
+    assert problems(verify_order(ledger, keys, MCHID, ORDER, apiv3=apiv3)) == [
+        (ORDER, 3, "stored resource is not what the signed body decrypts to")
+    ]
+    # After an APIv3 key reset old bodies no longer decrypt: not a break, but said.
+    reset = verify_order(ledger, keys, MCHID, ORDER, apiv3={MCHID: b"k" * 32})
+    assert reset.ok and reset.resources == 0 and reset.resources_unchecked == reset.notifications
+
+
 def test_unknown_keys_missing_chains_and_garbage_are_each_reported(
     ledger_factory: Callable[[], Ledger],
     factory: NotificationFactory,
