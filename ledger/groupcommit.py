@@ -202,7 +202,10 @@ class GroupCommitter:
             elif request.loop is not None:
                 by_loop.setdefault(request.loop, []).append(request)
         for loop, requests in by_loop.items():
-            loop.call_soon_threadsafe(_resolve, requests)
+            try:
+                loop.call_soon_threadsafe(_resolve, requests)
+            except RuntimeError:  # that event loop has closed (shutdown): nobody is waiting
+                log.warning("%d commits finished after their event loop closed", len(requests))
 
     def _decide_and_save(self, batch: list[_Request]) -> list[RecordResult]:
         streams: dict[UUID, Any] = self._ledger.get_many({r.stream_id for r in batch})

@@ -78,11 +78,12 @@ def _update(ledger: Ledger, changes: list[tuple[Any, int, bytes, bytes]]) -> int
         ).format(schema=Identifier(recorder.datastore.schema), table=Identifier(recorder.events_table_name))
         with recorder.datastore.transaction(commit=True) as curs:
             curs.executemany(statement, [(new, i, v, old) for i, v, old, new in changes])
-        return len(changes)
+            # Rows actually rewritten: one changed meanwhile by someone else is left as it is.
+            return max(0, int(curs.rowcount))
     with recorder.datastore.transaction(commit=True) as curs:
         curs.executemany(
             f"UPDATE {recorder.events_table_name} SET state = ? "  # noqa: S608 - the library's own table name
             "WHERE originator_id = ? AND originator_version = ? AND state = ?",
             [(new, i.hex if isinstance(i, UUID) else i, v, old) for i, v, old, new in changes],
         )
-    return len(changes)
+        return max(0, int(curs.sqlite_cursor.rowcount))  # the library's wrapper does not pass it on

@@ -225,3 +225,22 @@ def test_reencrypt_moves_every_state_to_the_newest_key_so_the_old_one_can_retire
         assert reencrypt(retired).rewritten == 0  # nothing left to do
     finally:
         retired.close()
+
+
+def test_reencrypt_counts_only_the_rows_it_rewrote(database_url: str) -> None:
+    """A state changed by someone else meanwhile is left alone, and not counted as rewritten."""
+    from ledger.domain import order_id
+    from ledger.reencrypt import _update
+
+    ledger = build_ledger(database_url)
+    try:
+        ledger.register_order(MCHID, "ORDER-E9", 100)
+        first, second = ledger.recorder.select_events(order_id(MCHID, "ORDER-E9"))[:2]
+        changes = [
+            (first.originator_id, first.originator_version, b"not what is stored", b"replacement"),
+            (second.originator_id, second.originator_version, second.state, second.state),
+        ]
+        assert _update(ledger, changes) == 1
+        assert ledger.recorder.select_events(order_id(MCHID, "ORDER-E9"))[0].state == first.state
+    finally:
+        ledger.close()
