@@ -293,16 +293,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
     settings = _settings(args, require_merchant=False)
     keys = {m.mchid: m.keys for m in settings.merchants}
     apiv3 = {m.mchid: m.apiv3_key.value.encode() for m in settings.merchants}
+    appids = {m.mchid: m.appid for m in settings.merchants}
     ledger = build_ledger(settings.database_url.value)
     try:
         if args.all:
-            report = verify_all(ledger, keys, apiv3=apiv3)
+            report = verify_all(ledger, keys, apiv3=apiv3, appids=appids)
         else:
             mchid = args.mchid or (settings.merchants[0].mchid if settings.merchants else "")
             if not mchid:
                 print("payledger: verify OUT_TRADE_NO needs --mchid (no merchant configured)", file=sys.stderr)
                 return 2
-            report = verify_order(ledger, keys, mchid, args.out_trade_no, apiv3=apiv3)
+            report = verify_order(ledger, keys, mchid, args.out_trade_no, apiv3=apiv3, appids=appids)
     finally:
         ledger.close()
     if args.json:

@@ -33,6 +33,7 @@ from ledger.errors import (
     UnknownSerial,
     VerificationFailed,
 )
+from ledger.rederive import Rederiver
 from ledger.wechatpay.keys import KeyStore, normalise_serial
 from ledger.wechatpay.notification import NotificationVerifier
 from ledger.wechatpay.signature import SignatureHeaders, build_message, verify
@@ -42,6 +43,7 @@ __all__ = ["PAGE", "Break", "Report", "verify_all", "verify_order"]
 PAGE = 5_000
 _ORDER_TOPIC = get_topic(PaymentOrder) + "."
 _INBOX_TOPIC = get_topic(NotificationInbox) + "."
+_EVIDENCE_TOPICS = (".Opened", ".Registered", ".NotificationReceived", ".StatusQueried")
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,8 @@ class Report:
     # not be (no APIv3 key given, or the key has been reset since they arrived).
     resources: int = 0
     resources_unchecked: int = 0
+    # Decision events compared with what replaying their evidence decides (0: not asked for).
+    decisions: int = 0
     breaks: list[Break] = field(default_factory=list)
     # How many stored states each key encrypts ("unencrypted" for plaintext): retire a key at 0.
     key_ids: Counter[str] = field(default_factory=Counter)
@@ -84,7 +88,7 @@ class Report:
         )
         return (
             f"verified {self.streams} streams, {self.events} events, {self.notifications} notifications "
-            f"re-verified, {self.resources} resources re-decrypted"
+            f"re-verified, {self.resources} resources re-decrypted, {self.decisions} decisions re-derived"
             + (f" ({self.resources_unchecked} not: APIv3 key missing or reset)" if self.resources_unchecked else "")
             + f": {breaks}"
             + (f" (stored states: {states})" if states else "")
@@ -99,6 +103,7 @@ class Report:
                 "notifications": self.notifications,
                 "resources": self.resources,
                 "resources_unchecked": self.resources_unchecked,
+                "decisions": self.decisions,
                 "breaks": [asdict(b) for b in self.breaks],
                 "key_ids": dict(sorted(self.key_ids.items())),
             },
@@ -117,12 +122,34 @@ class _Head:
 
 
 class _Checker:
-    def __init__(self, ledger: Ledger, keys: Mapping[str, KeyStore], apiv3: Mapping[str, bytes]) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        keys: Mapping[str, KeyStore],
+        apiv3: Mapping[str, bytes],
+        appids: Mapping[str, str | None] | None = None,
+    ) -> None:
         self._ledger = ledger
         self._keys = keys
         self._apiv3 = apiv3
         self.report = Report()
         self.heads: dict[UUID, _Head] = {}
+        self._rederiver = None if appids is None else Rederiver(appids, self._resume)
+
+    def _resume(self, stream_id: UUID, version: int) -> PaymentOrder | None:
+        try:
+            order: Any = self._ledger.repository.get(stream_id, version=version)
+        except Exception:  # the stream's earlier breaks were reported when they were met
+            return None
+        return order if isinstance(order, PaymentOrder) else None
+
+    def finish(self) -> None:
+        """Decisions derived at the end of a stream that were never stored."""
+        if self._rederiver is None:
+            return
+        for stream_id, problem in self._rederiver.leftovers():
+            head = self.heads[stream_id]
+            self._break(stream_id, head, head.version, problem)
 
     def _break(self, stream_id: UUID, head: _Head, version: int, problem: str) -> None:
         self.report.breaks.append(Break(str(stream_id), head.kind, head.name, head.mchid, version, problem))
@@ -165,6 +192,11 @@ class _Checker:
             if problem is None:
                 problem = self._resource_problem(head.mchid, event)
             if problem is not None:
+                self._break(stream_id, head, version, problem)
+        if self._rederiver is not None and stored.topic.startswith(_ORDER_TOPIC):
+            if not stored.topic.endswith(_EVIDENCE_TOPICS):
+                self.report.decisions += 1
+            for problem in self._rederiver.feed(stream_id, version, event):
                 self._break(stream_id, head, version, problem)
 
     @staticmethod
@@ -226,9 +258,13 @@ class _Checker:
 
 
 def _checked(
-    ledger: Ledger, keys: Mapping[str, KeyStore], apiv3: Mapping[str, bytes], events: Iterable[StoredEvent]
+    ledger: Ledger,
+    keys: Mapping[str, KeyStore],
+    apiv3: Mapping[str, bytes],
+    appids: Mapping[str, str | None] | None,
+    events: Iterable[StoredEvent],
 ) -> _Checker:
-    checker = _Checker(ledger, keys, apiv3)
+    checker = _Checker(ledger, keys, apiv3, appids)
     try:
         for stored in events:
             checker.check(stored)
@@ -243,6 +279,7 @@ def verify_order(
     mchid: str,
     out_trade_no: str,
     apiv3: Mapping[str, bytes] | None = None,
+    appids: Mapping[str, str | None] | None = None,
 ) -> Report:
     """One order's stream; when no order has that name, the inbox stream of that notification id."""
     for stream_id, kind in ((order_id(mchid, out_trade_no), "order"), (inbox_id(mchid, out_trade_no), "inbox")):
@@ -251,12 +288,13 @@ def verify_order(
         except PersistenceError as exc:
             raise StoreUnavailable(type(exc).__name__) from None
         if stored:
-            checker = _Checker(ledger, keys, apiv3 or {})
+            checker = _Checker(ledger, keys, apiv3 or {}, appids)
             # Named from the request, so a stream whose first event is gone is still named.
             checker.heads[stream_id] = _Head(kind, out_trade_no, mchid)
             checker.report.streams = 1
             for event in stored:
                 checker.check(event)
+            checker.finish()
             return checker.report
     raise OrderNotFound(out_trade_no)
 
@@ -272,7 +310,14 @@ def _log(ledger: Ledger, page: int) -> Iterator[StoredEvent]:
 
 
 def verify_all(
-    ledger: Ledger, keys: Mapping[str, KeyStore], *, page: int = PAGE, apiv3: Mapping[str, bytes] | None = None
+    ledger: Ledger,
+    keys: Mapping[str, KeyStore],
+    *,
+    page: int = PAGE,
+    apiv3: Mapping[str, bytes] | None = None,
+    appids: Mapping[str, str | None] | None = None,
 ) -> Report:
     """Every stream in the log, read once in notification order."""
-    return _checked(ledger, keys, apiv3 or {}, _log(ledger, page)).report
+    checker = _checked(ledger, keys, apiv3 or {}, appids, _log(ledger, page))
+    checker.finish()
+    return checker.report

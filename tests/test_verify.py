@@ -144,14 +144,18 @@ def test_an_edited_amount_is_caught_by_verify_and_by_the_cli(
     one = payledger("verify", ORDER, env=cli_env)
     assert one.returncode == 1
     assert f"BREAK order {ORDER} (mchid {MCHID}) version 4: chain mismatch" in one.stdout
-    assert "1 break" in one.stdout.splitlines()[-1]
+    # With the merchant's settings the CLI also replays the evidence: the decision is wrong too.
+    assert "version 4: PaymentSucceeded is not what its evidence decides" in one.stdout
+    assert "2 breaks" in one.stdout.splitlines()[-1]
     every = payledger("verify", "--all", "--json", env=cli_env)
     assert every.returncode == 1, every.stderr
     answer = json.loads(every.stdout)
     assert answer["ok"] is False and answer["streams"] == 3
     assert [(b["kind"], b["name"], b["version"], b["problem"]) for b in answer["breaks"]] == [
-        ("order", ORDER, 4, "chain mismatch")
+        ("order", ORDER, 4, "chain mismatch"),
+        ("order", ORDER, 4, "PaymentSucceeded is not what its evidence decides (PaymentSucceeded expected)"),
     ]
+    assert answer["decisions"] >= 1
 
 
 def test_a_deleted_middle_event_is_caught(

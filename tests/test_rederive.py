@@ -1,0 +1,117 @@
+"""`verify` replays each order's evidence and checks that every stored decision follows from it."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from ledger import rederive
+from ledger.application import Ledger
+from ledger.chain import event_fields, link
+from ledger.domain import QueryEvidence, order_id
+from ledger.verify import verify_all, verify_order
+from ledger.wechatpay.keys import KeyStore
+from ledger.wechatpay.testing import NotificationFactory
+from tests.conftest import APPID, MCHID
+from tests.tamper import edit_json
+from tests.test_verify import ORDER, fill, keys, problems  # noqa: F401 - `keys` is a fixture
+
+APPIDS = {MCHID: APPID}
+
+
+def _with_a_query(ledger: Ledger) -> None:
+    ledger.record_query(
+        MCHID,
+        ORDER,
+        QueryEvidence(
+            query="out-trade-no",
+            status_code=200,
+            raw_body='{"trade_state":"REFUND"}',
+            response_headers={"Request-ID": "08F78BB5AF0610"},
+            key_serial="PUB_KEY_ID_0114232134912410000000000000",
+            request_id="08F78BB5AF0610",
+            transaction={"out_trade_no": ORDER, "trade_state": "REFUND", "amount": {"total": 100}},
+            queried_at=dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC),
+        ),
+        expected_appid=APPID,
+    )
+
+
+@pytest.mark.parametrize("shadows", [None, 1], ids=["all-in-memory", "one-shadow-resumed-from-the-store"])
+def test_every_decision_of_a_clean_ledger_follows_from_its_evidence(
+    ledger_factory: Callable[[], Ledger],
+    factory: NotificationFactory,
+    keys: dict[str, KeyStore],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    shadows: int | None,
+) -> None:
+    if shadows is not None:  # streams interleave in the log: shadows are dropped and resumed
+        monkeypatch.setattr(rederive, "SHADOWS", shadows)
+    ledger = ledger_factory()
+    fill(ledger, factory)
+    _with_a_query(ledger)
+    report = verify_all(ledger, keys, appids=APPIDS)
+    assert report.ok, report.breaks
+    decisions = [e for e in ledger.order_history(MCHID, ORDER) if e["type"] in ("PaymentSucceeded", "RefundSucceeded")]
+    assert report.decisions >= len(decisions) + 1  # and ORDER-9002's anomaly
+    assert verify_order(ledger, keys, MCHID, ORDER, appids=APPIDS).ok
+
+
+def _rechain(ledger: Ledger, database_url: str, stream: Any, start: int) -> None:
+    """What an attacker with write access does after an edit: recompute every chain from there."""
+    events = list(ledger.events.get(stream))
+    previous = events[start - 2].chain
+    for event in events[start - 1 :]:
+        chain = link(previous, type(event), event_fields(event))
+        edit_json(database_url, stream, event.originator_version, lambda s, c=chain: s.update(chain=c))
+        previous = chain
+
+
+def test_a_decision_edited_with_its_chain_is_caught(
+    ledger_factory: Callable[[], Ledger],
+    factory: NotificationFactory,
+    keys: dict[str, KeyStore],  # noqa: F811
+    database_url: str,
+) -> None:
+    ledger = ledger_factory()
+    fill(ledger, factory)
+    stream = order_id(MCHID, ORDER)
+    assert [e["type"] for e in ledger.order_history(MCHID, ORDER)][5] == "RefundSucceeded"
+
+    def refund_more(state: dict[str, Any]) -> None:
+        state["refund"] = 90
+
+    edit_json(database_url, stream, 6, refund_more)
+    _rechain(ledger, database_url, stream, 6)
+    assert ledger.get_order(MCHID, ORDER).refunded_total == 90  # the edit is live
+    assert problems(verify_all(ledger, keys)) == [], "the chain alone cannot tell"
+    assert problems(verify_all(ledger, keys, appids=APPIDS)) == [
+        (ORDER, 6, "RefundSucceeded is not what its evidence decides (RefundSucceeded expected)")
+    ]
+
+
+def test_a_decision_cut_off_the_end_of_a_stream_is_caught(
+    ledger_factory: Callable[[], Ledger],
+    factory: NotificationFactory,
+    keys: dict[str, KeyStore],  # noqa: F811
+    database_url: str,
+) -> None:
+    """A stream's last event deleted leaves every chain intact; the evidence still decides it."""
+    from tests.tamper import delete_event
+
+    ledger = ledger_factory()
+    fill(ledger, factory)
+    history = ledger.order_history(MCHID, ORDER)
+    last = history[-1]
+    assert last["type"] == "RefundSucceeded" and history[-2]["type"] == "NotificationReceived"
+    delete_event(database_url, order_id(MCHID, ORDER), last["version"])
+    assert problems(verify_all(ledger, keys)) == [], "the chain alone cannot tell"
+    assert problems(verify_all(ledger, keys, appids=APPIDS)) == [
+        (ORDER, last["version"] - 1, "decision RefundSucceeded is missing")
+    ]
+    assert problems(verify_order(ledger, keys, MCHID, ORDER, appids=APPIDS)) == [
+        (ORDER, last["version"] - 1, "decision RefundSucceeded is missing")
+    ]
