@@ -22,7 +22,10 @@ from uuid import UUID
 
 from ledger.domain import Evidence, PaymentOrder, QueryEvidence
 
-__all__ = ["Rederiver"]
+__all__ = ["EVIDENCE", "Rederiver"]
+
+# The events an order's decisions are derived from; every other event of an order is a decision.
+EVIDENCE = frozenset({"Opened", "Registered", "NotificationReceived", "StatusQueried"})
 
 SHADOWS = 20_000
 _IGNORED = {"originator_id", "originator_version", "timestamp", "chain"}
@@ -61,7 +64,7 @@ class Rederiver:
         if len(self._shadows) > self._size:
             self._shadows.popitem(last=False)
         name = type(event).__name__
-        if name in ("Opened", "Registered", "NotificationReceived", "StatusQueried"):
+        if name in EVIDENCE:
             problems = [f"decision {e} is missing" for e in (type(x).__name__ for x in shadow.expected)]
             shadow.expected.clear()
             return problems + self._evidence(shadow, name, event)

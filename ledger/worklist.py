@@ -15,9 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import psycopg
-
-from ledger.storage import persistence_env
+from ledger.storage import connect_postgres, persistence_env
 
 __all__ = ["Due", "Worklist", "open_worklist"]
 
@@ -51,18 +49,11 @@ class Worklist:
             self._sqlite: sqlite3.Connection | None = sqlite3.connect(
                 env["SQLITE_DBNAME"], timeout=10, check_same_thread=False, isolation_level=None
             )
-            self._pg: dict[str, Any] | None = None
+            self._pg: dict[str, str] | None = None
             self._prefix = ""
         else:
             self._sqlite = None
-            self._pg = {
-                "dbname": env["POSTGRES_DBNAME"],
-                "host": env["POSTGRES_HOST"],
-                "port": env["POSTGRES_PORT"],
-                "user": env["POSTGRES_USER"],
-                "password": env["POSTGRES_PASSWORD"],
-                "connect_timeout": int(env["POSTGRES_CONNECT_TIMEOUT"]),
-            }
+            self._pg = env
             schema = env.get("POSTGRES_SCHEMA", "public")
             self._prefix = f'"{schema}".'
         self._create()
@@ -85,7 +76,7 @@ class Worklist:
                 cur.execute("COMMIT")
             return
         assert self._pg is not None
-        with psycopg.connect(**self._pg) as conn, conn.transaction(), conn.cursor() as pg_cursor:
+        with connect_postgres(self._pg) as conn, conn.transaction(), conn.cursor() as pg_cursor:
             yield pg_cursor
 
     def _create(self) -> None:

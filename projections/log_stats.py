@@ -40,27 +40,38 @@ ANOMALY = get_topic(PaymentOrder.AnomalyDetected)
 _PAGE = 500
 
 
+def _select_in_range(
+    ledger: Ledger, template: str, after: int, upto: int, topics: Sequence[str], *extra: Any
+) -> list[tuple[Any, ...]]:
+    """Rows of `template` over the events of `topics` with a notification id in ``(after, upto]``.
+
+    The template names the table `{events}`, the range and topic condition `{where}` and each
+    further parameter `{p}`; each store gets its own spelling of them."""
+    recorder: Any = ledger.recorder
+    if isinstance(recorder, PostgresApplicationRecorder):
+        where = "notification_id > %s AND notification_id <= %s AND topic = ANY(%s)"
+        statement = SQL(template.format(events="{events}", where=where, p="%s")).format(
+            events=Identifier(recorder.datastore.schema, recorder.events_table_name)
+        )
+        with recorder.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
+            cur.execute(statement, (after, upto, list(topics), *extra))
+            return cur.fetchall()
+    where = f"rowid > ? AND rowid <= ? AND topic IN ({', '.join('?' * len(topics))})"
+    with recorder.datastore.transaction(commit=False) as cur:
+        cur.execute(
+            template.format(events=recorder.events_table_name, where=where, p="?"), (after, upto, *topics, *extra)
+        )
+        return list(cur.fetchall())
+
+
 def count_by_topic(ledger: Ledger, after: int, upto: int, topics: Sequence[str]) -> dict[str, int]:
     """How many events of each of `topics` have a notification id in ``(after, upto]``."""
     if upto <= after or not topics:
         return {}
-    recorder: Any = ledger.recorder
-    if isinstance(recorder, PostgresApplicationRecorder):
-        statement = SQL(
-            "SELECT topic, COUNT(*) FROM {schema}.{table} WHERE notification_id > %s AND notification_id <= %s"
-            " AND topic = ANY(%s) GROUP BY topic"
-        ).format(schema=Identifier(recorder.datastore.schema), table=Identifier(recorder.events_table_name))
-        with recorder.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
-            cur.execute(statement, (after, upto, list(topics)))
-            return {row[0]: int(row[1]) for row in cur.fetchall()}
-    marks = ", ".join("?" * len(topics))
-    sqlite_statement = (
-        f"SELECT topic, COUNT(*) FROM {recorder.events_table_name}"
-        f" WHERE rowid > ? AND rowid <= ? AND topic IN ({marks}) GROUP BY topic"
+    rows = _select_in_range(
+        ledger, "SELECT topic, COUNT(*) FROM {events} WHERE {where} GROUP BY topic", after, upto, topics
     )
-    with recorder.datastore.transaction(commit=False) as cur:
-        cur.execute(sqlite_statement, (after, upto, *topics))
-        return {row[0]: int(row[1]) for row in cur.fetchall()}
+    return {row[0]: int(row[1]) for row in rows}
 
 
 def unprocessed(ledger: Ledger, position: int, head: int, topics: Sequence[str], cap: int = 100_000) -> int:
@@ -71,25 +82,9 @@ def unprocessed(ledger: Ledger, position: int, head: int, topics: Sequence[str],
     """
     if head <= position:
         return 0
-    recorder: Any = ledger.recorder
-    if isinstance(recorder, PostgresApplicationRecorder):
-        statement = SQL(
-            "SELECT COUNT(*) FROM (SELECT 1 FROM {schema}.{table} WHERE notification_id > %s"
-            " AND notification_id <= %s AND topic = ANY(%s) LIMIT %s) AS pending"
-        ).format(schema=Identifier(recorder.datastore.schema), table=Identifier(recorder.events_table_name))
-        with recorder.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
-            cur.execute(statement, (position, head, list(topics), cap))
-            row = cur.fetchone()
-    else:
-        marks = ", ".join("?" * len(topics))
-        sqlite_statement = (
-            f"SELECT COUNT(*) FROM (SELECT 1 FROM {recorder.events_table_name}"
-            f" WHERE rowid > ? AND rowid <= ? AND topic IN ({marks}) LIMIT ?)"
-        )
-        with recorder.datastore.transaction(commit=False) as cur:
-            cur.execute(sqlite_statement, (position, head, *topics, cap))
-            row = cur.fetchone()
-    count = int(row[0]) if row is not None else 0
+    template = "SELECT COUNT(*) FROM (SELECT 1 FROM {events} WHERE {where} LIMIT {p}) AS pending"
+    rows = _select_in_range(ledger, template, position, head, topics, cap)
+    count = int(rows[0][0]) if rows else 0
     return count if count < cap else head - position
 
 

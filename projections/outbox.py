@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import psycopg
 
 from ledger.errors import ConfigurationError
-from ledger.storage import persistence_env
+from ledger.storage import connect_postgres, persistence_env
 from projections.webhooks import generate_secret, parse_secret, payload
 
 __all__ = [
@@ -281,7 +281,7 @@ class Outbox:
         self._lock = threading.Lock()
         self._sqlite: sqlite3.Connection | None = None
         self._pg: psycopg.Connection[Any] | None = None
-        self._pg_params: dict[str, Any] = {}
+        self._pg_env: dict[str, str] = {}
         self.schema: str | None = None
         self.dialect: Dialect
         if env["PERSISTENCE_MODULE"] == "eventsourcing.sqlite":
@@ -294,15 +294,7 @@ class Outbox:
         else:
             self.dialect = "postgres"
             self.schema = env.get("POSTGRES_SCHEMA")
-            self._pg_params = {
-                "dbname": env["POSTGRES_DBNAME"],
-                "host": env["POSTGRES_HOST"],
-                "port": env["POSTGRES_PORT"],
-                "user": env["POSTGRES_USER"],
-                "password": env["POSTGRES_PASSWORD"],
-                "connect_timeout": int(env["POSTGRES_CONNECT_TIMEOUT"]),
-                "autocommit": True,
-            }
+            self._pg_env = env
         with self.transaction() as cur:
             create_tables(cur, self.dialect, schema=self.schema)
 
@@ -321,7 +313,7 @@ class Outbox:
                     raise
                 return
             if self._pg is None or self._pg.closed or self._pg.broken:
-                self._pg = psycopg.connect(**self._pg_params)
+                self._pg = connect_postgres(self._pg_env)
             try:
                 with self._pg.transaction(), self._pg.cursor() as pg_cursor:
                     yield pg_cursor

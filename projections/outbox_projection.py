@@ -22,10 +22,10 @@ from eventsourcing.sqlite import SQLiteTrackingRecorder
 from eventsourcing.utils import Environment, get_topic
 from psycopg.rows import tuple_row
 
-from ledger.application import Ledger, build_ledger
+from ledger.application import Ledger
 from ledger.domain import PaymentOrder
 from ledger.settings import EndpointSettings
-from ledger.storage import SMALL_POOL, persistence_env, schema_lock, small_pool
+from ledger.storage import persistence_env, schema_lock, small_pool
 from projections.outbox import Outbox, create_tables, enqueue, load_endpoints, outbox_url
 
 __all__ = ["DECISIONS", "OutboxProjection", "run_outbox_projector", "start_outbox_projector", "sync_endpoints"]
@@ -152,17 +152,10 @@ def open_outbox_view(database_url: str) -> Any:
 
 
 def start_outbox_projector(database_url: str) -> tuple[BaseProjectionRunner[Ledger], Any, Ledger]:
+    from projections.runner import projection_runner
+
     view = open_outbox_view(database_url)
-    projection = OutboxProjection(view)
-    loader = build_ledger(database_url, SMALL_POOL)
-    projection.ledger = loader
-    runner: BaseProjectionRunner[Ledger] = BaseProjectionRunner(
-        projection=projection,
-        application_class=Ledger,
-        tracking_recorder=view,
-        topics=projection.topics,
-        env=outbox_env(database_url),
-    )
+    runner, loader = projection_runner(database_url, OutboxProjection(view), view, outbox_env(database_url))
     return runner, view, loader
 
 

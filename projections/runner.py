@@ -46,22 +46,28 @@ def open_orders_view(database_url: str, name: str = NAME) -> OrdersView:
     return view
 
 
-def start_orders_projector(
-    database_url: str, name: str = NAME
-) -> tuple[BaseProjectionRunner[Ledger], OrdersView, Ledger]:
-    """Start following the log; returns the runner (a context manager), its view and its loader."""
-    env = view_env(database_url, name)
-    view = open_orders_view(database_url, name)
-    projection = OrdersProjection(view)
+def projection_runner(
+    database_url: str, projection: Any, view: Any, env: dict[str, str]
+) -> tuple[BaseProjectionRunner[Ledger], Ledger]:
+    """A runner feeding `projection` (which writes to `view`) from the log, and its own loader."""
     loader = build_ledger(database_url, SMALL_POOL)
     projection.ledger = loader
     runner: BaseProjectionRunner[Ledger] = BaseProjectionRunner(
         projection=projection,
         application_class=Ledger,
-        tracking_recorder=view,  # type: ignore[arg-type]
+        tracking_recorder=view,
         topics=projection.topics,
         env=env,
     )
+    return runner, loader
+
+
+def start_orders_projector(
+    database_url: str, name: str = NAME
+) -> tuple[BaseProjectionRunner[Ledger], OrdersView, Ledger]:
+    """Start following the log; returns the runner (a context manager), its view and its loader."""
+    view = open_orders_view(database_url, name)
+    runner, loader = projection_runner(database_url, OrdersProjection(view), view, view_env(database_url, name))
     return runner, view, loader
 
 

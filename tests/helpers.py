@@ -7,7 +7,7 @@ import hashlib
 import json
 from typing import Any
 
-from ledger.domain import Evidence, PaymentOrder
+from ledger.domain import Evidence, PaymentOrder, QueryEvidence
 
 
 def evidence(
@@ -45,3 +45,17 @@ def replay(order: PaymentOrder, events: list[Any]) -> PaymentOrder:
 
 def event_types(events: list[Any]) -> list[str]:
     return [type(e).__name__ for e in events]
+
+
+def query_answer(transaction: dict[str, Any]) -> QueryEvidence:
+    """A verified status-query answer carrying `transaction` (WeChat's `trade_state`, amounts)."""
+    return QueryEvidence(
+        query="out-trade-no",
+        status_code=200,
+        raw_body=json.dumps({"trade_state": transaction["trade_state"]}, separators=(",", ":")),
+        response_headers={"Request-ID": "08F78BB5AF0610"},
+        key_serial="PUB_KEY_ID_0114232134912410000000000000",
+        request_id="08F78BB5AF0610",
+        transaction=transaction,
+        queried_at=dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC),
+    )

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import uvicorn
 
@@ -79,3 +80,10 @@ class TCPProxy:
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
             s.close()
+
+
+def through_proxy(postgres_url: str) -> tuple[TCPProxy, str]:
+    """A proxy in front of PostgreSQL (cut it to take the store away) and the URL through it."""
+    parts = urlsplit(postgres_url)
+    proxy = TCPProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    return proxy, postgres_url.replace(f":{parts.port}/", f":{proxy.port}/", 1) + "&connect_timeout=2"

@@ -79,3 +79,16 @@ def delete_event(url: str, stream_id: UUID, version: int) -> None:
             f"DELETE FROM {table} WHERE originator_id = {p} AND originator_version = {p}",
             (_id(url, stream_id), version),
         )
+
+
+def rechain(url: str, ledger: Any, stream_id: UUID, start: int) -> None:
+    """What an attacker with write access does after an edit: recompute every chain of
+    `stream_id` from version `start` on, so the chain alone shows nothing."""
+    from ledger.chain import event_fields, link
+
+    events = list(ledger.events.get(stream_id))
+    previous = events[start - 2].chain
+    for event in events[start - 1 :]:
+        chain = link(previous, type(event), event_fields(event))
+        edit_json(url, stream_id, event.originator_version, lambda s, c=chain: s.update(chain=c))
+        previous = chain

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -15,7 +14,7 @@ from ledger.application import build_ledger
 from ledger.settings import Settings
 from ledger.wechatpay.testing import NotificationFactory
 from tests.conftest import MCHID
-from tests.servers import TCPProxy, running
+from tests.servers import running, through_proxy
 
 
 def test_twenty_concurrent_deliveries_over_http_give_one_decision(
@@ -60,9 +59,7 @@ def test_restart_keeps_history(database_url: str, merchant_env: dict[str, str], 
 def test_store_unavailable_is_503_and_nothing_is_acknowledged(
     postgres_url: str, merchant_env: dict[str, str], factory: NotificationFactory
 ) -> None:
-    parts = urlsplit(postgres_url)
-    proxy = TCPProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
-    proxied = postgres_url.replace(f":{parts.port}/", f":{proxy.port}/", 1) + "&connect_timeout=2"
+    proxy, proxied = through_proxy(postgres_url)
     settings = Settings.load({**merchant_env, "LEDGER_DATABASE_URL": proxied})
     ledger = build_ledger(proxied)
     try:

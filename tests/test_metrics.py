@@ -13,7 +13,6 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -30,9 +29,9 @@ from ledger.wechatpay.testing import Delivery, NotificationFactory
 from projections.dispatcher import Dispatcher
 from projections.outbox import Attempt, Outbox, outbox_url
 from projections.outbox_stats import ATTEMPT_RESULTS
-from tests.servers import TCPProxy, running
+from tests.servers import running, through_proxy
 from tests.tamper import all_states
-from tests.test_outbox_dispatcher import FakeClock, Receiver, decide
+from tests.test_outbox_dispatcher import FakeClock, Receiver, decide, receiver  # noqa: F401 - a fixture, used by name
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -127,9 +126,7 @@ def test_every_notification_outcome_is_counted_once_and_every_answer_is_timed(
 def test_a_store_that_goes_away_is_counted_and_metrics_still_answer(
     postgres_url: str, merchant_env: dict[str, str], factory: NotificationFactory
 ) -> None:
-    parts = urlsplit(postgres_url)
-    proxy = TCPProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
-    proxied = postgres_url.replace(f":{parts.port}/", f":{proxy.port}/", 1) + "&connect_timeout=2"
+    proxy, proxied = through_proxy(postgres_url)
     with service(merchant_env, proxied) as (client, _):
         assert post(client, factory.paid("ORDER-7101", 100)) == 204
         assert client.get("/readyz").status_code == 200
@@ -218,16 +215,10 @@ def test_query_outcomes_are_counted_by_outcome_and_wechat_code(tmp_path: Path) -
     assert delta("not_configured") == 0
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    with running(r.app) as url:
-        r.url = url
-        yield r
-
-
 def test_outbound_attempts_by_result_and_dead_letters_as_any_dispatcher_left_them(
-    database_url: str, merchant_env: dict[str, str], receiver: Receiver
+    database_url: str,
+    merchant_env: dict[str, str],
+    receiver: Receiver,  # noqa: F811 - the fixture imported above
 ) -> None:
     outbox = Outbox(outbox_url(database_url))
     endpoint = outbox.add_endpoint(receiver.url + "/hook")

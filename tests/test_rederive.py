@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
@@ -10,13 +9,13 @@ import pytest
 
 from ledger import rederive
 from ledger.application import Ledger
-from ledger.chain import event_fields, link
-from ledger.domain import QueryEvidence, order_id
+from ledger.domain import order_id
 from ledger.verify import verify_all, verify_order
 from ledger.wechatpay.keys import KeyStore
 from ledger.wechatpay.testing import NotificationFactory
 from tests.conftest import APPID, MCHID
-from tests.tamper import edit_json
+from tests.helpers import query_answer
+from tests.tamper import edit_json, rechain
 from tests.test_verify import ORDER, fill, keys, problems  # noqa: F401 - `keys` is a fixture
 
 APPIDS = {MCHID: APPID}
@@ -26,16 +25,7 @@ def _with_a_query(ledger: Ledger) -> None:
     ledger.record_query(
         MCHID,
         ORDER,
-        QueryEvidence(
-            query="out-trade-no",
-            status_code=200,
-            raw_body='{"trade_state":"REFUND"}',
-            response_headers={"Request-ID": "08F78BB5AF0610"},
-            key_serial="PUB_KEY_ID_0114232134912410000000000000",
-            request_id="08F78BB5AF0610",
-            transaction={"out_trade_no": ORDER, "trade_state": "REFUND", "amount": {"total": 100}},
-            queried_at=dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC),
-        ),
+        query_answer({"out_trade_no": ORDER, "trade_state": "REFUND", "amount": {"total": 100}}),
         expected_appid=APPID,
     )
 
@@ -60,16 +50,6 @@ def test_every_decision_of_a_clean_ledger_follows_from_its_evidence(
     assert verify_order(ledger, keys, MCHID, ORDER, appids=APPIDS).ok
 
 
-def _rechain(ledger: Ledger, database_url: str, stream: Any, start: int) -> None:
-    """What an attacker with write access does after an edit: recompute every chain from there."""
-    events = list(ledger.events.get(stream))
-    previous = events[start - 2].chain
-    for event in events[start - 1 :]:
-        chain = link(previous, type(event), event_fields(event))
-        edit_json(database_url, stream, event.originator_version, lambda s, c=chain: s.update(chain=c))
-        previous = chain
-
-
 def test_a_decision_edited_with_its_chain_is_caught(
     ledger_factory: Callable[[], Ledger],
     factory: NotificationFactory,
@@ -85,7 +65,7 @@ def test_a_decision_edited_with_its_chain_is_caught(
         state["refund"] = 90
 
     edit_json(database_url, stream, 6, refund_more)
-    _rechain(ledger, database_url, stream, 6)
+    rechain(database_url, ledger, stream, 6)
     assert ledger.get_order(MCHID, ORDER).refunded_total == 90  # the edit is live
     assert problems(verify_all(ledger, keys)) == [], "the chain alone cannot tell"
     assert problems(verify_all(ledger, keys, appids=APPIDS)) == [

@@ -17,11 +17,12 @@ from eventsourcing.persistence import (
 )
 
 from ledger.application import Ledger, evidence_from
-from ledger.domain import PaymentOrder, QueryEvidence
+from ledger.domain import PaymentOrder
 from ledger.transcoder import FastJSONTranscoder
 from ledger.wechatpay.notification import NotificationVerifier
 from ledger.wechatpay.testing import NotificationFactory
 from tests.conftest import APPID, MCHID
+from tests.helpers import query_answer
 
 
 def transcoders() -> tuple[JSONTranscoder, FastJSONTranscoder]:
@@ -46,16 +47,7 @@ def event_states(factory: NotificationFactory) -> list[tuple[str, dict[str, Any]
     order.receive(delivered(factory.refunded("ORDER-TC-1", "R-1", 300, 1000)))
     order.receive(delivered(factory.refunded("ORDER-TC-1", "R-2", 200, 1000, status="ABNORMAL")))
     order.record_query(
-        QueryEvidence(
-            query="out-trade-no",
-            status_code=200,
-            raw_body='{"trade_state":"REFUND"}',
-            response_headers={"Request-ID": "08F78BB5AF0610"},
-            key_serial="PUB_KEY_ID_0114232134912410000000000000",
-            request_id="08F78BB5AF0610",
-            transaction={"trade_state": "REFUND", "amount": {"total": 1000}},
-            queried_at=dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC),
-        ),
+        query_answer({"trade_state": "REFUND", "amount": {"total": 1000}}),
         expected_appid=APPID,
     )
     states = []

@@ -18,7 +18,7 @@ from ledger.wechatpay.keys import KeyStore
 from ledger.wechatpay.notification import NotificationVerifier
 from ledger.wechatpay.testing import NotificationFactory
 from tests.conftest import APPID, MCHID
-from tests.tamper import delete_event, edit_json, edit_state, stored_state
+from tests.tamper import delete_event, edit_json, edit_state, rechain, stored_state
 
 ORDER = "ORDER-9001"
 
@@ -189,12 +189,7 @@ def test_a_raw_body_that_no_longer_matches_its_signature_is_reported(
     ]
 
     # An attacker who also recomputes every chain from there on still cannot re-sign the body.
-    events = list(ledger.events.get(stream))
-    previous = events[1].chain
-    for event in events[2:]:
-        chain = link(previous, type(event), event_fields(event))
-        edit_json(database_url, stream, event.originator_version, lambda s, c=chain: s.update(chain=c))
-        previous = chain
+    rechain(database_url, ledger, stream, 3)
     assert problems(verify_order(ledger, keys, MCHID, ORDER)) == [(ORDER, 3, "signature does not verify")]
 
 
@@ -214,12 +209,7 @@ def test_a_stored_resource_that_is_not_what_the_signed_body_decrypts_to_is_repor
         state["resource"]["amount"]["total"] += 1000
 
     edit_json(database_url, stream, 3, richer)
-    events = list(ledger.events.get(stream))
-    previous = events[1].chain
-    for event in events[2:]:
-        chain = link(previous, type(event), event_fields(event))
-        edit_json(database_url, stream, event.originator_version, lambda s, c=chain: s.update(chain=c))
-        previous = chain
+    rechain(database_url, ledger, stream, 3)
     assert problems(verify_order(ledger, keys, MCHID, ORDER)) == [], "without the APIv3 key it cannot tell"
     assert problems(verify_order(ledger, keys, MCHID, ORDER, apiv3=apiv3)) == [
         (ORDER, 3, "stored resource is not what the signed body decrypts to")

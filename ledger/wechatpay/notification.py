@@ -20,7 +20,7 @@ from ledger.wechatpay import aead
 from ledger.wechatpay.keys import KeyStore
 from ledger.wechatpay.signature import TIMESTAMP_TOLERANCE, SignatureHeaders, verify_signed_message
 
-__all__ = ["NotificationVerifier", "VerifiedNotification", "delivery_key", "parse_json_object"]
+__all__ = ["NotificationVerifier", "VerifiedNotification", "delivery_key", "open_envelope", "parse_json_object"]
 
 
 def _no_constants(name: str) -> Any:
@@ -80,6 +80,33 @@ class VerifiedNotification:
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def open_envelope(body: bytes, apiv3_key: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The envelope of a (signature-checked) notification body and its decrypted resource."""
+    envelope = parse_json_object(body, "body")
+    resource = envelope.get("resource")
+    if not isinstance(envelope.get("id"), str) or not envelope["id"]:
+        raise MalformedNotification("envelope has no id")
+    if not isinstance(envelope.get("event_type"), str) or not envelope["event_type"]:
+        raise MalformedNotification("envelope has no event_type")
+    if not isinstance(resource, dict):
+        raise MalformedNotification("envelope has no resource object")
+    fields: dict[str, str] = {}
+    for name in ("algorithm", "ciphertext", "nonce"):
+        value = resource.get(name)
+        if not isinstance(value, str) or not value:
+            raise MalformedNotification(f"resource has no {name}")
+        fields[name] = value
+    if fields["algorithm"] != aead.ALGORITHM:
+        raise MalformedNotification("unsupported resource algorithm")
+    associated_data = resource.get("associated_data", "")
+    if associated_data is None:
+        associated_data = ""
+    if not isinstance(associated_data, str):
+        raise MalformedNotification("resource associated_data is not a string")
+    plaintext = aead.decrypt(apiv3_key, fields["nonce"], associated_data, fields["ciphertext"])
+    return envelope, parse_json_object(plaintext, "decrypted resource")
+
+
 class NotificationVerifier:
     """Verifies notifications for one merchant: its keys and its APIv3 key."""
 
@@ -104,33 +131,12 @@ class NotificationVerifier:
         now = self._clock()
         signature_headers = SignatureHeaders.from_headers(headers)
         serial = verify_signed_message(signature_headers, body, self._keys(), now, self._tolerance)
-        envelope = parse_json_object(body, "body")
-        resource = envelope.get("resource")
-        if not isinstance(envelope.get("id"), str) or not envelope["id"]:
-            raise MalformedNotification("envelope has no id")
-        if not isinstance(envelope.get("event_type"), str) or not envelope["event_type"]:
-            raise MalformedNotification("envelope has no event_type")
-        if not isinstance(resource, dict):
-            raise MalformedNotification("envelope has no resource object")
-        fields: dict[str, str] = {}
-        for name in ("algorithm", "ciphertext", "nonce"):
-            value = resource.get(name)
-            if not isinstance(value, str) or not value:
-                raise MalformedNotification(f"resource has no {name}")
-            fields[name] = value
-        if fields["algorithm"] != aead.ALGORITHM:
-            raise MalformedNotification("unsupported resource algorithm")
-        associated_data = resource.get("associated_data", "")
-        if associated_data is None:
-            associated_data = ""
-        if not isinstance(associated_data, str):
-            raise MalformedNotification("resource associated_data is not a string")
-        plaintext = aead.decrypt(self._apiv3_key, fields["nonce"], associated_data, fields["ciphertext"])
+        envelope, resource = open_envelope(body, self._apiv3_key)
         return VerifiedNotification(
             body=body,
             headers=signature_headers,
             key_serial=serial,
             envelope=envelope,
-            resource=parse_json_object(plaintext, "decrypted resource"),
+            resource=resource,
             received_at=dt.datetime.fromtimestamp(now, dt.UTC),
         )
