@@ -37,18 +37,18 @@ from api.orders import get_order, order_events, orders, query_order
 from api.request_id import RequestIdMiddleware
 from api.responses import LedgerJSONResponse, fail
 from api.state import AppState, LiveView
-from api.ui import ui_mount
+from api.ui.pages import ui_mount
 from ledger.application import Ledger
 from ledger.bootstrap import bootstrap
 from ledger.errors import InvalidRequest, LedgerError, WeChatPayRejected
 from ledger.groupcommit import GroupCommitter
 from ledger.settings import Settings
-from projections.log_stats import DecisionTally
-from projections.outbox import Outbox, outbox_url
-from projections.outbox_projection import NAME as OUTBOX
-from projections.outbox_projection import OutboxProjection, open_outbox_view
-from projections.read_model import NAME as ORDERS_VIEW
-from projections.read_model import OrdersProjection
+from projections.log_counts import DecisionTally
+from projections.read_model.view import NAME as ORDERS_VIEW
+from projections.read_model.view import OrdersProjection
+from projections.webhooks.outbox import Outbox, outbox_url
+from projections.webhooks.projection import NAME as OUTBOX
+from projections.webhooks.projection import OutboxProjection, open_outbox_view
 
 __all__ = ["create_app"]
 
@@ -67,7 +67,7 @@ def _is_open(path: str) -> bool:
 
 
 def _is_ui(path: str) -> bool:
-    """The operator pages check the token or a login session themselves (api/ui_auth.py)."""
+    """The operator pages check the token or a login session themselves (api/ui/auth.py)."""
     return path == "/ui" or path.startswith("/ui/")
 
 

@@ -23,10 +23,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ledger.application import Ledger
-from ledger.queries import OrderQuery
-from projections.log_stats import DecisionTally, unprocessed
-from projections.outbox import Outbox
-from projections.outbox_stats import AttemptTally, backlog
+from ledger.status_query import OrderQuery
+from projections.log_counts import DecisionTally, unprocessed
+from projections.webhooks.outbox import Outbox
+from projections.webhooks.stats import AttemptTally, backlog
 
 __all__ = [
     "NOTIFICATION_OUTCOMES",

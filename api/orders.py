@@ -16,7 +16,7 @@ from api.responses import LedgerJSONResponse
 from api.state import AppState
 from ledger.domain import FINAL_TRADE_STATES, OPEN_TRADE_STATES, PaymentOrder
 from ledger.errors import InvalidRequest, OrderNotFound
-from projections.read_model import cursor_decode, cursor_encode
+from projections.read_model.view import cursor_decode, cursor_encode
 
 __all__ = [
     "EVENT_TYPES",

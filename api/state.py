@@ -14,9 +14,9 @@ from ledger.application import Ledger
 from ledger.bootstrap import MerchantServices, Services
 from ledger.groupcommit import GroupCommitter
 from ledger.settings import Settings
-from projections.read_model import NAME, OrdersView
-from projections.runner import open_orders_view
-from projections.versions import live_view
+from projections.read_model.live import live_view
+from projections.read_model.runner import open_orders_view
+from projections.read_model.view import NAME, OrdersView
 
 __all__ = ["AppState", "LiveView"]
 

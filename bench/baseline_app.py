@@ -31,7 +31,7 @@ from starlette.routing import Route
 
 from ledger.errors import NotificationRejected
 from ledger.settings import Settings
-from ledger.storage import persistence_env
+from ledger.store.backends import persistence_env
 from ledger.wechatpay.notification import NotificationVerifier
 
 __all__ = ["OrderTable", "create_app", "main", "open_orders"]

@@ -21,10 +21,10 @@ from typing import Any
 from eventsourcing.domain import Aggregate
 
 from ledger.application import evidence_from
-from ledger.chain import GENESIS, ChainedAggregate, event_fields, link
 from ledger.domain import PaymentOrder
+from ledger.hashchain import GENESIS, ChainedAggregate, event_fields, link
 from ledger.wechatpay.notification import NotificationVerifier
-from ledger.wechatpay.testing import NotificationFactory
+from ledger.wechatpay.sandbox.signer import NotificationFactory
 
 MCHID = "1900000109"
 

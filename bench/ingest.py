@@ -46,7 +46,7 @@ from baseline_app import open_orders  # our sibling: this file runs as a script 
 
 from ledger.application import build_ledger
 from ledger.domain import PaymentOrder
-from ledger.wechatpay.testing import Delivery, NotificationFactory
+from ledger.wechatpay.sandbox.signer import Delivery, NotificationFactory
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
@@ -229,7 +229,7 @@ def free_port() -> int:
 
 def server_command(server: str) -> list[str]:
     if server == "ledger":
-        return [sys.executable, "-m", "ledger.cli", "serve"]
+        return [sys.executable, "-m", "cli.main", "serve"]
     return [sys.executable, str(BENCH_DIR / "baseline_app.py")]
 
 

@@ -32,8 +32,8 @@ import psycopg
 
 from ledger.application import build_ledger
 from ledger.domain import Evidence, PaymentOrder
-from projections.rebuild import rebuild_orders_view
-from projections.runner import start_orders_projector, wake
+from projections.read_model.rebuild import rebuild_orders_view
+from projections.read_model.runner import start_orders_projector, wake
 
 POSTGRES_URL = os.environ.get("LEDGER_TEST_POSTGRES_URL", "postgresql://127.0.0.1:5432/test")
 MCHID = "1900000109"

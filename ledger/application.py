@@ -26,7 +26,6 @@ from eventsourcing.postgres import PostgresApplicationRecorder
 from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Composed, Identifier
 
-from ledger.cipher import SETTING as ENCRYPTION_SETTING
 from ledger.domain import (
     Evidence,
     NotificationInbox,
@@ -44,8 +43,9 @@ from ledger.errors import (
     OrderNotFound,
     StoreUnavailable,
 )
-from ledger.storage import persistence_env, schema_lock
-from ledger.transcoder import FastJSONTranscoder
+from ledger.store.backends import persistence_env, schema_lock
+from ledger.store.cipher import SETTING as ENCRYPTION_SETTING
+from ledger.store.transcoder import FastJSONTranscoder
 from ledger.wechatpay.notification import VerifiedNotification
 
 __all__ = ["Ledger", "RecordResult", "build_ledger", "event_to_dict"]
@@ -81,7 +81,7 @@ class Ledger(Application[UUID]):
     name = "ledger"
 
     def construct_transcoder(self) -> Transcoder:
-        """The library's format and transcodings, encoded faster (see `ledger.transcoder`)."""
+        """The library's format and transcodings, encoded faster (see `ledger.store.transcoder`)."""
         transcoder = FastJSONTranscoder()
         self.register_transcodings(transcoder)
         return transcoder

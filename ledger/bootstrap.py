@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import httpx
 
 from ledger.application import Ledger, build_ledger
-from ledger.queries import OrderQuery
 from ledger.settings import MerchantSettings, Settings
+from ledger.status_query import OrderQuery
 from ledger.wechatpay.certificates import CertificateManager
 from ledger.wechatpay.client import WeChatPayClient
 from ledger.wechatpay.keys import KeyStore

@@ -16,7 +16,7 @@ from typing import Any
 
 from eventsourcing.domain import Aggregate
 
-from ledger.chain import ChainedAggregate
+from ledger.hashchain import ChainedAggregate
 
 __all__ = [
     "FINAL_TRADE_STATES",

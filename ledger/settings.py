@@ -311,7 +311,7 @@ class Settings:
             seen.add(merchant.mchid)
 
         database_url = top.get("LEDGER_DATABASE_URL", "").strip() or DEFAULT_DATABASE_URL
-        from ledger.storage import persistence_env  # validates the URL
+        from ledger.store.backends import persistence_env  # validates the URL
 
         persistence_env(database_url)
         token = top.get("LEDGER_ADMIN_TOKEN", "").strip()
@@ -345,7 +345,7 @@ class Settings:
 def _encryption_keys(env: Mapping[str, str]) -> tuple[Secret, ...]:
     """Validated here so a bad key stops start-up; environment only, because the event store's
     cipher reads the same variable from the process environment in every process."""
-    from ledger.cipher import SETTING, parse_keys
+    from ledger.store.cipher import SETTING, parse_keys
 
     raw = env.get(SETTING, "")
     parse_keys(raw)

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import psycopg
 
 from ledger.application import Ledger
-from projections.outbox import Endpoint, Message, Outbox, outbox_url
+from projections.webhooks.outbox import Endpoint, Message, Outbox, outbox_url
 
 __all__ = ["Entry", "Outbound", "Timeline", "build_timeline", "load_timeline", "render_text", "to_json"]
 

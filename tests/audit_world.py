@@ -20,9 +20,9 @@ import httpx
 from api.app import create_app
 from ledger.application import build_ledger
 from ledger.settings import Settings
-from ledger.wechatpay.sandbox import Sandbox
-from projections.dispatcher import Dispatcher
-from projections.outbox import Outbox, outbox_url
+from ledger.wechatpay.sandbox.server import Sandbox
+from projections.webhooks.dispatcher import Dispatcher
+from projections.webhooks.outbox import Outbox, outbox_url
 from tests.servers import running
 from tests.test_outbox_dispatcher import FakeClock, Receiver, failing_then
 from tests.test_outbox_projection import run_outbox

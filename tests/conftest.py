@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from ledger.wechatpay.testing import NotificationFactory
+from ledger.wechatpay.sandbox.signer import NotificationFactory
 
 POSTGRES_URL = os.environ.get("LEDGER_TEST_POSTGRES_URL", "postgresql://127.0.0.1:5432/test")
 MCHID = "1900000109"

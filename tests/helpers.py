@@ -1,4 +1,4 @@
-"""Small builders shared by the tests (the signing side lives in ledger.wechatpay.testing)."""
+"""Small builders shared by the tests (the signing side lives in ledger.wechatpay.sandbox.signer)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from uuid import UUID
 
 import psycopg
 
-from ledger.storage import connect_postgres, persistence_env
+from ledger.store.backends import connect_postgres, persistence_env
 
 
 @contextmanager
@@ -84,7 +84,7 @@ def delete_event(url: str, stream_id: UUID, version: int) -> None:
 def rechain(url: str, ledger: Any, stream_id: UUID, start: int) -> None:
     """What an attacker with write access does after an edit: recompute every chain of
     `stream_id` from version `start` on, so the chain alone shows nothing."""
-    from ledger.chain import event_fields, link
+    from ledger.hashchain import event_fields, link
 
     events = list(ledger.events.get(stream_id))
     previous = events[start - 2].chain

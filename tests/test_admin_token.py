@@ -17,7 +17,7 @@ from starlette.routing import Route
 from api.app import create_app
 from ledger.application import Ledger, build_ledger
 from ledger.settings import Settings
-from ledger.wechatpay.testing import NotificationFactory
+from ledger.wechatpay.sandbox.signer import NotificationFactory
 from tests.conftest import MCHID
 from tests.inprocess import InProcess, in_process
 

@@ -12,7 +12,7 @@ import pytest
 from ledger.bootstrap import Services, bootstrap
 from ledger.errors import ResponseUntrusted
 from ledger.settings import Settings
-from ledger.wechatpay.sandbox import Sandbox
+from ledger.wechatpay.sandbox.server import Sandbox
 from tests.servers import running
 
 

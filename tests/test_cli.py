@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from ledger.wechatpay.sandbox import Sandbox
+from ledger.wechatpay.sandbox.server import Sandbox
 from tests.servers import free_port, running
 
-CLI = [sys.executable, "-m", "ledger.cli"]
+CLI = [sys.executable, "-m", "cli.main"]
 
 
 def clean_env() -> dict[str, str]:
@@ -142,7 +142,7 @@ def test_project_follows_the_log_and_a_second_projector_waits_for_the_first(
     import signal
 
     from ledger.application import build_ledger
-    from projections.runner import open_orders_view
+    from projections.read_model.runner import open_orders_view
 
     url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
     env = {**clean_env(), **merchant_env, "LEDGER_DATABASE_URL": url}

@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from ledger.errors import ResponseUntrusted, WeChatPayRejected, WeChatPayUnavailable
 from ledger.wechatpay.client import WeChatPayClient, classify
 from ledger.wechatpay.keys import KeyStore, PlatformCertificate
+from ledger.wechatpay.sandbox.signer import NotificationFactory, compact_json
 from ledger.wechatpay.signature import build_message, sign, verify
-from ledger.wechatpay.testing import NotificationFactory, compact_json
 from tests.conftest import MCHID
 
 VECTORS_PATH = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "wechatpay-vectors.json"

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from ledger.cli import build_parser
+from cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger.domain import Outcome, PaymentOrder, QueryEvidence, inbox_id, order_id
-from ledger.wechatpay.testing import NotificationFactory
+from ledger.wechatpay.sandbox.signer import NotificationFactory
 from tests.helpers import event_types, evidence, replay
 
 MCHID = "1900000109"

@@ -14,16 +14,16 @@ from eventsourcing.persistence import MapperDeserialisationError
 
 from api.app import create_app
 from ledger.application import Ledger, build_ledger
-from ledger.cipher import SETTING, key_id, parse_keys, stored_key_id
+from ledger.audit.integrity import verify_all
 from ledger.domain import order_id
 from ledger.errors import ConfigurationError, EventUndecryptable
-from ledger.reencrypt import reencrypt
 from ledger.settings import Settings
-from ledger.verify import verify_all
+from ledger.store.cipher import SETTING, key_id, parse_keys, stored_key_id
+from ledger.store.reencrypt import reencrypt
 from ledger.wechatpay.notification import NotificationVerifier
-from ledger.wechatpay.testing import Delivery, NotificationFactory
-from projections.rebuild import rebuild_orders_view
-from projections.runner import open_orders_view
+from ledger.wechatpay.sandbox.signer import Delivery, NotificationFactory
+from projections.read_model.rebuild import rebuild_orders_view
+from projections.read_model.runner import open_orders_view
 from tests.conftest import MCHID
 from tests.servers import running
 from tests.tamper import all_states, edit_state, stored_state
@@ -210,7 +210,7 @@ def test_reencrypt_moves_every_state_to_the_newest_key_so_the_old_one_can_retire
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WECHATPAY_", "LEDGER_"))}
     env |= {"LEDGER_DATABASE_URL": database_url, SETTING: f"{new},{old}"}
     result = subprocess.run(
-        [sys.executable, "-m", "ledger.cli", "reencrypt"], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "cli.main", "reencrypt"], env=env, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"re-encrypted 5 of 5 stored states with key {kid(new)}"
@@ -230,7 +230,7 @@ def test_reencrypt_moves_every_state_to_the_newest_key_so_the_old_one_can_retire
 def test_reencrypt_counts_only_the_rows_it_rewrote(database_url: str) -> None:
     """A state changed by someone else meanwhile is left alone, and not counted as rewritten."""
     from ledger.domain import order_id
-    from ledger.reencrypt import _update
+    from ledger.store.reencrypt import _update
 
     ledger = build_ledger(database_url)
     try:

@@ -16,7 +16,7 @@ import pytest
 from api.app import create_app
 from ledger.application import Ledger, build_ledger
 from ledger.settings import Settings
-from ledger.wechatpay.testing import Delivery, NotificationFactory
+from ledger.wechatpay.sandbox.signer import Delivery, NotificationFactory
 from tests.conftest import MCHID
 from tests.servers import running
 
@@ -219,7 +219,7 @@ def test_unexpected_errors_never_leak_their_text(
         save_all = save
 
     settings = Settings.load({**merchant_env, "LEDGER_DATABASE_URL": sqlite_url})
-    from ledger.storage import persistence_env
+    from ledger.store.backends import persistence_env
 
     with serve(create_app(settings, ledger=Broken(env=persistence_env(sqlite_url)))) as client:
         response = post(client, factory.paid("ORDER-2009", 100))

@@ -12,8 +12,8 @@ import pytest
 from api.app import create_app
 from ledger.settings import Settings
 from ledger.wechatpay.notification import NotificationVerifier
+from ledger.wechatpay.sandbox.signer import NotificationFactory
 from ledger.wechatpay.signature import SignatureHeaders
-from ledger.wechatpay.testing import NotificationFactory
 from tests.conftest import MCHID
 from tests.servers import running
 

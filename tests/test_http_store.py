@@ -12,7 +12,7 @@ import pytest
 from api.app import create_app
 from ledger.application import build_ledger
 from ledger.settings import Settings
-from ledger.wechatpay.testing import NotificationFactory
+from ledger.wechatpay.sandbox.signer import NotificationFactory
 from tests.conftest import MCHID
 from tests.servers import running, through_proxy
 

@@ -19,10 +19,10 @@ import pytest
 
 from api.app import create_app
 from ledger.bootstrap import Services, bootstrap
-from ledger.reconcile import Reconciler
 from ledger.settings import Settings
-from ledger.wechatpay.sandbox import Sandbox
-from ledger.worklist import Worklist
+from ledger.wechatpay.sandbox.server import Sandbox
+from projections.reconcile.reconciler import Reconciler
+from projections.reconcile.worklist import Worklist
 from tests.servers import running
 
 

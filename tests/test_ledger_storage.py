@@ -14,7 +14,7 @@ from ledger.application import build_ledger
 from ledger.domain import Outcome
 from ledger.errors import OrderConflict, OrderNotFound, StoreUnavailable
 from ledger.wechatpay.notification import NotificationVerifier, VerifiedNotification
-from ledger.wechatpay.testing import Delivery, NotificationFactory
+from ledger.wechatpay.sandbox.signer import Delivery, NotificationFactory
 from tests.conftest import APPID, MCHID
 
 

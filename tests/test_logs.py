@@ -18,8 +18,8 @@ from api.app import create_app
 from ledger.errors import ConfigurationError
 from ledger.logs import TextFormatter, configure_logging, default_format, request_id
 from ledger.settings import Settings
-from ledger.wechatpay.sandbox import Sandbox
-from ledger.wechatpay.testing import Delivery, NotificationFactory
+from ledger.wechatpay.sandbox.server import Sandbox
+from ledger.wechatpay.sandbox.signer import Delivery, NotificationFactory
 from tests.servers import running
 from tests.test_metrics import service
 

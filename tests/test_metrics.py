@@ -21,14 +21,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from api.app import create_app
 from api.metrics import NOTIFICATION_OUTCOMES
 from ledger.application import Ledger, build_ledger
-from ledger.cipher import SETTING as ENCRYPTION_KEYS
-from ledger.cipher import stored_key_id
 from ledger.settings import Settings
-from ledger.wechatpay.sandbox import Sandbox
-from ledger.wechatpay.testing import Delivery, NotificationFactory
-from projections.dispatcher import Dispatcher
-from projections.outbox import Attempt, Outbox, outbox_url
-from projections.outbox_stats import ATTEMPT_RESULTS
+from ledger.store.cipher import SETTING as ENCRYPTION_KEYS
+from ledger.store.cipher import stored_key_id
+from ledger.wechatpay.sandbox.server import Sandbox
+from ledger.wechatpay.sandbox.signer import Delivery, NotificationFactory
+from projections.webhooks.dispatcher import Dispatcher
+from projections.webhooks.outbox import Attempt, Outbox, outbox_url
+from projections.webhooks.stats import ATTEMPT_RESULTS
 from tests.servers import running, through_proxy
 from tests.tamper import all_states
 from tests.test_outbox_dispatcher import FakeClock, Receiver, decide, receiver  # noqa: F401 - a fixture, used by name

@@ -11,8 +11,8 @@ from prometheus_client.core import GaugeMetricFamily
 
 from api.metrics import Guarded, StoreBreaker
 from ledger.wechatpay.notification import NotificationVerifier
-from ledger.wechatpay.testing import NotificationFactory
-from projections.log_stats import DecisionTally
+from ledger.wechatpay.sandbox.signer import NotificationFactory
+from projections.log_counts import DecisionTally
 from tests.conftest import MCHID
 
 

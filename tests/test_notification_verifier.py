@@ -15,7 +15,7 @@ from ledger.errors import DecryptionFailed, MalformedNotification, VerificationF
 from ledger.wechatpay import aead
 from ledger.wechatpay.keys import KeyStore, PlatformCertificate
 from ledger.wechatpay.notification import NotificationVerifier
-from ledger.wechatpay.testing import NotificationFactory, compact_json
+from ledger.wechatpay.sandbox.signer import NotificationFactory, compact_json
 
 VECTORS_PATH = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "wechatpay-vectors.json"
 T = 1_790_000_000  # a fixed signing time for generated deliveries (public-key mode has no validity period)

@@ -20,7 +20,7 @@ from ledger.application import Ledger, build_ledger
 from ledger.errors import BodyTooLarge, MalformedNotification, UnknownSerial, VerificationFailed
 from ledger.settings import Settings
 from ledger.wechatpay.keys import normalise_serial
-from ledger.wechatpay.testing import Delivery, NotificationFactory
+from ledger.wechatpay.sandbox.signer import Delivery, NotificationFactory
 from tests.conftest import MCHID
 from tests.inprocess import Answer, InProcess, in_process
 

@@ -16,7 +16,7 @@ from starlette.routing import Route
 from api.app import create_app
 from api.openapi import OPENAPI_PATH, openapi_document
 from ledger.settings import Settings
-from ledger.wechatpay.sandbox import Sandbox
+from ledger.wechatpay.sandbox.server import Sandbox
 from tests.servers import running
 
 TOKEN = "t0ken-for-the-tests-only-0123456789"

@@ -29,10 +29,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from cli.webhooks import register
 from ledger.settings import Secret, Settings
-from projections.cli_webhooks import register
-from projections.dispatcher import DEFAULT_SCHEDULE, Dispatcher
-from projections.outbox import Outbox, enqueue, load_endpoints, message_id, outbox_url
+from projections.webhooks.dispatcher import DEFAULT_SCHEDULE, Dispatcher
+from projections.webhooks.outbox import Outbox, enqueue, load_endpoints, message_id, outbox_url
 from tests.conftest import MCHID
 from tests.servers import free_port, running
 from tests.test_webhooks import InvalidWebhook, verify
@@ -549,7 +549,7 @@ def test_dispatch_stops_cleanly_on_sigterm_after_finishing_the_request_in_flight
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WECHATPAY_", "LEDGER_"))}
     env["LEDGER_DATABASE_URL"] = sqlite_url
     process = subprocess.Popen(
-        [sys.executable, "-m", "projections.cli_webhooks", "dispatch", "--interval", "0.1"],
+        [sys.executable, "-m", "cli.webhooks", "dispatch", "--interval", "0.1"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -7,11 +7,11 @@ from pathlib import Path
 
 from ledger.application import Ledger
 from ledger.wechatpay.notification import NotificationVerifier
-from ledger.wechatpay.testing import NotificationFactory
-from projections.outbox import Outbox, outbox_url
-from projections.outbox_projection import open_outbox_view, start_outbox_projector
-from projections.rebuild import rebuild_orders_view
-from projections.runner import wake
+from ledger.wechatpay.sandbox.signer import NotificationFactory
+from projections.read_model.rebuild import rebuild_orders_view
+from projections.read_model.runner import wake
+from projections.webhooks.outbox import Outbox, outbox_url
+from projections.webhooks.projection import open_outbox_view, start_outbox_projector
 from tests.conftest import MCHID
 from tests.test_read_model import project_until_caught_up
 
@@ -96,8 +96,8 @@ def test_endpoints_from_the_configuration_file_are_synced(
     tmp_path: Path, merchant_env: dict[str, str], sqlite_url: str
 ) -> None:
     from ledger.settings import Settings
-    from projections.outbox_projection import sync_endpoints
-    from projections.webhooks import generate_secret
+    from projections.webhooks.projection import sync_endpoints
+    from projections.webhooks.signing import generate_secret
 
     secret = generate_secret()
     config = tmp_path / "ledger.toml"

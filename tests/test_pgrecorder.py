@@ -10,7 +10,7 @@ import pytest
 from eventsourcing.persistence import IntegrityError, StoredEvent
 
 from ledger.application import build_ledger
-from ledger.pgrecorder import LedgerPostgresRecorder
+from ledger.store.postgres import LedgerPostgresRecorder
 
 pytestmark = pytest.mark.postgres
 

@@ -16,9 +16,9 @@ from api.app import create_app
 from ledger.application import Ledger, build_ledger
 from ledger.settings import Settings
 from ledger.wechatpay.notification import NotificationVerifier
-from ledger.wechatpay.testing import NotificationFactory
-from projections.read_model import OrdersProjection
-from projections.runner import ProjectorLock, open_orders_view, start_orders_projector, wake
+from ledger.wechatpay.sandbox.signer import NotificationFactory
+from projections.read_model.runner import ProjectorLock, open_orders_view, start_orders_projector, wake
+from projections.read_model.view import OrdersProjection
 from tests.conftest import MCHID
 from tests.servers import running
 
@@ -161,7 +161,7 @@ def test_cursor_pages_through_every_order_once(sqlite_url: str, factory: Notific
     numbers = fill(ledger, factory, 9)
     project_until_caught_up(sqlite_url, ledger)
     view = open_orders_view(sqlite_url)
-    from projections.read_model import cursor_decode, cursor_encode
+    from projections.read_model.view import cursor_decode, cursor_encode
 
     seen: list[str] = []
     after = None

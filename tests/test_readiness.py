@@ -6,9 +6,9 @@ import re
 
 import httpx
 
-from ledger.wechatpay.testing import NotificationFactory
-from projections.log_stats import unprocessed
-from projections.outbox_projection import OutboxProjection
+from ledger.wechatpay.sandbox.signer import NotificationFactory
+from projections.log_counts import unprocessed
+from projections.webhooks.projection import OutboxProjection
 from tests.test_metrics import post, service
 from tests.test_outbox_projection import run_outbox
 from tests.test_read_model import project_until_caught_up

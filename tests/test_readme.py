@@ -35,7 +35,7 @@ def test_quick_start_has_the_two_commands_and_ci_runs_the_test_one() -> None:
 def test_dev_quick_start_serves_records_and_shows_history(tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WECHATPAY_", "LEDGER_"))}
-    cli = [sys.executable, "-m", "ledger.cli"]
+    cli = [sys.executable, "-m", "cli.main"]
     server = subprocess.Popen(
         [*cli, "serve", "--dev", "--port", str(port)],
         cwd=tmp_path,
@@ -77,7 +77,7 @@ def test_bad_configuration_fails_at_start_naming_the_setting(tmp_path: Path) -> 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WECHATPAY_", "LEDGER_"))}
     env |= {"WECHATPAY_MCHID": "1900000109", "WECHATPAY_APIV3_KEY": "too-short"}
     result = subprocess.run(
-        [sys.executable, "-m", "ledger.cli", "serve"],
+        [sys.executable, "-m", "cli.main", "serve"],
         cwd=tmp_path,
         env=env,
         capture_output=True,

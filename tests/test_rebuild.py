@@ -10,12 +10,12 @@ import pytest
 
 from ledger.application import Ledger
 from ledger.wechatpay.notification import NotificationVerifier
-from ledger.wechatpay.testing import NotificationFactory
-from projections import rebuild
-from projections.read_model import NAME
-from projections.rebuild import rebuild_orders_view
-from projections.runner import open_orders_view, run_orders_projector
-from projections.versions import live_view
+from ledger.wechatpay.sandbox.signer import NotificationFactory
+from projections.read_model import rebuild
+from projections.read_model.live import live_view
+from projections.read_model.rebuild import rebuild_orders_view
+from projections.read_model.runner import open_orders_view, run_orders_projector
+from projections.read_model.view import NAME
 from tests.conftest import MCHID
 from tests.test_read_model import fill, project_until_caught_up
 

@@ -15,10 +15,10 @@ import pytest
 from ledger.application import Ledger
 from ledger.domain import PaymentOrder, QueryEvidence
 from ledger.errors import WeChatPayUnavailable
-from ledger.reconcile import Reconciler
 from ledger.wechatpay.notification import NotificationVerifier
-from ledger.wechatpay.testing import NotificationFactory
-from ledger.worklist import Worklist
+from ledger.wechatpay.sandbox.signer import NotificationFactory
+from projections.reconcile.reconciler import Reconciler
+from projections.reconcile.worklist import Worklist
 from tests.conftest import MCHID
 
 
@@ -176,7 +176,7 @@ def test_two_reconcilers_never_query_the_same_order_at_once(
 
 
 def test_rate_limiter_paces_queries() -> None:
-    from ledger.reconcile import RateLimiter
+    from projections.reconcile.reconciler import RateLimiter
 
     limiter = RateLimiter(50)
     started = time.monotonic()

@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from ledger import rederive
 from ledger.application import Ledger
+from ledger.audit import rederive
+from ledger.audit.integrity import verify_all, verify_order
 from ledger.domain import order_id
-from ledger.verify import verify_all, verify_order
 from ledger.wechatpay.keys import KeyStore
-from ledger.wechatpay.testing import NotificationFactory
+from ledger.wechatpay.sandbox.signer import NotificationFactory
 from tests.conftest import APPID, MCHID
 from tests.helpers import query_answer
 from tests.tamper import edit_json, rechain

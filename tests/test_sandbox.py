@@ -25,7 +25,8 @@ from ledger.settings import Settings
 from ledger.wechatpay import aead
 from ledger.wechatpay.keys import KeyStore, PlatformCertificate
 from ledger.wechatpay.notification import NotificationVerifier
-from ledger.wechatpay.sandbox import RETRY_SCHEDULE, Sandbox, SandboxError
+from ledger.wechatpay.sandbox.server import RETRY_SCHEDULE, Sandbox, SandboxError
+from ledger.wechatpay.sandbox.signer import NotificationFactory
 from ledger.wechatpay.signature import (
     SignatureHeaders,
     authorization_header,
@@ -34,7 +35,6 @@ from ledger.wechatpay.signature import (
     sign,
     verify_signed_message,
 )
-from ledger.wechatpay.testing import NotificationFactory
 from tests.conftest import APPID, MCHID
 from tests.servers import running
 

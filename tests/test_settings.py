@@ -17,9 +17,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ledger.errors import ConfigurationError, VerificationFailed
 from ledger.settings import Settings
-from ledger.storage import persistence_env, redact_url
+from ledger.store.backends import persistence_env, redact_url
 from ledger.wechatpay.notification import NotificationVerifier
-from ledger.wechatpay.testing import NotificationFactory
+from ledger.wechatpay.sandbox.signer import NotificationFactory
 
 MERCHANT_SERIAL = "5F1C72E2A8931B72A2E13AF8DEE92471EB397115"  # §8.1 JAVA merchant certificate serial
 

@@ -14,6 +14,7 @@ import pytest
 
 from ledger.errors import VerificationFailed
 from ledger.wechatpay.keys import KeyStore, PlatformCertificate
+from ledger.wechatpay.sandbox.signer import NotificationFactory
 from ledger.wechatpay.signature import (
     SignatureHeaders,
     authorization_header,
@@ -23,7 +24,6 @@ from ledger.wechatpay.signature import (
     verify,
     verify_signed_message,
 )
-from ledger.wechatpay.testing import NotificationFactory
 
 VECTORS_PATH = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "wechatpay-vectors.json"
 HEADER_NAMES = ("Wechatpay-Timestamp", "Wechatpay-Nonce", "Wechatpay-Signature", "Wechatpay-Serial")

@@ -20,12 +20,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ledger.wechatpay.testing import NotificationFactory
-from projections.outbox import Outbox, outbox_url
+from ledger.wechatpay.sandbox.signer import NotificationFactory
+from projections.webhooks.outbox import Outbox, outbox_url
 from tests.servers import free_port, running
 
 pytestmark = pytest.mark.postgres
-CLI = [sys.executable, "-m", "ledger.cli"]
+CLI = [sys.executable, "-m", "cli.main"]
 
 
 def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 30) -> None:

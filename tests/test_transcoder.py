@@ -18,9 +18,9 @@ from eventsourcing.persistence import (
 
 from ledger.application import Ledger, evidence_from
 from ledger.domain import PaymentOrder
-from ledger.transcoder import FastJSONTranscoder
+from ledger.store.transcoder import FastJSONTranscoder
 from ledger.wechatpay.notification import NotificationVerifier
-from ledger.wechatpay.testing import NotificationFactory
+from ledger.wechatpay.sandbox.signer import NotificationFactory
 from tests.conftest import APPID, MCHID
 from tests.helpers import query_answer
 

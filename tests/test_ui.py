@@ -14,10 +14,10 @@ import httpx
 import pytest
 
 from api.app import create_app
-from api.ui_auth import COOKIE, SESSION_SECONDS, Access, UISessions
+from api.ui.auth import COOKIE, SESSION_SECONDS, Access, UISessions
 from ledger.application import build_ledger
 from ledger.settings import Settings
-from ledger.wechatpay.testing import NotificationFactory
+from ledger.wechatpay.sandbox.signer import NotificationFactory
 from tests.servers import running
 from tests.test_read_model import project_until_caught_up
 

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 
 from ledger.application import Ledger
-from ledger.chain import GENESIS, event_fields, link
+from ledger.audit.integrity import Report, verify_all, verify_order
 from ledger.domain import inbox_id, order_id
-from ledger.verify import Report, verify_all, verify_order
+from ledger.hashchain import GENESIS, event_fields, link
 from ledger.wechatpay.keys import KeyStore
 from ledger.wechatpay.notification import NotificationVerifier
-from ledger.wechatpay.testing import NotificationFactory
+from ledger.wechatpay.sandbox.signer import NotificationFactory
 from tests.conftest import APPID, MCHID
 from tests.tamper import delete_event, edit_json, edit_state, rechain, stored_state
 
@@ -55,7 +55,7 @@ def problems(report: Report) -> list[tuple[str, int, str]]:
 
 def payledger(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "ledger.cli", *args], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "cli.main", *args], env=env, capture_output=True, text=True, timeout=60
     )
 
 

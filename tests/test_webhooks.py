@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from projections.outbox import outbox_url
-from projections.webhooks import generate_secret, headers, parse_secret, payload, sign
+from projections.webhooks.outbox import outbox_url
+from projections.webhooks.signing import generate_secret, headers, parse_secret, payload, sign
 
 TOLERANCE = 5 * 60
 

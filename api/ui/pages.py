@@ -1,0 +1,266 @@
+"""The operator pages under /ui: search, an order's timeline, re-query WeChat Pay; server-rendered.
+
+Every page is behind `UISessions` (the admin token or a login session); without either a
+request gets the login form and a 401, never order data. Payload fields are untrusted text:
+the templates autoescape everything.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote, urlencode
+
+import anyio
+import jinja2
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+
+from api.notify import read_body
+from api.orders import OUT_TRADE_NO, _mchid
+from api.responses import to_jsonable
+from api.state import AppState
+from api.ui.auth import COOKIE, SESSION_SECONDS, Access, UISessions
+from ledger.errors import BodyTooLarge, InvalidRequest, OrderNotFound, WeChatPayError, WeChatPayRejected
+from ledger.settings import Settings
+from projections.timeline import Entry, attempt_text, duration, iso, load_timeline
+
+__all__ = ["ui_mount"]
+
+log = logging.getLogger("api.ui")
+
+_HERE = Path(__file__).parent
+MAX_FORM_BYTES = 4096
+# Only our own stylesheet and forms; nothing framed, nothing fetched from elsewhere.
+_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "Cache-Control": "no-store",
+    # Not "no-referrer": with it browsers send "Origin: null" on our own POSTs, which the CSRF check refuses.
+    "Referrer-Policy": "same-origin",
+    "X-Content-Type-Options": "nosniff",
+}
+# Shown in a "raw" fold of their own: what an auditor re-verifies, not what they read first.
+_RAW_FIELDS = ("raw_body", "signature_headers", "response_headers")
+
+
+def _pretty(value: Any) -> str:
+    return json.dumps(to_jsonable(value), ensure_ascii=False, indent=2, sort_keys=True)
+
+
+def _order_url(out_trade_no: str, mchid: str, **params: str) -> str:
+    return f"/ui/orders/{quote(out_trade_no, safe='')}?{urlencode({'mchid': mchid, **params})}"
+
+
+def _query_url(out_trade_no: str, mchid: str) -> str:
+    return f"/ui/orders/{quote(out_trade_no, safe='')}/query?{urlencode({'mchid': mchid})}"
+
+
+def _next_path(value: str) -> str:
+    """Where to go after login: one of our own pages only (no open redirect)."""
+    if value.startswith("/ui/") and not value.startswith(("//", "/\\")) and "\\" not in value:
+        return value
+    return "/ui/"
+
+
+async def _form(request: Request) -> dict[str, str]:
+    # Refused on its Content-Length or while it streams, never read whole first: the login
+    # form is open to anyone, in the process that answers WeChat.
+    try:
+        body = await read_body(request, MAX_FORM_BYTES)
+    except BodyTooLarge:
+        raise InvalidRequest("form too large") from None
+    try:
+        fields = parse_qs(body.decode("utf-8"), max_num_fields=10)
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidRequest("bad form") from None
+    return {k: v[0] for k, v in fields.items()}
+
+
+class OperatorPages:
+    def __init__(self, sessions: UISessions) -> None:
+        self.sessions = sessions
+        self.templates = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(_HERE / "templates"),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
+        )
+        self.templates.filters.update(pretty=_pretty, iso=iso, duration=duration)
+        self.templates.globals.update(attempt_text=attempt_text, order_url=_order_url, query_url=_query_url)
+
+    # -- rendering ------------------------------------------------------------------------
+
+    def page(self, request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
+        access: Access | None = context.pop("access", None)
+        html = self.templates.get_template(name).render(
+            access=access,
+            csrf=self.sessions.csrf_token(access) if access is not None else "",
+            open_mode=not self.sessions.required,
+            **context,
+        )
+        return HTMLResponse(html, status_code=status, headers=_HEADERS)
+
+    def login_form(self, request: Request, *, error: str | None = None, next_path: str | None = None) -> HTMLResponse:
+        wanted = next_path or request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return self.page(request, "login.html", 401, error=error, next_path=_next_path(wanted))
+
+    def _guard(self, request: Request) -> Access | HTMLResponse:
+        access = self.sessions.access(request)
+        return access if access is not None else self.login_form(request)
+
+    # -- login ----------------------------------------------------------------------------
+
+    async def login(self, request: Request) -> Response:
+        if not self.sessions.required:
+            return RedirectResponse("/ui/", status_code=303)
+        if request.method == "GET":
+            return self.login_form(request, next_path=request.query_params.get("next", "/ui/"))
+        form = await _form(request)
+        target = _next_path(form.get("next", "/ui/"))
+        if not self.sessions.token_matches(form.get("token", "")):
+            log.warning("operator login refused")
+            return self.login_form(request, error="That token is not right.", next_path=target)
+        log.info("operator logged in")
+        response = RedirectResponse(target, status_code=303, headers=_HEADERS)
+        response.set_cookie(
+            COOKIE,
+            self.sessions.issue(),
+            max_age=SESSION_SECONDS,
+            path="/",
+            secure=True,
+            httponly=True,
+            samesite="strict",
+        )
+        return response
+
+    async def logout(self, request: Request) -> Response:
+        access = self._guard(request)
+        if isinstance(access, Response):
+            return access
+        if not self.sessions.csrf_ok(request, access, (await _form(request)).get("csrf", "")):
+            return self.page(request, "message.html", 403, access=access, message="This form has expired.")
+        response = RedirectResponse("/ui/login", status_code=303, headers=_HEADERS)
+        response.delete_cookie(COOKIE, path="/", secure=True, httponly=True, samesite="strict")
+        return response
+
+    # -- pages ----------------------------------------------------------------------------
+
+    async def stylesheet(self, request: Request) -> Response:
+        css = (_HERE / "static" / "ui.css").read_bytes()
+        return Response(css, media_type="text/css", headers={"Cache-Control": "max-age=3600"})
+
+    async def search(self, request: Request) -> Response:
+        access = self._guard(request)
+        if isinstance(access, Response):
+            return access
+        state: AppState = request.app.state.ledger
+        q = request.query_params.get("q", "").strip()[:64]
+        if not q:
+            return self.page(request, "search.html", access=access, q="", matches=None, behind=False)
+
+        def find() -> tuple[list[tuple[str, str]], bool]:
+            if OUT_TRADE_NO.fullmatch(q):
+                for mchid in state.merchants:
+                    try:
+                        state.ledger.get_order(mchid, q)
+                    except OrderNotFound:
+                        continue
+                    return [(mchid, q)], False
+            view = state.orders_view
+            if view is None:
+                return [], False
+            rows = view.by_transaction_id(q)
+            behind = view.position() < (state.ledger.recorder.max_notification_id() or 0)
+            return [(row["mchid"], row["out_trade_no"]) for row in rows], behind
+
+        matches, behind = await anyio.to_thread.run_sync(find, limiter=state.limiter)
+        if len(matches) == 1:
+            return RedirectResponse(_order_url(matches[0][1], matches[0][0]), status_code=303, headers=_HEADERS)
+        status = 200 if matches else 404
+        return self.page(request, "search.html", status, access=access, q=q, matches=matches, behind=behind)
+
+    async def order(self, request: Request) -> Response:
+        access = self._guard(request)
+        if isinstance(access, Response):
+            return access
+        return await self._order_page(request, access)
+
+    async def _order_page(
+        self, request: Request, access: Access, *, error: str | None = None, status: int = 200
+    ) -> Response:
+        state: AppState = request.app.state.ledger
+        no = request.path_params["out_trade_no"]
+        try:
+            mchid = _mchid(state, request.query_params.get("mchid"))
+        except InvalidRequest:
+            return self.page(request, "message.html", 400, access=access, message="Unknown or missing mchid.")
+        database_url = state.settings.database_url.value
+        try:
+            timeline = await anyio.to_thread.run_sync(
+                lambda: load_timeline(state.ledger, database_url, mchid, no), limiter=state.limiter
+            )
+        except OrderNotFound:
+            return self.page(request, "message.html", 404, access=access, message="No such order.")
+        queried = request.query_params.get("queried", "")
+        return self.page(
+            request,
+            "order.html",
+            status,
+            access=access,
+            t=timeline,
+            mchid=mchid,
+            error=error,
+            queried=int(queried) if queried.isdigit() else None,
+            payload=_payload,
+        )
+
+    async def requery(self, request: Request) -> Response:
+        """Ask WeChat Pay now; the answer is recorded as a StatusQueried event like any query."""
+        access = self._guard(request)
+        if isinstance(access, Response):
+            return access
+        state: AppState = request.app.state.ledger
+        form = await _form(request)
+        if not self.sessions.csrf_ok(request, access, form.get("csrf", "")):
+            return self.page(request, "message.html", 403, access=access, message="This form has expired.")
+        no = request.path_params["out_trade_no"]
+        try:
+            mchid = _mchid(state, request.query_params.get("mchid"))
+        except InvalidRequest:
+            return self.page(request, "message.html", 400, access=access, message="Unknown or missing mchid.")
+        if not OUT_TRADE_NO.fullmatch(no):
+            return self.page(request, "message.html", 400, access=access, message="Not an out_trade_no.")
+        try:
+            order = await anyio.to_thread.run_sync(lambda: state.services.query(mchid, no), limiter=state.limiter)
+        except WeChatPayError as exc:
+            reason = f"{exc.reason}: {exc.code}" if isinstance(exc, WeChatPayRejected) and exc.code else exc.reason
+            return await self._order_page(request, access, error=f"WeChat Pay query failed ({reason}).", status=502)
+        log.info("operator re-queried %s mchid=%s -> %s", no, mchid, order.trade_state)
+        return RedirectResponse(_order_url(no, mchid, queried=str(order.version)), status_code=303, headers=_HEADERS)
+
+
+def _payload(entry: Entry) -> dict[str, Any]:
+    """The decoded payload: everything but the raw evidence."""
+    return {k: v for k, v in entry.data.items() if k not in _RAW_FIELDS}
+
+
+def ui_mount(settings: Settings) -> Mount:
+    """The /ui routes; the admin token (if any) comes from `settings`."""
+    token = settings.admin_token.value if settings.admin_token is not None else None
+    pages = OperatorPages(UISessions(token))
+    return Mount(
+        "/ui",
+        routes=[
+            Route("/", pages.search, methods=["GET"]),
+            Route("/login", pages.login, methods=["GET", "POST"]),
+            Route("/logout", pages.logout, methods=["POST"]),
+            Route("/static/ui.css", pages.stylesheet, methods=["GET"]),
+            Route("/orders/{out_trade_no}", pages.order, methods=["GET"]),
+            Route("/orders/{out_trade_no}/query", pages.requery, methods=["POST"]),
+        ],
+    )

@@ -1,0 +1,319 @@
+"""`payledger verify`: recompute every hash chain and re-verify every stored notification.
+
+Reads stored events, not aggregates: one stream by id, or the whole log in notification order
+in pages (`--all`), keeping only each stream's head (version, chain, whose stream) in memory.
+Each event is decoded through the application's mapper, so encrypted states are checked too.
+A stored `NotificationReceived` is re-verified against its stored signature headers with the
+configured key its serial names, at the notification's own timestamp: the 300-second window
+of the live path does not apply to old events, the signature and the key's validity do.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import PersistenceError, StoredEvent
+from eventsourcing.utils import get_topic
+
+from ledger.application import Ledger
+from ledger.audit.rederive import EVIDENCE, Rederiver
+from ledger.domain import NotificationInbox, PaymentOrder, inbox_id, order_id
+from ledger.errors import (
+    DecryptionFailed,
+    EventUndecryptable,
+    NotificationRejected,
+    OrderNotFound,
+    StoreUnavailable,
+    UnknownSerial,
+    VerificationFailed,
+)
+from ledger.hashchain import GENESIS, event_fields, link
+from ledger.store.cipher import stored_key_id
+from ledger.wechatpay.keys import KeyStore, normalise_serial
+from ledger.wechatpay.notification import open_envelope
+from ledger.wechatpay.signature import SignatureHeaders, build_message, verify
+
+__all__ = ["PAGE", "Break", "Report", "verify_all", "verify_order"]
+
+PAGE = 5_000
+_ORDER_TOPIC = get_topic(PaymentOrder) + "."
+_INBOX_TOPIC = get_topic(NotificationInbox) + "."
+
+
+@dataclass(frozen=True)
+class Break:
+    """One place where the ledger is not what was written."""
+
+    stream_id: str
+    kind: str  # "order", "inbox" or "stream" (its first event is gone)
+    name: str  # the out_trade_no or the notification id, "" when unknown
+    mchid: str
+    version: int
+    problem: str
+
+    def __str__(self) -> str:
+        who = f"{self.kind} {self.name} (mchid {self.mchid})" if self.name else f"stream {self.stream_id}"
+        return f"{who} version {self.version}: {self.problem}"
+
+
+@dataclass
+class Report:
+    streams: int = 0
+    events: int = 0
+    notifications: int = 0
+    # Stored resources compared with what their signed body decrypts to, and those that could
+    # not be (no APIv3 key given, or the key has been reset since they arrived).
+    resources: int = 0
+    resources_unchecked: int = 0
+    # Decision events compared with what replaying their evidence decides (0: not asked for).
+    decisions: int = 0
+    breaks: list[Break] = field(default_factory=list)
+    # How many stored states each key encrypts ("unencrypted" for plaintext): retire a key at 0.
+    key_ids: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def ok(self) -> bool:
+        return not self.breaks
+
+    def summary(self) -> str:
+        breaks = f"{len(self.breaks)} break" + ("" if len(self.breaks) == 1 else "s")
+        states = ", ".join(
+            f"{n} {k if k == 'unencrypted' else 'with key ' + k}" for k, n in sorted(self.key_ids.items())
+        )
+        return (
+            f"verified {self.streams} streams, {self.events} events, {self.notifications} notifications "
+            f"re-verified, {self.resources} resources re-decrypted, {self.decisions} decisions re-derived"
+            + (f" ({self.resources_unchecked} not: APIv3 key missing or reset)" if self.resources_unchecked else "")
+            + f": {breaks}"
+            + (f" (stored states: {states})" if states else "")
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "ok": self.ok,
+                "streams": self.streams,
+                "events": self.events,
+                "notifications": self.notifications,
+                "resources": self.resources,
+                "resources_unchecked": self.resources_unchecked,
+                "decisions": self.decisions,
+                "breaks": [asdict(b) for b in self.breaks],
+                "key_ids": dict(sorted(self.key_ids.items())),
+            },
+            ensure_ascii=False,
+            indent=2,
+        )
+
+
+@dataclass
+class _Head:
+    kind: str = "stream"
+    name: str = ""
+    mchid: str = ""
+    version: int = 0
+    chain: str | None = GENESIS  # None after an event that could not be decoded
+
+
+class _Checker:
+    def __init__(
+        self,
+        ledger: Ledger,
+        keys: Mapping[str, KeyStore],
+        apiv3: Mapping[str, bytes],
+        appids: Mapping[str, str | None] | None = None,
+    ) -> None:
+        self._ledger = ledger
+        self._keys = keys
+        self._apiv3 = apiv3
+        self.report = Report()
+        self.heads: dict[UUID, _Head] = {}
+        self._rederiver = None if appids is None else Rederiver(appids, self._resume)
+
+    def _resume(self, stream_id: UUID, version: int) -> PaymentOrder | None:
+        try:
+            order: Any = self._ledger.repository.get(stream_id, version=version)
+        except Exception:  # the stream's earlier breaks were reported when they were met
+            return None
+        return order if isinstance(order, PaymentOrder) else None
+
+    def finish(self) -> None:
+        """Decisions derived at the end of a stream that were never stored."""
+        if self._rederiver is None:
+            return
+        for stream_id, problem in self._rederiver.leftovers():
+            head = self.heads[stream_id]
+            self._break(stream_id, head, head.version, problem)
+
+    def _break(self, stream_id: UUID, head: _Head, version: int, problem: str) -> None:
+        self.report.breaks.append(Break(str(stream_id), head.kind, head.name, head.mchid, version, problem))
+
+    def check(self, stored: StoredEvent) -> None:
+        """Feed one stored event; a stream's events must come in the order they were stored."""
+        stream_id: Any = stored.originator_id
+        head = self.heads.get(stream_id)
+        if head is None:
+            head = self.heads[stream_id] = _Head()
+            self.report.streams += 1
+        self.report.events += 1
+        version = stored.originator_version
+        self.report.key_ids[stored_key_id(stored.state) or "unencrypted"] += 1
+        if version != head.version + 1:
+            missing = (
+                f"version {head.version + 1}"
+                if version == head.version + 2
+                else (f"versions {head.version + 1}-{version - 1}")
+            )
+            self._break(stream_id, head, version, f"events missing before it ({missing})")
+        try:
+            event: Any = self._ledger.mapper.to_domain_event(stored)
+        except Exception as exc:  # any failure to decode is a finding, reported and passed over
+            cause = exc.__cause__
+            why = str(cause) if isinstance(cause, EventUndecryptable) else "stored state is not a valid event"
+            self._break(stream_id, head, version, f"event does not decode: {why}")
+            head.version, head.chain = version, None
+            return
+        if version == 1:
+            self._name(head, stored.topic, event)
+        if not event.chain:
+            self._break(stream_id, head, version, "event has no chain")
+        elif head.chain is not None and link(head.chain, type(event), event_fields(event)) != event.chain:
+            self._break(stream_id, head, version, "chain mismatch")
+        head.version, head.chain = version, event.chain or None
+        if stored.topic.endswith(".NotificationReceived"):
+            self.report.notifications += 1
+            problem = self._signature_problem(head.mchid, event)
+            if problem is None:
+                problem = self._resource_problem(head.mchid, event)
+            if problem is not None:
+                self._break(stream_id, head, version, problem)
+        if self._rederiver is not None and stored.topic.startswith(_ORDER_TOPIC):
+            if type(event).__name__ not in EVIDENCE:
+                self.report.decisions += 1
+            for problem in self._rederiver.feed(stream_id, version, event):
+                self._break(stream_id, head, version, problem)
+
+    @staticmethod
+    def _name(head: _Head, topic: str, event: Any) -> None:
+        if topic.startswith(_ORDER_TOPIC):
+            head.kind, head.name = "order", str(getattr(event, "out_trade_no", ""))
+        elif topic.startswith(_INBOX_TOPIC):
+            head.kind, head.name = "inbox", str(getattr(event, "notification_id", ""))
+        head.mchid = str(getattr(event, "mchid", ""))
+
+    def _resource_problem(self, mchid: str, event: Any) -> str | None:
+        """The stored resource must be what the signed body decrypts to (opened the way the
+        verifier that accepted it opens a body; its signature was checked just before)."""
+        apiv3 = self._apiv3.get(mchid)
+        if apiv3 is None or mchid not in self._keys:
+            self.report.resources_unchecked += 1
+            return None
+        try:
+            _, resource = open_envelope(str(event.raw_body).encode("utf-8"), apiv3)
+        except DecryptionFailed:  # the merchant reset the APIv3 key since: cannot tell
+            self.report.resources_unchecked += 1
+            return None
+        except NotificationRejected:
+            return "signed body is not a valid notification"
+        self.report.resources += 1
+        if resource != event.resource:
+            return "stored resource is not what the signed body decrypts to"
+        return None
+
+    def _signature_problem(self, mchid: str, event: Any) -> str | None:
+        try:
+            headers = SignatureHeaders.from_headers(event.signature_headers)
+        except (VerificationFailed, AttributeError, TypeError):
+            return "stored signature headers are incomplete"
+        serial = normalise_serial(headers.serial)
+        if normalise_serial(str(event.key_serial)) != serial:
+            return f"recorded key serial {event.key_serial} is not the signature's ({serial})"
+        if not (headers.timestamp.isascii() and headers.timestamp.isdigit()):
+            return "stored signature timestamp is not an integer"
+        stores = [self._keys[mchid]] if mchid in self._keys else list(self._keys.values())
+        key = None
+        for store in stores:
+            try:
+                _, key = store.lookup(serial, int(headers.timestamp))
+                break
+            except UnknownSerial:
+                continue
+            except VerificationFailed:
+                return f"certificate {serial} was not valid at the notification's timestamp"
+        if key is None:
+            return f"key {serial} not configured"
+        message = build_message(headers.timestamp, headers.nonce, str(event.raw_body).encode("utf-8"))
+        if not verify(key, message, headers.signature):
+            return "signature does not verify"
+        return None
+
+
+def _checked(
+    ledger: Ledger,
+    keys: Mapping[str, KeyStore],
+    apiv3: Mapping[str, bytes],
+    appids: Mapping[str, str | None] | None,
+    events: Iterable[StoredEvent],
+) -> _Checker:
+    checker = _Checker(ledger, keys, apiv3, appids)
+    try:
+        for stored in events:
+            checker.check(stored)
+    except PersistenceError as exc:
+        raise StoreUnavailable(type(exc).__name__) from None
+    return checker
+
+
+def verify_order(
+    ledger: Ledger,
+    keys: Mapping[str, KeyStore],
+    mchid: str,
+    out_trade_no: str,
+    apiv3: Mapping[str, bytes] | None = None,
+    appids: Mapping[str, str | None] | None = None,
+) -> Report:
+    """One order's stream; when no order has that name, the inbox stream of that notification id."""
+    for stream_id, kind in ((order_id(mchid, out_trade_no), "order"), (inbox_id(mchid, out_trade_no), "inbox")):
+        try:
+            stored = list(ledger.recorder.select_events(stream_id))
+        except PersistenceError as exc:
+            raise StoreUnavailable(type(exc).__name__) from None
+        if stored:
+            checker = _Checker(ledger, keys, apiv3 or {}, appids)
+            # Named from the request, so a stream whose first event is gone is still named.
+            checker.heads[stream_id] = _Head(kind, out_trade_no, mchid)
+            checker.report.streams = 1
+            for event in stored:
+                checker.check(event)
+            checker.finish()
+            return checker.report
+    raise OrderNotFound(out_trade_no)
+
+
+def _log(ledger: Ledger, page: int) -> Iterator[StoredEvent]:
+    position = 0
+    while True:
+        notifications = ledger.recorder.select_notifications(position, page, inclusive_of_start=False)
+        if not notifications:
+            return
+        yield from notifications
+        position = notifications[-1].id
+
+
+def verify_all(
+    ledger: Ledger,
+    keys: Mapping[str, KeyStore],
+    *,
+    page: int = PAGE,
+    apiv3: Mapping[str, bytes] | None = None,
+    appids: Mapping[str, str | None] | None = None,
+) -> Report:
+    """Every stream in the log, read once in notification order."""
+    checker = _checked(ledger, keys, apiv3 or {}, appids, _log(ledger, page))
+    checker.finish()
+    return checker.report

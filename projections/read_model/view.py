@@ -1,0 +1,335 @@
+"""The orders read model: one row per order and per refund, maintained from the event log.
+
+`OrdersProjection` folds each `PaymentOrder` event into the order (with the domain's own
+`apply` code, so the view can never disagree with a replay) and the view writes the rows and
+the tracking position in one transaction: a projector that crashes mid-way repeats nothing
+and skips nothing. On PostgreSQL the tables sit beside the events; on SQLite in a file of
+their own (the library's SQLite tracking table is per file).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, ClassVar
+from uuid import UUID
+
+from eventsourcing.persistence import Tracking
+from eventsourcing.postgres import PostgresTrackingRecorder
+from eventsourcing.projection import Projection
+from eventsourcing.sqlite import SQLiteTrackingRecorder
+from eventsourcing.utils import get_topic
+from psycopg.sql import SQL, Identifier
+
+from ledger.application import Ledger
+from ledger.domain import PaymentOrder
+from ledger.store.backends import persistence_env, small_pool
+
+__all__ = ["ORDER_FIELDS", "OrdersProjection", "OrdersView", "PostgresOrdersView", "SQLiteOrdersView", "view_env"]
+
+NAME = "orders_view"
+ORDER_FIELDS = (
+    "mchid",
+    "out_trade_no",
+    "stream_id",
+    "registered",
+    "trade_state",
+    "amount_total",
+    "currency",
+    "transaction_id",
+    "success_time",
+    "paid_total",
+    "refunded_total",
+    "anomalies",
+    "version",
+    "created_at",
+    "updated_at",
+    "document",
+)
+REFUND_FIELDS = ("mchid", "out_refund_no", "out_trade_no", "refund_id", "status", "refund", "success_time")
+_TIME_FIELDS = {"created_at", "updated_at"}
+
+
+def view_env(database_url: str, name: str = NAME) -> dict[str, str]:
+    """The environment of the ledger plus, on SQLite, the view's own file."""
+    env = small_pool(persistence_env(database_url))
+    if env["PERSISTENCE_MODULE"] == "eventsourcing.sqlite" and "memory" not in env["SQLITE_DBNAME"]:
+        path = Path(env["SQLITE_DBNAME"])
+        env[f"{name.upper()}_SQLITE_DBNAME"] = str(path.with_name(f"{path.stem}.{name}{path.suffix or '.sqlite3'}"))
+    return env
+
+
+def order_row(order: PaymentOrder, at: dt.datetime) -> dict[str, Any]:
+    return {
+        "mchid": order.mchid,
+        "out_trade_no": order.out_trade_no,
+        "stream_id": str(order.id),
+        "registered": bool(order.registered),
+        "trade_state": order.trade_state,
+        "amount_total": order.amount_total,
+        "currency": order.currency,
+        "transaction_id": order.transaction_id,
+        "success_time": order.success_time,
+        "paid_total": order.paid_total,
+        "refunded_total": order.refunded_total,
+        "anomalies": len(order.anomalies),
+        "version": order.version,
+        "created_at": order.created_on.timestamp(),
+        "updated_at": at.timestamp(),
+        "document": json.dumps(order.summary(), ensure_ascii=False, separators=(",", ":"), default=str),
+    }
+
+
+def refund_rows(order: PaymentOrder) -> list[dict[str, Any]]:
+    return [
+        {
+            "mchid": order.mchid,
+            "out_refund_no": r["out_refund_no"],
+            "out_trade_no": order.out_trade_no,
+            "refund_id": r["refund_id"],
+            "status": r["status"],
+            "refund": r["refund"],
+            "success_time": r["success_time"],
+        }
+        for r in order.refunds.values()
+    ]
+
+
+def _row_out(names: tuple[str, ...], row: Any) -> dict[str, Any]:
+    values = dict(zip(names, row, strict=True)) if not isinstance(row, dict) else dict(row)
+    for name in _TIME_FIELDS & values.keys():
+        values[name] = dt.datetime.fromtimestamp(values[name], dt.UTC)
+    if "registered" in values:
+        values["registered"] = bool(values["registered"])
+    if "document" in values:
+        values["document"] = json.loads(values["document"])
+    return values
+
+
+class OrdersView:
+    """Queries and writes shared by both stores; SQL is written once with %s placeholders."""
+
+    table_prefix: ClassVar[str] = NAME
+    dialect: ClassVar[str]
+
+    def _sql(self, text: str) -> Any:
+        raise NotImplementedError
+
+    def _cursor_transaction(self, commit: bool) -> Any:
+        return self.datastore.transaction(commit=commit)  # type: ignore[attr-defined]
+
+    @property
+    def orders_table(self) -> str:
+        return f"{self.table_prefix}_orders"
+
+    @property
+    def refunds_table(self) -> str:
+        return f"{self.table_prefix}_refunds"
+
+    def _create_statements(self) -> list[str]:
+        return [
+            "CREATE TABLE IF NOT EXISTS {orders} (mchid TEXT NOT NULL, out_trade_no TEXT NOT NULL,"
+            " stream_id TEXT NOT NULL, registered BOOLEAN NOT NULL, trade_state TEXT NOT NULL,"
+            " amount_total BIGINT, currency TEXT, transaction_id TEXT, success_time TEXT, paid_total BIGINT,"
+            " refunded_total BIGINT NOT NULL, anomalies INTEGER NOT NULL, version INTEGER NOT NULL,"
+            " created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL,"
+            " document TEXT NOT NULL, PRIMARY KEY (mchid, out_trade_no))",
+            "CREATE INDEX IF NOT EXISTS {orders_state} ON {orders} (trade_state, updated_at)",
+            "CREATE INDEX IF NOT EXISTS {orders_updated} ON {orders} (updated_at, mchid, out_trade_no)",
+            "CREATE INDEX IF NOT EXISTS {orders_transaction} ON {orders} (transaction_id)",
+            "CREATE TABLE IF NOT EXISTS {refunds} (mchid TEXT NOT NULL, out_refund_no TEXT NOT NULL,"
+            " out_trade_no TEXT NOT NULL, refund_id TEXT, status TEXT NOT NULL, refund BIGINT NOT NULL,"
+            " success_time TEXT, PRIMARY KEY (mchid, out_refund_no))",
+        ]
+
+    def upsert_many(self, curs: Any, orders: list[dict[str, Any]], refunds: list[dict[str, Any]]) -> None:
+        """Orders and refunds by key, inserted or replaced, in the caller's transaction."""
+        columns = ", ".join(ORDER_FIELDS)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in ORDER_FIELDS[2:])
+        if orders:
+            curs.executemany(
+                self._sql(
+                    f"INSERT INTO {{orders}} ({columns}) VALUES ({', '.join(['%s'] * len(ORDER_FIELDS))})"
+                    f" ON CONFLICT (mchid, out_trade_no) DO UPDATE SET {updates}"
+                ),
+                [[o[c] for c in ORDER_FIELDS] for o in orders],
+            )
+        if refunds:
+            updates = ", ".join(f"{c} = excluded.{c}" for c in REFUND_FIELDS[2:])
+            curs.executemany(
+                self._sql(
+                    f"INSERT INTO {{refunds}} ({', '.join(REFUND_FIELDS)})"
+                    f" VALUES ({', '.join(['%s'] * len(REFUND_FIELDS))})"
+                    f" ON CONFLICT (mchid, out_refund_no) DO UPDATE SET {updates}"
+                ),
+                [[r[c] for c in REFUND_FIELDS] for r in refunds],
+            )
+
+    def record(self, order: PaymentOrder, at: dt.datetime, tracking: Tracking) -> None:
+        """The order's rows and the tracking position, in one transaction."""
+        with self._cursor_transaction(commit=True) as curs:
+            self.upsert_many(curs, [order_row(order, at)], refund_rows(order))
+            self._insert_tracking(curs, tracking)  # type: ignore[attr-defined]
+
+    def get(self, mchid: str, out_trade_no: str) -> dict[str, Any] | None:
+        with self._cursor_transaction(commit=False) as curs:
+            curs.execute(
+                self._sql(f"SELECT {', '.join(ORDER_FIELDS)} FROM {{orders}} WHERE mchid = %s AND out_trade_no = %s"),
+                [mchid, out_trade_no],
+            )
+            row = curs.fetchone()
+        return None if row is None else _row_out(ORDER_FIELDS, row)
+
+    def list_orders(
+        self,
+        *,
+        mchid: str | None = None,
+        trade_state: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        after: tuple[float, str, str] | None = None,
+        limit: int = 50,
+    ) -> list[dict[str, Any]]:
+        """Orders by last change (oldest first), filtered; `after` is the keyset cursor."""
+        where, params = [], []
+        for clause, value in (
+            ("mchid = %s", mchid),
+            ("trade_state = %s", trade_state),
+            ("updated_at >= %s", since),
+            ("updated_at < %s", until),
+        ):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        if after is not None:
+            where.append(
+                "(updated_at > %s OR (updated_at = %s AND (mchid > %s OR (mchid = %s AND out_trade_no > %s))))"
+            )
+            params += [after[0], after[0], after[1], after[1], after[2]]
+        text = f"SELECT {', '.join(ORDER_FIELDS)} FROM {{orders}}"
+        if where:
+            text += " WHERE " + " AND ".join(where)
+        text += " ORDER BY updated_at, mchid, out_trade_no LIMIT %s"
+        with self._cursor_transaction(commit=False) as curs:
+            curs.execute(self._sql(text), [*params, limit])
+            return [_row_out(ORDER_FIELDS, row) for row in curs.fetchall()]
+
+    def by_transaction_id(self, transaction_id: str, limit: int = 20) -> list[dict[str, Any]]:
+        """Orders paid (or refunded) under WeChat's `transaction_id`; normally one."""
+        with self._cursor_transaction(commit=False) as curs:
+            curs.execute(
+                self._sql(
+                    f"SELECT {', '.join(ORDER_FIELDS)} FROM {{orders}} WHERE transaction_id = %s"
+                    " ORDER BY mchid, out_trade_no LIMIT %s"
+                ),
+                [transaction_id, limit],
+            )
+            return [_row_out(ORDER_FIELDS, row) for row in curs.fetchall()]
+
+    def refunds(self, mchid: str, out_trade_no: str) -> list[dict[str, Any]]:
+        with self._cursor_transaction(commit=False) as curs:
+            curs.execute(
+                self._sql(
+                    f"SELECT {', '.join(REFUND_FIELDS)} FROM {{refunds}} WHERE mchid = %s AND out_trade_no = %s"
+                    " ORDER BY out_refund_no"
+                ),
+                [mchid, out_trade_no],
+            )
+            return [_row_out(REFUND_FIELDS, row) for row in curs.fetchall()]
+
+    def position(self, application_name: str = Ledger.name) -> int:
+        return self.max_tracking_id(application_name) or 0  # type: ignore[attr-defined]
+
+
+def _names(prefix: str) -> dict[str, str]:
+    return {
+        "orders": f"{prefix}_orders",
+        "refunds": f"{prefix}_refunds",
+        "orders_state": f"{prefix}_orders_state",
+        "orders_updated": f"{prefix}_orders_updated",
+        "orders_transaction": f"{prefix}_orders_transaction",
+    }
+
+
+class PostgresOrdersView(OrdersView, PostgresTrackingRecorder):
+    dialect = "postgres"
+
+    def __init__(self, datastore: Any, **kwargs: Any) -> None:
+        super().__init__(datastore, **kwargs)
+        # One version of the view per tracking table: "orders_view_v2_tracking" -> "orders_view_v2".
+        self.table_prefix = self.tracking_table_name.removesuffix("_tracking")  # type: ignore[misc]
+        for statement in self._create_statements():
+            self.sql_create_statements.append(self._sql(statement))
+
+    def _sql(self, text: str) -> Any:
+        names = {k: Identifier(self.datastore.schema, v) for k, v in _names(self.table_prefix).items()}
+        names["orders_state"] = Identifier(_names(self.table_prefix)["orders_state"])
+        names["orders_updated"] = Identifier(_names(self.table_prefix)["orders_updated"])
+        names["orders_transaction"] = Identifier(_names(self.table_prefix)["orders_transaction"])
+        return SQL(text).format(**names)
+
+
+class SQLiteOrdersView(OrdersView, SQLiteTrackingRecorder):
+    dialect = "sqlite"
+
+    def construct_create_table_statements(self) -> list[str]:
+        return [*super().construct_create_table_statements(), *(self._sql(s) for s in self._create_statements())]
+
+    def _sql(self, text: str) -> Any:
+        return text.format(**_names(self.table_prefix)).replace("%s", "?")
+
+
+class OrdersProjection(Projection[Any]):
+    """Folds PaymentOrder events into order rows, with the domain's own `apply`."""
+
+    name = NAME
+    topics = tuple(
+        get_topic(cls)
+        for cls in (
+            PaymentOrder.Opened,
+            PaymentOrder.Registered,
+            PaymentOrder.NotificationReceived,
+            PaymentOrder.PaymentSucceeded,
+            PaymentOrder.RefundSucceeded,
+            PaymentOrder.RefundClosed,
+            PaymentOrder.RefundAbnormal,
+            PaymentOrder.AnomalyDetected,
+            PaymentOrder.StatusQueried,
+            PaymentOrder.TradeStateChanged,
+        )
+    )
+    cache_size = 10_000
+
+    def __init__(self, view: Any) -> None:
+        super().__init__(view)
+        self._cache: OrderedDict[UUID, PaymentOrder] = OrderedDict()
+        self.ledger: Ledger | None = None  # set by the runner: loads an order the cache lacks
+
+    def process_event(self, domain_event: Any, tracking: Tracking) -> None:
+        order = self._cache.pop(domain_event.originator_id, None)
+        if order is None and domain_event.originator_version > PaymentOrder.INITIAL_VERSION:
+            assert self.ledger is not None, "the runner attaches the ledger before events flow"
+            order = self.ledger.repository.get(domain_event.originator_id, version=domain_event.originator_version - 1)
+        if order is not None and order.version != domain_event.originator_version - 1:
+            order = self.ledger.repository.get(  # type: ignore[union-attr]
+                domain_event.originator_id, version=domain_event.originator_version - 1
+            )
+        order = domain_event.mutate(order)
+        assert isinstance(order, PaymentOrder)
+        self.view.record(order, domain_event.timestamp, tracking)
+        self._cache[order.id] = order
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+
+def cursor_encode(row: dict[str, Any]) -> str:
+    return json.dumps([row["updated_at"].timestamp(), row["mchid"], row["out_trade_no"]])
+
+
+def cursor_decode(text: str) -> tuple[float, str, str]:
+    value = json.loads(text)
+    if not (isinstance(value, list) and len(value) == 3):
+        raise ValueError("bad cursor")
+    return float(value[0]), str(value[1]), str(value[2])

@@ -1,0 +1,6 @@
+"""Outbound notifications to the merchant's business systems: the outbox, fed from the log.
+
+`projection` turns decision events into outbox messages (one per endpoint, stable ids);
+`dispatcher` delivers them with retries and dead letters; `signing` signs each request
+(Standard Webhooks); `stats` reads what metrics need.
+"""

@@ -1,0 +1,172 @@
+"""The outbox projection: one message per decision event and matching endpoint.
+
+It follows the log's decision events (`PaymentSucceeded`, `RefundSucceeded`, `RefundClosed`,
+`RefundAbnormal`, `AnomalyDetected`), loads the order as it stood at that event, and writes
+the messages with its tracking position in one transaction. Message ids are derived from the
+event and the endpoint, so replaying the log (or a second projector, or a rebuild) can never
+queue a notification twice; the dispatcher (`projections/webhooks/dispatcher.py`) sends them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from eventsourcing.persistence import InfrastructureFactory, Tracking
+from eventsourcing.postgres import PostgresTrackingRecorder
+from eventsourcing.projection import BaseProjectionRunner, Projection
+from eventsourcing.sqlite import SQLiteTrackingRecorder
+from eventsourcing.utils import Environment, get_topic
+from psycopg.rows import tuple_row
+
+from ledger.application import Ledger
+from ledger.domain import PaymentOrder
+from ledger.settings import EndpointSettings
+from ledger.store.backends import persistence_env, schema_lock, small_pool
+from projections.webhooks.outbox import Outbox, create_tables, enqueue, load_endpoints, outbox_url
+
+__all__ = ["DECISIONS", "OutboxProjection", "run_outbox_projector", "start_outbox_projector", "sync_endpoints"]
+
+NAME = "outbox"
+DECISIONS = (
+    PaymentOrder.PaymentSucceeded,
+    PaymentOrder.RefundSucceeded,
+    PaymentOrder.RefundClosed,
+    PaymentOrder.RefundAbnormal,
+    PaymentOrder.AnomalyDetected,
+)
+
+
+def outbox_env(database_url: str) -> dict[str, str]:
+    env = small_pool(persistence_env(database_url))
+    if env["PERSISTENCE_MODULE"] == "eventsourcing.sqlite":
+        env[f"{NAME.upper()}_SQLITE_DBNAME"] = persistence_env(outbox_url(database_url))["SQLITE_DBNAME"]
+    return env
+
+
+class _OutboxView:
+    dialect: ClassVar[str]
+
+    @property
+    def schema(self) -> str | None:
+        return None
+
+    def _transaction(self) -> Any:
+        raise NotImplementedError
+
+    def create_outbox(self) -> None:
+        with self._transaction() as curs:
+            create_tables(curs, self.dialect, schema=self.schema)  # type: ignore[arg-type]
+
+    def record(self, event: Any, order: PaymentOrder, tracking: Tracking) -> int:
+        """The event's messages and the tracking position, in one transaction."""
+        with self._transaction() as curs:
+            endpoints = load_endpoints(curs, self.dialect, schema=self.schema)  # type: ignore[arg-type]
+            added = enqueue(
+                curs,
+                self.dialect,  # type: ignore[arg-type]
+                source_id=f"{event.originator_id}:{event.originator_version}",
+                event_type=type(event).__name__,
+                mchid=order.mchid,
+                out_trade_no=order.out_trade_no,
+                stream_version=order.version,
+                data=order.summary(),
+                occurred_at=event.timestamp,
+                endpoints=endpoints,
+                schema=self.schema,
+            )
+            self._insert_tracking(curs, tracking)  # type: ignore[attr-defined]
+        return added
+
+
+class PostgresOutboxView(_OutboxView, PostgresTrackingRecorder):
+    dialect = "postgres"
+
+    @property
+    def schema(self) -> str | None:
+        return str(self.datastore.schema)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Any:
+        with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor(row_factory=tuple_row) as curs:
+            yield curs
+
+    def create_table(self) -> None:
+        super().create_table()
+        self.create_outbox()
+
+
+class SQLiteOutboxView(_OutboxView, SQLiteTrackingRecorder):
+    dialect = "sqlite"
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Any:
+        with self.datastore.transaction(commit=True) as curs:
+            yield curs.sqlite_cursor  # the plain sqlite3 cursor: the outbox reads its rowcount
+
+    def create_table(self) -> None:
+        super().create_table()
+        self.create_outbox()
+
+
+class OutboxProjection(Projection[Any]):
+    name = NAME
+    topics = tuple(get_topic(cls) for cls in DECISIONS)
+
+    def __init__(self, view: Any) -> None:
+        super().__init__(view)
+        self.ledger: Ledger | None = None
+
+    def process_event(self, domain_event: Any, tracking: Tracking) -> None:
+        assert self.ledger is not None, "the runner attaches the ledger before events flow"
+        order: PaymentOrder = self.ledger.repository.get(
+            domain_event.originator_id, version=domain_event.originator_version
+        )
+        self.view.record(domain_event, order, tracking)
+
+
+def sync_endpoints(database_url: str, endpoints: Sequence[EndpointSettings]) -> None:
+    """Create or update the endpoints of the configuration file (an operator's disable stays)."""
+    if not endpoints:
+        return
+    outbox = Outbox(outbox_url(database_url))
+    try:
+        for endpoint in endpoints:
+            outbox.upsert_endpoint(
+                endpoint.id, endpoint.url, [secret.value for secret in endpoint.secrets], endpoint.events
+            )
+    finally:
+        outbox.close()
+
+
+def open_outbox_view(database_url: str) -> Any:
+    env = outbox_env(database_url)
+    view_class = PostgresOutboxView if env["PERSISTENCE_MODULE"] == "eventsourcing.postgres" else SQLiteOutboxView
+    if view_class is SQLiteOutboxView:
+        Path(env[f"{NAME.upper()}_SQLITE_DBNAME"]).parent.mkdir(parents=True, exist_ok=True)
+    with schema_lock(database_url):
+        return InfrastructureFactory.construct(env=Environment(NAME, env)).tracking_recorder(view_class)
+
+
+def start_outbox_projector(database_url: str) -> tuple[BaseProjectionRunner[Ledger], Any, Ledger]:
+    from projections.read_model.runner import projection_runner
+
+    view = open_outbox_view(database_url)
+    runner, loader = projection_runner(database_url, OutboxProjection(view), view, outbox_env(database_url))
+    return runner, view, loader
+
+
+def run_outbox_projector(database_url: str, stop: threading.Event, poll: float = 1.0) -> None:
+    """The outbox half of `payledger project`: exclusive by its own lock."""
+    from projections.read_model.runner import ProjectorLock, follow
+
+    lock = ProjectorLock(database_url, NAME)
+    if not lock.acquire(stop, poll):
+        return
+    try:
+        follow(*start_outbox_projector(database_url), stop, poll)
+    finally:
+        lock.release()

@@ -1,0 +1,76 @@
+"""Outbound delivery figures read from the outbox tables: attempts by result, messages by state.
+
+Dispatchers usually run in other processes; reading their record in the store at scrape time
+makes every API replica report the same numbers.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from projections.webhooks.outbox import Outbox
+
+__all__ = ["ATTEMPT_RESULTS", "BACKLOG_STATES", "AttemptTally", "backlog"]
+
+ATTEMPT_RESULTS = ("delivered", "http_4xx", "http_5xx", "redirect", "timeout", "network_error", "other")
+BACKLOG_STATES = ("pending", "failing", "dead")
+# Mirrors how the dispatcher judges an attempt: success is a 2xx without an error, nothing else.
+_RESULT = (
+    "CASE WHEN error IS NULL AND status >= 200 AND status < 300 THEN 'delivered'"
+    " WHEN error = 'timeout' THEN 'timeout'"
+    " WHEN status IS NULL THEN 'network_error'"
+    " WHEN status >= 500 THEN 'http_5xx'"
+    " WHEN status >= 400 THEN 'http_4xx'"
+    " WHEN status >= 300 THEN 'redirect'"
+    " ELSE 'other' END"
+)
+# An attempt row is written when its HTTP call ends, so ids come in roughly, not strictly, in
+# order of time across dispatchers. Rows older than this are taken as final and remembered;
+# newer ones are counted afresh at every scrape.
+SETTLE_AFTER = 600.0
+
+
+class AttemptTally:
+    """Delivery attempts by result over the whole attempt log, read incrementally; thread-safe."""
+
+    def __init__(self, outbox: Outbox, clock: Callable[[], float] = time.time) -> None:
+        self._outbox = outbox
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._settled_id = 0
+        self._settled: Counter[str] = Counter(dict.fromkeys(ATTEMPT_RESULTS, 0))
+
+    def read(self) -> dict[str, int]:
+        with self._lock, self._outbox.transaction() as cur:
+            q = self._outbox._q
+            after = self._settled_id
+            cur.execute(
+                q("SELECT MIN(CASE WHEN attempted_at >= %s THEN id END), MAX(id) FROM {attempts} WHERE id > %s"),
+                (self._clock() - SETTLE_AFTER, after),
+            )
+            first_recent, last = cur.fetchone()
+            boundary = int(first_recent) - 1 if first_recent is not None else int(last or after)
+            cur.execute(
+                q(f"SELECT {_RESULT}, id <= %s, COUNT(*) FROM {{attempts}} WHERE id > %s GROUP BY 1, 2"),
+                (boundary, after),
+            )
+            recent: Counter[str] = Counter()
+            for result, settled, n in cur.fetchall():
+                (self._settled if settled else recent)[str(result)] += int(n)
+            self._settled_id = boundary
+            return {result: self._settled[result] + recent[result] for result in ATTEMPT_RESULTS}
+
+
+def backlog(outbox: Outbox) -> dict[str, int]:
+    """Messages not delivered yet, by state; `dead` are the dead letters (delivered ones are not counted)."""
+    with outbox.transaction() as cur:
+        cur.execute(
+            outbox._q(
+                "SELECT state, COUNT(*) FROM {outbox} WHERE state IN ('pending', 'failing', 'dead') GROUP BY state"
+            )
+        )
+        found = {str(state): int(n) for state, n in cur.fetchall()}
+    return {state: found.get(state, 0) for state in BACKLOG_STATES}
