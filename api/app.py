@@ -20,6 +20,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.bootstrap import bootstrap
 from api.metrics import (
     DecisionMetrics,
     Guarded,
@@ -39,14 +40,11 @@ from api.responses import LedgerJSONResponse, fail
 from api.state import AppState, LiveView
 from api.ui.pages import ui_mount
 from ledger.application import Ledger
-from ledger.bootstrap import bootstrap
 from ledger.errors import InvalidRequest, LedgerError, WeChatPayRejected
-from ledger.groupcommit import GroupCommitter
 from ledger.settings import Settings
 from projections.log_counts import DecisionTally
 from projections.read_model.view import NAME as ORDERS_VIEW
 from projections.read_model.view import OrdersProjection
-from projections.webhooks.outbox import Outbox, outbox_url
 from projections.webhooks.projection import NAME as OUTBOX
 from projections.webhooks.projection import OutboxProjection, open_outbox_view
 
@@ -148,10 +146,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        committer = GroupCommitter(services.ledger)
+        committer = services.committer
         views = LiveView(settings.database_url.value)
         outbox_view = open_outbox_view(settings.database_url.value)
-        outbox = Outbox(outbox_url(settings.database_url.value))
+        outbox = services.outbox
         registry = new_registry()
         app.state.ledger = AppState(
             services, committer, anyio.CapacityLimiter(settings.worker_threads), views, NotifyMetrics(registry)
@@ -178,10 +176,8 @@ def create_app(
         gc.collect()
         gc.freeze()
         yield
-        committer.close()
         services.close()
         views.close()
-        outbox.close()
         outbox_view.datastore.close()
 
     middleware = [Middleware(RequestIdMiddleware)]

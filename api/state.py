@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 import anyio
 from prometheus_client import CollectorRegistry
 
+from api.bootstrap import MerchantServices, Services
 from api.metrics import NotifyMetrics
 from ledger.application import Ledger
-from ledger.bootstrap import MerchantServices, Services
 from ledger.groupcommit import GroupCommitter
 from ledger.settings import Settings
 from projections.read_model.live import live_view

@@ -20,7 +20,11 @@ from typing import Any
 import httpx
 import uvicorn
 
+from api.app import create_app
+from api.bootstrap import bootstrap
 from ledger.settings import Settings
+from ledger.wechatpay.sandbox.server import Sandbox
+from projections.timeline import facts
 
 __all__ = ["run_demo"]
 
@@ -50,25 +54,9 @@ def _serve(app: Any, host: str, port: int) -> Iterator[str]:
 
 
 def _history_lines(client: httpx.Client, out_trade_no: str) -> list[str]:
+    """Each event of the order on one line, with the key facts the CLI's history shows."""
     events = client.get(f"/orders/{out_trade_no}/events").json()["events"]
-    lines = []
-    for e in events:
-        data = e["data"]
-        detail = ""
-        if e["type"] == "NotificationReceived":
-            detail = f"{data['event_type']} id={data['notification_id'][:13]}…"
-        elif e["type"] == "StatusQueried":
-            detail = f"trade_state={data['transaction'].get('trade_state')}"
-        elif e["type"] == "PaymentSucceeded":
-            detail = f"transaction_id={data['transaction_id']} amount_total={data['amount_total']}"
-        elif e["type"].startswith("Refund"):
-            detail = f"out_refund_no={data['out_refund_no']} refund={data['refund']}"
-        elif e["type"] == "Registered":
-            detail = f"amount_total={data['amount_total']} {data['currency']}"
-        elif e["type"] == "TradeStateChanged":
-            detail = f"{data['from_state']} -> {data['to_state']}"
-        lines.append(f"    v{e['version']:<3} {e['type']:<22} {detail}")
-    return lines
+    return [f"    v{e['version']:<3} {e['type']:<22} {facts(e['type'], e['data'])}" for e in events]
 
 
 def run_demo(
@@ -80,12 +68,6 @@ def run_demo(
     wait: bool = True,
     out: Callable[[str], None] = print,
 ) -> int:
-    from api.app import create_app
-    from ledger.bootstrap import bootstrap
-    from ledger.wechatpay.sandbox.server import Sandbox
-    from projections.reconcile.reconciler import Reconciler
-    from projections.reconcile.worklist import Worklist
-
     started = time.monotonic()
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -139,15 +121,12 @@ def run_demo(
             out("refunded 700 of DEMO-0001's 2500 fen")
 
             services = bootstrap(settings)
-            worklist = Worklist(env["LEDGER_DATABASE_URL"])
             try:
-                reconciler = Reconciler(services.ledger, worklist, services.query, schedule=settings.reconcile_schedule)
                 time.sleep(1.05)  # the first query is due 1 s after registration in the demo
                 out("reconciliation pass (queries WeChat for orders whose callback has not come):")
-                for change in reconciler.run_pass():
+                for change in services.reconciler.run_pass():
                     out(f"    {change}")
             finally:
-                worklist.close()
                 services.close()
 
             out("")

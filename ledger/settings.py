@@ -4,6 +4,11 @@ One merchant comes from ``WECHATPAY_*`` variables; several from ``[[merchants]]`
 the file named by ``LEDGER_CONFIG`` (same keys, with or without the ``WECHATPAY_`` prefix, any
 case). Every problem is a `ConfigurationError` naming the setting, raised here and not at
 the first callback. Secrets are masked in every ``repr``.
+
+Every setting of the service lives here, in one frozen `Settings`: the HTTP service, the
+reconciler, the outbound webhooks' dispatcher and the projectors all read the same object,
+built by `Settings.load` and handed to `api.bootstrap.bootstrap`. Each default is written once,
+as the field's default; `load` reads it from there.
 """
 
 from __future__ import annotations
@@ -12,21 +17,35 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from ledger.errors import ConfigurationError
+from ledger.store.backends import persistence_env
+from ledger.store.cipher import SETTING as ENCRYPTION_KEYS_SETTING
+from ledger.store.cipher import parse_keys
+from ledger.wechatpay.client import DEFAULT_BASE_URL as DEFAULT_API_BASE_URL
 from ledger.wechatpay.keys import PUBLIC_KEY_ID_PREFIX, KeyStore
 
-__all__ = ["DEFAULT_API_BASE_URL", "EndpointSettings", "MerchantSettings", "Secret", "Settings"]
+__all__ = [
+    "DEFAULT_API_BASE_URL",
+    "RECONCILE_EXPIRY",
+    "RECONCILE_SCHEDULE",
+    "WEBHOOK_RETRY_SCHEDULE",
+    "EndpointSettings",
+    "MerchantSettings",
+    "Secret",
+    "Settings",
+]
 
-DEFAULT_API_BASE_URL = "https://api.mch.weixin.qq.com"
 DEFAULT_DATABASE_URL = "sqlite:///payledger.sqlite3"
+_N = TypeVar("_N", int, float)
+DAY = 24 * 3600
 
 _MERCHANT_KEYS = {
     "WECHATPAY_MCHID",
@@ -52,9 +71,16 @@ _LEDGER_KEYS = {
     "LEDGER_LOG_FORMAT",
     "LEDGER_READY_MAX_LAG",
     "LEDGER_BODY_READ_TIMEOUT",
+    "LEDGER_WEBHOOK_RETRY_SCHEDULE",
+    "LEDGER_WEBHOOK_TIMEOUT",
+    "LEDGER_WEBHOOK_DISABLE_AFTER",
 }
 # Seconds between reconciliation queries: a few seconds, then minutes, then hours; the last repeats.
-DEFAULT_RECONCILE_SCHEDULE = (5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0)
+RECONCILE_SCHEDULE = (5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0)
+# Seconds after registration when an order still unpaid stops being queried.
+RECONCILE_EXPIRY = 7 * DAY
+# Seconds before each retry of an outbound webhook (Standard Webhooks' suggestion, about 3 days in all).
+WEBHOOK_RETRY_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 _MCHID = re.compile(r"[0-9]{6,32}")
 _APPID = re.compile(r"w[xw][0-9A-Za-z]{16}")
 _HEX_SERIAL = re.compile(r"[0-9A-Fa-f]{1,64}")
@@ -181,28 +207,38 @@ def _load_private_key(path: Path, setting: str) -> RSAPrivateKey:
     return key
 
 
-def _int_setting(values: Mapping[str, str], key: str, default: int, low: int, high: int) -> int:
+def _raw(values: Mapping[str, str], key: str) -> str | None:
     raw = values.get(key)
-    if raw is None or str(raw).strip() == "":
+    return None if raw is None or str(raw).strip() == "" else str(raw).strip()
+
+
+def _number_setting(values: Mapping[str, str], key: str, default: _N, low: _N, high: _N) -> _N:
+    """An integer or a number of seconds (whichever type the default has), within its bounds."""
+    raw = _raw(values, key)
+    if raw is None:
         return default
+    kind = type(default)
     try:
-        value = int(str(raw).strip())
+        value = kind(raw)
     except ValueError:
-        raise ConfigurationError(key, "must be an integer") from None
+        raise ConfigurationError(key, "must be an integer" if kind is int else "must be a number of seconds") from None
     if not low <= value <= high:
-        raise ConfigurationError(key, f"must be between {low} and {high}")
+        bounds = f"{low} and {high}" if kind is int else f"{low:g} and {high:g} seconds"
+        raise ConfigurationError(key, f"must be between {bounds}")
     return value
 
 
-def _schedule(raw: str | None) -> tuple[float, ...]:
-    if raw is None or not raw.strip():
-        return DEFAULT_RECONCILE_SCHEDULE
+def _schedule_setting(values: Mapping[str, str], key: str, default: tuple[float, ...]) -> tuple[float, ...]:
+    """Comma-separated seconds (a TOML array of numbers is accepted too); the last step repeats."""
+    raw = _raw(values, key)
+    if raw is None:
+        return default
     try:
         steps = tuple(float(part) for part in raw.split(","))
     except ValueError:
-        raise ConfigurationError("LEDGER_RECONCILE_SCHEDULE", "must be comma-separated seconds") from None
-    if not steps or any(not 0 < step <= 7 * 24 * 3600 for step in steps):
-        raise ConfigurationError("LEDGER_RECONCILE_SCHEDULE", "each step must be between 0 and 604800 seconds")
+        raise ConfigurationError(key, "must be comma-separated seconds") from None
+    if not steps or any(not 0 < step <= 7 * DAY for step in steps):
+        raise ConfigurationError(key, "each step must be between 0 and 604800 seconds")
     return steps
 
 
@@ -213,6 +249,10 @@ def _normalise_keys(table: Mapping[str, Any], prefix: str, allowed: set[str], wh
         full = upper if upper.startswith(prefix) else prefix + upper
         if full not in allowed:
             raise ConfigurationError(f"{where}{key}", "is not a known setting")
+        if isinstance(value, list) and full.endswith("_SCHEDULE") and value:
+            if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value):
+                raise ConfigurationError(f"{where}{key}", "must be an array of seconds")
+            value = ",".join(str(x) for x in value)
         if isinstance(value, (dict, list)):
             raise ConfigurationError(f"{where}{key}", "must be a string or number")
         out[full] = str(value)
@@ -264,8 +304,8 @@ class Settings:
     max_body_bytes: int = 64 * 1024
     worker_threads: int = 16
     log_level: str = "INFO"
-    reconcile_schedule: tuple[float, ...] = DEFAULT_RECONCILE_SCHEDULE
-    reconcile_expiry: int = 7 * 24 * 3600
+    reconcile_schedule: tuple[float, ...] = RECONCILE_SCHEDULE
+    reconcile_expiry: int = RECONCILE_EXPIRY
     reconcile_qps: int = 10
     cert_refresh_interval: int = 3600
     endpoints: tuple[EndpointSettings, ...] = ()
@@ -275,6 +315,10 @@ class Settings:
     ready_max_lag: int = 10_000
     # Seconds a client may take to send a notification body (a slow-loris holds a worker otherwise).
     body_read_timeout: int = 10
+    # Outbound webhooks: seconds before each retry, per request, and failing before an endpoint is disabled.
+    webhook_retry_schedule: tuple[float, ...] = WEBHOOK_RETRY_SCHEDULE
+    webhook_timeout: float = 10.0
+    webhook_disable_after: float = 5 * DAY
 
     @property
     def default_merchant(self) -> MerchantSettings | None:
@@ -311,9 +355,7 @@ class Settings:
             seen.add(merchant.mchid)
 
         database_url = top.get("LEDGER_DATABASE_URL", "").strip() or DEFAULT_DATABASE_URL
-        from ledger.store.backends import persistence_env  # validates the URL
-
-        persistence_env(database_url)
+        persistence_env(database_url)  # validates the URL
         token = top.get("LEDGER_ADMIN_TOKEN", "").strip()
         if token and len(token) < 16:
             raise ConfigurationError("LEDGER_ADMIN_TOKEN", "must be at least 16 characters")
@@ -327,27 +369,48 @@ class Settings:
             database_url=Secret(database_url),
             merchants=tuple(merchants),
             admin_token=Secret(token) if token else None,
-            max_body_bytes=_int_setting(top, "LEDGER_MAX_BODY_BYTES", 64 * 1024, 1024, 16 * 1024 * 1024),
-            worker_threads=_int_setting(top, "LEDGER_WORKER_THREADS", 16, 1, 256),
             log_level=level,
-            reconcile_schedule=_schedule(top.get("LEDGER_RECONCILE_SCHEDULE")),
-            reconcile_expiry=_int_setting(top, "LEDGER_RECONCILE_EXPIRY", 7 * 24 * 3600, 60, 400 * 24 * 3600),
-            reconcile_qps=_int_setting(top, "LEDGER_RECONCILE_QPS", 10, 1, 1000),
-            cert_refresh_interval=_int_setting(top, "LEDGER_CERT_REFRESH_INTERVAL", 3600, 60, 7 * 24 * 3600),
             endpoints=tuple(endpoints),
             encryption_keys=_encryption_keys(env),
             log_format=log_format,
-            ready_max_lag=_int_setting(top, "LEDGER_READY_MAX_LAG", 10_000, 0, 10**12),
-            body_read_timeout=_int_setting(top, "LEDGER_BODY_READ_TIMEOUT", 10, 1, 60),
+            **_numbers(top),
+            reconcile_schedule=_schedule_setting(top, "LEDGER_RECONCILE_SCHEDULE", RECONCILE_SCHEDULE),
+            webhook_retry_schedule=_schedule_setting(top, "LEDGER_WEBHOOK_RETRY_SCHEDULE", WEBHOOK_RETRY_SCHEDULE),
         )
+
+
+# Numeric settings: field -> (setting, lowest, highest); the default is the field's.
+_INTS: dict[str, tuple[str, int, int]] = {
+    "max_body_bytes": ("LEDGER_MAX_BODY_BYTES", 1024, 16 * 1024 * 1024),
+    "worker_threads": ("LEDGER_WORKER_THREADS", 1, 256),
+    "reconcile_expiry": ("LEDGER_RECONCILE_EXPIRY", 60, 400 * DAY),
+    "reconcile_qps": ("LEDGER_RECONCILE_QPS", 1, 1000),
+    "cert_refresh_interval": ("LEDGER_CERT_REFRESH_INTERVAL", 60, 7 * DAY),
+    "ready_max_lag": ("LEDGER_READY_MAX_LAG", 0, 10**12),
+    "body_read_timeout": ("LEDGER_BODY_READ_TIMEOUT", 1, 60),
+}
+_FLOATS: dict[str, tuple[str, float, float]] = {
+    "webhook_timeout": ("LEDGER_WEBHOOK_TIMEOUT", 0.1, 300.0),
+    "webhook_disable_after": ("LEDGER_WEBHOOK_DISABLE_AFTER", 60.0, 400.0 * DAY),
+}
+
+
+def _numbers(top: Mapping[str, str]) -> dict[str, Any]:
+    ints = {name: _number_setting(top, key, _default(name), low, high) for name, (key, low, high) in _INTS.items()}
+    floats = {name: _number_setting(top, key, _default(name), low, high) for name, (key, low, high) in _FLOATS.items()}
+    return ints | floats
+
+
+def _default(name: str) -> Any:
+    [default] = [f.default for f in fields(Settings) if f.name == name]
+    assert default is not MISSING
+    return default
 
 
 def _encryption_keys(env: Mapping[str, str]) -> tuple[Secret, ...]:
     """Validated here so a bad key stops start-up; environment only, because the event store's
     cipher reads the same variable from the process environment in every process."""
-    from ledger.store.cipher import SETTING, parse_keys
-
-    raw = env.get(SETTING, "")
+    raw = env.get(ENCRYPTION_KEYS_SETTING, "")
     parse_keys(raw)
     return tuple(Secret(part.strip()) for part in raw.split(",") if part.strip())
 

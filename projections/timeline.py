@@ -22,7 +22,18 @@ import psycopg
 from ledger.application import Ledger
 from projections.webhooks.outbox import Endpoint, Message, Outbox, outbox_url
 
-__all__ = ["Entry", "Outbound", "Timeline", "build_timeline", "load_timeline", "render_text", "to_json"]
+__all__ = [
+    "Entry",
+    "Outbound",
+    "Timeline",
+    "attempt_text",
+    "build_timeline",
+    "duration",
+    "facts",
+    "iso",
+    "load_timeline",
+    "printable",
+]
 
 log = logging.getLogger("projections.timeline")
 
@@ -212,7 +223,7 @@ def iso(at: float | dt.datetime | None) -> str | None:
     return when.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _printable(text: str) -> str:
+def printable(text: str) -> str:
     """Control characters from untrusted payloads must not steer the operator's terminal."""
     return "".join(
         ch if unicodedata.category(ch)[0] != "C" else ch.encode("unicode_escape").decode("ascii") for ch in text
@@ -222,86 +233,3 @@ def _printable(text: str) -> str:
 def attempt_text(status: int | None, error: str | None, duration_ms: float) -> str:
     outcome = f"HTTP {status}" if status is not None else f"error {error or 'unknown'}"
     return f"{outcome} in {duration_ms:.0f} ms"
-
-
-def render_text(timeline: Timeline) -> str:
-    """The timeline for a terminal: one line per event, then outbound messages per endpoint."""
-    o = timeline.order
-    lines = [
-        f"order {o['out_trade_no']} (mchid {o['mchid']}): {o['trade_state']}, version {o['version']}",
-        f"  amount_total={o['amount_total']} {o['currency']}  paid_total={o['paid_total']}"
-        f"  refunded_total={o['refunded_total']}  transaction_id={o['transaction_id']}"
-        f"  deliveries={o['deliveries']}  anomalies={len(o['anomalies'])}",
-        "",
-        "events (times UTC; !! marks an anomaly)",
-    ]
-    for e in timeline.entries:
-        mark = "!!" if e.anomaly else "  "
-        line = f"{mark}{e.version:>4}  {iso(e.recorded_at)}  {e.type:<20}  {e.facts}"
-        if e.delivery is not None:
-            line += f"  [delivery {e.delivery}" + (f", {e.retry_label}]" if e.retry_label else "]")
-        lines.append(line)
-    lines += ["", "outbound deliveries"]
-    if timeline.outbound_error:
-        lines.append(f"  ({timeline.outbound_error})")
-    elif not timeline.outbound:
-        lines.append("  (none)")
-    for endpoint in timeline.outbound:
-        lines.append(f"  endpoint {endpoint.endpoint_id}  {endpoint.url or '(endpoint removed)'}")
-        for msg in endpoint.messages:
-            lines.append(f"    {msg.id}  {msg.event_type} v{msg.stream_version}  {msg.state}")
-            for n, a in enumerate(msg.history, 1):
-                lines.append(
-                    f"      attempt {n}  {iso(a.attempted_at)}  {attempt_text(a.status, a.error, a.duration_ms)}"
-                )
-            if not msg.history:
-                lines.append(f"      not attempted yet (due {iso(msg.next_attempt_at)})")
-    return "\n".join(_printable(line) for line in lines)
-
-
-def to_json(timeline: Timeline) -> dict[str, Any]:
-    """One JSON-ready document: the order, its annotated events, its outbound messages."""
-    return {
-        "order": timeline.order,
-        "events": [
-            {
-                "version": e.version,
-                "type": e.type,
-                "recorded_at": iso(e.recorded_at),
-                "anomaly": e.anomaly,
-                "delivery": e.delivery,
-                "retry_gap_seconds": e.retry_gap,
-                "data": e.data,
-            }
-            for e in timeline.entries
-        ],
-        "outbound": [
-            {
-                "endpoint_id": endpoint.endpoint_id,
-                "url": endpoint.url,
-                "messages": [
-                    {
-                        "webhook_id": m.id,
-                        "type": m.event_type,
-                        "stream_version": m.stream_version,
-                        "state": m.state,
-                        "created_at": iso(m.created_at),
-                        "delivered_at": iso(m.delivered_at),
-                        "attempts": [
-                            {
-                                "attempted_at": iso(a.attempted_at),
-                                "status": a.status,
-                                "error": a.error,
-                                "duration_ms": a.duration_ms,
-                                "response_body": a.response_body,
-                            }
-                            for a in m.history
-                        ],
-                    }
-                    for m in endpoint.messages
-                ],
-            }
-            for endpoint in timeline.outbound
-        ],
-        "outbound_error": timeline.outbound_error,
-    }

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ledger.bootstrap import Services, bootstrap
+from api.bootstrap import Services, bootstrap
 from ledger.errors import ResponseUntrusted
 from ledger.settings import Settings
 from ledger.wechatpay.sandbox.server import Sandbox

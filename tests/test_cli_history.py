@@ -68,7 +68,8 @@ def test_history_shows_retries_anomalies_queries_refunds_and_webhook_attempts(
 def test_history_escapes_control_characters_from_payloads() -> None:
     import datetime as dt
 
-    from projections.timeline import build_timeline, render_text
+    from cli.history import render_text
+    from projections.timeline import build_timeline
 
     order = {
         "out_trade_no": "ORDER-1",

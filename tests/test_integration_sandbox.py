@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from api.app import create_app
-from ledger.bootstrap import Services, bootstrap
+from api.bootstrap import Services, bootstrap
 from ledger.settings import Settings
 from ledger.wechatpay.sandbox.server import Sandbox
 from projections.reconcile.reconciler import Reconciler

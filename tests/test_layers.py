@@ -93,7 +93,7 @@ def test_only_the_store_imports_database_drivers() -> None:
     ("module", "imported", "rule"),
     [
         ("ledger.application", "api.app", "ledger/ imports nothing above it"),
-        ("ledger.bootstrap", "projections.webhooks.outbox", "ledger/ imports nothing above it"),
+        ("ledger.application", "projections.webhooks.outbox", "ledger/ imports nothing above it"),
         ("projections.timeline", "api.responses", "projections/ imports ledger/ only"),
         ("api.app", "cli.main", "api/ does not import the command line"),
         ("api.app", "ledger.wechatpay.sandbox.signer", "the sandbox is imported only by cli/, tests and benches"),

@@ -148,6 +148,13 @@ FAILURES: list[tuple[str, dict[str, Value], str]] = [
     ("max-body-not-int", {"LEDGER_MAX_BODY_BYTES": "64k"}, "LEDGER_MAX_BODY_BYTES"),
     ("max-body-too-small", {"LEDGER_MAX_BODY_BYTES": "10"}, "LEDGER_MAX_BODY_BYTES"),
     ("max-body-too-big", {"LEDGER_MAX_BODY_BYTES": str(10**9)}, "LEDGER_MAX_BODY_BYTES"),
+    ("reconcile-schedule-words", {"LEDGER_RECONCILE_SCHEDULE": "5,soon"}, "LEDGER_RECONCILE_SCHEDULE"),
+    ("webhook-schedule-words", {"LEDGER_WEBHOOK_RETRY_SCHEDULE": "5,later"}, "LEDGER_WEBHOOK_RETRY_SCHEDULE"),
+    ("webhook-schedule-zero", {"LEDGER_WEBHOOK_RETRY_SCHEDULE": "5,0"}, "LEDGER_WEBHOOK_RETRY_SCHEDULE"),
+    ("webhook-schedule-8-days", {"LEDGER_WEBHOOK_RETRY_SCHEDULE": "691200"}, "LEDGER_WEBHOOK_RETRY_SCHEDULE"),
+    ("webhook-timeout-words", {"LEDGER_WEBHOOK_TIMEOUT": "ten"}, "LEDGER_WEBHOOK_TIMEOUT"),
+    ("webhook-timeout-too-long", {"LEDGER_WEBHOOK_TIMEOUT": "301"}, "LEDGER_WEBHOOK_TIMEOUT"),
+    ("webhook-disable-after-too-soon", {"LEDGER_WEBHOOK_DISABLE_AFTER": "59"}, "LEDGER_WEBHOOK_DISABLE_AFTER"),
 ]
 
 
@@ -353,3 +360,57 @@ def test_persistence_env_rejects_with_configuration_error(url: str) -> None:
         persistence_env(url)
     assert exc.value.setting == "LEDGER_DATABASE_URL"
     assert ":pw@" not in str(exc.value)
+
+
+def test_webhook_settings_default_and_from_the_environment(env: dict[str, str]) -> None:
+    """The outbound webhooks' dispatcher reads the same Settings as everything else."""
+    defaults = Settings.load(env)
+    assert (defaults.webhook_retry_schedule, defaults.webhook_timeout, defaults.webhook_disable_after) == (
+        (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0),
+        10.0,
+        5 * 24 * 3600.0,
+    )
+    env |= {
+        "LEDGER_WEBHOOK_RETRY_SCHEDULE": " 1, 2.5,60 ",
+        "LEDGER_WEBHOOK_TIMEOUT": "2.5",
+        "LEDGER_WEBHOOK_DISABLE_AFTER": "3600",
+    }
+    settings = Settings.load(env)
+    assert (settings.webhook_retry_schedule, settings.webhook_timeout, settings.webhook_disable_after) == (
+        (1.0, 2.5, 60.0),
+        2.5,
+        3600.0,
+    )
+
+
+def test_webhook_and_reconcile_settings_from_the_toml_file(two_merchants: Path) -> None:
+    """Schedules as a TOML array of seconds or as the environment's comma-separated text."""
+    text = two_merchants.read_text(encoding="utf-8")
+    head = toml_table(
+        {
+            "webhook_retry_schedule": [1, 30, 600],
+            "LEDGER_WEBHOOK_TIMEOUT": 3,
+            "webhook_disable_after": "7200",
+            "reconcile_schedule": "2,4",
+        }
+    )
+    two_merchants.write_text(head + text, encoding="utf-8")
+    settings = Settings.load({"LEDGER_CONFIG": str(two_merchants)})
+    assert (settings.webhook_retry_schedule, settings.webhook_timeout, settings.webhook_disable_after) == (
+        (1.0, 30.0, 600.0),
+        3.0,
+        7200.0,
+    )
+    assert settings.reconcile_schedule == (2.0, 4.0)
+    # The environment wins over the file, as for every other setting.
+    from_env = Settings.load({"LEDGER_CONFIG": str(two_merchants), "LEDGER_WEBHOOK_TIMEOUT": "4"})
+    assert from_env.webhook_timeout == 4.0
+
+
+@pytest.mark.parametrize("schedule", ["[]", '["1", "2"]', "[1, true]", "[[1]]"])
+def test_toml_schedule_must_be_seconds(two_merchants: Path, schedule: str) -> None:
+    text = two_merchants.read_text(encoding="utf-8")
+    two_merchants.write_text(f"webhook_retry_schedule = {schedule}\n" + text, encoding="utf-8")
+    with pytest.raises(ConfigurationError) as exc:
+        Settings.load({"LEDGER_CONFIG": str(two_merchants)})
+    assert exc.value.setting == "LEDGER_CONFIG: webhook_retry_schedule"

@@ -23,17 +23,15 @@ from eventsourcing.utils import get_topic
 from ledger.application import Ledger
 from ledger.domain import FINAL_TRADE_STATES, PaymentOrder
 from ledger.errors import OrderNotFound, WeChatPayError
-from ledger.settings import DEFAULT_RECONCILE_SCHEDULE
+from ledger.settings import RECONCILE_EXPIRY, RECONCILE_SCHEDULE
 from projections.reconcile.worklist import Due, Worklist
 
-__all__ = ["DEFAULT_EXPIRY", "DEFAULT_SCHEDULE", "Change", "RateLimiter", "Reconciler"]
+__all__ = ["Change", "RateLimiter", "Reconciler"]
 
 log = logging.getLogger("ledger.reconcile")
 
 # WeChat suggests querying a few seconds after a late callback; like Kill Bill's janitor we
 # then back off to minutes and hours. §5.3: unpaid orders are auto-closed after 7 days.
-DEFAULT_SCHEDULE = DEFAULT_RECONCILE_SCHEDULE
-DEFAULT_EXPIRY = 7 * 24 * 3600.0
 _PAGE = 500
 
 
@@ -78,8 +76,8 @@ class Reconciler:
         worklist: Worklist,
         query: Callable[[str, str], PaymentOrder],
         *,
-        schedule: Sequence[float] = DEFAULT_SCHEDULE,
-        expiry: float = DEFAULT_EXPIRY,
+        schedule: Sequence[float] = RECONCILE_SCHEDULE,
+        expiry: float = RECONCILE_EXPIRY,
         rate: float = 10.0,
         lease: float = 60.0,
         batch: int = 100,

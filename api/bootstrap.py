@@ -1,0 +1,240 @@
+"""`bootstrap(settings)`: the composition root, where every long-lived object of every process is built.
+
+The HTTP app (`api.app.create_app`), the projectors, the webhook dispatcher, the reconciler,
+the demo and every `payledger` command start from here, so a merchant's keys, its
+certificate manager, its WeChat Pay client, the event store and the project's own tables are
+built in one way everywhere and closed in one place. Objects a process may not need (the
+outbox, the worklist, the group committer, …) are built on first use and closed by `close()`.
+
+It sits with the HTTP app, above `projections/` and `ledger/`, because it builds both; the
+command line (`cli/`) sits on top of it. Nothing below imports it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TypeVar
+
+import httpx
+
+from ledger.application import Ledger, build_ledger
+from ledger.audit.integrity import Report, verify_all, verify_order
+from ledger.groupcommit import GroupCommitter
+from ledger.settings import MerchantSettings, Settings
+from ledger.status_query import OrderQuery
+from ledger.store.sql import Database
+from ledger.wechatpay.certificates import CertificateManager
+from ledger.wechatpay.client import WeChatPayClient
+from ledger.wechatpay.keys import KeyStore
+from ledger.wechatpay.notification import NotificationVerifier
+from projections.read_model.runner import run_orders_projector
+from projections.reconcile.reconciler import Reconciler
+from projections.reconcile.worklist import Worklist
+from projections.webhooks.dispatcher import Dispatcher
+from projections.webhooks.outbox import Outbox, outbox_url
+from projections.webhooks.projection import run_outbox_projector, sync_endpoints
+
+__all__ = ["MerchantServices", "Services", "bootstrap"]
+
+_T = TypeVar("_T")
+
+
+@dataclass
+class MerchantServices:
+    settings: MerchantSettings
+    keys: Callable[[], KeyStore]
+    verifier: NotificationVerifier
+    certificates: CertificateManager | None = None
+    client: WeChatPayClient | None = field(default=None, repr=False)
+
+    @property
+    def mchid(self) -> str:
+        return self.settings.mchid
+
+    @property
+    def appid(self) -> str | None:
+        return self.settings.appid
+
+
+@dataclass
+class Services:
+    """Everything a process runs on; built by `bootstrap`, closed by `close()`."""
+
+    settings: Settings
+    ledger: Ledger
+    merchants: dict[str, MerchantServices]
+    query: OrderQuery
+    owns_ledger: bool = True
+    _closers: list[Callable[[], None]] = field(default_factory=list, repr=False)
+
+    @property
+    def database_url(self) -> str:
+        return self.settings.database_url.value
+
+    def _closing(self, built: _T, close: Callable[[], None]) -> _T:
+        self._closers.append(close)
+        return built
+
+    # -- built on first use --------------------------------------------------------------------
+
+    @cached_property
+    def database(self) -> Database:
+        """The project's own tables (outbox, worklist, live-view pointers) on the ledger's store."""
+        database = Database(self.database_url)
+        return self._closing(database, database.close)
+
+    @cached_property
+    def committer(self) -> GroupCommitter:
+        """The HTTP service's write path: notifications from many requests, one transaction."""
+        committer = GroupCommitter(self.ledger)
+        return self._closing(committer, committer.close)
+
+    @cached_property
+    def outbox(self) -> Outbox:
+        outbox = Outbox(outbox_url(self.database_url))
+        return self._closing(outbox, outbox.close)
+
+    @cached_property
+    def worklist(self) -> Worklist:
+        worklist = Worklist(self.database_url)
+        return self._closing(worklist, worklist.close)
+
+    @cached_property
+    def reconciler(self) -> Reconciler:
+        settings = self.settings
+        return Reconciler(
+            self.ledger,
+            self.worklist,
+            self.query,
+            schedule=settings.reconcile_schedule,
+            expiry=settings.reconcile_expiry,
+            rate=settings.reconcile_qps,
+        )
+
+    @cached_property
+    def dispatcher(self) -> Dispatcher:
+        settings = self.settings
+        dispatcher = Dispatcher(
+            self.outbox,
+            schedule=settings.webhook_retry_schedule,
+            timeout=settings.webhook_timeout,
+            disable_after=settings.webhook_disable_after,
+        )
+        return self._closing(dispatcher, dispatcher.close)
+
+    def sync_endpoints(self) -> None:
+        """The `[[endpoints]]` of the configuration file into the outbox (an operator's disable stays)."""
+        sync_endpoints(self.database_url, self.settings.endpoints)
+
+    def projector_threads(self, stop: threading.Event) -> list[threading.Thread]:
+        """Both projections (orders view, outbox), each exclusive by its own lock, until `stop`."""
+        return [
+            threading.Thread(target=run, args=(self.database_url, stop), name=name)
+            for name, run in (("orders-view", run_orders_projector), ("outbox", run_outbox_projector))
+        ]
+
+    def dispatcher_thread(self, stop: threading.Event) -> threading.Thread:
+        """The dispatcher inside `serve --with-workers` (claims rows like a separate `payledger dispatch`)."""
+        return threading.Thread(target=self.dispatcher.run_forever, args=(stop,), name="dispatcher")
+
+    # -- audit ---------------------------------------------------------------------------------
+
+    def verify_all(self) -> Report:
+        """`payledger verify --all`: every chain, every stored signature, every decision re-derived."""
+        keys, apiv3, appids = self._audit_inputs()
+        return verify_all(self.ledger, keys, apiv3=apiv3, appids=appids)
+
+    def verify_order(self, mchid: str, out_trade_no: str) -> Report:
+        keys, apiv3, appids = self._audit_inputs()
+        return verify_order(self.ledger, keys, mchid, out_trade_no, apiv3=apiv3, appids=appids)
+
+    def _audit_inputs(self) -> tuple[dict[str, KeyStore], dict[str, bytes], dict[str, str | None]]:
+        """Each configured merchant's verification keys, APIv3 key and appid, as configured."""
+        merchants = self.settings.merchants
+        return (
+            {m.mchid: m.keys for m in merchants},
+            {m.mchid: m.apiv3_key.value.encode() for m in merchants},
+            {m.mchid: m.appid for m in merchants},
+        )
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start_background(self) -> None:
+        """Periodic certificate refresh (never in a request path)."""
+        for merchant in self.merchants.values():
+            if merchant.certificates is not None and merchant.client is not None:
+                merchant.certificates.start(self.settings.cert_refresh_interval)
+
+    def close(self) -> None:
+        """Close what was built, newest first, then the merchants' clients and the ledger."""
+        while self._closers:
+            self._closers.pop()()
+        for merchant in self.merchants.values():
+            if merchant.certificates is not None:
+                merchant.certificates.stop()
+            if merchant.client is not None:
+                merchant.client.close()
+        if self.owns_ledger:
+            self.ledger.close()
+
+
+def _merchant(
+    merchant: MerchantSettings, clock: Callable[[], float], transport: httpx.BaseTransport | None
+) -> MerchantServices:
+    apiv3 = merchant.apiv3_key.value.encode()
+
+    def client(serial: str | None, keys: Callable[[], KeyStore], **kwargs: object) -> WeChatPayClient:
+        assert merchant.merchant_serial_no is not None and merchant.merchant_private_key is not None
+        return WeChatPayClient(
+            mchid=merchant.mchid,
+            merchant_serial_no=merchant.merchant_serial_no,
+            merchant_private_key=merchant.merchant_private_key,
+            keys=keys,
+            base_url=merchant.api_base_url,
+            wechatpay_serial=serial,
+            transport=transport,
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    can_call = merchant.merchant_private_key is not None and merchant.merchant_serial_no is not None
+    manager = None
+    if merchant.platform_cert_dir is not None:
+        manager = CertificateManager(
+            folder=merchant.platform_cert_dir,
+            apiv3_key=apiv3,
+            public_keys=merchant.keys.public_keys,
+            client_factory=client if can_call else None,
+            clock=clock,
+        )
+        keys: Callable[[], KeyStore] = manager.keys
+    else:
+        fixed = merchant.keys
+        keys = lambda: fixed  # noqa: E731
+    query_client = None
+    if can_call:
+        # In public-key mode ask WeChat to sign answers with the public key we hold (§2.3).
+        query_client = client(
+            merchant.public_key_id,
+            keys,
+            on_unknown_serial=manager.request_refresh if manager is not None else None,
+        )
+    verifier = NotificationVerifier(keys, apiv3, clock=clock)
+    return MerchantServices(merchant, keys, verifier, manager, query_client)
+
+
+def bootstrap(
+    settings: Settings,
+    *,
+    ledger: Ledger | None = None,
+    clock: Callable[[], float] = time.time,
+    transport: httpx.BaseTransport | None = None,
+) -> Services:
+    merchants = {m.mchid: _merchant(m, clock, transport) for m in settings.merchants}
+    the_ledger = ledger if ledger is not None else build_ledger(settings.database_url.value)
+    clients = {mchid: m.client for mchid, m in merchants.items() if m.client is not None}
+    query = OrderQuery(the_ledger, clients, {mchid: m.appid for mchid, m in merchants.items()})
+    return Services(settings, the_ledger, merchants, query, owns_ledger=ledger is None)

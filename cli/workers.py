@@ -1,0 +1,66 @@
+"""`payledger project` and `payledger reconcile`: the workers that follow the log.
+
+(`payledger dispatch`, the third worker, sits with the other webhook commands in `cli.webhooks`.)
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from api.bootstrap import bootstrap
+from cli.common import SubParsers, configure_logging, load_settings, stop_on_signals
+
+__all__ = ["register"]
+
+
+def cmd_project(args: argparse.Namespace) -> int:
+    """Both projections, each exclusive by its own lock; SIGTERM stops them cleanly."""
+    settings = load_settings(args, require_merchant=False)
+    configure_logging(settings.log_level, settings.log_format)
+    services = bootstrap(settings)
+    try:
+        services.sync_endpoints()
+        stop = stop_on_signals()
+        threads = services.projector_threads(stop)
+        for thread in threads:
+            thread.start()
+        while any(t.is_alive() for t in threads):
+            for thread in threads:
+                thread.join(0.5)
+            if not stop.is_set() and not all(t.is_alive() for t in threads):
+                stop.set()  # one projector failed: stop the other and exit, so a supervisor restarts both
+    finally:
+        services.close()
+    return 0
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+    configure_logging(settings.log_level if args.follow else "WARNING", settings.log_format)
+    services = bootstrap(settings)
+    try:
+        reconciler = services.reconciler
+        if args.follow:
+            reconciler.follow(stop_on_signals(), idle=args.interval, report=lambda c: print(c, flush=True))
+            return 0
+        changes = reconciler.run_pass()
+        for change in changes:
+            print(change)
+        failed = sum(1 for c in changes if c.error)
+        print(
+            f"reconciled {len(changes)} order(s): {len(changes) - failed} queried or settled, {failed} failed "
+            f"(retried later); open orders: {services.worklist.counts().get('open', 0)}"
+        )
+        return 0
+    finally:
+        services.close()
+
+
+def register(sub: SubParsers) -> None:
+    reconcile = sub.add_parser("reconcile", help="query open orders whose callback has not come")
+    reconcile.add_argument("--follow", action="store_true", help="keep running")
+    reconcile.add_argument("--interval", type=float, default=1.0, help="idle wait between passes (--follow)")
+    reconcile.set_defaults(func=cmd_reconcile)
+
+    project = sub.add_parser("project", help="run the projection worker (one active per projection; others wait)")
+    project.set_defaults(func=cmd_project)
