@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from api.orders import EVENT_TYPES
-from ledger.domain import FINAL_TRADE_STATES, OPEN_TRADE_STATES
+from ledger.domain import ALL_EVENTS, FINAL_TRADE_STATES, OPEN_TRADE_STATES
 
 __all__ = ["EVENT_NAMES", "OUT_TRADE_NO", "SCHEMAS", "TRADE_STATES", "ref"]
 
 OUT_TRADE_NO = r"^[0-9A-Za-z_\-|*@]{6,32}$"
 TRADE_STATES = sorted(OPEN_TRADE_STATES | FINAL_TRADE_STATES)
-EVENT_NAMES = sorted(EVENT_TYPES)
+EVENT_NAMES = sorted(cls.__name__ for cls in ALL_EVENTS)
 
 
 def ref(name: str) -> dict[str, str]:

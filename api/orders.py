@@ -8,13 +8,12 @@ import re
 from typing import Any
 
 import anyio
-from eventsourcing.domain import Aggregate
 from starlette.requests import Request
 from starlette.responses import Response
 
 from api.responses import LedgerJSONResponse
 from api.state import AppState
-from ledger.domain import FINAL_TRADE_STATES, OPEN_TRADE_STATES, PaymentOrder
+from ledger.domain import ALL_EVENTS, FINAL_TRADE_STATES, OPEN_TRADE_STATES, PaymentOrder
 from ledger.errors import InvalidRequest, OrderNotFound
 from projections.read_model.view import cursor_decode, cursor_encode
 
@@ -37,14 +36,7 @@ TRADE_STATES = OPEN_TRADE_STATES | FINAL_TRADE_STATES
 
 
 # Every event a PaymentOrder stream can hold, by the name the events API shows.
-EVENT_TYPES = frozenset(
-    name
-    for name in dir(PaymentOrder)
-    if not name.startswith("_")
-    and name not in ("Event", "Created")  # the library's base classes, never stored as such
-    and isinstance(getattr(PaymentOrder, name), type)
-    and issubclass(getattr(PaymentOrder, name), Aggregate.Event)
-)
+EVENT_TYPES = frozenset(cls.__name__ for cls in ALL_EVENTS)
 
 
 def order_to_dict(order: PaymentOrder) -> dict[str, Any]:

@@ -39,7 +39,6 @@ from ledger.errors import (
     ConfigurationError,
     EventUndecryptable,
     InvalidRequest,
-    OrderConflict,
     OrderNotFound,
     StoreUnavailable,
 )
@@ -97,10 +96,7 @@ class Ledger(Application[UUID]):
 
         def attempt() -> tuple[PaymentOrder, bool]:
             order = self._load_or_open(mchid, out_trade_no)
-            try:
-                changed = order.register(amount_total, currency, description)
-            except ValueError:
-                raise OrderConflict(f"order {out_trade_no} registered with different details") from None
+            changed = order.register(amount_total, currency, description)
             if changed:
                 self.save(order)
             return order, changed

@@ -1,9 +1,14 @@
 """The payment order aggregate: evidence in, decisions out, no I/O.
 
-Evidence is a verified notification delivery (or, later, a status query). Decisions are
-derived from evidence by `PaymentOrder.receive` and recorded as their own events, so a replay
-never re-decides: it re-applies. Every decision is guarded by state that the decision itself
-changes, which is why duplicates, retries and reorderings collapse into one decision.
+Evidence is a verified notification delivery or a verified status-query answer. Decisions are
+derived from evidence by `PaymentOrder.receive` and `record_query` and recorded as their own
+events, so a replay never re-decides: it re-applies. Every decision is guarded by state that
+the decision itself changes, which is why duplicates, retries and reorderings collapse into one
+decision.
+
+The order's events are named here once, as evidence or decisions (`EVIDENCE_EVENTS`,
+`DECISION_EVENTS`, ...), for everything that follows the log: read model, outbound
+notifications, metrics, events API, `payledger verify`, reconciler.
 """
 
 from __future__ import annotations
@@ -16,11 +21,18 @@ from typing import Any
 
 from eventsourcing.domain import Aggregate
 
+from ledger.errors import OrderConflict
 from ledger.hashchain import ChainedAggregate
 
 __all__ = [
+    "ALL_EVENTS",
+    "DECISION_EVENTS",
+    "EVIDENCE_EVENTS",
     "FINAL_TRADE_STATES",
     "OPEN_TRADE_STATES",
+    "PAYMENT_LIFECYCLE_EVENTS",
+    "WEBHOOK_EVENTS",
+    "AnomalyKind",
     "Evidence",
     "NotificationInbox",
     "Outcome",
@@ -49,8 +61,24 @@ FINAL_TRADE_STATES = frozenset({"SUCCESS", "REFUND", "CLOSED", "REVOKED", "PAYER
 
 
 class Outcome(StrEnum):
+    """What receiving a delivery did: recorded it, or found a byte-identical replay."""
+
     RECORDED = "recorded"
     DUPLICATE = "duplicate"
+
+
+class AnomalyKind(StrEnum):
+    """What an `AnomalyDetected` found; its value is the event's stored `kind`."""
+
+    AMOUNT_MISMATCH = "amount_mismatch"
+    # Stored as kind "amount_mismatch" (detail field "amount.currency", key "currency_mismatch:…"):
+    # the name says what it is, the stored events keep their spelling.
+    CURRENCY_MISMATCH = "amount_mismatch"
+    MCHID_MISMATCH = "mchid_mismatch"
+    APPID_MISMATCH = "appid_mismatch"
+    NOTIFICATION_CONFLICT = "notification_conflict"
+    TRANSACTION_CONFLICT = "transaction_conflict"
+    OVER_REFUND = "over_refund"
 
 
 @dataclass(frozen=True)
@@ -83,7 +111,7 @@ class QueryEvidence:
     queried_at: dt.datetime
 
 
-def _amount(resource: dict[str, Any], name: str) -> int | None:
+def _fen(resource: dict[str, Any], name: str) -> int | None:
     amount = resource.get("amount")
     if isinstance(amount, dict):
         value = amount.get(name)
@@ -92,7 +120,7 @@ def _amount(resource: dict[str, Any], name: str) -> int | None:
     return None
 
 
-def _amounts(resource: dict[str, Any]) -> dict[str, Any]:
+def _amount_object(resource: dict[str, Any]) -> dict[str, Any]:
     amount = resource.get("amount")
     return amount if isinstance(amount, dict) else {}
 
@@ -319,7 +347,7 @@ class PaymentOrder(_DeliveryLog):
             order.trade_state = self.to_state
 
     class AnomalyDetected(Aggregate.Event):
-        kind: str
+        kind: str  # an AnomalyKind value
         key: str
         detail: dict[str, Any]
         evidence: str
@@ -333,19 +361,19 @@ class PaymentOrder(_DeliveryLog):
     def register(self, amount_total: int, currency: str, description: str) -> bool:
         """Register the expected order; False when already registered identically.
 
-        Raises ValueError when registered with different details (the caller maps it to 409).
+        Raises OrderConflict when registered with different details.
         """
         if self.registered:
             if (self.amount_total, self.currency, self.description) == (amount_total, currency, description):
                 return False
-            raise ValueError("registered with different details")
+            raise OrderConflict(f"order {self.out_trade_no} registered with different details")
         self.trigger_event(self.Registered, amount_total=amount_total, currency=currency, description=description)
         if self.paid and self.paid_total != amount_total:
             self._anomaly(
-                "amount_mismatch",
+                AnomalyKind.AMOUNT_MISMATCH,
                 f"amount_mismatch:payment:{self.transaction_id}",
                 {"expected": amount_total, "actual": self.paid_total, "field": "amount.total"},
-                evidence="registration",
+                source="registration",
             )
         return True
 
@@ -356,7 +384,7 @@ class PaymentOrder(_DeliveryLog):
         first_digest = self.resource_digests[evidence.notification_id]
         if first_digest != evidence.resource_digest:
             self._anomaly(
-                "notification_conflict",
+                AnomalyKind.NOTIFICATION_CONFLICT,
                 f"notification_conflict:{evidence.notification_id}:{evidence.resource_digest}",
                 {"notification_id": evidence.notification_id},
                 evidence.notification_id,
@@ -365,7 +393,8 @@ class PaymentOrder(_DeliveryLog):
         if evidence.event_type == "TRANSACTION.SUCCESS":
             self._decide_payment(evidence.resource, evidence.notification_id, expected_appid)
         elif evidence.event_type in {"REFUND.SUCCESS", "REFUND.CLOSED", "REFUND.ABNORMAL"}:
-            self._decide_refund(evidence.resource, evidence.notification_id, evidence.event_type[7:])
+            status = evidence.event_type.removeprefix("REFUND.")
+            self._decide_refund(evidence.resource, evidence.notification_id, status)
         return Outcome.RECORDED
 
     def record_query(self, evidence: QueryEvidence, *, expected_appid: str | None = None) -> None:
@@ -398,96 +427,99 @@ class PaymentOrder(_DeliveryLog):
 
     # -- decisions -----------------------------------------------------------------------
 
-    def _anomaly(self, kind: str, key: str, detail: dict[str, Any], evidence: str) -> None:
-        if key not in self.anomaly_keys:
-            self.trigger_event(self.AnomalyDetected, kind=kind, key=key, detail=detail, evidence=evidence)
+    # `source` names the evidence a decision follows from: a notification id, "query:<request id>"
+    # or "registration"; decision events store it in their `evidence` field.
 
-    def _change_state(self, to_state: str, resource: dict[str, Any], evidence: str) -> None:
+    def _anomaly(self, kind: AnomalyKind, key: str, detail: dict[str, Any], source: str) -> None:
+        if key not in self.anomaly_keys:
+            self.trigger_event(self.AnomalyDetected, kind=kind.value, key=key, detail=detail, evidence=source)
+
+    def _change_state(self, to_state: str, resource: dict[str, Any], source: str) -> None:
         self.trigger_event(
             self.TradeStateChanged,
             from_state=self.trade_state,
             to_state=to_state,
             trade_state_desc=_str(resource, "trade_state_desc"),
-            evidence=evidence,
+            evidence=source,
         )
 
-    def _identity_matches(self, resource: dict[str, Any], evidence: str, expected_appid: str | None) -> bool:
+    def _identity_matches(self, resource: dict[str, Any], source: str, expected_appid: str | None) -> bool:
         mchid = _str(resource, "mchid")
         if mchid != self.mchid:
             self._anomaly(
-                "mchid_mismatch",
-                f"mchid_mismatch:{evidence}",
+                AnomalyKind.MCHID_MISMATCH,
+                f"mchid_mismatch:{source}",
                 {"expected": self.mchid, "actual": mchid},
-                evidence,
+                source,
             )
             return False
         appid = resource.get("appid")
         if expected_appid is not None and appid is not None and appid != expected_appid:
             self._anomaly(
-                "appid_mismatch",
-                f"appid_mismatch:{evidence}",
+                AnomalyKind.APPID_MISMATCH,
+                f"appid_mismatch:{source}",
                 {"expected": expected_appid, "actual": str(appid)},
-                evidence,
+                source,
             )
             return False
         return True
 
-    def _check_total(self, resource: dict[str, Any], subject: str, evidence: str) -> None:
-        total = _amount(resource, "total")
-        currency = _amounts(resource).get("currency")
+    def _check_total(self, resource: dict[str, Any], subject: str, source: str) -> None:
+        total = _fen(resource, "total")
+        currency = _amount_object(resource).get("currency")
         if self.registered and total != self.amount_total:
             self._anomaly(
-                "amount_mismatch",
+                AnomalyKind.AMOUNT_MISMATCH,
                 f"amount_mismatch:{subject}",
                 {"expected": self.amount_total, "actual": total, "field": "amount.total"},
-                evidence,
+                source,
             )
         elif self.registered and currency is not None and currency != self.currency:
             self._anomaly(
-                "amount_mismatch",
+                AnomalyKind.CURRENCY_MISMATCH,
                 f"currency_mismatch:{subject}",
                 {"expected": self.currency, "actual": str(currency), "field": "amount.currency"},
-                evidence,
+                source,
             )
 
-    def _decide_payment(self, resource: dict[str, Any], evidence: str, expected_appid: str | None) -> None:
+    def _decide_payment(self, resource: dict[str, Any], source: str, expected_appid: str | None) -> None:
         if resource.get("trade_state") not in {"SUCCESS", "REFUND"}:
             return
-        if not self._identity_matches(resource, evidence, expected_appid):
+        if not self._identity_matches(resource, source, expected_appid):
             return
         transaction_id = _str(resource, "transaction_id")
-        self._check_total(resource, f"payment:{transaction_id}", evidence)
+        self._check_total(resource, f"payment:{transaction_id}", source)
         if self.paid:
             if transaction_id and transaction_id != self.transaction_id:
                 self._anomaly(
-                    "transaction_conflict",
+                    AnomalyKind.TRANSACTION_CONFLICT,
                     f"transaction_conflict:{transaction_id}",
                     {"expected": self.transaction_id, "actual": transaction_id},
-                    evidence,
+                    source,
                 )
             return
-        amount = _amounts(resource)
+        amount = _amount_object(resource)
         self.trigger_event(
             self.PaymentSucceeded,
             transaction_id=transaction_id,
-            amount_total=_amount(resource, "total"),
-            payer_total=_amount(resource, "payer_total"),
+            amount_total=_fen(resource, "total"),
+            payer_total=_fen(resource, "payer_total"),
             currency=str(amount.get("currency") or "CNY"),
             success_time=_str(resource, "success_time"),
             trade_type=_str(resource, "trade_type"),
-            evidence=evidence,
+            evidence=source,
         )
 
-    def _decide_refund(self, resource: dict[str, Any], evidence: str, event_status: str) -> None:
+    def _decide_refund(self, resource: dict[str, Any], source: str, event_status: str) -> None:
         out_refund_no = _str(resource, "out_refund_no")
         status = _str(resource, "refund_status") or event_status
-        if not out_refund_no or status != event_status or not self._identity_matches(resource, evidence, None):
+        if not out_refund_no or status != event_status or not self._identity_matches(resource, source, None):
             return
-        refund = _amount(resource, "refund")
+        refund = _fen(resource, "refund")
         current = self.refunds.get(out_refund_no, {}).get("status")
         if current in self.FINAL_REFUND_STATES or current == status or refund is None:
             return
-        self._check_total(resource, f"refund:{out_refund_no}", evidence)
+        self._check_total(resource, f"refund:{out_refund_no}", source)
         decision = {
             "SUCCESS": self.RefundSucceeded,
             "CLOSED": self.RefundClosed,
@@ -500,13 +532,60 @@ class PaymentOrder(_DeliveryLog):
             refund=refund,
             success_time=_str(resource, "success_time"),
             transaction_id=_str(resource, "transaction_id"),
-            evidence=evidence,
+            evidence=source,
         )
-        ceiling = self.paid_total if self.paid_total is not None else _amount(resource, "total")
+        ceiling = self.paid_total if self.paid_total is not None else _fen(resource, "total")
         if status == "SUCCESS" and ceiling is not None and self.refunded_total > ceiling:
             self._anomaly(
-                "over_refund",
+                AnomalyKind.OVER_REFUND,
                 f"over_refund:{out_refund_no}",
                 {"paid": ceiling, "refunded_total": self.refunded_total},
-                evidence,
+                source,
             )
+
+
+# -- the events of an order, named once --------------------------------------------------------
+# Every event class of a PaymentOrder is either evidence or a decision (a test keeps it so). The
+# read model, the outbound notifications, the metrics, the events API, `payledger verify` and
+# the reconciler all follow these lists; a new event is added here, and only here.
+
+# What an order's decisions are derived from: the order's identity (Opened: the mchid every
+# identity check is against), the merchant's registration (the amount a payment is checked
+# against), each verified delivery and each verified query answer.
+EVIDENCE_EVENTS: tuple[type[Aggregate.Event], ...] = (
+    PaymentOrder.Opened,
+    PaymentOrder.Registered,
+    PaymentOrder.NotificationReceived,
+    PaymentOrder.StatusQueried,
+)
+
+# What the ledger concluded from its evidence; `payledger verify` re-derives each of them, the
+# metrics count them by type. TradeStateChanged is a decision too: a query found the order in a
+# trade state the ledger had not concluded (USERPAYING, CLOSED, REVOKED, PAYERROR on an unpaid
+# order; REFUND on a paid one).
+DECISION_EVENTS: tuple[type[Aggregate.Event], ...] = (
+    PaymentOrder.PaymentSucceeded,
+    PaymentOrder.RefundSucceeded,
+    PaymentOrder.RefundClosed,
+    PaymentOrder.RefundAbnormal,
+    PaymentOrder.TradeStateChanged,
+    PaymentOrder.AnomalyDetected,
+)
+
+ALL_EVENTS: tuple[type[Aggregate.Event], ...] = EVIDENCE_EVENTS + DECISION_EVENTS
+
+# The decisions sent to business endpoints as outbound notifications: all but TradeStateChanged.
+# The outbound contract is payments, refunds and anomalies; a trade state a query found is read
+# from the orders API. Sending it would give every endpoint subscribed to "*" a new message type.
+WEBHOOK_EVENTS: tuple[type[Aggregate.Event], ...] = tuple(
+    cls for cls in DECISION_EVENTS if cls is not PaymentOrder.TradeStateChanged
+)
+
+# What opens and closes an order's payment question: a registration says a payment is expected,
+# a payment decision or a change of trade state may answer it. (A refund is not one: it follows a
+# payment, and the payment's decision answers the question.)
+PAYMENT_LIFECYCLE_EVENTS: tuple[type[Aggregate.Event], ...] = (
+    PaymentOrder.Registered,
+    PaymentOrder.PaymentSucceeded,
+    PaymentOrder.TradeStateChanged,
+)

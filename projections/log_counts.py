@@ -20,22 +20,12 @@ from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier
 
 from ledger.application import Ledger
-from ledger.domain import PaymentOrder
+from ledger.domain import DECISION_EVENTS, PaymentOrder
 
 __all__ = ["ANOMALY", "DECISION_TYPES", "DecisionTally", "count_by_topic", "unprocessed"]
 
 # The events that are decisions (what the ledger concluded), by the name the metrics use.
-DECISION_TYPES = {
-    get_topic(cls): cls.__name__
-    for cls in (
-        PaymentOrder.PaymentSucceeded,
-        PaymentOrder.RefundSucceeded,
-        PaymentOrder.RefundClosed,
-        PaymentOrder.RefundAbnormal,
-        PaymentOrder.TradeStateChanged,
-        PaymentOrder.AnomalyDetected,
-    )
-}
+DECISION_TYPES = {get_topic(cls): cls.__name__ for cls in DECISION_EVENTS}
 ANOMALY = get_topic(PaymentOrder.AnomalyDetected)
 _PAGE = 500
 

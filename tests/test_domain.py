@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger.domain import Outcome, PaymentOrder, QueryEvidence, inbox_id, order_id
+from ledger.domain import AnomalyKind, Outcome, PaymentOrder, QueryEvidence, inbox_id, order_id
+from ledger.errors import OrderConflict
 from ledger.wechatpay.sandbox.signer import NotificationFactory
 from tests.helpers import event_types, evidence, replay
 
@@ -77,6 +78,31 @@ def test_amount_differing_from_registration_is_an_anomaly() -> None:
     assert Counter(event_types(events))["AnomalyDetected"] == 1
     assert order.anomalies[0]["kind"] == "amount_mismatch"
     assert order.anomalies[0]["detail"] == {"expected": 100, "actual": 1, "field": "amount.total"}
+
+
+def test_currency_differing_from_registration_is_stored_as_an_amount_mismatch() -> None:
+    order = new_order(registered=100)
+    resource = pay(100)
+    resource["amount"]["currency"] = "USD"
+    order.receive(evidence(resource))
+    anomalies = [e for e in order.collect_events() if isinstance(e, PaymentOrder.AnomalyDetected)]
+    assert [(a.kind, a.key) for a in anomalies] == [
+        ("amount_mismatch", "currency_mismatch:payment:4200000000000000000000000001")
+    ]
+    assert type(anomalies[0].kind) is str  # stored as the plain string, not the enum
+    assert anomalies[0].detail == {"expected": "CNY", "actual": "USD", "field": "amount.currency"}
+    assert AnomalyKind.CURRENCY_MISMATCH is AnomalyKind.AMOUNT_MISMATCH
+
+
+def test_anomaly_kinds_keep_the_strings_stored_in_the_log() -> None:
+    assert {kind.value for kind in AnomalyKind} == {
+        "amount_mismatch",
+        "mchid_mismatch",
+        "appid_mismatch",
+        "notification_conflict",
+        "transaction_conflict",
+        "over_refund",
+    }
 
 
 def test_payer_total_below_total_is_not_an_anomaly() -> None:
@@ -151,7 +177,7 @@ def test_other_event_types_are_recorded_without_decision() -> None:
 def test_reregistration_identical_is_a_no_op_and_different_is_refused() -> None:
     order = new_order(registered=100)
     assert order.register(100, "CNY", "") is False
-    with pytest.raises(ValueError):
+    with pytest.raises(OrderConflict):
         order.register(101, "CNY", "")
     assert order.collect_events() == []
 

@@ -57,8 +57,12 @@ def violations(module: str, imported: str) -> str | None:
             return "the protocol package imports only ledger.errors and itself"
         if top == "starlette":
             return "the protocol package knows no web framework"
-    if module == "ledger.domain" and top == "ledger" and not _within(imported, "ledger.hashchain"):
-        return "the domain imports only ledger.hashchain of ours"
+    if module == "ledger.errors" and top in PACKAGES:
+        return "the error tree imports nothing of ours"
+    # ledger.errors imports nothing of ours, so the domain can raise the tree's own errors.
+    if module == "ledger.domain" and top == "ledger":
+        if not (_within(imported, "ledger.hashchain") or _within(imported, "ledger.errors")):
+            return "the domain imports only ledger.hashchain and ledger.errors of ours"
     if any(_within(imported, driver) for driver in DRIVERS) and not _within(module, "ledger.store"):
         return "only ledger/store/ knows the database drivers and the library's backends"
     return None
@@ -99,7 +103,8 @@ def test_only_the_store_imports_database_drivers() -> None:
         ("api.app", "ledger.wechatpay.sandbox.signer", "the sandbox is imported only by cli/, tests and benches"),
         ("ledger.wechatpay.client", "ledger.domain", "the protocol package imports only ledger.errors and itself"),
         ("ledger.wechatpay.notification", "starlette.requests", "the protocol package knows no web framework"),
-        ("ledger.domain", "ledger.settings", "the domain imports only ledger.hashchain of ours"),
+        ("ledger.domain", "ledger.settings", "the domain imports only ledger.hashchain and ledger.errors of ours"),
+        ("ledger.errors", "ledger.settings", "the error tree imports nothing of ours"),
         (
             "projections.read_model.view",
             "psycopg.sql",
@@ -119,6 +124,7 @@ def test_what_the_rules_allow() -> None:
         ("projections.webhooks.outbox", "ledger.store.sql"),
         ("ledger.wechatpay.sandbox.api", "starlette.applications"),
         ("ledger.domain", "ledger.hashchain"),
+        ("ledger.domain", "ledger.errors"),
         ("ledger.store.postgres", "psycopg"),
     ]
     assert [pair for pair in allowed if violations(*pair) is not None] == []

@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
-from ledger.domain import Evidence, PaymentOrder, QueryEvidence
+from ledger.domain import EVIDENCE_EVENTS, Evidence, PaymentOrder, QueryEvidence
+from ledger.errors import OrderConflict
 
 __all__ = ["EVIDENCE", "Rederiver"]
 
-# The events an order's decisions are derived from; every other event of an order is a decision.
-EVIDENCE = frozenset({"Opened", "Registered", "NotificationReceived", "StatusQueried"})
+# The events an order's decisions are derived from, by name; every other event of an order is a decision.
+EVIDENCE = frozenset(cls.__name__ for cls in EVIDENCE_EVENTS)
 
 SHADOWS = 20_000
 _IGNORED = {"originator_id", "originator_version", "timestamp", "chain"}
@@ -97,7 +98,7 @@ class Rederiver:
                 order.receive(Evidence(**{f: getattr(event, f) for f in _EVIDENCE_FIELDS}), expected_appid=appid)
             else:
                 order.record_query(QueryEvidence(**{f: getattr(event, f) for f in _QUERY_FIELDS}), expected_appid=appid)
-        except ValueError:
+        except OrderConflict:
             return [f"{name} is refused by the order as its evidence says it stood"]
         produced = order.collect_events()
         if not produced or type(produced[0]).__name__ != name:

@@ -39,16 +39,16 @@ from ledger.wechatpay.signature import (
     verify_signed_message,
 )
 
-__all__ = ["DEFAULT_BASE_URL", "USER_AGENT", "Outcome", "WeChatPayClient", "WeChatPayResponse", "classify"]
+__all__ = ["DEFAULT_BASE_URL", "USER_AGENT", "AttemptVerdict", "WeChatPayClient", "WeChatPayResponse", "classify"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.mch.weixin.qq.com"
 USER_AGENT = "wechatpay-ledger/0.1"
-Outcome = Literal["ok", "retry", "reject"]
+AttemptVerdict = Literal["ok", "retry", "reject"]
 
 
-def classify(status_code: int | None, exc: BaseException | None = None) -> Outcome:
+def classify(status_code: int | None, exc: BaseException | None = None) -> AttemptVerdict:
     """What one attempt's result means (§5.4): trust it (after verification), try again, or stop."""
     if exc is not None:
         # TimeoutException is a TransportError; anything else (a broken gzip stream, a redirect
@@ -202,19 +202,19 @@ class WeChatPayClient:
             try:
                 response = self._http.send(self._request(method, path, body, min(self._timeout, remaining)))
             except httpx.HTTPError as exc:
-                outcome, last = classify(None, exc), type(exc).__name__
+                verdict, last = classify(None, exc), type(exc).__name__
             else:
-                outcome, last = classify(response.status_code), f"HTTP {response.status_code}"
+                verdict, last = classify(response.status_code), f"HTTP {response.status_code}"
             duration = self._clock() - sent_at
             logger.debug("wechatpay %s %s -> %s attempt=%d %.3fs", method, path, last, attempts, duration)
-            if outcome == "ok" and response is not None:
+            if verdict == "ok" and response is not None:
                 return self._trusted(method, path, response, verify)
             if response is not None:
                 code, message = _error_fields(response.content)
-                if outcome == "reject":
+                if verdict == "reject":
                     raise WeChatPayRejected(response.status_code, code, message)
                 last = f"{last} {code}".rstrip()
-            elif outcome == "reject":
+            elif verdict == "reject":
                 raise WeChatPayUnavailable(f"{method} {path}: {last}")
             if attempts >= self._max_attempts:
                 break

@@ -24,7 +24,7 @@ from eventsourcing.utils import get_topic
 from psycopg.sql import SQL, Identifier
 
 from ledger.application import Ledger
-from ledger.domain import PaymentOrder
+from ledger.domain import ALL_EVENTS, PaymentOrder
 from ledger.store.backends import persistence_env, small_pool
 
 __all__ = ["ORDER_FIELDS", "OrdersProjection", "OrdersView", "PostgresOrdersView", "SQLiteOrdersView", "view_env"]
@@ -285,21 +285,7 @@ class OrdersProjection(Projection[Any]):
     """Folds PaymentOrder events into order rows, with the domain's own `apply`."""
 
     name = NAME
-    topics = tuple(
-        get_topic(cls)
-        for cls in (
-            PaymentOrder.Opened,
-            PaymentOrder.Registered,
-            PaymentOrder.NotificationReceived,
-            PaymentOrder.PaymentSucceeded,
-            PaymentOrder.RefundSucceeded,
-            PaymentOrder.RefundClosed,
-            PaymentOrder.RefundAbnormal,
-            PaymentOrder.AnomalyDetected,
-            PaymentOrder.StatusQueried,
-            PaymentOrder.TradeStateChanged,
-        )
-    )
+    topics = tuple(get_topic(cls) for cls in ALL_EVENTS)
     cache_size = 10_000
 
     def __init__(self, view: Any) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from eventsourcing.utils import get_topic
 
 from ledger.application import Ledger
-from ledger.domain import FINAL_TRADE_STATES, PaymentOrder
+from ledger.domain import FINAL_TRADE_STATES, PAYMENT_LIFECYCLE_EVENTS, PaymentOrder
 from ledger.errors import OrderNotFound, WeChatPayError
 from ledger.settings import RECONCILE_EXPIRY, RECONCILE_SCHEDULE
 from projections.reconcile.worklist import Due, Worklist
@@ -100,11 +100,7 @@ class Reconciler:
         """Feed the worklist from the log; returns how many events were applied."""
         recorder = self._ledger.recorder
         stop = recorder.max_notification_id() or 0
-        topics = [
-            get_topic(PaymentOrder.Registered),
-            get_topic(PaymentOrder.PaymentSucceeded),
-            get_topic(PaymentOrder.TradeStateChanged),
-        ]
+        topics = [get_topic(cls) for cls in PAYMENT_LIFECYCLE_EVENTS]
         applied = 0
         with self._worklist.transaction() as cur:
             position = self._worklist.position(cur)

@@ -23,7 +23,7 @@ from eventsourcing.utils import Environment, get_topic
 from psycopg.rows import tuple_row
 
 from ledger.application import Ledger
-from ledger.domain import PaymentOrder
+from ledger.domain import WEBHOOK_EVENTS, PaymentOrder
 from ledger.settings import EndpointSettings
 from ledger.store.backends import persistence_env, schema_lock, small_pool
 from projections.webhooks.outbox import Outbox, create_tables, enqueue, load_endpoints, outbox_url
@@ -31,13 +31,7 @@ from projections.webhooks.outbox import Outbox, create_tables, enqueue, load_end
 __all__ = ["DECISIONS", "OutboxProjection", "run_outbox_projector", "start_outbox_projector", "sync_endpoints"]
 
 NAME = "outbox"
-DECISIONS = (
-    PaymentOrder.PaymentSucceeded,
-    PaymentOrder.RefundSucceeded,
-    PaymentOrder.RefundClosed,
-    PaymentOrder.RefundAbnormal,
-    PaymentOrder.AnomalyDetected,
-)
+DECISIONS = WEBHOOK_EVENTS
 
 
 def outbox_env(database_url: str) -> dict[str, str]:
