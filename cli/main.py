@@ -207,7 +207,6 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from api.orders import order_to_dict
     from api.responses import to_jsonable
     from ledger.bootstrap import bootstrap
 
@@ -217,7 +216,7 @@ def cmd_query(args: argparse.Namespace) -> int:
         order = services.query(args.mchid or settings.merchants[0].mchid, args.out_trade_no)
     finally:
         services.close()
-    print(json.dumps(to_jsonable(order_to_dict(order)), ensure_ascii=False, indent=2))
+    print(json.dumps(to_jsonable(order.summary()), ensure_ascii=False, indent=2))
     return 0
 
 
