@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -12,15 +11,14 @@ from contextlib import asynccontextmanager
 import anyio
 import httpx
 from starlette.applications import Starlette
-from starlette.datastructures import Headers
-from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.auth import AdminTokenMiddleware
 from api.bootstrap import bootstrap
+from api.errors import EXCEPTION_HANDLERS
 from api.metrics import (
     DecisionMetrics,
     Guarded,
@@ -37,10 +35,9 @@ from api.openapi import OPENAPI_PATH, openapi
 from api.orders import get_order, order_events, orders, query_order
 from api.request_id import RequestIdMiddleware
 from api.responses import LedgerJSONResponse, fail
-from api.state import AppState, LiveView
+from api.state import AppState, LiveOrdersView, app_state
 from api.ui.pages import ui_mount
 from ledger.application import Ledger
-from ledger.errors import InvalidRequest, LedgerError, WeChatPayRejected
 from ledger.settings import Settings
 from projections.log_counts import DecisionTally
 from projections.read_model.view import NAME as ORDERS_VIEW
@@ -52,26 +49,14 @@ __all__ = ["create_app"]
 
 log = logging.getLogger("api")
 
-_ERROR_CODES = {400: "INVALID_REQUEST", 401: "UNAUTHORIZED", 404: "NOT_FOUND", 409: "CONFLICT"}
-_ROUTING_ERRORS = {404: ("NOT_FOUND", "not found"), 405: ("METHOD_NOT_ALLOWED", "method not allowed")}
-
 
 async def healthz(request: Request) -> Response:
     return LedgerJSONResponse({"status": "ok"})
 
 
-def _is_open(path: str) -> bool:
-    return path in ("/healthz", "/readyz", "/wechatpay/notify", OPENAPI_PATH) or path.startswith("/wechatpay/notify/")
-
-
-def _is_ui(path: str) -> bool:
-    """The operator pages check the token or a login session themselves (api/ui/auth.py)."""
-    return path == "/ui" or path.startswith("/ui/")
-
-
 async def readyz(request: Request) -> Response:
     """Ready when the event store answers and no projection is further behind than the bound."""
-    state: AppState = request.app.state.ledger
+    state = app_state(request)
     lag: ProjectionLag = request.app.state.projection_lag
     breaker: StoreBreaker = request.app.state.store_breaker
     if breaker.is_open:
@@ -91,48 +76,6 @@ async def readyz(request: Request) -> Response:
     return LedgerJSONResponse({"status": "ready"})
 
 
-class AdminTokenMiddleware:
-    """With `LEDGER_ADMIN_TOKEN` set, everything but notifications and /healthz needs it."""
-
-    def __init__(self, app: ASGIApp, token: str) -> None:
-        self._app = app
-        self._expected = f"Bearer {token}".encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not _is_open(scope["path"]) and not _is_ui(scope["path"]):
-            given = Headers(scope=scope).get("authorization", "").encode()
-            if not hmac.compare_digest(given, self._expected):
-                answer = fail(401, "missing or wrong admin token", "UNAUTHORIZED")
-                answer.headers["www-authenticate"] = "Bearer"
-                await answer(scope, receive, send)
-                return
-        await self._app(scope, receive, send)
-
-
-async def _ledger_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, LedgerError)
-    code = "FAIL" if request.url.path.startswith("/wechatpay/") else _ERROR_CODES.get(exc.status_code, "FAIL")
-    # Our own API explains what was wrong with the request; everything else gets the fixed reason.
-    message = str(exc) if isinstance(exc, InvalidRequest) else exc.reason
-    if isinstance(exc, WeChatPayRejected) and exc.code:
-        message = f"{exc.reason}: {exc.code}"
-    return fail(exc.status_code, message, code)
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    """Routing failures (no such path, method not allowed) in the same JSON shape as every other answer."""
-    assert isinstance(exc, HTTPException)
-    code, message = _ROUTING_ERRORS.get(exc.status_code, ("FAIL", "invalid request"))
-    answer = fail(exc.status_code, message, code)
-    answer.headers.update(exc.headers or {})
-    return answer
-
-
-async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.error("unexpected %s on %s %s", type(exc).__name__, request.method, request.url.path, exc_info=exc)
-    return fail(500, "internal error")
-
-
 def create_app(
     settings: Settings,
     *,
@@ -147,11 +90,11 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         committer = services.committer
-        views = LiveView(settings.database_url.value)
+        views = LiveOrdersView(settings.database_url.value)
         outbox_view = open_outbox_view(settings.database_url.value)
         outbox = services.outbox
         registry = new_registry()
-        app.state.ledger = AppState(
+        app.state.app_state = AppState(
             services, committer, anyio.CapacityLimiter(settings.worker_threads), views, NotifyMetrics(registry)
         )
         app.state.projection_lag = ProjectionLag(
@@ -201,5 +144,5 @@ def create_app(
         routes=routes,
         middleware=middleware,
         lifespan=lifespan,
-        exception_handlers={LedgerError: _ledger_error, HTTPException: _http_error, Exception: _unexpected},
+        exception_handlers=EXCEPTION_HANDLERS,
     )

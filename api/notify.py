@@ -1,4 +1,10 @@
-"""`POST /wechatpay/notify[/{mchid}]`: raw bytes in; 204 only after the events are committed."""
+"""`POST /wechatpay/notify[/{mchid}]`: raw bytes in; 204 only after the events are committed.
+
+Every refusal, from an unknown merchant to a bad signature, is a `NotificationRejected`: its
+answer and the outcome it is counted under come from the one table (api/errors.py), its log
+line from here. The endpoint answers them itself rather than through the app's handler, so
+that every answer is counted, timed and logged.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +15,19 @@ import time
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from api.responses import fail
-from api.state import AppState
+from api.errors import UNEXPECTED, ErrorAnswer, answer_for
+from api.metrics import NotifyMetrics
+from api.state import AppState, app_state
 from ledger.domain import Outcome
 from ledger.errors import (
+    BodyTimeout,
     BodyTooLarge,
+    ClientGone,
     DecryptionFailed,
-    MalformedNotification,
+    DuplicateSignatureHeader,
     NotificationRejected,
-    SignatureProbe,
-    StaleTimestamp,
     StoreUnavailable,
+    UnknownMerchant,
     UnknownSerial,
 )
 
@@ -28,13 +36,6 @@ __all__ = ["notify", "read_body"]
 log = logging.getLogger("api.notify")
 # WeChat counts an answer after 5 s as a failure; leave room for the network.
 STORE_DEADLINE = 4.0
-# The outcome counted for each refusal; any other verification failure is a bad signature.
-_REJECTED = {
-    SignatureProbe: "probe",
-    StaleTimestamp: "stale",
-    UnknownSerial: "unknown_serial",
-    MalformedNotification: "malformed",
-}
 SIGNATURE_HEADERS = frozenset(
     {
         b"wechatpay-timestamp",
@@ -73,73 +74,76 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _closing(response: Response) -> Response:
-    """Close the connection after this answer: the rest of the body is never read."""
-    response.headers["connection"] = "close"
-    return response
-
-
-async def notify(request: Request) -> Response:
-    state: AppState = request.app.state.ledger
-    started = time.perf_counter()
-    metrics = state.notify_metrics
-    mchid = request.path_params.get("mchid") or state.default_mchid
-    merchant = state.merchants.get(mchid or "")
-    if merchant is None:
-        log.warning("notification for unknown merchant %r", (mchid or "")[:32], extra={"outcome": "unknown_merchant"})
-        metrics.answered("unknown_merchant", started)
-        return fail(404, "unknown merchant")
+async def _read(request: Request, state: AppState) -> bytes:
+    """The body within the read timeout, or the refusal that says why not."""
     timeout = state.settings.body_read_timeout
     try:
         async with asyncio.timeout(timeout):
-            body = await read_body(request, state.max_body_bytes)
-    except BodyTooLarge as exc:
-        log.warning("notification refused mchid=%s: %s", mchid, exc.reason, extra={"outcome": "too_large"})
-        metrics.answered("too_large", started)
-        return _closing(fail(413, exc.reason))
+            return await read_body(request, state.max_body_bytes)
     except TimeoutError:
-        log.warning(
-            "notification body not received within %ds mchid=%s", timeout, mchid, extra={"outcome": "body_timeout"}
-        )
-        metrics.answered("body_timeout", started)
-        return _closing(fail(408, "request body timeout"))
+        raise BodyTimeout(f"not received within {timeout}s") from None
     except ClientDisconnect:
-        metrics.answered("disconnected", started)
-        return fail(400, "client disconnected")
+        raise ClientGone() from None
 
-    if _repeated_signature_header(request.headers.raw):
-        # Which of two values we verified and which one a proxy or an auditor reads could differ.
-        log.warning(
-            "notification rejected mchid=%s: a signature header is repeated", mchid, extra={"outcome": "bad_signature"}
-        )
-        metrics.answered("bad_signature", started)
-        return fail(401, "duplicate signature headers")
-    try:
-        notification = merchant.verifier.verify(request.headers, body)
-    except DecryptionFailed:
+
+def _log_refusal(exc: NotificationRejected, answer: ErrorAnswer, mchid: str | None, state: AppState) -> None:
+    """One line for each refusal, at the level it deserves, with the outcome it is counted under."""
+    outcome = {"outcome": answer.outcome}
+    if isinstance(exc, UnknownMerchant):
+        log.warning("notification for unknown merchant %r", (mchid or "")[:32], extra=outcome)
+    elif isinstance(exc, BodyTooLarge):
+        log.warning("notification refused mchid=%s: %s", mchid, exc.reason, extra=outcome)
+    elif isinstance(exc, BodyTimeout):
+        timeout = state.settings.body_read_timeout
+        log.warning("notification body not received within %ds mchid=%s", timeout, mchid, extra=outcome)
+    elif isinstance(exc, ClientGone):
+        pass  # nobody is left to read the answer or to retry because of it: counted only
+    elif isinstance(exc, DuplicateSignatureHeader):
+        log.warning("notification rejected mchid=%s: a signature header is repeated", mchid, extra=outcome)
+    elif isinstance(exc, DecryptionFailed):
         log.error(
             "SIGNED NOTIFICATION DOES NOT DECRYPT for mchid=%s: WECHATPAY_APIV3_KEY is wrong or was "
             "reset; WeChat will retry, fix the key now",
             mchid,
-            extra={"outcome": "decrypt_failure"},
+            extra=outcome,
         )
-        metrics.answered("decrypt_failure", started)
-        return fail(500, DecryptionFailed.reason)
-    except NotificationRejected as exc:
-        outcome = _REJECTED.get(type(exc), "bad_signature")
+    else:
         log.warning(
             "notification rejected mchid=%s status=%d: %s",
             mchid,
-            exc.status_code,
+            answer.status,
             exc,
-            extra={"mchid": mchid, "outcome": outcome, "status": exc.status_code},
+            extra={"mchid": mchid, "outcome": answer.outcome, "status": answer.status},
         )
-        metrics.answered(outcome, started)
-        if isinstance(exc, UnknownSerial) and merchant.certificates is not None:
+
+
+def _answered(metrics: NotifyMetrics, started: float, answer: ErrorAnswer, exc: BaseException) -> Response:
+    """Count the failure under its outcome and answer it as WeChat Pay reads failures."""
+    metrics.answered(answer.outcome, started)
+    return answer.response(exc, notification=True)
+
+
+async def notify(request: Request) -> Response:
+    state = app_state(request)
+    started = time.perf_counter()
+    metrics = state.notify_metrics
+    mchid = request.path_params.get("mchid") or state.default_mchid
+    merchant = state.merchants.get(mchid or "")
+    try:
+        if merchant is None:
+            raise UnknownMerchant(f"no merchant {(mchid or '')[:32]!r}")
+        body = await _read(request, state)
+        if _repeated_signature_header(request.headers.raw):
+            raise DuplicateSignatureHeader("a signature header is repeated")
+        notification = merchant.verifier.verify(request.headers, body)
+    except NotificationRejected as exc:
+        answer = answer_for(exc)
+        _log_refusal(exc, answer, mchid, state)
+        if isinstance(exc, UnknownSerial) and merchant is not None and merchant.certificates is not None:
             # Perhaps a rotation we have not seen yet: refresh in the background, rate-limited.
             # This answer stays a failure; WeChat's retry will find the new certificate.
             merchant.certificates.request_refresh(exc.serial)
-        return fail(exc.status_code, exc.reason)
+        return _answered(metrics, started, answer, exc)
 
     try:
         # On timeout we stop waiting; if the commit still lands, WeChat's retry collapses
@@ -147,26 +151,29 @@ async def notify(request: Request) -> Response:
         async with asyncio.timeout(STORE_DEADLINE):
             result = await state.committer.submit_async(merchant.mchid, notification, expected_appid=merchant.appid)
     except (StoreUnavailable, TimeoutError) as exc:
+        why = "store unavailable" if isinstance(exc, StoreUnavailable) else f"no commit within {STORE_DEADLINE}s"
+        failure = exc if isinstance(exc, StoreUnavailable) else StoreUnavailable(why)
+        answer = answer_for(failure)
         log.error(
-            "notification %s not stored (%s); answering 503 so WeChat retries",
+            "notification %s not stored (%s); answering %d so WeChat retries",
             notification.id,
-            "store unavailable" if isinstance(exc, StoreUnavailable) else f"no commit within {STORE_DEADLINE}s",
-            extra={"outcome": "store_unavailable", "notification_id": notification.id},
+            why,
+            answer.status,
+            extra={"outcome": answer.outcome, "notification_id": notification.id},
         )
-        metrics.answered("store_unavailable", started)
-        return fail(503, StoreUnavailable.reason)
+        return _answered(metrics, started, answer, failure)
     except Exception as exc:
         # Not stored, for a reason of ours (a bug): logged with its traceback for us, answered
         # with a fixed reason, counted and timed like every other answer. WeChat retries.
         log.error(
-            "notification %s not stored: unexpected %s; answering 500 so WeChat retries",
+            "notification %s not stored: unexpected %s; answering %d so WeChat retries",
             notification.id,
             type(exc).__name__,
+            UNEXPECTED.status,
             exc_info=exc,
-            extra={"outcome": "error", "notification_id": notification.id},
+            extra={"outcome": UNEXPECTED.outcome, "notification_id": notification.id},
         )
-        metrics.answered("error", started)
-        return fail(500, "internal error")
+        return _answered(metrics, started, UNEXPECTED, exc)
     outcome = "accepted" if result.outcome is Outcome.RECORDED else "duplicate"
     duration_ms = metrics.answered(outcome, started) * 1000
     log.info(

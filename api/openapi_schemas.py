@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from api.params import OUT_TRADE_NO as _OUT_TRADE_NO
 from ledger.domain import ALL_EVENTS, FINAL_TRADE_STATES, OPEN_TRADE_STATES
 
 __all__ = ["EVENT_NAMES", "OUT_TRADE_NO", "SCHEMAS", "TRADE_STATES", "ref"]
 
-OUT_TRADE_NO = r"^[0-9A-Za-z_\-|*@]{6,32}$"
+OUT_TRADE_NO = f"^{_OUT_TRADE_NO.pattern}$"
 TRADE_STATES = sorted(OPEN_TRADE_STATES | FINAL_TRADE_STATES)
 EVENT_NAMES = sorted(cls.__name__ for cls in ALL_EVENTS)
 

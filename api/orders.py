@@ -11,9 +11,10 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api.params import mchid_param, out_trade_no_param
 from api.responses import LedgerJSONResponse
-from api.state import AppState
-from ledger.domain import ALL_EVENTS, FINAL_TRADE_STATES, OPEN_TRADE_STATES, PaymentOrder
+from api.state import app_state
+from ledger.domain import ALL_EVENTS, FINAL_TRADE_STATES, OPEN_TRADE_STATES
 from ledger.errors import InvalidRequest, OrderNotFound
 from projections.read_model.view import cursor_decode, cursor_encode
 
@@ -22,13 +23,11 @@ __all__ = [
     "get_order",
     "list_orders",
     "order_events",
-    "order_to_dict",
     "orders",
     "query_order",
     "register_order",
 ]
 
-OUT_TRADE_NO = re.compile(r"[0-9A-Za-z_\-|*@]{6,32}")
 CURRENCY = re.compile(r"[A-Z]{3}")
 _REGISTER_FIELDS = {"out_trade_no", "amount_total", "currency", "mchid", "description"}
 MAX_REGISTER_BODY = 16 * 1024
@@ -37,10 +36,6 @@ TRADE_STATES = OPEN_TRADE_STATES | FINAL_TRADE_STATES
 
 # Every event a PaymentOrder stream can hold, by the name the events API shows.
 EVENT_TYPES = frozenset(cls.__name__ for cls in ALL_EVENTS)
-
-
-def order_to_dict(order: PaymentOrder) -> dict[str, Any]:
-    return order.summary()
 
 
 def _version_param(request: Request, name: str, *, minimum: int) -> int | None:
@@ -64,24 +59,8 @@ def _types_param(request: Request) -> list[str] | None:
     return types
 
 
-def _mchid(state: AppState, given: Any) -> str:
-    if given is None or given == "":
-        if len(state.merchants) != 1 or state.default_mchid is None:
-            raise InvalidRequest("mchid is required when several merchants are configured")
-        return state.default_mchid
-    if not isinstance(given, str) or given not in state.merchants:
-        raise InvalidRequest("unknown mchid")
-    return given
-
-
-def _out_trade_no(value: Any) -> str:
-    if not isinstance(value, str) or not OUT_TRADE_NO.fullmatch(value):
-        raise InvalidRequest("out_trade_no must be 6-32 characters of letters, digits, _-|*@")
-    return value
-
-
 async def register_order(request: Request) -> Response:
-    state: AppState = request.app.state.ledger
+    state = app_state(request)
     raw = await request.body()
     if len(raw) > MAX_REGISTER_BODY:
         raise InvalidRequest("body too large")
@@ -94,7 +73,7 @@ async def register_order(request: Request) -> Response:
     unknown = sorted(set(body) - _REGISTER_FIELDS)
     if unknown:
         raise InvalidRequest(f"unknown field {unknown[0][:40]!r}")
-    out_trade_no = _out_trade_no(body.get("out_trade_no"))
+    out_trade_no = out_trade_no_param(body.get("out_trade_no"))
     amount = body.get("amount_total")
     if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
         raise InvalidRequest("amount_total must be a positive integer in fen")
@@ -106,12 +85,12 @@ async def register_order(request: Request) -> Response:
         raise InvalidRequest("description must be a string of at most 127 characters")
     if "mchid" in body and not isinstance(body["mchid"], str):
         raise InvalidRequest("mchid must be a string")
-    mchid = _mchid(state, body.get("mchid"))
+    mchid = mchid_param(state, body.get("mchid"))
     order, created = await anyio.to_thread.run_sync(
         lambda: state.ledger.register_order(mchid, out_trade_no, amount, currency, description),
         limiter=state.limiter,
     )
-    return LedgerJSONResponse(order_to_dict(order), status_code=201 if created else 200)
+    return LedgerJSONResponse(order.summary(), status_code=201 if created else 200)
 
 
 async def orders(request: Request) -> Response:
@@ -126,15 +105,15 @@ async def get_order(request: Request) -> Response:
 
     `?as_of_version=N` replays the stream up to event N instead (404 beyond the current version).
     """
-    state: AppState = request.app.state.ledger
+    state = app_state(request)
     out_trade_no = request.path_params["out_trade_no"]
-    mchid = _mchid(state, request.query_params.get("mchid"))
+    mchid = mchid_param(state, request.query_params.get("mchid"))
     as_of = _version_param(request, "as_of_version", minimum=1)
     if as_of is not None:
         order = await anyio.to_thread.run_sync(
             lambda: state.ledger.order_as_of(mchid, out_trade_no, as_of), limiter=state.limiter
         )
-        return LedgerJSONResponse(order_to_dict(order))
+        return LedgerJSONResponse(order.summary())
 
     def read() -> dict[str, Any]:
         view = state.orders_view
@@ -143,12 +122,13 @@ async def get_order(request: Request) -> Response:
             if row is None:
                 raise OrderNotFound(out_trade_no)
             return dict(row["document"])
-        return order_to_dict(state.ledger.get_order(mchid, out_trade_no))
+        return state.ledger.get_order(mchid, out_trade_no).summary()
 
     return LedgerJSONResponse(await anyio.to_thread.run_sync(read, limiter=state.limiter))
 
 
-def _float_param(request: Request, name: str) -> float | None:
+def _time_param(request: Request, name: str) -> float | None:
+    """An ISO 8601 time (a trailing Z allowed), as a POSIX timestamp."""
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return None
@@ -160,7 +140,7 @@ def _float_param(request: Request, name: str) -> float | None:
 
 async def list_orders(request: Request) -> Response:
     """`GET /orders?trade_state=&mchid=&since=&until=&limit=&cursor=` from the read model."""
-    state: AppState = request.app.state.ledger
+    state = app_state(request)
     view = state.orders_view
     if view is None:
         raise InvalidRequest("the read model is not configured")
@@ -180,7 +160,7 @@ async def list_orders(request: Request) -> Response:
             after = cursor_decode(params["cursor"])
         except ValueError:
             raise InvalidRequest("bad cursor") from None
-    since, until = _float_param(request, "since"), _float_param(request, "until")
+    since, until = _time_param(request, "since"), _time_param(request, "until")
     mchid = params.get("mchid") or None
 
     def read() -> dict[str, Any]:
@@ -200,9 +180,9 @@ async def list_orders(request: Request) -> Response:
 
 async def order_events(request: Request) -> Response:
     """`?type=A,B` keeps those event types; `?since_version=N` keeps versions above N (exclusive)."""
-    state: AppState = request.app.state.ledger
+    state = app_state(request)
     out_trade_no = request.path_params["out_trade_no"]
-    mchid = _mchid(state, request.query_params.get("mchid"))
+    mchid = mchid_param(state, request.query_params.get("mchid"))
     since = _version_param(request, "since_version", minimum=0) or 0
     types = _types_param(request)
     events = await anyio.to_thread.run_sync(
@@ -214,8 +194,8 @@ async def order_events(request: Request) -> Response:
 
 async def query_order(request: Request) -> Response:
     """Ask WeChat Pay now; 200 with the updated order, 502 when its answer failed or is untrusted."""
-    state: AppState = request.app.state.ledger
-    out_trade_no = _out_trade_no(request.path_params["out_trade_no"])
-    mchid = _mchid(state, request.query_params.get("mchid"))
+    state = app_state(request)
+    out_trade_no = out_trade_no_param(request.path_params["out_trade_no"])
+    mchid = mchid_param(state, request.query_params.get("mchid"))
     order = await anyio.to_thread.run_sync(lambda: state.services.query(mchid, out_trade_no), limiter=state.limiter)
-    return LedgerJSONResponse(order_to_dict(order))
+    return LedgerJSONResponse(order.summary())

@@ -1,4 +1,8 @@
-"""What the app holds between requests: the wired services, the group committer, a thread limiter."""
+"""What the app holds between requests: the wired services, the group committer, a thread limiter.
+
+`create_app`'s lifespan stores one `AppState` at `app.state.app_state`; handlers read it through
+`app_state(request)`, typed.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from dataclasses import dataclass, field
 
 import anyio
 from prometheus_client import CollectorRegistry
+from starlette.requests import Request
 
 from api.bootstrap import MerchantServices, Services
 from api.metrics import NotifyMetrics
@@ -18,10 +23,10 @@ from projections.read_model.live import live_view
 from projections.read_model.runner import open_orders_view
 from projections.read_model.view import NAME, OrdersView
 
-__all__ = ["AppState", "LiveView"]
+__all__ = ["AppState", "LiveOrdersView", "app_state"]
 
 
-class LiveView:
+class LiveOrdersView:
     """The live version of the orders view, re-checked at most once a second (a rebuild may switch it)."""
 
     def __init__(self, database_url: str, interval: float = 1.0) -> None:
@@ -51,7 +56,7 @@ class AppState:
     services: Services
     committer: GroupCommitter
     limiter: anyio.CapacityLimiter
-    views: LiveView | None = None
+    views: LiveOrdersView | None = None
     notify_metrics: NotifyMetrics = field(default_factory=lambda: NotifyMetrics(CollectorRegistry()))
 
     @property
@@ -78,3 +83,9 @@ class AppState:
     @property
     def max_body_bytes(self) -> int:
         return self.settings.max_body_bytes
+
+
+def app_state(request: Request) -> AppState:
+    """What `create_app` stored for this app."""
+    state: AppState = request.app.state.app_state
+    return state

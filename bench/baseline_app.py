@@ -29,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from api.errors import answer_for
 from ledger.errors import NotificationRejected
 from ledger.settings import Settings
 from ledger.store.backends import persistence_env
@@ -167,7 +168,7 @@ def create_app(settings: Settings) -> Starlette:
             # Synchronous on the event loop, exactly where the ledger verifies too.
             resource = verifier.verify(request.headers, body).resource
         except NotificationRejected as exc:
-            return _fail(exc.status_code, exc.reason)
+            return _fail(answer_for(exc).status, exc.reason)
         out_trade_no = str(resource.get("out_trade_no", ""))
         transaction_id = str(resource.get("transaction_id", ""))
         updated = await anyio.to_thread.run_sync(orders.mark_paid, out_trade_no, transaction_id, limiter=limiter)

@@ -3,36 +3,45 @@
 LedgerError
 ├── ConfigurationError          bad or missing setting, raised at start-up; names the setting
 ├── NotificationRejected        an inbound notification we must not acknowledge
-│   ├── VerificationFailed      401: missing headers, stale timestamp, unknown serial,
+│   ├── VerificationFailed      missing headers, stale timestamp, unknown serial,
 │   │   │                            probe or bad signature, wrong signature type
-│   │   ├── UnknownSerial       401: no key for this Wechatpay-Serial (may trigger a refresh)
-│   │   ├── StaleTimestamp      401: Wechatpay-Timestamp outside the allowed window
-│   │   └── SignatureProbe      401: WeChat's deliberate WECHATPAY/SIGNTEST/ signature
-│   ├── MalformedNotification   400: verified, but the envelope is not what WeChat sends
-│   ├── BodyTooLarge            413
-│   └── DecryptionFailed        500: signed correctly but the resource does not decrypt
-│                                    (our APIv3 key is wrong); WeChat keeps retrying
-├── OrderConflict               409: the order exists with different registration details
-├── OrderNotFound               404
-├── InvalidRequest              400: a request to our own API is malformed
-├── StoreUnavailable            503: the event store cannot be reached; nothing was stored
+│   │   ├── UnknownSerial       no key for this Wechatpay-Serial (may trigger a refresh)
+│   │   ├── StaleTimestamp      Wechatpay-Timestamp outside the allowed window
+│   │   ├── SignatureProbe      WeChat's deliberate WECHATPAY/SIGNTEST/ signature
+│   │   └── DuplicateSignatureHeader  a Wechatpay-* signature header appears twice
+│   ├── MalformedNotification   verified, but the envelope is not what WeChat sends
+│   ├── BodyTooLarge            the body is above the limit (refused before it is all read)
+│   ├── DecryptionFailed        signed correctly but the resource does not decrypt
+│   │                                (our APIv3 key is wrong); WeChat keeps retrying
+│   ├── UnknownMerchant         no merchant is configured for the notification's mchid
+│   ├── BodyTimeout             the body did not arrive within the read timeout
+│   └── ClientGone              the client disconnected before its body was read
+├── OrderConflict               the order exists with different registration details
+├── OrderNotFound               no such order, or no such version of it
+├── InvalidRequest              a request to our own API is malformed
+├── StoreUnavailable            the event store cannot be reached; nothing was stored
 ├── EventUndecryptable          a stored event's state cannot be decrypted: its key is not in
 │                                    LEDGER_ENCRYPTION_KEYS, or the bytes were altered
-└── WeChatPayError              an outbound call to WeChat Pay did not give a trusted answer (502)
+└── WeChatPayError              an outbound call to WeChat Pay did not give a trusted answer
     ├── WeChatPayUnavailable    network error, timeout, 429 or 5xx, still failing at the deadline
     ├── WeChatPayRejected       a 4xx answer (not retried); carries WeChat's code and message
     └── ResponseUntrusted       a 2xx whose signature, serial, timestamp or body cannot be trusted
 
 Each error carries a short, fixed `reason` that is safe to put in an answer; the exception
-message may hold more detail for logs, never secrets.
+message may hold more detail for logs, never secrets. This module knows no HTTP: what each
+error answers (status, code, message, the outcome a notification counts) is the one table in
+api/errors.py.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "BodyTimeout",
     "BodyTooLarge",
+    "ClientGone",
     "ConfigurationError",
     "DecryptionFailed",
+    "DuplicateSignatureHeader",
     "EventUndecryptable",
     "InvalidRequest",
     "LedgerError",
@@ -44,6 +53,7 @@ __all__ = [
     "SignatureProbe",
     "StaleTimestamp",
     "StoreUnavailable",
+    "UnknownMerchant",
     "UnknownSerial",
     "VerificationFailed",
     "WeChatPayError",
@@ -53,7 +63,6 @@ __all__ = [
 
 
 class LedgerError(Exception):
-    status_code = 500
     reason = "internal error"
 
     def __init__(self, detail: str = "", *, reason: str | None = None) -> None:
@@ -76,7 +85,6 @@ class NotificationRejected(LedgerError):
 
 
 class VerificationFailed(NotificationRejected):
-    status_code = 401
     reason = "signature verification failed"
 
 
@@ -97,37 +105,52 @@ class SignatureProbe(VerificationFailed):
 
 
 class MalformedNotification(NotificationRejected):
-    status_code = 400
     reason = "malformed notification"
 
 
 class BodyTooLarge(NotificationRejected):
-    status_code = 413
     reason = "body too large"
 
 
 class DecryptionFailed(NotificationRejected):
-    status_code = 500
     reason = "resource decryption failed"
 
 
+# What the notification endpoint refuses before it verifies anything (and one header check it
+# adds to the verifier's): refusals like the others, so the one table in api/errors.py answers them.
+
+
+class UnknownMerchant(NotificationRejected):
+    reason = "unknown merchant"
+
+
+class BodyTimeout(NotificationRejected):
+    reason = "request body timeout"
+
+
+class ClientGone(NotificationRejected):
+    reason = "client disconnected"
+
+
+class DuplicateSignatureHeader(VerificationFailed):
+    """Which of two values we verified and which one a proxy or an auditor reads could differ."""
+
+    reason = "duplicate signature headers"
+
+
 class OrderConflict(LedgerError):
-    status_code = 409
     reason = "order already registered with different details"
 
 
 class OrderNotFound(LedgerError):
-    status_code = 404
     reason = "order not found"
 
 
 class InvalidRequest(LedgerError):
-    status_code = 400
     reason = "invalid request"
 
 
 class StoreUnavailable(LedgerError):
-    status_code = 503
     reason = "store unavailable"
 
 
@@ -142,7 +165,6 @@ class EventUndecryptable(LedgerError):
 
 
 class WeChatPayError(LedgerError):
-    status_code = 502
     reason = "WeChat Pay answer failed or could not be trusted"
 
 

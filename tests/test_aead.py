@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from api.errors import answer_for
 from ledger.errors import DecryptionFailed
 from ledger.wechatpay.aead import decrypt, encrypt
 
@@ -151,7 +152,7 @@ def test_failures_raise_decryption_failed_only(v3: dict[str, Any], name: str) ->
     with pytest.raises(DecryptionFailed) as exc:
         open_vector(broken)
     assert type(exc.value) is DecryptionFailed
-    assert exc.value.status_code == 500
+    assert answer_for(exc.value).status == 500
 
 
 @pytest.mark.parametrize("aad", ["", "transaction", "refund", "certificate"])

@@ -708,7 +708,7 @@ def test_probe_paths_need_no_admin_token(path: str) -> None:
     """Probes send no Authorization header: with LEDGER_ADMIN_TOKEN set they must still pass."""
     import anyio
 
-    from api.app import AdminTokenMiddleware
+    from api.auth import AdminTokenMiddleware
 
     source = (ROOT / "api" / "app.py").read_text()
     if not re.search(r"Route\(\s*[\"']" + re.escape(path) + r"[\"']", source):

@@ -75,7 +75,7 @@ def test_a_callback_not_stored_for_a_reason_of_ours_is_answered_500_and_counted(
         def broken(*args: Any, **kwargs: Any) -> Any:
             raise RuntimeError("a bug of ours")
 
-        app.state.ledger.committer.submit_async = broken
+        app.state.app_state.committer.submit_async = broken
         paid = factory.paid("ORDER-MG-9", 100)
         answer = client.request(
             "POST", "/wechatpay/notify", [(k.encode(), v.encode()) for k, v in paid.headers.items()], paid.body

@@ -19,12 +19,13 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 
+from api.errors import answer_for
 from api.notify import read_body
-from api.orders import OUT_TRADE_NO, _mchid
+from api.params import OUT_TRADE_NO, mchid_param
 from api.responses import to_jsonable
-from api.state import AppState
+from api.state import app_state
 from api.ui.auth import COOKIE, SESSION_SECONDS, Access, UISessions
-from ledger.errors import BodyTooLarge, InvalidRequest, OrderNotFound, WeChatPayError, WeChatPayRejected
+from ledger.errors import BodyTooLarge, InvalidRequest, LedgerError, OrderNotFound, WeChatPayError
 from ledger.settings import Settings
 from projections.timeline import Entry, attempt_text, duration, iso, load_timeline
 
@@ -105,6 +106,10 @@ class OperatorPages:
         )
         return HTMLResponse(html, status_code=status, headers=_HEADERS)
 
+    def failure(self, request: Request, access: Access, exc: LedgerError, message: str) -> HTMLResponse:
+        """The page for a failure: the status the JSON API would answer, the operator's own words."""
+        return self.page(request, "message.html", answer_for(exc).status, access=access, message=message)
+
     def login_form(self, request: Request, *, error: str | None = None, next_path: str | None = None) -> HTMLResponse:
         wanted = next_path or request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return self.page(request, "login.html", 401, error=error, next_path=_next_path(wanted))
@@ -158,7 +163,7 @@ class OperatorPages:
         access = self._guard(request)
         if isinstance(access, Response):
             return access
-        state: AppState = request.app.state.ledger
+        state = app_state(request)
         q = request.query_params.get("q", "").strip()[:64]
         if not q:
             return self.page(request, "search.html", access=access, q="", matches=None, behind=False)
@@ -193,19 +198,19 @@ class OperatorPages:
     async def _order_page(
         self, request: Request, access: Access, *, error: str | None = None, status: int = 200
     ) -> Response:
-        state: AppState = request.app.state.ledger
+        state = app_state(request)
         no = request.path_params["out_trade_no"]
         try:
-            mchid = _mchid(state, request.query_params.get("mchid"))
-        except InvalidRequest:
-            return self.page(request, "message.html", 400, access=access, message="Unknown or missing mchid.")
+            mchid = mchid_param(state, request.query_params.get("mchid"))
+        except InvalidRequest as exc:
+            return self.failure(request, access, exc, "Unknown or missing mchid.")
         database_url = state.settings.database_url.value
         try:
             timeline = await anyio.to_thread.run_sync(
                 lambda: load_timeline(state.ledger, database_url, mchid, no), limiter=state.limiter
             )
-        except OrderNotFound:
-            return self.page(request, "message.html", 404, access=access, message="No such order.")
+        except OrderNotFound as exc:
+            return self.failure(request, access, exc, "No such order.")
         queried = request.query_params.get("queried", "")
         return self.page(
             request,
@@ -224,22 +229,23 @@ class OperatorPages:
         access = self._guard(request)
         if isinstance(access, Response):
             return access
-        state: AppState = request.app.state.ledger
+        state = app_state(request)
         form = await _form(request)
         if not self.sessions.csrf_ok(request, access, form.get("csrf", "")):
             return self.page(request, "message.html", 403, access=access, message="This form has expired.")
         no = request.path_params["out_trade_no"]
         try:
-            mchid = _mchid(state, request.query_params.get("mchid"))
-        except InvalidRequest:
-            return self.page(request, "message.html", 400, access=access, message="Unknown or missing mchid.")
+            mchid = mchid_param(state, request.query_params.get("mchid"))
+        except InvalidRequest as exc:
+            return self.failure(request, access, exc, "Unknown or missing mchid.")
         if not OUT_TRADE_NO.fullmatch(no):
             return self.page(request, "message.html", 400, access=access, message="Not an out_trade_no.")
         try:
             order = await anyio.to_thread.run_sync(lambda: state.services.query(mchid, no), limiter=state.limiter)
         except WeChatPayError as exc:
-            reason = f"{exc.reason}: {exc.code}" if isinstance(exc, WeChatPayRejected) and exc.code else exc.reason
-            return await self._order_page(request, access, error=f"WeChat Pay query failed ({reason}).", status=502)
+            answer = answer_for(exc)
+            error = f"WeChat Pay query failed ({answer.message(exc)})."
+            return await self._order_page(request, access, error=error, status=answer.status)
         log.info("operator re-queried %s mchid=%s -> %s", no, mchid, order.trade_state)
         return RedirectResponse(_order_url(no, mchid, queried=str(order.version)), status_code=303, headers=_HEADERS)
 
