@@ -43,12 +43,14 @@ from ledger.bootstrap import bootstrap
 from ledger.errors import InvalidRequest, LedgerError, WeChatPayRejected
 from ledger.groupcommit import GroupCommitter
 from ledger.settings import Settings
+from ledger.store.sql import Database
 from projections.log_counts import DecisionTally
 from projections.read_model.view import NAME as ORDERS_VIEW
 from projections.read_model.view import OrdersProjection
-from projections.webhooks.outbox import Outbox, outbox_url
+from projections.webhooks.outbox import Outbox
 from projections.webhooks.projection import NAME as OUTBOX
 from projections.webhooks.projection import OutboxProjection, open_outbox_view
+from projections.webhooks.schema import outbox_url
 
 __all__ = ["create_app"]
 
@@ -151,7 +153,8 @@ def create_app(
         committer = GroupCommitter(services.ledger)
         views = LiveView(settings.database_url.value)
         outbox_view = open_outbox_view(settings.database_url.value)
-        outbox = Outbox(outbox_url(settings.database_url.value))
+        outbox_database = Database(outbox_url(settings.database_url.value))
+        outbox = Outbox(outbox_database)
         registry = new_registry()
         app.state.ledger = AppState(
             services, committer, anyio.CapacityLimiter(settings.worker_threads), views, NotifyMetrics(registry)
@@ -181,7 +184,7 @@ def create_app(
         committer.close()
         services.close()
         views.close()
-        outbox.close()
+        outbox_database.close()
         outbox_view.datastore.close()
 
     middleware = [Middleware(RequestIdMiddleware)]

@@ -136,19 +136,23 @@ def _projector_threads(database_url: str, stop: threading.Event) -> list[threadi
 def _dispatch_until(database_url: str, stop: threading.Event) -> None:
     """The dispatcher inside `serve --with-workers` (claims rows like a separate `payledger dispatch`)."""
     from cli.webhooks import webhook_settings
+    from ledger.store.sql import Database
     from projections.webhooks.dispatcher import Dispatcher
-    from projections.webhooks.outbox import Outbox, outbox_url
+    from projections.webhooks.outbox import Outbox
+    from projections.webhooks.schema import outbox_url
 
     options = webhook_settings()
-    outbox = Outbox(outbox_url(database_url))
-    dispatcher = Dispatcher(
-        outbox, schedule=options.schedule, timeout=options.timeout, disable_after=options.disable_after
-    )
+    database = Database(outbox_url(database_url))
     try:
-        dispatcher.run_forever(stop)
+        dispatcher = Dispatcher(
+            Outbox(database), schedule=options.schedule, timeout=options.timeout, disable_after=options.disable_after
+        )
+        try:
+            dispatcher.run_forever(stop)
+        finally:
+            dispatcher.close()
     finally:
-        dispatcher.close()
-        outbox.close()
+        database.close()
 
 
 def cmd_project(args: argparse.Namespace) -> int:

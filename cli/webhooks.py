@@ -21,11 +21,14 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ledger.errors import ConfigurationError
+from ledger.errors import ConfigurationError, EndpointNotFound, InvalidEndpoint, MessageNotFound
 from ledger.logs import configure_logging
 from ledger.settings import Settings
-from projections.webhooks.dispatcher import DEFAULT_SCHEDULE, Dispatcher
-from projections.webhooks.outbox import STATES, Endpoint, Message, Outbox, outbox_url
+from ledger.store.sql import Database
+from projections.webhooks.dispatcher import WEBHOOK_RETRY_SCHEDULE, Dispatcher
+from projections.webhooks.outbox import Outbox
+from projections.webhooks.records import STATES, Endpoint, Message
+from projections.webhooks.schema import outbox_url
 
 __all__ = ["WebhookSettings", "main", "register", "webhook_settings"]
 
@@ -34,7 +37,7 @@ LoadSettings = Callable[[argparse.Namespace], Settings]
 
 @dataclass(frozen=True)
 class WebhookSettings:
-    schedule: tuple[float, ...] = DEFAULT_SCHEDULE
+    schedule: tuple[float, ...] = WEBHOOK_RETRY_SCHEDULE
     timeout: float = 10.0
     disable_after: float = 5 * 24 * 3600.0
 
@@ -55,7 +58,7 @@ def _seconds(environ: Mapping[str, str], key: str, default: float, low: float, h
 def webhook_settings(environ: Mapping[str, str] | None = None) -> WebhookSettings:
     env = os.environ if environ is None else environ
     raw = env.get("LEDGER_WEBHOOK_RETRY_SCHEDULE", "").strip()
-    schedule: tuple[float, ...] = DEFAULT_SCHEDULE
+    schedule: tuple[float, ...] = WEBHOOK_RETRY_SCHEDULE
     if raw:
         try:
             schedule = tuple(float(part) for part in raw.split(","))
@@ -71,12 +74,12 @@ def webhook_settings(environ: Mapping[str, str] | None = None) -> WebhookSetting
 
 
 @contextmanager
-def _outbox(load_settings: LoadSettings, args: argparse.Namespace) -> Iterator[Outbox]:
-    outbox = Outbox(outbox_url(load_settings(args).database_url.value))
+def _outbox(database_url: str) -> Iterator[Outbox]:
+    database = Database(outbox_url(database_url))
     try:
-        yield outbox
+        yield Outbox(database)
     finally:
-        outbox.close()
+        database.close()
 
 
 def _iso(at: float | None) -> str | None:
@@ -121,26 +124,26 @@ def _message_dict(msg: Message) -> dict[str, Any]:
 
 
 def cmd_endpoints(load_settings: LoadSettings, args: argparse.Namespace) -> int:
-    with _outbox(load_settings, args) as outbox:
+    with _outbox(load_settings(args).database_url.value) as outbox:
         if args.action == "add":
-            endpoint = outbox.add_endpoint(args.url, args.secret, args.events)
+            endpoint = outbox.endpoints.add(args.url, args.secret, args.events)
             print(f"endpoint {endpoint.id}")
             if args.secret is None:
                 print(f"secret {endpoint.secrets[0]}")
         elif args.action == "list":
-            for endpoint in outbox.list_endpoints():
+            for endpoint in outbox.endpoints.all():
                 _print_endpoint(endpoint)
         elif args.action == "disable":
-            changed = outbox.disable_endpoint(args.id, args.reason)
+            changed = outbox.endpoints.disable(args.id, args.reason)
             print(f"endpoint {args.id} {'disabled' if changed else 'was already disabled'}")
         elif args.action == "enable":
-            changed = outbox.enable_endpoint(args.id)
+            changed = outbox.endpoints.enable(args.id)
             print(f"endpoint {args.id} {'enabled' if changed else 'was already enabled'}")
         elif args.finish:
-            outbox.drop_old_secrets(args.id)
+            outbox.endpoints.drop_old_secrets(args.id)
             print(f"endpoint {args.id}: signing with the newest secret only")
         else:
-            secret = outbox.add_secret(args.id, args.secret)
+            secret = outbox.endpoints.add_secret(args.id, args.secret)
             print(f"endpoint {args.id}: signing with the old and the new secret")
             if args.secret is None:
                 print(f"secret {secret}")
@@ -148,16 +151,16 @@ def cmd_endpoints(load_settings: LoadSettings, args: argparse.Namespace) -> int:
 
 
 def cmd_deliveries(load_settings: LoadSettings, args: argparse.Namespace) -> int:
-    with _outbox(load_settings, args) as outbox:
+    with _outbox(load_settings(args).database_url.value) as outbox:
         if args.action == "resend":
-            outbox.resend(args.id)
+            outbox.messages.resend(args.id)
             print(f"message {args.id} queued again")
         elif args.action == "recover":
             until = args.until or dt.datetime.now(dt.UTC)
-            count = outbox.recover(args.since, until, endpoint_id=args.endpoint)
+            count = outbox.messages.recover(args.since, until, endpoint_id=args.endpoint)
             print(f"{count} message(s) queued again")
         else:
-            messages = outbox.list_messages(args.state, args.limit, endpoint_id=args.endpoint)
+            messages = outbox.messages.newest(args.state, args.limit, endpoint_id=args.endpoint)
             if args.json:
                 print(json.dumps([_message_dict(m) for m in messages], ensure_ascii=False, indent=2))
                 return 0
@@ -177,40 +180,44 @@ def cmd_dispatch(load_settings: LoadSettings, args: argparse.Namespace) -> int:
     from projections.webhooks.projection import sync_endpoints
 
     sync_endpoints(settings.database_url.value, settings.endpoints)
-    outbox = Outbox(outbox_url(settings.database_url.value))
-    dispatcher = Dispatcher(
-        outbox, schedule=options.schedule, timeout=options.timeout, disable_after=options.disable_after
-    )
-    try:
-        if args.once:
-            attempted = dispatcher.run_once(limit=args.limit)
-            counts = ", ".join(f"{n} {state}" for state, n in outbox.counts().items())
-            print(f"attempted {attempted} message(s); {counts}")
-            return 0
-        stop = threading.Event()
-        previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    with _outbox(settings.database_url.value) as outbox:
+        dispatcher = Dispatcher(
+            outbox, schedule=options.schedule, timeout=options.timeout, disable_after=options.disable_after
+        )
         try:
-            dispatcher.run_forever(stop, idle=args.interval)
+            if args.once:
+                attempted = dispatcher.run_once(limit=args.limit)
+                counts = ", ".join(f"{n} {state}" for state, n in outbox.messages.counts().items())
+                print(f"attempted {attempted} message(s); {counts}")
+                return 0
+            stop = threading.Event()
+            previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+            try:
+                dispatcher.run_forever(stop, idle=args.interval)
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+            return 0
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-        return 0
-    finally:
-        dispatcher.close()
-        outbox.close()
+            dispatcher.close()
 
 
 def _guarded(command: Callable[[LoadSettings, argparse.Namespace], int], load_settings: LoadSettings) -> Any:
+    """`command`, with an operator's mistakes answered by a line on stderr and an exit code."""
+
     @functools.wraps(command)
     def run(args: argparse.Namespace) -> int:
         try:
             return command(load_settings, args)
-        except LookupError as exc:
-            print(f"payledger: {exc.args[0]}", file=sys.stderr)
-            return 1
-        except ValueError as exc:
+        except ConfigurationError as exc:
+            print(f"payledger: configuration error: {exc.setting}: {exc.problem}", file=sys.stderr)
+            return 2
+        except InvalidEndpoint as exc:
             print(f"payledger: {exc}", file=sys.stderr)
             return 2
+        except (EndpointNotFound, MessageNotFound) as exc:
+            print(f"payledger: {exc}", file=sys.stderr)
+            return 1
 
     return run
 
@@ -258,15 +265,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], lo
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Stand-alone entry (``python -m cli.webhooks``) until `payledger` wires `register`."""
+    """Stand-alone entry (``python -m cli.webhooks``): the same commands as ``payledger``."""
     parser = argparse.ArgumentParser(prog="payledger", description="Outbound webhooks")
     register(parser.add_subparsers(dest="command", required=True), lambda _: Settings.load(require_merchant=False))
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except ConfigurationError as exc:
-        print(f"payledger: configuration error: {exc.setting}: {exc.problem}", file=sys.stderr)
-        return 2
+    return int(args.func(args))
 
 
 if __name__ == "__main__":
