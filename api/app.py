@@ -86,6 +86,7 @@ def create_app(
 ) -> Starlette:
     """Build the service; the ledger is built from `settings` unless one is given (tests)."""
     services = bootstrap(settings, ledger=ledger, clock=clock, transport=transport)
+    services.ledger  # noqa: B018 - built now: a store that cannot be opened stops start-up, not the first callback
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

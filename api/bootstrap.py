@@ -35,8 +35,9 @@ from projections.read_model.runner import run_orders_projector
 from projections.reconcile.reconciler import Reconciler
 from projections.reconcile.worklist import Worklist
 from projections.webhooks.dispatcher import Dispatcher
-from projections.webhooks.outbox import Outbox, outbox_url
+from projections.webhooks.outbox import Outbox
 from projections.webhooks.projection import run_outbox_projector, sync_endpoints
+from projections.webhooks.schema import outbox_url
 
 __all__ = ["MerchantServices", "Services", "bootstrap"]
 
@@ -65,10 +66,8 @@ class Services:
     """Everything a process runs on; built by `bootstrap`, closed by `close()`."""
 
     settings: Settings
-    ledger: Ledger
     merchants: dict[str, MerchantServices]
-    query: OrderQuery
-    owns_ledger: bool = True
+    given_ledger: Ledger | None = field(default=None, repr=False)  # a test's; its owner closes it
     _closers: list[Callable[[], None]] = field(default_factory=list, repr=False)
 
     @property
@@ -80,6 +79,20 @@ class Services:
         return built
 
     # -- built on first use --------------------------------------------------------------------
+
+    @cached_property
+    def ledger(self) -> Ledger:
+        """The event store and the commands on it."""
+        if self.given_ledger is not None:
+            return self.given_ledger
+        ledger = build_ledger(self.database_url)
+        return self._closing(ledger, ledger.close)
+
+    @cached_property
+    def query(self) -> OrderQuery:
+        """Ask WeChat Pay about an order now and record the answer as evidence."""
+        clients = {mchid: m.client for mchid, m in self.merchants.items() if m.client is not None}
+        return OrderQuery(self.ledger, clients, {mchid: m.appid for mchid, m in self.merchants.items()})
 
     @cached_property
     def database(self) -> Database:
@@ -95,8 +108,12 @@ class Services:
 
     @cached_property
     def outbox(self) -> Outbox:
-        outbox = Outbox(outbox_url(self.database_url))
-        return self._closing(outbox, outbox.close)
+        """The outbound messages: beside the events on PostgreSQL, in a file of their own on SQLite."""
+        url = outbox_url(self.database_url)
+        if url == self.database_url:
+            return Outbox(self.database)
+        database = Database(url)
+        return Outbox(self._closing(database, database.close))
 
     @cached_property
     def worklist(self) -> Worklist:
@@ -170,16 +187,14 @@ class Services:
                 merchant.certificates.start(self.settings.cert_refresh_interval)
 
     def close(self) -> None:
-        """Close what was built, newest first, then the merchants' clients and the ledger."""
-        while self._closers:
-            self._closers.pop()()
+        """Stop the merchants' background work and clients, then close what was built, newest first."""
         for merchant in self.merchants.values():
             if merchant.certificates is not None:
                 merchant.certificates.stop()
             if merchant.client is not None:
                 merchant.client.close()
-        if self.owns_ledger:
-            self.ledger.close()
+        while self._closers:
+            self._closers.pop()()
 
 
 def _merchant(
@@ -233,8 +248,9 @@ def bootstrap(
     clock: Callable[[], float] = time.time,
     transport: httpx.BaseTransport | None = None,
 ) -> Services:
+    """Every long-lived object of a process, from `settings`; each is built when first used.
+
+    `ledger`, `clock` and `transport` are the seams tests use (a shared ledger, a fake clock,
+    an `httpx.MockTransport` standing in for WeChat Pay)."""
     merchants = {m.mchid: _merchant(m, clock, transport) for m in settings.merchants}
-    the_ledger = ledger if ledger is not None else build_ledger(settings.database_url.value)
-    clients = {mchid: m.client for mchid, m in merchants.items() if m.client is not None}
-    query = OrderQuery(the_ledger, clients, {mchid: m.appid for mchid, m in merchants.items()})
-    return Services(settings, the_ledger, merchants, query, owns_ledger=ledger is None)
+    return Services(settings, merchants, given_ledger=ledger)

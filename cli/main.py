@@ -10,7 +10,8 @@ Each command group lives in a module of its own and adds its subcommands here:
     dev.py       demo, sandbox, dev-notify (and the --dev merchant)
 
 Every command builds what it runs on through `api.bootstrap.bootstrap(settings)`.
-Exit codes: 0 done, 1 the command failed (a `LedgerError`: its fixed reason is printed),
+Exit codes: 0 done; 1 the command failed (a `LedgerError`: its fixed reason is printed, or
+for the errors whose message is our own sentence about the operator's input, that sentence);
 2 the configuration or the command line is wrong.
 """
 
@@ -22,7 +23,14 @@ from collections.abc import Sequence
 
 from cli import dev, history, ops, serve, webhooks, workers
 from cli.common import load_settings
-from ledger.errors import ConfigurationError, LedgerError
+from ledger.errors import (
+    ConfigurationError,
+    EndpointNotFound,
+    InvalidEndpoint,
+    InvalidRequest,
+    LedgerError,
+    MessageNotFound,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -39,16 +47,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Errors whose text is our own sentence about what the operator typed (never a secret, never
+# an exception from below): printed as they are. Every other LedgerError prints its fixed reason.
+_OWN_SENTENCE = (InvalidRequest, InvalidEndpoint, EndpointNotFound, MessageNotFound)
+# The operator's input is wrong (like a bad configuration): exit 2.
+_USAGE = (ConfigurationError, InvalidEndpoint)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the parsed command; every error it raises becomes an exit code and one line on stderr."""
     try:
         return int(args.func(args))
-    except ConfigurationError as exc:
-        print(f"payledger: configuration error: {exc.setting}: {exc.problem}", file=sys.stderr)
-        return 2
     except LedgerError as exc:
-        print(f"payledger: {exc.reason}", file=sys.stderr)
-        return 1
+        if isinstance(exc, ConfigurationError):
+            message = f"configuration error: {exc.setting}: {exc.problem}"
+        else:
+            message = str(exc) if isinstance(exc, _OWN_SENTENCE) else exc.reason
+        print(f"payledger: {message}", file=sys.stderr)
+        return 2 if isinstance(exc, _USAGE) else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,82 +1,38 @@
 """`payledger endpoints|deliveries|dispatch`: outbound webhooks, thin over the outbox.
 
-The webhook settings are read from the environment here until they join `Settings`:
-``LEDGER_WEBHOOK_RETRY_SCHEDULE`` (seconds, comma-separated), ``LEDGER_WEBHOOK_TIMEOUT``
-(seconds per request) and ``LEDGER_WEBHOOK_DISABLE_AFTER`` (seconds failing before an
-endpoint is disabled).
+The retry schedule, the request timeout and how long an endpoint may fail before it is
+disabled are settings like any other (`LEDGER_WEBHOOK_*`, environment or TOML); the outbox
+and the dispatcher come from `api.bootstrap`.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import functools
 import json
-import os
-import signal
-import sys
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
-from ledger.errors import ConfigurationError
-from ledger.logs import configure_logging
+from api.bootstrap import Services, bootstrap
+from cli.common import SubParsers, configure_logging, load_settings, stop_on_signals
 from ledger.settings import Settings
-from projections.webhooks.dispatcher import DEFAULT_SCHEDULE, Dispatcher
-from projections.webhooks.outbox import STATES, Endpoint, Message, Outbox, outbox_url
+from projections.webhooks.records import STATES, Endpoint, Message
 
-__all__ = ["WebhookSettings", "main", "register", "webhook_settings"]
+__all__ = ["register"]
 
 LoadSettings = Callable[[argparse.Namespace], Settings]
 
 
-@dataclass(frozen=True)
-class WebhookSettings:
-    schedule: tuple[float, ...] = DEFAULT_SCHEDULE
-    timeout: float = 10.0
-    disable_after: float = 5 * 24 * 3600.0
-
-
-def _seconds(environ: Mapping[str, str], key: str, default: float, low: float, high: float) -> float:
-    raw = environ.get(key, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigurationError(key, "must be a number of seconds") from None
-    if not low <= value <= high:
-        raise ConfigurationError(key, f"must be between {low:g} and {high:g} seconds")
-    return value
-
-
-def webhook_settings(environ: Mapping[str, str] | None = None) -> WebhookSettings:
-    env = os.environ if environ is None else environ
-    raw = env.get("LEDGER_WEBHOOK_RETRY_SCHEDULE", "").strip()
-    schedule: tuple[float, ...] = DEFAULT_SCHEDULE
-    if raw:
-        try:
-            schedule = tuple(float(part) for part in raw.split(","))
-        except ValueError:
-            raise ConfigurationError("LEDGER_WEBHOOK_RETRY_SCHEDULE", "must be comma-separated seconds") from None
-        if any(not 0 < step <= 7 * 24 * 3600 for step in schedule):
-            raise ConfigurationError("LEDGER_WEBHOOK_RETRY_SCHEDULE", "each step must be between 0 and 604800 seconds")
-    return WebhookSettings(
-        schedule=schedule,
-        timeout=_seconds(env, "LEDGER_WEBHOOK_TIMEOUT", 10.0, 0.1, 300.0),
-        disable_after=_seconds(env, "LEDGER_WEBHOOK_DISABLE_AFTER", 5 * 24 * 3600.0, 60.0, 400 * 24 * 3600.0),
-    )
-
-
 @contextmanager
-def _outbox(load_settings: LoadSettings, args: argparse.Namespace) -> Iterator[Outbox]:
-    outbox = Outbox(outbox_url(load_settings(args).database_url.value))
+def _services(load: LoadSettings, args: argparse.Namespace) -> Iterator[Services]:
+    services = bootstrap(load(args))
     try:
-        yield outbox
+        yield services
     finally:
-        outbox.close()
+        services.close()
 
 
 def _iso(at: float | None) -> str | None:
@@ -120,44 +76,46 @@ def _message_dict(msg: Message) -> dict[str, Any]:
     }
 
 
-def cmd_endpoints(load_settings: LoadSettings, args: argparse.Namespace) -> int:
-    with _outbox(load_settings, args) as outbox:
+def cmd_endpoints(load: LoadSettings, args: argparse.Namespace) -> int:
+    with _services(load, args) as services:
+        outbox = services.outbox
         if args.action == "add":
-            endpoint = outbox.add_endpoint(args.url, args.secret, args.events)
+            endpoint = outbox.endpoints.add(args.url, args.secret, args.events)
             print(f"endpoint {endpoint.id}")
             if args.secret is None:
                 print(f"secret {endpoint.secrets[0]}")
         elif args.action == "list":
-            for endpoint in outbox.list_endpoints():
+            for endpoint in outbox.endpoints.all():
                 _print_endpoint(endpoint)
         elif args.action == "disable":
-            changed = outbox.disable_endpoint(args.id, args.reason)
+            changed = outbox.endpoints.disable(args.id, args.reason)
             print(f"endpoint {args.id} {'disabled' if changed else 'was already disabled'}")
         elif args.action == "enable":
-            changed = outbox.enable_endpoint(args.id)
+            changed = outbox.endpoints.enable(args.id)
             print(f"endpoint {args.id} {'enabled' if changed else 'was already enabled'}")
         elif args.finish:
-            outbox.drop_old_secrets(args.id)
+            outbox.endpoints.drop_old_secrets(args.id)
             print(f"endpoint {args.id}: signing with the newest secret only")
         else:
-            secret = outbox.add_secret(args.id, args.secret)
+            secret = outbox.endpoints.add_secret(args.id, args.secret)
             print(f"endpoint {args.id}: signing with the old and the new secret")
             if args.secret is None:
                 print(f"secret {secret}")
     return 0
 
 
-def cmd_deliveries(load_settings: LoadSettings, args: argparse.Namespace) -> int:
-    with _outbox(load_settings, args) as outbox:
+def cmd_deliveries(load: LoadSettings, args: argparse.Namespace) -> int:
+    with _services(load, args) as services:
+        outbox = services.outbox
         if args.action == "resend":
-            outbox.resend(args.id)
+            outbox.messages.resend(args.id)
             print(f"message {args.id} queued again")
         elif args.action == "recover":
             until = args.until or dt.datetime.now(dt.UTC)
-            count = outbox.recover(args.since, until, endpoint_id=args.endpoint)
+            count = outbox.messages.recover(args.since, until, endpoint_id=args.endpoint)
             print(f"{count} message(s) queued again")
         else:
-            messages = outbox.list_messages(args.state, args.limit, endpoint_id=args.endpoint)
+            messages = outbox.messages.newest(args.state, args.limit, endpoint_id=args.endpoint)
             if args.json:
                 print(json.dumps([_message_dict(m) for m in messages], ensure_ascii=False, indent=2))
                 return 0
@@ -170,58 +128,36 @@ def cmd_deliveries(load_settings: LoadSettings, args: argparse.Namespace) -> int
     return 0
 
 
-def cmd_dispatch(load_settings: LoadSettings, args: argparse.Namespace) -> int:
-    settings = load_settings(args)
-    configure_logging(settings.log_level, settings.log_format)
-    options = webhook_settings()
-    from projections.webhooks.projection import sync_endpoints
-
-    sync_endpoints(settings.database_url.value, settings.endpoints)
-    outbox = Outbox(outbox_url(settings.database_url.value))
-    dispatcher = Dispatcher(
-        outbox, schedule=options.schedule, timeout=options.timeout, disable_after=options.disable_after
-    )
-    try:
+def cmd_dispatch(load: LoadSettings, args: argparse.Namespace) -> int:
+    with _services(load, args) as services:
+        configure_logging(services.settings.log_level, services.settings.log_format)
+        services.sync_endpoints()
+        dispatcher = services.dispatcher
         if args.once:
             attempted = dispatcher.run_once(limit=args.limit)
-            counts = ", ".join(f"{n} {state}" for state, n in outbox.counts().items())
+            counts = ", ".join(f"{n} {state}" for state, n in services.outbox.messages.counts().items())
             print(f"attempted {attempted} message(s); {counts}")
             return 0
-        stop = threading.Event()
-        previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            dispatcher.run_forever(stop, idle=args.interval)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        stop: threading.Event = stop_on_signals()
+        dispatcher.run_forever(stop, idle=args.interval)
         return 0
-    finally:
-        dispatcher.close()
-        outbox.close()
 
 
-def _guarded(command: Callable[[LoadSettings, argparse.Namespace], int], load_settings: LoadSettings) -> Any:
-    @functools.wraps(command)
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return command(load_settings, args)
-        except LookupError as exc:
-            print(f"payledger: {exc.args[0]}", file=sys.stderr)
-            return 1
-        except ValueError as exc:
-            print(f"payledger: {exc}", file=sys.stderr)
-            return 2
-
-    return run
+def _without_merchant(args: argparse.Namespace) -> Settings:
+    return load_settings(args, require_merchant=False)
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], load_settings: LoadSettings) -> None:
-    """Add ``endpoints``, ``deliveries`` and ``dispatch`` to a `payledger` parser."""
+def _bound(command: Callable[[LoadSettings, argparse.Namespace], int], load: LoadSettings) -> Any:
+    return lambda args: command(load, args)
+
+
+def register(subparsers: SubParsers, load: LoadSettings = _without_merchant) -> None:
+    """Add ``endpoints``, ``deliveries`` and ``dispatch`` to a `payledger` parser (`load`: tests' settings)."""
     endpoints = subparsers.add_parser("endpoints", help="business endpoints that receive webhooks")
-    endpoints.set_defaults(func=_guarded(cmd_endpoints, load_settings))
+    endpoints.set_defaults(func=_bound(cmd_endpoints, load))
     actions = endpoints.add_subparsers(dest="action", required=True)
     add = actions.add_parser("add", help="add an endpoint (prints its id, and the secret when generated)")
-    add.add_argument("url")
+    add.add_argument("url", help="where to POST the signed messages (http or https)")
     add.add_argument("--secret", help="whsec_... (generated when omitted)")
     add.add_argument("--events", type=_events, metavar="TYPE,...", help="event types to send (default: all)")
     actions.add_parser("list", help="list endpoints (secrets are not shown)")
@@ -236,38 +172,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], lo
     group.add_argument("--finish", action="store_true", help="keep only the newest secret")
 
     deliveries = subparsers.add_parser("deliveries", help="outbound messages and their attempts")
-    deliveries.set_defaults(func=_guarded(cmd_deliveries, load_settings))
+    deliveries.set_defaults(func=_bound(cmd_deliveries, load))
     actions = deliveries.add_subparsers(dest="action", required=True)
     listing = actions.add_parser("list", help="newest messages first, with every attempt")
-    listing.add_argument("--json", action="store_true")
-    listing.add_argument("--state", choices=STATES)
-    listing.add_argument("--endpoint")
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--json", action="store_true", help="one JSON document instead of lines")
+    listing.add_argument("--state", choices=STATES, help="only messages in this state")
+    listing.add_argument("--endpoint", help="only messages for this endpoint id")
+    listing.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
     resend = actions.add_parser("resend", help="queue one message again, whatever its state")
-    resend.add_argument("id")
+    resend.add_argument("id", help="the message's webhook-id (msg_...)")
     recover = actions.add_parser("recover", help="queue again dead and failing messages created in a window")
     recover.add_argument("--since", type=_when, required=True, help="ISO 8601 (UTC when no offset)")
     recover.add_argument("--until", type=_when, help="ISO 8601 (default: now)")
-    recover.add_argument("--endpoint")
+    recover.add_argument("--endpoint", help="only messages for this endpoint id")
 
     dispatch = subparsers.add_parser("dispatch", help="deliver due messages (several may run)")
     dispatch.add_argument("--once", action="store_true", help="one pass, then exit")
     dispatch.add_argument("--limit", type=int, default=1000, help="messages per pass (--once)")
     dispatch.add_argument("--interval", type=float, default=1.0, help="idle wait between passes")
-    dispatch.set_defaults(func=_guarded(cmd_dispatch, load_settings))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Stand-alone entry (``python -m cli.webhooks``) until `payledger` wires `register`."""
-    parser = argparse.ArgumentParser(prog="payledger", description="Outbound webhooks")
-    register(parser.add_subparsers(dest="command", required=True), lambda _: Settings.load(require_merchant=False))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except ConfigurationError as exc:
-        print(f"payledger: configuration error: {exc.setting}: {exc.problem}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    dispatch.set_defaults(func=_bound(cmd_dispatch, load))

@@ -22,6 +22,9 @@ LedgerError
 ├── StoreUnavailable            the event store cannot be reached; nothing was stored
 ├── EventUndecryptable          a stored event's state cannot be decrypted: its key is not in
 │                                    LEDGER_ENCRYPTION_KEYS, or the bytes were altered
+├── EndpointNotFound            no outbound-webhook endpoint with this id
+├── MessageNotFound             no outbound message with this id (webhook-id)
+├── InvalidEndpoint             an endpoint's URL or secret cannot be used
 └── WeChatPayError              an outbound call to WeChat Pay did not give a trusted answer
     ├── WeChatPayUnavailable    network error, timeout, 429 or 5xx, still failing at the deadline
     ├── WeChatPayRejected       a 4xx answer (not retried); carries WeChat's code and message
@@ -42,10 +45,13 @@ __all__ = [
     "ConfigurationError",
     "DecryptionFailed",
     "DuplicateSignatureHeader",
+    "EndpointNotFound",
     "EventUndecryptable",
+    "InvalidEndpoint",
     "InvalidRequest",
     "LedgerError",
     "MalformedNotification",
+    "MessageNotFound",
     "NotificationRejected",
     "OrderConflict",
     "OrderNotFound",
@@ -186,3 +192,25 @@ class WeChatPayRejected(WeChatPayError):
 
 class ResponseUntrusted(WeChatPayError):
     reason = "WeChat Pay answer could not be verified"
+
+
+class EndpointNotFound(LedgerError):
+    reason = "endpoint not found"
+
+    def __init__(self, endpoint_id: str) -> None:
+        super().__init__(f"no endpoint {endpoint_id}")
+        self.endpoint_id = endpoint_id
+
+
+class MessageNotFound(LedgerError):
+    reason = "message not found"
+
+    def __init__(self, message_id: str) -> None:
+        super().__init__(f"no message {message_id}")
+        self.message_id = message_id
+
+
+class InvalidEndpoint(LedgerError):
+    """The message says what is wrong (the URL's scheme or host, a secret's form), never quoting a secret."""
+
+    reason = "invalid endpoint"

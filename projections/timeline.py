@@ -10,17 +10,17 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import sqlite3
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-import psycopg
-
 from ledger.application import Ledger
-from projections.webhooks.outbox import Endpoint, Message, Outbox, outbox_url
+from ledger.store.sql import STORE_ERRORS, Database
+from projections.webhooks.outbox import Outbox
+from projections.webhooks.records import Endpoint, Message
+from projections.webhooks.schema import outbox_url
 
 __all__ = [
     "Entry",
@@ -203,13 +203,14 @@ def load_timeline(ledger: Ledger, database_url: str, mchid: str, out_trade_no: s
     events = ledger.order_history(mchid, out_trade_no)
     order = ledger.get_order(mchid, out_trade_no).summary()
     try:
-        outbox = Outbox(outbox_url(database_url))
+        database = Database(outbox_url(database_url))
         try:
-            messages = outbox.messages_for_order(mchid, out_trade_no)
-            endpoints = outbox.list_endpoints() if messages else []
+            outbox = Outbox(database)
+            messages = outbox.messages.for_order(mchid, out_trade_no)
+            endpoints = outbox.endpoints.all() if messages else []
         finally:
-            outbox.close()
-    except (sqlite3.Error, psycopg.Error) as exc:
+            database.close()
+    except STORE_ERRORS as exc:
         # The events are the record; the outbox is derived. Show what we have and say what is missing.
         log.warning("outbox unavailable for the timeline: %s", type(exc).__name__)
         return build_timeline(order, events, outbound_error="the outbox could not be read")

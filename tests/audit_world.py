@@ -20,9 +20,11 @@ import httpx
 from api.app import create_app
 from ledger.application import build_ledger
 from ledger.settings import Settings
+from ledger.store.sql import Database
 from ledger.wechatpay.sandbox.server import Sandbox
 from projections.webhooks.dispatcher import Dispatcher
-from projections.webhooks.outbox import Outbox, outbox_url
+from projections.webhooks.outbox import Outbox
+from projections.webhooks.schema import outbox_url
 from tests.servers import running
 from tests.test_outbox_dispatcher import FakeClock, Receiver, failing_then
 from tests.test_outbox_projection import run_outbox
@@ -64,23 +66,23 @@ def _populate(w: AuditWorld, database_url: str) -> None:
     w.sandbox.refund(NO, REFUND_NO, 30, drop=True)
     w.deliver(w.sandbox.notifications[-1].body, after=60)
 
-    outbox = Outbox(outbox_url(database_url))
+    outbox = Outbox(Database(outbox_url(database_url)))
     ledger = build_ledger(database_url)
     later = FakeClock(time.time())
     dispatcher = Dispatcher(outbox, schedule=(5.0,), clock=later, workers=1, jitter=0.0)
     try:
-        outbox.add_endpoint(f"{w.receiver.url}/hook")
+        outbox.endpoints.add(f"{w.receiver.url}/hook")
         w.receiver.answer = failing_then(1)
         run_outbox(database_url, ledger)
         project_until_caught_up(database_url, ledger)
         for _ in range(5):  # one endpoint's messages go in order: a failure holds back the rest
             dispatcher.run_once()
             later.advance(60)
-        assert {m.state for m in outbox.list_messages()} == {"delivered"}
+        assert {m.state for m in outbox.messages.newest()} == {"delivered"}
     finally:
         dispatcher.close()
         ledger.close()
-        outbox.close()
+        outbox.database.close()
 
 
 @contextlib.contextmanager

@@ -24,10 +24,13 @@ from ledger.application import Ledger, build_ledger
 from ledger.settings import Settings
 from ledger.store.cipher import SETTING as ENCRYPTION_KEYS
 from ledger.store.cipher import stored_key_id
+from ledger.store.sql import Database
 from ledger.wechatpay.sandbox.server import Sandbox
 from ledger.wechatpay.sandbox.signer import Delivery, NotificationFactory
 from projections.webhooks.dispatcher import Dispatcher
-from projections.webhooks.outbox import Attempt, Outbox, outbox_url
+from projections.webhooks.outbox import Outbox
+from projections.webhooks.records import Attempt
+from projections.webhooks.schema import outbox_url
 from projections.webhooks.stats import ATTEMPT_RESULTS
 from tests.servers import running, through_proxy
 from tests.tamper import all_states
@@ -220,8 +223,8 @@ def test_outbound_attempts_by_result_and_dead_letters_as_any_dispatcher_left_the
     merchant_env: dict[str, str],
     receiver: Receiver,  # noqa: F811 - the fixture imported above
 ) -> None:
-    outbox = Outbox(outbox_url(database_url))
-    endpoint = outbox.add_endpoint(receiver.url + "/hook")
+    outbox = Outbox(Database(outbox_url(database_url)))
+    endpoint = outbox.endpoints.add(receiver.url + "/hook")
     # An hour ago: these attempts are old enough to be remembered rather than recounted.
     clock = FakeClock(time.time() - 3600)
     dispatcher = Dispatcher(outbox, schedule=(1.0,), clock=clock, workers=1, jitter=0.0)
@@ -239,15 +242,15 @@ def test_outbound_attempts_by_result_and_dead_letters_as_any_dispatcher_left_the
             clock.now = time.time()
             decide(outbox, 2, at=clock())
             assert dispatcher.run_once() == 1
-            outbox.record_attempt("msg_x", Attempt(time.time(), None, 1.0, "", "ConnectError: refused"))
-            outbox.record_attempt("msg_x", Attempt(time.time(), None, 1.0, "", "timeout"))
-            outbox.record_attempt("msg_x", Attempt(time.time(), 404, 1.0, "", None))
-            outbox.record_attempt("msg_x", Attempt(time.time(), 302, 1.0, "", "redirect not followed"))
+            outbox.leases.record_attempt("msg_x", Attempt(time.time(), None, 1.0, "", "ConnectError: refused"))
+            outbox.leases.record_attempt("msg_x", Attempt(time.time(), None, 1.0, "", "timeout"))
+            outbox.leases.record_attempt("msg_x", Attempt(time.time(), 404, 1.0, "", None))
+            outbox.leases.record_attempt("msg_x", Attempt(time.time(), 302, 1.0, "", "redirect not followed"))
             second = scrape(client)
             third = scrape(client)
     finally:
         dispatcher.close()
-        outbox.close()
+        outbox.database.close()
     assert endpoint.enabled
 
     def attempts(samples: Samples) -> dict[str, float]:

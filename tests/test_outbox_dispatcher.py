@@ -29,10 +29,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from cli.main import run
 from cli.webhooks import register
+from ledger.errors import EndpointNotFound, InvalidEndpoint
 from ledger.settings import Secret, Settings
-from projections.webhooks.dispatcher import DEFAULT_SCHEDULE, Dispatcher
-from projections.webhooks.outbox import Outbox, enqueue, load_endpoints, message_id, outbox_url
+from ledger.store.sql import Database
+from projections.webhooks.dispatcher import WEBHOOK_RETRY_SCHEDULE, Dispatcher
+from projections.webhooks.endpoints import load_endpoints
+from projections.webhooks.messages import enqueue, message_id
+from projections.webhooks.outbox import Outbox
+from projections.webhooks.schema import outbox_url
 from tests.conftest import MCHID
 from tests.servers import free_port, running
 from tests.test_webhooks import InvalidWebhook, verify
@@ -102,16 +108,16 @@ def receiver() -> Iterator[Receiver]:
 
 @pytest.fixture
 def outbox(database_url: str) -> Iterator[Outbox]:
-    box = Outbox(outbox_url(database_url))
+    box = Outbox(Database(outbox_url(database_url)))
     yield box
-    box.close()
+    box.database.close()
 
 
 @pytest.fixture
 def sqlite_outbox(sqlite_url: str) -> Iterator[Outbox]:
-    box = Outbox(outbox_url(sqlite_url))
+    box = Outbox(Database(outbox_url(sqlite_url)))
     yield box
-    box.close()
+    box.database.close()
 
 
 @pytest.fixture
@@ -131,7 +137,7 @@ def decide(outbox: Outbox, n: int, *, at: float | None = T0, event_type: str = "
     """What the projection does for one decision event of order n."""
     occurred = dt.datetime.fromtimestamp(at or time.time(), dt.UTC)
     data = {"out_trade_no": f"ORDER-{n:04d}", "mchid": MCHID, "trade_state": "SUCCESS", "amount": {"total": 100}}
-    return outbox.enqueue(
+    return outbox.messages.enqueue(
         source_id=f"{STREAM}:{n}",
         event_type=event_type,
         mchid=MCHID,
@@ -155,7 +161,7 @@ def failing_then(n: int, status: int = 503, headers: dict[str, str] | None = Non
 
 
 def statuses(outbox: Outbox, msg: str) -> list[int | None]:
-    return [a.status for a in outbox.get_message(msg).history]
+    return [a.status for a in outbox.messages.get(msg).history]
 
 
 # -- the outbox as the projection fills it ------------------------------------------------------------
@@ -164,19 +170,18 @@ def statuses(outbox: Outbox, msg: str) -> list[int | None]:
 def test_enqueue_writes_one_message_per_matching_endpoint_once_and_in_the_callers_transaction(
     outbox: Outbox,
 ) -> None:
-    every = outbox.add_endpoint("http://127.0.0.1:9/all")
-    refunds = outbox.add_endpoint("http://10.0.0.7/refunds", events=["RefundSucceeded"])
-    payments = outbox.add_endpoint("http://[::1]:8080/payments", events=["PaymentSucceeded"])
-    outbox.disable_endpoint(payments.id, "maintenance")  # still written: it waits for the endpoint
+    every = outbox.endpoints.add("http://127.0.0.1:9/all")
+    refunds = outbox.endpoints.add("http://10.0.0.7/refunds", events=["RefundSucceeded"])
+    payments = outbox.endpoints.add("http://[::1]:8080/payments", events=["PaymentSucceeded"])
+    outbox.endpoints.disable(payments.id, "maintenance")  # still written: it waits for the endpoint
 
     assert decide(outbox, 1) == 2
     assert decide(outbox, 1) == 0  # a rebuild processing the same event again
     assert decide(outbox, 2, event_type="RefundSucceeded") == 2
-    with pytest.raises(RuntimeError), outbox.transaction() as cur:
+    with pytest.raises(RuntimeError), outbox.database.transaction() as cur:
         written = enqueue(
             cur,
-            outbox.dialect,
-            schema=outbox.schema,
+            outbox.database,
             source_id=f"{STREAM}:3",
             event_type="PaymentSucceeded",
             mchid=MCHID,
@@ -184,12 +189,12 @@ def test_enqueue_writes_one_message_per_matching_endpoint_once_and_in_the_caller
             stream_version=3,
             data={},
             occurred_at=dt.datetime.now(dt.UTC),
-            endpoints=load_endpoints(cur, outbox.dialect, schema=outbox.schema),
+            endpoints=load_endpoints(cur, outbox.database),
         )
         assert written == 2
         raise RuntimeError("the projection's transaction fails")
 
-    messages = outbox.list_messages()
+    messages = outbox.messages.newest()
     assert sorted((m.source_id, m.endpoint_id) for m in messages) == sorted(
         [
             (f"{STREAM}:1", every.id),
@@ -202,33 +207,33 @@ def test_enqueue_writes_one_message_per_matching_endpoint_once_and_in_the_caller
     body = json.loads(next(m for m in messages if m.event_type == "RefundSucceeded").body)
     assert body["type"] == "RefundSucceeded" and body["timestamp"].endswith("Z")
     assert body["data"]["out_trade_no"] == "ORDER-0002" and body["data"]["stream_version"] == 2
-    assert outbox.counts() == {"pending": 4, "delivered": 0, "failing": 0, "dead": 0}
+    assert outbox.messages.counts() == {"pending": 4, "delivered": 0, "failing": 0, "dead": 0}
 
 
 def test_endpoints_take_any_http_url_and_keep_their_secret_out_of_sight(outbox: Outbox) -> None:
     for url in ("http://localhost:8000/h", "https://192.168.1.20/h", "http://[fd00::1]/h", "https://shop.example/h"):
-        endpoint = outbox.add_endpoint(url)
+        endpoint = outbox.endpoints.add(url)
         assert endpoint.url == url and endpoint.enabled
         assert endpoint.secrets[0].startswith("whsec_") and endpoint.secrets[0] not in repr(endpoint)
     for url in ("ftp://shop.example/h", "shop.example/h", "http://"):
-        with pytest.raises(ValueError):
-            outbox.add_endpoint(url)
-    with pytest.raises(ValueError):
-        outbox.add_endpoint("http://shop.example/h", secret="plain-text")
-    assert len(outbox.list_endpoints()) == 4
+        with pytest.raises(InvalidEndpoint):
+            outbox.endpoints.add(url)
+    with pytest.raises(InvalidEndpoint):
+        outbox.endpoints.add("http://shop.example/h", secret="plain-text")
+    assert len(outbox.endpoints.all()) == 4
 
 
 def test_configured_endpoints_sync_by_id_and_keep_an_operators_disable(outbox: Outbox) -> None:
     secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-    outbox.upsert_endpoint("ep_shop", "https://shop.example/h", [secret], ["PaymentSucceeded"])
-    outbox.upsert_endpoint("ep_shop", "https://shop.example/h", [secret], ["PaymentSucceeded"])  # a restart
-    outbox.disable_endpoint("ep_shop", "maintenance")
-    updated = outbox.upsert_endpoint("ep_shop", "https://shop.example/v2", [secret], ["*"])
+    outbox.endpoints.upsert("ep_shop", "https://shop.example/h", [secret], ["PaymentSucceeded"])
+    outbox.endpoints.upsert("ep_shop", "https://shop.example/h", [secret], ["PaymentSucceeded"])  # a restart
+    outbox.endpoints.disable("ep_shop", "maintenance")
+    updated = outbox.endpoints.upsert("ep_shop", "https://shop.example/v2", [secret], ["*"])
     assert (updated.url, updated.event_types, updated.enabled) == ("https://shop.example/v2", ("*",), False)
-    kinds = [e.kind for e in outbox.operator_events()]
+    kinds = [e.kind for e in outbox.endpoints.operator_events()]
     assert kinds == ["endpoint_configured", "endpoint_disabled", "endpoint_configured"]
-    with pytest.raises(LookupError):
-        outbox.disable_endpoint("ep_missing", "no such endpoint")
+    with pytest.raises(EndpointNotFound):
+        outbox.endpoints.disable("ep_missing", "no such endpoint")
 
 
 # -- delivery, one failure mode at a time ---------------------------------------------------------------
@@ -237,21 +242,21 @@ def test_configured_endpoints_sync_by_id_and_keep_an_operators_disable(outbox: O
 def test_a_500_is_retried_with_the_same_webhook_id_and_a_fresh_signature(
     outbox: Outbox, receiver: Receiver, dispatchers: Callable[..., Dispatcher]
 ) -> None:
-    endpoint = outbox.add_endpoint(receiver.url + "/hook")
+    endpoint = outbox.endpoints.add(receiver.url + "/hook")
     receiver.answer = failing_then(1, status=500)
     decide(outbox, 1)
     clock = FakeClock(T0 + 1)
     dispatcher = dispatchers(outbox, clock=clock)
 
     assert dispatcher.run_once() == 1
-    [msg] = outbox.list_messages()
+    [msg] = outbox.messages.newest()
     assert msg.state == "failing" and statuses(outbox, msg.id) == [500]
     assert T0 + 1 + 4 <= msg.next_attempt_at <= T0 + 1 + 6  # 5 s ± 20 %
     assert dispatcher.run_once() == 0  # not due yet
     clock.advance(6)
     assert dispatcher.run_once() == 1
 
-    delivered = outbox.get_message(msg.id)
+    delivered = outbox.messages.get(msg.id)
     assert delivered.state == "delivered" and statuses(outbox, msg.id) == [500, 200]
     assert (
         delivered.history[0].response_body.startswith("answer 500") and len(delivered.history[0].response_body) == 500
@@ -267,11 +272,11 @@ def test_a_500_is_retried_with_the_same_webhook_id_and_a_fresh_signature(
 def test_a_redirect_is_not_followed_and_counts_as_a_failure(
     sqlite_outbox: Outbox, receiver: Receiver, dispatchers: Callable[..., Dispatcher]
 ) -> None:
-    sqlite_outbox.add_endpoint(receiver.url + "/hook")
+    sqlite_outbox.endpoints.add(receiver.url + "/hook")
     receiver.answer = lambda hit: (301, {"location": receiver.url + "/moved"}, 0.0)
     decide(sqlite_outbox, 1)
     dispatchers(sqlite_outbox, clock=FakeClock()).run_once()
-    [msg] = sqlite_outbox.list_messages()
+    [msg] = sqlite_outbox.messages.newest()
     assert msg.state == "failing" and statuses(sqlite_outbox, msg.id) == [301]
     assert "redirect not followed" in (msg.history[0].error or "")
     assert receiver.to("/moved") == []
@@ -280,21 +285,21 @@ def test_a_redirect_is_not_followed_and_counts_as_a_failure(
 def test_a_receiver_slower_than_the_timeout_is_a_failure(
     sqlite_outbox: Outbox, receiver: Receiver, dispatchers: Callable[..., Dispatcher]
 ) -> None:
-    sqlite_outbox.add_endpoint(receiver.url + "/hook")
+    sqlite_outbox.endpoints.add(receiver.url + "/hook")
     receiver.answer = lambda hit: (200, {}, 1.0)
     decide(sqlite_outbox, 1)
     dispatchers(sqlite_outbox, clock=FakeClock(), timeout=0.3).run_once()
-    [msg] = sqlite_outbox.list_messages()
+    [msg] = sqlite_outbox.messages.newest()
     assert msg.state == "failing"
     [attempt] = msg.history
     assert attempt.status is None and attempt.error == "timeout" and 250 <= attempt.duration_ms < 1000
 
 
 def test_an_unreachable_endpoint_is_a_failure(sqlite_outbox: Outbox, dispatchers: Callable[..., Dispatcher]) -> None:
-    sqlite_outbox.add_endpoint(f"http://127.0.0.1:{free_port()}/hook")
+    sqlite_outbox.endpoints.add(f"http://127.0.0.1:{free_port()}/hook")
     decide(sqlite_outbox, 1)
     dispatchers(sqlite_outbox, clock=FakeClock()).run_once()
-    [msg] = sqlite_outbox.list_messages()
+    [msg] = sqlite_outbox.messages.newest()
     assert msg.state == "failing" and msg.history[0].status is None
     assert "ConnectError" in (msg.history[0].error or "")
 
@@ -310,13 +315,13 @@ def test_retry_after_is_honoured_within_bounds(
     retry_after: str,
     expected: float,
 ) -> None:
-    sqlite_outbox.add_endpoint(receiver.url + "/hook")
+    sqlite_outbox.endpoints.add(receiver.url + "/hook")
     receiver.answer = failing_then(1, status=429, headers={"retry-after": retry_after})
     decide(sqlite_outbox, 1)
     clock = FakeClock()
     dispatcher = dispatchers(sqlite_outbox, clock=clock, retry_after_max=60.0)
     dispatcher.run_once()
-    [msg] = sqlite_outbox.list_messages()
+    [msg] = sqlite_outbox.messages.newest()
     assert msg.next_attempt_at == pytest.approx(T0 + expected, abs=0.01)
     clock.advance(expected)
     assert dispatcher.run_once() == 1
@@ -329,7 +334,7 @@ def test_retry_after_is_honoured_within_bounds(
 def test_an_endpoint_down_for_hours_gets_every_message_after_it_recovers_in_order(
     outbox: Outbox, receiver: Receiver, dispatchers: Callable[..., Dispatcher]
 ) -> None:
-    endpoint = outbox.add_endpoint(receiver.url + "/hook")
+    endpoint = outbox.endpoints.add(receiver.url + "/hook")
     down = threading.Event()
     down.set()
     receiver.answer = lambda hit: (503, {}, 0.0) if down.is_set() else (200, {}, 0.0)
@@ -340,15 +345,15 @@ def test_an_endpoint_down_for_hours_gets_every_message_after_it_recovers_in_orde
     dispatcher = dispatchers(outbox, clock=clock)
 
     assert dispatcher.run_once() == 4
-    for step in DEFAULT_SCHEDULE[:3]:  # 5 s, 5 min, 30 min later: still down
+    for step in WEBHOOK_RETRY_SCHEDULE[:3]:  # 5 s, 5 min, 30 min later: still down
         clock.advance(step * 1.2 + 1)
         assert dispatcher.run_once() == 4
-    assert outbox.counts()["failing"] == 4
+    assert outbox.messages.counts()["failing"] == 4
     down.clear()
-    clock.advance(DEFAULT_SCHEDULE[3] * 1.2 + 1)  # two hours later it is back
+    clock.advance(WEBHOOK_RETRY_SCHEDULE[3] * 1.2 + 1)  # two hours later it is back
     assert dispatcher.run_once() == 4
 
-    assert outbox.counts() == {"pending": 0, "delivered": 4, "failing": 0, "dead": 0}
+    assert outbox.messages.counts() == {"pending": 0, "delivered": 4, "failing": 0, "dead": 0}
     assert [hit.id for hit in receiver.hits[-4:]] == created
     for msg in created:
         hits = [hit for hit in receiver.hits if hit.id == msg]
@@ -361,7 +366,7 @@ def test_an_endpoint_down_for_hours_gets_every_message_after_it_recovers_in_orde
 def test_an_exhausted_message_is_dead_until_recovered_or_resent(
     outbox: Outbox, receiver: Receiver, dispatchers: Callable[..., Dispatcher]
 ) -> None:
-    outbox.add_endpoint(receiver.url + "/hook")
+    outbox.endpoints.add(receiver.url + "/hook")
     down = threading.Event()
     down.set()
     receiver.answer = lambda hit: (500, {}, 0.0) if down.is_set() else (200, {}, 0.0)
@@ -372,29 +377,29 @@ def test_an_exhausted_message_is_dead_until_recovered_or_resent(
     for _ in range(3):
         assert dispatcher.run_once() == 2
         clock.advance(13)
-    assert outbox.counts()["dead"] == 2
+    assert outbox.messages.counts()["dead"] == 2
     clock.advance(86400)
     assert dispatcher.run_once() == 0  # dead messages are not retried...
-    assert len(outbox.list_messages(state="dead")) == 2  # ...nor dropped
+    assert len(outbox.messages.newest(state="dead")) == 2  # ...nor dropped
 
     down.clear()
     window = (dt.datetime.fromtimestamp(T0 - 60, dt.UTC), dt.datetime.fromtimestamp(T0 + 60, dt.UTC))
-    assert outbox.recover(*window, at=clock.now) == 1
+    assert outbox.messages.recover(*window, at=clock.now) == 1
     assert dispatcher.run_once() == 1
-    older, newer = sorted(outbox.list_messages(), key=lambda m: m.created_at)
+    older, newer = sorted(outbox.messages.newest(), key=lambda m: m.created_at)
     assert (older.state, newer.state) == ("dead", "delivered")
     assert statuses(outbox, newer.id) == [500, 500, 500, 200]
-    outbox.resend(older.id, at=clock.now)
+    outbox.messages.resend(older.id, at=clock.now)
     assert dispatcher.run_once() == 1
-    assert outbox.get_message(older.id).state == "delivered"
-    assert [e.kind for e in outbox.operator_events()][-2:] == ["messages_recovered", "message_resent"]
+    assert outbox.messages.get(older.id).state == "delivered"
+    assert [e.kind for e in outbox.endpoints.operator_events()][-2:] == ["messages_recovered", "message_resent"]
 
 
 def test_an_endpoint_failing_longer_than_allowed_is_disabled_and_its_messages_wait(
     outbox: Outbox, receiver: Receiver, dispatchers: Callable[..., Dispatcher]
 ) -> None:
-    endpoint = outbox.add_endpoint(receiver.url + "/hook")
-    healthy = outbox.add_endpoint(receiver.url + "/moved")
+    endpoint = outbox.endpoints.add(receiver.url + "/hook")
+    healthy = outbox.endpoints.add(receiver.url + "/moved")
     down = threading.Event()
     down.set()
     receiver.answer = lambda hit: (503, {}, 0.0) if down.is_set() and hit.path == "/hook" else (200, {}, 0.0)
@@ -403,43 +408,43 @@ def test_an_endpoint_failing_longer_than_allowed_is_disabled_and_its_messages_wa
     dispatcher = dispatchers(outbox, clock=clock, schedule=(1000,) * 10, disable_after=3600)
     dispatcher.run_once()
     for _ in range(3):
-        assert outbox.get_endpoint(endpoint.id).enabled
+        assert outbox.endpoints.get(endpoint.id).enabled
         clock.advance(1300)
         dispatcher.run_once()
 
-    disabled = outbox.get_endpoint(endpoint.id)
+    disabled = outbox.endpoints.get(endpoint.id)
     assert not disabled.enabled and "failing since" in (disabled.disabled_reason or "")
-    assert outbox.get_endpoint(healthy.id).enabled
-    [event] = [e for e in outbox.operator_events() if e.kind == "endpoint_disabled"]
+    assert outbox.endpoints.get(healthy.id).enabled
+    [event] = [e for e in outbox.endpoints.operator_events() if e.kind == "endpoint_disabled"]
     assert event.endpoint_id == endpoint.id and event.at == clock.now
     decide(outbox, 2)  # new decisions are still written for it
     hits = len(receiver.to("/hook"))
     clock.advance(86400)
     dispatcher.run_once()
     assert len(receiver.to("/hook")) == hits == 4
-    waiting = outbox.list_messages(endpoint_id=endpoint.id)
+    waiting = outbox.messages.newest(endpoint_id=endpoint.id)
     assert sorted(m.state for m in waiting) == ["failing", "pending"]
 
     down.clear()
-    assert outbox.enable_endpoint(endpoint.id, at=clock.now)
+    assert outbox.endpoints.enable(endpoint.id, at=clock.now)
     assert dispatcher.run_once() == 2
-    assert {m.state for m in outbox.list_messages(endpoint_id=endpoint.id)} == {"delivered"}
+    assert {m.state for m in outbox.messages.newest(endpoint_id=endpoint.id)} == {"delivered"}
 
 
 def test_two_dispatchers_never_send_the_same_message_twice(
     database_url: str, outbox: Outbox, receiver: Receiver, dispatchers: Callable[..., Dispatcher]
 ) -> None:
     receiver.answer = lambda hit: (200, {}, 0.005)
-    outbox.add_endpoint(receiver.url + "/hook")
-    outbox.add_endpoint(receiver.url + "/moved")
+    outbox.endpoints.add(receiver.url + "/hook")
+    outbox.endpoints.add(receiver.url + "/moved")
     for n in range(1, 31):
         decide(outbox, n, at=None)
-    second = Outbox(outbox_url(database_url))
+    second = Outbox(Database(outbox_url(database_url)))
     attempted: list[int] = []
 
     def work(d: Dispatcher) -> None:
         deadline = time.monotonic() + 20
-        while outbox.counts()["delivered"] < 60 and time.monotonic() < deadline:
+        while outbox.messages.counts()["delivered"] < 60 and time.monotonic() < deadline:
             attempted.append(d.run_once(limit=5))
 
     try:
@@ -452,8 +457,8 @@ def test_two_dispatchers_never_send_the_same_message_twice(
         for t in threads:
             t.join()
     finally:
-        second.close()
-    assert outbox.counts()["delivered"] == 60
+        second.database.close()
+    assert outbox.messages.counts()["delivered"] == 60
     per_message = Counter(hit.id for hit in receiver.hits)
     assert len(per_message) == 60 and set(per_message.values()) == {1}
     assert sum(attempted) == 60
@@ -462,16 +467,16 @@ def test_two_dispatchers_never_send_the_same_message_twice(
 def test_during_rotation_both_secrets_sign_until_the_old_one_is_dropped(
     sqlite_outbox: Outbox, receiver: Receiver, dispatchers: Callable[..., Dispatcher]
 ) -> None:
-    endpoint = sqlite_outbox.add_endpoint(receiver.url + "/hook")
+    endpoint = sqlite_outbox.endpoints.add(receiver.url + "/hook")
     old = endpoint.secrets[0]
-    new = sqlite_outbox.add_secret(endpoint.id)
+    new = sqlite_outbox.endpoints.add_secret(endpoint.id)
     decide(sqlite_outbox, 1)
     clock = FakeClock()
     dispatcher = dispatchers(sqlite_outbox, clock=clock)
     dispatcher.run_once()
-    sqlite_outbox.drop_old_secrets(endpoint.id)
-    [msg] = sqlite_outbox.list_messages()
-    sqlite_outbox.resend(msg.id, at=clock.now)
+    sqlite_outbox.endpoints.drop_old_secrets(endpoint.id)
+    [msg] = sqlite_outbox.messages.newest()
+    sqlite_outbox.messages.resend(msg.id, at=clock.now)
     dispatcher.run_once()
     during, after = receiver.hits
     verify(old, during.headers, during.body, now=clock.now)
@@ -487,13 +492,13 @@ def test_during_rotation_both_secrets_sign_until_the_old_one_is_dropped(
 def test_endpoint_and_delivery_commands(
     sqlite_url: str, receiver: Receiver, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("LEDGER_WEBHOOK_RETRY_SCHEDULE", "60,60")
+    settings = Settings(Secret(sqlite_url), (), webhook_retry_schedule=(60.0, 60.0))
     parser = argparse.ArgumentParser(prog="payledger")
-    register(parser.add_subparsers(dest="command", required=True), lambda args: Settings(Secret(sqlite_url), ()))
+    register(parser.add_subparsers(dest="command", required=True), lambda args: settings)
 
     def payledger(*argv: str) -> tuple[int, str, str]:
         args = parser.parse_args(argv)
-        code = int(args.func(args))
+        code = run(args)
         out, err = capsys.readouterr()
         return code, out, err
 
@@ -505,10 +510,10 @@ def test_endpoint_and_delivery_commands(
     code, out, _ = payledger("endpoints", "list")
     assert endpoint in out and "enabled" in out and "PaymentSucceeded" in out and secret not in out
 
-    box = Outbox(outbox_url(sqlite_url))  # the projection's side
+    box = Outbox(Database(outbox_url(sqlite_url)))  # the projection's side
     decide(box, 1, at=None)
     decide(box, 2, at=None, event_type="RefundSucceeded")  # not subscribed
-    box.close()
+    box.database.close()
     receiver.answer = failing_then(1, status=500)
     assert payledger("dispatch", "--once")[1].startswith("attempted 1 message(s)")
     code, out, _ = payledger("deliveries", "list", "--json")
@@ -542,14 +547,14 @@ def test_endpoint_and_delivery_commands(
 def test_dispatch_stops_cleanly_on_sigterm_after_finishing_the_request_in_flight(
     sqlite_url: str, receiver: Receiver, tmp_path: Path
 ) -> None:
-    box = Outbox(outbox_url(sqlite_url))
-    box.add_endpoint(receiver.url + "/hook")
+    box = Outbox(Database(outbox_url(sqlite_url)))
+    box.endpoints.add(receiver.url + "/hook")
     decide(box, 1, at=None)
     receiver.answer = lambda hit: (204, {}, 1.0)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WECHATPAY_", "LEDGER_"))}
     env["LEDGER_DATABASE_URL"] = sqlite_url
     process = subprocess.Popen(
-        [sys.executable, "-m", "cli.webhooks", "dispatch", "--interval", "0.1"],
+        [sys.executable, "-m", "cli.main", "dispatch", "--interval", "0.1"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -566,5 +571,5 @@ def test_dispatch_stops_cleanly_on_sigterm_after_finishing_the_request_in_flight
         if process.poll() is None:
             process.kill()
     assert process.returncode == 0, stderr
-    assert box.counts()["delivered"] == 1
-    box.close()
+    assert box.messages.counts()["delivered"] == 1
+    box.database.close()

@@ -6,12 +6,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ledger.application import Ledger
+from ledger.store.sql import Database
 from ledger.wechatpay.notification import NotificationVerifier
 from ledger.wechatpay.sandbox.signer import NotificationFactory
 from projections.read_model.rebuild import rebuild_orders_view
 from projections.read_model.runner import wake
-from projections.webhooks.outbox import Outbox, outbox_url
+from projections.webhooks.outbox import Outbox
 from projections.webhooks.projection import open_outbox_view, start_outbox_projector
+from projections.webhooks.schema import outbox_url
 from tests.conftest import MCHID
 from tests.test_read_model import project_until_caught_up
 
@@ -37,13 +39,13 @@ def test_decisions_become_one_message_per_matching_endpoint(
     database_url: str, ledger_factory: Callable[[], Ledger], factory: NotificationFactory
 ) -> None:
     ledger = ledger_factory()
-    outbox = Outbox(outbox_url(database_url))
-    everything = outbox.add_endpoint("http://127.0.0.1:9/all")
-    payments = outbox.add_endpoint("http://127.0.0.1:9/payments", events=["PaymentSucceeded"])
+    outbox = Outbox(Database(outbox_url(database_url)))
+    everything = outbox.endpoints.add("http://127.0.0.1:9/all")
+    payments = outbox.endpoints.add("http://127.0.0.1:9/payments", events=["PaymentSucceeded"])
     pay_and_refund(ledger, factory, "ORDER-9401")
     run_outbox(database_url, ledger)
-    messages = outbox.list_messages(limit=100)
-    outbox.close()
+    messages = outbox.messages.newest(limit=100)
+    outbox.database.close()
     by_endpoint = sorted((m.endpoint_id, m.event_type, m.stream_version) for m in messages)
     assert by_endpoint == sorted(
         [
@@ -59,19 +61,19 @@ def test_replaying_the_log_or_rebuilding_the_view_queues_nothing_again_and_loses
     database_url: str, ledger_factory: Callable[[], Ledger], factory: NotificationFactory
 ) -> None:
     ledger = ledger_factory()
-    outbox = Outbox(outbox_url(database_url))
-    endpoint = outbox.add_endpoint("http://127.0.0.1:9/all")
+    outbox = Outbox(Database(outbox_url(database_url)))
+    endpoint = outbox.endpoints.add("http://127.0.0.1:9/all")
     pay_and_refund(ledger, factory, "ORDER-9402")
     run_outbox(database_url, ledger)
     project_until_caught_up(database_url, ledger)
-    first = {m.id: m.state for m in outbox.list_messages(limit=100)}
+    first = {m.id: m.state for m in outbox.messages.newest(limit=100)}
     assert len(first) == 2
 
     # Deliver one (as the dispatcher would), leave the other pending.
     delivered_id = next(iter(first))
-    sqlite = outbox.dialect == "sqlite"
-    table = "payledger_outbox" if sqlite else f'"{outbox.schema}".payledger_outbox'
-    with outbox.transaction() as cur:
+    sqlite = outbox.database.dialect == "sqlite"
+    table = "payledger_outbox" if sqlite else f'"{outbox.database.schema}".payledger_outbox'
+    with outbox.database.transaction() as cur:
         cur.execute(f"UPDATE {table} SET state = 'delivered' WHERE id = {'?' if sqlite else '%s'}", (delivered_id,))
 
     rebuild_orders_view(database_url)  # the read model's rebuild never touches the outbox
@@ -84,8 +86,8 @@ def test_replaying_the_log_or_rebuilding_the_view_queues_nothing_again_and_loses
     view.datastore.close()
     run_outbox(database_url, ledger)
 
-    after = {m.id: m.state for m in outbox.list_messages(limit=100)}
-    outbox.close()
+    after = {m.id: m.state for m in outbox.messages.newest(limit=100)}
+    outbox.database.close()
     assert set(after) == set(first)  # nothing queued twice
     assert after[delivered_id] == "delivered"  # not to be sent again
     assert [state for mid, state in after.items() if mid != delivered_id] == ["pending"]  # not lost
@@ -109,15 +111,15 @@ def test_endpoints_from_the_configuration_file_are_synced(
     assert secret not in repr(settings)
     sync_endpoints(sqlite_url, settings.endpoints)
     sync_endpoints(sqlite_url, settings.endpoints)  # every start: idempotent
-    outbox = Outbox(outbox_url(sqlite_url))
-    [endpoint] = outbox.list_endpoints()
+    outbox = Outbox(Database(outbox_url(sqlite_url)))
+    [endpoint] = outbox.endpoints.all()
     assert (endpoint.id, endpoint.url, endpoint.event_types) == (
         "erp",
         "http://10.0.0.5:8080/wechat",
         ("PaymentSucceeded", "RefundSucceeded"),
     )
-    assert outbox.endpoint_secrets("erp") == [secret]
-    outbox.close()
+    assert outbox.endpoints.secrets("erp") == [secret]
+    outbox.database.close()
     config.write_text('[[endpoints]]\nid = "erp"\nurl = "ftp://x"\nsecret = "nope"\n')
     import pytest
 

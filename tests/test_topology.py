@@ -20,8 +20,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ledger.store.sql import Database
 from ledger.wechatpay.sandbox.signer import NotificationFactory
-from projections.webhooks.outbox import Outbox, outbox_url
+from projections.webhooks.outbox import Outbox
+from projections.webhooks.schema import outbox_url
 from tests.servers import free_port, running
 
 pytestmark = pytest.mark.postgres
@@ -56,9 +58,9 @@ def test_paid_order_reaches_the_receiver_exactly_once(
     processes: list[subprocess.Popen[bytes]] = []
     logs: list[Any] = []
     with running(receiver) as receiver_url:
-        outbox = Outbox(outbox_url(postgres_url))
-        outbox.add_endpoint(f"{receiver_url}/hook", events=["PaymentSucceeded"])
-        outbox.close()
+        outbox = Outbox(Database(outbox_url(postgres_url)))
+        outbox.endpoints.add(f"{receiver_url}/hook", events=["PaymentSucceeded"])
+        outbox.database.close()
         ports = [free_port(), free_port()]
 
         def start(*args: str) -> subprocess.Popen[bytes]:

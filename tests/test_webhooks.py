@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from projections.webhooks.outbox import outbox_url
+from projections.webhooks.schema import outbox_url
 from projections.webhooks.signing import generate_secret, headers, parse_secret, payload, sign
 
 TOLERANCE = 5 * 60

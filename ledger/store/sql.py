@@ -26,12 +26,16 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal, Protocol
 
+import psycopg
+
 from ledger.errors import ConfigurationError
 from ledger.store.backends import SETTING, persistence_env
 
-__all__ = ["Cursor", "Database", "Dialect"]
+__all__ = ["STORE_ERRORS", "Cursor", "Database", "Dialect"]
 
 Dialect = Literal["sqlite", "postgres"]
+# What a store that is away or refuses raises, on either backend: for callers that carry on.
+STORE_ERRORS: tuple[type[BaseException], ...] = (sqlite3.Error, psycopg.Error)
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 

@@ -16,7 +16,6 @@ import logging
 import os
 import random
 import socket
-import sqlite3
 import threading
 import time
 import uuid
@@ -24,17 +23,18 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import psycopg
 
-from projections.webhooks.outbox import BODY_LIMIT, Attempt, Endpoint, Message, Outbox
+from ledger.store.sql import STORE_ERRORS
+from projections.webhooks.outbox import Outbox
+from projections.webhooks.records import BODY_LIMIT, Attempt, Endpoint, Message
 from projections.webhooks.signing import headers
 
-__all__ = ["DEFAULT_SCHEDULE", "Dispatcher"]
+__all__ = ["WEBHOOK_RETRY_SCHEDULE", "Dispatcher"]
 
 log = logging.getLogger("projections.dispatcher")
 
 # Svix's schedule: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h after the first attempt (~27 h in all).
-DEFAULT_SCHEDULE: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+WEBHOOK_RETRY_SCHEDULE: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 USER_AGENT = "payledger-webhooks/0.1"
 _READ_LIMIT = 4 * BODY_LIMIT  # bytes of a response kept; the rest is not even read
 
@@ -44,7 +44,7 @@ class Dispatcher:
         self,
         outbox: Outbox,
         *,
-        schedule: Sequence[float] = DEFAULT_SCHEDULE,
+        schedule: Sequence[float] = WEBHOOK_RETRY_SCHEDULE,
         timeout: float = 10.0,
         retry_after_max: float = 3600.0,
         disable_after: float = 5 * 24 * 3600.0,
@@ -57,7 +57,8 @@ class Dispatcher:
     ) -> None:
         if not schedule:
             raise ValueError("the retry schedule needs at least one step")
-        self._outbox = outbox
+        self._endpoints = outbox.endpoints
+        self._leases = outbox.leases
         self._schedule = tuple(schedule)
         self._timeout = timeout
         self._retry_after_max = retry_after_max
@@ -78,12 +79,12 @@ class Dispatcher:
         """Attempt up to `limit` due messages; returns how many were attempted."""
         attempted = 0
         while attempted < limit and not self._stop.is_set():
-            claimed = self._outbox.claim_due(
+            claimed = self._leases.claim_due(
                 self.owner, self._clock(), self._lease, min(self._batch, limit - attempted)
             )
             if not claimed:
                 break
-            endpoints = {e.id: e for e in self._outbox.list_endpoints()}
+            endpoints = {e.id: e for e in self._endpoints.all()}
             # One endpoint's messages go one after another, in order of creation; endpoints in parallel.
             groups: dict[str, list[Message]] = {}
             for msg in claimed:
@@ -101,7 +102,7 @@ class Dispatcher:
         while not stop.is_set():
             try:
                 attempted = self.run_once()
-            except (sqlite3.Error, psycopg.Error) as exc:  # the store is away: wait, then retry
+            except STORE_ERRORS as exc:  # the store is away: wait, then retry
                 log.warning("outbox unavailable: %s", type(exc).__name__)
                 attempted = 0
             except Exception:  # keep delivering; leased messages are retried when their lease ends
@@ -118,10 +119,10 @@ class Dispatcher:
     def _deliver_all(self, endpoint: Endpoint | None, messages: list[Message]) -> int:
         for done, msg in enumerate(messages):
             if endpoint is None or not endpoint.enabled or self._stop.is_set():
-                self._outbox.release(self.owner, [m.id for m in messages[done:]])
+                self._leases.release(self.owner, [m.id for m in messages[done:]])
                 return done
             if not self._deliver(endpoint, msg):
-                endpoint = self._outbox.get_endpoint(endpoint.id)  # it may have been disabled just now
+                endpoint = self._endpoints.get(endpoint.id)  # it may have been disabled just now
         return len(messages)
 
     def _deliver(self, endpoint: Endpoint, msg: Message) -> bool:
@@ -154,7 +155,7 @@ class Dispatcher:
         )
         log.debug("webhook %s response body: %r", msg.id, attempt.response_body)
         if error is None and status is not None and 200 <= status < 300:
-            self._outbox.mark_delivered(self.owner, msg.id, attempt)
+            self._leases.mark_delivered(self.owner, msg.id, attempt)
             return True
         self._failed(endpoint, msg, attempt, retry_after)
         return False
@@ -173,19 +174,19 @@ class Dispatcher:
         now = self._clock()
         number = msg.attempts + 1
         if number > len(self._schedule):
-            self._outbox.mark_dead(self.owner, msg.id, attempt)
+            self._leases.mark_dead(self.owner, msg.id, attempt)
             log.warning("webhook %s to %s is dead after %d attempts", msg.id, endpoint.id, number)
         else:
             step = self._schedule[number - 1]
             delay = (
                 retry_after if retry_after is not None else step * random.uniform(1 - self._jitter, 1 + self._jitter)
             )
-            self._outbox.schedule_retry(self.owner, msg.id, attempt, now + delay)
-        failing_since = self._outbox.note_failure(endpoint.id, attempt.attempted_at)
+            self._leases.schedule_retry(self.owner, msg.id, attempt, now + delay)
+        failing_since = self._endpoints.note_failure(endpoint.id, attempt.attempted_at)
         if now - failing_since >= self._disable_after:
             since = dt.datetime.fromtimestamp(failing_since, dt.UTC).isoformat()
             reason = f"failing since {since} (more than {self._disable_after:.0f} s)"
-            if self._outbox.disable_endpoint(endpoint.id, reason, at=now):
+            if self._endpoints.disable(endpoint.id, reason, at=now):
                 log.warning("endpoint %s disabled: %s", endpoint.id, reason)
 
     def _retry_after(self, value: str | None, now: float) -> float | None:

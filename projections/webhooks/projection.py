@@ -26,7 +26,11 @@ from ledger.application import Ledger
 from ledger.domain import WEBHOOK_EVENTS, PaymentOrder
 from ledger.settings import EndpointSettings
 from ledger.store.backends import persistence_env, schema_lock, small_pool
-from projections.webhooks.outbox import Outbox, create_tables, enqueue, load_endpoints, outbox_url
+from ledger.store.sql import Database, Dialect
+from projections.webhooks.endpoints import load_endpoints
+from projections.webhooks.messages import enqueue
+from projections.webhooks.outbox import Outbox
+from projections.webhooks.schema import create_tables, outbox_url
 
 __all__ = ["DECISIONS", "OutboxProjection", "run_outbox_projector", "start_outbox_projector", "sync_endpoints"]
 
@@ -42,7 +46,7 @@ def outbox_env(database_url: str) -> dict[str, str]:
 
 
 class _OutboxView:
-    dialect: ClassVar[str]
+    dialect: ClassVar[Dialect]
 
     @property
     def schema(self) -> str | None:
@@ -53,15 +57,15 @@ class _OutboxView:
 
     def create_outbox(self) -> None:
         with self._transaction() as curs:
-            create_tables(curs, self.dialect, schema=self.schema)  # type: ignore[arg-type]
+            create_tables(curs, self)
 
     def record(self, event: Any, order: PaymentOrder, tracking: Tracking) -> int:
         """The event's messages and the tracking position, in one transaction."""
         with self._transaction() as curs:
-            endpoints = load_endpoints(curs, self.dialect, schema=self.schema)  # type: ignore[arg-type]
+            endpoints = load_endpoints(curs, self)
             added = enqueue(
                 curs,
-                self.dialect,  # type: ignore[arg-type]
+                self,
                 source_id=f"{event.originator_id}:{event.originator_version}",
                 event_type=type(event).__name__,
                 mchid=order.mchid,
@@ -70,14 +74,13 @@ class _OutboxView:
                 data=order.summary(),
                 occurred_at=event.timestamp,
                 endpoints=endpoints,
-                schema=self.schema,
             )
             self._insert_tracking(curs, tracking)  # type: ignore[attr-defined]
         return added
 
 
 class PostgresOutboxView(_OutboxView, PostgresTrackingRecorder):
-    dialect = "postgres"
+    dialect: ClassVar[Dialect] = "postgres"
 
     @property
     def schema(self) -> str | None:
@@ -94,7 +97,7 @@ class PostgresOutboxView(_OutboxView, PostgresTrackingRecorder):
 
 
 class SQLiteOutboxView(_OutboxView, SQLiteTrackingRecorder):
-    dialect = "sqlite"
+    dialect: ClassVar[Dialect] = "sqlite"
 
     @contextlib.contextmanager
     def _transaction(self) -> Any:
@@ -126,14 +129,13 @@ def sync_endpoints(database_url: str, endpoints: Sequence[EndpointSettings]) -> 
     """Create or update the endpoints of the configuration file (an operator's disable stays)."""
     if not endpoints:
         return
-    outbox = Outbox(outbox_url(database_url))
+    database = Database(outbox_url(database_url))
     try:
+        registry = Outbox(database).endpoints
         for endpoint in endpoints:
-            outbox.upsert_endpoint(
-                endpoint.id, endpoint.url, [secret.value for secret in endpoint.secrets], endpoint.events
-            )
+            registry.upsert(endpoint.id, endpoint.url, [secret.value for secret in endpoint.secrets], endpoint.events)
     finally:
-        outbox.close()
+        database.close()
 
 
 def open_outbox_view(database_url: str) -> Any:

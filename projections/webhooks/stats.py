@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from projections.webhooks.outbox import Outbox
+from projections.webhooks.schema import sql
 
 __all__ = ["ATTEMPT_RESULTS", "BACKLOG_STATES", "AttemptTally", "backlog"]
 
@@ -27,6 +28,8 @@ _RESULT = (
     " WHEN status >= 300 THEN 'redirect'"
     " ELSE 'other' END"
 )
+_BOUNDARY = "SELECT MIN(CASE WHEN attempted_at >= %s THEN id END), MAX(id) FROM {attempts} WHERE id > %s"
+_BY_RESULT = "SELECT " + _RESULT + ", id <= %s, COUNT(*) FROM {attempts} WHERE id > %s GROUP BY 1, 2"
 # An attempt row is written when its HTTP call ends, so ids come in roughly, not strictly, in
 # order of time across dispatchers. Rows older than this are taken as final and remembered;
 # newer ones are counted afresh at every scrape.
@@ -44,19 +47,13 @@ class AttemptTally:
         self._settled: Counter[str] = Counter(dict.fromkeys(ATTEMPT_RESULTS, 0))
 
     def read(self) -> dict[str, int]:
-        with self._lock, self._outbox.transaction() as cur:
-            q = self._outbox._q
+        database = self._outbox.database
+        with self._lock, database.transaction() as cur:
             after = self._settled_id
-            cur.execute(
-                q("SELECT MIN(CASE WHEN attempted_at >= %s THEN id END), MAX(id) FROM {attempts} WHERE id > %s"),
-                (self._clock() - SETTLE_AFTER, after),
-            )
+            cur.execute(sql(database, _BOUNDARY), (self._clock() - SETTLE_AFTER, after))
             first_recent, last = cur.fetchone()
             boundary = int(first_recent) - 1 if first_recent is not None else int(last or after)
-            cur.execute(
-                q(f"SELECT {_RESULT}, id <= %s, COUNT(*) FROM {{attempts}} WHERE id > %s GROUP BY 1, 2"),
-                (boundary, after),
-            )
+            cur.execute(sql(database, _BY_RESULT), (boundary, after))
             recent: Counter[str] = Counter()
             for result, settled, n in cur.fetchall():
                 (self._settled if settled else recent)[str(result)] += int(n)
@@ -66,11 +63,5 @@ class AttemptTally:
 
 def backlog(outbox: Outbox) -> dict[str, int]:
     """Messages not delivered yet, by state; `dead` are the dead letters (delivered ones are not counted)."""
-    with outbox.transaction() as cur:
-        cur.execute(
-            outbox._q(
-                "SELECT state, COUNT(*) FROM {outbox} WHERE state IN ('pending', 'failing', 'dead') GROUP BY state"
-            )
-        )
-        found = {str(state): int(n) for state, n in cur.fetchall()}
-    return {state: found.get(state, 0) for state in BACKLOG_STATES}
+    counts = outbox.messages.counts()
+    return {state: counts[state] for state in BACKLOG_STATES}
