@@ -1,4 +1,6 @@
-"""Shared fixtures: generated WeChat Pay keys, SQLite and PostgreSQL stores, the real app.
+"""Fixtures used by more than one test module: generated WeChat Pay keys, SQLite and PostgreSQL
+stores, the published test vectors, a webhook receiver on loopback. Fixtures only: constants and
+helpers are in tests/support.
 
 PostgreSQL tests use `LEDGER_TEST_POSTGRES_URL` (default: the local `test` database), each in
 a schema of its own. Without PostgreSQL they are skipped, except when `CI` is set: then an
@@ -7,6 +9,7 @@ unreachable PostgreSQL fails them.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,11 +19,11 @@ from typing import Any
 import psycopg
 import pytest
 
+from ledger.wechatpay.keys import KeyStore
 from ledger.wechatpay.sandbox.signer import NotificationFactory
-
-POSTGRES_URL = os.environ.get("LEDGER_TEST_POSTGRES_URL", "postgresql://127.0.0.1:5432/test")
-MCHID = "1900000109"
-APPID = "wxd678efh567hg6787"
+from tests.support.constants import APPID, MCHID, POSTGRES_URL, VECTORS_PATH
+from tests.support.fakes import Receiver
+from tests.support.servers import running
 
 
 @pytest.fixture(scope="session")
@@ -95,3 +98,27 @@ def ledger_factory(database_url: str) -> Iterator[Callable[[], Any]]:
     yield make
     for ledger in built:
         ledger.close()
+
+
+@pytest.fixture
+def keys(factory: NotificationFactory) -> dict[str, KeyStore]:
+    """`factory`'s keys by mchid, as `verify` takes them."""
+    return {MCHID: factory.key_store()}
+
+
+@pytest.fixture(scope="session")
+def vectors() -> dict[str, Any]:
+    """The published WeChat Pay test vectors (protocol reference §8)."""
+    if not VECTORS_PATH.is_file():
+        pytest.fail(f"test vectors missing: {VECTORS_PATH} (shared/ must sit beside the repository)")
+    data: dict[str, Any] = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))
+    return data
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A webhook endpoint served on loopback; set its `answer` to script it."""
+    r = Receiver()
+    with running(r.app) as url:
+        r.url = url
+        yield r

@@ -18,8 +18,8 @@ from api.app import create_app
 from ledger.application import Ledger, build_ledger
 from ledger.settings import Settings
 from ledger.wechatpay.sandbox.signer import NotificationFactory
-from tests.conftest import MCHID
-from tests.inprocess import InProcess, in_process
+from tests.support.constants import MCHID
+from tests.support.inprocess import InProcess, in_process
 
 TOKEN = "t0ken-for-the-tests-only-0123456789"
 OPEN = {

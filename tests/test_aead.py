@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,8 +12,6 @@ import pytest
 from api.errors import answer_for
 from ledger.errors import DecryptionFailed
 from ledger.wechatpay.aead import decrypt, encrypt
-
-VECTORS_PATH = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "wechatpay-vectors.json"
 
 # §8.1 V5 (GO utils/aes_test.go): a 16-byte key, so AES-128-GCM.
 V5 = {
@@ -24,14 +21,6 @@ V5 = {
     "ciphertext_b64": "FsdXzxryWfKwvLJKf8LG/ToRPTRh8RN9wROC",
     "plaintext": "Hello World",
 }
-
-
-@pytest.fixture(scope="module")
-def vectors() -> dict[str, Any]:
-    if not VECTORS_PATH.is_file():
-        pytest.fail(f"test vectors missing: {VECTORS_PATH} (shared/ must sit beside the repository)")
-    data: dict[str, Any] = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))
-    return data
 
 
 @pytest.fixture

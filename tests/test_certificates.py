@@ -13,7 +13,7 @@ from api.bootstrap import Services, bootstrap
 from ledger.errors import ResponseUntrusted
 from ledger.settings import Settings
 from ledger.wechatpay.sandbox.server import Sandbox
-from tests.servers import running
+from tests.support.servers import running
 
 
 @pytest.fixture

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,21 +10,8 @@ from pathlib import Path
 import pytest
 
 from ledger.wechatpay.sandbox.server import Sandbox
-from tests.servers import free_port, running
-
-CLI = [sys.executable, "-m", "cli.main"]
-
-
-def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("WECHATPAY_", "LEDGER_"))}
-
-
-def payledger(
-    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLI, *args], env=env or clean_env(), cwd=cwd, capture_output=True, text=True, timeout=timeout
-    )
+from tests.support.cli import CLI, clean_env, payledger
+from tests.support.servers import free_port, running
 
 
 def test_demo_finishes_its_script_in_under_30_seconds_and_shows_the_recovered_order(tmp_path: Path) -> None:
@@ -55,6 +40,7 @@ def sandbox_env(tmp_path: Path) -> Iterator[tuple[Sandbox, dict[str, str]]]:
         yield sandbox, {**clean_env(), **env}
 
 
+@pytest.mark.slow
 def test_query_reconcile_and_certificates_commands(sandbox_env: tuple[Sandbox, dict[str, str]]) -> None:
     sandbox, env = sandbox_env
     for no in ("ORDER-7001", "ORDER-7002"):
@@ -136,6 +122,7 @@ def test_reconcile_follow_keeps_running_and_reports_changes(sandbox_env: tuple[S
     assert any("ORDER-7101: NOTPAY -> SUCCESS" in line for line in lines)
 
 
+@pytest.mark.slow
 def test_project_follows_the_log_and_a_second_projector_waits_for_the_first(
     tmp_path: Path, merchant_env: dict[str, str]
 ) -> None:
@@ -185,7 +172,6 @@ def test_sandbox_command_serves_and_writes_the_ledger_configuration(tmp_path: Pa
     import httpx
 
     from ledger.settings import Settings
-    from tests.servers import free_port
 
     port = free_port()
     process = subprocess.Popen(

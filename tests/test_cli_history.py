@@ -6,8 +6,8 @@ import json
 import re
 from pathlib import Path
 
-from tests.audit_world import NO, REFUND_NO, audit_world
-from tests.test_cli import clean_env, payledger
+from tests.support.audit_world import NO, REFUND_NO, audit_world
+from tests.support.cli import clean_env, payledger
 
 
 def test_history_shows_retries_anomalies_queries_refunds_and_webhook_attempts(

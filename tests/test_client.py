@@ -14,7 +14,6 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,9 +26,9 @@ from ledger.wechatpay.client import WeChatPayClient, classify
 from ledger.wechatpay.keys import KeyStore, PlatformCertificate
 from ledger.wechatpay.sandbox.signer import NotificationFactory, compact_json
 from ledger.wechatpay.signature import build_message, sign, verify
-from tests.conftest import MCHID
+from tests.support.constants import MCHID
+from tests.support.fakes import Answer, FakeClock, FakeWeChatPay
 
-VECTORS_PATH = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "wechatpay-vectors.json"
 # Real "now": the session factory's platform certificate is valid from yesterday for a year.
 NOW = float(int(time.time()))
 MERCHANT_SERIAL = "5F1C72E2A8931B72A2E13AF8DEE92471EB397115"
@@ -71,37 +70,6 @@ jWNRBmvvftZhY59PILHO2X5vO4FXh7suEjy6VIh0gsnK36mmRboYIBGsNuDHjXLe
 BDa+8mDLkWu5nHEhOxy2JJZl
 -----END TESTING KEY-----
 """
-
-Answer = Callable[[httpx.Request], httpx.Response]
-
-
-class FakeClock:
-    """Wall clock for the client; `sleep` records the wait and moves time on."""
-
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
-class FakeWeChatPay:
-    """WeChat Pay's API side: records each request and plays the scripted answers in order
-    (the last one repeats)."""
-
-    def __init__(self, *answers: Answer) -> None:
-        self.answers = list(answers)
-        self.requests: list[httpx.Request] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        answer = self.answers[min(len(self.requests), len(self.answers)) - 1]
-        return answer(request)
 
 
 TRANSACTION = {
@@ -156,7 +124,7 @@ def merchant_key() -> rsa.RSAPrivateKey:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(NOW)
 
 
 @pytest.fixture
@@ -198,14 +166,6 @@ def assert_signed_by(request: httpx.Request, key: rsa.RSAPrivateKey) -> None:
 
 
 # -- §8 D1 and V8: the Authorization header --------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def vectors() -> dict[str, Any]:
-    if not VECTORS_PATH.is_file():
-        pytest.fail(f"test vectors missing: {VECTORS_PATH} (shared/ must sit beside the repository)")
-    data: dict[str, Any] = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))
-    return data
 
 
 def test_d1_authorization_header_reproduces_the_vector(vectors: dict[str, Any], factory: NotificationFactory) -> None:

@@ -13,10 +13,9 @@ from hypothesis import strategies as st
 from ledger.domain import AnomalyKind, Outcome, PaymentOrder, QueryEvidence, inbox_id, order_id
 from ledger.errors import OrderConflict
 from ledger.wechatpay.sandbox.signer import NotificationFactory
-from tests.helpers import event_types, evidence, replay
+from tests.support.builders import event_types, evidence, replay
+from tests.support.constants import APPID, MCHID
 
-MCHID = "1900000109"
-APPID = "wxd678efh567hg6787"
 WECHAT = NotificationFactory(mchid=MCHID, appid=APPID)
 
 

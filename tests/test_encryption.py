@@ -24,9 +24,9 @@ from ledger.wechatpay.notification import NotificationVerifier
 from ledger.wechatpay.sandbox.signer import Delivery, NotificationFactory
 from projections.read_model.rebuild import rebuild_orders_view
 from projections.read_model.runner import open_orders_view
-from tests.conftest import MCHID
-from tests.servers import running
-from tests.tamper import all_states, edit_state, stored_state
+from tests.support.constants import MCHID
+from tests.support.servers import running
+from tests.support.tamper import all_states, edit_state, stored_state
 
 
 def new_key() -> str:

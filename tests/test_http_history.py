@@ -8,12 +8,12 @@ import httpx
 import pytest
 
 from ledger.wechatpay.sandbox.signer import NotificationFactory
-from tests.test_http_orders import service
+from tests.support.servers import client_for
 
 
 @pytest.fixture
 def client(merchant_env: dict[str, str], database_url: str) -> Iterator[httpx.Client]:
-    with service(merchant_env, database_url) as c:
+    with client_for(merchant_env, database_url) as c:
         yield c
 
 

@@ -17,15 +17,8 @@ from api.app import create_app
 from ledger.application import Ledger, build_ledger
 from ledger.settings import Settings
 from ledger.wechatpay.sandbox.signer import Delivery, NotificationFactory
-from tests.conftest import MCHID
-from tests.servers import running
-
-
-@contextlib.contextmanager
-def serve(app: Any) -> Iterator[httpx.Client]:
-    """The app under uvicorn on loopback, and a client for it: real HTTP, no test transport."""
-    with running(app) as url, httpx.Client(base_url=url, timeout=10) as client:
-        yield client
+from tests.support.constants import MCHID
+from tests.support.servers import serve
 
 
 @pytest.fixture

@@ -2,34 +2,24 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from api.app import create_app
-from ledger.settings import Settings
 from ledger.wechatpay.notification import NotificationVerifier
 from ledger.wechatpay.sandbox.signer import NotificationFactory
 from ledger.wechatpay.signature import SignatureHeaders
-from tests.conftest import MCHID
-from tests.servers import running
+from tests.support.constants import MCHID
+from tests.support.servers import client_for
 
 TOKEN = "t0ken-for-the-tests-only-0123456789"
 
 
-@contextlib.contextmanager
-def service(env: dict[str, str], url: str, **extra: str) -> Iterator[httpx.Client]:
-    settings = Settings.load({**env, "LEDGER_DATABASE_URL": url, **extra})
-    with running(create_app(settings)) as base, httpx.Client(base_url=base, timeout=10) as client:
-        yield client
-
-
 @pytest.fixture
 def client(merchant_env: dict[str, str], sqlite_url: str) -> Iterator[httpx.Client]:
-    with service(merchant_env, sqlite_url) as c:
+    with client_for(merchant_env, sqlite_url) as c:
         yield c
 
 
@@ -117,7 +107,7 @@ def test_events_show_raw_deliveries_that_an_auditor_can_reverify(
 def test_admin_token_guards_everything_but_notify_and_healthz(
     merchant_env: dict[str, str], sqlite_url: str, factory: NotificationFactory
 ) -> None:
-    with service(merchant_env, sqlite_url, LEDGER_ADMIN_TOKEN=TOKEN) as client:
+    with client_for(merchant_env, sqlite_url, LEDGER_ADMIN_TOKEN=TOKEN) as client:
         assert client.get("/healthz").status_code == 200
         delivery = factory.paid("ORDER-4006", 100)
         assert client.post("/wechatpay/notify", content=delivery.body, headers=delivery.headers).status_code == 204
@@ -139,7 +129,7 @@ def test_healthz_is_open(client: httpx.Client) -> None:
 
 
 def test_readyz_is_open_and_reports_the_store(merchant_env: dict[str, str], sqlite_url: str) -> None:
-    with service(merchant_env, sqlite_url, LEDGER_ADMIN_TOKEN=TOKEN) as client:
+    with client_for(merchant_env, sqlite_url, LEDGER_ADMIN_TOKEN=TOKEN) as client:
         response = client.get("/readyz")
     assert response.status_code == 200
     assert response.json()["status"] == "ready"

@@ -13,8 +13,8 @@ from api.app import create_app
 from ledger.application import build_ledger
 from ledger.settings import Settings
 from ledger.wechatpay.sandbox.signer import NotificationFactory
-from tests.conftest import MCHID
-from tests.servers import running, through_proxy
+from tests.support.constants import MCHID
+from tests.support.servers import running, through_proxy
 
 
 def test_twenty_concurrent_deliveries_over_http_give_one_decision(

@@ -23,7 +23,7 @@ from ledger.settings import Settings
 from ledger.wechatpay.sandbox.server import Sandbox
 from projections.reconcile.reconciler import Reconciler
 from projections.reconcile.worklist import Worklist
-from tests.servers import running
+from tests.support.servers import running
 
 
 @dataclass

@@ -5,6 +5,8 @@ function) is checked against the rules that docs/architecture.md draws.
     api/          the HTTP app: ledger/ and projections/
     projections/  everything derived from the log: ledger/ only
     ledger/       domain, application, storage, the WeChat Pay protocol: nothing above
+
+And in tests/: no module imports a test module or conftest (shared helpers are in tests/support).
 """
 
 from __future__ import annotations
@@ -134,3 +136,51 @@ def test_the_walk_sees_imports_inside_functions(tmp_path: Path) -> None:
     source = tmp_path / "m.py"
     source.write_text("import os\n\ndef f():\n    from api.app import create_app\n")
     assert imports(source) == [(1, "os"), (4, "api.app"), (4, "api.app.create_app")]
+
+
+def _imports_resolved(path: Path, module: str) -> list[tuple[int, str]]:
+    """`imports`, plus relative imports resolved against `module` (tests/ is a package)."""
+    found = imports(path)
+    package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.level > 0:
+            base = ".".join(package[: len(package) - (node.level - 1)] + ([node.module] if node.module else []))
+            found += [(node.lineno, base)] + [(node.lineno, f"{base}.{alias.name}") for alias in node.names]
+    return found
+
+
+def _test_module_imports(path: Path, module: str) -> list[str]:
+    """Imports of a test module or of conftest: helpers belong in tests/support, fixtures in conftest."""
+    found = []
+    for line, name in sorted(_imports_resolved(path, module)):
+        first = name.removeprefix("tests.").split(".")[0]
+        if first.startswith("test_") or first == "conftest":
+            found.append(f"{path.name}:{line} imports {name}")
+    return found
+
+
+def test_no_test_module_imports_another_or_the_conftest(tmp_path: Path) -> None:
+    """What tests share is in tests/support (helpers) and tests/conftest.py (fixtures, used by
+    name and never imported), so a test module can be read, moved or deleted on its own."""
+    assert [
+        problem
+        for path in sorted((ROOT / "tests").rglob("*.py"))
+        for problem in _test_module_imports(path, _module(path))
+    ] == []
+    source = tmp_path / "test_m.py"
+    source.write_text(
+        "from tests.test_metrics import service\nfrom .test_cli import payledger\nfrom . import test_deploy\n"
+        "from tests.conftest import MCHID\nimport conftest\nfrom tests.support.fakes import FakeClock\n"
+        "from tests.support import servers\nimport test_x_helpers\n"
+    )
+    assert _test_module_imports(source, "tests.test_m") == [
+        "test_m.py:1 imports tests.test_metrics",
+        "test_m.py:1 imports tests.test_metrics.service",
+        "test_m.py:2 imports tests.test_cli",
+        "test_m.py:2 imports tests.test_cli.payledger",
+        "test_m.py:3 imports tests.test_deploy",
+        "test_m.py:4 imports tests.conftest",
+        "test_m.py:4 imports tests.conftest.MCHID",
+        "test_m.py:5 imports conftest",
+        "test_m.py:8 imports test_x_helpers",
+    ]

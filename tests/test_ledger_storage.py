@@ -15,7 +15,7 @@ from ledger.domain import Outcome
 from ledger.errors import OrderConflict, OrderNotFound, StoreUnavailable
 from ledger.wechatpay.notification import NotificationVerifier, VerifiedNotification
 from ledger.wechatpay.sandbox.signer import Delivery, NotificationFactory
-from tests.conftest import APPID, MCHID
+from tests.support.constants import APPID, MCHID
 
 
 @pytest.fixture

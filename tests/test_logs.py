@@ -20,8 +20,7 @@ from ledger.logs import TextFormatter, configure_logging, default_format, reques
 from ledger.settings import Settings
 from ledger.wechatpay.sandbox.server import Sandbox
 from ledger.wechatpay.sandbox.signer import Delivery, NotificationFactory
-from tests.servers import running
-from tests.test_metrics import service
+from tests.support.servers import running, service
 
 TOKEN = "admin-token-for-the-log-test-0123456789"
 OPENID = "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"  # the payer every generated resource names

@@ -8,10 +8,8 @@ the store, so a second app on the same store reports the same.
 from __future__ import annotations
 
 import base64
-import contextlib
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,21 +18,21 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api.app import create_app
 from api.metrics import NOTIFICATION_OUTCOMES
-from ledger.application import Ledger, build_ledger
 from ledger.settings import Settings
 from ledger.store.cipher import SETTING as ENCRYPTION_KEYS
 from ledger.store.cipher import stored_key_id
 from ledger.store.sql import Database
 from ledger.wechatpay.sandbox.server import Sandbox
-from ledger.wechatpay.sandbox.signer import Delivery, NotificationFactory
+from ledger.wechatpay.sandbox.signer import NotificationFactory
 from projections.webhooks.dispatcher import Dispatcher
 from projections.webhooks.outbox import Outbox
 from projections.webhooks.records import Attempt
 from projections.webhooks.schema import outbox_url
 from projections.webhooks.stats import ATTEMPT_RESULTS
-from tests.servers import running, through_proxy
-from tests.tamper import all_states
-from tests.test_outbox_dispatcher import FakeClock, Receiver, decide, receiver  # noqa: F401 - a fixture, used by name
+from tests.support.fakes import FakeClock, Receiver
+from tests.support.servers import post, running, service, through_proxy
+from tests.support.tamper import all_states
+from tests.support.webhooks import decide
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -53,24 +51,6 @@ def scrape(client: httpx.Client) -> Samples:
 def value(samples: Samples, name: str, **labels: str) -> float:
     """The sample, which must be there (a metric missing from a scrape is a failure, not a 0)."""
     return samples[(name, tuple(sorted(labels.items())))]
-
-
-def post(client: httpx.Client, delivery: Delivery, path: str = "/wechatpay/notify") -> int:
-    return client.post(path, content=delivery.body, headers=delivery.headers).status_code
-
-
-@contextlib.contextmanager
-def service(env: dict[str, str], database_url: str, **extra: str) -> Iterator[tuple[httpx.Client, Ledger]]:
-    settings = Settings.load({**env, "LEDGER_DATABASE_URL": database_url, **extra})
-    ledger = build_ledger(database_url)
-    try:
-        with (
-            running(create_app(settings, ledger=ledger, background=False)) as url,
-            httpx.Client(base_url=url, timeout=30) as client,
-        ):
-            yield client, ledger
-    finally:
-        ledger.close()
 
 
 def test_every_notification_outcome_is_counted_once_and_every_answer_is_timed(
@@ -125,6 +105,7 @@ def test_every_notification_outcome_is_counted_once_and_every_answer_is_timed(
     )
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_a_store_that_goes_away_is_counted_and_metrics_still_answer(
     postgres_url: str, merchant_env: dict[str, str], factory: NotificationFactory
@@ -221,7 +202,7 @@ def test_query_outcomes_are_counted_by_outcome_and_wechat_code(tmp_path: Path) -
 def test_outbound_attempts_by_result_and_dead_letters_as_any_dispatcher_left_them(
     database_url: str,
     merchant_env: dict[str, str],
-    receiver: Receiver,  # noqa: F811 - the fixture imported above
+    receiver: Receiver,
 ) -> None:
     outbox = Outbox(Database(outbox_url(database_url)))
     endpoint = outbox.endpoints.add(receiver.url + "/hook")

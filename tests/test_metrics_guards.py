@@ -13,7 +13,7 @@ from api.metrics import Guarded, StoreBreaker
 from ledger.wechatpay.notification import NotificationVerifier
 from ledger.wechatpay.sandbox.signer import NotificationFactory
 from projections.log_counts import DecisionTally
-from tests.conftest import MCHID
+from tests.support.constants import MCHID
 
 
 class Failing:
@@ -67,7 +67,7 @@ def test_a_callback_not_stored_for_a_reason_of_ours_is_answered_500_and_counted(
 ) -> None:
     from api.app import create_app
     from ledger.settings import Settings
-    from tests.inprocess import in_process
+    from tests.support.inprocess import in_process
 
     app = create_app(Settings.load({**merchant_env, "LEDGER_DATABASE_URL": sqlite_url}), background=False)
     with in_process(app) as client:

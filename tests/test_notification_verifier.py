@@ -6,7 +6,6 @@ import datetime as dt
 import json
 import time
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,16 +16,7 @@ from ledger.wechatpay.keys import KeyStore, PlatformCertificate
 from ledger.wechatpay.notification import NotificationVerifier
 from ledger.wechatpay.sandbox.signer import NotificationFactory, compact_json
 
-VECTORS_PATH = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "wechatpay-vectors.json"
 T = 1_790_000_000  # a fixed signing time for generated deliveries (public-key mode has no validity period)
-
-
-@pytest.fixture(scope="module")
-def vectors() -> dict[str, Any]:
-    if not VECTORS_PATH.is_file():
-        pytest.fail(f"test vectors missing: {VECTORS_PATH} (shared/ must sit beside the repository)")
-    data: dict[str, Any] = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))
-    return data
 
 
 @pytest.fixture(scope="module")

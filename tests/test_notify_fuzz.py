@@ -21,8 +21,8 @@ from ledger.errors import BodyTooLarge, MalformedNotification, UnknownSerial, Ve
 from ledger.settings import Settings
 from ledger.wechatpay.keys import normalise_serial
 from ledger.wechatpay.sandbox.signer import Delivery, NotificationFactory
-from tests.conftest import MCHID
-from tests.inprocess import Answer, InProcess, in_process
+from tests.support.constants import MCHID
+from tests.support.inprocess import Answer, InProcess, in_process
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 PATHS = ["/wechatpay/notify", f"/wechatpay/notify/{MCHID}"]
@@ -72,8 +72,7 @@ def assert_refused(answer: Answer) -> None:
     assert not 200 <= answer.status < 300, answer
     assert answer.status in (401, 413), answer
     assert answer.headers["content-type"] == "application/json"
-    assert answer.json() == {"code": "FAIL", "message": answer.json()["message"]}
-    assert answer.json()["message"] in REASONS, answer
+    assert answer.json() in [{"code": "FAIL", "message": reason} for reason in sorted(REASONS)], answer
 
 
 @contextlib.contextmanager

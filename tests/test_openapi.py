@@ -17,7 +17,7 @@ from api.app import create_app
 from api.openapi import OPENAPI_PATH, openapi_document
 from ledger.settings import Settings
 from ledger.wechatpay.sandbox.server import Sandbox
-from tests.servers import running
+from tests.support.servers import running
 
 TOKEN = "t0ken-for-the-tests-only-0123456789"
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "options", "trace"}

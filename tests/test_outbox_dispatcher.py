@@ -1,13 +1,12 @@
 """The outbox and its dispatchers against a real receiver on loopback, on SQLite and PostgreSQL.
 
 Schedules run on a fake clock: a "day" of retries takes no time. The receiver verifies every
-request with the independent verifier of test_webhooks.
+request with the independent verifier of tests/support/webhooks.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import email.utils
 import json
@@ -19,15 +18,10 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from cli.main import run
 from cli.webhooks import register
@@ -39,71 +33,10 @@ from projections.webhooks.endpoints import load_endpoints
 from projections.webhooks.messages import enqueue, message_id
 from projections.webhooks.outbox import Outbox
 from projections.webhooks.schema import outbox_url
-from tests.conftest import MCHID
-from tests.servers import free_port, running
-from tests.test_webhooks import InvalidWebhook, verify
-
-T0 = 1_800_000_000.0
-STREAM = "6f1c2a9e-0d3b-4c8e-9f1a-2b3c4d5e6f70"
-
-
-@dataclass
-class Hit:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-    @property
-    def id(self) -> str:
-        return self.headers["webhook-id"]
-
-    @property
-    def timestamp(self) -> int:
-        return int(self.headers["webhook-timestamp"])
-
-
-@dataclass
-class Receiver:
-    """A business endpoint: records each request and answers (status, headers, delay) from `answer`."""
-
-    answer: Callable[[Hit], tuple[int, dict[str, str], float]] = lambda hit: (200, {}, 0.0)
-    hits: list[Hit] = field(default_factory=list)
-    url: str = ""
-
-    def __post_init__(self) -> None:
-        self.app = Starlette(
-            routes=[Route("/hook", self._receive, methods=["POST"]), Route("/moved", self._receive, methods=["POST"])]
-        )
-
-    async def _receive(self, request: Request) -> Response:
-        hit = Hit(request.url.path, dict(request.headers), await request.body())
-        self.hits.append(hit)
-        status, headers, delay = self.answer(hit)
-        if delay:
-            await asyncio.sleep(delay)
-        return Response(f"answer {status} " + "x" * 2000, status_code=status, headers=headers)
-
-    def to(self, path: str) -> list[Hit]:
-        return [hit for hit in self.hits if hit.path == path]
-
-
-class FakeClock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    with running(r.app) as url:
-        r.url = url
-        yield r
+from tests.support.constants import MCHID
+from tests.support.fakes import T0, FakeClock, Receiver, failing_then
+from tests.support.servers import free_port
+from tests.support.webhooks import STREAM, InvalidWebhook, decide, verify
 
 
 @pytest.fixture
@@ -131,33 +64,6 @@ def dispatchers() -> Iterator[Callable[..., Dispatcher]]:
     yield make
     for d in made:
         d.close()
-
-
-def decide(outbox: Outbox, n: int, *, at: float | None = T0, event_type: str = "PaymentSucceeded") -> int:
-    """What the projection does for one decision event of order n."""
-    occurred = dt.datetime.fromtimestamp(at or time.time(), dt.UTC)
-    data = {"out_trade_no": f"ORDER-{n:04d}", "mchid": MCHID, "trade_state": "SUCCESS", "amount": {"total": 100}}
-    return outbox.messages.enqueue(
-        source_id=f"{STREAM}:{n}",
-        event_type=event_type,
-        mchid=MCHID,
-        out_trade_no=f"ORDER-{n:04d}",
-        stream_version=n,
-        data=data,
-        occurred_at=occurred,
-        created_at=at,
-    )
-
-
-def failing_then(n: int, status: int = 503, headers: dict[str, str] | None = None) -> Any:
-    """Answer `status` to the first n requests, then 200."""
-    seen = Counter[str]()
-
-    def answer(hit: Hit) -> tuple[int, dict[str, str], float]:
-        seen["all"] += 1
-        return (status, headers or {}, 0.0) if seen["all"] <= n else (200, {}, 0.0)
-
-    return answer
 
 
 def statuses(outbox: Outbox, msg: str) -> list[int | None]:
@@ -286,13 +192,13 @@ def test_a_receiver_slower_than_the_timeout_is_a_failure(
     sqlite_outbox: Outbox, receiver: Receiver, dispatchers: Callable[..., Dispatcher]
 ) -> None:
     sqlite_outbox.endpoints.add(receiver.url + "/hook")
-    receiver.answer = lambda hit: (200, {}, 1.0)
+    receiver.answer = lambda hit: (200, {}, 2.0)
     decide(sqlite_outbox, 1)
     dispatchers(sqlite_outbox, clock=FakeClock(), timeout=0.3).run_once()
     [msg] = sqlite_outbox.messages.newest()
     assert msg.state == "failing"
     [attempt] = msg.history
-    assert attempt.status is None and attempt.error == "timeout" and 250 <= attempt.duration_ms < 1000
+    assert attempt.status is None and attempt.error == "timeout" and 250 <= attempt.duration_ms < 2000
 
 
 def test_an_unreachable_endpoint_is_a_failure(sqlite_outbox: Outbox, dispatchers: Callable[..., Dispatcher]) -> None:

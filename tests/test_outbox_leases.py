@@ -12,7 +12,7 @@ from ledger.store.sql import Database
 from projections.webhooks.outbox import Outbox
 from projections.webhooks.records import Attempt, Message
 from projections.webhooks.schema import outbox_url
-from tests.conftest import MCHID
+from tests.support.constants import MCHID
 
 T0 = 1_800_000_000.0
 LEASE = 60.0

@@ -10,22 +10,11 @@ from ledger.store.sql import Database
 from ledger.wechatpay.notification import NotificationVerifier
 from ledger.wechatpay.sandbox.signer import NotificationFactory
 from projections.read_model.rebuild import rebuild_orders_view
-from projections.read_model.runner import wake
 from projections.webhooks.outbox import Outbox
-from projections.webhooks.projection import open_outbox_view, start_outbox_projector
+from projections.webhooks.projection import open_outbox_view
 from projections.webhooks.schema import outbox_url
-from tests.conftest import MCHID
-from tests.test_read_model import project_until_caught_up
-
-
-def run_outbox(database_url: str, ledger: Ledger) -> None:
-    runner, view, loader = start_outbox_projector(database_url)
-    with runner:
-        runner.wait(ledger.recorder.max_notification_id(), timeout=20)
-        runner.stop()
-        wake(loader)
-    loader.close()
-    view.datastore.close()
+from tests.support.constants import MCHID
+from tests.support.projectors import project_until_caught_up, run_outbox
 
 
 def pay_and_refund(ledger: Ledger, factory: NotificationFactory, no: str) -> None:

@@ -15,38 +15,13 @@ from eventsourcing.persistence import Tracking
 from api.app import create_app
 from ledger.application import Ledger, build_ledger
 from ledger.settings import Settings
-from ledger.wechatpay.notification import NotificationVerifier
 from ledger.wechatpay.sandbox.signer import NotificationFactory
-from projections.read_model.runner import ProjectorLock, open_orders_view, start_orders_projector, wake
+from projections.read_model.runner import ProjectorLock, open_orders_view, start_orders_projector
 from projections.read_model.view import OrdersProjection
-from tests.conftest import MCHID
-from tests.servers import running
-
-
-def fill(ledger: Ledger, factory: NotificationFactory, count: int, offset: int = 0) -> list[str]:
-    verifier = NotificationVerifier(factory.key_store(), factory.apiv3_key.encode())
-    numbers = []
-    for i in range(offset, offset + count):
-        no = f"ORDER-8{i:03d}"
-        ledger.register_order(MCHID, no, 100 + i)
-        if i % 3 != 2:
-            d = factory.paid(no, 100 + i)
-            ledger.record_notification(MCHID, verifier.verify(d.headers, d.body))
-        if i % 3 == 0:
-            d = factory.refunded(no, f"R-{no}", 10, 100 + i)
-            ledger.record_notification(MCHID, verifier.verify(d.headers, d.body))
-        numbers.append(no)
-    return numbers
-
-
-def project_until_caught_up(database_url: str, ledger: Ledger) -> None:
-    runner, view, loader = start_orders_projector(database_url)
-    with runner:
-        runner.wait(ledger.recorder.max_notification_id(), timeout=20)
-        runner.stop()
-        wake(loader)
-    loader.close()
-    view.datastore.close()  # type: ignore[attr-defined]
+from tests.support.constants import MCHID
+from tests.support.orders import fill
+from tests.support.projectors import project_until_caught_up
+from tests.support.servers import running
 
 
 def test_view_matches_the_aggregates(

@@ -9,9 +9,8 @@ import httpx
 from ledger.wechatpay.sandbox.signer import NotificationFactory
 from projections.log_counts import unprocessed
 from projections.webhooks.projection import OutboxProjection
-from tests.test_metrics import post, service
-from tests.test_outbox_projection import run_outbox
-from tests.test_read_model import project_until_caught_up
+from tests.support.projectors import project_until_caught_up, run_outbox
+from tests.support.servers import post, service
 
 
 def ready(client: httpx.Client) -> tuple[int, dict[str, object]]:

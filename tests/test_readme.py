@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
-from tests.servers import free_port
+from tests.support.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -32,6 +33,7 @@ def test_quick_start_has_the_two_commands_and_ci_runs_the_test_one() -> None:
     assert tests in (ROOT / ".ci" / "run").read_text()
 
 
+@pytest.mark.slow
 def test_dev_quick_start_serves_records_and_shows_history(tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WECHATPAY_", "LEDGER_"))}

@@ -16,8 +16,9 @@ from projections.read_model.live import live_view
 from projections.read_model.rebuild import rebuild_orders_view
 from projections.read_model.runner import open_orders_view, run_orders_projector
 from projections.read_model.view import NAME
-from tests.conftest import MCHID
-from tests.test_read_model import fill, project_until_caught_up
+from tests.support.constants import MCHID
+from tests.support.orders import fill
+from tests.support.projectors import project_until_caught_up
 
 
 def snapshot(database_url: str, name: str) -> list[tuple[object, ...]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import itertools
 import threading
 import time
@@ -13,61 +12,13 @@ from typing import Any
 import pytest
 
 from ledger.application import Ledger
-from ledger.domain import PaymentOrder, QueryEvidence
-from ledger.errors import WeChatPayUnavailable
+from ledger.domain import PaymentOrder
 from ledger.wechatpay.notification import NotificationVerifier
 from ledger.wechatpay.sandbox.signer import NotificationFactory
 from projections.reconcile.reconciler import Reconciler
 from projections.reconcile.worklist import Worklist
-from tests.conftest import MCHID
-
-
-class FakeWeChat:
-    """Answers queries from a dict of trade states, recording who asked and when."""
-
-    def __init__(self, ledger: Ledger, states: dict[str, str], delay: float = 0.0) -> None:
-        self.ledger, self.states, self.delay = ledger, states, delay
-        self.calls: Counter[str] = Counter()
-        self.in_flight: Counter[str] = Counter()
-        self.max_in_flight = 0
-        self.fail: set[str] = set()
-        self._lock = threading.Lock()
-
-    def __call__(self, mchid: str, out_trade_no: str) -> PaymentOrder:
-        with self._lock:
-            self.calls[out_trade_no] += 1
-            self.in_flight[out_trade_no] += 1
-            self.max_in_flight = max(self.max_in_flight, self.in_flight[out_trade_no])
-        try:
-            time.sleep(self.delay)
-            if out_trade_no in self.fail:
-                raise WeChatPayUnavailable("503")
-            state = self.states.get(out_trade_no, "NOTPAY")
-            transaction: dict[str, Any] = {
-                "mchid": mchid,
-                "out_trade_no": out_trade_no,
-                "trade_state": state,
-                "amount": {"total": 100, "currency": "CNY"},
-            }
-            if state == "SUCCESS":
-                transaction |= {
-                    "transaction_id": f"4200{out_trade_no[-6:]:0>24}",
-                    "success_time": "2026-11-27T10:00:00+08:00",
-                }
-            evidence = QueryEvidence(
-                "out_trade_no",
-                200,
-                "{}",
-                {},
-                "PUB_KEY_ID_1",
-                f"req-{out_trade_no}",
-                transaction,
-                dt.datetime.now(dt.UTC),
-            )
-            return self.ledger.record_query(mchid, out_trade_no, evidence)
-        finally:
-            with self._lock:
-                self.in_flight[out_trade_no] -= 1
+from tests.support.constants import MCHID
+from tests.support.fakes import FakeWeChat
 
 
 @pytest.fixture
@@ -122,6 +73,7 @@ def test_recovers_a_missing_callback_by_query_and_stops_when_final(
     assert ledger.get_order(MCHID, "ORDER-5101").trade_state == "SUCCESS"
 
 
+@pytest.mark.slow
 def test_schedule_backs_off_and_failed_queries_are_retried_later(
     ledger_factory: Callable[[], Ledger], worklist: Worklist
 ) -> None:

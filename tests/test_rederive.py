@@ -13,10 +13,10 @@ from ledger.audit.integrity import verify_all, verify_order
 from ledger.domain import order_id
 from ledger.wechatpay.keys import KeyStore
 from ledger.wechatpay.sandbox.signer import NotificationFactory
-from tests.conftest import APPID, MCHID
-from tests.helpers import query_answer
-from tests.tamper import edit_json, rechain
-from tests.test_verify import ORDER, fill, keys, problems  # noqa: F401 - `keys` is a fixture
+from tests.support.audit import ORDER, fill, problems
+from tests.support.builders import query_answer
+from tests.support.constants import APPID, MCHID
+from tests.support.tamper import edit_json, rechain
 
 APPIDS = {MCHID: APPID}
 
@@ -34,7 +34,7 @@ def _with_a_query(ledger: Ledger) -> None:
 def test_every_decision_of_a_clean_ledger_follows_from_its_evidence(
     ledger_factory: Callable[[], Ledger],
     factory: NotificationFactory,
-    keys: dict[str, KeyStore],  # noqa: F811
+    keys: dict[str, KeyStore],
     monkeypatch: pytest.MonkeyPatch,
     shadows: int | None,
 ) -> None:
@@ -53,7 +53,7 @@ def test_every_decision_of_a_clean_ledger_follows_from_its_evidence(
 def test_a_decision_edited_with_its_chain_is_caught(
     ledger_factory: Callable[[], Ledger],
     factory: NotificationFactory,
-    keys: dict[str, KeyStore],  # noqa: F811
+    keys: dict[str, KeyStore],
     database_url: str,
 ) -> None:
     ledger = ledger_factory()
@@ -76,11 +76,11 @@ def test_a_decision_edited_with_its_chain_is_caught(
 def test_a_decision_cut_off_the_end_of_a_stream_is_caught(
     ledger_factory: Callable[[], Ledger],
     factory: NotificationFactory,
-    keys: dict[str, KeyStore],  # noqa: F811
+    keys: dict[str, KeyStore],
     database_url: str,
 ) -> None:
     """A stream's last event deleted leaves every chain intact; the evidence still decides it."""
-    from tests.tamper import delete_event
+    from tests.support.tamper import delete_event
 
     ledger = ledger_factory()
     fill(ledger, factory)

@@ -35,8 +35,8 @@ from ledger.wechatpay.signature import (
     sign,
     verify_signed_message,
 )
-from tests.conftest import APPID, MCHID
-from tests.servers import running
+from tests.support.constants import APPID, MCHID
+from tests.support.servers import running
 
 MERCHANT_SERIAL = "5F1C72E2A8931B72A2E13AF8DEE92471EB397115"
 

@@ -7,7 +7,6 @@ import datetime as dt
 import json
 import re
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,16 +24,7 @@ from ledger.wechatpay.signature import (
     verify_signed_message,
 )
 
-VECTORS_PATH = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "wechatpay-vectors.json"
 HEADER_NAMES = ("Wechatpay-Timestamp", "Wechatpay-Nonce", "Wechatpay-Signature", "Wechatpay-Serial")
-
-
-@pytest.fixture(scope="module")
-def vectors() -> dict[str, Any]:
-    if not VECTORS_PATH.is_file():
-        pytest.fail(f"test vectors missing: {VECTORS_PATH} (shared/ must sit beside the repository)")
-    data: dict[str, Any] = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))
-    return data
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from ledger.store.sql import Database
 from ledger.wechatpay.sandbox.signer import NotificationFactory
 from projections.webhooks.outbox import Outbox
 from projections.webhooks.schema import outbox_url
-from tests.servers import free_port, running
+from tests.support.servers import free_port, running
 
 pytestmark = pytest.mark.postgres
 CLI = [sys.executable, "-m", "cli.main"]
@@ -43,6 +43,7 @@ def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 30
     raise AssertionError(f"{url} never became ready")
 
 
+@pytest.mark.slow
 def test_paid_order_reaches_the_receiver_exactly_once(
     postgres_url: str, merchant_env: dict[str, str], factory: NotificationFactory, tmp_path: Path
 ) -> None:

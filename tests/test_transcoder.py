@@ -16,13 +16,14 @@ from eventsourcing.persistence import (
     UUIDAsHex,
 )
 
-from ledger.application import Ledger, evidence_from
+from ledger.application import Ledger, build_ledger, evidence_from
 from ledger.domain import PaymentOrder
 from ledger.store.transcoder import FastJSONTranscoder
 from ledger.wechatpay.notification import NotificationVerifier
 from ledger.wechatpay.sandbox.signer import NotificationFactory
-from tests.conftest import APPID, MCHID
-from tests.helpers import query_answer
+from tests.support.builders import query_answer
+from tests.support.constants import APPID, MCHID
+from tests.support.tamper import all_states
 
 
 def transcoders() -> tuple[JSONTranscoder, FastJSONTranscoder]:
@@ -94,11 +95,23 @@ def test_what_orjson_would_write_differently_is_left_to_the_library() -> None:
             transcoder.encode({"when": dt.date(2026, 11, 27)})
 
 
-def test_the_ledger_uses_it(sqlite_url: str) -> None:
-    from ledger.application import build_ledger
-
+def test_the_ledger_uses_it(sqlite_url: str, factory: NotificationFactory) -> None:
+    """What a ledger stores, through the fast transcoder, the library reads back and would write
+    to the same bytes."""
+    verifier = NotificationVerifier(factory.key_store(), factory.apiv3_key.encode())
     ledger: Ledger = build_ledger(sqlite_url)
     try:
         assert isinstance(ledger.mapper.transcoder, FastJSONTranscoder)
+        ledger.register_order(MCHID, "ORDER-TC-2", 1000, "CNY", '茶叶 \u2028 "quoted"')
+        for delivery in (factory.paid("ORDER-TC-2", 1000), factory.refunded("ORDER-TC-2", "R-1", 300, 1000)):
+            ledger.record_notification(MCHID, verifier.verify(delivery.headers, delivery.body), expected_appid=APPID)
+        query = query_answer({"trade_state": "REFUND", "amount": {"total": 1000}})
+        ledger.record_query(MCHID, "ORDER-TC-2", query, expected_appid=APPID)
+        stored = [(e["type"], e["version"]) for e in ledger.order_history(MCHID, "ORDER-TC-2")]
     finally:
         ledger.close()
+    library, _ = transcoders()
+    states = all_states(sqlite_url)
+    assert len(states) >= len(stored) >= 7
+    for state in states:
+        assert library.encode(library.decode(state)) == state

@@ -18,8 +18,8 @@ from api.ui.auth import COOKIE, SESSION_SECONDS, Access, UISessions
 from ledger.application import build_ledger
 from ledger.settings import Settings
 from ledger.wechatpay.sandbox.signer import NotificationFactory
-from tests.servers import running
-from tests.test_read_model import project_until_caught_up
+from tests.support.projectors import project_until_caught_up
+from tests.support.servers import running
 
 TOKEN = "ui-t0ken-for-the-tests-only-0123456789"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}

@@ -12,11 +12,13 @@ from typing import Any
 
 import pytest
 
-from tests.audit_world import NO, audit_world
+from tests.support.audit_world import NO, audit_world
 
 CHROMIUM = Path("/usr/bin/chromium")
 TOKEN = "browser-t0ken-for-the-tests-only-0123456789"
 SCREENSHOT = Path(__file__).parent / "artifacts" / "order-page.png"
+
+pytestmark = pytest.mark.slow
 
 
 def _playwright() -> Any:

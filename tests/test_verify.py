@@ -3,68 +3,27 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from ledger.application import Ledger
-from ledger.audit.integrity import Report, verify_all, verify_order
+from ledger.audit.integrity import verify_all, verify_order
 from ledger.domain import inbox_id, order_id
 from ledger.hashchain import GENESIS, event_fields, link
 from ledger.wechatpay.keys import KeyStore
 from ledger.wechatpay.notification import NotificationVerifier
 from ledger.wechatpay.sandbox.signer import NotificationFactory
-from tests.conftest import APPID, MCHID
-from tests.tamper import delete_event, edit_json, edit_state, rechain, stored_state
-
-ORDER = "ORDER-9001"
-
-
-@pytest.fixture
-def keys(factory: NotificationFactory) -> dict[str, KeyStore]:
-    return {MCHID: factory.key_store()}
-
-
-def fill(ledger: Ledger, factory: NotificationFactory) -> str:
-    """Paid and refunded orders (one with a decimal in its resource), a retry, an inbox stream."""
-    verifier = NotificationVerifier(factory.key_store(), factory.apiv3_key.encode())
-
-    def record(delivery: Any) -> None:
-        ledger.record_notification(MCHID, verifier.verify(delivery.headers, delivery.body), expected_appid=APPID)
-
-    ledger.register_order(MCHID, ORDER, 100, "CNY", "茶")
-    paid = factory.paid(ORDER, 100)
-    record(paid)  # v3 NotificationReceived, v4 PaymentSucceeded
-    record(paid)  # a byte-identical replay: no event
-    record(factory.refunded(ORDER, "R-1", 40, 100))
-    resource = {**factory.transaction("ORDER-9002", 300), "promotion_detail": [{"rate": 0.5}]}
-    record(factory.deliver(factory.envelope(resource)))
-    ledger.register_order(MCHID, "ORDER-9002", 200)  # an amount mismatch: AnomalyDetected
-    body = factory.envelope({"mchid": MCHID, "out_contract_code": "C-1"}, "PAYSCORE.USER_OPEN_SERVICE")
-    inbox = factory.deliver(body)
-    record(inbox)
-    return inbox.notification_id
-
-
-def problems(report: Report) -> list[tuple[str, int, str]]:
-    return [(b.name, b.version, b.problem) for b in report.breaks]
-
-
-def payledger(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cli.main", *args], env=env, capture_output=True, text=True, timeout=60
-    )
+from tests.support.audit import ORDER, fill, problems
+from tests.support.cli import clean_env, payledger
+from tests.support.constants import MCHID
+from tests.support.tamper import delete_event, edit_json, edit_state, rechain, stored_state
 
 
 @pytest.fixture
 def cli_env(merchant_env: dict[str, str], database_url: str) -> dict[str, str]:
-    import os
-
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("WECHATPAY_", "LEDGER_"))}
-    return {**base, **merchant_env, "LEDGER_DATABASE_URL": database_url}
+    return {**clean_env(), **merchant_env, "LEDGER_DATABASE_URL": database_url}
 
 
 def test_a_clean_ledger_verifies_every_chain_and_notification(

@@ -15,6 +15,8 @@ from typing import Any
 import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+__all__ = ["Answer", "InProcess", "in_process"]
+
 
 @dataclass(frozen=True)
 class Answer:

@@ -13,6 +13,8 @@ import psycopg
 
 from ledger.store.backends import connect_postgres, persistence_env
 
+__all__ = ["all_states", "delete_event", "edit_json", "edit_state", "rechain", "stored_state"]
+
 
 @contextmanager
 def _table(url: str) -> Iterator[tuple[Any, str, str]]:

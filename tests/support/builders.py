@@ -1,4 +1,7 @@
-"""Small builders shared by the tests (the signing side lives in ledger.wechatpay.sandbox.signer)."""
+"""Domain values built by hand: evidence as the verifier gives it, a status-query answer, a replay.
+
+(The signing side, deliveries as WeChat Pay sends them, lives in ledger.wechatpay.sandbox.signer.)
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,8 @@ import json
 from typing import Any
 
 from ledger.domain import Evidence, PaymentOrder, QueryEvidence
+
+__all__ = ["event_types", "evidence", "query_answer", "replay"]
 
 
 def evidence(

@@ -25,10 +25,11 @@ from ledger.wechatpay.sandbox.server import Sandbox
 from projections.webhooks.dispatcher import Dispatcher
 from projections.webhooks.outbox import Outbox
 from projections.webhooks.schema import outbox_url
-from tests.servers import running
-from tests.test_outbox_dispatcher import FakeClock, Receiver, failing_then
-from tests.test_outbox_projection import run_outbox
-from tests.test_read_model import project_until_caught_up
+from tests.support.fakes import FakeClock, Receiver, failing_then
+from tests.support.projectors import project_until_caught_up, run_outbox
+from tests.support.servers import running
+
+__all__ = ["NO", "REFUND_NO", "AuditWorld", "audit_world"]
 
 NO = "AUDIT-0001"
 REFUND_NO = "R-AUDIT-0001"

@@ -1,4 +1,5 @@
-"""Real servers on loopback for the tests: the app under uvicorn, and a TCP proxy to cut."""
+"""Real servers on loopback for the tests: any ASGI app under uvicorn, the ledger's app with a
+client for it, and a TCP proxy to cut (the store going away)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,15 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import uvicorn
+
+from api.app import create_app
+from ledger.application import Ledger, build_ledger
+from ledger.settings import Settings
+from ledger.wechatpay.sandbox.signer import Delivery
+
+__all__ = ["TCPProxy", "client_for", "free_port", "post", "running", "serve", "service", "through_proxy"]
 
 
 def free_port() -> int:
@@ -37,6 +46,39 @@ def running(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+@contextlib.contextmanager
+def serve(app: Any, *, timeout: float = 30) -> Iterator[httpx.Client]:
+    """`app` under uvicorn on loopback, and a client for it: real HTTP, no test transport."""
+    with running(app) as url, httpx.Client(base_url=url, timeout=timeout) as client:
+        yield client
+
+
+@contextlib.contextmanager
+def service(env: dict[str, str], database_url: str, **extra: str) -> Iterator[tuple[httpx.Client, Ledger]]:
+    """The ledger's app on `database_url`, without background workers, and a ledger on the same
+    store for the test to read or to drive projections with."""
+    settings = Settings.load({**env, "LEDGER_DATABASE_URL": database_url, **extra})
+    ledger = build_ledger(database_url)
+    try:
+        with serve(create_app(settings, ledger=ledger, background=False)) as client:
+            yield client, ledger
+    finally:
+        ledger.close()
+
+
+@contextlib.contextmanager
+def client_for(env: dict[str, str], database_url: str, **extra: str) -> Iterator[httpx.Client]:
+    """The ledger's app as `payledger serve` runs it (its own ledger, background workers on)."""
+    settings = Settings.load({**env, "LEDGER_DATABASE_URL": database_url, **extra})
+    with serve(create_app(settings)) as client:
+        yield client
+
+
+def post(client: httpx.Client, delivery: Delivery, path: str = "/wechatpay/notify") -> int:
+    """WeChat Pay delivering `delivery` to the app; the answer's status."""
+    return client.post(path, content=delivery.body, headers=delivery.headers).status_code
 
 
 class TCPProxy:
