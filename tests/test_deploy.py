@@ -152,14 +152,15 @@ def check_payledger_argv(argv: list[str], where: str) -> argparse.Namespace:
         raise AssertionError(f"{where}: payledger rejects the arguments {argv[1:]}") from None
 
 
-def readme_settings() -> set[str]:
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+def documented_settings() -> set[str]:
+    """The settings table of docs/configuration.md."""
+    doc = (ROOT / "docs" / "configuration.md").read_text()
+    section = doc.split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
     names: set[str] = set()
     for row in section.splitlines():
         if row.startswith("| `"):
             names |= set(re.findall(r"`([A-Z][A-Z0-9_]+)`", row.split("|")[1]))
-    assert {"LEDGER_DATABASE_URL", "WECHATPAY_MCHID"} <= names, "README configuration table not found"
+    assert {"LEDGER_DATABASE_URL", "WECHATPAY_MCHID"} <= names, "docs/configuration.md settings table not found"
     return names
 
 
@@ -282,7 +283,7 @@ def test_dockerfile_installs_the_project_without_dev_dependencies_or_secrets() -
     assert copied == {"pyproject.toml", "README.md", "ledger", "api", "projections"}
     installs = [args for op, args in instructions if op == "RUN" and "pip install" in args]
     assert installs and not [i for i in installs if "[test]" in i or " -e " in i or "pytest" in i]
-    known = readme_settings()
+    known = documented_settings()
     for op, args in instructions:
         if op in ("ENV", "ARG"):
             assert not [name for name in known if name in args], f"{op} {args}: settings come from the environment"
@@ -365,7 +366,7 @@ def test_nginx_answers_wechat_notifications_within_five_seconds() -> None:
 
 def test_env_example_documents_every_setting_with_placeholders_only() -> None:
     example = env_example()
-    settings = readme_settings()
+    settings = documented_settings()
     assert settings <= set(example), f"missing from ledger.env.example: {sorted(settings - set(example))}"
     assert set(example) <= settings, f"not a setting: {sorted(set(example) - settings)}"
     assert all(commented for _, commented in example.values()), "the committed example must set nothing"
@@ -375,7 +376,7 @@ def test_env_example_documents_every_setting_with_placeholders_only() -> None:
 
 def test_k8s_config_and_secrets_split_the_settings() -> None:
     objects = {(o["kind"], o["metadata"]["name"]): o for _, o in k8s_objects() if o["kind"] != "Kustomization"}
-    settings = readme_settings()
+    settings = documented_settings()
     config = objects["ConfigMap", "payledger-config"]["data"]
     assert set(config) <= settings and not set(config) & SECRET_SETTINGS
     assert all(isinstance(v, str) for v in config.values()), "ConfigMap values must be strings"

@@ -1,4 +1,5 @@
-"""The README's commands are the ones CI runs, and the dev quick start really works."""
+"""The README's commands are the ones CI runs, the dev quick start really works, and the
+configuration file of docs/configuration.md is one the ledger accepts."""
 
 from __future__ import annotations
 
@@ -8,15 +9,20 @@ import re
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
+from ledger.settings import Settings
 from tests.support.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
+CONFIGURATION = (ROOT / "docs" / "configuration.md").read_text()
 
 
 def quick_start() -> list[str]:
@@ -88,3 +94,34 @@ def test_bad_configuration_fails_at_start_naming_the_setting(tmp_path: Path) -> 
     )
     assert result.returncode == 2
     assert "WECHATPAY_APIV3_KEY" in result.stderr and "too-short" not in result.stderr
+
+
+def test_the_configuration_file_example_loads_as_settings(tmp_path: Path) -> None:
+    (example,) = re.findall(r"```toml\n(.*?)```", CONFIGURATION, re.S)
+    data = tomllib.loads(example)
+    # Its key files are placeholders under /etc/payledger/: real ones go in the same places here.
+    keys = tmp_path / "etc"
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    (keys / "1900000109").mkdir(parents=True)
+    (keys / "1900000109" / "pub_key.pem").write_bytes(
+        key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    (keys / "1900000222" / "certs").mkdir(parents=True)  # no certificate yet: the first download
+    config = tmp_path / "payledger.toml"
+    config.write_text(example.replace("/etc/payledger/", f"{keys}/"))
+
+    settings = Settings.load({"LEDGER_CONFIG": str(config)})
+
+    assert settings.database_url.value == data["database_url"]
+    assert settings.admin_token is not None and settings.admin_token.value == data["admin_token"]
+    first, second = settings.merchants
+    assert (first.mchid, first.appid, first.public_key_id) == (
+        "1900000109",
+        "wxd678efh567hg6787",
+        "PUB_KEY_ID_0119000001092025000000000000",
+    )
+    assert first.keys.serials == ["PUB_KEY_ID_0119000001092025000000000000"]
+    assert (second.mchid, second.platform_cert_dir) == ("1900000222", keys / "1900000222" / "certs")
+    assert [(e.id, e.url, e.events) for e in settings.endpoints] == [
+        ("erp", "https://erp.internal/wechatpay/events", ("PaymentSucceeded", "RefundSucceeded"))
+    ]
