@@ -26,7 +26,7 @@ from ledger.settings import Settings
 from ledger.wechatpay.sandbox.server import Sandbox
 from projections.timeline import facts
 
-__all__ = ["run_demo"]
+__all__ = ["run_demo", "serving"]
 
 ORDERS = [
     ("DEMO-0001", 2500, "茶叶 tea"),
@@ -37,8 +37,9 @@ ORDERS = [
 
 
 @contextmanager
-def _serve(app: Any, host: str, port: int) -> Iterator[str]:
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+def serving(app: Any, host: str, port: int) -> Iterator[str]:
+    """Serve `app` with uvicorn in a thread (its lifespan run); yield its base URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 15
@@ -78,13 +79,13 @@ def run_demo(
     )
     # WeChat's retry schedule, 200 times faster: the 15 s retry after a failed answer takes 75 ms.
     sandbox = Sandbox(seed=2026, time_scale=200)
-    with _serve(sandbox.app, host, sandbox_port) as sandbox_url:
+    with serving(sandbox.app, host, sandbox_port) as sandbox_url:
         env = sandbox.write_ledger_config(folder / "keys", sandbox_url)
         env["LEDGER_DATABASE_URL"] = f"sqlite:///{folder / 'ledger.sqlite3'}"
         env["LEDGER_RECONCILE_SCHEDULE"] = "1,5,30,60"
         settings = Settings.load(env)
         with (
-            _serve(create_app(settings), host, port) as ledger_url,
+            serving(create_app(settings), host, port) as ledger_url,
             httpx.Client(base_url=ledger_url, timeout=30) as api,
         ):
             sandbox.notify_url = f"{ledger_url}/wechatpay/notify"

@@ -143,11 +143,17 @@ class MerchantSettings:
         if len(apiv3.encode()) != 32:
             raise ConfigurationError(name("WECHATPAY_APIV3_KEY"), "must be exactly 32 bytes")
 
-        serial_no = get("WECHATPAY_MERCHANT_SERIAL_NO")
-        key_file = get("WECHATPAY_MERCHANT_PRIVATE_KEY_FILE")
-        if (serial_no is None) != (key_file is None):
-            missing = "WECHATPAY_MERCHANT_PRIVATE_KEY_FILE" if key_file is None else "WECHATPAY_MERCHANT_SERIAL_NO"
-            raise ConfigurationError(name(missing), "is required with the other merchant key setting")
+        def both_or_neither(first: str, second: str, problem: str) -> tuple[str | None, str | None]:
+            a, b = get(first), get(second)
+            if (a is None) != (b is None):
+                raise ConfigurationError(name(second if b is None else first), problem)
+            return a, b
+
+        serial_no, key_file = both_or_neither(
+            "WECHATPAY_MERCHANT_SERIAL_NO",
+            "WECHATPAY_MERCHANT_PRIVATE_KEY_FILE",
+            "is required with the other merchant key setting",
+        )
         if serial_no is not None and not _HEX_SERIAL.fullmatch(serial_no):
             raise ConfigurationError(
                 name("WECHATPAY_MERCHANT_SERIAL_NO"), "must be the hex serial of the merchant API certificate"
@@ -156,11 +162,11 @@ class MerchantSettings:
         if key_file is not None:
             private_key = _load_private_key(Path(key_file), name("WECHATPAY_MERCHANT_PRIVATE_KEY_FILE"))
 
-        public_key_id = get("WECHATPAY_PUBLIC_KEY_ID")
-        public_key_file = get("WECHATPAY_PUBLIC_KEY_FILE")
-        if (public_key_id is None) != (public_key_file is None):
-            missing = "WECHATPAY_PUBLIC_KEY_FILE" if public_key_file is None else "WECHATPAY_PUBLIC_KEY_ID"
-            raise ConfigurationError(name(missing), "is required in public-key mode (set both or neither)")
+        public_key_id, public_key_file = both_or_neither(
+            "WECHATPAY_PUBLIC_KEY_ID",
+            "WECHATPAY_PUBLIC_KEY_FILE",
+            "is required in public-key mode (set both or neither)",
+        )
         if public_key_id is not None and not _PUBLIC_KEY_ID.fullmatch(public_key_id):
             raise ConfigurationError(name("WECHATPAY_PUBLIC_KEY_ID"), f"must start with {PUBLIC_KEY_ID_PREFIX}")
         cert_dir = get("WECHATPAY_PLATFORM_CERT_DIR")

@@ -6,15 +6,14 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import uvicorn
 
 from api.app import create_app
+from cli.demo import serving
 from ledger.application import Ledger, build_ledger
 from ledger.settings import Settings
 from ledger.wechatpay.sandbox.signer import Delivery
@@ -28,24 +27,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@contextlib.contextmanager
-def running(app: Any) -> Iterator[str]:
-    """Serve `app` with uvicorn in a thread; yield its base URL."""
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+def running(app: Any) -> contextlib.AbstractContextManager[str]:
+    """Serve `app` with uvicorn in a thread on a free loopback port (as the demo does); yield its base URL."""
+    return serving(app, "127.0.0.1", free_port())
 
 
 @contextlib.contextmanager
