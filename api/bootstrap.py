@@ -231,7 +231,7 @@ def _merchant(
         keys = lambda: fixed  # noqa: E731
     query_client = None
     if can_call:
-        # In public-key mode ask WeChat to sign answers with the public key we hold (§2.3).
+        # In public-key mode ask WeChat to sign answers with the public key we hold ([protocol: Which key signed it]).
         query_client = client(
             merchant.public_key_id,
             keys,

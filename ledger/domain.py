@@ -55,7 +55,7 @@ def inbox_id(mchid: str, notification_id: str) -> uuid.UUID:
     return uuid.uuid5(NAMESPACE, f"notification{_SEP}{mchid}{_SEP}{notification_id}")
 
 
-# §5.3: states a query can still move on from, and states that end the order's life.
+# [protocol: Querying an order]: states a query can still move on from, and states that end the order's life.
 OPEN_TRADE_STATES = frozenset({"NOTPAY", "USERPAYING", "ACCEPT"})
 FINAL_TRADE_STATES = frozenset({"SUCCESS", "REFUND", "CLOSED", "REVOKED", "PAYERROR"})
 
@@ -99,7 +99,7 @@ class Evidence:
 
 @dataclass(frozen=True)
 class QueryEvidence:
-    """A verified answer to a status query (§5.3), as the domain sees it."""
+    """A verified answer to a status query ([protocol: Querying an order]), as the domain sees it."""
 
     query: str
     status_code: int

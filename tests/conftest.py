@@ -108,7 +108,7 @@ def keys(factory: NotificationFactory) -> dict[str, KeyStore]:
 
 @pytest.fixture(scope="session")
 def vectors() -> dict[str, Any]:
-    """The published WeChat Pay test vectors (protocol reference §8)."""
+    """The published WeChat Pay test vectors ([protocol: Test vectors])."""
     if not VECTORS_PATH.is_file():
         pytest.fail(f"test vectors missing: {VECTORS_PATH} (shared/ must sit beside the repository)")
     data: dict[str, Any] = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))

@@ -1,4 +1,5 @@
-"""AEAD_AES_256_GCM resource decryption (protocol reference §3, §8): vectors both ways, failures typed."""
+"""AEAD_AES_256_GCM resource decryption ([protocol: Decrypting the resource; Test vectors]): vectors both
+ways, failures typed."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from api.errors import answer_for
 from ledger.errors import DecryptionFailed
 from ledger.wechatpay.aead import decrypt, encrypt
 
-# §8.1 V5 (GO utils/aes_test.go): a 16-byte key, so AES-128-GCM.
+# [protocol: Published vectors] V5 (GO utils/aes_test.go): a 16-byte key, so AES-128-GCM.
 V5 = {
     "key": "testAPIv3Key0000",
     "nonce": "wCq51qZv4Yfg",
@@ -38,19 +39,20 @@ def open_vector(v: dict[str, Any]) -> bytes:
 
 
 def test_v3_decrypts(v3: dict[str, Any]) -> None:
-    """§3/§8.1 V3: 32-byte APIv3 key, nonce and AAD used as UTF-8 bytes, tag appended."""
+    """[protocol: Decrypting the resource; Published vectors] V3: 32-byte APIv3 key, nonce and AAD used as
+    UTF-8 bytes, tag appended."""
     assert open_vector(v3) == v3["plaintext"].encode()
 
 
 def test_v3_encrypts_to_the_published_ciphertext(v3: dict[str, Any]) -> None:
-    """§3: same key, nonce and AAD give the published ciphertext ‖ tag."""
+    """[protocol: Decrypting the resource]: same key, nonce and AAD give the published ciphertext ‖ tag."""
     ciphertext = encrypt(v3["key"].encode(), v3["nonce"], v3["associated_data"], v3["plaintext"].encode())
     assert ciphertext == v3["ciphertext_b64"]
     assert len(base64.b64decode(ciphertext)) == len(v3["plaintext"]) + 16
 
 
 def test_v3_published_must_fail_cases(v3: dict[str, Any]) -> None:
-    """§8.1 V3: the vector's own negatives (wrong AAD, wrong nonce) raise DecryptionFailed."""
+    """[protocol: Published vectors] V3: the vector's own negatives (wrong AAD, wrong nonce) raise DecryptionFailed."""
     assert v3["must_fail"], "vector lists no negatives"
     for entry in v3["must_fail"]:
         match = re.fullmatch(r"(\w+) '(.*)'", entry)
@@ -62,7 +64,8 @@ def test_v3_published_must_fail_cases(v3: dict[str, Any]) -> None:
 
 
 def test_v1_resource_decrypts_with_16_byte_key(vectors: dict[str, Any]) -> None:
-    """§8.1 V1: the GO payscore notification uses a 16-byte key (AES-128), accepted by the primitive."""
+    """[protocol: Published vectors] V1: the GO payscore notification uses a 16-byte key (AES-128), accepted
+    by the primitive."""
     v1 = vectors["V1_payscore_notification_aes128"]
     resource = resource_of(v1)
     key = v1["apiv3_key"].encode()
@@ -72,7 +75,8 @@ def test_v1_resource_decrypts_with_16_byte_key(vectors: dict[str, Any]) -> None:
 
 
 def test_d2_resource_decrypts_to_raw_utf8(vectors: dict[str, Any]) -> None:
-    """§3/§8.2 D2: the plaintext is compact JSON with raw UTF-8 Chinese text."""
+    """[protocol: Decrypting the resource; Derived vectors] D2: the plaintext is compact JSON with raw UTF-8
+    Chinese text."""
     d2 = vectors["D2_transaction_success_notification"]
     resource = resource_of(d2)
     plaintext = decrypt(
@@ -83,7 +87,7 @@ def test_d2_resource_decrypts_to_raw_utf8(vectors: dict[str, Any]) -> None:
 
 
 def test_v5_decrypts() -> None:
-    """§8.1 V5 (GO aes_test.go)."""
+    """[protocol: Published vectors] V5 (GO aes_test.go)."""
     assert open_vector(V5) == V5["plaintext"].encode()
 
 
@@ -93,7 +97,7 @@ def test_v5_decrypts() -> None:
     ids=["wrong-key", "not-a-gcm-ciphertext", "non-base64"],
 )
 def test_v5_must_fail_cases(change: dict[str, str]) -> None:
-    """§8.1 V5: GO's own negatives."""
+    """[protocol: Published vectors] V5: GO's own negatives."""
     with pytest.raises(DecryptionFailed):
         open_vector({**V5, **change})
 
@@ -135,7 +139,8 @@ FAILURES = {
 
 @pytest.mark.parametrize("name", sorted(FAILURES))
 def test_failures_raise_decryption_failed_only(v3: dict[str, Any], name: str) -> None:
-    """§3: tag failure (wrong APIv3 key, nonce, AAD, tampering) and bad input are all DecryptionFailed."""
+    """[protocol: Decrypting the resource]: tag failure (wrong APIv3 key, nonce, AAD, tampering) and bad input
+    are all DecryptionFailed."""
     broken = {**v3, **FAILURES[name](v3)}
     assert broken != v3
     with pytest.raises(DecryptionFailed) as exc:
@@ -146,7 +151,8 @@ def test_failures_raise_decryption_failed_only(v3: dict[str, Any], name: str) ->
 
 @pytest.mark.parametrize("aad", ["", "transaction", "refund", "certificate"])
 def test_round_trip_with_any_associated_data(aad: str) -> None:
-    """§1.3/§3: AAD may be empty; nonce is 12 ASCII characters used verbatim; plaintext is UTF-8."""
+    """[protocol: The envelope; Decrypting the resource]: AAD may be empty; nonce is 12 ASCII characters used
+    verbatim; plaintext is UTF-8."""
     key = b"0123456789abcdef0123456789abcdef"
     plaintext = '{"trade_state_desc":"支付成功","amount":{"total":1}}'.encode()
     ciphertext = encrypt(key, "Kj7QIyUiYx1q", aad, plaintext)

@@ -1,4 +1,4 @@
-"""The outbound client against a fake WeChat Pay (protocol reference §5, §2.6, §8 D1/V8).
+"""The outbound client against a fake WeChat Pay ([protocol: Calling WeChat Pay; Signature probes; Test vectors] D1/V8).
 
 No network: an `httpx.MockTransport` plays WeChat Pay, signing its answers with the session
 `factory` key, and a fake clock whose `sleep` advances time stands in for waiting.
@@ -39,7 +39,7 @@ AUTHORIZATION = re.compile(
 )
 
 # wechatpay-go's public test key (`testPrivateKeyStr` in core/auth/signers/sha256withrsa_signer_test.go,
-# protocol reference §8 V2). It is published test material, not a secret; the D1 vector was made
+# [protocol: Test vectors] V2). It is published test material, not a secret; the D1 vector was made
 # with it. Labelled "TESTING KEY" there as here; the label is swapped before loading.
 GO_TEST_PRIVATE_KEY = """-----BEGIN TESTING KEY-----
 MIIEvgIBADANBgkqhkiG9w0BAQEFAASCBKgwggSkAgEAAoIBAQDZUJN33V+dSfvd
@@ -165,11 +165,11 @@ def assert_signed_by(request: httpx.Request, key: rsa.RSAPrivateKey) -> None:
     assert verify(key.public_key(), message, fields["signature"])
 
 
-# -- §8 D1 and V8: the Authorization header --------------------------------------------------
+# -- [protocol: Test vectors] D1 and V8: the Authorization header --------------------------------------------------
 
 
 def test_d1_authorization_header_reproduces_the_vector(vectors: dict[str, Any], factory: NotificationFactory) -> None:
-    """§8 D1: GO's test key, fixed time and nonce give D1's signature, over the target sent."""
+    """[protocol: Test vectors] D1: GO's test key, fixed time and nonce give D1's signature, over the target sent."""
     d1 = vectors["D1_authorization_signature"]
     key = load_pem_private_key(GO_TEST_PRIVATE_KEY.replace("TESTING KEY", "PRIVATE KEY").encode(), None)
     assert isinstance(key, rsa.RSAPrivateKey)
@@ -203,7 +203,8 @@ def test_authorization_header_format_and_request_headers(
     clock: FakeClock,
     merchant_key: rsa.RSAPrivateKey,
 ) -> None:
-    """§5.1 / §8 V8: field names and order, no spaces after commas, seconds, a 32-char nonce."""
+    """[protocol: Signing a request; Test vectors] V8: field names and order, no spaces after commas, seconds,
+    a 32-char nonce."""
     fake = FakeWeChatPay(signed(factory, clock))
     make_client(fake, wechatpay_serial=factory.public_key_id).query_by_transaction_id("4200000000002104083200000488")
     (request,) = fake.requests
@@ -223,7 +224,7 @@ def test_authorization_header_format_and_request_headers(
 def test_no_wechatpay_serial_header_unless_configured(
     make_client: Callable[..., WeChatPayClient], factory: NotificationFactory, clock: FakeClock
 ) -> None:
-    """§5.1: Wechatpay-Serial is optional; it is only sent when configured."""
+    """[protocol: Signing a request]: Wechatpay-Serial is optional; it is only sent when configured."""
     fake = FakeWeChatPay(signed(factory, clock))
     make_client(fake).query_refund("REFUND-1")
     assert "Wechatpay-Serial" not in fake.requests[0].headers
@@ -232,14 +233,15 @@ def test_no_wechatpay_serial_header_unless_configured(
 def test_each_request_is_signed_afresh(
     make_client: Callable[..., WeChatPayClient], factory: NotificationFactory, clock: FakeClock
 ) -> None:
-    """§5.1: a retry carries its own timestamp and nonce, so it is never a stale signature."""
+    """[protocol: Signing a request]: a retry carries its own timestamp and nonce, so it is never a stale signature."""
     fake = FakeWeChatPay(error(503, "SYSTEM_ERROR", "busy"), signed(factory, clock))
     make_client(fake, backoff=4.0).query_by_out_trade_no("ORDER-1")
     first, second = (authorization_fields(r) for r in fake.requests)
     assert first["nonce"] != second["nonce"]
 
 
-# -- §5.1 URL line, §5.3/§5.5/§5.6/§5.7 endpoints ----------------------------------------------
+# -- the URL line [protocol: Signing a request] and the endpoints [protocol: Querying an order;
+# Querying a refund; Closing an order; Downloading platform certificates] --------------------------
 
 
 @pytest.mark.parametrize(
@@ -259,7 +261,7 @@ def test_path_parameters_are_quoted_and_signed_as_sent(
     out_trade_no: str,
     quoted: str,
 ) -> None:
-    """§5.1: the URL line signed is byte-identical to the target on the wire."""
+    """[protocol: Signing a request]: the URL line signed is byte-identical to the target on the wire."""
     fake = FakeWeChatPay(signed(factory, clock))
     make_client(fake).query_by_out_trade_no(out_trade_no)
     (request,) = fake.requests
@@ -287,7 +289,7 @@ def test_endpoints(
     method: str,
     target: str,
 ) -> None:
-    """§5.3 and §5.5: method and target of each query."""
+    """[protocol: Querying an order; Querying a refund]: method and target of each query."""
     fake = FakeWeChatPay(signed(factory, clock))
     getattr(make_client(fake), call)("4200000000002104083200000488")
     assert (fake.requests[0].method, fake.requests[0].url.raw_path) == (method, target.encode())
@@ -299,7 +301,7 @@ def test_a_base_url_prefix_is_part_of_the_signed_target(
     clock: FakeClock,
     merchant_key: rsa.RSAPrivateKey,
 ) -> None:
-    """§5.1: a sandbox mounted under a prefix sees (and must verify) the full path."""
+    """[protocol: Signing a request]: a sandbox mounted under a prefix sees (and must verify) the full path."""
     fake = FakeWeChatPay(signed(factory, clock))
     make_client(fake, base_url="http://127.0.0.1:8080/sandbox/").query_refund("R-1")
     (request,) = fake.requests
@@ -324,7 +326,8 @@ def test_close_order_sends_compact_mchid_and_accepts_a_verified_204(
     clock: FakeClock,
     merchant_key: rsa.RSAPrivateKey,
 ) -> None:
-    """§5.6: POST {"mchid":…} compact; the 204 is verified over `ts\\nnonce\\n\\n` (§2.1)."""
+    """[protocol: Closing an order]: POST {"mchid":…} compact; the 204 is verified over `ts\\nnonce\\n\\n`
+    ([protocol: The signed message])."""
 
     def no_content(request: httpx.Request) -> httpx.Response:
         ts, nonce = str(int(clock())), "NONCE-204"
@@ -352,7 +355,7 @@ def test_close_order_sends_compact_mchid_and_accepts_a_verified_204(
 def test_a_204_signed_over_some_other_body_is_untrusted(
     make_client: Callable[..., WeChatPayClient], factory: NotificationFactory, clock: FakeClock
 ) -> None:
-    """§2.1: the empty body is part of the message; a signature over anything else fails."""
+    """[protocol: The signed message]: the empty body is part of the message; a signature over anything else fails."""
     fake = FakeWeChatPay(signed(factory, clock, b"", status=204, sign_body=b"{}"))
     with pytest.raises(ResponseUntrusted):
         make_client(fake).close_order("ORDER-1")
@@ -361,7 +364,8 @@ def test_a_204_signed_over_some_other_body_is_untrusted(
 def test_download_certificates_verified_and_unverified(
     make_client: Callable[..., WeChatPayClient], factory: NotificationFactory, clock: FakeClock
 ) -> None:
-    """§5.2/§5.7: normally verified; the first download (verify=False) is returned unverified."""
+    """[protocol: Verifying an answer; Downloading platform certificates]: normally verified; the first
+    download (verify=False) is returned unverified."""
     body = compact_json({"data": [{"serial_no": "5DEA10EF55877E3CF6C33255C2E7DEFFF7E427EC"}]})
     unsigned = FakeWeChatPay(lambda request: httpx.Response(200, content=body))
     client = make_client(unsigned)
@@ -374,13 +378,13 @@ def test_download_certificates_verified_and_unverified(
     assert verified.key_serial == factory.public_key_id
 
 
-# -- §5.2 and §2.6: response verification ----------------------------------------------------
+# -- [protocol: Verifying an answer; Signature probes]: response verification --------------------------------
 
 
 def test_a_verified_response(
     make_client: Callable[..., WeChatPayClient], factory: NotificationFactory, clock: FakeClock
 ) -> None:
-    """§5.2: raw body kept, JSON parsed with Decimal floats, headers and Request-ID kept."""
+    """[protocol: Verifying an answer]: raw body kept, JSON parsed with Decimal floats, headers and Request-ID kept."""
     body = '{"mchid":"1900000109","trade_state_desc":"支付成功","rate":0.1,"amount":{"total":100}}'.encode()
     fake = FakeWeChatPay(signed(factory, clock, body))
     response = make_client(fake).query_by_out_trade_no("ORDER-1")
@@ -400,7 +404,7 @@ def test_a_verified_response(
 def test_a_response_signed_with_a_platform_certificate(
     make_client: Callable[..., WeChatPayClient], factory: NotificationFactory, clock: FakeClock
 ) -> None:
-    """§2.3: the key is chosen by Wechatpay-Serial; certificate serials work too."""
+    """[protocol: Which key signed it]: the key is chosen by Wechatpay-Serial; certificate serials work too."""
     fake = FakeWeChatPay(signed(factory, clock, serial=factory.certificate_serial.lower()))
     assert make_client(fake).query_by_out_trade_no("ORDER-1").key_serial == factory.certificate_serial
 
@@ -408,7 +412,7 @@ def test_a_response_signed_with_a_platform_certificate(
 def test_a_tampered_body_is_untrusted_and_not_retried(
     make_client: Callable[..., WeChatPayClient], factory: NotificationFactory, clock: FakeClock
 ) -> None:
-    """§5.2: the signature covers the raw body; an untrusted 2xx is raised at once."""
+    """[protocol: Verifying an answer]: the signature covers the raw body; an untrusted 2xx is raised at once."""
     tampered = compact_json({**TRANSACTION, "trade_state": "NOTPAY"})
     fake = FakeWeChatPay(signed(factory, clock, tampered, sign_body=compact_json(TRANSACTION)))
     with pytest.raises(ResponseUntrusted, match="signature"):
@@ -419,7 +423,8 @@ def test_a_tampered_body_is_untrusted_and_not_retried(
 def test_an_unknown_serial_calls_the_hook_once(
     make_client: Callable[..., WeChatPayClient], factory: NotificationFactory, clock: FakeClock
 ) -> None:
-    """§2.3 / §9 item 3: an unknown serial asks for a certificate refresh, then fails."""
+    """[protocol: Which key signed it; Certificate rotation]: an unknown serial asks for a certificate
+    refresh, then fails."""
     seen: list[str] = []
     fake = FakeWeChatPay(signed(factory, clock, serial="7E5A0D3F11C2"))
     with pytest.raises(ResponseUntrusted, match="unknown serial"):
@@ -444,7 +449,7 @@ def test_a_failing_hook_does_not_hide_the_untrusted_answer(
 def test_keys_are_read_per_response_so_rotation_is_seen(
     make_client: Callable[..., WeChatPayClient], factory: NotificationFactory, clock: FakeClock
 ) -> None:
-    """§2.3: after the certificate manager adds a key, the next response verifies with it."""
+    """[protocol: Which key signed it]: after the certificate manager adds a key, the next response verifies with it."""
     current = [KeyStore()]
     client = make_client(FakeWeChatPay(signed(factory, clock)), keys=lambda: current[0])
     with pytest.raises(ResponseUntrusted):
@@ -456,7 +461,7 @@ def test_keys_are_read_per_response_so_rotation_is_seen(
 def test_a_signature_probe_is_untrusted(
     make_client: Callable[..., WeChatPayClient], factory: NotificationFactory, clock: FakeClock
 ) -> None:
-    """§2.6: probes appear on responses too; they fail like any bad signature, no refresh."""
+    """[protocol: Signature probes]: probes appear on responses too; they fail like any bad signature, no refresh."""
     seen: list[str] = []
     fake = FakeWeChatPay(signed(factory, clock))
     client = make_client(fake, on_unknown_serial=seen.append)
@@ -481,7 +486,7 @@ def test_timestamp_window(
     offset: int,
     trusted: bool,
 ) -> None:
-    """§2.2: abs(now - ts) <= 300 is accepted, anything further is not."""
+    """[protocol: The timestamp window]: abs(now - ts) <= 300 is accepted, anything further is not."""
     fake = FakeWeChatPay(signed(factory, clock, timestamp=int(NOW) + offset))
     client = make_client(fake)
     if trusted:
@@ -495,7 +500,7 @@ def test_timestamp_window(
 def test_a_2xx_missing_a_signature_header_is_untrusted(
     make_client: Callable[..., WeChatPayClient], factory: NotificationFactory, clock: FakeClock, missing: str
 ) -> None:
-    """§5.2: a 2xx without its signature is treated as forged."""
+    """[protocol: Verifying an answer]: a 2xx without its signature is treated as forged."""
     fake = FakeWeChatPay(signed(factory, clock, drop=missing))
     with pytest.raises(ResponseUntrusted, match=missing):
         make_client(fake).query_by_out_trade_no("ORDER-1")
@@ -505,13 +510,14 @@ def test_a_2xx_missing_a_signature_header_is_untrusted(
 def test_a_verified_2xx_that_is_not_a_json_object_is_untrusted(
     make_client: Callable[..., WeChatPayClient], factory: NotificationFactory, clock: FakeClock, body: bytes
 ) -> None:
-    """§5.2 (JAVA MalformedMessageException): a signed body we cannot read is not an answer."""
+    """[protocol: Verifying an answer] (JAVA MalformedMessageException): a signed body we cannot read is not
+    an answer."""
     fake = FakeWeChatPay(signed(factory, clock, body))
     with pytest.raises(ResponseUntrusted):
         make_client(fake).query_by_out_trade_no("ORDER-1")
 
 
-# -- §5.4: classification, retries, deadline -------------------------------------------------
+# -- [protocol: Errors and retries]: classification, retries, deadline -------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -533,7 +539,7 @@ def test_a_verified_2xx_that_is_not_a_json_object_is_untrusted(
     ],
 )
 def test_classify(status: int | None, exc: Exception | None, outcome: str) -> None:
-    """§5.4: 429, 5xx and transport errors are retried; other 4xx are final."""
+    """[protocol: Errors and retries]: 429, 5xx and transport errors are retried; other 4xx are final."""
     assert classify(status, exc) == outcome
 
 
@@ -545,7 +551,7 @@ def test_retryable_statuses_are_retried_then_succeed(
     status: int,
     code: str,
 ) -> None:
-    """§5.4: retry with exponential backoff and full jitter, then the verified answer."""
+    """[protocol: Errors and retries]: retry with exponential backoff and full jitter, then the verified answer."""
     fake = FakeWeChatPay(error(status, code, "系统繁忙"), signed(factory, clock))
     response = make_client(fake, backoff=0.5).query_by_out_trade_no("ORDER-1")
     assert response.status_code == 200 and len(fake.requests) == 2
@@ -555,7 +561,7 @@ def test_retryable_statuses_are_retried_then_succeed(
 def test_exhausted_retries_raise_unavailable(
     make_client: Callable[..., WeChatPayClient], clock: FakeClock, merchant_key: rsa.RSAPrivateKey
 ) -> None:
-    """§5.4: after max_attempts the call fails with the last status, and no secret."""
+    """[protocol: Errors and retries]: after max_attempts the call fails with the last status, and no secret."""
     fake = FakeWeChatPay(error(503, "SYSTEM_ERROR", "系统繁忙"))
     with pytest.raises(WeChatPayUnavailable) as caught:
         make_client(fake, max_attempts=4, backoff=0.5, deadline=60).query_by_out_trade_no("ORDER-1")
@@ -569,7 +575,7 @@ def test_exhausted_retries_raise_unavailable(
 def test_timeouts_are_retried(
     make_client: Callable[..., WeChatPayClient], factory: NotificationFactory, clock: FakeClock
 ) -> None:
-    """§5.4: a timeout is transient."""
+    """[protocol: Errors and retries]: a timeout is transient."""
     fake = FakeWeChatPay(raises(httpx.ReadTimeout), signed(factory, clock))
     assert make_client(fake).query_by_out_trade_no("ORDER-1").status_code == 200
     assert len(fake.requests) == 2
@@ -595,7 +601,8 @@ def test_persistent_transport_errors_name_the_error_kind(
 def test_other_4xx_are_rejected_at_once(
     make_client: Callable[..., WeChatPayClient], clock: FakeClock, status: int, code: str, message: str
 ) -> None:
-    """§5.4: no retry; WeChat's code and message are carried; errors are not signature-checked."""
+    """[protocol: Errors and retries]: no retry; WeChat's code and message are carried; errors are not
+    signature-checked."""
     fake = FakeWeChatPay(error(status, code, message))
     with pytest.raises(WeChatPayRejected) as caught:
         make_client(fake).query_by_out_trade_no("ORDER-1")
@@ -615,7 +622,7 @@ def test_a_4xx_without_a_json_body_is_still_rejected(
 def test_retry_after_is_honoured(
     make_client: Callable[..., WeChatPayClient], factory: NotificationFactory, clock: FakeClock
 ) -> None:
-    """§5.4: a rate-limited answer says how long to wait; we wait exactly that."""
+    """[protocol: Errors and retries]: a rate-limited answer says how long to wait; we wait exactly that."""
     fake = FakeWeChatPay(error(429, "FREQUENCY_LIMITED", "频率超限", {"Retry-After": "3"}), signed(factory, clock))
     make_client(fake).query_by_out_trade_no("ORDER-1")
     assert clock.sleeps == [3.0]
@@ -631,7 +638,8 @@ def test_a_retry_after_beyond_the_deadline_gives_up_now(
 
 
 def test_the_deadline_bounds_the_whole_call(make_client: Callable[..., WeChatPayClient], clock: FakeClock) -> None:
-    """§5.4: never past `deadline` seconds since the call started, whatever max_attempts says."""
+    """[protocol: Errors and retries]: never past `deadline` seconds since the call started, whatever
+    max_attempts says."""
     fake = FakeWeChatPay(error(503, "SYSTEM_ERROR", "busy", {"Retry-After": "2"}))
     with pytest.raises(WeChatPayUnavailable):
         make_client(fake, deadline=5, max_attempts=10).query_by_out_trade_no("ORDER-1")

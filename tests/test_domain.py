@@ -105,7 +105,7 @@ def test_anomaly_kinds_keep_the_strings_stored_in_the_log() -> None:
 
 
 def test_payer_total_below_total_is_not_an_anomaly() -> None:
-    """§3.1: coupons make payer_total smaller; compare amount.total."""
+    """[protocol: The payment resource]: coupons make payer_total smaller; compare amount.total."""
     order = new_order(registered=100)
     order.receive(evidence(pay(100, payer_total=90)))
     assert order.anomalies == []

@@ -70,7 +70,7 @@ def test_byte_identical_replay_is_acknowledged_without_a_new_event(
 
 
 def test_platform_certificate_serial_is_accepted_too(make_client: Any, factory: NotificationFactory) -> None:
-    """§2.3: both modes at once during the migration."""
+    """[protocol: Which key signed it]: both modes at once during the migration."""
     client, ledger = make_client()
     delivery = factory.deliver(
         factory.envelope(factory.transaction("ORDER-2003", 100)), serial=factory.certificate_serial
@@ -90,21 +90,24 @@ def _without(header: str) -> Callable[[Delivery], Delivery]:
 @pytest.mark.parametrize(
     ("name", "spoil"),
     [
-        ("§9.1 re-serialised body", _reserialised),
-        ("§2.6 probe", lambda d: NotificationFactory.probe(None, d)),  # type: ignore[arg-type]
-        ("§2.1 missing signature", _without("Wechatpay-Signature")),
-        ("§2.1 missing timestamp", _without("Wechatpay-Timestamp")),
-        ("§2.1 missing nonce", _without("Wechatpay-Nonce")),
-        ("§2.3 missing serial", _without("Wechatpay-Serial")),
+        ("[protocol: Re-serialised bodies] re-serialised body", _reserialised),
+        ("[protocol: Signature probes] probe", lambda d: NotificationFactory.probe(None, d)),  # type: ignore[arg-type]
+        ("[protocol: The signed message] missing signature", _without("Wechatpay-Signature")),
+        ("[protocol: The signed message] missing timestamp", _without("Wechatpay-Timestamp")),
+        ("[protocol: The signed message] missing nonce", _without("Wechatpay-Nonce")),
+        ("[protocol: Which key signed it] missing serial", _without("Wechatpay-Serial")),
         (
-            "§2.3 unknown serial",
+            "[protocol: Which key signed it] unknown serial",
             lambda d: Delivery(d.body, {**d.headers, "Wechatpay-Serial": "PUB_KEY_ID_9"}, ""),
         ),
         (
-            "§1.2 wrong signature type",
+            "[protocol: The signature headers] wrong signature type",
             lambda d: Delivery(d.body, {**d.headers, "Wechatpay-Signature-Type": "HMAC-SHA256"}, ""),
         ),
-        ("§2.1 bad base64", lambda d: Delivery(d.body, {**d.headers, "Wechatpay-Signature": "%%%"}, "")),
+        (
+            "[protocol: The signed message] bad base64",
+            lambda d: Delivery(d.body, {**d.headers, "Wechatpay-Signature": "%%%"}, ""),
+        ),
     ],
 )
 def test_verification_failures_are_401_fail_and_store_nothing(
@@ -121,7 +124,7 @@ def test_verification_failures_are_401_fail_and_store_nothing(
 def test_timestamp_window_is_plus_minus_300_seconds(
     make_client: Any, factory: NotificationFactory, skew: int, status: int
 ) -> None:
-    """§2.2: abs(now - ts) <= 300 is accepted, 301 is not."""
+    """[protocol: The timestamp window]: abs(now - ts) <= 300 is accepted, 301 is not."""
     now = 1_795_000_000
     client, ledger = make_client(clock=lambda: now + 0.999)
     body = factory.envelope(factory.transaction("ORDER-2005", 100))

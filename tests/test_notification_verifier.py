@@ -1,4 +1,5 @@
-"""NotificationVerifier: raw bytes + headers in, verified and decrypted notification out (§1-§3, §10)."""
+"""NotificationVerifier: raw bytes + headers in, verified and decrypted notification out ([protocol:
+Notifications … Decrypting the resource; The order of checks])."""
 
 from __future__ import annotations
 
@@ -52,7 +53,8 @@ def has_float(value: Any) -> bool:
 
 @pytest.mark.parametrize("name", ["D2_transaction_success_notification", "V1_payscore_notification_aes128"])
 def test_vector_verifies_and_decrypts(vectors: dict[str, Any], platform_keys: KeyStore, name: str) -> None:
-    """§1.3/§2/§3/§8: D2 (and V1 with its 16-byte test key) verify, parse and decrypt to the plaintext."""
+    """[protocol: The envelope; Verifying a signature; Decrypting the resource; Test vectors]: D2 (and V1 with
+    its 16-byte test key) verify, parse and decrypt to the plaintext."""
     vector = vectors[name]
     body = vector["body"].encode()
     n = vector_verifier(vector, platform_keys).verify(vector["headers"], body)
@@ -67,7 +69,8 @@ def test_vector_verifies_and_decrypts(vectors: dict[str, Any], platform_keys: Ke
 
 
 def test_d2_fields_keep_their_types(vectors: dict[str, Any], platform_keys: KeyStore) -> None:
-    """§3.1: transaction_id stays a 28-digit string, amounts are ints in fen, nothing is a float."""
+    """[protocol: The payment resource]: transaction_id stays a 28-digit string, amounts are ints in fen,
+    nothing is a float."""
     d2 = vectors["D2_transaction_success_notification"]
     n = vector_verifier(d2, platform_keys).verify(d2["headers"], d2["body"].encode())
     expected = json.loads(d2["plaintext"])
@@ -80,7 +83,7 @@ def test_d2_fields_keep_their_types(vectors: dict[str, Any], platform_keys: KeyS
 
 
 def test_d2_lower_case_headers(vectors: dict[str, Any], platform_keys: KeyStore) -> None:
-    """§1.2: the verifier takes headers in any case (a framework's lower-cased mapping)."""
+    """[protocol: The signature headers]: the verifier takes headers in any case (a framework's lower-cased mapping)."""
     d2 = vectors["D2_transaction_success_notification"]
     headers = {k.lower(): v for k, v in d2["headers"].items()}
     n = vector_verifier(d2, platform_keys).verify(headers, d2["body"].encode())
@@ -91,7 +94,8 @@ def test_d2_lower_case_headers(vectors: dict[str, Any], platform_keys: KeyStore)
 def test_d2_wrong_apiv3_key_is_decryption_failed(
     vectors: dict[str, Any], platform_keys: KeyStore, apiv3_key: str
 ) -> None:
-    """§3/§9 honourable mention: signed correctly but the tag fails ⇒ our APIv3 key is wrong (500)."""
+    """[protocol: Decrypting the resource; Pitfalls] honourable mention: signed correctly but the tag fails ⇒
+    our APIv3 key is wrong (500)."""
     d2 = vectors["D2_transaction_success_notification"]
     assert apiv3_key != d2["apiv3_key"]
     with pytest.raises(DecryptionFailed):
@@ -102,7 +106,8 @@ def test_d2_wrong_apiv3_key_is_decryption_failed(
 def test_d2_outside_window_is_verification_failed(
     vectors: dict[str, Any], platform_keys: KeyStore, offset: int
 ) -> None:
-    """§2.2/§8.2: the same vector, 301 s off, is rejected before anything else."""
+    """[protocol: The timestamp window; Derived vectors]: the same vector, 301 s off, is rejected before
+    anything else."""
     d2 = dict(vectors["D2_transaction_success_notification"])
     d2["now"] += offset
     with pytest.raises(VerificationFailed):
@@ -114,7 +119,8 @@ def test_d2_outside_window_is_verification_failed(
 
 @pytest.mark.parametrize("body", [b"not json at all", b"\xff\xfe{}", b"[1,2,3]", b'"a string"', b"", b"{"])
 def test_signed_non_object_body_is_malformed(factory: NotificationFactory, body: bytes) -> None:
-    """§2.1/§10.7: a correctly signed body that is not a JSON object is a 400, after verification."""
+    """[protocol: The signed message; Parse and decrypt]: a correctly signed body that is not a JSON object is
+    a 400, after verification."""
     with pytest.raises(MalformedNotification):
         frozen(factory).verify(signed(factory, body), body)
 
@@ -123,7 +129,8 @@ def test_signed_non_object_body_is_malformed(factory: NotificationFactory, body:
 def test_unsigned_garbage_is_verification_failed(
     vectors: dict[str, Any], platform_keys: KeyStore, factory: NotificationFactory, body: bytes
 ) -> None:
-    """§2.1 "verify before decrypting": garbage without a valid signature is 401, never 400."""
+    """[protocol: The signed message] "verify before decrypting": garbage without a valid signature is 401,
+    never 400."""
     d2 = vectors["D2_transaction_success_notification"]
     attempts = [
         (vector_verifier(d2, platform_keys), d2["headers"]),  # someone else's signature
@@ -138,7 +145,7 @@ def test_unsigned_garbage_is_verification_failed(
 def test_notification_from_unrelated_key_is_rejected(
     factory: NotificationFactory, other_factory: NotificationFactory
 ) -> None:
-    """§2.3: a body signed by another key, claiming our PUB_KEY_ID_, is rejected."""
+    """[protocol: Which key signed it]: a body signed by another key, claiming our PUB_KEY_ID_, is rejected."""
     body = factory.envelope(factory.transaction("forged", 100))
     headers = other_factory.sign_headers(body, timestamp=T, serial=factory.public_key_id)
     with pytest.raises(VerificationFailed):
@@ -186,7 +193,7 @@ MALFORMED = {
 
 @pytest.mark.parametrize("name", sorted(MALFORMED))
 def test_signed_but_malformed_envelope(factory: NotificationFactory, name: str) -> None:
-    """§1.3/§10.7: a verified envelope lacking what WeChat always sends is a 400."""
+    """[protocol: The envelope; Parse and decrypt]: a verified envelope lacking what WeChat always sends is a 400."""
     envelope = json.loads(factory.envelope(factory.transaction("malformed", 100)))
     MALFORMED[name](envelope)
     body = compact_json(envelope)
@@ -196,7 +203,7 @@ def test_signed_but_malformed_envelope(factory: NotificationFactory, name: str) 
 
 @pytest.mark.parametrize("plaintext", [b"not json", b"[1]", b"\xff\xfe", b'"x"'])
 def test_resource_not_a_json_object_is_malformed(factory: NotificationFactory, plaintext: bytes) -> None:
-    """§3: the decrypted resource must be a UTF-8 JSON object."""
+    """[protocol: Decrypting the resource]: the decrypted resource must be a UTF-8 JSON object."""
     envelope = json.loads(factory.envelope(factory.transaction("bad-plaintext", 100)))
     resource = envelope["resource"]
     resource["ciphertext"] = aead.encrypt(
@@ -209,7 +216,8 @@ def test_resource_not_a_json_object_is_malformed(factory: NotificationFactory, p
 
 @pytest.mark.parametrize("drop", [True, False], ids=["aad-missing", "aad-empty"])
 def test_absent_or_empty_associated_data_means_empty_aad(factory: NotificationFactory, drop: bool) -> None:
-    """§1.3/§3: associated_data may be "" (official refund example) or missing (PY3 substitutes "")."""
+    """[protocol: The envelope; Decrypting the resource]: associated_data may be "" (official refund example)
+    or missing (PY3 substitutes "")."""
     resource = factory.refund("order-aad", "refund-aad", 50, 100)
     envelope = json.loads(factory.envelope(resource, "REFUND.SUCCESS", associated_data=""))
     if drop:
@@ -222,7 +230,8 @@ def test_absent_or_empty_associated_data_means_empty_aad(factory: NotificationFa
 
 
 def test_numbers_with_fractions_become_decimals(factory: NotificationFactory) -> None:
-    """§9.10: amounts never become floats; 4.2000012322021104e+27 keeps its digits as a Decimal."""
+    """[protocol: Amounts, ids and times]: amounts never become floats; 4.2000012322021104e+27 keeps its
+    digits as a Decimal."""
     resource = {**factory.transaction("decimal", 100), "rate": 0.1, "transaction_id": 4.2000012322021104e27}
     envelope = json.loads(factory.envelope(resource))
     body = compact_json({**envelope, "weight": 1.5})
@@ -236,7 +245,8 @@ def test_numbers_with_fractions_become_decimals(factory: NotificationFactory) ->
 
 @pytest.mark.parametrize("constant", [float("nan"), float("inf"), float("-inf")], ids=["NaN", "Infinity", "-Infinity"])
 def test_json_constants_never_become_floats(factory: NotificationFactory, constant: float) -> None:
-    """§9.10: NaN/Infinity are not JSON (RFC 8259); the verifier must reject them or keep them non-float."""
+    """[protocol: Amounts, ids and times]: NaN/Infinity are not JSON (RFC 8259); the verifier must reject them
+    or keep them non-float."""
     resource = factory.transaction("constant", 100)
     resource["amount"]["payer_total"] = constant
     body = factory.envelope(resource)
@@ -251,7 +261,8 @@ def test_json_constants_never_become_floats(factory: NotificationFactory, consta
 
 
 def test_delivery_key_differs_per_signing_and_matches_on_replay(factory: NotificationFactory) -> None:
-    """§1.2/§4.2: WeChat re-signs each retry (new nonce/ts); a byte-identical replay keeps its key."""
+    """[protocol: The signature headers; Retries and lost notifications]: WeChat re-signs each retry (new
+    nonce/ts); a byte-identical replay keeps its key."""
     body = factory.envelope(factory.transaction("retry", 100))
     first = factory.deliver(body, timestamp=T)
     retry = factory.deliver(body, timestamp=T)
@@ -268,7 +279,8 @@ def test_delivery_key_differs_per_signing_and_matches_on_replay(factory: Notific
 
 @pytest.mark.parametrize("mode", ["public-key", "certificate"])
 def test_generated_payment_round_trips(factory: NotificationFactory, mode: str) -> None:
-    """§1.3/§1.4/§3.1: a generated TRANSACTION.SUCCESS verifies in both key modes and decrypts exactly."""
+    """[protocol: The envelope; Event types; The payment resource]: a generated TRANSACTION.SUCCESS verifies
+    in both key modes and decrypts exactly."""
     serial = factory.public_key_id if mode == "public-key" else factory.certificate_serial
     resource = factory.transaction("order-42", 1999)
     delivery = factory.deliver(factory.envelope(resource), serial=serial)
@@ -284,7 +296,8 @@ def test_generated_payment_round_trips(factory: NotificationFactory, mode: str) 
 
 @pytest.mark.parametrize("status", ["SUCCESS", "ABNORMAL", "CLOSED"])
 def test_generated_refund_round_trips(factory: NotificationFactory, status: str) -> None:
-    """§1.4/§3.2: REFUND.* notifications, AAD "refund", refund_status inside the resource."""
+    """[protocol: Event types; The refund resource]: REFUND.* notifications, AAD "refund", refund_status
+    inside the resource."""
     resource = factory.refund("order-7", f"refund-{status}", 30, 100, refund_status=status)
     delivery = factory.deliver(factory.envelope(resource, f"REFUND.{status}"), timestamp=T)
     n = frozen(factory).verify(delivery.headers, delivery.body)
@@ -296,7 +309,8 @@ def test_generated_refund_round_trips(factory: NotificationFactory, status: str)
 
 
 def test_generated_with_other_apiv3_key_is_decryption_failed(factory: NotificationFactory) -> None:
-    """§3: WeChat encrypted with a key we do not have (key reset in the merchant console)."""
+    """[protocol: Decrypting the resource]: WeChat encrypted with a key we do not have (key reset in the
+    merchant console)."""
     body = factory.envelope(factory.transaction("reset-key", 100), apiv3_key="Z" * 32)
     with pytest.raises(DecryptionFailed):
         frozen(factory).verify(signed(factory, body), body)

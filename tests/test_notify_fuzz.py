@@ -33,7 +33,7 @@ SIGNATURE_HEADERS = [
     b"wechatpay-serial",
     b"wechatpay-signature-type",
 ]
-REQUIRED_HEADERS = SIGNATURE_HEADERS[:4]  # Wechatpay-Signature-Type may be absent (§1.2)
+REQUIRED_HEADERS = SIGNATURE_HEADERS[:4]  # Wechatpay-Signature-Type may be absent ([protocol: The signature headers])
 # Every reason a refused notification may give: fixed strings, so no exception text can pass.
 REASONS = {
     VerificationFailed.reason,
@@ -260,10 +260,9 @@ def test_what_does_not_invalidate_a_signed_notification(
 ) -> None:
     """The edges of the fuzzing above: the signature covers the body bytes and the Wechatpay-* values.
 
-    Header names are case-insensitive (§1.2), Wechatpay-Signature-Type is optional, the serial
-    may name the public key or the certificate with the same key, and Content-Type is not signed:
-    refusing an authentic notification over it would only make WeChat retry it forever.
-    """
+    Header names are case-insensitive ([protocol: The signature headers]), Wechatpay-Signature-Type is
+    optional, the serial may name the public key or the certificate with the same key, and Content-Type is
+    not signed: refusing an authentic notification over it would only make WeChat retry it forever."""
     app, ledger = service
     for i, change in enumerate(
         [

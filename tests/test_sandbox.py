@@ -105,7 +105,7 @@ def call(
     headers: dict[str, str] | None = None,
     **signing: Any,
 ) -> httpx.Response:
-    """A request signed as the merchant signs it (§5.1), over real HTTP."""
+    """A request signed as the merchant signs it ([protocol: Signing a request]), over real HTTP."""
     sent = {
         "Accept": "application/json",
         "Authorization": authorization(method, target, body, key=key, **signing),
@@ -116,7 +116,8 @@ def call(
 
 
 def verified(response: httpx.Response, keys: KeyStore) -> str:
-    """§5.2: the serial whose key verified the answer; raises VerificationFailed otherwise."""
+    """[protocol: Verifying an answer]: the serial whose key verified the answer; raises VerificationFailed
+    otherwise."""
     return verify_signed_message(SignatureHeaders.from_headers(response.headers), response.content, keys, time.time())
 
 
@@ -191,7 +192,7 @@ def receiving(notify_endpoint: tuple[NotifyEndpoint, str]) -> Receiving:
     return plug
 
 
-# -- the query, close and certificate APIs (§5) ------------------------------------------------
+# -- the query, close and certificate APIs ([protocol: Calling WeChat Pay]) ----------------------------------
 
 
 def test_query_of_a_paid_order_is_signed_with_the_public_key(
@@ -327,7 +328,7 @@ def test_refund_query_reports_status_and_partial_refunds(
         30,
         100,
     )
-    assert "refund_status" not in data  # §5.5: `status` in the query answer
+    assert "refund_status" not in data  # [protocol: Querying a refund]: `status` in the query answer
     assert query(wechat, "ORDER-1009", merchant_key).json()["trade_state"] == "REFUND"
 
 
@@ -387,7 +388,7 @@ def test_rotation_lists_two_certificates_and_answers_with_the_named_one(
     certificates = _decrypted_certificates(response, factory.apiv3_key)
     assert set(certificates) == {factory.certificate_serial, new_serial}
 
-    # §2.3: an answer follows the Wechatpay-Serial the client names, so a client that knows
+    # [protocol: Which key signed it]: an answer follows the Wechatpay-Serial the client names, so a client that knows
     # only the old certificate can still verify; a client naming the new one gets the new one.
     sandbox.create_order("ORDER-1010", 100)
     old_answer = query(wechat, "ORDER-1010", merchant_key, headers={"Wechatpay-Serial": factory.certificate_serial})
@@ -460,7 +461,7 @@ def test_tamper_next_response_changes_one_byte_after_signing(
         verified(tampered, factory.key_store())
 
 
-# -- notification delivery (§1, §2.6, §4.2) ------------------------------------------------------
+# -- notification delivery ([protocol: Notifications; Signature probes; Retries and lost notifications]) -----
 
 
 def test_a_failed_notification_is_retried_with_the_same_body_and_a_fresh_signature(

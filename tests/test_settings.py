@@ -1,4 +1,5 @@
-"""Settings from the environment and LEDGER_CONFIG (§2.3 key modes, §3 32-byte APIv3 key, §5 base URL).
+"""Settings from the environment and LEDGER_CONFIG ([protocol: Which key signed it] key modes, [protocol:
+Decrypting the resource] 32-byte APIv3 key, [protocol: Calling WeChat Pay] base URL).
 
 Every problem is a ConfigurationError naming the setting; secrets never show in a repr.
 """
@@ -21,7 +22,8 @@ from ledger.store.backends import persistence_env, redact_url
 from ledger.wechatpay.notification import NotificationVerifier
 from ledger.wechatpay.sandbox.signer import NotificationFactory
 
-MERCHANT_SERIAL = "5F1C72E2A8931B72A2E13AF8DEE92471EB397115"  # §8.1 JAVA merchant certificate serial
+# [protocol: Published vectors] the JAVA merchant certificate serial
+MERCHANT_SERIAL = "5F1C72E2A8931B72A2E13AF8DEE92471EB397115"
 
 
 @pytest.fixture
@@ -39,7 +41,7 @@ def private_key_file(factory: NotificationFactory, path: Path) -> str:
 
 
 def test_env_happy_path(env: dict[str, str], factory: NotificationFactory, sqlite_url: str) -> None:
-    """§2.3: both key modes from WECHATPAY_* variables; defaults for everything optional."""
+    """[protocol: Which key signed it]: both key modes from WECHATPAY_* variables; defaults for everything optional."""
     settings = Settings.load(env)
     assert len(settings.merchants) == 1
     merchant = settings.default_merchant
@@ -62,7 +64,8 @@ def test_env_happy_path(env: dict[str, str], factory: NotificationFactory, sqlit
 
 
 def test_env_optional_settings(env: dict[str, str], factory: NotificationFactory, tmp_path: Path) -> None:
-    """§5.1: merchant API key pair for queries; base URL without trailing slash; ledger knobs."""
+    """[protocol: Signing a request]: merchant API key pair for queries; base URL without trailing slash;
+    ledger knobs."""
     settings = Settings.load(
         {
             **env,
@@ -83,7 +86,7 @@ def test_env_optional_settings(env: dict[str, str], factory: NotificationFactory
 
 
 def test_no_merchant_allowed_when_not_required(sqlite_url: str) -> None:
-    """Tools that need no merchant (§5 queries aside) may load settings without one."""
+    """Tools that need no merchant ([protocol: Calling WeChat Pay] queries aside) may load settings without one."""
     settings = Settings.load({"LEDGER_DATABASE_URL": sqlite_url}, require_merchant=False)
     assert settings.merchants == () and settings.default_merchant is None
 
@@ -162,7 +165,8 @@ FAILURES: list[tuple[str, dict[str, Value], str]] = [
 def test_failure_names_the_setting(
     env: dict[str, str], factory: NotificationFactory, tmp_path: Path, changes: dict[str, Value], setting: str
 ) -> None:
-    """§2.3/§3/§5.1/§10.8: each invalid setting fails at start-up, naming itself, echoing no secret."""
+    """[protocol: Which key signed it; Decrypting the resource; Signing a request; Store, then answer]: each
+    invalid setting fails at start-up, naming itself, echoing no secret."""
     for key, value in changes.items():
         if value is None:
             env.pop(key)
@@ -217,7 +221,8 @@ def two_merchants(
 def test_toml_two_merchants(
     two_merchants: Path, factory: NotificationFactory, other_factory: NotificationFactory, sqlite_url: str
 ) -> None:
-    """§2.3/§6: [[merchants]] tables, keys with or without WECHATPAY_, any case; each its own keys."""
+    """[protocol: Which key signed it; Several merchants on one ledger]: [[merchants]] tables, keys with or
+    without WECHATPAY_, any case; each its own keys."""
     settings = Settings.load({"LEDGER_CONFIG": str(two_merchants)})
     assert [m.mchid for m in settings.merchants] == ["1900000109", "1900000110"]
     first, second = settings.merchants
@@ -240,7 +245,8 @@ def test_toml_two_merchants(
     [('colour = "blue"\n', "merchants[1].colour"), ('apiv3 = "x"\n', "merchants[1].apiv3")],
 )
 def test_toml_unknown_merchant_key_is_rejected(two_merchants: Path, extra: str, named: str) -> None:
-    """A typo in a [[merchants]] table (e.g. a half-spelt §3 APIv3 key name) is named, not ignored."""
+    """A typo in a [[merchants]] table (e.g. a half-spelt [protocol: Decrypting the resource] APIv3 key name)
+    is named, not ignored."""
     two_merchants.write_text(two_merchants.read_text(encoding="utf-8") + extra, encoding="utf-8")
     with pytest.raises(ConfigurationError) as exc:
         Settings.load({"LEDGER_CONFIG": str(two_merchants)})
@@ -248,7 +254,7 @@ def test_toml_unknown_merchant_key_is_rejected(two_merchants: Path, extra: str, 
 
 
 def test_toml_unknown_top_level_key_is_rejected(two_merchants: Path) -> None:
-    """Unknown top-level keys are rejected by name (§10.8 store URL misspelt)."""
+    """Unknown top-level keys are rejected by name ([protocol: Store, then answer] store URL misspelt)."""
     two_merchants.write_text(
         'databse_url = "sqlite:///x.db"\n' + two_merchants.read_text(encoding="utf-8"), encoding="utf-8"
     )
@@ -258,7 +264,8 @@ def test_toml_unknown_top_level_key_is_rejected(two_merchants: Path) -> None:
 
 
 def test_toml_error_names_the_table(two_merchants: Path) -> None:
-    """§6: one file, several merchants; an error names the table and the setting."""
+    """[protocol: Several merchants on one ledger]: one file, several merchants; an error names the table and
+    the setting."""
     text = two_merchants.read_text(encoding="utf-8").replace("MCHID = 1900000110", "MCHID = 12")
     two_merchants.write_text(text, encoding="utf-8")
     with pytest.raises(ConfigurationError) as exc:
@@ -267,7 +274,7 @@ def test_toml_error_names_the_table(two_merchants: Path) -> None:
 
 
 def test_toml_duplicate_mchid_is_rejected(two_merchants: Path) -> None:
-    """§6: notifications are routed by mchid, so it must be unique."""
+    """[protocol: Several merchants on one ledger]: notifications are routed by mchid, so it must be unique."""
     text = two_merchants.read_text(encoding="utf-8").replace("MCHID = 1900000110", "MCHID = 1900000109")
     two_merchants.write_text(text, encoding="utf-8")
     with pytest.raises(ConfigurationError) as exc:
@@ -287,7 +294,8 @@ def test_unreadable_config_names_ledger_config(tmp_path: Path, content: str | No
 
 
 def test_secrets_never_in_repr_or_str(env: dict[str, str], factory: NotificationFactory) -> None:
-    """§3: the APIv3 key decrypts every resource; it, the admin token and the DB password never print."""
+    """[protocol: Decrypting the resource]: the APIv3 key decrypts every resource; it, the admin token and the
+    DB password never print."""
     token, password = "admin-token-0123456789-XYZ", "Sup3rS3cretPw"
     url = f"postgresql://ledger:{password}@db.internal:5432/ledger"
     settings = Settings.load({**env, "LEDGER_ADMIN_TOKEN": token, "LEDGER_DATABASE_URL": url})
@@ -317,12 +325,13 @@ def test_secrets_never_in_repr_or_str(env: dict[str, str], factory: Notification
     ],
 )
 def test_redact_url(url: str, redacted: str) -> None:
-    """§10.8: the store URL may be logged, its password never."""
+    """[protocol: Store, then answer]: the store URL may be logged, its password never."""
     assert redact_url(url) == redacted
 
 
 def test_persistence_env_sqlite(tmp_path: Path) -> None:
-    """§10.8: sqlite:/// URLs (absolute, relative, memory) map to the eventsourcing SQLite settings."""
+    """[protocol: Store, then answer]: sqlite:/// URLs (absolute, relative, memory) map to the eventsourcing
+    SQLite settings."""
     absolute = persistence_env(f"sqlite:///{tmp_path / 'l.db'}")
     assert absolute["PERSISTENCE_MODULE"] == "eventsourcing.sqlite"
     assert absolute["SQLITE_DBNAME"] == str(tmp_path / "l.db")
@@ -331,7 +340,8 @@ def test_persistence_env_sqlite(tmp_path: Path) -> None:
 
 
 def test_persistence_env_postgresql() -> None:
-    """§10.8: postgresql:// URLs map to the eventsourcing PostgreSQL settings, percent-decoded."""
+    """[protocol: Store, then answer]: postgresql:// URLs map to the eventsourcing PostgreSQL settings,
+    percent-decoded."""
     env = persistence_env("postgresql://ledger:p%40ss@db.internal:6543/ledger_db?schema=s1&connect_timeout=3")
     assert env["PERSISTENCE_MODULE"] == "eventsourcing.postgres"
     assert (env["POSTGRES_HOST"], env["POSTGRES_PORT"], env["POSTGRES_DBNAME"]) == (
@@ -355,7 +365,8 @@ BAD_URLS += ["postgresql://u:pw@[::1/ledger"]
 
 @pytest.mark.parametrize("url", BAD_URLS)
 def test_persistence_env_rejects_with_configuration_error(url: str) -> None:
-    """§10.8: every bad LEDGER_DATABASE_URL is a ConfigurationError naming it (never a ValueError)."""
+    """[protocol: Store, then answer]: every bad LEDGER_DATABASE_URL is a ConfigurationError naming it (never
+    a ValueError)."""
     with pytest.raises(ConfigurationError) as exc:
         persistence_env(url)
     assert exc.value.setting == "LEDGER_DATABASE_URL"

@@ -1,4 +1,5 @@
-"""AEAD_AES_256_GCM as WeChat Pay uses it for notification resources and certificates (§3).
+"""AEAD_AES_256_GCM as WeChat Pay uses it for notification resources and certificates ([protocol: Decrypting
+the resource]).
 
 Key: the APIv3 key's bytes. Nonce and associated data: the UTF-8 bytes of the strings as
 given. Ciphertext: base64 of ciphertext ‖ 16-byte tag.

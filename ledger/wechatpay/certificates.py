@@ -1,4 +1,5 @@
-"""Platform certificates: download, decrypt, verify, store, rotate (§2.3, §5.7).
+"""Platform certificates: download, decrypt, verify, store, rotate ([protocol: Which key signed it;
+Downloading platform certificates]).
 
 The manager holds the verification keys of one merchant as an immutable `KeyStore` that is
 swapped whole on refresh, so request paths read it without locks and never touch the network.

@@ -1,9 +1,9 @@
-"""Outbound WeChat Pay APIv3 calls: sign, send, retry, verify (protocol reference §5).
+"""Outbound WeChat Pay APIv3 calls: sign, send, retry, verify ([protocol: Calling WeChat Pay]).
 
-Every 2xx is verified before anything in it is trusted (§5.2, §2.6). Failures are classified
-once, by `classify` (§5.4): 429, 5xx and transport errors are retried within a deadline, any
-other 4xx is final, and an untrusted 2xx is never retried here (the reconciler re-queries later).
-"""
+Every 2xx is verified before anything in it is trusted ([protocol: Verifying an answer; Signature probes]).
+Failures are classified once, by `classify` ([protocol: Errors and retries]): 429, 5xx and transport errors
+are retried within a deadline, any other 4xx is final, and an untrusted 2xx is never retried here (the
+reconciler re-queries later)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,8 @@ AttemptVerdict = Literal["ok", "retry", "reject"]
 
 
 def classify(status_code: int | None, exc: BaseException | None = None) -> AttemptVerdict:
-    """What one attempt's result means (§5.4): trust it (after verification), try again, or stop."""
+    """What one attempt's result means ([protocol: Errors and retries]): trust it (after verification), try
+    again, or stop."""
     if exc is not None:
         # TimeoutException is a TransportError; anything else (a broken gzip stream, a redirect
         # loop) will not heal by itself within the deadline.
@@ -84,7 +85,7 @@ def _segment(value: str) -> str:
 
 
 def _error_fields(body: bytes) -> tuple[str, str]:
-    """WeChat's `code` and `message` from an error body (§5.4); empty when it has none."""
+    """WeChat's `code` and `message` from an error body ([protocol: Errors and retries]); empty when it has none."""
     try:
         value = parse_json_object(body, "error body")
     except MalformedNotification:
@@ -99,7 +100,8 @@ def _retry_after(response: httpx.Response | None) -> float | None:
 
 
 class WeChatPayClient:
-    """Synchronous, thread-safe client for the query, close and certificate APIs (§5.3-§5.7)."""
+    """Synchronous, thread-safe client for the query, close and certificate APIs ([protocol: Querying an order
+    … Downloading platform certificates])."""
 
     def __init__(
         self,
@@ -161,28 +163,28 @@ class WeChatPayClient:
     # -- the APIs ----------------------------------------------------------------------------
 
     def query_by_out_trade_no(self, out_trade_no: str) -> WeChatPayResponse:
-        """§5.3: the transaction by our own order number (works for unpaid orders too)."""
+        """[protocol: Querying an order]: the transaction by our own order number (works for unpaid orders too)."""
         mchid = quote(self.mchid, safe="")
         return self._call("GET", f"/v3/pay/transactions/out-trade-no/{_segment(out_trade_no)}?mchid={mchid}")
 
     def query_by_transaction_id(self, transaction_id: str) -> WeChatPayResponse:
-        """§5.3: the transaction by WeChat's order number."""
+        """[protocol: Querying an order]: the transaction by WeChat's order number."""
         mchid = quote(self.mchid, safe="")
         return self._call("GET", f"/v3/pay/transactions/id/{_segment(transaction_id)}?mchid={mchid}")
 
     def query_refund(self, out_refund_no: str) -> WeChatPayResponse:
-        """§5.5: one refund by our refund number."""
+        """[protocol: Querying a refund]: one refund by our refund number."""
         return self._call("GET", f"/v3/refund/domestic/refunds/{_segment(out_refund_no)}")
 
     def close_order(self, out_trade_no: str) -> WeChatPayResponse:
-        """§5.6: close an unpaid order; success is a signed 204 with an empty body."""
+        """[protocol: Closing an order]: close an unpaid order; success is a signed 204 with an empty body."""
         # Compact, as WeChat's own SDKs send it; these exact bytes are signed and sent.
         body = json.dumps({"mchid": self.mchid}, separators=(",", ":"), ensure_ascii=False).encode()
         return self._call("POST", f"/v3/pay/transactions/out-trade-no/{_segment(out_trade_no)}/close", body)
 
     def download_certificates(self, *, verify: bool = True) -> WeChatPayResponse:
-        """§5.7: platform certificates. verify=False is only for the very first download, which
-        the caller must re-verify with the certificates it contains."""
+        """[protocol: Downloading platform certificates]: platform certificates. verify=False is only
+        for the very first download, which the caller must re-verify with the certificates it contains."""
         return self._call("GET", "/v3/certificates", verify=verify)
 
     # -- one call: attempts, retries, deadline -----------------------------------------------
@@ -248,12 +250,13 @@ class WeChatPayClient:
             headers["Wechatpay-Serial"] = self._wechatpay_serial
         url = self._origin.copy_with(raw_path=path.encode("ascii"))
         request = self._http.build_request(method, url, content=body or None, headers=headers, timeout=timeout)
-        # The signature covers the target byte for byte (§5.1); never send one it does not match.
+        # The signature covers the target byte for byte ([protocol: Signing a request]); never send one it
+        # does not match.
         if request.url.raw_path != path.encode("ascii"):
             raise ValueError(f"request target would be rewritten: {path!r}")
         return request
 
-    # -- trusting a 2xx (§5.2) ---------------------------------------------------------------
+    # -- trusting a 2xx ([protocol: Verifying an answer]) ----------------------------------------------------
 
     def _trusted(self, method: str, path: str, response: httpx.Response, verify: bool) -> WeChatPayResponse:
         body = response.content

@@ -1,4 +1,5 @@
-"""The keys that may sign WeChat Pay notifications and responses, selected by serial (§2.3, §2.4).
+"""The keys that may sign WeChat Pay notifications and responses, selected by serial ([protocol: Which key
+signed it; Comparing serials]).
 
 Two sources may be configured at once during the public-key migration: a WeChat Pay public key
 with its ``PUB_KEY_ID_...`` id, and a folder of platform certificates keyed by their serial.

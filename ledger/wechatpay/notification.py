@@ -1,8 +1,7 @@
 """Inbound notifications: raw bytes and headers in, a verified and decrypted notification out.
 
-The order is the protocol reference's §10: signature headers, timestamp window, key by serial,
-signature over the raw bytes; only then parse the envelope and decrypt the resource.
-"""
+The order is the protocol reference's [protocol: The order of checks]: signature headers, timestamp window,
+key by serial, signature over the raw bytes; only then parse the envelope and decrypt the resource."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""SHA256withRSA signatures as WeChat Pay APIv3 uses them (protocol reference §2, §5.1, §5.2).
+"""SHA256withRSA signatures as WeChat Pay APIv3 uses them ([protocol: Verifying a signature; Signing a
+request; Verifying an answer]).
 
 Notifications and API responses are verified over ``ts\\nnonce\\nbody\\n`` on the raw body
 bytes; our own requests are signed over ``METHOD\\nURL\\nts\\nnonce\\nbody\\n``.
@@ -137,7 +138,7 @@ def verify_signed_message(
 ) -> str:
     """Check type, freshness, key and signature; return the normalised serial that verified.
 
-    The order follows §10: cheap checks first, and nothing of the body is parsed here.
+    The order follows [protocol: The order of checks]: cheap checks first, and nothing of the body is parsed here.
     """
     if headers.signature_type is not None and headers.signature_type != SIGNATURE_TYPE:
         raise VerificationFailed(

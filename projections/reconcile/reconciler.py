@@ -31,7 +31,7 @@ __all__ = ["Change", "RateLimiter", "Reconciler"]
 log = logging.getLogger("ledger.reconcile")
 
 # WeChat suggests querying a few seconds after a late callback; like Kill Bill's janitor we
-# then back off to minutes and hours. §5.3: unpaid orders are auto-closed after 7 days.
+# then back off to minutes and hours. [protocol: Querying an order]: unpaid orders are auto-closed after 7 days.
 _PAGE = 500
 
 

@@ -18,4 +18,4 @@ MCHID = "1900000109"
 APPID = "wxd678efh567hg6787"
 
 VECTORS_PATH = ROOT.parent / "shared" / "vectors" / "wechatpay-vectors.json"
-"""The published WeChat Pay test vectors (protocol reference §8), kept beside the repository."""
+"""The published WeChat Pay test vectors ([protocol: Test vectors]), kept beside the repository."""

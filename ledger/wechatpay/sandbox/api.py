@@ -1,8 +1,9 @@
-"""WeChat Pay's merchant APIs as the sandbox serves them (§5.3-§5.7): query, close, certificates.
+"""WeChat Pay's merchant APIs as the sandbox serves them ([protocol: Querying an order … Downloading platform
+certificates]): query, close, certificates.
 
-A request needs a valid merchant ``Authorization`` (§5.1) or it is answered 401 SIGN_ERROR;
-every 2xx is signed as WeChat signs it (§5.2), error answers are not. For the client's tests,
-faults can be injected: failures, probe signatures (§2.6) and a body altered after signing.
+A request needs a valid merchant ``Authorization`` ([protocol: Signing a request]) or it is answered 401 SIGN_ERROR;
+every 2xx is signed as WeChat signs it ([protocol: Verifying an answer]), error answers are not. For the client's tests,
+faults can be injected: failures, probe signatures ([protocol: Signature probes]) and a body altered after signing.
 """
 
 from __future__ import annotations
@@ -227,7 +228,7 @@ class WeChatApi:
         if not isinstance(mchid, str) or not mchid:
             raise SandboxError(400, "PARAM_ERROR", "mchid 为必填项")
         if mchid != self._sandbox.mchid:
-            # §5.4: a wrong mchid finds no order.
+            # [protocol: Errors and retries]: a wrong mchid finds no order.
             raise SandboxError(404, "ORDER_NOT_EXIST", "订单不存在")
 
     def _query_out_trade_no(self, request: Request, body: bytes) -> tuple[int, Any]:

@@ -1,7 +1,8 @@
-"""Notification delivery as WeChat Pay does it (§4): signed POSTs, retried on its schedule.
+"""Notification delivery as WeChat Pay does it ([protocol: Answering a notification]): signed POSTs, retried
+on its schedule.
 
 Every attempt is re-signed with a fresh timestamp and nonce over the same body. An attempt
-may first be a signature probe (§2.6), and a delivery may be sent twice (a duplicate). All
+may first be a signature probe ([protocol: Signature probes]), and a delivery may be sent twice (a duplicate). All
 of it runs as tasks in the server's event loop; other threads only schedule and wait.
 """
 
@@ -23,7 +24,7 @@ from ledger.wechatpay.sandbox.signer import Delivery
 
 __all__ = ["RETRY_SCHEDULE", "DeliveryAttempt", "Notification", "Notifier"]
 
-# §4.2: seconds to wait before each retry; 15 retries after the first attempt.
+# [protocol: Retries and lost notifications]: seconds to wait before each retry; 15 retries after the first attempt.
 RETRY_SCHEDULE: tuple[int, ...] = (
     15, 15, 30, 180, 600, 1200, 1800, 1800, 1800, 3600, 10800, 10800, 10800, 21600, 21600,
 )  # fmt: skip

@@ -1,4 +1,4 @@
-"""Which key the sandbox signs with: WeChat's public key or its platform certificates (§2.3).
+"""Which key the sandbox signs with: WeChat's public key or its platform certificates ([protocol: Which key signed it]).
 
 Certificates come into use in the order they were added; after a rotation the newest signs
 while the older ones stay listed until they expire, so verifiers must select by serial.
@@ -64,7 +64,7 @@ class WeChatKeys:
             wanted = normalise_serial(requested_serial)
             if wanted == public.serial:
                 return public
-            # §2.3: API answers follow the Wechatpay-Serial the merchant sends, so a client
+            # [protocol: Which key signed it]: API answers follow the Wechatpay-Serial the merchant sends, so a client
             # can ask to be answered with a certificate it already trusts.
             named = self._holder(wanted)
             if named is not None:

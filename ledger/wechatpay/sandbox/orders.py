@@ -1,8 +1,8 @@
 """The sandbox's order book: WeChat Pay's side of orders and refunds, and the JSON it answers with.
 
-State changes follow §5.3's `trade_state` table; the JSON is §3.1 (transactions), §3.2
-(refund notifications) and §5.5 (refund queries, where the state is `status`).
-"""
+State changes follow [protocol: Querying an order]'s `trade_state` table; the JSON is [protocol: The payment
+resource] (transactions), [protocol: The refund resource] (refund notifications) and [protocol: Querying a
+refund] (refund queries, where the state is `status`)."""
 
 from __future__ import annotations
 
@@ -160,7 +160,7 @@ class OrderBook:
         refund.status = status
         if status == "SUCCESS":
             refund.success_time = rfc3339(self._clock())
-        # §5.3: REFUND means a refund was initiated; a closed refund initiated nothing.
+        # [protocol: Querying an order]: REFUND means a refund was initiated; a closed refund initiated nothing.
         if any(r.status != "CLOSED" for r in order.refunds.values()):
             order.trade_state = "REFUND"
 
@@ -204,7 +204,8 @@ class OrderBook:
     # -- what WeChat says about them -----------------------------------------------------------
 
     def transaction(self, order: Order) -> dict[str, Any]:
-        """§3.1 / §5.3; an order never paid has no transaction_id, payer or success_time."""
+        """[protocol: The payment resource; Querying an order]; an order never paid has no transaction_id,
+        payer or success_time."""
         desc = _TRADE_STATE_DESC.get(order.trade_state, order.trade_state)
         if order.transaction_id is None:
             return {
@@ -231,7 +232,8 @@ class OrderBook:
         return resource
 
     def refund_resource(self, order: Order, refund: Refund) -> dict[str, Any]:
-        """§3.2: the decrypted REFUND.* notification resource (state named `refund_status`)."""
+        """[protocol: The refund resource]: the decrypted REFUND.* notification resource (state named
+        `refund_status`)."""
         resource = self._factory.refund(
             order.out_trade_no,
             refund.out_refund_no,
@@ -247,7 +249,7 @@ class OrderBook:
         return resource
 
     def refund_query(self, order: Order, refund: Refund) -> dict[str, Any]:
-        """§5.5: the refund query answer (state named `status`)."""
+        """[protocol: Querying a refund]: the refund query answer (state named `status`)."""
         payer_total = order.total if order.payer_total is None else order.payer_total
         body: dict[str, Any] = {
             "amount": {

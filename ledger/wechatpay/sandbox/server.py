@@ -209,7 +209,7 @@ class Sandbox:
         self._api.fail_next(n, status, code, message)
 
     def probe_next_response(self, n: int = 1) -> None:
-        """The next `n` signed answers carry a ``WECHATPAY/SIGNTEST/`` signature (§2.6)."""
+        """The next `n` signed answers carry a ``WECHATPAY/SIGNTEST/`` signature ([protocol: Signature probes])."""
         self._api.probe_next_response(n)
 
     def tamper_next_response(self, n: int = 1) -> None:
@@ -237,7 +237,8 @@ class Sandbox:
 
     def signing_key(self, requested_serial: str | None = None) -> SigningKey:
         """The key for an answer or a notification: a request's ``Wechatpay-Serial`` picks the
-        public key or the newest certificate in effect (§2.3); otherwise `signing` decides."""
+        public key or the newest certificate in effect ([protocol: Which key signed it]); otherwise `signing`
+        decides."""
         return self._keys.signing_key(requested_serial, self.signing)
 
     # -- the ledger's side ---------------------------------------------------------------------

@@ -1,9 +1,8 @@
 """Generate correctly signed and encrypted notifications with keys of our own.
 
-This plays WeChat Pay's side of §1-§3 for the tests, the benchmarks and `payledger dev`:
-it holds a signing key (as a public-key id, a platform certificate, or both), the merchant's
-APIv3 key, and builds compact bodies with raw UTF-8 exactly like WeChat's.
-"""
+This plays WeChat Pay's side of [protocol: Notifications … Decrypting the resource] for the tests, the
+benchmarks and `payledger dev`: it holds a signing key (as a public-key id, a platform certificate, or
+both), the merchant's APIv3 key, and builds compact bodies with raw UTF-8 exactly like WeChat's."""
 
 from __future__ import annotations
 
@@ -122,7 +121,7 @@ class NotificationFactory:
             env["WECHATPAY_PLATFORM_CERT_DIR"] = str(cert_dir)
         return env
 
-    # -- resources (§3.1, §3.2) ------------------------------------------------------------
+    # -- resources ([protocol: The payment resource; The refund resource]) -----------------------------------
 
     def transaction(
         self,
@@ -182,7 +181,7 @@ class NotificationFactory:
             resource["success_time"] = "2026-11-27T11:00:00+08:00"
         return resource
 
-    # -- envelopes and deliveries (§1.3, §2.1) ---------------------------------------------
+    # -- envelopes and deliveries ([protocol: The envelope; The signed message]) -----------------------------
 
     def envelope(
         self,
@@ -250,7 +249,7 @@ class NotificationFactory:
         return self.deliver(self.envelope(resource, f"REFUND.{status}"))
 
     def probe(self, delivery: Delivery) -> Delivery:
-        """The same delivery with a `WECHATPAY/SIGNTEST/` probe signature (§2.6)."""
+        """The same delivery with a `WECHATPAY/SIGNTEST/` probe signature ([protocol: Signature probes])."""
         headers = dict(delivery.headers)
         headers["Wechatpay-Signature"] = "WECHATPAY/SIGNTEST/" + secrets.token_urlsafe(24)
         return Delivery(delivery.body, headers, delivery.notification_id)
