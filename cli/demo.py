@@ -82,6 +82,7 @@ def run_demo(
 ) -> int:
     from api.app import create_app
     from ledger.bootstrap import bootstrap
+    from ledger.store.sql import Database
     from ledger.wechatpay.sandbox.server import Sandbox
     from projections.reconcile.reconciler import Reconciler
     from projections.reconcile.worklist import Worklist
@@ -139,7 +140,8 @@ def run_demo(
             out("refunded 700 of DEMO-0001's 2500 fen")
 
             services = bootstrap(settings)
-            worklist = Worklist(env["LEDGER_DATABASE_URL"])
+            database = Database(env["LEDGER_DATABASE_URL"])
+            worklist = Worklist(database)
             try:
                 reconciler = Reconciler(services.ledger, worklist, services.query, schedule=settings.reconcile_schedule)
                 time.sleep(1.05)  # the first query is due 1 s after registration in the demo
@@ -147,7 +149,7 @@ def run_demo(
                 for change in reconciler.run_pass():
                     out(f"    {change}")
             finally:
-                worklist.close()
+                database.close()
                 services.close()
 
             out("")

@@ -224,13 +224,15 @@ def cmd_query(args: argparse.Namespace) -> int:
 def cmd_reconcile(args: argparse.Namespace) -> int:
 
     from ledger.bootstrap import bootstrap
+    from ledger.store.sql import Database
     from projections.reconcile.reconciler import Reconciler
     from projections.reconcile.worklist import Worklist
 
     settings = _settings(args)
     _configure_logging(settings.log_level if args.follow else "WARNING", settings.log_format)
     services = bootstrap(settings)
-    worklist = Worklist(settings.database_url.value)
+    database = Database(settings.database_url.value)
+    worklist = Worklist(database)
     reconciler = Reconciler(
         services.ledger,
         worklist,
@@ -253,7 +255,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         )
         return 0
     finally:
-        worklist.close()
+        database.close()
         services.close()
 
 

@@ -101,7 +101,7 @@ def test_a_schema_that_is_not_a_plain_identifier_is_refused() -> None:
 
 
 def test_concurrent_threads_each_get_whole_transactions(database: Database) -> None:
-    insert(database, "counter")
+    insert(database, "c")
     threads, increments = 8, 25  # more threads than pooled connections: they take turns
     sessions: set[int] = set()
     errors: list[BaseException] = []
@@ -110,7 +110,7 @@ def test_concurrent_threads_each_get_whole_transactions(database: Database) -> N
         try:
             for _ in range(increments):
                 with database.transaction() as cur:
-                    cur.execute(database.sql("UPDATE {t} SET n = n + 1 WHERE k = %s", t=database.qualify(TABLE)), ["counter"])
+                    cur.execute(database.sql("UPDATE {t} SET n = n + 1 WHERE k = %s", t=database.qualify(TABLE)), ["c"])
                     if database.dialect == "postgres":
                         cur.execute("SELECT pg_backend_pid()")
                         sessions.add(int(cur.fetchone()[0]))
@@ -123,7 +123,7 @@ def test_concurrent_threads_each_get_whole_transactions(database: Database) -> N
     for t in workers:
         t.join(60)
     assert errors == []
-    assert rows(database)["counter"] == threads * increments
+    assert rows(database)["c"] == threads * increments
     assert len(sessions) <= 4  # the pool's size: connections are shared, not one per transaction
 
 
