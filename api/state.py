@@ -39,11 +39,11 @@ class LiveView:
                 name = live_view(self._url, NAME)
                 if name != self._name:
                     old, self._view, self._name = self._view, open_orders_view(self._url, name), name
-                    old.datastore.close()  # type: ignore[attr-defined]
+                    old.close()
             return self._view
 
     def close(self) -> None:
-        self._view.datastore.close()  # type: ignore[attr-defined]
+        self._view.close()
 
 
 @dataclass

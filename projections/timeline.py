@@ -10,16 +10,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import sqlite3
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-import psycopg
-
 from ledger.application import Ledger
+from ledger.store.sql import STORE_ERRORS
 from projections.webhooks.outbox import Endpoint, Message, Outbox, outbox_url
 
 __all__ = ["Entry", "Outbound", "Timeline", "build_timeline", "load_timeline", "render_text", "to_json"]
@@ -198,7 +196,7 @@ def load_timeline(ledger: Ledger, database_url: str, mchid: str, out_trade_no: s
             endpoints = outbox.list_endpoints() if messages else []
         finally:
             outbox.close()
-    except (sqlite3.Error, psycopg.Error) as exc:
+    except STORE_ERRORS as exc:
         # The events are the record; the outbox is derived. Show what we have and say what is missing.
         log.warning("outbox unavailable for the timeline: %s", type(exc).__name__)
         return build_timeline(order, events, outbound_error="the outbox could not be read")

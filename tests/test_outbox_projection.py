@@ -79,7 +79,7 @@ def test_replaying_the_log_or_rebuilding_the_view_queues_nothing_again_and_loses
     # Replay the whole log through the outbox projection from the start, as a rebuild would.
     view = open_outbox_view(database_url)
     tracking = "tracking" if sqlite else f'"{view.datastore.schema}".{view.tracking_table_name}'
-    with view._transaction() as curs:  # resetting the position is what a replay means
+    with view.transaction() as curs:  # resetting the position is what a replay means
         curs.execute(f"DELETE FROM {tracking}")
     view.datastore.close()
     run_outbox(database_url, ledger)

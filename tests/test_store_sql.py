@@ -58,6 +58,22 @@ def test_a_transaction_that_raises_is_rolled_back_and_the_error_passes(database:
     assert rows(database) == {"kept": 1}
 
 
+def test_a_read_neither_waits_for_nor_holds_up_a_writer(database: Database, database_url: str) -> None:
+    insert(database, "a", 1)
+    reader = Database(database_url)
+    try:
+        with database.transaction() as cur:  # a writer, mid-transaction
+            cur.execute(database.sql("UPDATE {t} SET n = 2", t=database.qualify(TABLE)))
+            started = time.monotonic()
+            with reader.transaction(write=False) as other:
+                other.execute(reader.sql("SELECT n FROM {t}", t=reader.qualify(TABLE)))
+                assert other.fetchall() == [(1,)]  # what was committed before
+            assert time.monotonic() - started < 1
+        assert rows(reader) == {"a": 2}
+    finally:
+        reader.close()
+
+
 def test_a_failing_statement_raises_a_store_error_and_leaves_the_database_usable(database: Database) -> None:
     insert(database, "a")
     with pytest.raises(STORE_ERRORS):

@@ -36,11 +36,25 @@ from psycopg import pq
 from ledger.errors import ConfigurationError
 from ledger.store.backends import SETTING, connect_postgres, persistence_env
 
-__all__ = ["STORE_ERRORS", "Cursor", "Database", "Dialect", "Session", "dialect_of", "render"]
+__all__ = [
+    "MISSING_TABLE",
+    "STORE_ERRORS",
+    "STORE_UNAVAILABLE",
+    "Cursor",
+    "Database",
+    "Dialect",
+    "Session",
+    "dialect_of",
+    "render",
+]
 
 Dialect = Literal["sqlite", "postgres"]
 # Whatever either driver raises: the store is away, a statement failed, a table is missing.
 STORE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, psycopg.Error)
+# The store cannot be reached or does not answer (refused, timed out, locked, file unopenable).
+STORE_UNAVAILABLE: tuple[type[Exception], ...] = (sqlite3.OperationalError, psycopg.OperationalError)
+# A statement on a table not created yet (SQLite's error is its broad OperationalError).
+MISSING_TABLE: tuple[type[Exception], ...] = (sqlite3.OperationalError, psycopg.errors.UndefinedTable)
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
@@ -172,8 +186,12 @@ class Database:
         return render(template, self.dialect, tuple(sorted(slots.items())))
 
     @contextmanager
-    def transaction(self) -> Iterator[Cursor]:
-        """One transaction: committed when the block ends, rolled back when it raises."""
+    def transaction(self, *, write: bool = True) -> Iterator[Cursor]:
+        """One transaction: committed when the block ends, rolled back when it raises.
+
+        ``write=False`` is for a block that only reads: on SQLite it then neither waits for
+        nor holds up the store's writers (a writing transaction takes the write lock first,
+        so two writers never deadlock)."""
         if self._pool is not None:
             with self._pool.connection() as conn, conn.transaction(), conn.cursor() as pg_cursor:
                 yield pg_cursor
@@ -181,7 +199,7 @@ class Database:
         assert self._sqlite is not None
         with self._lock:
             cur = self._sqlite.cursor()
-            cur.execute("BEGIN IMMEDIATE")
+            cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
                 yield cur
                 cur.execute("COMMIT")

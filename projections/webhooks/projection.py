@@ -9,23 +9,20 @@ queue a notification twice; the dispatcher (`projections/webhooks/dispatcher.py`
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from eventsourcing.persistence import InfrastructureFactory, Tracking
-from eventsourcing.postgres import PostgresTrackingRecorder
 from eventsourcing.projection import BaseProjectionRunner, Projection
-from eventsourcing.sqlite import SQLiteTrackingRecorder
 from eventsourcing.utils import Environment, get_topic
-from psycopg.rows import tuple_row
 
 from ledger.application import Ledger
 from ledger.domain import PaymentOrder
 from ledger.settings import EndpointSettings
 from ledger.store.backends import persistence_env, schema_lock, small_pool
+from ledger.store.views import PostgresViewRecorder, SQLiteViewRecorder, ViewRecorder
 from projections.webhooks.outbox import Outbox, create_tables, enqueue, load_endpoints, outbox_url
 
 __all__ = ["DECISIONS", "OutboxProjection", "run_outbox_projector", "start_outbox_projector", "sync_endpoints"]
@@ -47,27 +44,18 @@ def outbox_env(database_url: str) -> dict[str, str]:
     return env
 
 
-class _OutboxView:
-    dialect: ClassVar[str]
-
-    @property
-    def schema(self) -> str | None:
-        return None
-
-    def _transaction(self) -> Any:
-        raise NotImplementedError
-
+class _OutboxView(ViewRecorder):
     def create_outbox(self) -> None:
-        with self._transaction() as curs:
-            create_tables(curs, self.dialect, schema=self.schema)  # type: ignore[arg-type]
+        with self.transaction() as curs:
+            create_tables(curs, self.dialect, schema=self.schema)
 
     def record(self, event: Any, order: PaymentOrder, tracking: Tracking) -> int:
         """The event's messages and the tracking position, in one transaction."""
-        with self._transaction() as curs:
-            endpoints = load_endpoints(curs, self.dialect, schema=self.schema)  # type: ignore[arg-type]
+        with self.transaction() as curs:
+            endpoints = load_endpoints(curs, self.dialect, schema=self.schema)
             added = enqueue(
                 curs,
-                self.dialect,  # type: ignore[arg-type]
+                self.dialect,
                 source_id=f"{event.originator_id}:{event.originator_version}",
                 event_type=type(event).__name__,
                 mchid=order.mchid,
@@ -78,35 +66,17 @@ class _OutboxView:
                 endpoints=endpoints,
                 schema=self.schema,
             )
-            self._insert_tracking(curs, tracking)  # type: ignore[attr-defined]
+            self.write_tracking(curs, tracking)
         return added
 
 
-class PostgresOutboxView(_OutboxView, PostgresTrackingRecorder):
-    dialect = "postgres"
-
-    @property
-    def schema(self) -> str | None:
-        return str(self.datastore.schema)
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Any:
-        with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor(row_factory=tuple_row) as curs:
-            yield curs
-
+class PostgresOutboxView(_OutboxView, PostgresViewRecorder):
     def create_table(self) -> None:
         super().create_table()
         self.create_outbox()
 
 
-class SQLiteOutboxView(_OutboxView, SQLiteTrackingRecorder):
-    dialect = "sqlite"
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Any:
-        with self.datastore.transaction(commit=True) as curs:
-            yield curs.sqlite_cursor  # the plain sqlite3 cursor: the outbox reads its rowcount
-
+class SQLiteOutboxView(_OutboxView, SQLiteViewRecorder):
     def create_table(self) -> None:
         super().create_table()
         self.create_outbox()
@@ -161,7 +131,8 @@ def start_outbox_projector(database_url: str) -> tuple[BaseProjectionRunner[Ledg
 
 def run_outbox_projector(database_url: str, stop: threading.Event, poll: float = 1.0) -> None:
     """The outbox half of `payledger project`: exclusive by its own lock."""
-    from projections.read_model.runner import ProjectorLock, follow
+    from projections.locks import ProjectorLock
+    from projections.read_model.runner import follow
 
     lock = ProjectorLock(database_url, NAME)
     if not lock.acquire(stop, poll):
