@@ -20,7 +20,7 @@ from ledger.store.views import view_file
 
 __all__ = ["ProjectorLock"]
 
-log = logging.getLogger("projections.runner")
+log = logging.getLogger("projections.runner")  # the projector's own log, named as before
 
 
 class ProjectorLock:
@@ -48,8 +48,9 @@ class ProjectorLock:
 
     def _try(self) -> bool:
         if dialect_of(self._url) == "postgres":
-            if self._session is None:
+            if self._database is None:
                 self._database = Database(self._url, pool_size=1)
+            if self._session is None:
                 self._session = self._held.enter_context(self._database.connection())
             key = int.from_bytes(hashlib.sha256(f"payledger:{self._name}".encode()).digest()[:8], "big", signed=True)
             row = self._session.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()

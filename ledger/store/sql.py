@@ -11,8 +11,10 @@ here, so SQL is written once, with ``%s`` placeholders and ``{name}`` table slot
   discarded when the transaction ends. A caller is never made to wait for a server that
   refuses connections: the refusal is raised at once, as a psycopg error. Table names are
   qualified with the URL's ``schema`` (``public`` when it names none, as the library does).
+  `connection()` lends one for session state (advisory locks) and closes it afterwards.
 * **SQLite**: one connection in WAL mode, transactions ``BEGIN IMMEDIATE`` under a lock (SQLite
-  has one writer at a time anyway); ``%s`` becomes ``?``.
+  has one writer at a time anyway; a read-only block asks for a plain ``BEGIN``); ``%s``
+  becomes ``?``.
 
 Names in templates come from our own constants and a schema checked against a plain SQL
 identifier, never from requests. Code outside the store catches `STORE_ERRORS`, never a
