@@ -35,7 +35,7 @@ from api.openapi import OPENAPI_PATH, openapi
 from api.orders import get_order, order_events, orders, query_order
 from api.request_id import RequestIdMiddleware
 from api.responses import LedgerJSONResponse, fail
-from api.state import AppState, LiveOrdersView, app_state
+from api.state import AppState, app_state
 from api.ui.pages import ui_mount
 from ledger.application import Ledger
 from ledger.settings import Settings
@@ -43,7 +43,7 @@ from projections.log_counts import DecisionTally
 from projections.read_model.view import NAME as ORDERS_VIEW
 from projections.read_model.view import OrdersProjection
 from projections.webhooks.projection import NAME as OUTBOX
-from projections.webhooks.projection import OutboxProjection, open_outbox_view
+from projections.webhooks.projection import OutboxProjection
 
 __all__ = ["create_app"]
 
@@ -91,8 +91,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         committer = services.committer
-        views = LiveOrdersView(settings.database_url.value)
-        outbox_view = open_outbox_view(settings.database_url.value)
+        views = services.orders_view
+        outbox_view = services.outbox_view
         outbox = services.outbox
         registry = new_registry()
         app.state.app_state = AppState(
@@ -121,8 +121,6 @@ def create_app(
         gc.freeze()
         yield
         services.close()
-        views.close()
-        outbox_view.datastore.close()
 
     middleware = [Middleware(RequestIdMiddleware)]
     if settings.admin_token is not None:

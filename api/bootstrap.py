@@ -31,12 +31,13 @@ from ledger.wechatpay.certificates import CertificateManager
 from ledger.wechatpay.client import WeChatPayClient
 from ledger.wechatpay.keys import KeyStore
 from ledger.wechatpay.notification import NotificationVerifier
+from projections.read_model.reader import LiveOrdersView
 from projections.read_model.runner import run_orders_projector
 from projections.reconcile.reconciler import Reconciler
 from projections.reconcile.worklist import Worklist
 from projections.webhooks.dispatcher import Dispatcher
 from projections.webhooks.outbox import Outbox
-from projections.webhooks.projection import run_outbox_projector, sync_endpoints
+from projections.webhooks.projection import OutboxView, open_outbox_view, run_outbox_projector, sync_endpoints
 from projections.webhooks.schema import outbox_url
 
 __all__ = ["MerchantServices", "Services", "bootstrap"]
@@ -107,6 +108,18 @@ class Services:
         return self._closing(committer, committer.close)
 
     @cached_property
+    def orders_view(self) -> LiveOrdersView:
+        """The orders read model as the API reads it: whichever version is live."""
+        view = LiveOrdersView(self.database)
+        return self._closing(view, view.close)
+
+    @cached_property
+    def outbox_view(self) -> OutboxView:
+        """The outbox projection's tracking position (for its lag in /readyz and /metrics)."""
+        view = open_outbox_view(self.database_url)
+        return self._closing(view, view.close)
+
+    @cached_property
     def outbox(self) -> Outbox:
         """The outbound messages: beside the events on PostgreSQL, in a file of their own on SQLite."""
         url = outbox_url(self.database_url)
@@ -117,8 +130,8 @@ class Services:
 
     @cached_property
     def worklist(self) -> Worklist:
-        worklist = Worklist(self.database_url)
-        return self._closing(worklist, worklist.close)
+        """Open orders whose callback may never come, derived from the log."""
+        return Worklist(self.database)
 
     @cached_property
     def reconciler(self) -> Reconciler:
@@ -145,7 +158,8 @@ class Services:
 
     def sync_endpoints(self) -> None:
         """The `[[endpoints]]` of the configuration file into the outbox (an operator's disable stays)."""
-        sync_endpoints(self.database_url, self.settings.endpoints)
+        if self.settings.endpoints:
+            sync_endpoints(self.outbox, self.settings.endpoints)
 
     def projector_threads(self, stop: threading.Event) -> list[threading.Thread]:
         """Both projections (orders view, outbox), each exclusive by its own lock, until `stop`."""

@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from dataclasses import dataclass, field
 
 import anyio
@@ -19,36 +17,10 @@ from api.metrics import NotifyMetrics
 from ledger.application import Ledger
 from ledger.groupcommit import GroupCommitter
 from ledger.settings import Settings
-from projections.read_model.live import live_view
-from projections.read_model.runner import open_orders_view
-from projections.read_model.view import NAME, OrdersView
+from projections.read_model.reader import LiveOrdersView
+from projections.read_model.view import OrdersView
 
-__all__ = ["AppState", "LiveOrdersView", "app_state"]
-
-
-class LiveOrdersView:
-    """The live version of the orders view, re-checked at most once a second (a rebuild may switch it)."""
-
-    def __init__(self, database_url: str, interval: float = 1.0) -> None:
-        self._url = database_url
-        self._interval = interval
-        self._lock = threading.Lock()
-        self._name = live_view(database_url, NAME)
-        self._view = open_orders_view(database_url, self._name)
-        self._checked = time.monotonic()
-
-    def current(self) -> OrdersView:
-        with self._lock:
-            if time.monotonic() - self._checked >= self._interval:
-                self._checked = time.monotonic()
-                name = live_view(self._url, NAME)
-                if name != self._name:
-                    old, self._view, self._name = self._view, open_orders_view(self._url, name), name
-                    old.datastore.close()  # type: ignore[attr-defined]
-            return self._view
-
-    def close(self) -> None:
-        self._view.datastore.close()  # type: ignore[attr-defined]
+__all__ = ["AppState", "app_state"]
 
 
 @dataclass

@@ -19,12 +19,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from uuid import UUID
 
-import psycopg
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import IntegrityError, PersistenceError, StoredEvent, Transcoder
-from eventsourcing.postgres import PostgresApplicationRecorder
-from psycopg.rows import tuple_row
-from psycopg.sql import SQL, Composed, Identifier
 
 from ledger.domain import (
     Evidence,
@@ -44,6 +40,8 @@ from ledger.errors import (
 )
 from ledger.store.backends import persistence_env, schema_lock
 from ledger.store.cipher import SETTING as ENCRYPTION_SETTING
+from ledger.store.eventlog import EventLog
+from ledger.store.sql import STORE_UNAVAILABLE
 from ledger.store.transcoder import FastJSONTranscoder
 from ledger.wechatpay.notification import VerifiedNotification
 
@@ -54,6 +52,7 @@ log = logging.getLogger("ledger.application")
 T = TypeVar("T")
 _BASE_FIELDS = {"originator_id", "originator_version", "timestamp", "originator_topic", "chain"}
 MAX_CONFLICT_RETRIES = 50
+_UNAVAILABLE: tuple[type[Exception], ...] = (PersistenceError, *STORE_UNAVAILABLE)
 
 
 @dataclass(frozen=True)
@@ -78,6 +77,13 @@ def event_to_dict(event: Any) -> dict[str, Any]:
 
 class Ledger(Application[UUID]):
     name = "ledger"
+
+    @functools.cached_property
+    def event_log(self) -> EventLog:
+        """The recorder, with the reads the library's interface lacks (see `ledger.store.eventlog`)."""
+        recorder = self.recorder
+        assert isinstance(recorder, EventLog), "persistence_env installs one of our recorders"
+        return recorder
 
     def construct_transcoder(self) -> Transcoder:
         """The library's format and transcodings, encoded faster (see `ledger.store.transcoder`)."""
@@ -206,8 +212,7 @@ class Ledger(Application[UUID]):
     def get_many(self, ids: Iterable[UUID]) -> dict[UUID, Any]:
         """Current aggregates by id (missing ids absent); one read on PostgreSQL."""
         wanted = list(ids)
-        recorder = self.recorder
-        if not isinstance(recorder, PostgresApplicationRecorder) or len(wanted) < 2:
+        if len(wanted) < 2:
             found: dict[UUID, Any] = {}
             for stream_id in wanted:
                 try:
@@ -215,23 +220,11 @@ class Ledger(Application[UUID]):
                 except AggregateNotFoundError:
                     pass
             return found
-        statement = self._select_many_statement(recorder)
-        # Tuples in binary format: no per-row dict, no hex-decoding of the state.
-        with recorder.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as curs:
-            curs.execute(statement, (uuid_array_literal(wanted),), prepare=True, binary=True)
-            rows = curs.fetchall()
         aggregates: dict[UUID, Any] = {}
-        for originator_id, version, topic, state in rows:
+        for originator_id, version, topic, state in self.event_log.select_streams(wanted):
             event: Any = self.mapper.to_domain_event(StoredEvent(originator_id, version, topic, bytes(state)))
             aggregates[event.originator_id] = event.mutate(aggregates.get(event.originator_id))
         return aggregates
-
-    @functools.cache  # noqa: B019 - one application object per process; the statement never changes
-    def _select_many_statement(self, recorder: PostgresApplicationRecorder) -> Composed:
-        return SQL(
-            "SELECT originator_id, originator_version, topic, state FROM {schema}.{table}"
-            " WHERE originator_id = ANY(%s::uuid[]) ORDER BY originator_id, originator_version"
-        ).format(schema=Identifier(recorder.datastore.schema), table=Identifier(recorder.events_table_name))
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -273,11 +266,6 @@ class Ledger(Application[UUID]):
         raise StoreUnavailable("too many concurrent writers on one stream")
 
 
-def uuid_array_literal(ids: Iterable[UUID]) -> str:
-    """`{...}` for a `uuid[]` parameter: psycopg's binary list dumper costs ~45 µs more per call."""
-    return "{" + ",".join(map(str, ids)) + "}"
-
-
 def evidence_from(notification: VerifiedNotification) -> Evidence:
     return Evidence(
         notification_id=notification.id,
@@ -309,7 +297,7 @@ def build_ledger(database_url: str, extra_env: Mapping[str, str] | None = None) 
         with schema_lock(database_url):
             ledger = Ledger(env=env)
         _check_newest_event_decrypts(ledger)
-    except (PersistenceError, psycopg.OperationalError) as exc:
+    except _UNAVAILABLE as exc:
         raise StoreUnavailable(type(exc).__name__) from None
     return ledger
 

@@ -14,10 +14,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.utils import get_topic
-from psycopg.rows import tuple_row
-from psycopg.sql import SQL, Identifier
 
 from ledger.application import Ledger
 from ledger.domain import DECISION_EVENTS, PaymentOrder
@@ -30,38 +27,11 @@ ANOMALY = get_topic(PaymentOrder.AnomalyDetected)
 _PAGE = 500
 
 
-def _select_in_range(
-    ledger: Ledger, template: str, after: int, upto: int, topics: Sequence[str], *extra: Any
-) -> list[tuple[Any, ...]]:
-    """Rows of `template` over the events of `topics` with a notification id in ``(after, upto]``.
-
-    The template names the table `{events}`, the range and topic condition `{where}` and each
-    further parameter `{p}`; each store gets its own spelling of them."""
-    recorder: Any = ledger.recorder
-    if isinstance(recorder, PostgresApplicationRecorder):
-        where = "notification_id > %s AND notification_id <= %s AND topic = ANY(%s)"
-        statement = SQL(template.format(events="{events}", where=where, p="%s")).format(
-            events=Identifier(recorder.datastore.schema, recorder.events_table_name)
-        )
-        with recorder.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
-            cur.execute(statement, (after, upto, list(topics), *extra))
-            return cur.fetchall()
-    where = f"rowid > ? AND rowid <= ? AND topic IN ({', '.join('?' * len(topics))})"
-    with recorder.datastore.transaction(commit=False) as cur:
-        cur.execute(
-            template.format(events=recorder.events_table_name, where=where, p="?"), (after, upto, *topics, *extra)
-        )
-        return list(cur.fetchall())
-
-
 def count_by_topic(ledger: Ledger, after: int, upto: int, topics: Sequence[str]) -> dict[str, int]:
     """How many events of each of `topics` have a notification id in ``(after, upto]``."""
     if upto <= after or not topics:
         return {}
-    rows = _select_in_range(
-        ledger, "SELECT topic, COUNT(*) FROM {events} WHERE {where} GROUP BY topic", after, upto, topics
-    )
-    return {row[0]: int(row[1]) for row in rows}
+    return ledger.event_log.count_by_topic(after, upto, topics)
 
 
 def unprocessed(ledger: Ledger, position: int, head: int, topics: Sequence[str], cap: int = 100_000) -> int:
@@ -72,9 +42,7 @@ def unprocessed(ledger: Ledger, position: int, head: int, topics: Sequence[str],
     """
     if head <= position:
         return 0
-    template = "SELECT COUNT(*) FROM (SELECT 1 FROM {events} WHERE {where} LIMIT {p}) AS pending"
-    rows = _select_in_range(ledger, template, position, head, topics, cap)
-    count = int(rows[0][0]) if rows else 0
+    count = ledger.event_log.count_in_range(position, head, topics, cap)
     return count if count < cap else head - position
 
 

@@ -20,6 +20,7 @@ import pytest
 from api.app import create_app
 from api.bootstrap import Services, bootstrap
 from ledger.settings import Settings
+from ledger.store.sql import Database
 from ledger.wechatpay.sandbox.server import Sandbox
 from projections.reconcile.reconciler import Reconciler
 from projections.reconcile.worklist import Worklist
@@ -125,13 +126,14 @@ def test_reconciliation_recovers_a_dropped_callback(tmp_path: Path) -> None:
         w.register("ORDER-6006")
         w.sandbox.pay("ORDER-6005", drop=True)  # WeChat never calls back
         services = bootstrap(Settings.load(w.env))
-        worklist = Worklist(w.env["LEDGER_DATABASE_URL"])
+        database = Database(w.env["LEDGER_DATABASE_URL"])
+        worklist = Worklist(database)
         now = [time.time() + 6]
         reconciler = Reconciler(services.ledger, worklist, services.query, clock=lambda: now[0])
         try:
             changes = {c.out_trade_no: c for c in reconciler.run_pass()}
         finally:
-            worklist.close()
+            database.close()
             services.close()
         assert (changes["ORDER-6005"].before, changes["ORDER-6005"].after) == ("NOTPAY", "SUCCESS")
         assert changes["ORDER-6006"].after == "NOTPAY"

@@ -90,7 +90,6 @@ def test_every_import_in_the_package_code_respects_the_layers() -> None:
     assert [b for b in broken_imports() if not b.endswith(DRIVER_RULE)] == []
 
 
-@pytest.mark.xfail(reason="interim: the storage layer is being gathered into ledger/store (issue 1/8)")
 def test_only_the_store_imports_database_drivers() -> None:
     assert [b for b in broken_imports() if b.endswith(DRIVER_RULE)] == []
 

@@ -70,7 +70,7 @@ def test_replaying_the_log_or_rebuilding_the_view_queues_nothing_again_and_loses
     # Replay the whole log through the outbox projection from the start, as a rebuild would.
     view = open_outbox_view(database_url)
     tracking = "tracking" if sqlite else f'"{view.datastore.schema}".{view.tracking_table_name}'
-    with view._transaction() as curs:  # resetting the position is what a replay means
+    with view.transaction() as curs:  # resetting the position is what a replay means
         curs.execute(f"DELETE FROM {tracking}")
     view.datastore.close()
     run_outbox(database_url, ledger)
@@ -98,9 +98,9 @@ def test_endpoints_from_the_configuration_file_are_synced(
     )
     settings = Settings.load({**merchant_env, "LEDGER_CONFIG": str(config), "LEDGER_DATABASE_URL": sqlite_url})
     assert secret not in repr(settings)
-    sync_endpoints(sqlite_url, settings.endpoints)
-    sync_endpoints(sqlite_url, settings.endpoints)  # every start: idempotent
     outbox = Outbox(Database(outbox_url(sqlite_url)))
+    sync_endpoints(outbox, settings.endpoints)
+    sync_endpoints(outbox, settings.endpoints)  # every start: idempotent
     [endpoint] = outbox.endpoints.all()
     assert (endpoint.id, endpoint.url, endpoint.event_types) == (
         "erp",

@@ -16,8 +16,9 @@ from api.app import create_app
 from ledger.application import Ledger, build_ledger
 from ledger.settings import Settings
 from ledger.wechatpay.sandbox.signer import NotificationFactory
-from projections.read_model.runner import ProjectorLock, open_orders_view, start_orders_projector
-from projections.read_model.view import OrdersProjection
+from projections.locks import ProjectorLock
+from projections.read_model.runner import open_orders_view, start_orders_projector
+from projections.read_model.view import NAME, OrdersProjection
 from tests.support.constants import MCHID
 from tests.support.orders import fill
 from tests.support.projectors import project_until_caught_up
@@ -59,16 +60,16 @@ def test_a_crash_mid_way_repeats_nothing_and_skips_nothing(
         calls["n"] += 1
         if calls["n"] == 7:
             view = self.view
-            real = view._insert_tracking  # type: ignore[attr-defined]
+            real = view.write_tracking
 
             def boom(curs: Any, tracking: Tracking) -> None:
                 raise RuntimeError("projector killed between the rows and the commit")
 
-            view._insert_tracking = boom  # type: ignore[attr-defined]
+            view.write_tracking = boom
             try:
                 original(self, event, tracking)
             finally:
-                view._insert_tracking = real  # type: ignore[attr-defined]
+                view.write_tracking = real
         original(self, event, tracking)
 
     monkeypatch.setattr(OrdersProjection, "process_event", crashing)
@@ -91,7 +92,7 @@ def test_a_crash_mid_way_repeats_nothing_and_skips_nothing(
 
 def test_two_projectors_never_both_run(database_url: str, ledger_factory: Callable[[], Ledger]) -> None:
     ledger_factory()  # creates the tables
-    first, second = ProjectorLock(database_url), ProjectorLock(database_url)
+    first, second = ProjectorLock(database_url, NAME), ProjectorLock(database_url, NAME)
     stop = threading.Event()
     assert first.acquire(stop)
     got: list[bool] = []

@@ -13,6 +13,7 @@ import pytest
 
 from ledger.application import Ledger
 from ledger.domain import PaymentOrder
+from ledger.store.sql import Database
 from ledger.wechatpay.notification import NotificationVerifier
 from ledger.wechatpay.sandbox.signer import NotificationFactory
 from projections.reconcile.reconciler import Reconciler
@@ -23,9 +24,9 @@ from tests.support.fakes import FakeWeChat
 
 @pytest.fixture
 def worklist(database_url: str) -> Any:
-    w = Worklist(database_url)
-    yield w
-    w.close()
+    database = Database(database_url)
+    yield Worklist(database)
+    database.close()
 
 
 def make(
@@ -107,7 +108,8 @@ def test_two_reconcilers_never_query_the_same_order_at_once(
         ledger_a.register_order(MCHID, f"ORDER-53{i:02d}", 100)
     now = [time.time() + 6]
     fake = FakeWeChat(ledger_a, {f"ORDER-53{i:02d}": "SUCCESS" for i in range(20)}, delay=0.02)
-    lists = [Worklist(database_url), Worklist(database_url)]
+    databases = [Database(database_url), Database(database_url)]  # two processes
+    lists = [Worklist(databases[0]), Worklist(databases[1])]
     reconcilers = [make(ledger_a, lists[0], fake, now, batch=5), make(ledger_b, lists[1], fake, now, batch=5)]
     barrier = threading.Barrier(2)
 
@@ -121,8 +123,8 @@ def test_two_reconcilers_never_query_the_same_order_at_once(
         t.start()
     for t in threads:
         t.join(60)
-    for w in lists:
-        w.close()
+    for database in databases:
+        database.close()
     assert fake.max_in_flight == 1
     assert fake.calls == Counter({f"ORDER-53{i:02d}": 1 for i in range(20)})
 

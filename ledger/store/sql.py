@@ -1,41 +1,62 @@
 """`Database(url)`: the project's own tables (outbox, worklist, live-view pointers, locks) on
 either backend, through one small interface.
 
-The event table belongs to the `eventsourcing` recorders (`ledger.store.postgres`,
-`ledger.store.sqlite`); everything else the project stores goes through here, so SQL is
-written once, with ``%s`` placeholders and ``{name}`` table slots:
+The event and tracking tables belong to the `eventsourcing` recorders (`ledger.store.postgres`,
+`ledger.store.sqlite`, `ledger.store.views`); everything else the project stores goes through
+here, so SQL is written once, with ``%s`` placeholders and ``{name}`` table slots:
 
-* **PostgreSQL**: connections come from a `psycopg_pool.ConnectionPool` (opened lazily, kept
-  small: one process holds several `Database` users); a broken connection is dropped by the
-  pool and the next transaction gets a fresh one. Table names are qualified with the URL's
-  ``schema`` when it has one.
+* **PostgreSQL**: connections come from a small pool (at most `pool_size` open, kept between
+  transactions). A connection the server has dropped (a restart, `pg_terminate_backend`) is
+  noticed before it is handed out and replaced; one that breaks during a transaction is
+  discarded when the transaction ends. A caller is never made to wait for a server that
+  refuses connections: the refusal is raised at once, as a psycopg error. Table names are
+  qualified with the URL's ``schema`` (``public`` when it names none, as the library does).
+  `connection()` lends one for session state (advisory locks) and closes it afterwards.
 * **SQLite**: one connection in WAL mode, transactions ``BEGIN IMMEDIATE`` under a lock (SQLite
-  has one writer at a time anyway); ``%s`` becomes ``?``.
+  has one writer at a time anyway; a read-only block asks for a plain ``BEGIN``); ``%s``
+  becomes ``?``.
 
 Names in templates come from our own constants and a schema checked against a plain SQL
-identifier, never from requests.
+identifier, never from requests. Code outside the store catches `STORE_ERRORS`, never a
+driver's exception by name.
 """
 
 from __future__ import annotations
 
 import functools
 import re
+import select
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal, Protocol
 
 import psycopg
+from psycopg import pq
 
 from ledger.errors import ConfigurationError
-from ledger.store.backends import SETTING, persistence_env
+from ledger.store.backends import SETTING, connect_postgres, persistence_env
 
-__all__ = ["STORE_ERRORS", "Cursor", "Database", "Dialect"]
+__all__ = [
+    "MISSING_TABLE",
+    "STORE_ERRORS",
+    "STORE_UNAVAILABLE",
+    "Cursor",
+    "Database",
+    "Dialect",
+    "Session",
+    "dialect_of",
+    "render",
+]
 
 Dialect = Literal["sqlite", "postgres"]
-# What a store that is away or refuses raises, on either backend: for callers that carry on.
-STORE_ERRORS: tuple[type[BaseException], ...] = (sqlite3.Error, psycopg.Error)
+# Whatever either driver raises: the store is away, a statement failed, a table is missing.
+STORE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, psycopg.Error)
+# The store cannot be reached or does not answer (refused, timed out, locked, file unopenable).
+STORE_UNAVAILABLE: tuple[type[Exception], ...] = (sqlite3.OperationalError, psycopg.OperationalError)
+# A statement on a table not created yet (SQLite's error is its broad OperationalError).
+MISSING_TABLE: tuple[type[Exception], ...] = (sqlite3.OperationalError, psycopg.errors.UndefinedTable)
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
@@ -45,42 +66,117 @@ class Cursor(Protocol):
     @property
     def rowcount(self) -> int: ...
     def execute(self, sql: str, params: Sequence[Any] = ..., /) -> Any: ...
+    def executemany(self, sql: str, params: Iterable[Sequence[Any]], /) -> Any: ...
     def fetchall(self) -> list[Any]: ...
     def fetchone(self) -> Any: ...
 
 
+class Session(Protocol):
+    """A PostgreSQL connection held for its session state (advisory locks); autocommit."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ..., /) -> Cursor: ...
+
+
+def dialect_of(url: str) -> Dialect:
+    """Which backend `url` (a `LEDGER_DATABASE_URL`) names."""
+    return "sqlite" if persistence_env(url)["PERSISTENCE_MODULE"] == "eventsourcing.sqlite" else "postgres"
+
+
 @functools.cache
-def _render(template: str, dialect: Dialect, slots: tuple[tuple[str, str], ...]) -> str:
+def render(template: str, dialect: Dialect, slots: tuple[tuple[str, str], ...] = ()) -> str:
+    """`template` with its ``{slot}``s filled and ``%s`` as `dialect`'s driver wants it."""
     text = template.format(**dict(slots)) if slots else template
     return text.replace("%s", "?") if dialect == "sqlite" else text
+
+
+def _sound(conn: psycopg.Connection[Any]) -> bool:
+    """Open, outside any transaction, and with nothing unasked-for from the server waiting on
+    its socket: an idle session is only ever sent something when the server is ending it."""
+    if conn.closed or conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
+        return False
+    poll = select.poll()
+    poll.register(conn.fileno(), select.POLLIN)
+    return not poll.poll(0)
+
+
+class _Pool:
+    """At most `size` PostgreSQL connections, opened on demand and kept for the next user.
+
+    (`psycopg_pool` connects in the background and makes a caller wait its whole timeout while
+    the server is down; the code this replaced saw a refusal at once, and so does this.)"""
+
+    def __init__(self, connect: Callable[[], psycopg.Connection[Any]], size: int, timeout: float) -> None:
+        self._connect = connect
+        self._timeout = timeout
+        self._slots = threading.BoundedSemaphore(size)
+        self._lock = threading.Lock()
+        self._idle: list[psycopg.Connection[Any]] = []
+        self._closed = False
+
+    @contextmanager
+    def connection(self, *, keep: bool = True) -> Iterator[psycopg.Connection[Any]]:
+        if not self._slots.acquire(timeout=self._timeout):
+            raise psycopg.OperationalError(f"no database connection free after {self._timeout:g} s")
+        try:
+            conn = self._take()
+            try:
+                yield conn
+            finally:
+                self._give_back(conn, keep)
+        finally:
+            self._slots.release()
+
+    def _take(self) -> psycopg.Connection[Any]:
+        with self._lock:
+            if self._closed:
+                raise psycopg.OperationalError("the database has been closed")
+            while self._idle:
+                conn = self._idle.pop()
+                if _sound(conn):
+                    return conn
+                conn.close()
+        return self._connect()
+
+    def _give_back(self, conn: psycopg.Connection[Any], keep: bool) -> None:
+        if keep and _sound(conn):
+            with self._lock:
+                if not self._closed:
+                    self._idle.append(conn)
+                    return
+        conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
 
 
 class Database:
     """One store (`LEDGER_DATABASE_URL`) for the project's own tables; thread-safe."""
 
-    def __init__(self, url: str, *, pool_size: int = 4) -> None:
+    def __init__(self, url: str, *, pool_size: int = 4, timeout: float = 30.0) -> None:
         env = persistence_env(url)
         self.url = url
         self._lock = threading.Lock()
         self._sqlite: sqlite3.Connection | None = None
-        self._pool: Any = None
-        self._pool_size = pool_size
-        self._env = env
+        self._pool: _Pool | None = None
         self.schema: str | None = None
-        self.dialect: Dialect
-        if env["PERSISTENCE_MODULE"] == "eventsourcing.sqlite":
-            self.dialect = "sqlite"
+        self.dialect: Dialect = dialect_of(url)
+        if self.dialect == "sqlite":
             self._sqlite = sqlite3.connect(
                 env["SQLITE_DBNAME"], timeout=30, check_same_thread=False, isolation_level=None
             )
             self._sqlite.execute("PRAGMA journal_mode=WAL")
             self._sqlite.execute("PRAGMA busy_timeout=30000")
+            self.prefix = ""
         else:
-            self.dialect = "postgres"
-            self.schema = env.get("POSTGRES_SCHEMA")
-            if self.schema is not None and not _IDENTIFIER.fullmatch(self.schema):
+            self.schema = env.get("POSTGRES_SCHEMA", "public")
+            if not _IDENTIFIER.fullmatch(self.schema):
                 raise ConfigurationError(SETTING, "schema must be a plain SQL identifier")
-        self.prefix = f'"{self.schema}".' if self.schema else ""
+            self.prefix = f'"{self.schema}".'
+            self._pool = _Pool(functools.partial(connect_postgres, env), pool_size, timeout)
 
     def qualify(self, table: str) -> str:
         """The table's name as SQL must write it (schema-qualified on PostgreSQL)."""
@@ -89,62 +185,44 @@ class Database:
     def sql(self, template: str, **slots: str) -> str:
         """`template` for this backend: ``{slot}``s filled (table names from `qualify`, dialect
         fragments), ``%s`` as the driver wants it. Cached: templates are our own constants."""
-        return _render(template, self.dialect, tuple(sorted(slots.items())))
-
-    def _postgres_pool(self) -> Any:
-        with self._lock:
-            if self._pool is None:
-                from psycopg_pool import ConnectionPool
-
-                env = self._env
-                self._pool = ConnectionPool(
-                    kwargs={
-                        "dbname": env["POSTGRES_DBNAME"],
-                        "host": env["POSTGRES_HOST"],
-                        "port": env["POSTGRES_PORT"],
-                        "user": env["POSTGRES_USER"],
-                        "password": env["POSTGRES_PASSWORD"] or None,
-                        "connect_timeout": int(env.get("POSTGRES_CONNECT_TIMEOUT", "5")),
-                        "autocommit": True,
-                    },
-                    min_size=1,
-                    max_size=self._pool_size,
-                    timeout=30,
-                    name="payledger",
-                    open=True,
-                )
-            return self._pool
+        return render(template, self.dialect, tuple(sorted(slots.items())))
 
     @contextmanager
-    def transaction(self) -> Iterator[Cursor]:
-        """One transaction: committed when the block ends, rolled back when it raises."""
-        if self._sqlite is not None:
-            with self._lock:
-                cur = self._sqlite.cursor()
-                cur.execute("BEGIN IMMEDIATE")
-                try:
-                    yield cur
-                    cur.execute("COMMIT")
-                except BaseException:
-                    if self._sqlite.in_transaction:
-                        cur.execute("ROLLBACK")
-                    raise
+    def transaction(self, *, write: bool = True) -> Iterator[Cursor]:
+        """One transaction: committed when the block ends, rolled back when it raises.
+
+        ``write=False`` is for a block that only reads: on SQLite it then neither waits for
+        nor holds up the store's writers (a writing transaction takes the write lock first,
+        so two writers never deadlock)."""
+        if self._pool is not None:
+            with self._pool.connection() as conn, conn.transaction(), conn.cursor() as pg_cursor:
+                yield pg_cursor
             return
-        with self._postgres_pool().connection() as conn, conn.transaction(), conn.cursor() as pg_cursor:
-            yield pg_cursor
+        assert self._sqlite is not None
+        with self._lock:
+            cur = self._sqlite.cursor()
+            cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield cur
+                cur.execute("COMMIT")
+            except BaseException:
+                if self._sqlite.in_transaction:
+                    cur.execute("ROLLBACK")
+                raise
 
     @contextmanager
-    def connection(self) -> Iterator[Any]:
-        """A PostgreSQL connection held for the block (session-level advisory locks); autocommit."""
-        if self.dialect != "postgres":
+    def connection(self) -> Iterator[Session]:
+        """A PostgreSQL connection held for the block, for session state (advisory locks);
+        closed afterwards, never handed to another user, so that state ends with the block."""
+        if self._pool is None:
             raise TypeError("connection() is for PostgreSQL session state only")
-        with self._postgres_pool().connection() as conn:
+        with self._pool.connection(keep=False) as conn:
             yield conn
 
     def close(self) -> None:
+        """Close the connections; a transaction begun afterwards raises one of `STORE_ERRORS`."""
         with self._lock:
             if self._sqlite is not None:
                 self._sqlite.close()
-            if self._pool is not None:
-                self._pool.close()
-                self._pool = None
+        if self._pool is not None:
+            self._pool.close()

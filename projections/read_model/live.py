@@ -7,54 +7,64 @@ pointer in one statement; readers and the projector follow the pointer.
 from __future__ import annotations
 
 import re
-import sqlite3
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-import psycopg
-
-from ledger.store.backends import connect_postgres, persistence_env
+from ledger.store.backends import schema_lock
+from ledger.store.sql import MISSING_TABLE, Database
 
 __all__ = ["live_view", "next_version", "set_live_view"]
 
 TABLE = "payledger_live_views"
 
 
-def _connect(database_url: str) -> tuple[Any, str, str]:
-    env = persistence_env(database_url)
-    if env["PERSISTENCE_MODULE"] == "eventsourcing.sqlite":
-        return sqlite3.connect(env["SQLITE_DBNAME"], timeout=10, isolation_level=None), "?", ""
-    conn = connect_postgres(env)
-    return conn, "%s", f'"{env.get("POSTGRES_SCHEMA", "public")}".'
-
-
-def live_view(database_url: str, projection: str) -> str:
-    """The live version's name; the projection's own name until a rebuild has switched it."""
-    conn, mark, schema = _connect(database_url)
+@contextmanager
+def _opened(store: Database | str) -> Iterator[Database]:
+    """`store` itself, or a `Database` on the URL for one call (a process asking repeatedly
+    passes the `Database` it keeps)."""
+    if isinstance(store, Database):
+        yield store
+        return
+    database = Database(store, pool_size=1)
     try:
-        row = conn.execute(f"SELECT name FROM {schema}{TABLE} WHERE projection = {mark}", (projection,)).fetchone()
-    except (psycopg.errors.UndefinedTable, sqlite3.OperationalError):
-        return projection  # no rebuild has ever switched anything
+        yield database
     finally:
-        conn.close()
+        database.close()
+
+
+def live_view(store: Database | str, projection: str) -> str:
+    """The live version's name; the projection's own name until a rebuild has switched it."""
+    with _opened(store) as database:
+        try:
+            with database.transaction(write=False) as cur:
+                cur.execute(
+                    database.sql("SELECT name FROM {table} WHERE projection = %s", table=database.qualify(TABLE)),
+                    (projection,),
+                )
+                row = cur.fetchone()
+        except MISSING_TABLE:
+            return projection  # no rebuild has ever switched anything
     return str(row[0]) if row else projection
 
 
-def set_live_view(database_url: str, projection: str, name: str) -> None:
-    conn, mark, schema = _connect(database_url)
-    try:
-        try:
-            conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {schema}{TABLE} (projection TEXT PRIMARY KEY, name TEXT NOT NULL)"
+def set_live_view(store: Database | str, projection: str, name: str) -> None:
+    with _opened(store) as database:
+        table = database.qualify(TABLE)
+        with schema_lock(database.url), database.transaction() as cur:  # processes starting together
+            cur.execute(
+                database.sql(
+                    "CREATE TABLE IF NOT EXISTS {table} (projection TEXT PRIMARY KEY, name TEXT NOT NULL)", table=table
+                )
             )
-        except psycopg.errors.UniqueViolation:
-            pass  # created concurrently by another process (a known PostgreSQL race): it exists now
-        conn.execute(
-            f"INSERT INTO {schema}{TABLE} (projection, name) VALUES ({mark}, {mark})"
-            " ON CONFLICT (projection) DO UPDATE SET name = excluded.name",
-            (projection, name),
-        )
-    finally:
-        conn.close()
+        with database.transaction() as cur:
+            cur.execute(
+                database.sql(
+                    "INSERT INTO {table} (projection, name) VALUES (%s, %s)"
+                    " ON CONFLICT (projection) DO UPDATE SET name = excluded.name",
+                    table=table,
+                ),
+                (projection, name),
+            )
 
 
 def next_version(name: str) -> str:

@@ -22,15 +22,13 @@ from queue import Queue
 from typing import Any
 
 from eventsourcing.persistence import StoredEvent, Tracking
-from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.utils import get_topic
-from psycopg.rows import tuple_row
-from psycopg.sql import SQL, Identifier
 
 from ledger.application import Ledger, build_ledger
 from ledger.domain import PaymentOrder
-from ledger.store.backends import connect_postgres, persistence_env
 from ledger.store.cipher import RotatingAESCipher
+from ledger.store.eventlog import Row
+from ledger.store.views import drop_view
 from projections.read_model.live import live_view, next_version, set_live_view
 from projections.read_model.runner import open_orders_view, start_orders_projector, wake
 from projections.read_model.view import NAME, OrdersProjection, OrdersView, order_row, refund_rows
@@ -40,7 +38,6 @@ __all__ = ["RebuildSummary", "rebuild_orders_view"]
 PAGE = 10_000
 BATCH = 2_000
 CACHE = 20_000  # orders in memory at once: bounds the rebuild's memory whatever the log's size
-Row = tuple[Any, int, str, bytes]  # originator_id, originator_version, topic, state
 
 
 @dataclass(frozen=True)
@@ -81,39 +78,10 @@ def _plain_states(ledger: Ledger) -> bool:
 
 
 def _log_pages(ledger: Ledger, head: int) -> Iterator[list[Row]]:
-    """The log in notification order (a sequential read), PaymentOrder events only, in pages.
-
-    Each page is a window of notification ids, not "the next PAGE events up to the head":
-    with a topic filter PostgreSQL answers the latter by sorting everything up to the head
-    for every page, which makes a rebuild quadratic in the log's length."""
-    recorder = ledger.recorder
-    if isinstance(recorder, PostgresApplicationRecorder):
-        yield from _postgres_pages(recorder, head, heads_only=_plain_states(ledger))
-        return
-    topics = list(OrdersProjection.topics)
-    for position in range(0, head, PAGE):
-        stop = min(position + PAGE, head)
-        page = recorder.select_notifications(position, PAGE, stop=stop, topics=topics, inclusive_of_start=False)
-        if page:
-            yield [(n.originator_id, n.originator_version, n.topic, n.state) for n in page]
-
-
-def _postgres_pages(recorder: PostgresApplicationRecorder, head: int, *, heads_only: bool) -> Iterator[list[Row]]:
-    """Binary rows without per-row objects; delivery events cut to their first bytes."""
-    state = SQL("CASE WHEN topic = %s THEN substring(state FROM 1 FOR %s) ELSE state END" if heads_only else "state")
-    statement = SQL(
-        "SELECT originator_id, originator_version, topic, {state} FROM {schema}.{table}"
-        " WHERE notification_id > %s AND notification_id <= %s AND topic = ANY(%s) ORDER BY notification_id"
-    ).format(state=state, schema=Identifier(recorder.datastore.schema), table=Identifier(recorder.events_table_name))
-    topics = list(OrdersProjection.topics)
-    with recorder.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as curs:
-        for position in range(0, head, PAGE):
-            window = [position, min(position + PAGE, head), topics]
-            params = [_DELIVERY_TOPIC, _DELIVERY_HEAD, *window] if heads_only else window
-            curs.execute(statement, params, prepare=True, binary=True)
-            rows = curs.fetchall()
-            if rows:
-                yield rows
+    """The log in notification order (a sequential read), PaymentOrder events only, in pages;
+    delivery events cut to their first bytes where the store can (and the states are plain)."""
+    heads = (_DELIVERY_TOPIC, _DELIVERY_HEAD) if _plain_states(ledger) else None
+    return ledger.event_log.select_pages(head, OrdersProjection.topics, page=PAGE, heads=heads)
 
 
 def _delivery_timestamp(state: bytes) -> dt.datetime | None:
@@ -146,33 +114,15 @@ def _prefetched(pages: Iterator[list[Row]]) -> Iterator[Row]:
 
 
 def _write(view: OrdersView, orders: list[PaymentOrder], tracking: Tracking | None) -> int:
-    with view._cursor_transaction(commit=True) as curs:
+    with view.transaction() as curs:
         view.upsert_many(
             curs,
             [order_row(order, order.modified_on) for order in orders],
             [refund for order in orders for refund in refund_rows(order)],
         )
         if tracking is not None:
-            view._insert_tracking(curs, tracking)  # type: ignore[attr-defined]
+            view.write_tracking(curs, tracking)
     return len(orders)
-
-
-def _drop(database_url: str, name: str) -> None:
-    """Remove what a crashed earlier rebuild may have left of this version."""
-    env = persistence_env(database_url)
-    if env["PERSISTENCE_MODULE"] == "eventsourcing.sqlite":
-        from pathlib import Path
-
-        from projections.read_model.view import view_env
-
-        path = Path(view_env(database_url, name)[f"{name.upper()}_SQLITE_DBNAME"])
-        for suffix in ("", "-wal", "-shm"):
-            Path(str(path) + suffix).unlink(missing_ok=True)
-        return
-    schema = env.get("POSTGRES_SCHEMA", "public")
-    with connect_postgres(env) as conn:
-        for table in (f"{name}_orders", f"{name}_refunds", f"{name}_tracking"):
-            conn.execute(f'DROP TABLE IF EXISTS "{schema}"."{table}"')
 
 
 def rebuild_orders_view(
@@ -181,7 +131,7 @@ def rebuild_orders_view(
     started = time.perf_counter()
     old = live_view(database_url, NAME)
     new = next_version(old)
-    _drop(database_url, new)
+    drop_view(database_url, new, (f"{new}_orders", f"{new}_refunds"))  # what a crashed rebuild left
     view = open_orders_view(database_url, new)
     ledger = build_ledger(database_url)
     try:
@@ -193,7 +143,7 @@ def rebuild_orders_view(
         # later event comes for it, it is reloaded at that version and its row written again.
         cache: OrderedDict[Any, PaymentOrder] = OrderedDict()
         plain = _plain_states(ledger)
-        cut = plain and isinstance(ledger.recorder, PostgresApplicationRecorder)
+        cut = plain and ledger.event_log.cuts_heads
         for originator_id, version, topic, state in _prefetched(_log_pages(ledger, head)):
             order: Any = cache.pop(originator_id, None)
             if order is None and version > PaymentOrder.INITIAL_VERSION:
@@ -227,7 +177,7 @@ def rebuild_orders_view(
     finally:
         ledger.close()
     caught_up_before = view.position()
-    view.datastore.close()  # type: ignore[attr-defined]
+    view.close()
     runner, caught_view, loader = start_orders_projector(database_url, name=new)
     with runner:
         target = loader.recorder.max_notification_id() or 0
@@ -236,7 +186,7 @@ def rebuild_orders_view(
         wake(loader)
     caught_up = caught_view.position() - caught_up_before
     loader.close()
-    caught_view.datastore.close()  # type: ignore[attr-defined]
+    caught_view.close()
     set_live_view(database_url, NAME, new)
     return RebuildSummary(old, new, events, orders, max(0, caught_up), bulk_seconds)
 

@@ -10,24 +10,22 @@ their own (the library's SQLite tracking table is per file).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from collections import OrderedDict
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 from uuid import UUID
 
 from eventsourcing.persistence import Tracking
-from eventsourcing.postgres import PostgresTrackingRecorder
 from eventsourcing.projection import Projection
-from eventsourcing.sqlite import SQLiteTrackingRecorder
 from eventsourcing.utils import get_topic
-from psycopg.sql import SQL, Identifier
 
 from ledger.application import Ledger
 from ledger.domain import ALL_EVENTS, PaymentOrder
-from ledger.store.backends import persistence_env, small_pool
+from ledger.store.sql import Cursor
+from ledger.store.views import PostgresViewRecorder, SQLiteViewRecorder, ViewRecorder
 
-__all__ = ["ORDER_FIELDS", "OrdersProjection", "OrdersView", "PostgresOrdersView", "SQLiteOrdersView", "view_env"]
+__all__ = ["ORDER_FIELDS", "OrdersProjection", "OrdersView", "PostgresOrdersView", "SQLiteOrdersView"]
 
 NAME = "orders_view"
 ORDER_FIELDS = (
@@ -50,15 +48,6 @@ ORDER_FIELDS = (
 )
 REFUND_FIELDS = ("mchid", "out_refund_no", "out_trade_no", "refund_id", "status", "refund", "success_time")
 _TIME_FIELDS = {"created_at", "updated_at"}
-
-
-def view_env(database_url: str, name: str = NAME) -> dict[str, str]:
-    """The environment of the ledger plus, on SQLite, the view's own file."""
-    env = small_pool(persistence_env(database_url))
-    if env["PERSISTENCE_MODULE"] == "eventsourcing.sqlite" and "memory" not in env["SQLITE_DBNAME"]:
-        path = Path(env["SQLITE_DBNAME"])
-        env[f"{name.upper()}_SQLITE_DBNAME"] = str(path.with_name(f"{path.stem}.{name}{path.suffix or '.sqlite3'}"))
-    return env
 
 
 def order_row(order: PaymentOrder, at: dt.datetime) -> dict[str, Any]:
@@ -108,17 +97,23 @@ def _row_out(names: tuple[str, ...], row: Any) -> dict[str, Any]:
     return values
 
 
-class OrdersView:
+class OrdersView(ViewRecorder):
     """Queries and writes shared by both stores; SQL is written once with %s placeholders."""
 
-    table_prefix: ClassVar[str] = NAME
-    dialect: ClassVar[str]
+    # The tables' names start with the view's: on SQLite every version has a file of its own.
+    table_prefix: str = NAME
 
-    def _sql(self, text: str) -> Any:
-        raise NotImplementedError
+    @functools.cached_property
+    def _slots(self) -> dict[str, str]:
+        names = _names(self.table_prefix)
+        return {
+            "orders": self.qualify(names["orders"]),
+            "refunds": self.qualify(names["refunds"]),
+            **{index: self.quote(names[index]) for index in ("orders_state", "orders_updated", "orders_transaction")},
+        }
 
-    def _cursor_transaction(self, commit: bool) -> Any:
-        return self.datastore.transaction(commit=commit)  # type: ignore[attr-defined]
+    def _sql(self, text: str) -> str:
+        return self.sql(text, **self._slots)
 
     @property
     def orders_table(self) -> str:
@@ -128,23 +123,26 @@ class OrdersView:
     def refunds_table(self) -> str:
         return f"{self.table_prefix}_refunds"
 
-    def _create_statements(self) -> list[str]:
+    def view_statements(self) -> list[str]:
         return [
-            "CREATE TABLE IF NOT EXISTS {orders} (mchid TEXT NOT NULL, out_trade_no TEXT NOT NULL,"
-            " stream_id TEXT NOT NULL, registered BOOLEAN NOT NULL, trade_state TEXT NOT NULL,"
-            " amount_total BIGINT, currency TEXT, transaction_id TEXT, success_time TEXT, paid_total BIGINT,"
-            " refunded_total BIGINT NOT NULL, anomalies INTEGER NOT NULL, version INTEGER NOT NULL,"
-            " created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL,"
-            " document TEXT NOT NULL, PRIMARY KEY (mchid, out_trade_no))",
-            "CREATE INDEX IF NOT EXISTS {orders_state} ON {orders} (trade_state, updated_at)",
-            "CREATE INDEX IF NOT EXISTS {orders_updated} ON {orders} (updated_at, mchid, out_trade_no)",
-            "CREATE INDEX IF NOT EXISTS {orders_transaction} ON {orders} (transaction_id)",
-            "CREATE TABLE IF NOT EXISTS {refunds} (mchid TEXT NOT NULL, out_refund_no TEXT NOT NULL,"
-            " out_trade_no TEXT NOT NULL, refund_id TEXT, status TEXT NOT NULL, refund BIGINT NOT NULL,"
-            " success_time TEXT, PRIMARY KEY (mchid, out_refund_no))",
+            self._sql(statement)
+            for statement in (
+                "CREATE TABLE IF NOT EXISTS {orders} (mchid TEXT NOT NULL, out_trade_no TEXT NOT NULL,"
+                " stream_id TEXT NOT NULL, registered BOOLEAN NOT NULL, trade_state TEXT NOT NULL,"
+                " amount_total BIGINT, currency TEXT, transaction_id TEXT, success_time TEXT, paid_total BIGINT,"
+                " refunded_total BIGINT NOT NULL, anomalies INTEGER NOT NULL, version INTEGER NOT NULL,"
+                " created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL,"
+                " document TEXT NOT NULL, PRIMARY KEY (mchid, out_trade_no))",
+                "CREATE INDEX IF NOT EXISTS {orders_state} ON {orders} (trade_state, updated_at)",
+                "CREATE INDEX IF NOT EXISTS {orders_updated} ON {orders} (updated_at, mchid, out_trade_no)",
+                "CREATE INDEX IF NOT EXISTS {orders_transaction} ON {orders} (transaction_id)",
+                "CREATE TABLE IF NOT EXISTS {refunds} (mchid TEXT NOT NULL, out_refund_no TEXT NOT NULL,"
+                " out_trade_no TEXT NOT NULL, refund_id TEXT, status TEXT NOT NULL, refund BIGINT NOT NULL,"
+                " success_time TEXT, PRIMARY KEY (mchid, out_refund_no))",
+            )
         ]
 
-    def upsert_many(self, curs: Any, orders: list[dict[str, Any]], refunds: list[dict[str, Any]]) -> None:
+    def upsert_many(self, curs: Cursor, orders: list[dict[str, Any]], refunds: list[dict[str, Any]]) -> None:
         """Orders and refunds by key, inserted or replaced, in the caller's transaction."""
         columns = ", ".join(ORDER_FIELDS)
         updates = ", ".join(f"{c} = excluded.{c}" for c in ORDER_FIELDS[2:])
@@ -169,12 +167,12 @@ class OrdersView:
 
     def record(self, order: PaymentOrder, at: dt.datetime, tracking: Tracking) -> None:
         """The order's rows and the tracking position, in one transaction."""
-        with self._cursor_transaction(commit=True) as curs:
+        with self.transaction() as curs:
             self.upsert_many(curs, [order_row(order, at)], refund_rows(order))
-            self._insert_tracking(curs, tracking)  # type: ignore[attr-defined]
+            self.write_tracking(curs, tracking)
 
     def get(self, mchid: str, out_trade_no: str) -> dict[str, Any] | None:
-        with self._cursor_transaction(commit=False) as curs:
+        with self.transaction(commit=False) as curs:
             curs.execute(
                 self._sql(f"SELECT {', '.join(ORDER_FIELDS)} FROM {{orders}} WHERE mchid = %s AND out_trade_no = %s"),
                 [mchid, out_trade_no],
@@ -212,13 +210,13 @@ class OrdersView:
         if where:
             text += " WHERE " + " AND ".join(where)
         text += " ORDER BY updated_at, mchid, out_trade_no LIMIT %s"
-        with self._cursor_transaction(commit=False) as curs:
+        with self.transaction(commit=False) as curs:
             curs.execute(self._sql(text), [*params, limit])
             return [_row_out(ORDER_FIELDS, row) for row in curs.fetchall()]
 
     def by_transaction_id(self, transaction_id: str, limit: int = 20) -> list[dict[str, Any]]:
         """Orders paid (or refunded) under WeChat's `transaction_id`; normally one."""
-        with self._cursor_transaction(commit=False) as curs:
+        with self.transaction(commit=False) as curs:
             curs.execute(
                 self._sql(
                     f"SELECT {', '.join(ORDER_FIELDS)} FROM {{orders}} WHERE transaction_id = %s"
@@ -229,7 +227,7 @@ class OrdersView:
             return [_row_out(ORDER_FIELDS, row) for row in curs.fetchall()]
 
     def refunds(self, mchid: str, out_trade_no: str) -> list[dict[str, Any]]:
-        with self._cursor_transaction(commit=False) as curs:
+        with self.transaction(commit=False) as curs:
             curs.execute(
                 self._sql(
                     f"SELECT {', '.join(REFUND_FIELDS)} FROM {{refunds}} WHERE mchid = %s AND out_trade_no = %s"
@@ -240,7 +238,7 @@ class OrdersView:
             return [_row_out(REFUND_FIELDS, row) for row in curs.fetchall()]
 
     def position(self, application_name: str = Ledger.name) -> int:
-        return self.max_tracking_id(application_name) or 0  # type: ignore[attr-defined]
+        return self.max_tracking_id(application_name) or 0
 
 
 def _names(prefix: str) -> dict[str, str]:
@@ -253,32 +251,15 @@ def _names(prefix: str) -> dict[str, str]:
     }
 
 
-class PostgresOrdersView(OrdersView, PostgresTrackingRecorder):
-    dialect = "postgres"
-
+class PostgresOrdersView(OrdersView, PostgresViewRecorder):
     def __init__(self, datastore: Any, **kwargs: Any) -> None:
         super().__init__(datastore, **kwargs)
         # One version of the view per tracking table: "orders_view_v2_tracking" -> "orders_view_v2".
-        self.table_prefix = self.tracking_table_name.removesuffix("_tracking")  # type: ignore[misc]
-        for statement in self._create_statements():
-            self.sql_create_statements.append(self._sql(statement))
-
-    def _sql(self, text: str) -> Any:
-        names = {k: Identifier(self.datastore.schema, v) for k, v in _names(self.table_prefix).items()}
-        names["orders_state"] = Identifier(_names(self.table_prefix)["orders_state"])
-        names["orders_updated"] = Identifier(_names(self.table_prefix)["orders_updated"])
-        names["orders_transaction"] = Identifier(_names(self.table_prefix)["orders_transaction"])
-        return SQL(text).format(**names)
+        self.table_prefix = self.tracking_table_name.removesuffix("_tracking")
 
 
-class SQLiteOrdersView(OrdersView, SQLiteTrackingRecorder):
-    dialect = "sqlite"
-
-    def construct_create_table_statements(self) -> list[str]:
-        return [*super().construct_create_table_statements(), *(self._sql(s) for s in self._create_statements())]
-
-    def _sql(self, text: str) -> Any:
-        return text.format(**_names(self.table_prefix)).replace("%s", "?")
+class SQLiteOrdersView(OrdersView, SQLiteViewRecorder):
+    pass
 
 
 class OrdersProjection(Projection[Any]):

@@ -9,30 +9,34 @@ queue a notification twice; the dispatcher (`projections/webhooks/dispatcher.py`
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from eventsourcing.persistence import InfrastructureFactory, Tracking
-from eventsourcing.postgres import PostgresTrackingRecorder
 from eventsourcing.projection import BaseProjectionRunner, Projection
-from eventsourcing.sqlite import SQLiteTrackingRecorder
 from eventsourcing.utils import Environment, get_topic
-from psycopg.rows import tuple_row
 
 from ledger.application import Ledger
 from ledger.domain import WEBHOOK_EVENTS, PaymentOrder
 from ledger.settings import EndpointSettings
 from ledger.store.backends import persistence_env, schema_lock, small_pool
-from ledger.store.sql import Database, Dialect
+from ledger.store.views import PostgresViewRecorder, SQLiteViewRecorder, ViewRecorder
 from projections.webhooks.endpoints import load_endpoints
 from projections.webhooks.messages import enqueue
 from projections.webhooks.outbox import Outbox
 from projections.webhooks.schema import create_tables, outbox_url
 
-__all__ = ["DECISIONS", "OutboxProjection", "run_outbox_projector", "start_outbox_projector", "sync_endpoints"]
+__all__ = [
+    "DECISIONS",
+    "OutboxProjection",
+    "OutboxView",
+    "open_outbox_view",
+    "run_outbox_projector",
+    "start_outbox_projector",
+    "sync_endpoints",
+]
 
 NAME = "outbox"
 DECISIONS = WEBHOOK_EVENTS
@@ -45,23 +49,14 @@ def outbox_env(database_url: str) -> dict[str, str]:
     return env
 
 
-class _OutboxView:
-    dialect: ClassVar[Dialect]
-
-    @property
-    def schema(self) -> str | None:
-        return None
-
-    def _transaction(self) -> Any:
-        raise NotImplementedError
-
+class OutboxView(ViewRecorder):
     def create_outbox(self) -> None:
-        with self._transaction() as curs:
+        with self.transaction() as curs:
             create_tables(curs, self)
 
     def record(self, event: Any, order: PaymentOrder, tracking: Tracking) -> int:
         """The event's messages and the tracking position, in one transaction."""
-        with self._transaction() as curs:
+        with self.transaction() as curs:
             endpoints = load_endpoints(curs, self)
             added = enqueue(
                 curs,
@@ -75,35 +70,17 @@ class _OutboxView:
                 occurred_at=event.timestamp,
                 endpoints=endpoints,
             )
-            self._insert_tracking(curs, tracking)  # type: ignore[attr-defined]
+            self.write_tracking(curs, tracking)
         return added
 
 
-class PostgresOutboxView(_OutboxView, PostgresTrackingRecorder):
-    dialect: ClassVar[Dialect] = "postgres"
-
-    @property
-    def schema(self) -> str | None:
-        return str(self.datastore.schema)
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Any:
-        with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor(row_factory=tuple_row) as curs:
-            yield curs
-
+class PostgresOutboxView(OutboxView, PostgresViewRecorder):
     def create_table(self) -> None:
         super().create_table()
         self.create_outbox()
 
 
-class SQLiteOutboxView(_OutboxView, SQLiteTrackingRecorder):
-    dialect: ClassVar[Dialect] = "sqlite"
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Any:
-        with self.datastore.transaction(commit=True) as curs:
-            yield curs.sqlite_cursor  # the plain sqlite3 cursor: the outbox reads its rowcount
-
+class SQLiteOutboxView(OutboxView, SQLiteViewRecorder):
     def create_table(self) -> None:
         super().create_table()
         self.create_outbox()
@@ -125,26 +102,24 @@ class OutboxProjection(Projection[Any]):
         self.view.record(domain_event, order, tracking)
 
 
-def sync_endpoints(database_url: str, endpoints: Sequence[EndpointSettings]) -> None:
+def sync_endpoints(outbox: Outbox, endpoints: Sequence[EndpointSettings]) -> None:
     """Create or update the endpoints of the configuration file (an operator's disable stays)."""
-    if not endpoints:
-        return
-    database = Database(outbox_url(database_url))
-    try:
-        registry = Outbox(database).endpoints
-        for endpoint in endpoints:
-            registry.upsert(endpoint.id, endpoint.url, [secret.value for secret in endpoint.secrets], endpoint.events)
-    finally:
-        database.close()
+    for endpoint in endpoints:
+        outbox.endpoints.upsert(
+            endpoint.id, endpoint.url, [secret.value for secret in endpoint.secrets], endpoint.events
+        )
 
 
-def open_outbox_view(database_url: str) -> Any:
+def open_outbox_view(database_url: str) -> OutboxView:
+    """The projection's view (its tracking table; the outbox tables beside it), created if missing."""
     env = outbox_env(database_url)
     view_class = PostgresOutboxView if env["PERSISTENCE_MODULE"] == "eventsourcing.postgres" else SQLiteOutboxView
     if view_class is SQLiteOutboxView:
         Path(env[f"{NAME.upper()}_SQLITE_DBNAME"]).parent.mkdir(parents=True, exist_ok=True)
     with schema_lock(database_url):
-        return InfrastructureFactory.construct(env=Environment(NAME, env)).tracking_recorder(view_class)
+        view = InfrastructureFactory.construct(env=Environment(NAME, env)).tracking_recorder(view_class)
+    assert isinstance(view, OutboxView)
+    return view
 
 
 def start_outbox_projector(database_url: str) -> tuple[BaseProjectionRunner[Ledger], Any, Ledger]:
@@ -157,7 +132,8 @@ def start_outbox_projector(database_url: str) -> tuple[BaseProjectionRunner[Ledg
 
 def run_outbox_projector(database_url: str, stop: threading.Event, poll: float = 1.0) -> None:
     """The outbox half of `payledger project`: exclusive by its own lock."""
-    from projections.read_model.runner import ProjectorLock, follow
+    from projections.locks import ProjectorLock
+    from projections.read_model.runner import follow
 
     lock = ProjectorLock(database_url, NAME)
     if not lock.acquire(stop, poll):

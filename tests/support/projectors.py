@@ -17,7 +17,7 @@ def project_until_caught_up(database_url: str, ledger: Ledger) -> None:
         runner.stop()
         wake(loader)
     loader.close()
-    view.datastore.close()  # type: ignore[attr-defined]
+    view.close()
 
 
 def run_outbox(database_url: str, ledger: Ledger) -> None:
@@ -28,4 +28,4 @@ def run_outbox(database_url: str, ledger: Ledger) -> None:
         runner.stop()
         wake(loader)
     loader.close()
-    view.datastore.close()
+    view.close()

@@ -1,0 +1,44 @@
+"""The read side of the orders view: the version a rebuild made live, followed while serving.
+
+`payledger rebuild` builds a new version beside the live one and switches the pointer
+(`projections.read_model.live`); a reader re-checks the pointer at most once a second and
+moves to the new version, closing the old one.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from ledger.store.sql import Database
+from projections.read_model.live import live_view
+from projections.read_model.runner import open_orders_view
+from projections.read_model.view import NAME, OrdersView
+
+__all__ = ["LiveOrdersView"]
+
+
+class LiveOrdersView:
+    """The live version of the orders view, re-checked at most once a second (a rebuild may switch it)."""
+
+    def __init__(self, database: Database, interval: float = 1.0) -> None:
+        self._database = database  # the live pointer is read through it, once a second at most
+        self._url = database.url
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._name = live_view(database, NAME)
+        self._view = open_orders_view(self._url, self._name)
+        self._checked = time.monotonic()
+
+    def current(self) -> OrdersView:
+        with self._lock:
+            if time.monotonic() - self._checked >= self._interval:
+                self._checked = time.monotonic()
+                name = live_view(self._database, NAME)
+                if name != self._name:
+                    old, self._view, self._name = self._view, open_orders_view(self._url, name), name
+                    old.close()
+            return self._view
+
+    def close(self) -> None:
+        self._view.close()
