@@ -128,6 +128,12 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
+def fake(factory: NotificationFactory, clock: FakeClock) -> FakeWeChatPay:
+    """WeChat Pay answering every request with TRANSACTION, signed at the clock's time."""
+    return FakeWeChatPay(signed(factory, clock))
+
+
+@pytest.fixture
 def make_client(
     factory: NotificationFactory, merchant_key: rsa.RSAPrivateKey, clock: FakeClock
 ) -> Iterator[Callable[..., WeChatPayClient]]:
@@ -199,13 +205,12 @@ def test_d1_authorization_header_reproduces_the_vector(vectors: dict[str, Any], 
 
 def test_authorization_header_format_and_request_headers(
     make_client: Callable[..., WeChatPayClient],
+    fake: FakeWeChatPay,
     factory: NotificationFactory,
-    clock: FakeClock,
     merchant_key: rsa.RSAPrivateKey,
 ) -> None:
     """[protocol: Signing a request; Test vectors] V8: field names and order, no spaces after commas, seconds,
     a 32-char nonce."""
-    fake = FakeWeChatPay(signed(factory, clock))
     make_client(fake, wechatpay_serial=factory.public_key_id).query_by_transaction_id("4200000000002104083200000488")
     (request,) = fake.requests
     value = request.headers["Authorization"]
@@ -222,10 +227,9 @@ def test_authorization_header_format_and_request_headers(
 
 
 def test_no_wechatpay_serial_header_unless_configured(
-    make_client: Callable[..., WeChatPayClient], factory: NotificationFactory, clock: FakeClock
+    make_client: Callable[..., WeChatPayClient], fake: FakeWeChatPay
 ) -> None:
     """[protocol: Signing a request]: Wechatpay-Serial is optional; it is only sent when configured."""
-    fake = FakeWeChatPay(signed(factory, clock))
     make_client(fake).query_refund("REFUND-1")
     assert "Wechatpay-Serial" not in fake.requests[0].headers
 
@@ -255,14 +259,12 @@ def test_each_request_is_signed_afresh(
 )
 def test_path_parameters_are_quoted_and_signed_as_sent(
     make_client: Callable[..., WeChatPayClient],
-    factory: NotificationFactory,
-    clock: FakeClock,
+    fake: FakeWeChatPay,
     merchant_key: rsa.RSAPrivateKey,
     out_trade_no: str,
     quoted: str,
 ) -> None:
     """[protocol: Signing a request]: the URL line signed is byte-identical to the target on the wire."""
-    fake = FakeWeChatPay(signed(factory, clock))
     make_client(fake).query_by_out_trade_no(out_trade_no)
     (request,) = fake.requests
     expected = f"/v3/pay/transactions/out-trade-no/{quoted}?mchid={MCHID}".encode()
@@ -283,26 +285,22 @@ def test_path_parameters_are_quoted_and_signed_as_sent(
 )
 def test_endpoints(
     make_client: Callable[..., WeChatPayClient],
-    factory: NotificationFactory,
-    clock: FakeClock,
+    fake: FakeWeChatPay,
     call: str,
     method: str,
     target: str,
 ) -> None:
     """[protocol: Querying an order; Querying a refund]: method and target of each query."""
-    fake = FakeWeChatPay(signed(factory, clock))
     getattr(make_client(fake), call)("4200000000002104083200000488")
     assert (fake.requests[0].method, fake.requests[0].url.raw_path) == (method, target.encode())
 
 
 def test_a_base_url_prefix_is_part_of_the_signed_target(
     make_client: Callable[..., WeChatPayClient],
-    factory: NotificationFactory,
-    clock: FakeClock,
+    fake: FakeWeChatPay,
     merchant_key: rsa.RSAPrivateKey,
 ) -> None:
     """[protocol: Signing a request]: a sandbox mounted under a prefix sees (and must verify) the full path."""
-    fake = FakeWeChatPay(signed(factory, clock))
     make_client(fake, base_url="http://127.0.0.1:8080/sandbox/").query_refund("R-1")
     (request,) = fake.requests
     assert request.url.raw_path == b"/sandbox/v3/refund/domestic/refunds/R-1"
@@ -311,10 +309,9 @@ def test_a_base_url_prefix_is_part_of_the_signed_target(
 
 @pytest.mark.parametrize("bad", ["", ".", ".."])
 def test_unusable_path_parameters_are_refused_before_sending(
-    make_client: Callable[..., WeChatPayClient], factory: NotificationFactory, clock: FakeClock, bad: str
+    make_client: Callable[..., WeChatPayClient], fake: FakeWeChatPay, bad: str
 ) -> None:
     """An empty or dot segment would address another resource once the URL is normalised."""
-    fake = FakeWeChatPay(signed(factory, clock))
     with pytest.raises(ValueError, match="path parameter"):
         make_client(fake).query_by_out_trade_no(bad)
     assert fake.requests == []
@@ -458,12 +455,9 @@ def test_keys_are_read_per_response_so_rotation_is_seen(
     assert client.query_by_out_trade_no("ORDER-1").key_serial == factory.public_key_id
 
 
-def test_a_signature_probe_is_untrusted(
-    make_client: Callable[..., WeChatPayClient], factory: NotificationFactory, clock: FakeClock
-) -> None:
+def test_a_signature_probe_is_untrusted(make_client: Callable[..., WeChatPayClient], fake: FakeWeChatPay) -> None:
     """[protocol: Signature probes]: probes appear on responses too; they fail like any bad signature, no refresh."""
     seen: list[str] = []
-    fake = FakeWeChatPay(signed(factory, clock))
     client = make_client(fake, on_unknown_serial=seen.append)
     real = fake.answers[0]
 
@@ -671,12 +665,10 @@ def test_repr_shows_only_mchid_and_base_url(make_client: Callable[..., WeChatPay
 
 def test_logs_name_the_call_but_never_the_body(
     make_client: Callable[..., WeChatPayClient],
-    factory: NotificationFactory,
-    clock: FakeClock,
+    fake: FakeWeChatPay,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Response bodies hold payer data (openid); the debug log has method, path, status only."""
-    fake = FakeWeChatPay(signed(factory, clock))
     with caplog.at_level(logging.DEBUG, logger="ledger.wechatpay.client"):
         make_client(fake).query_by_out_trade_no("ORDER-1")
     assert "GET /v3/pay/transactions/out-trade-no/ORDER-1" in caplog.text and "HTTP 200" in caplog.text

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 
 import ledger.errors
@@ -36,6 +34,7 @@ from ledger.errors import (
 )
 from ledger.settings import Settings
 from ledger.wechatpay.sandbox.signer import Delivery, NotificationFactory
+from tests.support.inprocess import Answer, InProcess, Receive, in_process
 
 ERRORS = [getattr(ledger.errors, name) for name in ledger.errors.__all__]
 REFUSALS = [cls for cls in ERRORS if issubclass(cls, NotificationRejected) and cls is not NotificationRejected]
@@ -111,58 +110,20 @@ def test_an_answer_to_wechat_pay_always_says_fail() -> None:
 # -- the failures notify meets before it verifies anything, through the app in-process ------------------
 
 
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-
-
-async def _request(
-    app: Any, method: str, path: str, receive: Receive, headers: list[tuple[bytes, bytes]]
-) -> tuple[int, dict[bytes, bytes], bytes]:
-    """One request as a server hands it to the app, with `receive` deciding how the body arrives."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": headers,
-        "client": ("127.0.0.1", 40000),
-        "server": ("127.0.0.1", 80),
-        "state": {},
-    }
-    sent: list[dict[str, Any]] = []
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)
-    start = next(m for m in sent if m["type"] == "http.response.start")
-    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    return start["status"], dict(start["headers"]), body
-
-
-async def _counted(app: Any, outcome: str) -> float:
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    status, _, body = await _request(app, "GET", "/metrics", receive, [])
-    assert status == 200
+def _counted(client: InProcess, outcome: str) -> float:
+    answer = client.request("GET", "/metrics")
+    assert answer.status == 200
     line = f'payledger_notifications_total{{outcome="{outcome}"}} '
-    return float(next(row for row in body.decode().splitlines() if row.startswith(line)).split()[-1])
+    return float(next(row for row in answer.body.decode().splitlines() if row.startswith(line)).split()[-1])
 
 
-async def _notify(
-    app: Any, outcome: str, receive: Receive, delivery: Delivery
-) -> tuple[int, dict[bytes, bytes], bytes]:
+def _notify(app: Any, outcome: str, receive: Receive, delivery: Delivery) -> Answer:
     """POST `delivery`'s headers with the body `receive` gives; the answer, once `outcome` was counted once."""
     headers = [(k.lower().encode(), v.encode()) for k, v in delivery.headers.items()]
-    async with app.router.lifespan_context(app):
-        before = await _counted(app, outcome)
-        answered = await _request(app, "POST", "/wechatpay/notify", receive, headers)
-        assert await _counted(app, outcome) - before == 1
+    with in_process(app) as client:
+        before = _counted(client, outcome)
+        answered = client.request("POST", "/wechatpay/notify", headers, receive=receive)
+        assert _counted(client, outcome) - before == 1
     return answered
 
 
@@ -179,9 +140,9 @@ def test_a_client_that_leaves_mid_body_is_answered_400_and_counted(app: Any, fac
     async def receive() -> dict[str, Any]:
         return next(parts)
 
-    status, headers, body = anyio.run(_notify, app, "disconnected", receive, paid)
-    assert (status, json.loads(body)) == (400, {"code": "FAIL", "message": "client disconnected"})
-    assert b"connection" not in headers
+    answer = _notify(app, "disconnected", receive, paid)
+    assert (answer.status, answer.json()) == (400, {"code": "FAIL", "message": "client disconnected"})
+    assert "connection" not in answer.headers
 
 
 def test_a_body_that_stops_arriving_is_answered_408_closed_and_counted(app: Any, factory: NotificationFactory) -> None:
@@ -194,6 +155,6 @@ def test_a_body_that_stops_arriving_is_answered_408_closed_and_counted(app: Any,
         await asyncio.sleep(30)  # LEDGER_BODY_READ_TIMEOUT=1 ends the wait long before
         return {"type": "http.disconnect"}
 
-    status, headers, body = anyio.run(_notify, app, "body_timeout", receive, paid)
-    assert (status, json.loads(body)) == (408, {"code": "FAIL", "message": "request body timeout"})
-    assert headers[b"connection"] == b"close"
+    answer = _notify(app, "body_timeout", receive, paid)
+    assert (answer.status, answer.json()) == (408, {"code": "FAIL", "message": "request body timeout"})
+    assert answer.headers["connection"] == "close"

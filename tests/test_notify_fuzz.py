@@ -15,14 +15,13 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from api.app import create_app
-from ledger.application import Ledger, build_ledger
+from ledger.application import Ledger
 from ledger.errors import BodyTooLarge, MalformedNotification, UnknownSerial, VerificationFailed
-from ledger.settings import Settings
 from ledger.wechatpay.keys import normalise_serial
 from ledger.wechatpay.sandbox.signer import Delivery, NotificationFactory
 from tests.support.constants import MCHID
 from tests.support.inprocess import Answer, InProcess, in_process
+from tests.support.servers import ledger_app
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 PATHS = ["/wechatpay/notify", f"/wechatpay/notify/{MCHID}"]
@@ -53,13 +52,8 @@ Mutation = Callable[[bytes, Headers], tuple[bytes, Headers]]
 
 @pytest.fixture
 def service(merchant_env: dict[str, str], sqlite_url: str) -> Iterator[tuple[InProcess, Ledger]]:
-    settings_ = Settings.load({**merchant_env, "LEDGER_DATABASE_URL": sqlite_url})
-    ledger = build_ledger(sqlite_url)
-    try:
-        with in_process(create_app(settings_, ledger=ledger, background=False)) as app:
-            yield app, ledger
-    finally:
-        ledger.close()
+    with ledger_app(merchant_env, sqlite_url) as (app, ledger), in_process(app) as client:
+        yield client, ledger
 
 
 def raw_headers(delivery: Delivery) -> Headers:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import pytest
 
 from ledger.application import Ledger
 from ledger.store.sql import Database
@@ -24,17 +26,23 @@ def pay_and_refund(ledger: Ledger, factory: NotificationFactory, no: str) -> Non
         ledger.record_notification(MCHID, verifier.verify(delivery.headers, delivery.body))
 
 
+@pytest.fixture
+def outbox(database_url: str) -> Iterator[Outbox]:
+    """The outbox on `database_url`'s store, as the dispatcher and the admin API see it."""
+    outbox = Outbox(Database(outbox_url(database_url)))
+    yield outbox
+    outbox.database.close()
+
+
 def test_decisions_become_one_message_per_matching_endpoint(
-    database_url: str, ledger_factory: Callable[[], Ledger], factory: NotificationFactory
+    database_url: str, ledger_factory: Callable[[], Ledger], factory: NotificationFactory, outbox: Outbox
 ) -> None:
     ledger = ledger_factory()
-    outbox = Outbox(Database(outbox_url(database_url)))
     everything = outbox.endpoints.add("http://127.0.0.1:9/all")
     payments = outbox.endpoints.add("http://127.0.0.1:9/payments", events=["PaymentSucceeded"])
     pay_and_refund(ledger, factory, "ORDER-9401")
     run_outbox(database_url, ledger)
     messages = outbox.messages.newest(limit=100)
-    outbox.database.close()
     by_endpoint = sorted((m.endpoint_id, m.event_type, m.stream_version) for m in messages)
     assert by_endpoint == sorted(
         [
@@ -47,10 +55,9 @@ def test_decisions_become_one_message_per_matching_endpoint(
 
 
 def test_replaying_the_log_or_rebuilding_the_view_queues_nothing_again_and_loses_nothing(
-    database_url: str, ledger_factory: Callable[[], Ledger], factory: NotificationFactory
+    database_url: str, ledger_factory: Callable[[], Ledger], factory: NotificationFactory, outbox: Outbox
 ) -> None:
     ledger = ledger_factory()
-    outbox = Outbox(Database(outbox_url(database_url)))
     endpoint = outbox.endpoints.add("http://127.0.0.1:9/all")
     pay_and_refund(ledger, factory, "ORDER-9402")
     run_outbox(database_url, ledger)
@@ -76,7 +83,6 @@ def test_replaying_the_log_or_rebuilding_the_view_queues_nothing_again_and_loses
     run_outbox(database_url, ledger)
 
     after = {m.id: m.state for m in outbox.messages.newest(limit=100)}
-    outbox.database.close()
     assert set(after) == set(first)  # nothing queued twice
     assert after[delivered_id] == "delivered"  # not to be sent again
     assert [state for mid, state in after.items() if mid != delivered_id] == ["pending"]  # not lost
@@ -110,8 +116,6 @@ def test_endpoints_from_the_configuration_file_are_synced(
     assert outbox.endpoints.secrets("erp") == [secret]
     outbox.database.close()
     config.write_text('[[endpoints]]\nid = "erp"\nurl = "ftp://x"\nsecret = "nope"\n')
-    import pytest
-
     from ledger.errors import ConfigurationError
 
     with pytest.raises(ConfigurationError) as error:

@@ -21,6 +21,14 @@ from tests.support.tamper import edit_json, rechain
 APPIDS = {MCHID: APPID}
 
 
+@pytest.fixture
+def ledger(ledger_factory: Callable[[], Ledger], factory: NotificationFactory) -> Ledger:
+    """A ledger holding ORDER and its neighbours (tests/support/audit.py)."""
+    ledger = ledger_factory()
+    fill(ledger, factory)
+    return ledger
+
+
 def _with_a_query(ledger: Ledger) -> None:
     ledger.record_query(
         MCHID,
@@ -32,16 +40,10 @@ def _with_a_query(ledger: Ledger) -> None:
 
 @pytest.mark.parametrize("shadows", [None, 1], ids=["all-in-memory", "one-shadow-resumed-from-the-store"])
 def test_every_decision_of_a_clean_ledger_follows_from_its_evidence(
-    ledger_factory: Callable[[], Ledger],
-    factory: NotificationFactory,
-    keys: dict[str, KeyStore],
-    monkeypatch: pytest.MonkeyPatch,
-    shadows: int | None,
+    ledger: Ledger, keys: dict[str, KeyStore], monkeypatch: pytest.MonkeyPatch, shadows: int | None
 ) -> None:
     if shadows is not None:  # streams interleave in the log: shadows are dropped and resumed
         monkeypatch.setattr(rederive, "SHADOWS", shadows)
-    ledger = ledger_factory()
-    fill(ledger, factory)
     _with_a_query(ledger)
     report = verify_all(ledger, keys, appids=APPIDS)
     assert report.ok, report.breaks
@@ -51,13 +53,8 @@ def test_every_decision_of_a_clean_ledger_follows_from_its_evidence(
 
 
 def test_a_decision_edited_with_its_chain_is_caught(
-    ledger_factory: Callable[[], Ledger],
-    factory: NotificationFactory,
-    keys: dict[str, KeyStore],
-    database_url: str,
+    ledger: Ledger, keys: dict[str, KeyStore], database_url: str
 ) -> None:
-    ledger = ledger_factory()
-    fill(ledger, factory)
     stream = order_id(MCHID, ORDER)
     assert [e["type"] for e in ledger.order_history(MCHID, ORDER)][5] == "RefundSucceeded"
 
@@ -74,16 +71,11 @@ def test_a_decision_edited_with_its_chain_is_caught(
 
 
 def test_a_decision_cut_off_the_end_of_a_stream_is_caught(
-    ledger_factory: Callable[[], Ledger],
-    factory: NotificationFactory,
-    keys: dict[str, KeyStore],
-    database_url: str,
+    ledger: Ledger, keys: dict[str, KeyStore], database_url: str
 ) -> None:
     """A stream's last event deleted leaves every chain intact; the evidence still decides it."""
     from tests.support.tamper import delete_event
 
-    ledger = ledger_factory()
-    fill(ledger, factory)
     history = ledger.order_history(MCHID, ORDER)
     last = history[-1]
     assert last["type"] == "RefundSucceeded" and history[-2]["type"] == "NotificationReceived"

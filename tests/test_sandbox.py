@@ -281,13 +281,14 @@ def test_unknown_orders_and_refunds_are_404(
     sandbox: Sandbox, wechat: httpx.Client, merchant_key: rsa.RSAPrivateKey
 ) -> None:
     sandbox.create_order("ORDER-1006", 100)
-    unknown = query(wechat, "ORDER-9999", merchant_key)
-    assert (unknown.status_code, unknown.json()["code"]) == (404, "ORDER_NOT_EXIST")
-    assert "Wechatpay-Signature" not in unknown.headers
-    other_mchid = call(wechat, "GET", "/v3/pay/transactions/out-trade-no/ORDER-1006?mchid=1900000999", key=merchant_key)
-    assert (other_mchid.status_code, other_mchid.json()["code"]) == (404, "ORDER_NOT_EXIST")
-    refund = call(wechat, "GET", "/v3/refund/domestic/refunds/R-9999", key=merchant_key)
-    assert (refund.status_code, refund.json()["code"]) == (404, "RESOURCE_NOT_EXISTS")
+    for target, code in [
+        (f"/v3/pay/transactions/out-trade-no/ORDER-9999?mchid={MCHID}", "ORDER_NOT_EXIST"),
+        ("/v3/pay/transactions/out-trade-no/ORDER-1006?mchid=1900000999", "ORDER_NOT_EXIST"),  # another mchid's
+        ("/v3/refund/domestic/refunds/R-9999", "RESOURCE_NOT_EXISTS"),
+    ]:
+        unknown = call(wechat, "GET", target, key=merchant_key)
+        assert (unknown.status_code, unknown.json()["code"]) == (404, code), target
+        assert "Wechatpay-Signature" not in unknown.headers, target
 
 
 def test_close_is_a_signed_204_and_a_paid_order_cannot_be_closed(

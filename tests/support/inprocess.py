@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-__all__ = ["Answer", "InProcess", "in_process"]
+__all__ = ["Answer", "InProcess", "Receive", "in_process"]
+
+# What the app awaits for the request's body, message by message, as a server hands it over.
+Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -34,11 +37,21 @@ class InProcess:
         self._portal = portal
 
     def request(
-        self, method: str, path: str, headers: list[tuple[bytes, bytes]] | None = None, body: bytes = b""
+        self,
+        method: str,
+        path: str,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        body: bytes = b"",
+        *,
+        receive: Receive | None = None,
     ) -> Answer:
-        return self._portal.call(self._request, method, path, headers or [], body)
+        """One request; `receive`, when given, decides how the body arrives (in parts, never, or
+        cut off by the client) instead of `body` arriving whole."""
+        return self._portal.call(self._request, method, path, headers or [], body, receive)
 
-    async def _request(self, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes) -> Answer:
+    async def _request(
+        self, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes, given: Receive | None
+    ) -> Answer:
         scope = {
             "type": "http",
             "asgi": {"version": "3.0"},
@@ -76,7 +89,7 @@ class InProcess:
                 if not message.get("more_body", False):
                     done.set()
 
-        await self._app(scope, receive, send)
+        await self._app(scope, receive if given is None else given, send)
         done.set()
         headers_out = {k.decode("latin-1"): v.decode("latin-1") for k, v in start.get("headers", [])}
         return Answer(start["status"], headers_out, b"".join(chunks))

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from eventsourcing.projection import BaseProjectionRunner
+
 from ledger.application import Ledger
 from projections.read_model.runner import start_orders_projector, wake
 from projections.webhooks.projection import start_outbox_projector
@@ -11,18 +15,17 @@ __all__ = ["project_until_caught_up", "run_outbox"]
 
 def project_until_caught_up(database_url: str, ledger: Ledger) -> None:
     """The orders view, up to the newest event of `ledger`."""
-    runner, view, loader = start_orders_projector(database_url)
-    with runner:
-        runner.wait(ledger.recorder.max_notification_id(), timeout=20)
-        runner.stop()
-        wake(loader)
-    loader.close()
-    view.close()
+    _run_once(start_orders_projector(database_url), ledger)
 
 
 def run_outbox(database_url: str, ledger: Ledger) -> None:
     """The outbox projection, up to the newest event of `ledger`."""
-    runner, view, loader = start_outbox_projector(database_url)
+    _run_once(start_outbox_projector(database_url), ledger)
+
+
+def _run_once(started: tuple[BaseProjectionRunner[Ledger], Any, Ledger], ledger: Ledger) -> None:
+    """Let a started projector catch up with `ledger`, then stop it and close what it opened."""
+    runner, view, loader = started
     with runner:
         runner.wait(ledger.recorder.max_notification_id(), timeout=20)
         runner.stop()

@@ -1,5 +1,8 @@
 """Real servers on loopback for the tests: any ASGI app under uvicorn, the ledger's app with a
-client for it, and a TCP proxy to cut (the store going away)."""
+client for it, and a TCP proxy to cut (the store going away).
+
+`ledger_app` is the ledger's app without a server, for a test that drives it another way
+(tests/support/inprocess.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from starlette.applications import Starlette
 
 from api.app import create_app
 from cli.demo import serving
@@ -18,7 +22,17 @@ from ledger.application import Ledger, build_ledger
 from ledger.settings import Settings
 from ledger.wechatpay.sandbox.signer import Delivery
 
-__all__ = ["TCPProxy", "client_for", "free_port", "post", "running", "serve", "service", "through_proxy"]
+__all__ = [
+    "TCPProxy",
+    "client_for",
+    "free_port",
+    "ledger_app",
+    "post",
+    "running",
+    "serve",
+    "service",
+    "through_proxy",
+]
 
 
 def free_port() -> int:
@@ -40,16 +54,22 @@ def serve(app: Any, *, timeout: float = 30) -> Iterator[httpx.Client]:
 
 
 @contextlib.contextmanager
-def service(env: dict[str, str], database_url: str, **extra: str) -> Iterator[tuple[httpx.Client, Ledger]]:
+def ledger_app(env: dict[str, str], database_url: str, **extra: str) -> Iterator[tuple[Starlette, Ledger]]:
     """The ledger's app on `database_url`, without background workers, and a ledger on the same
-    store for the test to read or to drive projections with."""
+    store for the test to read or to drive projections with (closed once the app is done)."""
     settings = Settings.load({**env, "LEDGER_DATABASE_URL": database_url, **extra})
     ledger = build_ledger(database_url)
     try:
-        with serve(create_app(settings, ledger=ledger, background=False)) as client:
-            yield client, ledger
+        yield create_app(settings, ledger=ledger, background=False), ledger
     finally:
         ledger.close()
+
+
+@contextlib.contextmanager
+def service(env: dict[str, str], database_url: str, **extra: str) -> Iterator[tuple[httpx.Client, Ledger]]:
+    """`ledger_app` under uvicorn, and a client for it."""
+    with ledger_app(env, database_url, **extra) as (app, ledger), serve(app) as client:
+        yield client, ledger
 
 
 @contextlib.contextmanager
