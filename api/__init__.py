@@ -1,6 +1,7 @@
 """The HTTP service: `create_app(settings)` (app.py) and one module per endpoint or concern.
 
-    app.py         composition root: routes, lifespan, middleware
+    bootstrap.py   the composition root: every long-lived object of every process
+    app.py         create_app: routes, lifespan, middleware
     notify.py      POST /wechatpay/notify: raw bytes in, 204 only after the commit
     orders.py      registration, state, history, a status query to WeChat Pay
     params.py      request values both the JSON API and the pages accept

@@ -40,10 +40,8 @@ from api.ui.pages import ui_mount
 from ledger.application import Ledger
 from ledger.settings import Settings
 from projections.log_counts import DecisionTally
-from projections.read_model.view import NAME as ORDERS_VIEW
-from projections.read_model.view import OrdersProjection
-from projections.webhooks.projection import NAME as OUTBOX
-from projections.webhooks.projection import OutboxProjection
+from projections.read_model.view import ORDERS_VIEW, OrdersProjection
+from projections.webhooks.projection import OUTBOX_PROJECTION, OutboxProjection
 
 __all__ = ["create_app"]
 
@@ -102,9 +100,9 @@ def create_app(
             services.ledger,
             lambda: {
                 ORDERS_VIEW: views.current().position(),
-                OUTBOX: outbox_view.max_tracking_id(Ledger.name) or 0,
+                OUTBOX_PROJECTION: outbox_view.max_tracking_id(Ledger.name) or 0,
             },
-            {ORDERS_VIEW: OrdersProjection.topics, OUTBOX: OutboxProjection.topics},
+            {ORDERS_VIEW: OrdersProjection.topics, OUTBOX_PROJECTION: OutboxProjection.topics},
             exact_up_to=max(100_000, settings.ready_max_lag + 1),
         )
         breaker = app.state.store_breaker = StoreBreaker()

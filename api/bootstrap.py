@@ -22,7 +22,7 @@ from typing import TypeVar
 import httpx
 
 from ledger.application import Ledger, build_ledger
-from ledger.audit.integrity import Report, verify_all, verify_order
+from ledger.audit.integrity import Report, check_all, check_order
 from ledger.groupcommit import GroupCommitter
 from ledger.settings import MerchantSettings, Settings
 from ledger.status_query import OrderQuery
@@ -174,14 +174,14 @@ class Services:
 
     # -- audit ---------------------------------------------------------------------------------
 
-    def verify_all(self) -> Report:
+    def audit_all(self) -> Report:
         """`payledger verify --all`: every chain, every stored signature, every decision re-derived."""
         keys, apiv3, appids = self._audit_inputs()
-        return verify_all(self.ledger, keys, apiv3=apiv3, appids=appids)
+        return check_all(self.ledger, keys, apiv3=apiv3, appids=appids)
 
-    def verify_order(self, mchid: str, out_trade_no: str) -> Report:
+    def audit_order(self, mchid: str, out_trade_no: str) -> Report:
         keys, apiv3, appids = self._audit_inputs()
-        return verify_order(self.ledger, keys, mchid, out_trade_no, apiv3=apiv3, appids=appids)
+        return check_order(self.ledger, keys, mchid, out_trade_no, apiv3=apiv3, appids=appids)
 
     def _audit_inputs(self) -> tuple[dict[str, KeyStore], dict[str, bytes], dict[str, str | None]]:
         """Each configured merchant's verification keys, APIv3 key and appid, as configured."""

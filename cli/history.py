@@ -22,7 +22,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     services = bootstrap(settings)
     try:
         mchid = args.mchid or settings.merchants[0].mchid
-        timeline = load_timeline(services.ledger, services.database_url, mchid, args.out_trade_no)
+        timeline = load_timeline(services.ledger, lambda: services.outbox, mchid, args.out_trade_no)
     finally:
         services.close()
     if args.json:

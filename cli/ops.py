@@ -68,7 +68,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return 2
     services = bootstrap(settings)
     try:
-        report = services.verify_all() if args.all else services.verify_order(mchid, args.out_trade_no)
+        report = services.audit_all() if args.all else services.audit_order(mchid, args.out_trade_no)
     finally:
         services.close()
     if args.json:

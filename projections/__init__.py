@@ -1,5 +1,11 @@
-"""What is derived from the event log: the read model and outbound notifications.
+"""Everything derived from the event log, each rebuildable from it.
 
-Nothing here yet: the ledger answers order state by replaying its stream. Projections come
-with the read model and the outbound webhooks.
+    read_model/   the orders view: projection, projector, blue/green rebuild, the live pointer
+    webhooks/     outbound notifications: the outbox, its projection, the dispatcher, signing
+    reconcile/    the worklist of orders whose callback has not come, and the reconciler
+    timeline.py   one order's history for an auditor (payledger history, the /ui pages)
+    log_counts.py decisions counted from the log (for /metrics)
+    locks.py      one active projector per projection
+
+It imports `ledger` only (tests/test_layers.py).
 """

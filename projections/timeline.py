@@ -11,16 +11,15 @@ import datetime as dt
 import json
 import logging
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from ledger.application import Ledger
-from ledger.store.sql import STORE_ERRORS, Database
+from ledger.store.sql import STORE_ERRORS
 from projections.webhooks.outbox import Outbox
 from projections.webhooks.records import Endpoint, Message
-from projections.webhooks.schema import outbox_url
 
 __all__ = [
     "Entry",
@@ -198,18 +197,16 @@ def _display_url(url: str | None) -> str | None:
     return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
-def load_timeline(ledger: Ledger, database_url: str, mchid: str, out_trade_no: str) -> Timeline:
-    """Read the order's events, its current state and its outbound messages (blocking)."""
+def load_timeline(ledger: Ledger, outbox: Callable[[], Outbox], mchid: str, out_trade_no: str) -> Timeline:
+    """Read the order's events, its current state and its outbound messages (blocking).
+
+    `outbox` gives the process's outbox (`Services.outbox`); asked only here, so an outbox that
+    cannot be opened leaves the events readable."""
     events = ledger.order_history(mchid, out_trade_no)
     order = ledger.get_order(mchid, out_trade_no).summary()
     try:
-        database = Database(outbox_url(database_url))
-        try:
-            outbox = Outbox(database)
-            messages = outbox.messages.for_order(mchid, out_trade_no)
-            endpoints = outbox.endpoints.all() if messages else []
-        finally:
-            database.close()
+        messages = outbox().messages.for_order(mchid, out_trade_no)
+        endpoints = outbox().endpoints.all() if messages else []
     except STORE_ERRORS as exc:
         # The events are the record; the outbox is derived. Show what we have and say what is missing.
         log.warning("outbox unavailable for the timeline: %s", type(exc).__name__)

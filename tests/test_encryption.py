@@ -14,7 +14,7 @@ from eventsourcing.persistence import MapperDeserialisationError
 
 from api.app import create_app
 from ledger.application import Ledger, build_ledger
-from ledger.audit.integrity import verify_all
+from ledger.audit.integrity import check_all
 from ledger.domain import order_id
 from ledger.errors import ConfigurationError, EventUndecryptable
 from ledger.settings import Settings
@@ -68,7 +68,7 @@ def test_stored_states_hide_the_order_and_the_body_and_every_read_path_works(
         assert ledger.order_history(MCHID, "SECRET-ORDER-1")[2]["data"]["raw_body"].encode() == paid.body
         many = ledger.get_many([order_id(MCHID, "SECRET-ORDER-1"), order_id(MCHID, "SECRET-ORDER-2")])
         assert sorted(o.out_trade_no for o in many.values()) == ["SECRET-ORDER-1", "SECRET-ORDER-2"]
-        report = verify_all(ledger, {MCHID: factory.key_store()})
+        report = check_all(ledger, {MCHID: factory.key_store()})
         assert report.ok and report.key_ids == {kid(key): 7}
     finally:
         ledger.close()
@@ -103,7 +103,7 @@ def test_after_rotation_old_events_stay_readable_and_new_ones_use_the_new_key(
         assert rotated.get_order(MCHID, "ORDER-R1").trade_state == "SUCCESS"
         assert stored_key_id(stored_state(sqlite_url, order_id(MCHID, "ORDER-R1"), 1)) == kid(old)
         assert stored_key_id(stored_state(sqlite_url, order_id(MCHID, "ORDER-R1"), 4)) == kid(new)
-        report = verify_all(rotated, {MCHID: factory.key_store()})
+        report = check_all(rotated, {MCHID: factory.key_store()})
         assert report.ok and report.key_ids == {kid(old): 2, kid(new): 2}
     finally:
         rotated.close()
@@ -129,7 +129,7 @@ def test_a_missing_key_is_a_clear_error_at_start_up_and_on_read(sqlite_url: str)
             dropped.get_order(MCHID, "ORDER-M1")
         assert isinstance(read.value.__cause__, EventUndecryptable)
         assert f"encrypted with key {kid(old)}, which is not in {SETTING}" in str(read.value)
-        report = verify_all(dropped, {})
+        report = check_all(dropped, {})
         assert [(b.version, b.problem) for b in report.breaks] == [
             (1, f"event does not decode: encrypted with key {kid(old)}, which is not in {SETTING}"),
             (2, f"event does not decode: encrypted with key {kid(old)}, which is not in {SETTING}"),
@@ -149,10 +149,10 @@ def test_switching_encryption_on_keeps_plaintext_events_readable_and_altered_cip
     try:
         ledger.register_order(MCHID, "ORDER-P2", 100)
         assert ledger.get_order(MCHID, "ORDER-P1").amount_total == 100
-        assert verify_all(ledger, {}).key_ids == {"unencrypted": 2, kid(key): 2}
+        assert check_all(ledger, {}).key_ids == {"unencrypted": 2, kid(key): 2}
         flip = lambda b: b[:-1] + bytes([b[-1] ^ 1])  # noqa: E731
         edit_state(sqlite_url, order_id(MCHID, "ORDER-P2"), 2, flip)
-        assert [(b.name, b.version, b.problem) for b in verify_all(ledger, {}).breaks] == [
+        assert [(b.name, b.version, b.problem) for b in check_all(ledger, {}).breaks] == [
             (
                 "ORDER-P2",
                 2,
@@ -220,7 +220,7 @@ def test_reencrypt_moves_every_state_to_the_newest_key_so_the_old_one_can_retire
     try:
         assert retired.get_order(MCHID, "ORDER-E1").paid_total == 100
         assert retired.get_order(MCHID, "ORDER-E0").amount_total == 100
-        report = verify_all(retired, {MCHID: factory.key_store()})
+        report = check_all(retired, {MCHID: factory.key_store()})
         assert report.ok and report.key_ids == {kid(new): 5}  # the chains still hold
         assert reencrypt(retired).rewritten == 0  # nothing left to do
     finally:

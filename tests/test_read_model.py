@@ -18,7 +18,7 @@ from ledger.settings import Settings
 from ledger.wechatpay.sandbox.signer import NotificationFactory
 from projections.locks import ProjectorLock
 from projections.read_model.runner import open_orders_view, start_orders_projector
-from projections.read_model.view import NAME, OrdersProjection
+from projections.read_model.view import ORDERS_VIEW, OrdersProjection
 from tests.support.constants import MCHID
 from tests.support.orders import fill
 from tests.support.projectors import project_until_caught_up
@@ -92,7 +92,7 @@ def test_a_crash_mid_way_repeats_nothing_and_skips_nothing(
 
 def test_two_projectors_never_both_run(database_url: str, ledger_factory: Callable[[], Ledger]) -> None:
     ledger_factory()  # creates the tables
-    first, second = ProjectorLock(database_url, NAME), ProjectorLock(database_url, NAME)
+    first, second = ProjectorLock(database_url, ORDERS_VIEW), ProjectorLock(database_url, ORDERS_VIEW)
     stop = threading.Event()
     assert first.acquire(stop)
     got: list[bool] = []

@@ -15,7 +15,7 @@ from projections.read_model import rebuild
 from projections.read_model.live import live_view
 from projections.read_model.rebuild import rebuild_orders_view
 from projections.read_model.runner import open_orders_view, run_orders_projector
-from projections.read_model.view import NAME
+from projections.read_model.view import ORDERS_VIEW
 from tests.support.constants import MCHID
 from tests.support.orders import fill
 from tests.support.projectors import project_until_caught_up
@@ -48,14 +48,14 @@ def test_rebuild_gives_the_same_tables_as_the_incremental_build(
     ledger = ledger_factory()
     fill(ledger, factory, 15)
     project_until_caught_up(database_url, ledger)
-    incremental = snapshot(database_url, NAME)
+    incremental = snapshot(database_url, ORDERS_VIEW)
     summary = rebuild_orders_view(database_url)
-    assert summary.new == f"{NAME}_v2" and live_view(database_url, NAME) == f"{NAME}_v2"
+    assert summary.new == f"{ORDERS_VIEW}_v2" and live_view(database_url, ORDERS_VIEW) == f"{ORDERS_VIEW}_v2"
     assert summary.events == ledger.recorder.max_notification_id()
     assert summary.orders == 15
     assert snapshot(database_url, summary.new) == incremental
     again = rebuild_orders_view(database_url)
-    assert again.new == f"{NAME}_v3" and snapshot(database_url, again.new) == incremental
+    assert again.new == f"{ORDERS_VIEW}_v3" and snapshot(database_url, again.new) == incremental
 
 
 def _retries_and_an_anomaly(ledger: Ledger, factory: NotificationFactory) -> None:
@@ -91,7 +91,7 @@ def test_rebuild_folds_deliveries_exactly_like_the_projection(
     fill(ledger, factory, 6)
     _retries_and_an_anomaly(ledger, factory)
     project_until_caught_up(database_url, ledger)
-    incremental = snapshot(database_url, NAME)
+    incremental = snapshot(database_url, ORDERS_VIEW)
     retried = next(r[6] for r in incremental if r[1] == "ORDER-RETRY-1")
     assert retried["deliveries"] == 4 and retried["anomalies"], retried
     summary = rebuild_orders_view(database_url)

@@ -9,7 +9,7 @@ import pytest
 
 from ledger.application import Ledger
 from ledger.audit import rederive
-from ledger.audit.integrity import verify_all, verify_order
+from ledger.audit.integrity import check_all, check_order
 from ledger.domain import order_id
 from ledger.wechatpay.keys import KeyStore
 from ledger.wechatpay.sandbox.signer import NotificationFactory
@@ -45,11 +45,11 @@ def test_every_decision_of_a_clean_ledger_follows_from_its_evidence(
     if shadows is not None:  # streams interleave in the log: shadows are dropped and resumed
         monkeypatch.setattr(rederive, "SHADOWS", shadows)
     _with_a_query(ledger)
-    report = verify_all(ledger, keys, appids=APPIDS)
+    report = check_all(ledger, keys, appids=APPIDS)
     assert report.ok, report.breaks
     decisions = [e for e in ledger.order_history(MCHID, ORDER) if e["type"] in ("PaymentSucceeded", "RefundSucceeded")]
     assert report.decisions >= len(decisions) + 1  # and ORDER-9002's anomaly
-    assert verify_order(ledger, keys, MCHID, ORDER, appids=APPIDS).ok
+    assert check_order(ledger, keys, MCHID, ORDER, appids=APPIDS).ok
 
 
 def test_a_decision_edited_with_its_chain_is_caught(
@@ -64,8 +64,8 @@ def test_a_decision_edited_with_its_chain_is_caught(
     edit_json(database_url, stream, 6, refund_more)
     rechain(database_url, ledger, stream, 6)
     assert ledger.get_order(MCHID, ORDER).refunded_total == 90  # the edit is live
-    assert problems(verify_all(ledger, keys)) == [], "the chain alone cannot tell"
-    assert problems(verify_all(ledger, keys, appids=APPIDS)) == [
+    assert problems(check_all(ledger, keys)) == [], "the chain alone cannot tell"
+    assert problems(check_all(ledger, keys, appids=APPIDS)) == [
         (ORDER, 6, "RefundSucceeded is not what its evidence decides (RefundSucceeded expected)")
     ]
 
@@ -80,10 +80,10 @@ def test_a_decision_cut_off_the_end_of_a_stream_is_caught(
     last = history[-1]
     assert last["type"] == "RefundSucceeded" and history[-2]["type"] == "NotificationReceived"
     delete_event(database_url, order_id(MCHID, ORDER), last["version"])
-    assert problems(verify_all(ledger, keys)) == [], "the chain alone cannot tell"
-    assert problems(verify_all(ledger, keys, appids=APPIDS)) == [
+    assert problems(check_all(ledger, keys)) == [], "the chain alone cannot tell"
+    assert problems(check_all(ledger, keys, appids=APPIDS)) == [
         (ORDER, last["version"] - 1, "decision RefundSucceeded is missing")
     ]
-    assert problems(verify_order(ledger, keys, MCHID, ORDER, appids=APPIDS)) == [
+    assert problems(check_order(ledger, keys, MCHID, ORDER, appids=APPIDS)) == [
         (ORDER, last["version"] - 1, "decision RefundSucceeded is missing")
     ]

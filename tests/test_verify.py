@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from ledger.application import Ledger
-from ledger.audit.integrity import verify_all, verify_order
+from ledger.audit.integrity import check_all, check_order
 from ledger.domain import inbox_id, order_id
 from ledger.hashchain import GENESIS, event_fields, link
 from ledger.wechatpay.keys import KeyStore
@@ -31,16 +31,16 @@ def test_a_clean_ledger_verifies_every_chain_and_notification(
 ) -> None:
     ledger = ledger_factory()
     notification_id = fill(ledger, factory)
-    report = verify_all(ledger, keys, page=3)  # small pages: streams straddle page boundaries
+    report = check_all(ledger, keys, page=3)  # small pages: streams straddle page boundaries
     assert report.ok, problems(report)
     assert (report.streams, report.notifications) == (3, 4)
     assert report.events == sum(
         len(ledger.history(s))
         for s in (order_id(MCHID, ORDER), order_id(MCHID, "ORDER-9002"), inbox_id(MCHID, notification_id))
     )
-    one = verify_order(ledger, keys, MCHID, ORDER)
+    one = check_order(ledger, keys, MCHID, ORDER)
     assert (one.ok, one.streams, one.events, one.notifications) == (True, 1, 6, 2)
-    assert verify_order(ledger, keys, MCHID, notification_id).events == 2  # an inbox stream by its id
+    assert check_order(ledger, keys, MCHID, notification_id).events == 2  # an inbox stream by its id
 
 
 def test_history_shows_a_chain_that_links_each_event_to_the_one_before(
@@ -77,7 +77,7 @@ def test_chains_survive_a_restart_and_identical_replays(
     restarted.record_notification(MCHID, verifier.verify(retry.headers, retry.body))
     after = restarted.order_history(MCHID, ORDER)
     assert [e["chain"] for e in after[: len(before)]] == before and len(after) == len(before) + 1
-    assert verify_all(restarted, keys).ok
+    assert check_all(restarted, keys).ok
 
 
 def test_an_edited_amount_is_caught_by_verify_and_by_the_cli(
@@ -98,7 +98,7 @@ def test_an_edited_amount_is_caught_by_verify_and_by_the_cli(
 
     edit_json(database_url, order_id(MCHID, ORDER), 4, pay_less)
     assert ledger.get_order(MCHID, ORDER).paid_total == 1  # the edit is live: only the chain tells
-    assert problems(verify_all(ledger, keys)) == [(ORDER, 4, "chain mismatch")]
+    assert problems(check_all(ledger, keys)) == [(ORDER, 4, "chain mismatch")]
 
     one = payledger("verify", ORDER, env=cli_env)
     assert one.returncode == 1
@@ -123,7 +123,7 @@ def test_a_deleted_middle_event_is_caught(
     ledger = ledger_factory()
     fill(ledger, factory)
     delete_event(database_url, order_id(MCHID, ORDER), 5)  # the refund's NotificationReceived
-    assert problems(verify_order(ledger, keys, MCHID, ORDER)) == [
+    assert problems(check_order(ledger, keys, MCHID, ORDER)) == [
         (ORDER, 6, "events missing before it (version 5)"),
         (ORDER, 6, "chain mismatch"),
     ]
@@ -142,14 +142,14 @@ def test_a_raw_body_that_no_longer_matches_its_signature_is_reported(
         assert state["raw_body"] != body
 
     edit_json(database_url, stream, 3, one_byte)
-    assert problems(verify_order(ledger, keys, MCHID, ORDER)) == [
+    assert problems(check_order(ledger, keys, MCHID, ORDER)) == [
         (ORDER, 3, "chain mismatch"),
         (ORDER, 3, "signature does not verify"),
     ]
 
     # An attacker who also recomputes every chain from there on still cannot re-sign the body.
     rechain(database_url, ledger, stream, 3)
-    assert problems(verify_order(ledger, keys, MCHID, ORDER)) == [(ORDER, 3, "signature does not verify")]
+    assert problems(check_order(ledger, keys, MCHID, ORDER)) == [(ORDER, 3, "signature does not verify")]
 
 
 def test_a_stored_resource_that_is_not_what_the_signed_body_decrypts_to_is_reported(
@@ -161,7 +161,7 @@ def test_a_stored_resource_that_is_not_what_the_signed_body_decrypts_to_is_repor
     fill(ledger, factory)
     stream = order_id(MCHID, ORDER)
     apiv3 = {MCHID: factory.apiv3_key.encode()}
-    clean = verify_order(ledger, keys, MCHID, ORDER, apiv3=apiv3)
+    clean = check_order(ledger, keys, MCHID, ORDER, apiv3=apiv3)
     assert clean.ok and clean.resources == clean.notifications > 0 and clean.resources_unchecked == 0
 
     def richer(state: dict[str, Any]) -> None:
@@ -169,12 +169,12 @@ def test_a_stored_resource_that_is_not_what_the_signed_body_decrypts_to_is_repor
 
     edit_json(database_url, stream, 3, richer)
     rechain(database_url, ledger, stream, 3)
-    assert problems(verify_order(ledger, keys, MCHID, ORDER)) == [], "without the APIv3 key it cannot tell"
-    assert problems(verify_order(ledger, keys, MCHID, ORDER, apiv3=apiv3)) == [
+    assert problems(check_order(ledger, keys, MCHID, ORDER)) == [], "without the APIv3 key it cannot tell"
+    assert problems(check_order(ledger, keys, MCHID, ORDER, apiv3=apiv3)) == [
         (ORDER, 3, "stored resource is not what the signed body decrypts to")
     ]
     # After an APIv3 key reset old bodies no longer decrypt: not a break, but said.
-    reset = verify_order(ledger, keys, MCHID, ORDER, apiv3={MCHID: b"k" * 32})
+    reset = check_order(ledger, keys, MCHID, ORDER, apiv3={MCHID: b"k" * 32})
     assert reset.ok and reset.resources == 0 and reset.resources_unchecked == reset.notifications
 
 
@@ -188,12 +188,12 @@ def test_unknown_keys_missing_chains_and_garbage_are_each_reported(
     ledger = ledger_factory()
     notification_id = fill(ledger, factory)
     public_key_id = next(iter(factory.key_store().public_keys))
-    stranger = verify_order(ledger, {MCHID: other_factory.key_store()}, MCHID, notification_id)
+    stranger = check_order(ledger, {MCHID: other_factory.key_store()}, MCHID, notification_id)
     assert problems(stranger) == [(notification_id, 2, f"key {public_key_id} not configured")]
 
     edit_json(database_url, order_id(MCHID, ORDER), 2, lambda s: s.pop("chain"))  # as stored before chains
     edit_state(database_url, order_id(MCHID, "ORDER-9002"), 1, lambda b: b[:-5])
-    report = verify_all(ledger, keys)
+    report = check_all(ledger, keys)
     assert problems(report) == [
         (ORDER, 2, "event has no chain"),
         ("", 1, "event does not decode: stored state is not a valid event"),

@@ -204,10 +204,10 @@ class OperatorPages:
             mchid = mchid_param(state, request.query_params.get("mchid"))
         except InvalidRequest as exc:
             return self.failure(request, access, exc, "Unknown or missing mchid.")
-        database_url = state.settings.database_url.value
+        services = state.services
         try:
             timeline = await anyio.to_thread.run_sync(
-                lambda: load_timeline(state.ledger, database_url, mchid, no), limiter=state.limiter
+                lambda: load_timeline(services.ledger, lambda: services.outbox, mchid, no), limiter=state.limiter
             )
         except OrderNotFound as exc:
             return self.failure(request, access, exc, "No such order.")

@@ -38,7 +38,7 @@ from ledger.wechatpay.keys import KeyStore, normalise_serial
 from ledger.wechatpay.notification import open_envelope
 from ledger.wechatpay.signature import SignatureHeaders, build_message, verify
 
-__all__ = ["PAGE", "Break", "Report", "verify_all", "verify_order"]
+__all__ = ["PAGE", "Break", "Report", "check_all", "check_order"]
 
 PAGE = 5_000
 _ORDER_TOPIC = get_topic(PaymentOrder) + "."
@@ -269,7 +269,7 @@ def _checked(
     return checker
 
 
-def verify_order(
+def check_order(
     ledger: Ledger,
     keys: Mapping[str, KeyStore],
     mchid: str,
@@ -305,7 +305,7 @@ def _log(ledger: Ledger, page: int) -> Iterator[StoredEvent]:
         position = notifications[-1].id
 
 
-def verify_all(
+def check_all(
     ledger: Ledger,
     keys: Mapping[str, KeyStore],
     *,

@@ -41,7 +41,7 @@ from ledger.wechatpay.signature import (
 
 __all__ = ["DEFAULT_BASE_URL", "USER_AGENT", "AttemptVerdict", "WeChatPayClient", "WeChatPayResponse", "classify"]
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.mch.weixin.qq.com"
 USER_AGENT = "wechatpay-ledger/0.1"
@@ -208,7 +208,7 @@ class WeChatPayClient:
             else:
                 verdict, last = classify(response.status_code), f"HTTP {response.status_code}"
             duration = self._clock() - sent_at
-            logger.debug("wechatpay %s %s -> %s attempt=%d %.3fs", method, path, last, attempts, duration)
+            log.debug("wechatpay %s %s -> %s attempt=%d %.3fs", method, path, last, attempts, duration)
             if verdict == "ok" and response is not None:
                 return self._trusted(method, path, response, verify)
             if response is not None:
@@ -296,7 +296,7 @@ class WeChatPayClient:
             self._on_unknown_serial(serial)
         except Exception:
             # A failing refresh must not hide the real answer: this response is untrusted.
-            logger.warning("on_unknown_serial hook failed for serial %s", serial[:64], exc_info=True)
+            log.warning("on_unknown_serial hook failed for serial %s", serial[:64], exc_info=True)
 
 
 def _received_headers(headers: httpx.Headers) -> dict[str, str]:

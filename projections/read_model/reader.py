@@ -13,7 +13,7 @@ import time
 from ledger.store.sql import Database
 from projections.read_model.live import live_view
 from projections.read_model.runner import open_orders_view
-from projections.read_model.view import NAME, OrdersView
+from projections.read_model.view import ORDERS_VIEW, OrdersView
 
 __all__ = ["LiveOrdersView"]
 
@@ -26,7 +26,7 @@ class LiveOrdersView:
         self._url = database.url
         self._interval = interval
         self._lock = threading.Lock()
-        self._name = live_view(database, NAME)
+        self._name = live_view(database, ORDERS_VIEW)
         self._view = open_orders_view(self._url, self._name)
         self._checked = time.monotonic()
 
@@ -34,7 +34,7 @@ class LiveOrdersView:
         with self._lock:
             if time.monotonic() - self._checked >= self._interval:
                 self._checked = time.monotonic()
-                name = live_view(self._database, NAME)
+                name = live_view(self._database, ORDERS_VIEW)
                 if name != self._name:
                     old, self._view, self._name = self._view, open_orders_view(self._url, name), name
                     old.close()

@@ -31,7 +31,7 @@ from ledger.store.eventlog import Row
 from ledger.store.views import drop_view
 from projections.read_model.live import live_view, next_version, set_live_view
 from projections.read_model.runner import open_orders_view, start_orders_projector, wake
-from projections.read_model.view import NAME, OrdersProjection, OrdersView, order_row, refund_rows
+from projections.read_model.view import ORDERS_VIEW, OrdersProjection, OrdersView, order_row, refund_rows
 
 __all__ = ["RebuildSummary", "rebuild_orders_view"]
 
@@ -129,7 +129,7 @@ def rebuild_orders_view(
     database_url: str, *, progress: Callable[[int, int, float], None] | None = None
 ) -> RebuildSummary:
     started = time.perf_counter()
-    old = live_view(database_url, NAME)
+    old = live_view(database_url, ORDERS_VIEW)
     new = next_version(old)
     drop_view(database_url, new, (f"{new}_orders", f"{new}_refunds"))  # what a crashed rebuild left
     view = open_orders_view(database_url, new)
@@ -187,7 +187,7 @@ def rebuild_orders_view(
     caught_up = caught_view.position() - caught_up_before
     loader.close()
     caught_view.close()
-    set_live_view(database_url, NAME, new)
+    set_live_view(database_url, ORDERS_VIEW, new)
     return RebuildSummary(old, new, events, orders, max(0, caught_up), bulk_seconds)
 
 

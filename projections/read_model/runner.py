@@ -21,14 +21,14 @@ from ledger.store.sql import Database
 from ledger.store.views import ViewRecorder, open_view, view_env
 from projections.locks import ProjectorLock
 from projections.read_model.live import live_view
-from projections.read_model.view import NAME, OrdersProjection, OrdersView, PostgresOrdersView, SQLiteOrdersView
+from projections.read_model.view import ORDERS_VIEW, OrdersProjection, OrdersView, PostgresOrdersView, SQLiteOrdersView
 
 __all__ = ["follow", "open_orders_view", "run_orders_projector", "start_orders_projector", "wake"]
 
 log = logging.getLogger("projections.runner")
 
 
-def open_orders_view(database_url: str, name: str = NAME) -> OrdersView:
+def open_orders_view(database_url: str, name: str = ORDERS_VIEW) -> OrdersView:
     """The view for reading (the API) or writing (the projector); tables created if missing."""
     view = open_view(database_url, name, postgres=PostgresOrdersView, sqlite=SQLiteOrdersView)
     assert isinstance(view, OrdersView)
@@ -52,7 +52,7 @@ def projection_runner(
 
 
 def start_orders_projector(
-    database_url: str, name: str = NAME
+    database_url: str, name: str = ORDERS_VIEW
 ) -> tuple[BaseProjectionRunner[Ledger], OrdersView, Ledger]:
     """Start following the log; returns the runner (a context manager), its view and its loader."""
     view = open_orders_view(database_url, name)
@@ -61,7 +61,7 @@ def start_orders_projector(
 
 
 def _is_live(database: Database, name: str) -> bool:
-    return live_view(database, NAME) == name
+    return live_view(database, ORDERS_VIEW) == name
 
 
 def follow(
@@ -103,13 +103,13 @@ def _held(lock: ProjectorLock) -> Iterator[None]:
 
 def run_orders_projector(database_url: str, stop: threading.Event, poll: float = 1.0) -> None:
     """`payledger project`: wait for the lock, follow the log and the live version until `stop`."""
-    lock = ProjectorLock(database_url, NAME)
+    lock = ProjectorLock(database_url, ORDERS_VIEW)
     if not lock.acquire(stop, poll):
         return
     pointer = Database(database_url, pool_size=1)  # asked once per `poll`
     with _held(lock), contextlib.closing(pointer):
         while not stop.is_set():
-            name = live_view(pointer, NAME)
+            name = live_view(pointer, ORDERS_VIEW)
             runner, view, loader = start_orders_projector(database_url, name)
             log.info("projecting %s from position %d", name, view.position())
             # A rebuild moves the pointer: then follow the new version from its position.

@@ -25,9 +25,9 @@ from ledger.domain import ALL_EVENTS, PaymentOrder
 from ledger.store.sql import Cursor
 from ledger.store.views import PostgresViewRecorder, SQLiteViewRecorder, ViewRecorder
 
-__all__ = ["ORDER_FIELDS", "OrdersProjection", "OrdersView", "PostgresOrdersView", "SQLiteOrdersView"]
+__all__ = ["ORDERS_VIEW", "ORDER_FIELDS", "OrdersProjection", "OrdersView", "PostgresOrdersView", "SQLiteOrdersView"]
 
-NAME = "orders_view"
+ORDERS_VIEW = "orders_view"
 ORDER_FIELDS = (
     "mchid",
     "out_trade_no",
@@ -101,7 +101,7 @@ class OrdersView(ViewRecorder):
     """Queries and writes shared by both stores; SQL is written once with %s placeholders."""
 
     # The tables' names start with the view's: on SQLite every version has a file of its own.
-    table_prefix: str = NAME
+    table_prefix: str = ORDERS_VIEW
 
     @functools.cached_property
     def _slots(self) -> dict[str, str]:
@@ -265,7 +265,7 @@ class SQLiteOrdersView(OrdersView, SQLiteViewRecorder):
 class OrdersProjection(Projection[Any]):
     """Folds PaymentOrder events into order rows, with the domain's own `apply`."""
 
-    name = NAME
+    name = ORDERS_VIEW
     topics = tuple(get_topic(cls) for cls in ALL_EVENTS)
     cache_size = 10_000
 

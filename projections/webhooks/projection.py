@@ -30,6 +30,7 @@ from projections.webhooks.schema import create_tables, outbox_url
 
 __all__ = [
     "DECISIONS",
+    "OUTBOX_PROJECTION",
     "OutboxProjection",
     "OutboxView",
     "open_outbox_view",
@@ -38,14 +39,14 @@ __all__ = [
     "sync_endpoints",
 ]
 
-NAME = "outbox"
+OUTBOX_PROJECTION = "outbox"
 DECISIONS = WEBHOOK_EVENTS
 
 
 def outbox_env(database_url: str) -> dict[str, str]:
     env = small_pool(persistence_env(database_url))
     if env["PERSISTENCE_MODULE"] == "eventsourcing.sqlite":
-        env[f"{NAME.upper()}_SQLITE_DBNAME"] = persistence_env(outbox_url(database_url))["SQLITE_DBNAME"]
+        env[f"{OUTBOX_PROJECTION.upper()}_SQLITE_DBNAME"] = persistence_env(outbox_url(database_url))["SQLITE_DBNAME"]
     return env
 
 
@@ -87,7 +88,7 @@ class SQLiteOutboxView(OutboxView, SQLiteViewRecorder):
 
 
 class OutboxProjection(Projection[Any]):
-    name = NAME
+    name = OUTBOX_PROJECTION
     topics = tuple(get_topic(cls) for cls in DECISIONS)
 
     def __init__(self, view: Any) -> None:
@@ -115,9 +116,9 @@ def open_outbox_view(database_url: str) -> OutboxView:
     env = outbox_env(database_url)
     view_class = PostgresOutboxView if env["PERSISTENCE_MODULE"] == "eventsourcing.postgres" else SQLiteOutboxView
     if view_class is SQLiteOutboxView:
-        Path(env[f"{NAME.upper()}_SQLITE_DBNAME"]).parent.mkdir(parents=True, exist_ok=True)
+        Path(env[f"{OUTBOX_PROJECTION.upper()}_SQLITE_DBNAME"]).parent.mkdir(parents=True, exist_ok=True)
     with schema_lock(database_url):
-        view = InfrastructureFactory.construct(env=Environment(NAME, env)).tracking_recorder(view_class)
+        view = InfrastructureFactory.construct(env=Environment(OUTBOX_PROJECTION, env)).tracking_recorder(view_class)
     assert isinstance(view, OutboxView)
     return view
 
@@ -135,7 +136,7 @@ def run_outbox_projector(database_url: str, stop: threading.Event, poll: float =
     from projections.locks import ProjectorLock
     from projections.read_model.runner import follow
 
-    lock = ProjectorLock(database_url, NAME)
+    lock = ProjectorLock(database_url, OUTBOX_PROJECTION)
     if not lock.acquire(stop, poll):
         return
     try:
