@@ -146,8 +146,8 @@ class Ledger(Application[UUID]):
     def save_all(self, aggregates: Iterable[Any]) -> None:
         """`save()` for aggregates only, in one transaction.
 
-        The library's `save()` checks every object against runtime-checkable Protocols, about
-        50 µs each, which is a tenth of a group commit's cost. Snapshots are off and nothing
+        The library's `save()` checks every object against runtime-checkable Protocols, a
+        measurable share of a group commit's cost (docs/benchmarks.md). Snapshots are off and nothing
         overrides the notify hooks, so collecting the events and putting them is all it does here.
         """
         events = [event for aggregate in aggregates for event in aggregate.collect_events()]

@@ -2,10 +2,11 @@
 
 `eventsourcing`'s `JSONTranscoder` writes compact JSON with `ensure_ascii=False` and tags
 the types it knows (`{"_type_": "datetime_iso", "_data_": "..."}`). Encoding a delivery
-event that way costs about 18 µs in the standard `json` module, on every callback; orjson
-writes the same bytes several times faster. Decoding stays the library's own, so what either
-wrote reads the same. Anything orjson would write differently is handed to the library:
-UUIDs (orjson writes them untagged), integers beyond 64 bits, non-string keys.
+event that way with the standard `json` module is a visible share of every callback; orjson
+writes the same bytes several times faster (docs/benchmarks.md, "Figures behind design
+choices"). Decoding stays the library's own, so what either wrote reads the same. Anything
+orjson would write differently is handed to the library: UUIDs (orjson writes them untagged),
+integers beyond 64 bits, non-string keys.
 """
 
 from __future__ import annotations
