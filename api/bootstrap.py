@@ -32,6 +32,7 @@ from ledger.wechatpay.client import WeChatPayClient
 from ledger.wechatpay.keys import KeyStore
 from ledger.wechatpay.notification import NotificationVerifier
 from projections.read_model.reader import LiveOrdersView
+from projections.read_model.rebuild import RebuildSummary, rebuild_orders_view
 from projections.read_model.runner import run_orders_projector
 from projections.reconcile.reconciler import Reconciler
 from projections.reconcile.worklist import Worklist
@@ -171,6 +172,10 @@ class Services:
     def dispatcher_thread(self, stop: threading.Event) -> threading.Thread:
         """The dispatcher inside `serve --with-workers` (claims rows like a separate `payledger dispatch`)."""
         return threading.Thread(target=self.dispatcher.run_forever, args=(stop,), name="dispatcher")
+
+    def rebuild_orders_view(self, progress: Callable[[int, int, float], None] | None = None) -> RebuildSummary:
+        """`payledger rebuild`: the next version of the orders view from the log, then the switch."""
+        return rebuild_orders_view(self.database_url, ledger=self.ledger, progress=progress)
 
     # -- audit ---------------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ import sys
 from api.bootstrap import bootstrap
 from cli.common import SubParsers, load_settings, print_json
 from ledger.store.reencrypt import reencrypt
-from projections.read_model.rebuild import print_progress, rebuild_orders_view
+from projections.read_model.rebuild import print_progress
 
 __all__ = ["register"]
 
@@ -52,8 +52,11 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     if args.name not in ("orders_view",):
         print(f"payledger: unknown projection {args.name!r} (known: orders_view)", file=sys.stderr)
         return 2
-    settings = load_settings(args, require_merchant=False)
-    summary = rebuild_orders_view(settings.database_url.value, progress=print_progress)
+    services = bootstrap(load_settings(args, require_merchant=False))
+    try:
+        summary = services.rebuild_orders_view(progress=print_progress)
+    finally:
+        services.close()
     print(file=sys.stderr)
     print(summary)
     return 0

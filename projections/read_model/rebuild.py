@@ -126,14 +126,22 @@ def _write(view: OrdersView, orders: list[PaymentOrder], tracking: Tracking | No
 
 
 def rebuild_orders_view(
-    database_url: str, *, progress: Callable[[int, int, float], None] | None = None
+    database_url: str,
+    *,
+    ledger: Ledger | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
 ) -> RebuildSummary:
+    """Build the next version of the orders view beside the live one, catch it up, switch to it.
+
+    `ledger` reads the log (the process's own, from `Services`); without one a ledger is built
+    for the bulk phase and closed after it."""
     started = time.perf_counter()
     old = live_view(database_url, ORDERS_VIEW)
     new = next_version(old)
     drop_view(database_url, new, (f"{new}_orders", f"{new}_refunds"))  # what a crashed rebuild left
     view = open_orders_view(database_url, new)
-    ledger = build_ledger(database_url)
+    owned = ledger is None
+    ledger = build_ledger(database_url) if ledger is None else ledger
     try:
         head = ledger.recorder.max_notification_id() or 0
         events = orders = 0
@@ -175,7 +183,8 @@ def rebuild_orders_view(
             progress(events, head, time.perf_counter() - started)
         bulk_seconds = time.perf_counter() - started
     finally:
-        ledger.close()
+        if owned:
+            ledger.close()
     caught_up_before = view.position()
     view.close()
     runner, caught_view, loader = start_orders_projector(database_url, name=new)
