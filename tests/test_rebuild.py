@@ -16,6 +16,7 @@ from projections.read_model.live import live_view
 from projections.read_model.rebuild import rebuild_orders_view
 from projections.read_model.runner import open_orders_view, run_orders_projector
 from projections.read_model.view import ORDERS_VIEW
+from tests.support.cli import clean_env, payledger
 from tests.support.constants import MCHID
 from tests.support.orders import fill
 from tests.support.projectors import project_until_caught_up
@@ -39,7 +40,7 @@ def snapshot(database_url: str, name: str) -> list[tuple[object, ...]]:
             for r in sorted(rows, key=lambda r: r["out_trade_no"])
         ]
     finally:
-        view.datastore.close()  # type: ignore[attr-defined]
+        view.close()
 
 
 def test_rebuild_gives_the_same_tables_as_the_incremental_build(
@@ -131,7 +132,29 @@ def test_rebuild_is_live_while_the_projector_runs_and_writes_continue(
             for no in ("ORDER-8000", "ORDER-8105", "ORDER-8201"):
                 assert view.get(MCHID, no)["document"] == ledger.get_order(MCHID, no).summary()  # type: ignore[index]
         finally:
-            view.datastore.close()  # type: ignore[attr-defined]
+            view.close()
     finally:
         stop.set()
         projector.join(20)
+
+
+def test_the_rebuild_command_switches_to_a_view_equal_to_the_incremental_one(
+    database_url: str, ledger_factory: Callable[[], Ledger], factory: NotificationFactory
+) -> None:
+    """`payledger rebuild` as an operator runs it: through bootstrap, in its own process."""
+    ledger = ledger_factory()
+    fill(ledger, factory, 6)
+    project_until_caught_up(database_url, ledger)
+    incremental = snapshot(database_url, ORDERS_VIEW)
+    done = payledger("rebuild", env={**clean_env(), "LEDGER_DATABASE_URL": database_url})
+    assert done.returncode == 0, done.stderr
+    events = ledger.recorder.max_notification_id()
+    assert done.stdout.startswith(f"rebuilt {ORDERS_VIEW}_v2 (was {ORDERS_VIEW}): {events:,} events, 6 orders in ")
+    assert done.stdout.rstrip().endswith(f"{ORDERS_VIEW}_v2 is live")
+    assert live_view(database_url, ORDERS_VIEW) == f"{ORDERS_VIEW}_v2"
+    assert snapshot(database_url, f"{ORDERS_VIEW}_v2") == incremental
+    unknown = payledger("rebuild", "refunds_view", env={**clean_env(), "LEDGER_DATABASE_URL": database_url})
+    assert (unknown.returncode, unknown.stderr.strip()) == (
+        2,
+        "payledger: unknown projection 'refunds_view' (known: orders_view)",
+    )
