@@ -43,13 +43,18 @@ def snapshot(database_url: str, name: str) -> list[tuple[object, ...]]:
         view.close()
 
 
+def projected(database_url: str, ledger: Ledger, factory: NotificationFactory, orders: int) -> list[tuple[object, ...]]:
+    """`orders` paid (some refunded) orders in the log and the live view caught up: its rows."""
+    fill(ledger, factory, orders)
+    project_until_caught_up(database_url, ledger)
+    return snapshot(database_url, ORDERS_VIEW)
+
+
 def test_rebuild_gives_the_same_tables_as_the_incremental_build(
     database_url: str, ledger_factory: Callable[[], Ledger], factory: NotificationFactory
 ) -> None:
     ledger = ledger_factory()
-    fill(ledger, factory, 15)
-    project_until_caught_up(database_url, ledger)
-    incremental = snapshot(database_url, ORDERS_VIEW)
+    incremental = projected(database_url, ledger, factory, 15)
     summary = rebuild_orders_view(database_url)
     assert summary.new == f"{ORDERS_VIEW}_v2" and live_view(database_url, ORDERS_VIEW) == f"{ORDERS_VIEW}_v2"
     assert summary.events == ledger.recorder.max_notification_id()
@@ -143,9 +148,7 @@ def test_the_rebuild_command_switches_to_a_view_equal_to_the_incremental_one(
 ) -> None:
     """`payledger rebuild` as an operator runs it: through bootstrap, in its own process."""
     ledger = ledger_factory()
-    fill(ledger, factory, 6)
-    project_until_caught_up(database_url, ledger)
-    incremental = snapshot(database_url, ORDERS_VIEW)
+    incremental = projected(database_url, ledger, factory, 6)
     done = payledger("rebuild", env={**clean_env(), "LEDGER_DATABASE_URL": database_url})
     assert done.returncode == 0, done.stderr
     events = ledger.recorder.max_notification_id()

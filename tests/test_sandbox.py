@@ -23,18 +23,11 @@ from starlette.routing import Route
 from ledger.errors import VerificationFailed
 from ledger.settings import Settings
 from ledger.wechatpay import aead
+from ledger.wechatpay import signature as wechat_signature
 from ledger.wechatpay.keys import KeyStore, PlatformCertificate
 from ledger.wechatpay.notification import NotificationVerifier
 from ledger.wechatpay.sandbox.server import RETRY_SCHEDULE, Sandbox, SandboxError
 from ledger.wechatpay.sandbox.signer import NotificationFactory
-from ledger.wechatpay.signature import (
-    SignatureHeaders,
-    authorization_header,
-    new_nonce,
-    request_message,
-    sign,
-    verify_signed_message,
-)
 from tests.support.constants import APPID, MCHID
 from tests.support.servers import running
 
@@ -90,9 +83,11 @@ def authorization(
     timestamp: int | None = None,
 ) -> str:
     ts = str(int(time.time()) if timestamp is None else timestamp)
-    nonce = new_nonce()
-    signature = sign(key, request_message(method, target, ts, nonce, body))
-    return authorization_header(mchid=mchid, serial_no=serial, timestamp=ts, nonce=nonce, signature=signature)
+    nonce = wechat_signature.new_nonce()
+    signature = wechat_signature.sign(key, wechat_signature.request_message(method, target, ts, nonce, body))
+    return wechat_signature.authorization_header(
+        mchid=mchid, serial_no=serial, timestamp=ts, nonce=nonce, signature=signature
+    )
 
 
 def call(
@@ -118,7 +113,9 @@ def call(
 def verified(response: httpx.Response, keys: KeyStore) -> str:
     """[protocol: Verifying an answer]: the serial whose key verified the answer; raises VerificationFailed
     otherwise."""
-    return verify_signed_message(SignatureHeaders.from_headers(response.headers), response.content, keys, time.time())
+    return wechat_signature.verify_signed_message(
+        wechat_signature.SignatureHeaders.from_headers(response.headers), response.content, keys, time.time()
+    )
 
 
 def query(client: httpx.Client, out_trade_no: str, key: rsa.RSAPrivateKey, **kwargs: Any) -> httpx.Response:
