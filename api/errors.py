@@ -21,6 +21,10 @@ from starlette.types import ExceptionHandler
 
 from api.responses import LedgerJSONResponse, fail
 from ledger.errors import (
+    BillDownloadFailed,
+    BillHashMismatch,
+    BillNotFound,
+    BillNotReady,
     BodyTimeout,
     BodyTooLarge,
     ClientGone,
@@ -108,6 +112,10 @@ ANSWERS: Mapping[type[BaseException], ErrorAnswer] = {
     InvalidEndpoint: ErrorAnswer(400, "INVALID_REQUEST"),
     WeChatPayError: ErrorAnswer(502, "FAIL"),
     WeChatPayRejected: ErrorAnswer(502, "FAIL", message=_with_wechat_code),
+    BillNotFound: ErrorAnswer(502, "FAIL"),
+    BillNotReady: ErrorAnswer(502, "FAIL"),
+    BillDownloadFailed: ErrorAnswer(502, "FAIL"),
+    BillHashMismatch: ErrorAnswer(502, "FAIL"),
 }
 UNEXPECTED = ANSWERS[BaseException]
 

@@ -28,7 +28,12 @@ LedgerError
 └── WeChatPayError              an outbound call to WeChat Pay did not give a trusted answer
     ├── WeChatPayUnavailable    network error, timeout, 429 or 5xx, still failing at the deadline
     ├── WeChatPayRejected       a 4xx answer (not retried); carries WeChat's code and message
-    └── ResponseUntrusted       a 2xx whose signature, serial, timestamp or body cannot be trusted
+    ├── ResponseUntrusted       a 2xx whose signature, serial, timestamp or body cannot be trusted
+    ├── BillNotFound            NO_STATEMENT_EXIST: no bill for that day (final: an empty day)
+    ├── BillNotReady            STATEMENT_CREATING: the bill is being made; apply again later
+    └── BillDownloadFailed      the bill file did not arrive whole (corrupt or cut-short gzip):
+        │                            discard it and apply again
+        └── BillHashMismatch    the file's SHA-1 is not the hash_value of the apply answer
 
 Each error carries a short, fixed `reason` that is safe to put in an answer; the exception
 message may hold more detail for logs, never secrets. This module knows no HTTP: what each
@@ -39,6 +44,10 @@ api/errors.py.
 from __future__ import annotations
 
 __all__ = [
+    "BillDownloadFailed",
+    "BillHashMismatch",
+    "BillNotFound",
+    "BillNotReady",
     "BodyTimeout",
     "BodyTooLarge",
     "ClientGone",
@@ -192,6 +201,32 @@ class WeChatPayRejected(WeChatPayError):
 
 class ResponseUntrusted(WeChatPayError):
     reason = "WeChat Pay answer could not be verified"
+
+
+# Daily bills ([protocol: Daily bills]): WeChat's 400 codes that are answers, not failures, and a
+# downloaded file that is not the one WeChat hashed. Messages name the bill, never the download URL.
+
+
+class BillNotFound(WeChatPayError):
+    """NO_STATEMENT_EXIST: nothing moved that day; final, the day is empty."""
+
+    reason = "no WeChat Pay bill for that day"
+
+
+class BillNotReady(WeChatPayError):
+    """STATEMENT_CREATING: WeChat is still making the bill; apply again later (every 30 minutes)."""
+
+    reason = "WeChat Pay bill not ready yet"
+
+
+class BillDownloadFailed(WeChatPayError):
+    """The downloaded file is unusable; whatever was written of it must be discarded."""
+
+    reason = "WeChat Pay bill download failed"
+
+
+class BillHashMismatch(BillDownloadFailed):
+    reason = "WeChat Pay bill does not match its hash"
 
 
 class EndpointNotFound(LedgerError):

@@ -3,7 +3,10 @@
 Every 2xx is verified before anything in it is trusted ([protocol: Verifying an answer; Signature probes]).
 Failures are classified once, by `classify` ([protocol: Errors and retries]): 429, 5xx and transport errors
 are retried within a deadline, any other 4xx is final, and an untrusted 2xx is never retried here (the
-reconciler re-queries later)."""
+reconciler re-queries later).
+
+Daily bills ([protocol: Daily bills]) are applied for like any call; the file itself is the one answer not
+verified by signature (WeChat does not sign it), only by its SHA-1 (ledger/wechatpay/bill_download.py)."""
 
 from __future__ import annotations
 
@@ -15,19 +18,22 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal
-from urllib.parse import quote
+from typing import IO, Any, BinaryIO, Literal
+from urllib.parse import quote, urlsplit
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from ledger.errors import (
+    BillNotFound,
+    BillNotReady,
     MalformedNotification,
     ResponseUntrusted,
     VerificationFailed,
     WeChatPayRejected,
     WeChatPayUnavailable,
 )
+from ledger.wechatpay.bill_download import BillDownload, BillTicket, BillWriter, ticket_from_answer
 from ledger.wechatpay.keys import KeyStore, normalise_serial
 from ledger.wechatpay.notification import parse_json_object
 from ledger.wechatpay.signature import (
@@ -39,13 +45,28 @@ from ledger.wechatpay.signature import (
     verify_signed_message,
 )
 
-__all__ = ["DEFAULT_BASE_URL", "USER_AGENT", "AttemptVerdict", "WeChatPayClient", "WeChatPayResponse", "classify"]
+__all__ = [
+    "BILL_DOWNLOAD_HOSTS",
+    "DEFAULT_BASE_URL",
+    "USER_AGENT",
+    "AttemptVerdict",
+    "WeChatPayClient",
+    "WeChatPayResponse",
+    "classify",
+]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.mch.weixin.qq.com"
 USER_AGENT = "wechatpay-ledger/0.1"
 AttemptVerdict = Literal["ok", "retry", "reject"]
+# Where a bill's download_url may point besides base_url's own origin ([protocol: Downloading a bill]):
+# the signed request is sent there.
+BILL_DOWNLOAD_HOSTS = frozenset({"api.mch.weixin.qq.com", "api2.mch.weixin.qq.com"})
+_BILL_ERRORS: dict[str, type[BillNotFound | BillNotReady]] = {
+    "NO_STATEMENT_EXIST": BillNotFound,
+    "STATEMENT_CREATING": BillNotReady,
+}
 
 
 def classify(status_code: int | None, exc: BaseException | None = None) -> AttemptVerdict:
@@ -144,7 +165,10 @@ class WeChatPayClient:
         self._sleep = sleep
         self._on_unknown_serial = on_unknown_serial
         self._nonce = nonce
-        self._http = httpx.Client(transport=transport, timeout=timeout, follow_redirects=False)
+        # Kept apart so a bill download can go straight through it: httpx's own request log prints
+        # full URLs, and a download URL's token must not reach any log.
+        self._transport = transport if transport is not None else httpx.HTTPTransport()
+        self._http = httpx.Client(transport=self._transport, timeout=timeout, follow_redirects=False)
 
     def __repr__(self) -> str:
         return f"WeChatPayClient(mchid={self.mchid!r}, base_url={self.base_url!r})"
@@ -159,6 +183,7 @@ class WeChatPayClient:
 
     def close(self) -> None:
         self._http.close()
+        self._transport.close()
 
     # -- the APIs ----------------------------------------------------------------------------
 
@@ -186,6 +211,86 @@ class WeChatPayClient:
         """[protocol: Downloading platform certificates]: platform certificates. verify=False is only
         for the very first download, which the caller must re-verify with the certificates it contains."""
         return self._call("GET", "/v3/certificates", verify=verify)
+
+    # -- daily bills ([protocol: Daily bills]) -----------------------------------------------
+
+    def apply_trade_bill(
+        self,
+        bill_date: dt.date,
+        *,
+        bill_type: str = "ALL",
+        tar_type: str | None = "GZIP",
+        sub_mchid: str | None = None,
+    ) -> BillTicket:
+        """[protocol: Applying for a bill]: the trade bill of a Beijing day. `BillNotFound` for a day with
+        nothing in it (final), `BillNotReady` while WeChat is making it."""
+        query = [("bill_date", bill_date.isoformat()), ("sub_mchid", sub_mchid), ("bill_type", bill_type)]
+        return self._apply_bill("/v3/bill/tradebill", [*query, ("tar_type", tar_type)])
+
+    def apply_fundflow_bill(
+        self, bill_date: dt.date, *, account_type: str = "BASIC", tar_type: str | None = "GZIP"
+    ) -> BillTicket:
+        """[protocol: Applying for a bill]: the fund-flow bill of one account for a Beijing day."""
+        query = [("bill_date", bill_date.isoformat()), ("account_type", account_type), ("tar_type", tar_type)]
+        return self._apply_bill("/v3/bill/fundflowbill", query)
+
+    def _apply_bill(self, path: str, query: list[tuple[str, str | None]]) -> BillTicket:
+        # The order WeChat's Java SDK sends, each value encoded; absent values are left out.
+        target = path + "?" + "&".join(f"{name}={quote(value, safe='')}" for name, value in query if value)
+        try:
+            response = self._call("GET", target)
+        except WeChatPayRejected as exc:
+            bill_error = _BILL_ERRORS.get(exc.code) if exc.status == 400 else None
+            if bill_error is None:
+                raise
+            raise bill_error(f"GET {target}: {exc.code}") from None
+        tar_type = dict(query).get("tar_type")
+        return ticket_from_answer(response.data, gzip=(tar_type or "").upper() == "GZIP")
+
+    def download_bill(self, ticket: BillTicket, into: BinaryIO | IO[bytes]) -> BillDownload:
+        """[protocol: Downloading a bill]: stream the file into `into`, decompressed, and check its SHA-1.
+
+        Signed like every request, with the URL's path and query exactly as received; the answer is not
+        signed and not verified, only hashed. On `BillDownloadFailed` (or `BillHashMismatch`) what was
+        written to `into` is not the bill: discard it (`download_bill_to_temp` does). Not retried here: a
+        download URL lives seconds to minutes, so a failed download is applied for again."""
+        parts = urlsplit(ticket.download_url)
+        where = f"GET {parts.path}"  # never the query: it holds the token
+        if not self._may_download_from(parts.scheme, parts.hostname, parts.port):
+            raise ResponseUntrusted(f"{where}: the download_url is not on WeChat Pay's host")
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        try:
+            request = self._request(
+                "GET", target, b"", self._timeout, origin=httpx.URL(f"{parts.scheme}://{parts.netloc}"), accept="*/*"
+            )
+        except ValueError:
+            raise ResponseUntrusted(f"{where}: the download_url cannot be sent as received") from None
+        try:
+            response = self._transport.handle_request(request)
+        except httpx.HTTPError as exc:
+            raise WeChatPayUnavailable(f"{where}: {type(exc).__name__}") from None
+        response.request = request
+        try:
+            log.debug("wechatpay %s -> HTTP %d", where, response.status_code)
+            if classify(response.status_code) != "ok":
+                code, message = _error_fields(response.read())
+                if classify(response.status_code) == "reject":
+                    raise WeChatPayRejected(response.status_code, code, message)
+                raise WeChatPayUnavailable(f"{where}: HTTP {response.status_code} {code}".rstrip())
+            writer = BillWriter(ticket, into)
+            for chunk in response.iter_bytes():
+                writer.feed(chunk)
+            return writer.finish()
+        except httpx.HTTPError as exc:
+            raise WeChatPayUnavailable(f"{where}: {type(exc).__name__}") from None
+        finally:
+            response.close()
+
+    def _may_download_from(self, scheme: str, host: str | None, port: int | None) -> bool:
+        origin = self._origin
+        if (scheme, host, port or None) == (origin.scheme, origin.host, origin.port):
+            return True
+        return scheme == "https" and port in (None, 443) and host in BILL_DOWNLOAD_HOSTS
 
     # -- one call: attempts, retries, deadline -----------------------------------------------
 
@@ -229,12 +334,21 @@ class WeChatPayClient:
             self._sleep(delay)
         raise WeChatPayUnavailable(f"{method} {path}: gave up after {attempts} attempt(s), last {last}")
 
-    def _request(self, method: str, path: str, body: bytes, timeout: float) -> httpx.Request:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: bytes,
+        timeout: float,
+        *,
+        origin: httpx.URL | None = None,
+        accept: str = "application/json",
+    ) -> httpx.Request:
         timestamp = str(int(self._clock()))
         nonce = self._nonce()
         signature = sign(self._private_key, request_message(method, path, timestamp, nonce, body))
         headers = {
-            "Accept": "application/json",
+            "Accept": accept,
             "User-Agent": USER_AGENT,
             "Authorization": authorization_header(
                 mchid=self.mchid,
@@ -248,7 +362,7 @@ class WeChatPayClient:
             headers["Content-Type"] = "application/json"
         if self._wechatpay_serial:
             headers["Wechatpay-Serial"] = self._wechatpay_serial
-        url = self._origin.copy_with(raw_path=path.encode("ascii"))
+        url = (origin or self._origin).copy_with(raw_path=path.encode("ascii"))
         request = self._http.build_request(method, url, content=body or None, headers=headers, timeout=timeout)
         # The signature covers the target byte for byte ([protocol: Signing a request]); never send one it
         # does not match.

@@ -1,8 +1,9 @@
 """WeChat Pay's merchant APIs as the sandbox serves them ([protocol: Querying an order … Downloading platform
-certificates]): query, close, certificates.
+certificates; Daily bills]): query, close, certificates, and applying for and downloading daily bills.
 
 A request needs a valid merchant ``Authorization`` ([protocol: Signing a request]) or it is answered 401 SIGN_ERROR;
-every 2xx is signed as WeChat signs it ([protocol: Verifying an answer]), error answers are not. For the client's tests,
+every 2xx is signed as WeChat signs it ([protocol: Verifying an answer]), error answers and bill files
+([protocol: Downloading a bill]) are not. For the client's tests,
 faults can be injected: failures, probe signatures ([protocol: Signature probes]) and a body altered after signing.
 """
 
@@ -23,6 +24,7 @@ from starlette.routing import Route
 
 from ledger.wechatpay import aead
 from ledger.wechatpay.keys import normalise_serial
+from ledger.wechatpay.sandbox.bills import parse_bill_date
 from ledger.wechatpay.sandbox.orders import SandboxError, rfc3339
 from ledger.wechatpay.signature import (
     PROBE_PREFIX,
@@ -36,7 +38,7 @@ from ledger.wechatpay.signature import (
 if TYPE_CHECKING:
     from ledger.wechatpay.sandbox.server import Sandbox
 
-__all__ = ["ApiRequest", "WeChatApi", "parse_authorization"]
+__all__ = ["ApiRequest", "RawBody", "WeChatApi", "parse_authorization"]
 
 _PAIR = re.compile(r'\s*([A-Za-z_]+)="([^"]*)"\s*')
 _AUTHORIZATION_KEYS = {"mchid", "nonce_str", "timestamp", "serial_no", "signature"}
@@ -100,6 +102,14 @@ def _check_count(n: int) -> None:
 
 
 @dataclass(frozen=True)
+class RawBody:
+    """A handler's answer sent as it is, unsigned: a bill file."""
+
+    content: bytes
+    media_type: str
+
+
+@dataclass(frozen=True)
 class ApiRequest:
     """One request to a WeChat endpoint, as served."""
 
@@ -131,6 +141,9 @@ class WeChatApi:
             route("/v3/pay/transactions/out-trade-no/{out_trade_no}/close", self._close, "POST"),
             route("/v3/refund/domestic/refunds/{out_refund_no}", self._query_refund, "GET"),
             route("/v3/certificates", self._certificates, "GET"),
+            route("/v3/bill/tradebill", self._trade_bill, "GET"),
+            route("/v3/bill/fundflowbill", self._fundflow_bill, "GET"),
+            route("/v3/billdownload/file", self._download_bill, "GET"),
         ]
 
     # -- fault injection -------------------------------------------------------------------------
@@ -178,7 +191,11 @@ class WeChatApi:
             except SandboxError as exc:
                 response = _error(exc.status, exc.code, exc.message)
             else:
-                response = self._signed(request, status, b"" if payload is None else _json(payload))
+                if isinstance(payload, RawBody):
+                    headers = {"Request-ID": _request_id()}
+                    response = Response(payload.content, status, headers=headers, media_type=payload.media_type)
+                else:
+                    response = self._signed(request, status, b"" if payload is None else _json(payload))
         with self._lock:
             self._requests.append(
                 ApiRequest(request.method, request.url.path, target.decode("latin-1"), response.status_code)
@@ -278,3 +295,36 @@ class WeChatApi:
                 }
             )
         return 200, {"data": data}
+
+    # -- daily bills ([protocol: Daily bills]) ---------------------------------------------------------
+
+    @staticmethod
+    def _gzipped(tar_type: str | None) -> bool:
+        if tar_type not in (None, "GZIP"):
+            raise SandboxError(400, "PARAM_ERROR", "tar_type 取值错误")
+        return tar_type == "GZIP"
+
+    def _trade_bill(self, request: Request, body: bytes) -> tuple[int, Any]:
+        query = request.query_params
+        if query.get("bill_type", "ALL") != "ALL":
+            raise SandboxError(400, "PARAM_ERROR", "the sandbox writes ALL bills only")
+        if query.get("sub_mchid") is not None:
+            raise SandboxError(403, "NO_AUTH", "非服务商不能指定子商户号")
+        bills = self._sandbox.bills
+        date = parse_bill_date(query.get("bill_date"))
+        gzipped = self._gzipped(query.get("tar_type"))
+        return 200, bills.apply("trade", date, base_url=str(request.base_url), gzipped=gzipped)
+
+    def _fundflow_bill(self, request: Request, body: bytes) -> tuple[int, Any]:
+        query = request.query_params
+        date = parse_bill_date(query.get("bill_date"))
+        gzipped = self._gzipped(query.get("tar_type"))
+        account_type = query.get("account_type", "BASIC")
+        base_url = str(request.base_url)
+        return 200, self._sandbox.bills.apply(
+            "fundflow", date, base_url=base_url, gzipped=gzipped, account_type=account_type
+        )
+
+    def _download_bill(self, request: Request, body: bytes) -> tuple[int, Any]:
+        content, media_type = self._sandbox.bills.download(request.query_params.get("token", ""))
+        return 200, RawBody(content, media_type)

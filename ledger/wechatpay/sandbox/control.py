@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ledger.wechatpay.sandbox.bills import parse_bill_date
 from ledger.wechatpay.sandbox.orders import SandboxError
 
 if TYPE_CHECKING:
@@ -121,7 +122,12 @@ def control_routes(sandbox: Sandbox) -> list[Route]:
             )
         sandbox.probe_next_response(_field(data, "probe_next", int, 0))
         sandbox.tamper_next_response(_field(data, "tamper_next", int, 0))
-        return 200, {}
+        bill_faults = _field(data, "bill_faults", dict, {})
+        for day, fault in bill_faults.items():
+            if fault is not None and not isinstance(fault, str):
+                raise SandboxError(400, "PARAM_ERROR", "a bill fault is a string or null")
+            sandbox.set_bill_fault(parse_bill_date(day), fault)
+        return 200, {"bill_faults": {day.isoformat(): f for day, f in sorted(sandbox.bill_faults.items())}}
 
     def deliveries(request: Request, data: dict[str, Any]) -> tuple[int, Any]:
         return 200, {"deliveries": [a.as_dict() for a in sandbox.deliveries]}

@@ -177,6 +177,11 @@ class OrderBook:
         with self._lock:
             return copy.deepcopy(self._get(out_trade_no))
 
+    def all(self) -> list[Order]:
+        """Every order, in the order they were created (the daily bills read them)."""
+        with self._lock:
+            return copy.deepcopy(list(self._orders.values()))
+
     def by_transaction_id(self, transaction_id: str) -> Order:
         with self._lock:
             for order in self._orders.values():

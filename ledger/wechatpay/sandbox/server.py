@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from starlette.applications import Starlette
 
 from ledger.wechatpay.sandbox.api import ApiRequest, WeChatApi
+from ledger.wechatpay.sandbox.bills import BILL_FAULTS, BillBook
 from ledger.wechatpay.sandbox.control import control_routes
 from ledger.wechatpay.sandbox.delivery import RETRY_SCHEDULE, DeliveryAttempt, Notification, Notifier
 from ledger.wechatpay.sandbox.keys import Signing, SigningKey, WeChatKeys
@@ -28,6 +29,7 @@ from ledger.wechatpay.sandbox.orders import Order, OrderBook, SandboxError
 from ledger.wechatpay.sandbox.signer import Delivery, NotificationFactory, compact_json
 
 __all__ = [
+    "BILL_FAULTS",
     "RETRY_SCHEDULE",
     "ApiRequest",
     "DeliveryAttempt",
@@ -85,6 +87,7 @@ class Sandbox:
         self._rng = random.Random(seed)
         self._keys = WeChatKeys(self.factory, clock)
         self.orders = OrderBook(self.factory, mchid=mchid, appid=appid, rng=self._rng, clock=clock, lock=self._lock)
+        self.bills = BillBook(self.orders, mchid=mchid, appid=appid, clock=clock)
         self._notifier = Notifier(
             sign=self._sign_notification,
             probe=self.factory.probe,
@@ -215,6 +218,17 @@ class Sandbox:
     def tamper_next_response(self, n: int = 1) -> None:
         """The next `n` signed answers with a body have one byte changed after signing."""
         self._api.tamper_next_response(n)
+
+    def set_bill_fault(self, bill_date: dt.date, fault: str | None) -> None:
+        """The bills of `bill_date` ([protocol: Daily bills]) from now on: "not_ready" (STATEMENT_CREATING),
+        "empty" (NO_STATEMENT_EXIST), "missing_row" (the first row left out), "amount_changed" (the first
+        row one fen more), "corrupted" (the file served is not the one hashed); None clears it."""
+        self.bills.set_fault(bill_date, fault)
+
+    @property
+    def bill_faults(self) -> dict[dt.date, str]:
+        """The bill faults in force, by Beijing date."""
+        return self.bills.faults
 
     @property
     def requests(self) -> list[ApiRequest]:
