@@ -21,6 +21,7 @@ from starlette.types import ExceptionHandler
 
 from api.responses import LedgerJSONResponse, fail
 from ledger.errors import (
+    BillMalformed,
     BodyTimeout,
     BodyTooLarge,
     ClientGone,
@@ -108,6 +109,7 @@ ANSWERS: Mapping[type[BaseException], ErrorAnswer] = {
     InvalidEndpoint: ErrorAnswer(400, "INVALID_REQUEST"),
     WeChatPayError: ErrorAnswer(502, "FAIL"),
     WeChatPayRejected: ErrorAnswer(502, "FAIL", message=_with_wechat_code),
+    BillMalformed: ErrorAnswer(502, "FAIL"),  # the bill came from WeChat Pay, not from the caller
 }
 UNEXPECTED = ANSWERS[BaseException]
 

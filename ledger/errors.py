@@ -214,3 +214,23 @@ class InvalidEndpoint(LedgerError):
     """The message says what is wrong (the URL's scheme or host, a secret's form), never quoting a secret."""
 
     reason = "invalid endpoint"
+
+
+# Daily bills: LedgerError ── BillMalformed   a daily bill that is not what WeChat Pay writes
+# (kept in one block so the bill work merges apart from the rest of the tree).
+__all__ += ["BillMalformed"]
+
+
+class BillMalformed(LedgerError):
+    """A daily bill that cannot be read as WeChat Pay writes them: a row whose field count differs
+    from its header, an amount that is not one, a summary that is missing or does not match the
+    rows. `line` is the 1-based line number, `column` the header name when one is concerned; the
+    message names those and never quotes the bill's content."""
+
+    reason = "bill malformed"
+
+    def __init__(self, line: int, problem: str, *, column: str | None = None) -> None:
+        where = f"line {line}" if column is None else f"line {line}, column {column}"
+        super().__init__(f"{where}: {problem}")
+        self.line = line
+        self.column = column
