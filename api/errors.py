@@ -23,6 +23,7 @@ from api.responses import LedgerJSONResponse, fail
 from ledger.errors import (
     BillDownloadFailed,
     BillHashMismatch,
+    BillMalformed,
     BillNotFound,
     BillNotReady,
     BodyTimeout,
@@ -116,6 +117,7 @@ ANSWERS: Mapping[type[BaseException], ErrorAnswer] = {
     BillNotReady: ErrorAnswer(502, "FAIL"),
     BillDownloadFailed: ErrorAnswer(502, "FAIL"),
     BillHashMismatch: ErrorAnswer(502, "FAIL"),
+    BillMalformed: ErrorAnswer(502, "FAIL"),  # the bill came from WeChat Pay, not from the caller
 }
 UNEXPECTED = ANSWERS[BaseException]
 

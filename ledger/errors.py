@@ -25,6 +25,7 @@ LedgerError
 ├── EndpointNotFound            no outbound-webhook endpoint with this id
 ├── MessageNotFound             no outbound message with this id (webhook-id)
 ├── InvalidEndpoint             an endpoint's URL or secret cannot be used
+├── BillMalformed               a daily bill that is not what WeChat Pay writes (names the line)
 └── WeChatPayError              an outbound call to WeChat Pay did not give a trusted answer
     ├── WeChatPayUnavailable    network error, timeout, 429 or 5xx, still failing at the deadline
     ├── WeChatPayRejected       a 4xx answer (not retried); carries WeChat's code and message
@@ -46,6 +47,7 @@ from __future__ import annotations
 __all__ = [
     "BillDownloadFailed",
     "BillHashMismatch",
+    "BillMalformed",
     "BillNotFound",
     "BillNotReady",
     "BodyTimeout",
@@ -249,3 +251,18 @@ class InvalidEndpoint(LedgerError):
     """The message says what is wrong (the URL's scheme or host, a secret's form), never quoting a secret."""
 
     reason = "invalid endpoint"
+
+
+class BillMalformed(LedgerError):
+    """A daily bill that cannot be read as WeChat Pay writes them: a row whose field count differs
+    from its header, an amount that is not one, a summary that is missing or does not match the
+    rows. `line` is the 1-based line number, `column` the header name when one is concerned; the
+    message names those and never quotes the bill's content."""
+
+    reason = "bill malformed"
+
+    def __init__(self, line: int, problem: str, *, column: str | None = None) -> None:
+        where = f"line {line}" if column is None else f"line {line}, column {column}"
+        super().__init__(f"{where}: {problem}")
+        self.line = line
+        self.column = column

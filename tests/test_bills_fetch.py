@@ -30,6 +30,7 @@ from ledger.errors import (
     WeChatPayRejected,
 )
 from ledger.wechatpay.bill_download import BillTicket, download_bill_to_temp
+from ledger.wechatpay.bills import read_trade_bill
 from ledger.wechatpay.client import WeChatPayClient
 from ledger.wechatpay.sandbox.orders import CST
 from ledger.wechatpay.sandbox.server import Sandbox
@@ -421,3 +422,33 @@ def test_a_broken_download_is_refused(
     ) as client:
         with pytest.raises(error):
             client.download_bill(ticket, io.BytesIO())
+
+
+def test_a_fetched_bill_reads_back_as_the_sandbox_orders_in_fen(
+    wechat: tuple[Sandbox, str], make_client: Callable[..., WeChatPayClient], tmp_path: Path
+) -> None:
+    """[protocol: Downloading a bill; The trade bill's format]: apply, download into a temp file,
+    read it streamed: every row and the summary in fen, as the sandbox's orders say."""
+    sandbox, url = wechat
+    a_day_with_a_refund(sandbox)
+    client = make_client(url)
+    path, download = download_bill_to_temp(client.download_bill, client.apply_trade_bill(today()), folder=tmp_path)
+    with path.open("rb") as file:
+        bill = read_trade_bill(file)
+        rows = list(bill)
+    assert download.sha1 == hashlib.sha1(path.read_bytes()).hexdigest()
+    one, two = sandbox.orders.order("BILL-ORDER-1"), sandbox.orders.order("BILL-ORDER-2")
+    assert [(r.out_trade_no, r.trade_state, r.transaction_id, r.amount_total_fen, r.refund_fen) for r in rows] == [
+        ("BILL-ORDER-1", "SUCCESS", one.transaction_id, 8800, 0),
+        ("BILL-ORDER-2", "SUCCESS", two.transaction_id, 10000, 0),
+        ("BILL-ORDER-1", "REFUND", one.transaction_id, 0, 3000),
+    ]
+    assert rows[2].out_refund_no == "BILL-REFUND-1" and rows[2].refund_id == one.refunds["BILL-REFUND-1"].refund_id
+    assert [r.fee for r in rows] == [fee(8800), fee(10000), -fee(3000)]
+    summary = bill.summary
+    assert (summary.count, summary.settlement_total_fen, summary.refund_fen, summary.fee) == (
+        3,
+        18800,
+        3000,
+        fee(8800) + fee(10000) - fee(3000),
+    )
