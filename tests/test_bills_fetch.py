@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Iterator
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -36,10 +35,10 @@ from ledger.wechatpay.sandbox.orders import CST
 from ledger.wechatpay.sandbox.server import Sandbox
 from ledger.wechatpay.sandbox.signer import NotificationFactory, compact_json
 from ledger.wechatpay.signature import build_message, verify
+from tests.support.clients import MERCHANT_SERIAL, client_maker
 from tests.support.constants import MCHID, ROOT
 from tests.support.servers import running
 
-MERCHANT_SERIAL = "5F1C72E2A8931B72A2E13AF8DEE92471EB397115"
 BOM, CRLF = b"\xef\xbb\xbf", b"\r\n"
 SAMPLE = ROOT.parent / "shared" / "vectors" / "bills" / "sample.ALL.csv"
 SAMPLE_SHA1 = "5e6c27bfe03881ce667112778b67257b318e1851"
@@ -61,24 +60,19 @@ def wechat(factory: NotificationFactory, merchant_key: rsa.RSAPrivateKey) -> Ite
 def make_client(
     factory: NotificationFactory, merchant_key: rsa.RSAPrivateKey
 ) -> Iterator[Callable[..., WeChatPayClient]]:
-    built: list[WeChatPayClient] = []
+    with client_maker(factory, merchant_key, max_attempts=1) as make:
+        yield lambda base_url, **kwargs: make(base_url=base_url, **kwargs)
 
-    def make(base_url: str, **kwargs: Any) -> WeChatPayClient:
-        options: dict[str, Any] = {
-            "mchid": MCHID,
-            "merchant_serial_no": MERCHANT_SERIAL,
-            "merchant_private_key": merchant_key,
-            "keys": factory.key_store,
-            "base_url": base_url,
-            "max_attempts": 1,
-        }
-        client = WeChatPayClient(**{**options, **kwargs})
-        built.append(client)
-        return client
 
-    yield make
-    for client in built:
-        client.close()
+PaidDay = tuple[Sandbox, str, WeChatPayClient]
+
+
+@pytest.fixture
+def paid_day(wechat: tuple[Sandbox, str], make_client: Callable[..., WeChatPayClient]) -> PaidDay:
+    """The sandbox after a day of two payments and a refund, its URL, and a client for it."""
+    sandbox, url = wechat
+    a_day_with_a_refund(sandbox)
+    return sandbox, url, make_client(url)
 
 
 def today() -> dt.date:
@@ -137,12 +131,10 @@ def expected_trade_summary(sandbox: Sandbox) -> dict[str, str]:
 
 @pytest.mark.parametrize("tar_type", ["GZIP", None])
 def test_a_day_with_payments_and_a_refund_downloads_whole_and_matches_its_sha1(
-    wechat: tuple[Sandbox, str], make_client: Callable[..., WeChatPayClient], tar_type: str | None
+    paid_day: PaidDay, tar_type: str | None
 ) -> None:
     """[protocol: Applying for a bill; Downloading a bill]: the decompressed bytes are the bill, hashed."""
-    sandbox, url = wechat
-    a_day_with_a_refund(sandbox)
-    client = make_client(url)
+    sandbox, _url, client = paid_day
     ticket = client.apply_trade_bill(today(), tar_type=tar_type)
     assert ticket.hash_type == "SHA1" and ticket.gzip is (tar_type == "GZIP")
     into = io.BytesIO()
@@ -168,13 +160,9 @@ def test_a_day_with_payments_and_a_refund_downloads_whole_and_matches_its_sha1(
     assert [r.status for r in download] == [200]
 
 
-def test_the_fund_flow_bill_carries_the_money_and_a_running_balance(
-    wechat: tuple[Sandbox, str], make_client: Callable[..., WeChatPayClient]
-) -> None:
+def test_the_fund_flow_bill_carries_the_money_and_a_running_balance(paid_day: PaidDay) -> None:
     """[protocol: Daily bills]: 88.00 and 100.00 in, their fees (0.53, 0.60) out, 30.00 refunded, 0.18 fee back."""
-    sandbox, url = wechat
-    a_day_with_a_refund(sandbox)
-    client = make_client(url)
+    _sandbox, _url, client = paid_day
     into = io.BytesIO()
     client.download_bill(client.apply_fundflow_bill(today()), into)
     rows, summary = parse(into.getvalue())
@@ -215,13 +203,9 @@ def test_a_day_without_orders_has_no_bill(
         client.apply_trade_bill(today())
 
 
-def test_a_bill_being_made_is_not_ready_until_the_fault_is_cleared(
-    wechat: tuple[Sandbox, str], make_client: Callable[..., WeChatPayClient]
-) -> None:
+def test_a_bill_being_made_is_not_ready_until_the_fault_is_cleared(paid_day: PaidDay) -> None:
     """The fault is set through the sandbox's control endpoint, as another process would."""
-    sandbox, url = wechat
-    a_day_with_a_refund(sandbox)
-    client = make_client(url)
+    _sandbox, url, client = paid_day
     day = today().isoformat()
     answer = httpx.post(f"{url}/sandbox/faults", json={"bill_faults": {day: "not_ready"}})
     assert answer.json() == {"bill_faults": {day: "not_ready"}}
@@ -244,13 +228,9 @@ def test_other_refusals_stay_as_the_client_classifies_them(
 # -- what the hash and the signatures guard ----------------------------------------------------------------
 
 
-def test_a_corrupted_file_is_refused_and_the_temp_file_is_gone(
-    wechat: tuple[Sandbox, str], make_client: Callable[..., WeChatPayClient], tmp_path: Path
-) -> None:
+def test_a_corrupted_file_is_refused_and_the_temp_file_is_gone(paid_day: PaidDay, tmp_path: Path) -> None:
     """[protocol: Downloading a bill]: a mismatch means the file is discarded and the bill applied for again."""
-    sandbox, url = wechat
-    a_day_with_a_refund(sandbox)
-    client = make_client(url)
+    sandbox, _url, client = paid_day
     sandbox.set_bill_fault(today(), "corrupted")
     with pytest.raises(BillHashMismatch):
         download_bill_to_temp(client.download_bill, client.apply_trade_bill(today()), folder=tmp_path)
@@ -262,14 +242,10 @@ def test_a_corrupted_file_is_refused_and_the_temp_file_is_gone(
 
 
 @pytest.mark.parametrize("fault", ["missing_row", "amount_changed"])
-def test_a_bill_that_disagrees_with_the_orders_still_matches_its_own_hash(
-    wechat: tuple[Sandbox, str], make_client: Callable[..., WeChatPayClient], fault: str
-) -> None:
+def test_a_bill_that_disagrees_with_the_orders_still_matches_its_own_hash(paid_day: PaidDay, fault: str) -> None:
     """Those faults are for reconciliation: the file is what WeChat hashed, its content is what is wrong."""
-    sandbox, url = wechat
-    a_day_with_a_refund(sandbox)
+    sandbox, _url, client = paid_day
     sandbox.set_bill_fault(today(), fault)
-    client = make_client(url)
     into = io.BytesIO()
     client.download_bill(client.apply_trade_bill(today()), into)
     rows, summary = parse(into.getvalue())
@@ -281,13 +257,10 @@ def test_a_bill_that_disagrees_with_the_orders_still_matches_its_own_hash(
 
 
 def test_the_download_is_signed_by_the_merchant_and_good_once(
-    wechat: tuple[Sandbox, str],
-    make_client: Callable[..., WeChatPayClient],
+    paid_day: PaidDay, make_client: Callable[..., WeChatPayClient]
 ) -> None:
     """[protocol: Downloading a bill]: the sandbox checks the Authorization over the URL's path and token."""
-    sandbox, url = wechat
-    a_day_with_a_refund(sandbox)
-    client = make_client(url)
+    _sandbox, url, client = paid_day
     ticket = client.apply_trade_bill(today())
     stranger = make_client(url, merchant_private_key=rsa.generate_private_key(public_exponent=65537, key_size=2048))
     with pytest.raises(WeChatPayRejected) as caught:
@@ -300,15 +273,12 @@ def test_the_download_is_signed_by_the_merchant_and_good_once(
 
 
 @pytest.mark.parametrize("fault", ["probe", "tamper"])
-def test_an_apply_answer_that_cannot_be_verified_is_refused(
-    wechat: tuple[Sandbox, str], make_client: Callable[..., WeChatPayClient], fault: str
-) -> None:
+def test_an_apply_answer_that_cannot_be_verified_is_refused(paid_day: PaidDay, fault: str) -> None:
     """[protocol: Verifying an answer; Signature probes]: the apply answer is verified like any other."""
-    sandbox, url = wechat
-    a_day_with_a_refund(sandbox)
+    sandbox, _url, client = paid_day
     (sandbox.probe_next_response if fault == "probe" else sandbox.tamper_next_response)()
     with pytest.raises(ResponseUntrusted):
-        make_client(url).apply_trade_bill(today())
+        client.apply_trade_bill(today())
 
 
 def test_a_download_url_on_another_host_is_never_sent_a_signed_request(
@@ -319,12 +289,8 @@ def test_a_download_url_on_another_host_is_never_sent_a_signed_request(
         make_client("https://api.mch.weixin.qq.com").download_bill(ticket, io.BytesIO())
 
 
-def test_the_download_url_never_reaches_a_log_or_an_error(
-    wechat: tuple[Sandbox, str], make_client: Callable[..., WeChatPayClient], caplog: pytest.LogCaptureFixture
-) -> None:
-    sandbox, url = wechat
-    a_day_with_a_refund(sandbox)
-    client = make_client(url)
+def test_the_download_url_never_reaches_a_log_or_an_error(paid_day: PaidDay, caplog: pytest.LogCaptureFixture) -> None:
+    sandbox, _url, client = paid_day
     caplog.set_level(logging.DEBUG)
     ticket = client.apply_trade_bill(today())
     token = httpx.URL(ticket.download_url).params["token"]
@@ -424,14 +390,10 @@ def test_a_broken_download_is_refused(
             client.download_bill(ticket, io.BytesIO())
 
 
-def test_a_fetched_bill_reads_back_as_the_sandbox_orders_in_fen(
-    wechat: tuple[Sandbox, str], make_client: Callable[..., WeChatPayClient], tmp_path: Path
-) -> None:
+def test_a_fetched_bill_reads_back_as_the_sandbox_orders_in_fen(paid_day: PaidDay, tmp_path: Path) -> None:
     """[protocol: Downloading a bill; The trade bill's format]: apply, download into a temp file,
     read it streamed: every row and the summary in fen, as the sandbox's orders say."""
-    sandbox, url = wechat
-    a_day_with_a_refund(sandbox)
-    client = make_client(url)
+    sandbox, _url, client = paid_day
     path, download = download_bill_to_temp(client.download_bill, client.apply_trade_bill(today()), folder=tmp_path)
     with path.open("rb") as file:
         bill = read_trade_bill(file)

@@ -388,88 +388,51 @@ def _refused(data: bytes) -> BillMalformed:
     return refused.value
 
 
-@pytest.mark.parametrize(
-    ("data", "message"),
-    [
-        pytest.param(
-            _all_bill(_all_row(SECRET, "1.00"), _all_row("ORD00002", "1.00") + ",`extra", summary=_all_summary(2)),
-            "line 3: 28 fields where the header has 27",
-            id="wrong-field-count",
-        ),
-        pytest.param(
-            _all_bill(_all_row(SECRET, "1.00"), summary=_all_summary(2, "1.00", "0.01000")),
-            "line 4, column 总交易单数: does not match the rows (1 read)",
-            id="summary-count",
-        ),
-        pytest.param(
-            _all_bill(_all_row(SECRET, "1.00"), summary=_all_summary(1, "1.01", "0.01000")),
-            "line 4, column 应结订单总金额: does not match the sum of the rows",
-            id="summary-sum",
-        ),
-        pytest.param(
-            _all_bill(_all_row(SECRET, "1.00"), summary=_all_summary(1, "1.00", "0.01001")),
-            "line 4, column 手续费总金额: does not match the sum of the rows",
-            id="summary-fee",
-        ),
-        pytest.param(
-            _all_bill(_all_row(SECRET, "1.005"), summary=_all_summary(1, "1.00", "0.01000")),
-            "line 2, column 应结订单金额: more than 2 decimals",
-            id="three-decimals",
-        ),
-        pytest.param(
-            _all_bill(_all_row(SECRET, "1,00"), summary=_all_summary(1, "1.00", "0.01000")),
-            "line 2, column 应结订单金额: not an amount",
-            id="not-numeric",
-        ),
-        pytest.param(
-            _all_bill(_all_row(SECRET, "NaN"), summary=_all_summary(1, "1.00", "0.01000")),
-            "line 2, column 应结订单金额: not an amount",
-            id="nan",
-        ),
-        pytest.param(
-            _all_bill(_all_row(SECRET, "1.00"), summary=_all_summary(1, "1.00", "0.01000")).rsplit(b"\r\n", 3)[0],
-            "line 3: the file ends before its summary",
-            id="missing-summary",
-        ),
-        pytest.param(
-            _all_bill(_all_row(SECRET, "1.00"), summary=_all_summary(1, "1.00", "0.01000")).rsplit(b"\r\n", 2)[0],
-            "line 4: the file ends before its summary row",
-            id="missing-summary-row",
-        ),
-        pytest.param(
-            _all_bill(_all_row(SECRET, "1.00"))[: _all_bill(_all_row(SECRET, "1.00")).index(b"CMB_CREDIT")],
-            "line 2: 11 fields where the header has 27",
-            id="truncated",
-        ),
-        pytest.param(
-            _all_bill(_all_row(SECRET, "1.00"), summary=_all_summary(1, "1.00", "0.01000")) + b"`1\r\n",
-            "line 5: a line follows the summary",
-            id="after-summary",
-        ),
-        pytest.param(
-            _all_bill(_all_row(SECRET, "1.00").replace("2024-05-20", "2024-13-20"), summary=_all_summary(1)),
-            "line 2, column 交易时间: not a time",
-            id="bad-time",
-        ),
-        pytest.param(
-            _all_bill(_all_row(SECRET, "1.00")).replace(SECRET.encode(), b"\xff\xfe"),
-            "line 2: the line is not UTF-8",
-            id="not-utf8",
-        ),
-        pytest.param(
-            _all_bill(_all_row(SECRET, "1.00")).replace("特约商户号".encode(), "商户号".encode()),
-            "line 1: the header names a column twice or not at all",
-            id="duplicate-column",
-        ),
-        pytest.param(
-            _all_bill(_all_row(SECRET, "1.00")).replace("交易状态".encode(), "状态".encode(), 1),
-            "line 1: the header has no 交易状态 column",
-            id="missing-column",
-        ),
-        pytest.param(b"", "line 1: the file is empty", id="empty"),
-        pytest.param(b"\xef\xbb\xbf\r\n\r\n", "line 1: the file is empty", id="only-blank-lines"),
-    ],
-)
+def _one_row(amount: str = "1.00", total: str = "1.00", fee: str = "0.01000", count: int = 1) -> bytes:
+    """A bill of one row of `amount` yuan (its value stands for the secret a message must not quote)."""
+    return _all_bill(_all_row(SECRET, amount), summary=_all_summary(count, total, fee))
+
+
+_GOOD = _one_row()
+_HEADLESS = _all_bill(_all_row(SECRET, "1.00"))  # rows, no summary
+REFUSALS: list[tuple[str, bytes, str]] = [
+    (
+        "wrong-field-count",
+        _all_bill(_all_row(SECRET, "1.00"), _all_row("ORD00002", "1.00") + ",`extra", summary=_all_summary(2)),
+        "line 3: 28 fields where the header has 27",
+    ),
+    ("summary-count", _one_row(count=2), "line 4, column 总交易单数: does not match the rows (1 read)"),
+    ("summary-sum", _one_row(total="1.01"), "line 4, column 应结订单总金额: does not match the sum of the rows"),
+    ("summary-fee", _one_row(fee="0.01001"), "line 4, column 手续费总金额: does not match the sum of the rows"),
+    ("three-decimals", _one_row("1.005"), "line 2, column 应结订单金额: more than 2 decimals"),
+    ("not-numeric", _one_row("1,00"), "line 2, column 应结订单金额: not an amount"),
+    ("nan", _one_row("NaN"), "line 2, column 应结订单金额: not an amount"),
+    ("missing-summary", _GOOD.rsplit(b"\r\n", 3)[0], "line 3: the file ends before its summary"),
+    ("missing-summary-row", _GOOD.rsplit(b"\r\n", 2)[0], "line 4: the file ends before its summary row"),
+    ("truncated", _HEADLESS[: _HEADLESS.index(b"CMB_CREDIT")], "line 2: 11 fields where the header has 27"),
+    ("after-summary", _GOOD + b"`1\r\n", "line 5: a line follows the summary"),
+    (
+        "bad-time",
+        _all_bill(_all_row(SECRET, "1.00").replace("2024-05-20", "2024-13-20"), summary=_all_summary(1)),
+        "line 2, column 交易时间: not a time",
+    ),
+    ("not-utf8", _HEADLESS.replace(SECRET.encode(), b"\xff\xfe"), "line 2: the line is not UTF-8"),
+    (
+        "duplicate-column",
+        _HEADLESS.replace("特约商户号".encode(), "商户号".encode()),
+        "line 1: the header names a column twice or not at all",
+    ),
+    (
+        "missing-column",
+        _HEADLESS.replace("交易状态".encode(), "状态".encode(), 1),
+        "line 1: the header has no 交易状态 column",
+    ),
+    ("empty", b"", "line 1: the file is empty"),
+    ("only-blank-lines", b"\xef\xbb\xbf\r\n\r\n", "line 1: the file is empty"),
+]
+
+
+@pytest.mark.parametrize(("data", "message"), [r[1:] for r in REFUSALS], ids=[r[0] for r in REFUSALS])
 def test_a_bill_that_is_not_what_wechat_writes_is_refused_naming_the_line(data: bytes, message: str) -> None:
     refused = _refused(data)
     assert str(refused) == message

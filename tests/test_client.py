@@ -26,12 +26,12 @@ from ledger.wechatpay.client import WeChatPayClient, classify
 from ledger.wechatpay.keys import KeyStore, PlatformCertificate
 from ledger.wechatpay.sandbox.signer import NotificationFactory, compact_json
 from ledger.wechatpay.signature import build_message, sign, verify
+from tests.support.clients import MERCHANT_SERIAL, client_maker
 from tests.support.constants import MCHID
 from tests.support.fakes import Answer, FakeClock, FakeWeChatPay
 
 # Real "now": the session factory's platform certificate is valid from yesterday for a year.
 NOW = float(int(time.time()))
-MERCHANT_SERIAL = "5F1C72E2A8931B72A2E13AF8DEE92471EB397115"
 SIGNATURE_HEADERS = ("Wechatpay-Timestamp", "Wechatpay-Nonce", "Wechatpay-Signature", "Wechatpay-Serial")
 AUTHORIZATION = re.compile(
     r'WECHATPAY2-SHA256-RSA2048 mchid="(?P<mchid>[^"]*)",nonce_str="(?P<nonce>[^"]*)",'
@@ -137,25 +137,8 @@ def fake(factory: NotificationFactory, clock: FakeClock) -> FakeWeChatPay:
 def make_client(
     factory: NotificationFactory, merchant_key: rsa.RSAPrivateKey, clock: FakeClock
 ) -> Iterator[Callable[..., WeChatPayClient]]:
-    built: list[WeChatPayClient] = []
-
-    def make(fake: FakeWeChatPay, **kwargs: Any) -> WeChatPayClient:
-        options: dict[str, Any] = {
-            "mchid": MCHID,
-            "merchant_serial_no": MERCHANT_SERIAL,
-            "merchant_private_key": merchant_key,
-            "keys": factory.key_store,
-            "transport": httpx.MockTransport(fake),
-            "clock": clock,
-            "sleep": clock.sleep,
-        }
-        client = WeChatPayClient(**{**options, **kwargs})
-        built.append(client)
-        return client
-
-    yield make
-    for client in built:
-        client.close()
+    with client_maker(factory, merchant_key, clock=clock, sleep=clock.sleep) as make:
+        yield lambda fake, **kwargs: make(transport=httpx.MockTransport(fake), **kwargs)
 
 
 def authorization_fields(request: httpx.Request) -> dict[str, str]:
