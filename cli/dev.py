@@ -18,7 +18,6 @@ import httpx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from ledger.wechatpay.sandbox.server import run_sandbox
 from ledger.wechatpay.sandbox.signer import NotificationFactory
 
 if TYPE_CHECKING:
@@ -91,6 +90,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
+    # The fake WeChat Pay (a web app) is imported only by the command that runs it.
+    from ledger.wechatpay.sandbox.server import run_sandbox
+
     run_sandbox(
         args.host,
         args.port,

@@ -7,9 +7,6 @@ import signal
 import sys
 import threading
 
-import uvicorn
-
-from api.app import create_app
 from api.bootstrap import bootstrap
 from cli.common import SubParsers, configure_logging, load_settings
 from ledger.store.backends import redact_url
@@ -18,6 +15,11 @@ __all__ = ["register"]
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    # The HTTP stack is imported here, not at the top: every other command starts without it.
+    import uvicorn
+
+    from api.app import create_app
+
     settings = load_settings(args)
     configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
