@@ -39,6 +39,7 @@ from pathlib import Path
 
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric import rsa
+from memory import rss_mb  # bench/memory.py, beside this script
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
@@ -54,13 +55,6 @@ MCHID, APPID = "1900000109", "wxd678efh567hg6787"
 MERCHANT_SERIAL = "5F1C72E2A8931B72A2E13AF8DEE92471EB397115"
 BILL_DATE = dt.date(2026, 12, 2)
 SECONDS, MEGABYTES = 60.0, 300.0
-
-
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def yuan(fen: int) -> str:

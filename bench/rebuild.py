@@ -26,9 +26,9 @@ import tempfile
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import psycopg
+from memory import rss_mb  # bench/memory.py, beside this script
 
 from ledger.application import build_ledger
 from ledger.domain import Evidence, PaymentOrder
@@ -38,13 +38,6 @@ from projections.read_model.runner import start_orders_projector, wake
 POSTGRES_URL = os.environ.get("LEDGER_TEST_POSTGRES_URL", "postgresql://127.0.0.1:5432/test")
 MCHID = "1900000109"
 TARGET = 20_000.0
-
-
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def evidence(no: str) -> Evidence:

@@ -77,6 +77,13 @@ class ViewRecorder:
         """`template` with its ``{slot}``s filled and ``%s`` as this store's driver wants it."""
         return render(template, self.dialect, tuple(sorted(slots.items())))
 
+    def create_view_tables(self) -> None:
+        """Run `view_statements` in one transaction (after the library created the tracking table)."""
+        if statements := self.view_statements():
+            with self.transaction() as curs:
+                for statement in statements:
+                    curs.execute(statement)
+
     def view_statements(self) -> list[str]:
         """The view's own tables and indexes (``IF NOT EXISTS``), created with the tracking table."""
         return []
@@ -112,10 +119,7 @@ class PostgresViewRecorder(PostgresTrackingRecorder, ViewRecorder):
 
     def create_table(self) -> None:
         super().create_table()
-        if statements := self.view_statements():
-            with self.transaction() as curs:
-                for statement in statements:
-                    curs.execute(statement)
+        self.create_view_tables()
 
     def close(self) -> None:
         self.datastore.close()
@@ -144,10 +148,7 @@ class SQLiteViewRecorder(SQLiteTrackingRecorder, ViewRecorder):
 
     def create_table(self) -> None:
         super().create_table()
-        if statements := self.view_statements():
-            with self.transaction() as curs:
-                for statement in statements:
-                    curs.execute(statement)
+        self.create_view_tables()
 
     def close(self) -> None:
         self.datastore.close()
