@@ -26,6 +26,7 @@ from ledger.errors import (
     BillMalformed,
     BillNotFound,
     BillNotReady,
+    BillNotStored,
     BodyTimeout,
     BodyTooLarge,
     ClientGone,
@@ -40,6 +41,7 @@ from ledger.errors import (
     OrderNotFound,
     SignatureProbe,
     StaleTimestamp,
+    StoredBillCorrupt,
     StoreUnavailable,
     UnknownMerchant,
     UnknownSerial,
@@ -118,6 +120,8 @@ ANSWERS: Mapping[type[BaseException], ErrorAnswer] = {
     BillDownloadFailed: ErrorAnswer(502, "FAIL"),
     BillHashMismatch: ErrorAnswer(502, "FAIL"),
     BillMalformed: ErrorAnswer(502, "FAIL"),  # the bill came from WeChat Pay, not from the caller
+    BillNotStored: ErrorAnswer(404, "NOT_FOUND"),
+    StoredBillCorrupt: ErrorAnswer(500, "FAIL"),
 }
 UNEXPECTED = ANSWERS[BaseException]
 

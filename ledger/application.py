@@ -16,12 +16,14 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import IntegrityError, PersistenceError, StoredEvent, Transcoder
 
+from ledger.bill_evidence import BillInflater, BillStatus, compress_bill
 from ledger.domain import (
     Evidence,
     NotificationInbox,
@@ -32,12 +34,15 @@ from ledger.domain import (
     order_id,
 )
 from ledger.errors import (
+    BillNotStored,
     ConfigurationError,
     EventUndecryptable,
     InvalidRequest,
     OrderNotFound,
+    StoredBillCorrupt,
     StoreUnavailable,
 )
+from ledger.statements import BillStatement, bill_statement_id
 from ledger.store.backends import persistence_env, schema_lock
 from ledger.store.cipher import SETTING as ENCRYPTION_SETTING
 from ledger.store.eventlog import EventLog
@@ -153,6 +158,87 @@ class Ledger(Application[UUID]):
         events = [event for aggregate in aggregates for event in aggregate.collect_events()]
         if events:
             self.events.put(events)
+
+    # -- daily bills, kept as evidence ([protocol: Keeping a bill]) --------------------------
+
+    def store_bill(self, mchid: str, bill_date: dt.date, kind: str, path: Path, sha1: str, size: int) -> bool:
+        """Keep a downloaded, verified bill (the file at `path`, its SHA-1 and size); False when
+        that bill, or the day's emptiness, is kept already. All its events go in one transaction."""
+        stream_id = bill_statement_id(mchid, bill_date, kind)
+        if self._bill_head(stream_id) is not None:
+            return False  # settled: do not even read the file
+        chunks = compress_bill(path, sha1=sha1, size=size)
+        fetched_at = utcnow()
+
+        def attempt() -> bool:
+            statement = self._load_statement(mchid, bill_date, kind)
+            changed = statement is not None and statement.store(chunks, sha1=sha1, size=size, fetched_at=fetched_at)
+            if changed:
+                self.save(statement)
+            return changed
+
+        return self._with_retries(attempt)
+
+    def store_empty_bill(self, mchid: str, bill_date: dt.date, kind: str) -> bool:
+        """Keep the fact that WeChat has no bill of that day (NO_STATEMENT_EXIST); False when settled already."""
+        bill_statement_id(mchid, bill_date, kind)  # refuses an unknown kind before any read
+
+        def attempt() -> bool:
+            statement = self._load_statement(mchid, bill_date, kind)
+            changed = statement is not None and statement.record_empty(utcnow())
+            if changed:
+                self.save(statement)
+            return changed
+
+        return self._with_retries(attempt)
+
+    def bill_status(self, mchid: str, bill_date: dt.date, kind: str) -> BillStatus:
+        head = self._bill_head(bill_statement_id(mchid, bill_date, kind))
+        if isinstance(head, BillStatement.Fetched):
+            return BillStatus("stored", head.sha1, head.size)
+        return BillStatus("empty" if head is not None else "absent")
+
+    def open_stored_bill(self, mchid: str, bill_date: dt.date, kind: str) -> Iterator[bytes]:
+        """The kept bill's bytes, as stored, in pieces of at most 1 MiB: one chunk event is read at a
+        time, so memory stays flat whatever the bill's size. Nothing is re-checked here (`payledger
+        verify` re-hashes); `BillNotStored` when no bill is kept, `StoredBillCorrupt` when its chunks
+        are not a whole gzip stream."""
+        stream_id = bill_statement_id(mchid, bill_date, kind)
+        head = self._bill_head(stream_id)
+        if not isinstance(head, BillStatement.Fetched):
+            raise BillNotStored(f"no {kind} bill of {bill_date.isoformat()} is kept for mchid {mchid}")
+        return self._stored_bill(stream_id, head.chunks)
+
+    def _stored_bill(self, stream_id: UUID, chunks: int) -> Iterator[bytes]:
+        inflater = BillInflater()
+        for index in range(chunks):
+            version = index + 2  # after Opened
+            with self._store():
+                found = self.recorder.select_events(stream_id, gt=version - 1, lte=version)
+                event = self.mapper.to_domain_event(found[0]) if found else None
+            if not isinstance(event, BillStatement.ChunkStored) or event.index != index:
+                raise StoredBillCorrupt(f"bill stream {stream_id}: chunk {index} is missing")
+            yield from inflater.feed(event.data)
+        yield from inflater.finish()
+
+    def _bill_head(self, stream_id: UUID) -> BillStatement.Fetched | BillStatement.FoundEmpty | None:
+        """The event that settles a bill's stream (its last, as all are appended at once), or None."""
+        with self._store():
+            last = self.recorder.select_events(stream_id, desc=True, limit=1)
+            event = self.mapper.to_domain_event(last[0]) if last else None
+        return event if isinstance(event, BillStatement.Fetched | BillStatement.FoundEmpty) else None
+
+    def _load_statement(self, mchid: str, bill_date: dt.date, kind: str) -> BillStatement | None:
+        """The stream to append to, or None when it is settled (without replaying its chunks)."""
+        stream_id = bill_statement_id(mchid, bill_date, kind)
+        if self._bill_head(stream_id) is not None:
+            return None
+        try:
+            statement: BillStatement = self.repository.get(stream_id)
+        except AggregateNotFoundError:
+            return BillStatement.open(mchid, bill_date, kind)
+        assert isinstance(statement, BillStatement)
+        return statement
 
     # -- queries --------------------------------------------------------------------------
 

@@ -26,6 +26,8 @@ LedgerError
 ├── MessageNotFound             no outbound message with this id (webhook-id)
 ├── InvalidEndpoint             an endpoint's URL or secret cannot be used
 ├── BillMalformed               a daily bill that is not what WeChat Pay writes (names the line)
+├── BillNotStored               no bill is kept for that merchant, day and kind (or the day was empty)
+├── StoredBillCorrupt           a kept bill's chunks do not inflate to a whole bill (altered in the store)
 └── WeChatPayError              an outbound call to WeChat Pay did not give a trusted answer
     ├── WeChatPayUnavailable    network error, timeout, 429 or 5xx, still failing at the deadline
     ├── WeChatPayRejected       a 4xx answer (not retried); carries WeChat's code and message
@@ -50,6 +52,7 @@ __all__ = [
     "BillMalformed",
     "BillNotFound",
     "BillNotReady",
+    "BillNotStored",
     "BodyTimeout",
     "BodyTooLarge",
     "ClientGone",
@@ -70,6 +73,7 @@ __all__ = [
     "SignatureProbe",
     "StaleTimestamp",
     "StoreUnavailable",
+    "StoredBillCorrupt",
     "UnknownMerchant",
     "UnknownSerial",
     "VerificationFailed",
@@ -266,3 +270,15 @@ class BillMalformed(LedgerError):
         super().__init__(f"{where}: {problem}")
         self.line = line
         self.column = column
+
+
+class BillNotStored(LedgerError):
+    """No bill is kept for that (mchid, bill day, kind): never fetched, or WeChat had none that day."""
+
+    reason = "bill not stored"
+
+
+class StoredBillCorrupt(LedgerError):
+    """A kept bill's chunks are not one whole gzip stream: the store was altered (`payledger verify` says where)."""
+
+    reason = "stored bill is corrupt"

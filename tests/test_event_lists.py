@@ -21,6 +21,7 @@ from ledger.domain import (
     WEBHOOK_EVENTS,
     PaymentOrder,
 )
+from ledger.statements import BILL_STATEMENT_EVENTS, BillStatement
 from projections.log_counts import DECISION_TYPES
 from projections.read_model.view import OrdersProjection
 from projections.webhooks.projection import OutboxProjection
@@ -90,3 +91,26 @@ def test_the_events_api_and_its_description_know_every_order_event() -> None:
 
 def test_verify_rederives_from_the_evidence_events() -> None:
     assert names(EVIDENCE_EVENTS) == EVIDENCE
+
+
+def test_a_bill_statement_names_its_events_once_and_no_order_list_holds_them() -> None:
+    """[protocol: Keeping a bill]: a bill's events are evidence of the day, not an order's; nothing
+    that follows orders (read model, webhooks, metrics, events API) sees them."""
+    found = {
+        value
+        for name in dir(BillStatement)
+        if isinstance(value := getattr(BillStatement, name), type)
+        and issubclass(value, Aggregate.Event)
+        and not name.startswith("_")
+    } - {BillStatement.Event, BillStatement.Created}
+    assert set(BILL_STATEMENT_EVENTS) == found and len(BILL_STATEMENT_EVENTS) == len(found)
+    assert [get_topic(cls) for cls in BILL_STATEMENT_EVENTS] == [
+        "ledger.statements:BillStatement.Opened",
+        "ledger.statements:BillStatement.ChunkStored",
+        "ledger.statements:BillStatement.Fetched",
+        "ledger.statements:BillStatement.FoundEmpty",
+    ]
+    assert set(BILL_STATEMENT_EVENTS).isdisjoint(ALL_EVENTS)
+    topics = {get_topic(cls) for cls in BILL_STATEMENT_EVENTS}
+    assert topics.isdisjoint(OrdersProjection.topics) and topics.isdisjoint(OutboxProjection.topics)
+    assert topics.isdisjoint(DECISION_TYPES)

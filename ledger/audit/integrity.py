@@ -6,6 +6,8 @@ Each event is decoded through the application's mapper, so encrypted states are 
 A stored `NotificationReceived` is re-verified against its stored signature headers with the
 configured key its serial names, at the notification's own timestamp: the 300-second window
 of the live path does not apply to old events, the signature and the key's validity do.
+A kept daily bill ([protocol: Keeping a bill]) is inflated chunk by chunk as its events pass and
+its SHA-1 and size compared with its `Fetched`: one inflater per bill being read, never the bill.
 """
 
 from __future__ import annotations
@@ -22,17 +24,20 @@ from eventsourcing.utils import get_topic
 
 from ledger.application import Ledger
 from ledger.audit.rederive import EVIDENCE, Rederiver
+from ledger.bill_evidence import BillInflater
 from ledger.domain import NotificationInbox, PaymentOrder, inbox_id, order_id
 from ledger.errors import (
     DecryptionFailed,
     EventUndecryptable,
     NotificationRejected,
     OrderNotFound,
+    StoredBillCorrupt,
     StoreUnavailable,
     UnknownSerial,
     VerificationFailed,
 )
 from ledger.hashchain import GENESIS, event_fields, link
+from ledger.statements import BillStatement
 from ledger.store.cipher import stored_key_id
 from ledger.wechatpay.keys import KeyStore, normalise_serial
 from ledger.wechatpay.notification import open_envelope
@@ -40,9 +45,12 @@ from ledger.wechatpay.signature import SignatureHeaders, build_message, verify
 
 __all__ = ["PAGE", "Break", "Report", "check_all", "check_order"]
 
-PAGE = 5_000
+# Events read per query of the whole log: bounded so that a page of bill chunk events
+# (`ledger.bill_evidence.STORED_CHUNK`, about 175 KB each as stored) stays under about 200 MB.
+PAGE = 1_000
 _ORDER_TOPIC = get_topic(PaymentOrder) + "."
 _INBOX_TOPIC = get_topic(NotificationInbox) + "."
+_BILL_TOPIC = get_topic(BillStatement) + "."
 
 
 @dataclass(frozen=True)
@@ -50,8 +58,8 @@ class Break:
     """One place where the ledger is not what was written."""
 
     stream_id: str
-    kind: str  # "order", "inbox" or "stream" (its first event is gone)
-    name: str  # the out_trade_no or the notification id, "" when unknown
+    kind: str  # "order", "inbox", "bill" or "stream" (its first event is gone)
+    name: str  # the out_trade_no, the notification id or "<kind> <bill day>", "" when unknown
     mchid: str
     version: int
     problem: str
@@ -134,6 +142,8 @@ class _Checker:
         self.report = Report()
         self.heads: dict[UUID, _Head] = {}
         self._rederiver = None if appids is None else Rederiver(appids, self._resume)
+        # Bills whose chunks are being read; None once one of its chunks was found broken.
+        self._bills: dict[UUID, BillInflater | None] = {}
 
     def _resume(self, stream_id: UUID, version: int) -> PaymentOrder | None:
         try:
@@ -177,6 +187,8 @@ class _Checker:
             why = str(cause) if isinstance(cause, EventUndecryptable) else "stored state is not a valid event"
             self._break(stream_id, head, version, f"event does not decode: {why}")
             head.version, head.chain = version, None
+            if stored.topic.startswith(_BILL_TOPIC):
+                self._bills[stream_id] = None
             return
         if version == 1:
             self._name(head, stored.topic, event)
@@ -192,6 +204,10 @@ class _Checker:
                 problem = self._resource_problem(head.mchid, event)
             if problem is not None:
                 self._break(stream_id, head, version, problem)
+        if stored.topic.startswith(_BILL_TOPIC):
+            problem = self._bill_problem(stream_id, event)
+            if problem is not None:
+                self._break(stream_id, head, version, problem)
         if self._rederiver is not None and stored.topic.startswith(_ORDER_TOPIC):
             if type(event).__name__ not in EVIDENCE:
                 self.report.decisions += 1
@@ -204,7 +220,37 @@ class _Checker:
             head.kind, head.name = "order", str(getattr(event, "out_trade_no", ""))
         elif topic.startswith(_INBOX_TOPIC):
             head.kind, head.name = "inbox", str(getattr(event, "notification_id", ""))
+        elif topic.startswith(_BILL_TOPIC):
+            head.kind, head.name = "bill", f"{getattr(event, 'kind', '')} {getattr(event, 'bill_date', '')}"
         head.mchid = str(getattr(event, "mchid", ""))
+
+    def _bill_problem(self, stream_id: UUID, event: Any) -> str | None:
+        """Chunks are inflated as they pass; at `Fetched`, what they made must have its SHA-1 and size."""
+        if isinstance(event, BillStatement.ChunkStored):
+            inflater = self._bills.setdefault(stream_id, BillInflater())
+            if inflater is None:
+                return None  # this bill's first broken chunk was reported
+            try:
+                for _ in inflater.feed(str(event.data)):
+                    pass  # hashed and counted by the inflater, then dropped
+            except StoredBillCorrupt as exc:
+                self._bills[stream_id] = None
+                return f"bill chunk {event.index} does not inflate: {exc}"
+            return None
+        if not isinstance(event, BillStatement.Fetched):
+            return None
+        if stream_id in self._bills and self._bills[stream_id] is None:
+            self._bills.pop(stream_id)
+            return "bill sha1 mismatch (a chunk is broken)"
+        inflater = self._bills.pop(stream_id, None) or BillInflater()
+        try:
+            for _ in inflater.finish():
+                pass
+        except StoredBillCorrupt as exc:
+            return f"bill sha1 mismatch ({exc})"
+        if inflater.sha1 != event.sha1 or inflater.size != event.size:
+            return "bill sha1 mismatch"
+        return None
 
     def _resource_problem(self, mchid: str, event: Any) -> str | None:
         """The stored resource must be what the signed body decrypts to (opened the way the
