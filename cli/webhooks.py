@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,7 +16,7 @@ from dataclasses import asdict
 from typing import Any
 
 from api.bootstrap import Services, bootstrap
-from cli.common import SubParsers, configure_logging, load_settings, stop_on_signals
+from cli.common import SubParsers, configure_logging, load_settings, print_json, stop_on_signals
 from ledger.settings import Settings
 from projections.webhooks.records import STATES, Endpoint, Message
 
@@ -117,7 +116,7 @@ def cmd_deliveries(load: LoadSettings, args: argparse.Namespace) -> int:
         else:
             messages = outbox.messages.newest(args.state, args.limit, endpoint_id=args.endpoint)
             if args.json:
-                print(json.dumps([_message_dict(m) for m in messages], ensure_ascii=False, indent=2))
+                print_json([_message_dict(m) for m in messages])
                 return 0
             for msg in messages:
                 tried = ", ".join(str(a.status) if a.status is not None else a.error or "error" for a in msg.history)

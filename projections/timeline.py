@@ -205,8 +205,9 @@ def load_timeline(ledger: Ledger, outbox: Callable[[], Outbox], mchid: str, out_
     events = ledger.order_history(mchid, out_trade_no)
     order = ledger.get_order(mchid, out_trade_no).summary()
     try:
-        messages = outbox().messages.for_order(mchid, out_trade_no)
-        endpoints = outbox().endpoints.all() if messages else []
+        box = outbox()
+        messages = box.messages.for_order(mchid, out_trade_no)
+        endpoints = box.endpoints.all() if messages else []
     except STORE_ERRORS as exc:
         # The events are the record; the outbox is derived. Show what we have and say what is missing.
         log.warning("outbox unavailable for the timeline: %s", type(exc).__name__)

@@ -48,6 +48,7 @@ __all__ = [
     "Session",
     "dialect_of",
     "render",
+    "schema_prefix",
 ]
 
 Dialect = Literal["sqlite", "postgres"]
@@ -80,6 +81,16 @@ class Session(Protocol):
 def dialect_of(url: str) -> Dialect:
     """Which backend `url` (a `LEDGER_DATABASE_URL`) names."""
     return "sqlite" if persistence_env(url)["PERSISTENCE_MODULE"] == "eventsourcing.sqlite" else "postgres"
+
+
+def schema_prefix(schema: str | None) -> str:
+    """``"schema".`` to qualify table names with (``""`` for none). Names in SQL come from our
+    constants and this schema, checked to be a plain SQL identifier, never from requests."""
+    if schema is None:
+        return ""
+    if not _IDENTIFIER.fullmatch(schema):
+        raise ConfigurationError(SETTING, "schema must be a plain SQL identifier")
+    return f'"{schema}".'
 
 
 @functools.cache
@@ -173,9 +184,7 @@ class Database:
             self.prefix = ""
         else:
             self.schema = env.get("POSTGRES_SCHEMA", "public")
-            if not _IDENTIFIER.fullmatch(self.schema):
-                raise ConfigurationError(SETTING, "schema must be a plain SQL identifier")
-            self.prefix = f'"{self.schema}".'
+            self.prefix = schema_prefix(self.schema)
             self._pool = _Pool(functools.partial(connect_postgres, env), pool_size, timeout)
 
     def qualify(self, table: str) -> str:
