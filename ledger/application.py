@@ -24,6 +24,7 @@ from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import IntegrityError, PersistenceError, StoredEvent, Transcoder
 
 from ledger.bill_evidence import BillInflater, BillStatus, compress_bill
+from ledger.bill_matching import Discrepancy
 from ledger.domain import (
     Evidence,
     NotificationInbox,
@@ -191,6 +192,51 @@ class Ledger(Application[UUID]):
             return changed
 
         return self._with_retries(attempt)
+
+    def record_bill_discrepancies(
+        self, mchid: str, bill_date: dt.date, evidence: str, found: Iterable[Discrepancy], *, batch: int = 500
+    ) -> int:
+        """A `BillDiscrepancy` in each concerned order's stream (opened if the ledger never heard of the
+        order), once per bill and difference however often a day is reconciled; `evidence` names the
+        kept bill. Orders are written `batch` at a time, each batch in one transaction. Returns how
+        many events were appended."""
+        by_order: dict[str, list[Discrepancy]] = {}
+        for discrepancy in found:
+            by_order.setdefault(discrepancy.out_trade_no, []).append(discrepancy)
+        numbers = list(by_order)
+        appended = 0
+        for start in range(0, len(numbers), batch):
+            part = numbers[start : start + batch]
+            appended += self._with_retries(
+                functools.partial(self._note_discrepancies, mchid, bill_date, evidence, part, by_order)
+            )
+        return appended
+
+    def _note_discrepancies(
+        self, mchid: str, bill_date: dt.date, evidence: str, numbers: list[str], by_order: dict[str, list[Discrepancy]]
+    ) -> int:
+        loaded = self.get_many(order_id(mchid, number) for number in numbers)
+        changed: list[PaymentOrder] = []
+        for number in numbers:
+            order = loaded.get(order_id(mchid, number)) or PaymentOrder.open(mchid, number)
+            noted = [
+                order.note_bill_discrepancy(
+                    bill_date=bill_date.isoformat(),
+                    kind=str(d.kind),
+                    evidence=evidence,
+                    transaction_id=d.transaction_id,
+                    out_refund_no=d.out_refund_no,
+                    refund_id=d.refund_id,
+                    bill_amount=d.bill_amount,
+                    ledger_amount=d.ledger_amount,
+                )
+                for d in by_order[number]
+            ]
+            if any(noted):
+                changed.append(order)
+        appended = sum(len(order.pending_events) for order in changed)
+        self.save_all(changed)
+        return appended
 
     def bill_status(self, mchid: str, bill_date: dt.date, kind: str) -> BillStatus:
         head = self._bill_head(bill_statement_id(mchid, bill_date, kind))

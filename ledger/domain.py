@@ -15,17 +15,21 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from eventsourcing.domain import Aggregate
 
 from ledger.errors import OrderConflict
+from ledger.evidence import Evidence, QueryEvidence
+from ledger.evidence import amount_object as _amount_object
+from ledger.evidence import resource_fen as _fen
+from ledger.evidence import text_field as _str
 from ledger.hashchain import ChainedAggregate
 
 __all__ = [
     "ALL_EVENTS",
+    "BILL_DECISION_EVENTS",
     "DECISION_EVENTS",
     "EVIDENCE_EVENTS",
     "FINAL_TRADE_STATES",
@@ -79,55 +83,6 @@ class AnomalyKind(StrEnum):
     NOTIFICATION_CONFLICT = "notification_conflict"
     TRANSACTION_CONFLICT = "transaction_conflict"
     OVER_REFUND = "over_refund"
-
-
-@dataclass(frozen=True)
-class Evidence:
-    """A verified notification, as the domain sees it (the protocol layer builds it)."""
-
-    notification_id: str
-    event_type: str
-    delivery_key: str
-    key_serial: str
-    raw_body: str
-    signature_headers: dict[str, str]
-    envelope: dict[str, Any]
-    resource: dict[str, Any]
-    resource_digest: str
-    received_at: dt.datetime
-
-
-@dataclass(frozen=True)
-class QueryEvidence:
-    """A verified answer to a status query ([protocol: Querying an order]), as the domain sees it."""
-
-    query: str
-    status_code: int
-    raw_body: str
-    response_headers: dict[str, str]
-    key_serial: str
-    request_id: str
-    transaction: dict[str, Any]
-    queried_at: dt.datetime
-
-
-def _fen(resource: dict[str, Any], name: str) -> int | None:
-    amount = resource.get("amount")
-    if isinstance(amount, dict):
-        value = amount.get(name)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None
-
-
-def _amount_object(resource: dict[str, Any]) -> dict[str, Any]:
-    amount = resource.get("amount")
-    return amount if isinstance(amount, dict) else {}
-
-
-def _str(resource: dict[str, Any], name: str) -> str:
-    value = resource.get(name)
-    return value if isinstance(value, str) else ""
 
 
 class _DeliveryLog(ChainedAggregate):
@@ -227,6 +182,8 @@ class PaymentOrder(_DeliveryLog):
         self.anomaly_keys: set[str] = set()
         self.queries = 0
         self.last_queried_at: dt.datetime | None = None
+        self.bill_discrepancies: list[dict[str, Any]] = []
+        self.bill_discrepancy_keys: set[str] = set()
         self._init_log()
 
     @classmethod
@@ -250,6 +207,7 @@ class PaymentOrder(_DeliveryLog):
             "refunded_total": self.refunded_total,
             "refunds": sorted(self.refunds.values(), key=lambda r: r["out_refund_no"]),
             "anomalies": self.anomalies,
+            "bill_discrepancies": self.bill_discrepancies,
             "deliveries": self.deliveries,
             "version": self.version,
         }
@@ -356,6 +314,26 @@ class PaymentOrder(_DeliveryLog):
             order.anomaly_keys.add(self.key)
             order.anomalies.append({"kind": self.kind, "detail": self.detail, "evidence": self.evidence})
 
+    class BillDiscrepancy(Aggregate.Event):
+        """WeChat's daily bill and the ledger disagree about this order ([protocol: Daily bills])."""
+
+        bill_date: str  # the bill's Beijing day, YYYY-MM-DD
+        kind: str  # missing_in_ledger, missing_in_bill or amount_mismatch (ledger.bill_matching)
+        key: str
+        transaction_id: str
+        out_refund_no: str | None
+        refund_id: str | None
+        bill_amount: int | None
+        ledger_amount: int | None
+        evidence: str  # "bill:<bill kind>:<bill_date>:<sha1>": the kept bill it follows from
+
+        def apply(self, order: PaymentOrder) -> None:
+            order.bill_discrepancy_keys.add(self.key)
+            shown = ("bill_date", "kind", "transaction_id", "out_refund_no", "refund_id", "bill_amount")
+            order.bill_discrepancies.append(
+                {name: getattr(self, name) for name in (*shown, "ledger_amount", "evidence")}
+            )
+
     # -- commands ------------------------------------------------------------------------
 
     def register(self, amount_total: int, currency: str, description: str) -> bool:
@@ -420,6 +398,16 @@ class PaymentOrder(_DeliveryLog):
             if self.trade_state in OPEN_TRADE_STATES and state != self.trade_state:
                 if self._identity_matches(evidence.transaction, source, expected_appid):
                     self._change_state(state, evidence.transaction, source)
+
+    def note_bill_discrepancy(self, *, bill_date: str, kind: str, evidence: str, **found: Any) -> bool:
+        """Record a difference a day's bill shows (`found`: transaction_id, out_refund_no, refund_id,
+        bill_amount, ledger_amount); False when this bill's same difference is recorded already."""
+        refund = found["refund_id"] or found["out_refund_no"]
+        key = f"bill:{bill_date}:{kind}:" + (f"refund:{refund}" if refund else f"payment:{found['transaction_id']}")
+        if key in self.bill_discrepancy_keys:
+            return False
+        self.trigger_event(self.BillDiscrepancy, bill_date=bill_date, kind=kind, key=key, evidence=evidence, **found)
+        return True
 
     @property
     def is_final(self) -> bool:
@@ -570,15 +558,23 @@ DECISION_EVENTS: tuple[type[Aggregate.Event], ...] = (
     PaymentOrder.RefundAbnormal,
     PaymentOrder.TradeStateChanged,
     PaymentOrder.AnomalyDetected,
+    PaymentOrder.BillDiscrepancy,
 )
+
+# The decisions whose evidence is not in the order's stream but in a kept daily bill (the stream of
+# the `BillStatement` their `evidence` names): `payledger verify` checks that bill is kept with
+# that SHA-1 instead of re-deriving them from the order's own evidence.
+BILL_DECISION_EVENTS: tuple[type[Aggregate.Event], ...] = (PaymentOrder.BillDiscrepancy,)
 
 ALL_EVENTS: tuple[type[Aggregate.Event], ...] = EVIDENCE_EVENTS + DECISION_EVENTS
 
-# The decisions sent to business endpoints as outbound notifications: all but TradeStateChanged.
-# The outbound contract is payments, refunds and anomalies; a trade state a query found is read
-# from the orders API. Sending it would give every endpoint subscribed to "*" a new message type.
+# The decisions sent to business endpoints as outbound notifications: all but TradeStateChanged
+# and BillDiscrepancy. The outbound contract is payments, refunds and anomalies; a trade state a
+# query found is read from the orders API, a bill's differences from the bills API and report
+# (they are finance's work list, not a business event). Sending either would give every endpoint
+# subscribed to "*" a new message type.
 WEBHOOK_EVENTS: tuple[type[Aggregate.Event], ...] = tuple(
-    cls for cls in DECISION_EVENTS if cls is not PaymentOrder.TradeStateChanged
+    cls for cls in DECISION_EVENTS if cls not in (PaymentOrder.TradeStateChanged, PaymentOrder.BillDiscrepancy)
 )
 
 # What opens and closes an order's payment question: a registration says a payment is expected,

@@ -15,6 +15,7 @@ from api.orders import EVENT_TYPES
 from ledger.audit.rederive import EVIDENCE
 from ledger.domain import (
     ALL_EVENTS,
+    BILL_DECISION_EVENTS,
     DECISION_EVENTS,
     EVIDENCE_EVENTS,
     PAYMENT_LIFECYCLE_EVENTS,
@@ -58,12 +59,14 @@ def test_the_lists_say_what_each_event_is() -> None:
         "RefundAbnormal",
         "TradeStateChanged",
         "AnomalyDetected",
+        "BillDiscrepancy",
     }
+    assert set(BILL_DECISION_EVENTS) == {PaymentOrder.BillDiscrepancy} <= set(DECISION_EVENTS)
 
 
-def test_webhooks_get_every_decision_but_a_trade_state_change() -> None:
+def test_webhooks_get_every_decision_but_a_trade_state_change_and_a_bill_difference() -> None:
     assert set(WEBHOOK_EVENTS) <= set(DECISION_EVENTS)
-    assert set(DECISION_EVENTS) - set(WEBHOOK_EVENTS) == {PaymentOrder.TradeStateChanged}
+    assert set(DECISION_EVENTS) - set(WEBHOOK_EVENTS) == {PaymentOrder.TradeStateChanged, PaymentOrder.BillDiscrepancy}
 
 
 def test_the_payment_lifecycle_is_a_registration_and_what_answers_it() -> None:

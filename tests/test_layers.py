@@ -21,6 +21,7 @@ PACKAGES = ("ledger", "projections", "api", "cli")
 SANDBOX = "ledger.wechatpay.sandbox"
 DRIVERS = ("psycopg", "psycopg_pool", "sqlite3", "eventsourcing.postgres", "eventsourcing.sqlite")
 DOMAIN = ("ledger.domain", "ledger.statements")  # the aggregates: orders and inboxes, daily bills
+DOMAIN_IMPORTS = ("ledger.hashchain", "ledger.evidence", "ledger.errors")
 
 
 def _module(path: Path) -> str:
@@ -60,12 +61,13 @@ def violations(module: str, imported: str) -> str | None:
             return "the protocol package imports only ledger.errors and itself"
         if top == "starlette":
             return "the protocol package knows no web framework"
-    if module == "ledger.errors" and top in PACKAGES:
-        return "the error tree imports nothing of ours"
-    # ledger.errors imports nothing of ours, so the domain can raise the tree's own errors.
+    # ledger.errors and ledger.evidence import nothing of ours, so the domain can raise the tree's own
+    # errors and take the evidence the protocol layer builds.
+    if module in ("ledger.errors", "ledger.evidence") and top in PACKAGES:
+        return "the error tree and the evidence import nothing of ours"
     if module in DOMAIN and top == "ledger":
-        if not (_within(imported, "ledger.hashchain") or _within(imported, "ledger.errors")):
-            return "the domain imports only ledger.hashchain and ledger.errors of ours"
+        if not any(_within(imported, allowed) for allowed in DOMAIN_IMPORTS):
+            return "the domain imports only ledger.hashchain, ledger.evidence and ledger.errors of ours"
     if any(_within(imported, driver) for driver in DRIVERS) and not _within(module, "ledger.store"):
         return "only ledger/store/ knows the database drivers and the library's backends"
     return None
@@ -105,14 +107,23 @@ def test_only_the_store_imports_database_drivers() -> None:
         ("api.app", "ledger.wechatpay.sandbox.signer", "the sandbox is imported only by cli/, tests and benches"),
         ("ledger.wechatpay.client", "ledger.domain", "the protocol package imports only ledger.errors and itself"),
         ("ledger.wechatpay.notification", "starlette.requests", "the protocol package knows no web framework"),
-        ("ledger.domain", "ledger.settings", "the domain imports only ledger.hashchain and ledger.errors of ours"),
-        ("ledger.statements", "ledger.domain", "the domain imports only ledger.hashchain and ledger.errors of ours"),
+        (
+            "ledger.domain",
+            "ledger.settings",
+            "the domain imports only ledger.hashchain, ledger.evidence and ledger.errors of ours",
+        ),
+        (
+            "ledger.statements",
+            "ledger.domain",
+            "the domain imports only ledger.hashchain, ledger.evidence and ledger.errors of ours",
+        ),
         (
             "ledger.statements",
             "ledger.bill_evidence",
-            "the domain imports only ledger.hashchain and ledger.errors of ours",
+            "the domain imports only ledger.hashchain, ledger.evidence and ledger.errors of ours",
         ),
-        ("ledger.errors", "ledger.settings", "the error tree imports nothing of ours"),
+        ("ledger.errors", "ledger.settings", "the error tree and the evidence import nothing of ours"),
+        ("ledger.evidence", "ledger.hashchain", "the error tree and the evidence import nothing of ours"),
         (
             "projections.read_model.view",
             "psycopg.sql",
@@ -133,6 +144,7 @@ def test_what_the_rules_allow() -> None:
         ("ledger.wechatpay.sandbox.api", "starlette.applications"),
         ("ledger.domain", "ledger.hashchain"),
         ("ledger.domain", "ledger.errors"),
+        ("ledger.domain", "ledger.evidence"),
         ("ledger.statements", "ledger.hashchain"),
         ("ledger.statements", "ledger.errors"),
         ("ledger.store.postgres", "psycopg"),

@@ -12,6 +12,7 @@ its SHA-1 and size compared with its `Fetched`: one inflater per bill being read
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
@@ -25,10 +26,11 @@ from eventsourcing.utils import get_topic
 from ledger.application import Ledger
 from ledger.audit.rederive import EVIDENCE, Rederiver
 from ledger.bill_evidence import BillInflater
-from ledger.domain import NotificationInbox, PaymentOrder, inbox_id, order_id
+from ledger.domain import BILL_DECISION_EVENTS, NotificationInbox, PaymentOrder, inbox_id, order_id
 from ledger.errors import (
     DecryptionFailed,
     EventUndecryptable,
+    InvalidRequest,
     NotificationRejected,
     OrderNotFound,
     StoredBillCorrupt,
@@ -144,6 +146,7 @@ class _Checker:
         self._rederiver = None if appids is None else Rederiver(appids, self._resume)
         # Bills whose chunks are being read; None once one of its chunks was found broken.
         self._bills: dict[UUID, BillInflater | None] = {}
+        self._named_bills: dict[str, bool] = {}  # a bill decision's `evidence` -> that bill is kept
 
     def _resume(self, stream_id: UUID, version: int) -> PaymentOrder | None:
         try:
@@ -208,6 +211,10 @@ class _Checker:
             problem = self._bill_problem(stream_id, event)
             if problem is not None:
                 self._break(stream_id, head, version, problem)
+        if isinstance(event, BILL_DECISION_EVENTS):
+            problem = self._bill_named_problem(head.mchid, str(getattr(event, "evidence", "")))
+            if problem is not None:
+                self._break(stream_id, head, version, problem)
         if self._rederiver is not None and stored.topic.startswith(_ORDER_TOPIC):
             if type(event).__name__ not in EVIDENCE:
                 self.report.decisions += 1
@@ -223,6 +230,18 @@ class _Checker:
         elif topic.startswith(_BILL_TOPIC):
             head.kind, head.name = "bill", f"{getattr(event, 'kind', '')} {getattr(event, 'bill_date', '')}"
         head.mchid = str(getattr(event, "mchid", ""))
+
+    def _bill_named_problem(self, mchid: str, evidence: str) -> str | None:
+        """A decision taken from a bill must name a bill that is kept, by its SHA-1."""
+        if evidence not in self._named_bills:
+            kind, _, rest = evidence.removeprefix("bill:").partition(":")
+            day, _, sha1 = rest.partition(":")
+            try:
+                kept = self._ledger.bill_status(mchid, dt.date.fromisoformat(day), kind)
+            except (ValueError, InvalidRequest):
+                kept = None
+            self._named_bills[evidence] = kept is not None and kept.sha1 == sha1 and bool(sha1)
+        return None if self._named_bills[evidence] else f"the bill it names is not kept ({evidence})"
 
     def _bill_problem(self, stream_id: UUID, event: Any) -> str | None:
         """Chunks are inflated as they pass; at `Fetched`, what they made must have its SHA-1 and size."""

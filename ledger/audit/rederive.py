@@ -20,13 +20,16 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
-from ledger.domain import EVIDENCE_EVENTS, Evidence, PaymentOrder, QueryEvidence
+from ledger.domain import BILL_DECISION_EVENTS, EVIDENCE_EVENTS, Evidence, PaymentOrder, QueryEvidence
 from ledger.errors import OrderConflict
 
 __all__ = ["EVIDENCE", "Rederiver"]
 
 # The events an order's decisions are derived from, by name; every other event of an order is a decision.
 EVIDENCE = frozenset(cls.__name__ for cls in EVIDENCE_EVENTS)
+# Decisions taken from a kept daily bill, not from the stream's evidence: checked against the bill
+# they name by `ledger.audit.integrity`, not re-derived here.
+FROM_BILLS = frozenset(cls.__name__ for cls in BILL_DECISION_EVENTS)
 
 SHADOWS = 20_000
 _IGNORED = {"originator_id", "originator_version", "timestamp", "chain"}
@@ -65,6 +68,8 @@ class Rederiver:
         if len(self._shadows) > self._size:
             self._shadows.popitem(last=False)
         name = type(event).__name__
+        if name in FROM_BILLS:
+            return []
         if name in EVIDENCE:
             problems = [f"decision {e} is missing" for e in (type(x).__name__ for x in shadow.expected)]
             shadow.expected.clear()
