@@ -31,9 +31,12 @@ from ledger.wechatpay.certificates import CertificateManager
 from ledger.wechatpay.client import WeChatPayClient
 from ledger.wechatpay.keys import KeyStore
 from ledger.wechatpay.notification import NotificationVerifier
+from projections.bills.facts import OrdersViewFacts
+from projections.bills.reports import BillReports
+from projections.bills.service import BillReconciler
 from projections.read_model.reader import LiveOrdersView
 from projections.read_model.rebuild import RebuildSummary, rebuild_orders_view
-from projections.read_model.runner import run_orders_projector
+from projections.read_model.runner import catch_up_orders_view, run_orders_projector
 from projections.reconcile.reconciler import Reconciler
 from projections.reconcile.worklist import Worklist
 from projections.webhooks.dispatcher import Dispatcher
@@ -144,6 +147,25 @@ class Services:
             schedule=settings.reconcile_schedule,
             expiry=settings.reconcile_expiry,
             rate=settings.reconcile_qps,
+        )
+
+    @cached_property
+    def bill_reports(self) -> BillReports:
+        """Each day's bill report and the fee of every matched bill line (beside the events)."""
+        return BillReports(self.database)
+
+    @cached_property
+    def bills(self) -> BillReconciler:
+        """Daily bills: fetched, kept as evidence, matched against the orders read model."""
+        clients = {mchid: m.client for mchid, m in self.merchants.items() if m.client is not None}
+        orders = self.orders_view
+        return BillReconciler(
+            self.ledger,
+            self.bill_reports,
+            clients,
+            facts=lambda mchid: OrdersViewFacts(orders.current, mchid),
+            catch_up=lambda: catch_up_orders_view(self.database_url),
+            query=self.query,
         )
 
     @cached_property

@@ -154,7 +154,8 @@ class BillReports:
         with self._db.transaction() as cur:
             cur.execute(
                 self._sql(
-                    "INSERT INTO {reports} (mchid, bill_date, status, reconciled_at, report) VALUES (%s, %s, %s, %s, %s)"
+                    "INSERT INTO {reports} (mchid, bill_date, status, reconciled_at, report)"
+                    " VALUES (%s, %s, %s, %s, %s)"
                     " ON CONFLICT (mchid, bill_date) DO UPDATE SET status = excluded.status,"
                     " reconciled_at = excluded.reconciled_at, report = excluded.report"
                 ),
@@ -226,10 +227,19 @@ class BillReports:
                 [(mchid, day, line.line, line.line_id, line.out_trade_no, str(line.fee)) for line in lines],
             )
 
+    def drop_fees(self, mchid: str, bill_date: dt.date) -> None:
+        """Forget the fees of a day whose bill turned out unreadable half-way."""
+        with self._db.transaction() as cur:
+            cur.execute(
+                self._sql("DELETE FROM {fees} WHERE mchid = %s AND bill_date = %s"), (mchid, bill_date.isoformat())
+            )
+
     def order_fee(self, mchid: str, out_trade_no: str) -> Decimal | None:
         """The fees (yuan) of every bill line of the order (its payment and its refunds), or None if never billed."""
         with self._db.transaction(write=False) as cur:
-            cur.execute(self._sql("SELECT fee FROM {fees} WHERE mchid = %s AND out_trade_no = %s"), (mchid, out_trade_no))
+            cur.execute(
+                self._sql("SELECT fee FROM {fees} WHERE mchid = %s AND out_trade_no = %s"), (mchid, out_trade_no)
+            )
             fees = [Decimal(row[0]) for row in cur.fetchall()]
         return sum(fees, Decimal(0)) if fees else None
 
