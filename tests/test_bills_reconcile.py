@@ -252,3 +252,22 @@ def test_verify_accepts_differences_taken_from_a_kept_bill_and_not_from_a_bill_n
     report = w.services.audit_all()
     assert [b.problem for b in report.breaks] == [f"the bill it names is not kept (bill:trade:{forged}:{'0' * 40})"]
     assert report.breaks[0].stream_id == str(order_id(w.mchid, "BILL-I-1"))
+
+
+def test_a_difference_a_later_callback_settles_is_reported_resolved_on_the_next_run(w: World) -> None:
+    w.paid("BILL-J-1", 1000)
+    w.refunded("BILL-J-1", "BILL-J-R1", 250, drop=True)
+    first = w.reconcile()
+    assert [(d.kind, d.out_refund_no, d.resolved) for d in first.discrepancies] == [
+        ("missing_in_ledger", "BILL-J-R1", False)
+    ]
+    late = w.sandbox.notifications[-1]  # the refund's callback, delivered at last
+    answer = w.client.post("/wechatpay/notify", content=late.body, headers=w.sandbox.factory.sign_headers(late.body))
+    assert answer.status_code == 204
+    size = w.log_size()
+    second = w.reconcile()
+    assert [(d.kind, d.out_refund_no, d.resolved) for d in second.discrepancies] == [
+        ("missing_in_ledger", "BILL-J-R1", True)
+    ]
+    assert (second.status, second.exit_code) == ("agreed", 0)
+    assert w.log_size() == size  # the difference stays recorded once; the report says it is settled
