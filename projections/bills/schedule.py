@@ -141,11 +141,11 @@ def follow_bills(
                 return
             continue
         plan = plans[mchid]
-        kept = bills.report(mchid, day)
-        if kept is not None and kept.status in DONE_STATUSES:
-            plan.ran(day, kept.status, now)
-            continue
         try:
+            kept = bills.report(mchid, day)
+            if kept is not None and kept.status in DONE_STATUSES:
+                plan.ran(day, kept.status, now)
+                continue
             report = bills.reconcile(mchid, day)
         except LedgerError as exc:
             log.warning("bills mchid=%s day=%s: run failed (%s); retried in %s", mchid, day, exc.reason, RETRY_AFTER)
