@@ -16,6 +16,7 @@ from api.responses import LedgerJSONResponse
 from api.state import app_state
 from ledger.domain import ALL_EVENTS, FINAL_TRADE_STATES, OPEN_TRADE_STATES
 from ledger.errors import InvalidRequest, OrderNotFound
+from projections.read_model.runner import orders_head
 from projections.read_model.view import cursor_decode, cursor_encode
 
 __all__ = [
@@ -117,7 +118,7 @@ async def get_order(request: Request) -> Response:
 
     def read() -> dict[str, Any]:
         view = state.orders_view
-        if view is not None and view.position() >= (state.ledger.recorder.max_notification_id() or 0):
+        if view is not None and view.position() >= orders_head(state.ledger):
             row = view.get(mchid, out_trade_no)
             if row is None:
                 raise OrderNotFound(out_trade_no)
