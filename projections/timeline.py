@@ -137,6 +137,13 @@ def facts(event_type: str, data: Mapping[str, Any]) -> str:
         return f"{get('from_state')} -> {get('to_state')} evidence={get('evidence')}"
     if event_type == "AnomalyDetected":
         return f"{get('kind')} {_compact(get('detail'))} evidence={get('evidence')}"
+    if event_type == "BillDiscrepancy":
+        refund = get("refund_id") or get("out_refund_no")
+        line = f" out_refund_no={get('out_refund_no')} refund_id={get('refund_id')}" if refund else ""
+        return (
+            f"{get('kind')} in the bill of {get('bill_date')}: transaction_id={get('transaction_id')}{line}"
+            f" bill_amount={get('bill_amount')} ledger_amount={get('ledger_amount')} evidence={get('evidence')}"
+        )
     return ""
 
 
