@@ -55,7 +55,10 @@ class ProjectorLock:
                 self._database = Database(self._url, pool_size=1)
             if self._session is None:
                 self._session = self._held.enter_context(self._database.connection())
-            key = int.from_bytes(hashlib.sha256(f"payledger:{self._name}".encode()).digest()[:8], "big", signed=True)
+            # Advisory locks are per database, not per schema: the schema is part of the key, so two
+            # ledgers in two schemas of one database do not wait for each other's projector.
+            scope = f"payledger:{self._database.schema}:{self._name}"
+            key = int.from_bytes(hashlib.sha256(scope.encode()).digest()[:8], "big", signed=True)
             row = self._session.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
             return bool(row and row[0])
         if self._file is None:
