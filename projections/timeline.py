@@ -137,6 +137,16 @@ def facts(event_type: str, data: Mapping[str, Any]) -> str:
         return f"{get('from_state')} -> {get('to_state')} evidence={get('evidence')}"
     if event_type == "AnomalyDetected":
         return f"{get('kind')} {_compact(get('detail'))} evidence={get('evidence')}"
+    if event_type == "BillDiscrepancy":
+        line = (
+            f"refund_id={get('refund_id')} out_refund_no={get('out_refund_no')}"
+            if get("refund_id") or get("out_refund_no")
+            else f"transaction_id={get('transaction_id')}"
+        )
+        return (
+            f"bill of {get('bill_date')}: {get('kind')} {line} bill_amount={get('bill_amount')}"
+            f" ledger_amount={get('ledger_amount')} evidence={get('evidence')}"
+        )
     return ""
 
 
