@@ -17,6 +17,7 @@ from api.responses import LedgerJSONResponse
 from api.state import app_state
 from ledger.domain import ALL_EVENTS, FINAL_TRADE_STATES, OPEN_TRADE_STATES
 from ledger.errors import InvalidRequest, OrderNotFound
+from projections.read_model.runner import orders_head
 from projections.read_model.view import cursor_decode, cursor_encode
 
 __all__ = [
@@ -116,7 +117,7 @@ async def get_order(request: Request) -> Response:
         if as_of is not None:
             return state.ledger.order_as_of(mchid, out_trade_no, as_of).summary()
         view = state.orders_view
-        if view is not None and view.position() >= (state.ledger.recorder.max_notification_id() or 0):
+        if view is not None and view.position() >= orders_head(state.ledger):
             row = view.get(mchid, out_trade_no)
             if row is None:
                 raise OrderNotFound(out_trade_no)

@@ -28,6 +28,7 @@ LedgerError
 ├── BillMalformed               a daily bill that is not what WeChat Pay writes (names the line)
 ├── BillNotStored               no bill is kept for that merchant, day and kind (or the day was empty)
 ├── StoredBillCorrupt           a kept bill's chunks do not inflate to a whole bill (altered in the store)
+├── ReadModelBehind             the orders read model did not reach the log's head in time (also a TimeoutError)
 └── WeChatPayError              an outbound call to WeChat Pay did not give a trusted answer
     ├── WeChatPayUnavailable    network error, timeout, 429 or 5xx, still failing at the deadline
     ├── WeChatPayRejected       a 4xx answer (not retried); carries WeChat's code and message
@@ -69,6 +70,7 @@ __all__ = [
     "NotificationRejected",
     "OrderConflict",
     "OrderNotFound",
+    "ReadModelBehind",
     "ResponseUntrusted",
     "SignatureProbe",
     "StaleTimestamp",
@@ -282,3 +284,16 @@ class StoredBillCorrupt(LedgerError):
     """A kept bill's chunks are not one whole gzip stream: the store was altered (`payledger verify` says where)."""
 
     reason = "stored bill is corrupt"
+
+
+class ReadModelBehind(LedgerError, TimeoutError):
+    """The orders read model had not processed the log's order events up to `head` when the wait
+    ended: another projector holds the view and is slow or stuck. Nothing was decided from it."""
+
+    reason = "read model behind the log"
+
+    def __init__(self, view: str, position: int, head: int, timeout: float) -> None:
+        super().__init__(f"{view} at position {position}, order events up to {head}; waited {timeout:g} s")
+        self.view = view
+        self.position = position
+        self.head = head

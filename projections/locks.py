@@ -24,7 +24,7 @@ log = logging.getLogger("projections.runner")  # the projector's own log, named 
 
 
 class ProjectorLock:
-    """Held for as long as this process projects `name`; `acquire` waits for it."""
+    """Held for as long as this process projects `name`; `acquire` waits for it, `try_acquire` does not."""
 
     def __init__(self, database_url: str, name: str) -> None:
         self._url = database_url
@@ -38,7 +38,7 @@ class ProjectorLock:
         """Block until the lock is ours (True) or `stop` is set (False)."""
         announced = False
         while not stop.is_set():
-            if self._try():
+            if self.try_acquire():
                 return True
             if not announced:
                 log.info("another projector holds %s; waiting", self._name)
@@ -46,7 +46,10 @@ class ProjectorLock:
             stop.wait(poll)
         return False
 
-    def _try(self) -> bool:
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free (True); False at once when another holds it. Call it only
+        while not holding the lock; `release` afterwards either way (it also ends the session
+        or file a refused attempt kept open)."""
         if dialect_of(self._url) == "postgres":
             if self._database is None:
                 self._database = Database(self._url, pool_size=1)

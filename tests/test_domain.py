@@ -322,3 +322,36 @@ def test_any_interleaving_and_duplication_decides_once(sequence: list[int]) -> N
     rebuilt = replay(order, events)
     assert observed_state(rebuilt) == observed_state(order)
     assert rebuilt.version == order.version == len(events)
+
+
+def _bill_difference(order: PaymentOrder, day: str = "2026-12-02", **changes: Any) -> bool:
+    found: dict[str, Any] = {
+        "kind": "amount_mismatch",
+        "transaction_id": "4200000000000000000000000001",
+        "out_refund_no": None,
+        "refund_id": None,
+        "bill_amount": 101,
+        "ledger_amount": 100,
+        "evidence": f"bill:trade:{day}:{'a' * 40}",
+    }
+    found.update(changes)
+    return order.note_bill_discrepancy(bill_date=day, **found)
+
+
+def test_a_bills_difference_is_recorded_once_per_bill_and_replays() -> None:
+    """[protocol: Daily bills]: a difference is a decision of its own, once per bill, whatever the runs."""
+    order = PaymentOrder.open(MCHID, "ORDER-0001")
+    order.register(100, "CNY", "")
+    assert _bill_difference(order) is True
+    assert _bill_difference(order) is False  # the same bill, again
+    assert _bill_difference(order, day="2026-12-03") is True  # another day's bill is another fact
+    assert _bill_difference(order, kind="missing_in_ledger", refund_id="RID-R1", out_refund_no="R1") is True
+    assert _bill_difference(order, kind="missing_in_ledger", refund_id="RID-R1", out_refund_no="R1") is False
+    events = order.collect_events()
+    assert event_types(events).count("BillDiscrepancy") == 3
+    assert [d["bill_date"] for d in order.summary()["bill_discrepancies"]] == ["2026-12-02", "2026-12-03", "2026-12-02"]
+    replayed = replay(order, events)
+    assert replayed.summary()["bill_discrepancies"] == order.summary()["bill_discrepancies"]
+    assert replayed.bill_discrepancy_keys == order.bill_discrepancy_keys
+    # It decides nothing else: the order's trade state and money are untouched.
+    assert (replayed.trade_state, replayed.paid, replayed.refunded_total) == ("NOTPAY", False, 0)

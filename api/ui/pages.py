@@ -30,6 +30,7 @@ from api.ui.auth import COOKIE, SESSION_SECONDS, Access, UISessions
 from api.ui.bills import BillPages, bill_url
 from ledger.errors import BodyTooLarge, InvalidRequest, LedgerError, OrderNotFound, WeChatPayError
 from ledger.settings import Settings
+from projections.read_model.runner import orders_head
 from projections.timeline import Entry, Timeline, attempt_text, duration, iso, load_timeline
 
 __all__ = ["ui_mount"]
@@ -193,7 +194,7 @@ class OperatorPages:
             if view is None:
                 return [], False
             rows = view.by_transaction_id(q)
-            behind = view.position() < (state.ledger.recorder.max_notification_id() or 0)
+            behind = view.position() < orders_head(state.ledger)
             return [(row["mchid"], row["out_trade_no"]) for row in rows], behind
 
         matches, behind = await anyio.to_thread.run_sync(find, limiter=state.limiter)

@@ -2,10 +2,10 @@
 
 The library offers reads by stream and by notification id. The ledger and its projections
 also need one read of many streams (the group committer), a sequential bulk read (a
-rebuild), counts over a range of the log (metrics, readiness) and a nudge for waiting
-subscribers. `EventLog` declares them once; each of our recorders (`ledger.store.postgres`,
-`ledger.store.sqlite`) implements them in its own SQL, so no code outside the store writes
-any against the library's tables.
+rebuild), counts over a range of the log (metrics, readiness), the newest event of some topics
+(how far a projection must get) and a nudge for waiting subscribers. `EventLog` declares them
+once; each of our recorders (`ledger.store.postgres`, `ledger.store.sqlite`) implements them
+in its own SQL, so no code outside the store writes any against the library's tables.
 """
 
 from __future__ import annotations
@@ -36,6 +36,14 @@ class EventLog:
         one window of `page` ids at a time (a sequential read; a window may come back empty and
         is then skipped). With ``heads=(topic, n)`` that topic's states may come cut to their
         first n bytes: see `cuts_heads`."""
+        raise NotImplementedError
+
+    def last_id(self, topics: Sequence[str]) -> int:
+        """The notification id of the newest event of `topics` (0 when there is none).
+
+        What a projection that follows only `topics` must reach to have seen the whole log: its
+        tracking position never passes the last event it follows, so `max_notification_id()`,
+        which counts every topic (bills, the inbox), can stay out of its reach for ever."""
         raise NotImplementedError
 
     def count_by_topic(self, after: int, upto: int, topics: Sequence[str]) -> dict[str, int]:

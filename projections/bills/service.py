@@ -137,14 +137,7 @@ class BillReconciler:
             report = self._reconcile(client, mchid, bill_date, now)
         except _Unavailable as unavailable:
             log.warning("bills mchid=%s day=%s: %s", mchid, bill_date, unavailable.reason)
-            previous = self.reports.get(mchid, bill_date)
-            if previous is not None and previous.status not in ("not_ready", "failed"):
-                # A later failure (the fund-flow bill, say) does not hide what was matched before.
-                report = dataclasses.replace(
-                    previous, status=unavailable.status, reason=unavailable.reason, reconciled_at=now
-                )
-            else:
-                report = BillReport(mchid, bill_date, unavailable.status, now, reason=unavailable.reason)
+            report = BillReport(mchid, bill_date, unavailable.status, now, reason=unavailable.reason)
         self.reports.save(report)
         log.info(
             "bills mchid=%s day=%s: %s, %d lines, %d differences (%d unresolved)",
@@ -165,9 +158,14 @@ class BillReconciler:
                 report = BillReport(mchid, bill_date, "empty", now, totals=_totals(BillMatch(bill_date)))
             else:
                 report = self._match(mchid, bill_date, source, sha1, now)
-        with self._obtained(client, mchid, bill_date, "fundflow") as (how, source, fundflow_sha1):
-            if how != "empty":
-                report.totals["fundflow"] = self._fundflow(source, fundflow_sha1)
+        try:
+            with self._obtained(client, mchid, bill_date, "fundflow") as (how, source, fundflow_sha1):
+                if how != "empty":
+                    report.totals["fundflow"] = self._fundflow(source, fundflow_sha1)
+        except _Unavailable as unavailable:
+            # The trade bill's differences are recorded and reported; the day is not done until both are had.
+            log.warning("bills mchid=%s day=%s: %s", mchid, bill_date, unavailable.reason)
+            report.status, report.reason = unavailable.status, unavailable.reason
         return report
 
     def _match(

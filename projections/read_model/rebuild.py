@@ -30,7 +30,7 @@ from ledger.store.cipher import RotatingAESCipher
 from ledger.store.eventlog import Row
 from ledger.store.views import drop_view
 from projections.read_model.live import live_view, next_version, set_live_view
-from projections.read_model.runner import open_orders_view, start_orders_projector, wake
+from projections.read_model.runner import open_orders_view, orders_head, start_orders_projector, wake
 from projections.read_model.view import ORDERS_VIEW, OrdersProjection, OrdersView, order_row, refund_rows
 
 __all__ = ["RebuildSummary", "rebuild_orders_view"]
@@ -189,8 +189,9 @@ def rebuild_orders_view(
     view.close()
     runner, caught_view, loader = start_orders_projector(database_url, name=new)
     with runner:
-        target = loader.recorder.max_notification_id() or 0
-        runner.wait(target, timeout=60)
+        # The newest order event, not the log's max: bill and inbox events are never tracked,
+        # so the position would never reach one. None when there is no order event at all.
+        runner.wait(orders_head(loader) or None, timeout=60)
         runner.stop()
         wake(loader)
     caught_up = caught_view.position() - caught_up_before

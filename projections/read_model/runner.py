@@ -10,12 +10,14 @@ import contextlib
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from eventsourcing.projection import BaseProjectionRunner
 
 from ledger.application import Ledger, build_ledger
+from ledger.errors import ReadModelBehind
 from ledger.store.backends import SMALL_POOL
 from ledger.store.sql import Database
 from ledger.store.views import ViewRecorder, open_view, view_env
@@ -23,7 +25,15 @@ from projections.locks import ProjectorLock
 from projections.read_model.live import live_view
 from projections.read_model.view import ORDERS_VIEW, OrdersProjection, OrdersView, PostgresOrdersView, SQLiteOrdersView
 
-__all__ = ["follow", "open_orders_view", "run_orders_projector", "start_orders_projector", "wake"]
+__all__ = [
+    "catch_up_orders_view",
+    "follow",
+    "open_orders_view",
+    "orders_head",
+    "run_orders_projector",
+    "start_orders_projector",
+    "wake",
+]
 
 log = logging.getLogger("projections.runner")
 
@@ -114,3 +124,84 @@ def run_orders_projector(database_url: str, stop: threading.Event, poll: float =
             log.info("projecting %s from position %d", name, view.position())
             # A rebuild moves the pointer: then follow the new version from its position.
             follow(runner, view, loader, stop, poll, functools.partial(_is_live, pointer, name))
+
+
+def orders_head(ledger: Ledger) -> int:
+    """The notification id of the log's newest order event: what the orders view must reach.
+
+    Not `max_notification_id()`: the log also holds events the view never tracks (bills, the
+    notification inbox), and its position never passes the last order event it processed."""
+    return ledger.event_log.last_id(OrdersProjection.topics)
+
+
+def catch_up_orders_view(
+    database_url: str, timeout: float = 60.0, *, ledger: Ledger | None = None, poll: float = 0.05
+) -> int:
+    """Make sure the live orders view has processed every order event in the log as of this
+    call, and return its position (at least that event's notification id).
+
+    Already there: nothing is done. Else if no projector holds the view (`ProjectorLock`), this
+    process projects up to the head itself and lets the lock go; if one does, its progress is
+    watched (and taken over, should it let go of the lock first). Raises `ReadModelBehind` (a
+    `TimeoutError`) when the view is still behind after `timeout` seconds. `ledger` reads the
+    log's head (the process's own); without one, one is opened for the call."""
+    deadline = time.monotonic() + timeout
+    owned = ledger is None
+    log_reader = build_ledger(database_url, SMALL_POOL) if ledger is None else ledger
+    try:
+        head = orders_head(log_reader)
+    finally:
+        if owned:
+            log_reader.close()
+    lock = ProjectorLock(database_url, ORDERS_VIEW)
+    pointer = Database(database_url, pool_size=1)
+    try:
+        while True:
+            name = live_view(pointer, ORDERS_VIEW)
+            position = _reach(database_url, name, head, lock, deadline, poll, timeout)
+            if live_view(pointer, ORDERS_VIEW) == name:
+                return position
+            # A rebuild switched versions meanwhile: make sure of the new one too.
+    finally:
+        lock.release()
+        pointer.close()
+
+
+def _reach(
+    database_url: str, name: str, head: int, lock: ProjectorLock, deadline: float, poll: float, timeout: float
+) -> int:
+    """View `name` at `head` or beyond: already, by projecting it ourselves, or by waiting for
+    the projector that holds `lock`; its position then."""
+    view = open_orders_view(database_url, name)
+    try:
+        while (position := view.position()) < head:
+            if lock.try_acquire():
+                try:
+                    return _project_to(database_url, name, head, deadline, timeout)
+                finally:
+                    lock.release()
+            if time.monotonic() >= deadline:
+                raise ReadModelBehind(name, position, head, timeout)
+            time.sleep(poll)
+        return position
+    finally:
+        view.close()
+
+
+def _project_to(database_url: str, name: str, head: int, deadline: float, timeout: float) -> int:
+    """Run the projection of view `name` (our lock held) until it has processed `head`."""
+    runner, view, loader = start_orders_projector(database_url, name)
+    try:
+        with runner:
+            try:
+                runner.wait(head, timeout=max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise ReadModelBehind(name, view.position(), head, timeout) from None
+            finally:
+                runner.stop()
+                wake(loader)
+        return view.position()
+    finally:
+        loader.close()
+        with contextlib.suppress(Exception):
+            view.close()

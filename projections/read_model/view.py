@@ -13,6 +13,7 @@ import datetime as dt
 import functools
 import json
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
@@ -25,7 +26,16 @@ from ledger.domain import ALL_EVENTS, PaymentOrder
 from ledger.store.sql import Cursor
 from ledger.store.views import PostgresViewRecorder, SQLiteViewRecorder, ViewRecorder
 
-__all__ = ["ORDERS_VIEW", "ORDER_FIELDS", "OrdersProjection", "OrdersView", "PostgresOrdersView", "SQLiteOrdersView"]
+__all__ = [
+    "ORDERS_VIEW",
+    "ORDER_FIELDS",
+    "PAYMENT_FIELDS",
+    "REFUND_FIELDS",
+    "OrdersProjection",
+    "OrdersView",
+    "PostgresOrdersView",
+    "SQLiteOrdersView",
+]
 
 ORDERS_VIEW = "orders_view"
 ORDER_FIELDS = (
@@ -47,6 +57,11 @@ ORDER_FIELDS = (
     "document",
 )
 REFUND_FIELDS = ("mchid", "out_refund_no", "out_trade_no", "refund_id", "status", "refund", "success_time")
+PAYMENT_FIELDS = ("mchid", "out_trade_no", "transaction_id", "success_time", "paid_total")
+"""What a payment the ledger decided is, as bill matching reads it (not the whole `document`)."""
+# Set by PaymentSucceeded alone (a refund decided first sets transaction_id, never these two):
+# the order's payment is decided. `paid_total` stays NULL only if WeChat's resource had no total.
+_PAID = "success_time IS NOT NULL AND paid_total IS NOT NULL AND transaction_id IS NOT NULL"
 _TIME_FIELDS = {"created_at", "updated_at"}
 
 
@@ -109,8 +124,17 @@ class OrdersView(ViewRecorder):
         return {
             "orders": self.qualify(names["orders"]),
             "refunds": self.qualify(names["refunds"]),
-            **{index: self.quote(names[index]) for index in ("orders_state", "orders_updated", "orders_transaction")},
+            **{
+                index: self.quote(names[index])
+                for index in ("orders_state", "orders_updated", "orders_transaction", "orders_paid", "refunds_id")
+            },
+            # A list parameter (see `_list`): an array on PostgreSQL, a JSON array on SQLite.
+            "in_list": "= ANY(%s::text[])" if self.dialect == "postgres" else "IN (SELECT value FROM json_each(%s))",
         }
+
+    def _list(self, values: Sequence[str]) -> Any:
+        """`values` as the `{in_list}` slot's parameter wants them."""
+        return list(values) if self.dialect == "postgres" else json.dumps(list(values))
 
     def _sql(self, text: str) -> str:
         return self.sql(text, **self._slots)
@@ -139,6 +163,10 @@ class OrdersView(ViewRecorder):
                 "CREATE TABLE IF NOT EXISTS {refunds} (mchid TEXT NOT NULL, out_refund_no TEXT NOT NULL,"
                 " out_trade_no TEXT NOT NULL, refund_id TEXT, status TEXT NOT NULL, refund BIGINT NOT NULL,"
                 " success_time TEXT, PRIMARY KEY (mchid, out_refund_no))",
+                # A day's payments of one merchant in keyset order (`paid_between`); refunds by
+                # WeChat's id (`refunds_by_id`). Views built before them get them when opened.
+                "CREATE INDEX IF NOT EXISTS {orders_paid} ON {orders} (mchid, success_time, out_trade_no)",
+                "CREATE INDEX IF NOT EXISTS {refunds_id} ON {refunds} (mchid, refund_id)",
             )
         ]
 
@@ -237,6 +265,55 @@ class OrdersView(ViewRecorder):
             )
             return [_row_out(REFUND_FIELDS, row) for row in curs.fetchall()]
 
+    # -- bill matching: a merchant's payments and refunds in batches ([protocol: Daily bills]) --------
+
+    def paid_orders(self, mchid: str, out_trade_nos: Sequence[str]) -> list[dict[str, Any]]:
+        """The orders among `out_trade_nos` whose payment is decided (`PAYMENT_FIELDS`), any order."""
+        if not out_trade_nos:
+            return []
+        with self.transaction(commit=False) as curs:
+            curs.execute(
+                self._sql(
+                    f"SELECT {', '.join(PAYMENT_FIELDS)} FROM {{orders}}"
+                    f" WHERE mchid = %s AND out_trade_no {{in_list}} AND {_PAID}"
+                ),
+                [mchid, self._list(out_trade_nos)],
+            )
+            return [_row_out(PAYMENT_FIELDS, row) for row in curs.fetchall()]
+
+    def refunds_by_id(self, mchid: str, refund_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """The refunds among `refund_ids` (WeChat's ids) that succeeded (`REFUND_FIELDS`), any order."""
+        if not refund_ids:
+            return []
+        with self.transaction(commit=False) as curs:
+            curs.execute(
+                self._sql(
+                    f"SELECT {', '.join(REFUND_FIELDS)} FROM {{refunds}}"
+                    " WHERE mchid = %s AND refund_id {in_list} AND status = 'SUCCESS'"
+                ),
+                [mchid, self._list(refund_ids)],
+            )
+            return [_row_out(REFUND_FIELDS, row) for row in curs.fetchall()]
+
+    def paid_between(
+        self, mchid: str, lo_text: str, hi_text: str, after: tuple[str, str] | None = None, limit: int = 5000
+    ) -> list[dict[str, Any]]:
+        """Decided payments whose success_time, compared as the text WeChat wrote, is in
+        ``[lo_text, hi_text)``; ordered by (success_time, out_trade_no), `after` the last such
+        pair of the page before (a keyset: each page costs the same however deep)."""
+        text = (
+            f"SELECT {', '.join(PAYMENT_FIELDS)} FROM {{orders}}"
+            f" WHERE mchid = %s AND success_time >= %s AND success_time < %s AND {_PAID}"
+        )
+        params: list[Any] = [mchid, lo_text, hi_text]
+        if after is not None:
+            text += " AND (success_time, out_trade_no) > (%s, %s)"
+            params += [after[0], after[1]]
+        text += " ORDER BY success_time, out_trade_no LIMIT %s"
+        with self.transaction(commit=False) as curs:
+            curs.execute(self._sql(text), [*params, limit])
+            return [_row_out(PAYMENT_FIELDS, row) for row in curs.fetchall()]
+
     def position(self, application_name: str = Ledger.name) -> int:
         return self.max_tracking_id(application_name) or 0
 
@@ -248,6 +325,8 @@ def _names(prefix: str) -> dict[str, str]:
         "orders_state": f"{prefix}_orders_state",
         "orders_updated": f"{prefix}_orders_updated",
         "orders_transaction": f"{prefix}_orders_transaction",
+        "orders_paid": f"{prefix}_orders_paid",
+        "refunds_id": f"{prefix}_refunds_id",
     }
 
 

@@ -7,27 +7,27 @@ from typing import Any
 from eventsourcing.projection import BaseProjectionRunner
 
 from ledger.application import Ledger
-from projections.read_model.runner import start_orders_projector, wake
+from projections.read_model.runner import orders_head, start_orders_projector, wake
 from projections.webhooks.projection import start_outbox_projector
 
 __all__ = ["project_until_caught_up", "run_outbox"]
 
 
 def project_until_caught_up(database_url: str, ledger: Ledger) -> None:
-    """The orders view, up to the newest event of `ledger`."""
-    _run_once(start_orders_projector(database_url), ledger)
+    """The orders view, up to the newest order event of `ledger` (bill events are not tracked)."""
+    _run_once(start_orders_projector(database_url), orders_head(ledger) or None)
 
 
 def run_outbox(database_url: str, ledger: Ledger) -> None:
     """The outbox projection, up to the newest event of `ledger`."""
-    _run_once(start_outbox_projector(database_url), ledger)
+    _run_once(start_outbox_projector(database_url), ledger.recorder.max_notification_id())
 
 
-def _run_once(started: tuple[BaseProjectionRunner[Ledger], Any, Ledger], ledger: Ledger) -> None:
-    """Let a started projector catch up with `ledger`, then stop it and close what it opened."""
+def _run_once(started: tuple[BaseProjectionRunner[Ledger], Any, Ledger], head: int | None) -> None:
+    """Let a started projector reach notification `head`, then stop it and close what it opened."""
     runner, view, loader = started
     with runner:
-        runner.wait(ledger.recorder.max_notification_id(), timeout=20)
+        runner.wait(head, timeout=20)
         runner.stop()
         wake(loader)
     loader.close()
