@@ -2,7 +2,9 @@
 
 It registers orders, pays them, lets WeChat send duplicates and a probe, refunds part of one
 order, drops one callback and lets reconciliation recover it by query, then prints each
-order's state and audit trail and leaves both services running until interrupted.
+order's state and audit trail. Last, the day's bill: one payment the ledger never heard of is
+planted (paid at WeChat, never registered, its callback lost), and the bill reconciliation
+finds it and resolves it by query. Both services keep running until interrupted.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ import httpx
 import uvicorn
 
 from api.app import create_app
-from api.bootstrap import bootstrap
+from api.bootstrap import Services, bootstrap
+from cli.bills import render_report
 from ledger.settings import Settings
 from ledger.wechatpay.sandbox.server import Sandbox
+from projections.bills.service import beijing_today
 from projections.timeline import facts
 
 __all__ = ["run_demo", "serving"]
@@ -58,6 +62,37 @@ def _history_lines(client: httpx.Client, out_trade_no: str) -> list[str]:
     """Each event of the order on one line, with the key facts the CLI's history shows."""
     events = client.get(f"/orders/{out_trade_no}/events").json()["events"]
     return [f"    v{e['version']:<3} {e['type']:<22} {facts(e['type'], e['data'])}" for e in events]
+
+
+PLANTED = ("DEMO-0005", 3300, "umbrella")
+"""Paid at WeChat, never registered with the ledger, its callback lost: only the daily bill can find it."""
+_MEANING = {
+    "missing_in_ledger": "the bill lists the payment, the ledger had no decision; queried at once, it is decided",
+    "missing_in_bill": "the ledger decided a payment the bill does not list",
+    "amount_mismatch": "the bill and the ledger have different amounts",
+}
+
+
+def _daily_bill(sandbox: Sandbox, services: Services, api: httpx.Client, out: Callable[[str], None]) -> None:
+    """Plant one difference, reconcile today's bill, say what was found (the CLI's report)."""
+    no, amount, description = PLANTED
+    sandbox.create_order(no, amount, description)
+    sandbox.pay(no, drop=True)
+    day = beijing_today()
+    out(
+        f"\ndaily bill of {day} (Beijing; the sandbox makes a day's bill at once, WeChat the next morning).\n"
+        f"planted: {no} paid at WeChat ({amount} fen) but never registered with the ledger and its callback "
+        f"lost, so neither a callback nor the reconciler can learn of it"
+    )
+    report = services.bills.reconcile(sandbox.mchid, day)
+    out(render_report(report))
+    out(f"found: {len(report.discrepancies)} difference(s)")
+    for found in report.discrepancies:
+        outcome = "resolved" if found.resolved else "unresolved"
+        out(f"    {found.kind} {found.out_trade_no}: {_MEANING.get(str(found.kind), '')} ({outcome})")
+    out(f"{no}'s history (`payledger history {no}`):")
+    for line in _history_lines(api, no):
+        out(line)
 
 
 def run_demo(
@@ -127,25 +162,28 @@ def run_demo(
                 out("reconciliation pass (queries WeChat for orders whose callback has not come):")
                 for change in services.reconciler.run_pass():
                     out(f"    {change}")
+
+                out("")
+                for no, _, _ in ORDERS:
+                    order = api.get(f"/orders/{no}").json()
+                    out(
+                        f"{no}: {order['trade_state']:<7} amount_total={order['amount_total']} "
+                        f"refunded_total={order['refunded_total']} deliveries={order['deliveries']} "
+                        f"anomalies={len(order['anomalies'])}"
+                    )
+                    for line in _history_lines(api, no):
+                        out(line)
+
+                _daily_bill(sandbox, services, api, out)
             finally:
                 services.close()
-
-            out("")
-            for no, _, _ in ORDERS:
-                order = api.get(f"/orders/{no}").json()
-                out(
-                    f"{no}: {order['trade_state']:<7} amount_total={order['amount_total']} "
-                    f"refunded_total={order['refunded_total']} deliveries={order['deliveries']} "
-                    f"anomalies={len(order['anomalies'])}"
-                )
-                for line in _history_lines(api, no):
-                    out(line)
             out(
                 f"\nscripted part finished in {time.monotonic() - started:.1f} s; "
                 f"the service log is {folder / 'ledger.log'}"
             )
             out(f"open {ledger_url}/orders/DEMO-0003/events for the recovered order's audit trail")
             out(f"or {ledger_url}/ui/orders/DEMO-0003 for the same history as an operator's page")
+            out(f"and {ledger_url}/orders/{PLANTED[0]}/events for the payment the daily bill found")
             if not wait:
                 return 0
             out("the ledger and the sandbox keep running; press Ctrl-C to stop")

@@ -48,12 +48,13 @@ def render_text(timeline: Timeline) -> str:
         f"order {o['out_trade_no']} (mchid {o['mchid']}): {o['trade_state']}, version {o['version']}",
         f"  amount_total={o['amount_total']} {o['currency']}  paid_total={o['paid_total']}"
         f"  refunded_total={o['refunded_total']}  transaction_id={o['transaction_id']}"
-        f"  deliveries={o['deliveries']}  anomalies={len(o['anomalies'])}",
+        f"  deliveries={o['deliveries']}  anomalies={len(o['anomalies'])}"
+        f"  bill_discrepancies={len(o.get('bill_discrepancies') or ())}",
         "",
-        "events (times UTC; !! marks an anomaly)",
+        "events (times UTC; !! marks an anomaly, <> a difference from WeChat's daily bill)",
     ]
     for e in timeline.entries:
-        mark = "!!" if e.anomaly else "  "
+        mark = "!!" if e.anomaly else "<>" if e.type == "BillDiscrepancy" else "  "
         line = f"{mark}{e.version:>4}  {iso(e.recorded_at)}  {e.type:<20}  {e.facts}"
         if e.delivery is not None:
             line += f"  [delivery {e.delivery}" + (f", {e.retry_label}]" if e.retry_label else "]")

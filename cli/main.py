@@ -6,6 +6,7 @@ Each command group lives in a module of its own and adds its subcommands here:
     workers.py   project, reconcile
     webhooks.py  endpoints, deliveries, dispatch
     history.py   history
+    bills.py     bills reconcile (WeChat's daily bills)
     ops.py       query, certificates, rebuild, verify, reencrypt
     dev.py       demo, sandbox, dev-notify (and the --dev merchant)
 
@@ -21,7 +22,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from cli import dev, history, ops, serve, webhooks, workers
+from cli import bills, dev, history, ops, serve, webhooks, workers
 from cli.common import load_settings
 from ledger.errors import (
     ConfigurationError,
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.register(sub)
     ops.register(sub)
     workers.register(sub)
+    bills.register(sub)
     webhooks.register(sub, lambda a: load_settings(a, require_merchant=False))
     return parser
 

@@ -8,11 +8,19 @@ LedgerError
 │   │   ├── UnknownSerial       no key for this Wechatpay-Serial (may trigger a refresh)
 │   │   ├── StaleTimestamp      Wechatpay-Timestamp outside the allowed window
 │   │   ├── SignatureProbe      WeChat's deliberate WECHATPAY/SIGNTEST/ signature
-│   │   └── DuplicateSignatureHeader  a Wechatpay-* signature header appears twice
+│   │   ├── DuplicateSignatureHeader  a Wechatpay-* signature header appears twice
+│   │   └── V2SignInvalid       an APIv2 XML notification's `sign` is missing, of an unknown
+│   │                                `sign_type`, or does not match
 │   ├── MalformedNotification   verified, but the envelope is not what WeChat sends
+│   │   ├── V2Malformed         an APIv2 body that is not the flat UTF-8 `<xml>` WeChat sends
+│   │   │   └── V2XmlForbidden  a DTD, an entity declaration or an external reference (XXE,
+│   │   │                            entity expansion): refused as soon as the parser meets it
+│   │   └── V2ReturnCodeFail    an APIv2 notification whose `return_code` is FAIL: nothing to act on
 │   ├── BodyTooLarge            the body is above the limit (refused before it is all read)
 │   ├── DecryptionFailed        signed correctly but the resource does not decrypt
-│   │                                (our APIv3 key is wrong); WeChat keeps retrying
+│   │   │                            (our APIv3 key is wrong); WeChat keeps retrying
+│   │   └── V2DecryptionFailed  an APIv2 refund's `req_info` does not decrypt, unpad and parse
+│   │                                (our APIv2 key is wrong)
 │   ├── UnknownMerchant         no merchant is configured for the notification's mchid
 │   ├── BodyTimeout             the body did not arrive within the read timeout
 │   └── ClientGone              the client disconnected before its body was read
@@ -78,6 +86,11 @@ __all__ = [
     "StoredBillCorrupt",
     "UnknownMerchant",
     "UnknownSerial",
+    "V2DecryptionFailed",
+    "V2Malformed",
+    "V2ReturnCodeFail",
+    "V2SignInvalid",
+    "V2XmlForbidden",
     "VerificationFailed",
     "WeChatPayError",
     "WeChatPayRejected",
@@ -159,6 +172,34 @@ class DuplicateSignatureHeader(VerificationFailed):
     """Which of two values we verified and which one a proxy or an auditor reads could differ."""
 
     reason = "duplicate signature headers"
+
+
+# Legacy APIv2 XML notifications ([protocol: Legacy APIv2 XML]): refusals like the APIv3 ones, so that
+# the one table in api/errors.py answers them with the same statuses (401, 400, 500).
+
+
+class V2SignInvalid(VerificationFailed):
+    reason = "sign verification failed"
+
+
+class V2Malformed(MalformedNotification):
+    reason = "malformed XML notification"
+
+
+class V2XmlForbidden(V2Malformed):
+    """Never in WeChat's XML, and the way in for file reads, requests to other hosts and entity expansion."""
+
+    reason = "DTDs and entities are not accepted"
+
+
+class V2ReturnCodeFail(MalformedNotification):
+    """`return_code` FAIL is WeChat's communication flag: the body carries no business fields."""
+
+    reason = "return_code is FAIL"
+
+
+class V2DecryptionFailed(DecryptionFailed):
+    reason = "req_info decryption failed"
 
 
 class OrderConflict(LedgerError):

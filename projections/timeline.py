@@ -138,14 +138,11 @@ def facts(event_type: str, data: Mapping[str, Any]) -> str:
     if event_type == "AnomalyDetected":
         return f"{get('kind')} {_compact(get('detail'))} evidence={get('evidence')}"
     if event_type == "BillDiscrepancy":
-        line = (
-            f"refund_id={get('refund_id')} out_refund_no={get('out_refund_no')}"
-            if get("refund_id") or get("out_refund_no")
-            else f"transaction_id={get('transaction_id')}"
-        )
+        refund = get("refund_id") or get("out_refund_no")
+        line = f" out_refund_no={get('out_refund_no')} refund_id={get('refund_id')}" if refund else ""
         return (
-            f"bill of {get('bill_date')}: {get('kind')} {line} bill_amount={get('bill_amount')}"
-            f" ledger_amount={get('ledger_amount')} evidence={get('evidence')}"
+            f"{get('kind')} in the bill of {get('bill_date')}: transaction_id={get('transaction_id')}{line}"
+            f" bill_amount={get('bill_amount')} ledger_amount={get('ledger_amount')} evidence={get('evidence')}"
         )
     return ""
 

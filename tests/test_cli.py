@@ -27,7 +27,17 @@ def test_demo_finishes_its_script_in_under_30_seconds_and_shows_the_recovered_or
     assert "DEMO-0003: SUCCESS" in out and "StatusQueried" in out
     assert "DEMO-0001: REFUND  amount_total=2500 refunded_total=700" in out
     assert "answered 401" in out
-    assert out.count("PaymentSucceeded") == 3  # DEMO-0001..0003, once each
+    # DEMO-0001..0003, and DEMO-0005 (the difference planted in the day's bill, decided by the query it set off)
+    assert out.count("PaymentSucceeded") == 4
+    bill = out[out.index("\ndaily bill of ") :]
+    assert "planted: DEMO-0005 paid at WeChat (3300 fen)" in bill
+    assert "(Beijing day): agreed, 1 difference(s), all resolved" in bill
+    assert "trade bill: 5 line(s), 4 payment(s), 1 refund(s)" in bill
+    assert "found: 1 difference(s)\n    missing_in_ledger DEMO-0005: " in bill
+    (found,) = [line for line in bill.splitlines() if line.startswith("    missing_in_ledger  ")]
+    assert "out_trade_no=DEMO-0005" in found and found.endswith("bill 3300 fen, ledger 3300 fen  resolved")
+    history = bill[bill.index("DEMO-0005's history") :].splitlines()[1:5]
+    assert [line.split()[1] for line in history] == ["Opened", "BillDiscrepancy", "StatusQueried", "PaymentSucceeded"]
 
 
 @pytest.fixture

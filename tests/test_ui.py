@@ -282,7 +282,7 @@ def test_a_day_reconciled_from_the_bills_page_lists_its_differences_linked_to_th
     assert 'id="fee">34.800 fen<' in order.text and 'id="net">5765.200 fen<' in order.text
     timeline = order.text.split('id="timeline"')[1]
     assert 'data-type="BillDiscrepancy"' in timeline
-    assert f"bill of {today()}: amount_mismatch transaction_id=" in timeline
+    assert f"amount_mismatch in the bill of {today()}: transaction_id=" in timeline
     unbilled = bills.client.get(f"/ui/orders/BILL-ORDER-2?mchid={MCHID}").text
     assert 'id="fee">60.000 fen<' in unbilled and 'id="bill-discrepancies"' not in unbilled
 

@@ -1,0 +1,623 @@
+"""Legacy APIv2 XML notifications, the protocol alone ([protocol: Legacy APIv2 XML]): the vectors of
+[protocol: APIv2 vectors] both ways, hostile and malformed XML refused quickly, and round trips."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from api.errors import answer_for
+from ledger.errors import (
+    BodyTooLarge,
+    ConfigurationError,
+    LedgerError,
+    V2DecryptionFailed,
+    V2Malformed,
+    V2ReturnCodeFail,
+    V2SignInvalid,
+    V2XmlForbidden,
+)
+from ledger.wechatpay.v2 import (
+    HMAC_SHA256,
+    MD5,
+    answer_xml,
+    check_v2_key,
+    decrypt_ecb,
+    decrypt_req_info,
+    encrypt_ecb,
+    encrypt_req_info,
+    parse_v2_notification,
+    parse_v2_xml,
+    req_info_key,
+    sign_v2,
+    to_xml,
+    verify_v2_sign,
+)
+
+DOC_KEY = "192006250b4c09247ec02edce69f6a2d"  # the v2 documentation's example key
+LIMIT = 64 * 1024
+FAST = 0.2  # seconds: a hostile body is refused before its cost can grow
+
+# -- the vectors ----------------------------------------------------------------------------------
+
+T1_KEY = "ziR0QKsTUfMOuochC9RfCdmfHECorQAP"
+T1_REQ_INFO = (
+    "YYwp8C48th0wnQzTqeI+41pflB26v+smFj9z6h9RPBgxTyZyxc+4YNEz7QEgZNWj/6rIb2MfyWMZmCc41CfjKSssoSZPXxOhUayb6KvNSZ1p6frOX1"
+    "PDWzhyruXK7ouNND+gDsG4yZ0XXzsL4/pYNwLLba/71QrnkJ/BHcByk4EXnglju5DLup9pJQSnTxjomI9Rxu57m9jg5lLQFxMWXyeASZJNvof0ulnH"
+    "lWJswS4OxKOkmW7VEyKyLGV6npoOm03Qsx2wkRxLsSa9gPpg4hdaReeUqh1FMbm7aWjyrVYT/MEZWg98p4GomEIYvz34XfDncTezX4bf/ZiSLXt79aE"
+    "1/YTZrYfymXeCrGjlbe0rg/T2ezJHAC870u2vsVbY1/KcE2A443N+DEnAziXlBQ1AeWq3Rqk/O6/TMM0lomzgctAOiAMg+bh5+Gu1ubA9O3E+vehULy"
+    "dD5qx2o6i3+qA9ORbH415NyRrQdeFq5vmCiRikp5xYptWiGZA0tkoaLKMPQ4ndE5gWHqiBbGPfULZWokI+QjjhhBmwgbd6J0VqpRorwOuzC/BHdkP72"
+    "DCdNcm7IDUpggnzBIy0+seWIkcHEryKjge3YDHpJeQCqrAH0CgxXHDt1xtbQbST1VqFyuhPhUjDXMXrknrGPN/oE1t0rLRq+78cI+k8xe5E6seeUXQs"
+    "Ee8r3358mpcDYSmXWSXVZxK6er9EF98APqHwcndyEJD2YyCh/mMVhERuX+7kjlRXSiNUWa/Cv/XAKFQuvUYA5ea2eYWtPRHa4DpyuF1SNsaqVKfgqKX"
+    "ZrJHfAgslVpSVqUpX4zkKszHF4kwMZO3M7J1P94Mxa7Tm9mTOJePOoHPXeEB+m9rX6pSfoi3mJDQ5inJ+Vc4gOkg/Wd/lqiy6TTyP/dHDN6/v+AuJx5"
+    "AXBo/2NDD3fWhHjkqEKIuARr2ClZt9ZRQO4HkXdZo7CN06sGCHk48Tg8PmxnxKcMZm7Aoquv5yMIM2gWSWIRJhwJ8cUpafIHc+GesDlbF6Zbt+/KXka"
+    "fJAQq2RklEN+WvZ/zFz113EPgWPjp16TwBoziq96MMekvWKY/vdhjol8VFtGH9F61Oy1Xwf6DJtPw=="
+)
+T1_PLAINTEXT = """<root>
+<out_refund_no><![CDATA[50fd012ed1b311e7af7800163e32c503]]></out_refund_no>
+<out_trade_no><![CDATA[4893e76d8c8b434cb64e9cd536338e33]]></out_trade_no>
+<refund_account><![CDATA[REFUND_SOURCE_RECHARGE_FUNDS]]></refund_account>
+<refund_fee><![CDATA[6]]></refund_fee>
+<refund_id><![CDATA[50000404922017112502468056157]]></refund_id>
+<refund_recv_accout><![CDATA[支付用户零钱]]></refund_recv_accout>
+<refund_request_source><![CDATA[API]]></refund_request_source>
+<refund_status><![CDATA[SUCCESS]]></refund_status>
+<settlement_refund_fee><![CDATA[6]]></settlement_refund_fee>
+<settlement_total_fee><![CDATA[6]]></settlement_total_fee>
+<success_time><![CDATA[2017-11-25 15:36:17]]></success_time>
+<total_fee><![CDATA[6]]></total_fee>
+<transaction_id><![CDATA[4200000015201711256947025404]]></transaction_id>
+</root>""".encode()
+
+T2_KEY = "1234567890abcdef1234567890abcdef"
+T2_PLAINTEXT = (
+    "<root><out_refund_no><![CDATA[123]]></out_refund_no><out_trade_no><![CDATA[abc]]></out_trade_no>"
+    "<refund_account><![CDATA[REFUND_SOURCE_UNSETTLED_FUNDS]]></refund_account><refund_fee><![CDATA[1]]></refund_fee>"
+    "<refund_id><![CDATA[50000303712017072701466990000]]></refund_id><refund_recv_accout><![CDATA[用户零钱]]>"
+    "</refund_recv_accout><refund_request_source><![CDATA[API]]></refund_request_source><refund_status>"
+    "<![CDATA[SUCCESS]]></refund_status><settlement_refund_fee><![CDATA[1]]></settlement_refund_fee>"
+    "<settlement_total_fee><![CDATA[1]]></settlement_total_fee><success_time><![CDATA[2017-07-27 00:33:09]]>"
+    "</success_time><total_fee><![CDATA[1]]></total_fee><transaction_id><![CDATA[4005302001201707272838220000]]>"
+    "</transaction_id></root>"
+).encode()
+T2_REQ_INFO = (
+    "m+cqC5OWNek/jGSeSFjMwxqoQmt9x/XQEPRosjYHR2a6kosdkuS2hFlt1QP/ykVOCm6PXnC0tOc7gsPzP3aG4Hhn7wJwJAvMhSUJhOAOlnXtHupbyiw"
+    "b9vNgqAwcSr04U1yoI8UemDCz+TnIsbldurZh6UKtDqSutp/KiutgJ/9crss+fh9hy9UcBKO60JkJgka79q6lkQoOKZh3kIHrFEZGFKcvCOJzx/heVt"
+    "z8AHGoB/IuNV4Mh280FZM1TTe8V54eXgqHNAOdJCoYQuKu34tepA+a4sjCcPOmNU5wLCjEFQ/+w7Ad8U2i3bfaA713DPk5qV8IVSB1cMGZj+zZBGPT4"
+    "OWBg0vZD4ZJCydf93e95CbxV7FuSPiFnZwjvsHBCA7DNGoAfSx72p5ZBcyCTFV9y4O9xTukHUmJNI8XK+JhR5Imz9u5422lfN5FcM6g4WdLDTVO/DiN"
+    "4chaTUk9uqEiMqD2Bn3+ZWe/R91YDW8koG3qd7m/9y7sckptNQWU9fi+zk/AbCLHETiUIj4dtFxsZRTBUFIEmSl2ebcPEdowOLzjUe2uW/Qr8dDwFuW"
+    "GsSYawYnsbsxliNc5DthzhcdB9MDkOab6hckUIC7639s6DKFP44Olgjc+tt5EfDpNxK0rHh4rhlCz9h5ZhzI7CVqJRx5pCLEBaJKntPeF9IWfj92VYM"
+    "Y7o8TesmqhiDWnGVGSK8vXDsQMAWIhHi2STvdVAZkaOTzF+cxVJsUgy2zVlGhNzlqjQZmLoXZ/Kiid7cfUQvg/Bqw4We6KRrAfTHplwjbghjVzqWsgJ"
+    "v8KI3cYjFJEtTy19a0z3yBrcthtjszmBEUyUG/d4O0DzGEG+JNB4VsMz/jWUJ2d2uJmpyvngyt5RkafRH4mCHWkNTPz5UCBZtJbvFzQ/VB/X077Apwg"
+    "k7lfgULu1uVF9N108kRKQcrqoGEH/oZ6lo0wIXbITx+7lr91eMvu4JgGPSQW4MKbluSa28iwkE5YcnQbYd0="
+)
+
+# The PHP SDK's refund sample (tests/fixtures/refund.notification.req_info.sample.xml), final LF included.
+D7_PLAINTEXT = """<root>
+<out_refund_no><![CDATA[131811191610442717309]]></out_refund_no>
+<out_trade_no><![CDATA[71106718111915575302817]]></out_trade_no>
+<refund_account><![CDATA[REFUND_SOURCE_RECHARGE_FUNDS]]></refund_account>
+<refund_fee><![CDATA[3960]]></refund_fee>
+<refund_id><![CDATA[50000408942018111907145868882]]></refund_id>
+<refund_recv_accout><![CDATA[支付用户零钱]]></refund_recv_accout>
+<refund_request_source><![CDATA[API]]></refund_request_source>
+<refund_status><![CDATA[SUCCESS]]></refund_status>
+<settlement_refund_fee><![CDATA[3960]]></settlement_refund_fee>
+<settlement_total_fee><![CDATA[3960]]></settlement_total_fee>
+<success_time><![CDATA[2018-11-19 16:24:13]]></success_time>
+<total_fee><![CDATA[3960]]></total_fee>
+<transaction_id><![CDATA[4200000215201811190261405420]]></transaction_id>
+</root>
+""".encode()
+
+# The official sample payment notification (T8) as the PHP SDK ships it; {sign} and {extra} are ours.
+T8_SIGN = "B552ED6B279343CB493C5DD0D78AB241"
+D6_MD5 = "F3F481B732273AFA2839E877583F311D"
+D6_HMAC = "24E6E92F0FDF7A6E11079FDA7500F7AC2220CB42E026B3AFB4811FFA0E706008"
+PAYMENT = """<xml>
+  <appid><![CDATA[wx2421b1c4370ec43b]]></appid>
+  <attach><![CDATA[支付测试]]></attach>
+  <bank_type><![CDATA[CFT]]></bank_type>
+  <fee_type><![CDATA[CNY]]></fee_type>
+  <is_subscribe><![CDATA[Y]]></is_subscribe>
+  <mch_id><![CDATA[10000100]]></mch_id>
+  <nonce_str><![CDATA[5d2b6c2a8db53831f7eda20af46e531c]]></nonce_str>
+  <openid><![CDATA[oUpF8uMEb4qRXf22hE3X68TekukE]]></openid>
+  <out_trade_no><![CDATA[1409811653]]></out_trade_no>
+  <result_code><![CDATA[SUCCESS]]></result_code>
+  <return_code><![CDATA[SUCCESS]]></return_code>
+  <sign><![CDATA[{sign}]]></sign>
+  <time_end><![CDATA[20140903131540]]></time_end>
+  <total_fee>{total_fee}</total_fee>
+  <coupon_fee><![CDATA[10]]></coupon_fee>
+  <coupon_count><![CDATA[1]]></coupon_count>
+  <coupon_type><![CDATA[CASH]]></coupon_type>
+  <coupon_id><![CDATA[10000]]></coupon_id>
+  <trade_type><![CDATA[JSAPI]]></trade_type>
+  <transaction_id><![CDATA[1004400740201409030005092168]]></transaction_id>{extra}
+</xml>
+"""
+
+
+def payment(sign: str = D6_MD5, *, total_fee: str = "1", extra: str = "") -> bytes:
+    return PAYMENT.format(sign=sign, total_fee=total_fee, extra=extra).encode()
+
+
+def refund(req_info: str, *, extra: str = "") -> bytes:
+    return (
+        "<xml><return_code>SUCCESS</return_code><appid><![CDATA[wx2421b1c4370ec43b]]></appid>"
+        "<mch_id><![CDATA[10000100]]></mch_id><nonce_str><![CDATA[TeqClE3i0mvn3DrK]]></nonce_str>"
+        f"<req_info><![CDATA[{req_info}]]></req_info>{extra}</xml>"
+    ).encode()
+
+
+@contextmanager
+def refused_quickly(error: type[LedgerError]) -> Iterator[None]:
+    started = time.perf_counter()
+    with pytest.raises(error):
+        yield
+    assert time.perf_counter() - started < FAST
+
+
+# -- the sign -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "key", "expected_md5", "expected_hmac"),
+    [
+        pytest.param(  # T3: the v2 documentation's own example
+            {"appid": "wxd930ea5d5a258f4f", "mch_id": "10000100", "device_info": "1000", "body": "test"}
+            | {"nonce_str": "ibuaiVcKdpRxkhJA"},
+            DOC_KEY,
+            "9A0A8659F005D6984697E2CA0A9CF3B7",
+            "6A9AE1657590FD6257D693A078E1C3E4BB6BA4DC30B23E0EE2496E54170DACD6",
+            id="T3",
+        ),
+        pytest.param(  # T4: wechatpy
+            {"test1": "test1", "test2": "test2"},
+            DOC_KEY,
+            "1E3A8D73B5A4AEE787C0F68B5DAB8520",
+            "EDAC6D70D2FDF5A2382F8204FC96A1918017E46ACC5297F565ED1A7610ACF659",
+            id="T4",
+        ),
+    ],
+)
+def test_the_published_signs_are_reproduced_and_verify(
+    fields: dict[str, str], key: str, expected_md5: str, expected_hmac: str
+) -> None:
+    """[protocol: The APIv2 sign; APIv2 vectors] T3, T4: MD5 by default, HMAC-SHA256 when `sign_type` says so."""
+    assert sign_v2(fields, key) == sign_v2(fields, key, MD5) == expected_md5
+    assert sign_v2(fields, key, HMAC_SHA256) == expected_hmac
+    verify_v2_sign(fields | {"sign": expected_md5}, key)
+    with pytest.raises(V2SignInvalid):  # `sign_type` is itself a signed field
+        verify_v2_sign(fields | {"sign": expected_md5, "sign_type": "MD5"}, key)
+    with pytest.raises(V2SignInvalid):  # an HMAC sign is not an MD5 one, whatever the fields say
+        verify_v2_sign(fields | {"sign": expected_hmac}, key)
+    with pytest.raises(V2SignInvalid):
+        verify_v2_sign(fields | {"sign": expected_md5}, "0" * 32)
+
+
+def test_sign_sorts_by_ascii_and_keeps_values_with_equals_signs() -> None:
+    """[protocol: The APIv2 sign; APIv2 vectors] T5: `appId` < `nonceStr` < `package` < `signType` < `timeStamp`."""
+    fields = {
+        "appId": "mock-appid",
+        "timeStamp": "1601234567",
+        "nonceStr": "mock-nonce",
+        "package": "prepay_id=mock-prepay-id",
+        "signType": "MD5",
+    }
+    assert sign_v2(fields, "mock-v2-secret-key") == "C52D6B09E8A039D6E8696A014BB37160"
+    hmac_fields = fields | {"signType": "HMAC-SHA256"}
+    assert (
+        sign_v2(hmac_fields, "mock-v2-secret-key", HMAC_SHA256)
+        == "BAC9240577E86EDC7753264E502196C61F78F24777E9E7CCE82A7BD97F906EED"
+    )
+
+
+def test_a_full_payment_notification_verifies_with_md5_and_hmac() -> None:
+    """[protocol: APIv2 payment notifications; APIv2 vectors] D6: the official sample's 19 fields, re-signed."""
+    notification = parse_v2_notification(payment(), DOC_KEY, max_bytes=LIMIT)
+    assert notification.kind == "payment"
+    assert notification.fields["total_fee"] == "1"  # a value outside CDATA reads the same
+    assert notification.fields["attach"] == "支付测试"
+    assert (notification.mch_id, notification.out_trade_no) == ("10000100", "1409811653")
+    assert notification.raw == payment() and notification.req_info is None
+
+    hmac_signed = payment(D6_HMAC, extra="<sign_type><![CDATA[HMAC-SHA256]]></sign_type>")
+    assert parse_v2_notification(hmac_signed, DOC_KEY, max_bytes=LIMIT).fields["sign_type"] == HMAC_SHA256
+    empty_device = payment(extra="<device_info></device_info>")  # an empty field is not signed
+    assert parse_v2_notification(empty_device, DOC_KEY, max_bytes=LIMIT).fields["device_info"] == ""
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(payment(T8_SIGN), id="T8-published-sign"),
+        pytest.param(payment(total_fee="100"), id="amount-changed"),
+        pytest.param(payment(D6_MD5.lower()), id="lower-case-sign"),
+        pytest.param(payment(""), id="empty-sign"),
+        pytest.param(payment(D6_MD5, extra="<coupon_fee_0>10</coupon_fee_0>"), id="unsigned-extra-field"),
+        pytest.param(payment(D6_HMAC), id="hmac-sign-without-sign_type"),
+        pytest.param(payment(D6_HMAC, extra="<sign_type>HMAC-SHA1</sign_type>"), id="unknown-sign_type"),
+        pytest.param(payment(D6_MD5, extra="<sign_type>md5</sign_type>"), id="lower-case-sign_type"),
+        pytest.param(payment().replace(b"<sign>", b"<signature>").replace(b"</sign>", b"</signature>"), id="no-sign"),
+    ],
+)
+def test_a_payment_whose_sign_does_not_verify_is_refused(body: bytes) -> None:
+    """[protocol: The APIv2 sign; APIv2 vectors] T8's published sign is reproduced by no public key."""
+    with pytest.raises(V2SignInvalid):
+        parse_v2_notification(body, DOC_KEY, max_bytes=LIMIT)
+
+
+def test_a_payment_under_another_key_is_refused() -> None:
+    with pytest.raises(V2SignInvalid):
+        parse_v2_notification(payment(), T1_KEY, max_bytes=LIMIT)
+    with pytest.raises(V2SignInvalid):
+        parse_v2_notification(payment(), DOC_KEY.upper(), max_bytes=LIMIT)
+
+
+# -- req_info -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "plaintext", "req_info"),
+    [
+        pytest.param(T1_KEY, T1_PLAINTEXT, T1_REQ_INFO, id="T1"),
+        pytest.param(T2_KEY, T2_PLAINTEXT, T2_REQ_INFO, id="T2"),
+    ],
+)
+def test_published_req_info_decrypts_and_encrypts_both_ways(key: str, plaintext: bytes, req_info: str) -> None:
+    """[protocol: APIv2 refund notifications; APIv2 vectors] T1 (a real callback), T2: ECB is deterministic."""
+    assert encrypt_req_info(plaintext, key) == req_info
+    assert decrypt_ecb(req_info_key(key), base64.b64decode(req_info)) == plaintext
+    assert decrypt_req_info(req_info, key) == parse_v2_xml(plaintext, max_bytes=LIMIT, root="root")
+
+
+def test_t1_is_the_reference_plaintext() -> None:
+    """[protocol: APIv2 vectors] T1: 820 bytes with PKCS#7 padding 12, the AES key the lower-case hex MD5."""
+    assert len(T1_PLAINTEXT) == 820
+    assert (
+        hashlib.sha256(T1_PLAINTEXT).hexdigest() == "fe9673e322c7ed0db1fa2871c6fce06da29e8063215a8418c54db8f192a7f451"
+    )
+    assert req_info_key(T1_KEY) == b"a1fdc4d1da9fb443b1091d34bcee9493"
+    assert len(base64.b64decode(T1_REQ_INFO)) == 820 + 12
+    fields = decrypt_req_info(T1_REQ_INFO, T1_KEY)
+    assert fields["refund_recv_accout"] == "支付用户零钱"
+    assert (fields["out_refund_no"], fields["refund_fee"], fields["refund_status"]) == (
+        "50fd012ed1b311e7af7800163e32c503",
+        "6",
+        "SUCCESS",
+    )
+    assert len(fields) == 13
+
+
+def test_d7_req_info_is_regenerated_from_the_php_sample() -> None:
+    """[protocol: APIv2 vectors] D7: the sample (813 bytes) under the documentation's key."""
+    assert (
+        hashlib.sha256(D7_PLAINTEXT).hexdigest() == "abaac7c4b685e5158e844cd2dfc0c5d29b2f621c8fc5c28471a09bb04a2c06ac"
+    )
+    assert req_info_key(DOC_KEY) == b"d96eb16afdd491fa1e705096edbc2205"
+    req_info = encrypt_req_info(D7_PLAINTEXT, DOC_KEY)
+    assert len(req_info) == 1088
+    assert req_info.startswith("4gS8kbcHysCW7bHqyEU0M4GTNkgJQP6/zKHbA/E3CvwLlNgCKUkGRy0OpONZjd4s")
+    assert req_info.endswith("4/arW1IeJs8Sq12CiJFB")
+    assert decrypt_req_info(req_info, DOC_KEY)["out_refund_no"] == "131811191610442717309"
+
+
+def test_raw_aes_256_ecb() -> None:
+    """[protocol: APIv2 vectors] T6: the key used as given, PKCS#7 padding."""
+    key = b"0123456789abcdef0123456789abcdef"
+    assert base64.b64encode(encrypt_ecb(key, b"hello")) == b"pZwJZBLuy3mDACEQT4YTBw=="
+    assert decrypt_ecb(key, base64.b64decode("pZwJZBLuy3mDACEQT4YTBw==")) == b"hello"
+
+
+def test_a_refund_notification_is_decrypted_not_signed() -> None:
+    """[protocol: APIv2 refund notifications; APIv2 checks, in order] `req_info` makes it a refund."""
+    notification = parse_v2_notification(refund(T1_REQ_INFO), T1_KEY, max_bytes=LIMIT)
+    assert notification.kind == "refund"
+    assert notification.req_info == decrypt_req_info(T1_REQ_INFO, T1_KEY)
+    assert notification.fields["req_info"] == T1_REQ_INFO
+    assert (notification.mch_id, notification.out_trade_no) == ("10000100", "4893e76d8c8b434cb64e9cd536338e33")
+
+
+def test_a_sign_beside_req_info_is_verified_too() -> None:
+    body = refund(T1_REQ_INFO, extra=f"<sign>{D6_MD5}</sign>")
+    with pytest.raises(V2SignInvalid):
+        parse_v2_notification(body, T1_KEY, max_bytes=LIMIT)
+    outer = parse_v2_xml(refund(T1_REQ_INFO), max_bytes=LIMIT)
+    signed = refund(T1_REQ_INFO, extra=f"<sign>{sign_v2(outer, T1_KEY)}</sign>")
+    assert parse_v2_notification(signed, T1_KEY, max_bytes=LIMIT).kind == "refund"
+
+
+@pytest.mark.parametrize(
+    ("key", "plaintext"),
+    [
+        pytest.param(T1_KEY, T1_PLAINTEXT, id="T1"),
+        pytest.param(T2_KEY, T2_PLAINTEXT, id="T2"),
+        pytest.param(DOC_KEY, D7_PLAINTEXT, id="D7"),
+    ],
+)
+def test_a_wrong_key_never_gives_fields(key: str, plaintext: bytes) -> None:
+    """[protocol: APIv2 refund notifications] another key, or the upper-case hex MD5 of the right one."""
+    req_info = encrypt_req_info(plaintext, key)
+    for wrong in (T1_KEY if key != T1_KEY else DOC_KEY, key.upper() if key != key.upper() else key.lower()):
+        with pytest.raises(V2DecryptionFailed):
+            decrypt_req_info(req_info, wrong)
+        with pytest.raises(V2DecryptionFailed):
+            parse_v2_notification(refund(req_info), wrong, max_bytes=LIMIT)
+    upper_hex = hashlib.md5(key.encode()).hexdigest().upper().encode()
+    with pytest.raises(V2DecryptionFailed):
+        decrypt_ecb(upper_hex, base64.b64decode(req_info))
+    by_upper_hex = base64.b64encode(encrypt_ecb(upper_hex, plaintext)).decode()  # a sender with the wrong key
+    with pytest.raises(V2DecryptionFailed):
+        decrypt_req_info(by_upper_hex, key)
+
+
+def _ecb_without_padding(key: bytes, data: bytes) -> str:
+    encryptor = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
+    return base64.b64encode(encryptor.update(data) + encryptor.finalize()).decode()
+
+
+@pytest.mark.parametrize(
+    "last_block",
+    [
+        pytest.param(b"</root>\n" + b"\x00" * 8, id="pad-zero"),
+        pytest.param(b"</root>\n" + b"\x11" * 8, id="pad-17"),
+        pytest.param(b"</root>\n\x01\x02\x03\x04\x05\x06\x07\x08", id="pad-bytes-differ"),
+        pytest.param(b"</root>" + b"\x08" + b"\x09" * 8, id="pad-one-byte-off"),
+    ],
+)
+def test_bad_padding_is_refused(last_block: bytes) -> None:
+    """PKCS#7 is checked byte by byte, even where the XML before it would parse."""
+    data = b"<root><a>1</a>\n " + last_block
+    with pytest.raises(V2DecryptionFailed):
+        decrypt_req_info(_ecb_without_padding(req_info_key(DOC_KEY), data), DOC_KEY)
+    padded = b"<root><a>1</a>\n " + b"</root>" + b"\x09" * 9  # the same blocks, correctly padded
+    assert decrypt_req_info(_ecb_without_padding(req_info_key(DOC_KEY), padded), DOC_KEY) == {"a": "1"}
+
+
+@pytest.mark.parametrize(
+    "req_info",
+    [
+        pytest.param(T1_REQ_INFO[:-4], id="truncated-base64"),
+        pytest.param(base64.b64encode(base64.b64decode(T1_REQ_INFO)[:-1]).decode(), id="one-byte-short"),
+        pytest.param(base64.b64encode(base64.b64decode(T1_REQ_INFO)[:-16]).decode(), id="one-block-short"),
+        pytest.param("", id="empty"),
+        pytest.param("not base64!", id="not-base64"),
+        pytest.param("支付", id="not-ascii"),
+        pytest.param(_ecb_without_padding(req_info_key(T1_KEY), b"<xml><a>1</a></xml>" + b"\x0d" * 13), id="not-root"),
+        pytest.param(encrypt_req_info(b"<root><a>1</a><a>2</a></root>", T1_KEY), id="duplicate-inside"),
+        pytest.param(encrypt_req_info(b'<!DOCTYPE r [<!ENTITY x "y">]><root/>', T1_KEY), id="dtd-inside"),
+    ],
+)
+def test_req_info_that_does_not_decrypt_to_a_root_is_refused(req_info: str) -> None:
+    """[protocol: APIv2 checks, in order] `500`: our APIv2 key is wrong (or the body was cut)."""
+    with pytest.raises(V2DecryptionFailed):
+        decrypt_req_info(req_info, T1_KEY)
+    with pytest.raises(V2DecryptionFailed):
+        parse_v2_notification(refund(req_info), T1_KEY, max_bytes=LIMIT)
+
+
+# -- hostile and malformed XML --------------------------------------------------------------------
+
+XXE_FILE = b"""<?xml version="1.0" encoding="UTF-8"?>
+<!DOCTYPE xml [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>
+<xml><return_code>SUCCESS</return_code><attach>&xxe;</attach></xml>"""
+XXE_PARAMETER = b"""<!DOCTYPE xml [<!ENTITY % remote SYSTEM "http://127.0.0.1:9/x.dtd"> %remote;]><xml/>"""
+EXTERNAL_DTD = b"""<?xml version="1.0"?><!DOCTYPE xml SYSTEM "http://127.0.0.1:9/evil.dtd"><xml><a>1</a></xml>"""
+PUBLIC_DTD = b"""<!DOCTYPE xml PUBLIC "-//W3C//DTD XHTML 1.0//EN" "http://127.0.0.1:9/x.dtd"><xml/>"""
+BILLION_LAUGHS = (
+    b'<?xml version="1.0"?>\n<!DOCTYPE xml [\n<!ENTITY lol "lol">\n'
+    + b"".join(
+        b'<!ENTITY lol%d "%s">\n' % (i, (b"&lol%d;" % (i - 1) if i > 1 else b"&lol;") * 10) for i in range(1, 10)
+    )
+    + b"]>\n<xml><return_code>&lol9;</return_code></xml>"
+)
+QUADRATIC_BLOWUP = b'<!DOCTYPE xml [<!ENTITY a "' + b"x" * 20_000 + b'">]><xml><a>' + b"&a;" * 10_000 + b"</a></xml>"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(XXE_FILE, id="xxe-file-read"),
+        pytest.param(XXE_PARAMETER, id="xxe-parameter-entity"),
+        pytest.param(EXTERNAL_DTD, id="external-dtd"),
+        pytest.param(PUBLIC_DTD, id="public-dtd"),
+        pytest.param(BILLION_LAUGHS, id="billion-laughs"),
+        pytest.param(QUADRATIC_BLOWUP, id="quadratic-blowup"),
+        pytest.param(b"<!DOCTYPE xml><xml><return_code>SUCCESS</return_code></xml>", id="bare-doctype"),
+    ],
+)
+def test_dtds_and_entities_are_refused_before_they_cost_anything(body: bytes) -> None:
+    """[protocol: Hostile XML] refused at the DTD's start: no file read, no request, no expansion."""
+    with refused_quickly(V2XmlForbidden):
+        parse_v2_xml(body, max_bytes=1024 * 1024)
+    with refused_quickly(V2XmlForbidden):
+        parse_v2_notification(body, DOC_KEY, max_bytes=1024 * 1024)
+
+
+def test_a_body_above_the_limit_is_refused_before_it_is_parsed() -> None:
+    body = payment()
+    assert parse_v2_notification(body, DOC_KEY, max_bytes=len(body)).kind == "payment"
+    with refused_quickly(BodyTooLarge):
+        parse_v2_notification(body, DOC_KEY, max_bytes=len(body) - 1)
+    with refused_quickly(BodyTooLarge):
+        parse_v2_xml(BILLION_LAUGHS + b" " * LIMIT, max_bytes=LIMIT)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(PAYMENT.format(sign=D6_MD5, total_fee=1, extra="").encode("gbk"), id="gbk"),
+        pytest.param(PAYMENT.format(sign=D6_MD5, total_fee=1, extra="").encode("utf-16"), id="utf-16"),
+        pytest.param(b'<?xml version="1.0" encoding="ISO-8859-1"?><xml><a>\xc3\xa9</a></xml>', id="latin-1-declared"),
+        pytest.param(b'<?xml version="1.0" encoding="GBK"?><xml><a>1</a></xml>', id="gbk-declared"),
+        pytest.param(b"<xml><a>\xff</a></xml>", id="invalid-utf-8"),
+        pytest.param(b"", id="empty"),
+        pytest.param(b"{}", id="json"),
+        pytest.param(b"<xml><a>1</a>", id="unclosed"),
+        pytest.param(b"<xml><a>1</b></xml>", id="mismatched"),
+        pytest.param(b"<xml><a>&xxe;</a></xml>", id="undeclared-entity"),
+        pytest.param(b"<xml><a>\x00</a></xml>", id="nul"),
+        pytest.param(b"<root><return_code>SUCCESS</return_code></root>", id="root-not-xml"),
+        pytest.param(b"<XML><return_code>SUCCESS</return_code></XML>", id="root-upper-case"),
+        pytest.param(b'<xml id="1"><return_code>SUCCESS</return_code></xml>', id="root-attribute"),
+        pytest.param(b'<xml xmlns="urn:x"><return_code>SUCCESS</return_code></xml>', id="root-namespace"),
+        pytest.param(b"<xml><return_code><b>SUCCESS</b></return_code></xml>", id="nested"),
+        pytest.param(b'<xml><return_code a="1">SUCCESS</return_code></xml>', id="attribute"),
+        pytest.param(b'<xml><x:a xmlns:x="urn:x">1</x:a></xml>', id="namespace"),
+        pytest.param(b"<xml><return_code>SUCCESS</return_code><return_code>FAIL</return_code></xml>", id="duplicate"),
+        pytest.param(b"<xml>SUCCESS<return_code>SUCCESS</return_code></xml>", id="text-in-root"),
+        pytest.param(b"<xml><return_code>SUCCESS</return_code>x<a>1</a></xml>", id="text-between"),
+        pytest.param(b"<xml><return_code>SUCC<!-- -->ESS</return_code></xml>", id="comment-in-value"),
+        pytest.param(b"<xml><!-- c --><return_code>SUCCESS</return_code></xml>", id="comment"),
+        pytest.param(b"<xml><?pi x?><return_code>SUCCESS</return_code></xml>", id="processing-instruction"),
+        pytest.param(b"<xml><return_code>SUCCESS</return_code></xml><xml/>", id="two-roots"),
+    ],
+)
+def test_anything_but_a_flat_utf8_xml_is_malformed(body: bytes) -> None:
+    """[protocol: Hostile XML] `400`: what WeChat does not write is not read."""
+    with refused_quickly(V2Malformed):
+        parse_v2_xml(body, max_bytes=LIMIT)
+
+
+def test_a_duplicated_signed_field_is_refused_even_when_either_copy_would_verify() -> None:
+    """Two readers of one body must not see two amounts."""
+    with pytest.raises(V2Malformed):
+        parse_v2_notification(payment(extra="<total_fee>100</total_fee>"), DOC_KEY, max_bytes=LIMIT)
+
+
+def test_whitespace_between_fields_and_a_utf8_declaration_are_fine() -> None:
+    body = b'<?xml version="1.0" encoding="utf-8"?>\n<xml>\n <a><![CDATA[ x ]]></a>\n <b/>\n</xml>\n'
+    assert parse_v2_xml(body, max_bytes=LIMIT) == {"a": " x ", "b": ""}
+    assert parse_v2_xml(b"\xef\xbb\xbf<xml><a>&amp;&#x41;&lt;</a></xml>", max_bytes=LIMIT) == {"a": "&A<"}
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        pytest.param(
+            b"<xml><return_code>FAIL</return_code><return_msg>x</return_msg></xml>", V2ReturnCodeFail, id="fail"
+        ),
+        pytest.param(b"<xml><return_msg>OK</return_msg></xml>", V2Malformed, id="no-return_code"),
+        pytest.param(b"<xml><return_code>success</return_code></xml>", V2Malformed, id="lower-case"),
+        pytest.param(refund(T1_REQ_INFO).replace(b"SUCCESS", b"FAIL"), V2ReturnCodeFail, id="refund-fail"),
+    ],
+)
+def test_return_code_is_checked_before_the_sign(body: bytes, error: type[LedgerError]) -> None:
+    """[protocol: APIv2 checks, in order] a FAIL carries nothing to act on."""
+    with pytest.raises(error):
+        parse_v2_notification(body, DOC_KEY, max_bytes=LIMIT)
+
+
+def test_each_refusal_is_answered_like_its_apiv3_counterpart() -> None:
+    """[protocol: APIv2 checks, in order] 413, 400, 401, 500 through the one answer table."""
+    assert answer_for(BodyTooLarge).status == 413
+    assert answer_for(V2Malformed).status == answer_for(V2XmlForbidden).status == 400
+    assert answer_for(V2ReturnCodeFail).status == 400
+    assert answer_for(V2SignInvalid).status == 401
+    assert answer_for(V2DecryptionFailed).status == 500
+    for error in (V2Malformed, V2XmlForbidden, V2ReturnCodeFail, V2SignInvalid, V2DecryptionFailed):
+        assert len(error.reason) < 64
+
+
+# -- answers --------------------------------------------------------------------------------------
+
+
+def test_the_success_answer_is_exactly_wechats() -> None:
+    """[protocol: Answering in XML]"""
+    expected = b"<xml><return_code><![CDATA[SUCCESS]]></return_code><return_msg><![CDATA[OK]]></return_msg></xml>"
+    assert answer_xml(True) == answer_xml(True, "OK") == expected
+    assert answer_xml(False, V2SignInvalid.reason) == (
+        b"<xml><return_code><![CDATA[FAIL]]></return_code>"
+        b"<return_msg><![CDATA[sign verification failed]]></return_msg></xml>"
+    )
+
+
+@pytest.mark.parametrize(
+    "message",
+    ["a]]></return_msg><return_code>SUCCESS</return_code><return_msg>", "]]>", "x]]]]>y", "<![CDATA[", "支付失败"],
+)
+def test_a_failure_reason_cannot_break_out_of_its_cdata(message: str) -> None:
+    """[protocol: Answering in XML]"""
+    assert parse_v2_xml(answer_xml(False, message), max_bytes=LIMIT) == {"return_code": "FAIL", "return_msg": message}
+
+
+def test_a_failure_reason_is_one_short_line() -> None:
+    fields = parse_v2_xml(answer_xml(False, "line one\r\nline\x00two " + "x" * 500), max_bytes=LIMIT)
+    assert fields["return_msg"].startswith("line one line two x")
+    assert len(fields["return_msg"]) == 128
+
+
+# -- the key --------------------------------------------------------------------------------------
+
+
+def test_the_v2_key_is_32_printable_characters() -> None:
+    assert check_v2_key(T1_KEY, "v2_key") == T1_KEY
+    assert check_v2_key(DOC_KEY, "merchants[0].v2_key") == DOC_KEY
+    for bad in ("", T1_KEY[:31], T1_KEY + "x", T1_KEY[:31] + " ", T1_KEY[:31] + "é", T1_KEY + "\n"):
+        with pytest.raises(ConfigurationError) as refused:
+            check_v2_key(bad, "v2_key")
+        assert refused.value.setting == "v2_key"
+        if bad.strip():
+            assert bad.strip() not in str(refused.value)
+
+
+# -- round trips ----------------------------------------------------------------------------------
+
+NAMES = st.from_regex(r"[a-z][a-z0-9_]{0,15}", fullmatch=True).filter(
+    lambda n: n not in ("sign", "sign_type", "return_code", "req_info")
+)
+# Anything XML can carry: no control characters but tab, LF and CR, no surrogates.
+VALUES = st.text(st.characters(blacklist_categories=("Cs", "Cc"), whitelist_characters="\t\n\r"), max_size=40)
+FIELDS = st.dictionaries(NAMES, VALUES, max_size=12)
+KEYS = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40)
+
+
+@settings(max_examples=100, deadline=None)
+@given(FIELDS, st.sampled_from([MD5, HMAC_SHA256]), KEYS, st.data())
+def test_sign_then_verify_round_trips_and_any_change_is_caught(
+    fields: dict[str, str], sign_type: str, key: str, data: st.DataObject
+) -> None:
+    """[protocol: The APIv2 sign] through the XML WeChat would write, and every field counts."""
+    fields = {"return_code": "SUCCESS", **fields} | ({"sign_type": sign_type} if sign_type == HMAC_SHA256 else {})
+    signed = fields | {"sign": sign_v2(fields, key, sign_type)}
+    verify_v2_sign(signed, key)
+    notification = parse_v2_notification(to_xml(signed), key, max_bytes=LIMIT)
+    assert notification.kind == "payment" and notification.fields == signed
+
+    name = data.draw(st.sampled_from(sorted(fields)))
+    changed = data.draw(VALUES.filter(lambda v: v not in ("", fields[name])))
+    with pytest.raises(V2SignInvalid):
+        verify_v2_sign(signed | {name: changed}, key)
+    with pytest.raises(V2SignInvalid):
+        verify_v2_sign(signed, key + "x")
+
+
+@settings(max_examples=100, deadline=None)
+@given(FIELDS, KEYS)
+def test_encrypt_then_decrypt_round_trips(fields: dict[str, str], key: str) -> None:
+    """[protocol: APIv2 refund notifications]"""
+    req_info = encrypt_req_info(to_xml(fields, root="root"), key)
+    assert decrypt_req_info(req_info, key) == fields
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=100))
+def test_ecb_round_trips_any_bytes(plaintext: bytes) -> None:
+    key = req_info_key(DOC_KEY)
+    assert decrypt_ecb(key, encrypt_ecb(key, plaintext)) == plaintext
+
+
+@pytest.mark.parametrize("build", [lambda: to_xml({"a b": "1"}), lambda: to_xml({"a": "\x00"})])
+def test_to_xml_refuses_what_xml_cannot_carry(build: Callable[[], bytes]) -> None:
+    with pytest.raises(ValueError):
+        build()
