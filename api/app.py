@@ -17,9 +17,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from api.auth import AdminTokenMiddleware
+from api.bills import get_bill, reconcile_bill
 from api.bootstrap import bootstrap
 from api.errors import EXCEPTION_HANDLERS
 from api.metrics import (
+    BillMetrics,
     DecisionMetrics,
     Guarded,
     NotifyMetrics,
@@ -92,6 +94,8 @@ def create_app(
         views = services.orders_view
         outbox_view = services.outbox_view
         outbox = services.outbox
+        # Built here, not by the first request: two first requests at once would race to create its tables.
+        bill_reports = services.bill_reports
         registry = new_registry()
         app.state.app_state = AppState(
             services, committer, anyio.CapacityLimiter(settings.worker_threads), views, NotifyMetrics(registry)
@@ -110,6 +114,7 @@ def create_app(
         registry.register(Guarded("projection lag", app.state.projection_lag, breaker))
         registry.register(Guarded("decisions", DecisionMetrics(DecisionTally(services.ledger)), breaker))
         registry.register(Guarded("outbox", OutboxMetrics(outbox), breaker))
+        registry.register(Guarded("bills", BillMetrics(bill_reports, sorted(services.merchants)), breaker))
         app.state.metrics = registry
         if background:
             services.start_background()
@@ -134,6 +139,8 @@ def create_app(
         Route("/orders/{out_trade_no}", get_order, methods=["GET"]),
         Route("/orders/{out_trade_no}/events", order_events, methods=["GET"]),
         Route("/orders/{out_trade_no}/query", query_order, methods=["POST"]),
+        Route("/bills/{bill_date}", get_bill, methods=["GET"]),
+        Route("/bills/{bill_date}/reconcile", reconcile_bill, methods=["POST"]),
         Route(OPENAPI_PATH, openapi, methods=["GET"]),
         ui_mount(settings),
     ]

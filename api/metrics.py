@@ -10,6 +10,7 @@ module-level global), built by `create_app`.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -23,13 +24,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ledger.application import Ledger
+from ledger.bill_matching import DiscrepancyKind
 from ledger.status_query import OrderQuery
+from ledger.wechatpay.bills import BEIJING
+from projections.bills.reports import REPORT_STATUSES, BillReports
 from projections.log_counts import DecisionTally, unprocessed
 from projections.webhooks.outbox import Outbox
 from projections.webhooks.stats import AttemptTally, backlog
 
 __all__ = [
     "NOTIFICATION_OUTCOMES",
+    "BillMetrics",
     "Guarded",
     "NotifyMetrics",
     "OutboxMetrics",
@@ -185,6 +190,48 @@ class OutboxMetrics(Collector):
         )
         dead.add_metric([], states["dead"])
         yield dead
+
+
+class BillMetrics(Collector):
+    """What the kept bill reports say: differences by kind, and how far each merchant's books are checked."""
+
+    def __init__(self, reports: BillReports, merchants: Sequence[str] = ()) -> None:
+        self._reports = reports
+        self._merchants = merchants
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self._reports.discrepancy_counts()
+        family = GaugeMetricFamily(
+            "payledger_bill_discrepancies",
+            "Differences between WeChat's daily bills and the ledger in the kept reports, by kind and resolved",
+            labels=["kind", "resolved"],
+        )
+        kinds = sorted({str(kind) for kind in DiscrepancyKind} | {kind for kind, _ in counts})
+        for kind in kinds:
+            for resolved in (False, True):
+                family.add_metric([kind, str(resolved).lower()], counts.get((kind, resolved), 0))
+        yield family
+        last = self._reports.last_reconciled()
+        day = GaugeMetricFamily(
+            "payledger_bill_last_reconciled_day",
+            "The latest bill day reconciled with its bill had, per merchant: Unix time of its 00:00 Beijing time",
+            labels=["mchid"],
+        )
+        for mchid, report in sorted(last.items()):
+            midnight = dt.datetime.combine(report.bill_date, dt.time(), tzinfo=BEIJING)
+            day.add_metric([mchid], midnight.timestamp())
+        yield day
+        status = GaugeMetricFamily(
+            "payledger_bill_latest_status",
+            "Per merchant, 1 for the status of the report of its latest bill day reconciled (0 for the others)",
+            labels=["mchid", "status"],
+        )
+        for mchid in sorted({*self._merchants, *last}):
+            latest = self._reports.recent(mchid=mchid, limit=1)
+            if latest:
+                for name in REPORT_STATUSES:
+                    status.add_metric([mchid, name], 1 if latest[0].status == name else 0)
+        yield status
 
 
 class StoreBreaker:

@@ -13,7 +13,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.openapi_schemas import EVENT_NAMES, OUT_TRADE_NO, SCHEMAS, TRADE_STATES, ref
+from api.openapi_schemas import BILL_DATE, EVENT_NAMES, OUT_TRADE_NO, SCHEMAS, TRADE_STATES, ref
 from api.responses import LedgerJSONResponse
 
 __all__ = ["OPENAPI_PATH", "openapi", "openapi_document"]
@@ -118,6 +118,10 @@ def _admin(operation: dict[str, Any], *statuses: str) -> dict[str, Any]:
 def openapi_document() -> dict[str, Any]:
     """The description, built fresh (callers may keep it)."""
     order_no = _path_param("out_trade_no")
+    bill_date = {
+        **_path_param("bill_date", {"type": "string", "pattern": BILL_DATE}),
+        "description": "a Beijing day, YYYY-MM-DD",
+    }
     paths: dict[str, Any] = {
         "/wechatpay/notify": _notify_operation(by_mchid=False),
         "/wechatpay/notify/{mchid}": _notify_operation(by_mchid=True),
@@ -234,7 +238,7 @@ def openapi_document() -> dict[str, Any]:
                         _MCHID_QUERY,
                         _version("as_of_version", 1, "replay the stream up to this event (404 beyond the last)"),
                     ],
-                    "responses": {"200": _json(ref("Order"), "the order")},
+                    "responses": {"200": _json(ref("OrderDetail"), "the order, with its bill fee and net amount")},
                 },
                 "400",
                 "404",
@@ -279,6 +283,37 @@ def openapi_document() -> dict[str, Any]:
                     },
                 },
                 "400",
+            )
+        },
+        "/bills/{bill_date}": {
+            "get": _admin(
+                {
+                    "operationId": "getBillReport",
+                    "summary": "The report of the day's last bill reconciliation",
+                    "parameters": [bill_date, _MCHID_QUERY],
+                    "responses": {
+                        "200": _json(ref("BillReport"), "the report"),
+                        "404": _error("that day was never reconciled for this merchant"),
+                    },
+                },
+                "400",
+            )
+        },
+        "/bills/{bill_date}/reconcile": {
+            "post": _admin(
+                {
+                    "operationId": "reconcileBill",
+                    "summary": "Reconcile the day now: fetch WeChat's bill if not kept, match, record each difference",
+                    "parameters": [bill_date, _MCHID_QUERY],
+                    "responses": {
+                        "200": _json(ref("BillReport"), "the bill was had: agreed, discrepancies or empty"),
+                        "400": _error(
+                            "invalid bill_date or mchid, a day in the future (Beijing time), or a merchant "
+                            "without the API key that bills need"
+                        ),
+                        "502": _json(ref("BillFailure"), "the bill could not be had (not ready, or failed)"),
+                    },
+                },
             )
         },
     }

@@ -1,17 +1,23 @@
-"""The reusable parts of `/openapi.json`: the shapes of orders, events, lists and errors."""
+"""The reusable parts of `/openapi.json`: the shapes of orders, events, lists, bill reports and errors."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
+from api.params import BILL_DATE as _BILL_DATE
 from api.params import OUT_TRADE_NO as _OUT_TRADE_NO
+from ledger.bill_matching import DiscrepancyKind
 from ledger.domain import ALL_EVENTS, FINAL_TRADE_STATES, OPEN_TRADE_STATES
+from projections.bills.reports import REPORT_STATUSES
 
-__all__ = ["EVENT_NAMES", "OUT_TRADE_NO", "SCHEMAS", "TRADE_STATES", "ref"]
+__all__ = ["BILL_DATE", "EVENT_NAMES", "OUT_TRADE_NO", "SCHEMAS", "TRADE_STATES", "ref"]
 
 OUT_TRADE_NO = f"^{_OUT_TRADE_NO.pattern}$"
+BILL_DATE = f"^{_BILL_DATE.pattern}$"
 TRADE_STATES = sorted(OPEN_TRADE_STATES | FINAL_TRADE_STATES)
 EVENT_NAMES = sorted(cls.__name__ for cls in ALL_EVENTS)
+DISCREPANCY_KINDS = sorted(str(kind) for kind in DiscrepancyKind)
 
 
 def ref(name: str) -> dict[str, str]:
@@ -20,6 +26,9 @@ def ref(name: str) -> dict[str, str]:
 
 _NULLABLE_INT = {"type": ["integer", "null"], "minimum": 0}
 _NULLABLE_STR = {"type": ["string", "null"]}
+_COUNT = {"type": "integer", "minimum": 0}
+# Fen with the bill's fee precision: a fee has 5 decimals of yuan, so 3 of fen ("0.600", "-18.000").
+_FEN_TEXT = {"type": "string", "pattern": "^-?[0-9]+\\.[0-9]{3}$"}
 
 SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -32,7 +41,8 @@ SCHEMAS: dict[str, Any] = {
                 "type": "string",
                 "enum": ["INVALID_REQUEST", "UNAUTHORIZED", "NOT_FOUND", "CONFLICT", "METHOD_NOT_ALLOWED", "FAIL"],
             },
-            "message": {"type": "string", "maxLength": 200},
+            # Short, but room for a list of what is valid (the event types an unknown `type` names).
+            "message": {"type": "string", "maxLength": 400},
         },
     },
     "NotifyFailure": {
@@ -129,8 +139,108 @@ SCHEMAS: dict[str, Any] = {
             "refunded_total": {"type": "integer", "minimum": 0},
             "refunds": {"type": "array", "items": ref("Refund")},
             "anomalies": {"type": "array", "items": ref("Anomaly")},
+            "bill_discrepancies": {
+                "type": "array",
+                "items": ref("OrderBillDiscrepancy"),
+                "description": "what WeChat's daily bills showed differently (one per bill and difference)",
+            },
             "deliveries": {"type": "integer", "minimum": 0},
             "version": {"type": "integer", "minimum": 1},
+        },
+    },
+    "OrderBillDiscrepancy": {
+        "type": "object",
+        "required": ["bill_date", "kind", "transaction_id", "bill_amount", "ledger_amount", "evidence"],
+        "properties": {
+            "bill_date": {"type": "string", "format": "date"},
+            "kind": {"type": "string", "enum": DISCREPANCY_KINDS},
+            "transaction_id": {"type": "string"},
+            "out_refund_no": _NULLABLE_STR,
+            "refund_id": _NULLABLE_STR,
+            "bill_amount": {**_NULLABLE_INT, "description": "fen; null when the bill lacks it"},
+            "ledger_amount": {**_NULLABLE_INT, "description": "fen; null when the ledger lacks it"},
+            "evidence": {"type": "string", "description": "the kept bill: bill:<kind>:<bill_date>:<sha1>"},
+        },
+    },
+    "BillDiscrepancy": {
+        "type": "object",
+        "required": [
+            "kind",
+            "out_trade_no",
+            "transaction_id",
+            "out_refund_no",
+            "refund_id",
+            "bill_amount",
+            "ledger_amount",
+            "resolved",
+        ],
+        "additionalProperties": False,
+        "properties": {
+            "kind": {"type": "string", "enum": DISCREPANCY_KINDS},
+            "out_trade_no": {"type": "string"},
+            "transaction_id": {"type": "string"},
+            "out_refund_no": _NULLABLE_STR,
+            "refund_id": _NULLABLE_STR,
+            "bill_amount": {**_NULLABLE_INT, "description": "fen; null when the bill lacks it"},
+            "ledger_amount": {**_NULLABLE_INT, "description": "fen; null when the ledger lacks it"},
+            "resolved": {"type": "boolean", "description": "a query since decided it as the bill says"},
+        },
+    },
+    "BillReport": {
+        "type": "object",
+        "description": "One reconciliation of one merchant's Beijing day against WeChat's trade bill; amounts in fen.",
+        "required": ["mchid", "bill_date", "status", "reason", "reconciled_at", "bill", "totals", "discrepancies"],
+        "additionalProperties": False,
+        "properties": {
+            "mchid": {"type": "string"},
+            "bill_date": {"type": "string", "format": "date"},
+            "status": {"type": "string", "enum": list(REPORT_STATUSES)},
+            "reason": {**_NULLABLE_STR, "description": "why the bill could not be had (not_ready, failed)"},
+            "reconciled_at": {"type": "string", "format": "date-time"},
+            "bill": {
+                "type": "object",
+                "required": ["rows", "payments", "refunds", "sha1"],
+                "additionalProperties": False,
+                "properties": {
+                    "rows": _COUNT,
+                    "payments": _COUNT,
+                    "refunds": _COUNT,
+                    "sha1": {"type": ["string", "null"], "pattern": "^[0-9a-f]{40}$"},
+                },
+            },
+            "totals": {
+                "type": "object",
+                "description": "empty when no bill was ever had for the day",
+                "additionalProperties": False,
+                "properties": {
+                    "payments": {**_COUNT, "description": "fen"},
+                    "refunds": {**_COUNT, "description": "fen"},
+                    "fees": {**_FEN_TEXT, "description": "fen, exactly (the bill writes fees to 1/1000 fen)"},
+                    "net": {**_FEN_TEXT, "description": "payments - refunds - fees, fen"},
+                    "fundflow": {
+                        "type": "object",
+                        "required": ["sha1", "rows", "income", "expense"],
+                        "properties": {
+                            "sha1": {"type": "string"},
+                            "rows": _COUNT,
+                            "income": {**_COUNT, "description": "fen"},
+                            "expense": {**_COUNT, "description": "fen"},
+                        },
+                    },
+                },
+            },
+            "discrepancies": {"type": "array", "items": ref("BillDiscrepancy")},
+        },
+    },
+    "BillFailure": {
+        "type": "object",
+        "description": "A reconciliation that had no bill to match: the failure shape, and the report it saved.",
+        "required": ["code", "message", "report"],
+        "additionalProperties": False,
+        "properties": {
+            "code": {"const": "FAIL"},
+            "message": {"type": "string", "maxLength": 200},
+            "report": ref("BillReport"),
         },
     },
     "OrderList": {
@@ -179,3 +289,23 @@ SCHEMAS: dict[str, Any] = {
         },
     },
 }
+
+
+def _order_detail() -> dict[str, Any]:
+    """`Order` and what the bills say of it: only `GET /orders/{out_trade_no}` reads the fees."""
+    detail: dict[str, Any] = copy.deepcopy(SCHEMAS["Order"])
+    detail["required"] = [*detail["required"], "fee_fen", "net_fen"]
+    detail["properties"]["fee_fen"] = {
+        "type": ["string", "null"],
+        "pattern": _FEN_TEXT["pattern"],
+        "description": "the fees (手续费) of the order's bill lines, fen exactly; null while never billed",
+    }
+    detail["properties"]["net_fen"] = {
+        "type": ["string", "null"],
+        "pattern": _FEN_TEXT["pattern"],
+        "description": "paid_total - refunded_total - fee_fen, fen exactly; null while never billed",
+    }
+    return detail
+
+
+SCHEMAS["OrderDetail"] = _order_detail()

@@ -11,6 +11,7 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api.bills import bill_figures
 from api.params import mchid_param, out_trade_no_param
 from api.responses import LedgerJSONResponse
 from api.state import app_state
@@ -105,18 +106,16 @@ async def get_order(request: Request) -> Response:
     """Read-your-writes: from the read model only once it has caught up with the log.
 
     `?as_of_version=N` replays the stream up to event N instead (404 beyond the current version).
+    Either way the order carries its bill fee and net amount as the bills kept today say them.
     """
     state = app_state(request)
     out_trade_no = request.path_params["out_trade_no"]
     mchid = mchid_param(state, request.query_params.get("mchid"))
     as_of = _version_param(request, "as_of_version", minimum=1)
-    if as_of is not None:
-        order = await anyio.to_thread.run_sync(
-            lambda: state.ledger.order_as_of(mchid, out_trade_no, as_of), limiter=state.limiter
-        )
-        return LedgerJSONResponse(order.summary())
 
     def read() -> dict[str, Any]:
+        if as_of is not None:
+            return state.ledger.order_as_of(mchid, out_trade_no, as_of).summary()
         view = state.orders_view
         if view is not None and view.position() >= orders_head(state.ledger):
             row = view.get(mchid, out_trade_no)
@@ -125,7 +124,11 @@ async def get_order(request: Request) -> Response:
             return dict(row["document"])
         return state.ledger.get_order(mchid, out_trade_no).summary()
 
-    return LedgerJSONResponse(await anyio.to_thread.run_sync(read, limiter=state.limiter))
+    def read_with_fees() -> dict[str, Any]:
+        order = read()
+        return {**order, **bill_figures(state.services.bill_reports, mchid, order)}
+
+    return LedgerJSONResponse(await anyio.to_thread.run_sync(read_with_fees, limiter=state.limiter))
 
 
 def _time_param(request: Request, name: str) -> float | None:

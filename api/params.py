@@ -6,16 +6,19 @@ A bad value raises `InvalidRequest` with our own sentence, which the JSON API an
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import Any
 
 from api.state import AppState
 from ledger.errors import InvalidRequest
 
-__all__ = ["OUT_TRADE_NO", "mchid_param", "out_trade_no_param"]
+__all__ = ["BILL_DATE", "OUT_TRADE_NO", "bill_date_param", "mchid_param", "out_trade_no_param"]
 
 # WeChat Pay's rule for a merchant's order number.
 OUT_TRADE_NO = re.compile(r"[0-9A-Za-z_\-|*@]{6,32}")
+# A bill's day as WeChat Pay writes it (`bill_date`): a Beijing calendar day.
+BILL_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 def mchid_param(state: AppState, given: Any) -> str:
@@ -33,3 +36,13 @@ def out_trade_no_param(value: Any) -> str:
     if not isinstance(value, str) or not OUT_TRADE_NO.fullmatch(value):
         raise InvalidRequest("out_trade_no must be 6-32 characters of letters, digits, _-|*@")
     return value
+
+
+def bill_date_param(value: Any) -> dt.date:
+    """A bill's day, YYYY-MM-DD exactly (no other ISO 8601 spelling: it is WeChat's `bill_date`)."""
+    if isinstance(value, str) and BILL_DATE.fullmatch(value):
+        try:
+            return dt.date.fromisoformat(value)
+        except ValueError:
+            pass
+    raise InvalidRequest("bill_date must be a calendar day written YYYY-MM-DD")

@@ -1,4 +1,4 @@
-"""What the app holds between requests: the wired services, the group committer, a thread limiter.
+"""What the app holds between requests: the wired services, the group committer, thread limiters.
 
 `create_app`'s lifespan stores one `AppState` at `app.state.app_state`; handlers read it through
 `app_state(request)`, typed.
@@ -30,6 +30,9 @@ class AppState:
     limiter: anyio.CapacityLimiter
     views: LiveOrdersView | None = None
     notify_metrics: NotifyMetrics = field(default_factory=lambda: NotifyMetrics(CollectorRegistry()))
+    # A bill reconciliation runs for seconds to a minute: one at a time per process, in a thread
+    # of its own, so a burst of them neither takes the read API's threads nor fetches a bill twice.
+    bills_limiter: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(1))
 
     @property
     def orders_view(self) -> OrdersView | None:

@@ -32,7 +32,7 @@ OPEN = {
     ("/openapi.json", "GET"),
     ("/openapi.json", "HEAD"),
 }
-SAMPLE_PARAMS = {"out_trade_no": "ORDER-9001", "mchid": MCHID}
+SAMPLE_PARAMS = {"out_trade_no": "ORDER-9001", "mchid": MCHID, "bill_date": "2024-05-20"}
 BAD_CREDENTIALS: list[list[tuple[bytes, bytes]]] = [
     [],
     [(b"authorization", b"")],

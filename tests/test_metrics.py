@@ -8,6 +8,7 @@ the store, so a second app on the same store reports the same.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import os
 import time
 from pathlib import Path
@@ -18,17 +19,21 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api.app import create_app
 from api.metrics import NOTIFICATION_OUTCOMES
+from ledger.bill_matching import DiscrepancyKind
 from ledger.settings import Settings
 from ledger.store.cipher import SETTING as ENCRYPTION_KEYS
 from ledger.store.cipher import stored_key_id
 from ledger.store.sql import Database
 from ledger.wechatpay.sandbox.server import Sandbox
 from ledger.wechatpay.sandbox.signer import NotificationFactory
+from projections.bills.reports import REPORT_STATUSES
 from projections.webhooks.dispatcher import Dispatcher
 from projections.webhooks.outbox import Outbox
 from projections.webhooks.records import Attempt
 from projections.webhooks.schema import outbox_url
 from projections.webhooks.stats import ATTEMPT_RESULTS
+from tests.support.bill_world import a_day_with_a_refund, beijing_midnight, bill_world, today
+from tests.support.constants import MCHID
 from tests.support.fakes import FakeClock, Receiver
 from tests.support.servers import post, running, service, through_proxy
 from tests.support.tamper import all_states
@@ -163,6 +168,56 @@ def test_decisions_by_type_and_anomalies_by_kind_come_from_the_log_for_every_rep
     for name in ("payledger_decisions_total", "payledger_anomalies_total", "payledger_log_position"):
         mine = {k: v for k, v in after.items() if k[0] == name}
         assert mine and mine == {k: v for k, v in other_replica.items() if k[0] == name}, name
+
+
+def test_bill_differences_and_each_merchants_last_reconciled_day_come_from_the_kept_reports(
+    tmp_path: Path, database_url: str
+) -> None:
+    yesterday = today() - dt.timedelta(days=1)
+    with bill_world(tmp_path, database_url) as w:
+        before = scrape(w.client)
+        w.sandbox.set_bill_fault(yesterday, "not_ready")
+        assert w.reconcile(yesterday).status_code == 502
+        not_ready = scrape(w.client)
+        a_day_with_a_refund(w)
+        w.pay_unnoticed("BILL-ORDER-3", 5000)  # missing_in_ledger, queried at once: resolved
+        w.sandbox.set_bill_fault(today(), "amount_changed")  # amount_mismatch on BILL-ORDER-1
+        assert w.reconcile().json()["status"] == "discrepancies"
+        after = scrape(w.client)
+
+    kinds = [str(kind) for kind in DiscrepancyKind]
+    for kind in kinds:
+        for resolved in ("false", "true"):
+            assert value(before, "payledger_bill_discrepancies", kind=kind, resolved=resolved) == 0
+    found = {
+        (kind, resolved): value(after, "payledger_bill_discrepancies", kind=kind, resolved=resolved)
+        for kind in kinds
+        for resolved in ("false", "true")
+    }
+    assert found == {
+        ("amount_mismatch", "false"): 1,
+        ("amount_mismatch", "true"): 0,
+        ("missing_in_bill", "false"): 0,
+        ("missing_in_bill", "true"): 0,
+        ("missing_in_ledger", "false"): 0,
+        ("missing_in_ledger", "true"): 1,
+    }
+
+    def days(samples: Samples) -> dict[str, float]:
+        return {dict(k[1])["mchid"]: v for k, v in samples.items() if k[0] == "payledger_bill_last_reconciled_day"}
+
+    def statuses(samples: Samples) -> dict[str, float]:
+        return {
+            dict(k[1])["status"]: v
+            for k, v in samples.items()
+            if k[0] == "payledger_bill_latest_status" and dict(k[1])["mchid"] == MCHID
+        }
+
+    assert days(before) == days(not_ready) == {}, "a day whose bill was never had is not a reconciled day"
+    assert days(after) == {MCHID: beijing_midnight(today())}
+    assert statuses(before) == {}
+    assert statuses(not_ready) == {status: float(status == "not_ready") for status in REPORT_STATUSES}
+    assert statuses(after) == {status: float(status == "discrepancies") for status in REPORT_STATUSES}
 
 
 def test_query_outcomes_are_counted_by_outcome_and_wechat_code(tmp_path: Path) -> None:

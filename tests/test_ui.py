@@ -6,9 +6,11 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,8 +18,14 @@ import pytest
 from api.app import create_app
 from api.ui.auth import COOKIE, SESSION_SECONDS, Access, UISessions
 from ledger.application import build_ledger
+from ledger.bill_matching import Discrepancy, DiscrepancyKind
 from ledger.settings import Settings
+from ledger.store.sql import Database
 from ledger.wechatpay.sandbox.signer import NotificationFactory
+from projections.bills.reports import BillReport, BillReports
+from tests.support.bill_world import TOKEN as TOKEN_BILLS
+from tests.support.bill_world import BillWorld, a_day_with_a_refund, bill_world, today
+from tests.support.constants import MCHID
 from tests.support.projectors import project_until_caught_up
 from tests.support.servers import running
 
@@ -222,3 +230,123 @@ def test_an_oversized_login_form_is_refused_before_it_is_read(ui: UI) -> None:
     assert response.status_code == 400
     assert "set-cookie" not in response.headers
     _no_order_data(response.text)
+
+
+# -- daily bills ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def bills(tmp_path: Path, database_url: str) -> Iterator[BillWorld]:
+    """A reconciled day with two differences: BILL-ORDER-1 billed 1 fen more, BILL-ORDER-3 never notified."""
+    with bill_world(tmp_path, database_url) as w:
+        a_day_with_a_refund(w)
+        w.pay_unnoticed("BILL-ORDER-3", 5000)
+        w.sandbox.set_bill_fault(today(), "amount_changed")
+        yield w
+
+
+def _reconcile_form(w: BillWorld, day: dt.date | str, **headers: str) -> httpx.Response:
+    form = {"bill_date": str(day), "mchid": MCHID}
+    return w.client.post("/ui/bills/reconcile", data=form, headers=headers, follow_redirects=False)
+
+
+def test_a_day_reconciled_from_the_bills_page_lists_its_differences_linked_to_their_orders(bills: BillWorld) -> None:
+    index = bills.client.get("/ui/bills")
+    assert index.status_code == 200
+    assert 'href="/ui/bills"' in index.text  # in the navigation of every page
+    assert "No day reconciled yet." in index.text
+    assert f'name="bill_date" value="{today() - dt.timedelta(days=1)}"' in index.text
+
+    ran = _reconcile_form(bills, today())
+    assert ran.status_code == 303
+    day_url = f"/ui/bills/{today()}?mchid={MCHID}"
+    assert ran.headers["location"] == f"{day_url}&ran=1"
+    page = bills.client.get(ran.headers["location"])
+    assert page.status_code == 200
+    assert 'id="ran"' in page.text and 'id="bill-status">discrepancies<' in page.text
+    table = page.text.split('id="discrepancies"')[1]
+    assert f'href="/ui/orders/BILL-ORDER-1?mchid={MCHID}"' in table
+    assert f'href="/ui/orders/BILL-ORDER-3?mchid={MCHID}"' in table
+    assert "amount_mismatch" in table and "<td>8801</td>" in table and "<td>8800</td>" in table
+    assert "missing_in_ledger" in table
+    assert "2 unresolved" not in page.text and "1 unresolved" in page.text
+
+    listed = bills.client.get("/ui/bills").text
+    assert f'href="{day_url}"' in listed
+    assert "1 unresolved" in listed and "<td>23801</td>" in listed  # 88.01 + 100.00 + 50.00 billed
+
+    order = bills.client.get(f"/ui/orders/BILL-ORDER-1?mchid={MCHID}")
+    assert order.status_code == 200
+    block = order.text.split('id="bill-discrepancies"')[1].split("</div>")[0]
+    assert f'href="/ui/bills/{today()}?mchid={MCHID}"' in block and "amount_mismatch" in block
+    assert 'id="fee">34.800 fen<' in order.text and 'id="net">5765.200 fen<' in order.text
+    timeline = order.text.split('id="timeline"')[1]
+    assert 'data-type="BillDiscrepancy"' in timeline
+    assert f"amount_mismatch in the bill of {today()}: transaction_id=" in timeline
+    unbilled = bills.client.get(f"/ui/orders/BILL-ORDER-2?mchid={MCHID}").text
+    assert 'id="fee">60.000 fen<' in unbilled and 'id="bill-discrepancies"' not in unbilled
+
+
+def test_a_day_without_a_bill_says_why_with_502_and_a_day_never_run_is_404(bills: BillWorld) -> None:
+    never = bills.client.get(f"/ui/bills/{today()}", params={"mchid": MCHID})
+    assert never.status_code == 404 and 'id="never"' in never.text
+    assert 'name="bill_date" value="' + str(today()) + '"' in never.text  # a button to run it
+    bills.sandbox.set_bill_fault(today(), "not_ready")
+    failed = _reconcile_form(bills, today())
+    assert failed.status_code == 502
+    assert "The bill could not be had: trade bill: WeChat Pay bill not ready yet." in failed.text
+    assert 'id="bill-status">not_ready<' in failed.text
+    tomorrow = str(today() + dt.timedelta(days=1))
+    for day, message in (
+        ("2024-02-30", "bill_date must be a calendar day written YYYY-MM-DD"),
+        (tomorrow, "bill_date is in the future (Beijing time)"),
+    ):
+        refused = _reconcile_form(bills, day)
+        assert refused.status_code == 400 and message in refused.text
+    assert bills.client.get("/ui/bills/2024-02-30").status_code == 400
+    assert bills.client.get(f"/ui/bills/{today()}", params={"mchid": "<b>1</b>"}).status_code == 400
+
+
+def test_the_bills_pages_need_a_login_and_their_form_the_sessions_csrf_token(tmp_path: Path, sqlite_url: str) -> None:
+    with bill_world(tmp_path, sqlite_url) as w, httpx.Client(base_url=w.base_url, timeout=30) as browser:
+        for path in ("/ui/bills", f"/ui/bills/{today()}"):
+            response = browser.get(path)
+            assert response.status_code == 401 and 'action="/ui/login"' in response.text
+        assert browser.post("/ui/bills/reconcile", data={"bill_date": str(today())}).status_code == 401
+        login = browser.post("/ui/login", data={"token": TOKEN_BILLS, "next": "/ui/bills"}, follow_redirects=False)
+        session = re.search(rf"{COOKIE}=([^;]+)", login.headers["set-cookie"])
+        assert session is not None
+        cookie = {"Cookie": f"{COOKIE}={session.group(1)}"}
+        page = browser.get("/ui/bills", headers=cookie)
+        csrf = re.search(r'name="csrf" value="([0-9a-f]{64})"', page.text)
+        assert page.status_code == 200 and csrf is not None
+        form = {"bill_date": str(today() - dt.timedelta(days=1)), "mchid": MCHID}
+        for data, headers in (
+            (form, cookie),
+            ({**form, "csrf": "0" * 64}, cookie),
+            ({**form, "csrf": csrf.group(1)}, {**cookie, "Origin": "https://evil.example"}),
+        ):
+            refused = browser.post("/ui/bills/reconcile", data=data, headers=headers)
+            assert refused.status_code == 403 and "This form has expired." in refused.text
+        assert w.bill_applications() == 0
+        same_origin = {**cookie, "Origin": w.base_url}
+        ran = browser.post(
+            "/ui/bills/reconcile", data={**form, "csrf": csrf.group(1)}, headers=same_origin, follow_redirects=False
+        )
+        assert ran.status_code == 303 and w.bill_applications() == 1
+
+
+def test_bill_report_text_is_escaped(tmp_path: Path, sqlite_url: str) -> None:
+    """What a bill names comes from a file fetched from outside: every page escapes it."""
+    markup = "<script>alert('x')</script>"
+    with bill_world(tmp_path, sqlite_url) as w:
+        with contextlib.closing(Database(sqlite_url)) as database:
+            found = Discrepancy(DiscrepancyKind.MISSING_IN_LEDGER, out_trade_no=markup, transaction_id=markup)
+            report = BillReport(MCHID, today(), "discrepancies", dt.datetime.now(dt.UTC), reason=markup)
+            report.discrepancies.append(found)
+            BillReports(database).save(report)
+        for path in ("/ui/bills", f"/ui/bills/{today()}"):
+            html = w.client.get(path).text
+            assert "<script>" not in html, path
+            assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in html, path
+        assert "/ui/orders/%3Cscript%3Ealert%28%27x%27%29%3C%2Fscript%3E?" in w.client.get(f"/ui/bills/{today()}").text

@@ -2,7 +2,8 @@
 
 Every page is behind `UISessions` (the admin token or a login session); without either a
 request gets the login form and a 401, never order data. Payload fields are untrusted text:
-the templates autoescape everything.
+the templates autoescape everything. The daily bills pages (api/ui/bills.py) are served through
+the same rendering and guard.
 """
 
 from __future__ import annotations
@@ -19,16 +20,18 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 
+from api.bills import bill_figures
 from api.errors import answer_for
 from api.notify import read_body
 from api.params import OUT_TRADE_NO, mchid_param
 from api.responses import to_jsonable
 from api.state import app_state
 from api.ui.auth import COOKIE, SESSION_SECONDS, Access, UISessions
+from api.ui.bills import BillPages, bill_url
 from ledger.errors import BodyTooLarge, InvalidRequest, LedgerError, OrderNotFound, WeChatPayError
 from ledger.settings import Settings
 from projections.read_model.runner import orders_head
-from projections.timeline import Entry, attempt_text, duration, iso, load_timeline
+from projections.timeline import Entry, Timeline, attempt_text, duration, iso, load_timeline
 
 __all__ = ["ui_mount"]
 
@@ -93,7 +96,9 @@ class OperatorPages:
             undefined=jinja2.StrictUndefined,
         )
         self.templates.filters.update(pretty=_pretty, iso=iso, duration=duration)
-        self.templates.globals.update(attempt_text=attempt_text, order_url=_order_url, query_url=_query_url)
+        self.templates.globals.update(
+            attempt_text=attempt_text, order_url=_order_url, query_url=_query_url, bill_url=bill_url
+        )
 
     # -- rendering ------------------------------------------------------------------------
 
@@ -115,9 +120,17 @@ class OperatorPages:
         wanted = next_path or request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return self.page(request, "login.html", 401, error=error, next_path=_next_path(wanted))
 
-    def _guard(self, request: Request) -> Access | HTMLResponse:
+    def guard(self, request: Request) -> Access | HTMLResponse:
+        """How the request got in, or the login form (401) to answer instead."""
         access = self.sessions.access(request)
         return access if access is not None else self.login_form(request)
+
+    async def form(self, request: Request) -> dict[str, str]:
+        """A POSTed form, small and read as it streams (see `_form`)."""
+        return await _form(request)
+
+    def redirect(self, url: str) -> RedirectResponse:
+        return RedirectResponse(url, status_code=303, headers=_HEADERS)
 
     # -- login ----------------------------------------------------------------------------
 
@@ -145,7 +158,7 @@ class OperatorPages:
         return response
 
     async def logout(self, request: Request) -> Response:
-        access = self._guard(request)
+        access = self.guard(request)
         if isinstance(access, Response):
             return access
         if not self.sessions.csrf_ok(request, access, (await _form(request)).get("csrf", "")):
@@ -161,7 +174,7 @@ class OperatorPages:
         return Response(css, media_type="text/css", headers={"Cache-Control": "max-age=3600"})
 
     async def search(self, request: Request) -> Response:
-        access = self._guard(request)
+        access = self.guard(request)
         if isinstance(access, Response):
             return access
         state = app_state(request)
@@ -186,12 +199,12 @@ class OperatorPages:
 
         matches, behind = await anyio.to_thread.run_sync(find, limiter=state.limiter)
         if len(matches) == 1:
-            return RedirectResponse(_order_url(matches[0][1], matches[0][0]), status_code=303, headers=_HEADERS)
+            return self.redirect(_order_url(matches[0][1], matches[0][0]))
         status = 200 if matches else 404
         return self.page(request, "search.html", status, access=access, q=q, matches=matches, behind=behind)
 
     async def order(self, request: Request) -> Response:
-        access = self._guard(request)
+        access = self.guard(request)
         if isinstance(access, Response):
             return access
         return await self._order_page(request, access)
@@ -206,10 +219,13 @@ class OperatorPages:
         except InvalidRequest as exc:
             return self.failure(request, access, exc, "Unknown or missing mchid.")
         services = state.services
+
+        def load() -> tuple[Timeline, dict[str, str | None]]:
+            timeline = load_timeline(services.ledger, lambda: services.outbox, mchid, no)
+            return timeline, bill_figures(services.bill_reports, mchid, timeline.order)
+
         try:
-            timeline = await anyio.to_thread.run_sync(
-                lambda: load_timeline(services.ledger, lambda: services.outbox, mchid, no), limiter=state.limiter
-            )
+            timeline, billed = await anyio.to_thread.run_sync(load, limiter=state.limiter)
         except OrderNotFound as exc:
             return self.failure(request, access, exc, "No such order.")
         queried = request.query_params.get("queried", "")
@@ -219,6 +235,7 @@ class OperatorPages:
             status,
             access=access,
             t=timeline,
+            billed=billed,
             mchid=mchid,
             error=error,
             queried=int(queried) if queried.isdigit() else None,
@@ -227,7 +244,7 @@ class OperatorPages:
 
     async def requery(self, request: Request) -> Response:
         """Ask WeChat Pay now; the answer is recorded as a StatusQueried event like any query."""
-        access = self._guard(request)
+        access = self.guard(request)
         if isinstance(access, Response):
             return access
         state = app_state(request)
@@ -248,7 +265,7 @@ class OperatorPages:
             error = f"WeChat Pay query failed ({answer.message(exc)})."
             return await self._order_page(request, access, error=error, status=answer.status)
         log.info("operator re-queried %s mchid=%s -> %s", no, mchid, order.trade_state)
-        return RedirectResponse(_order_url(no, mchid, queried=str(order.version)), status_code=303, headers=_HEADERS)
+        return self.redirect(_order_url(no, mchid, queried=str(order.version)))
 
 
 def _payload(entry: Entry) -> dict[str, Any]:
@@ -269,5 +286,6 @@ def ui_mount(settings: Settings) -> Mount:
             Route("/static/ui.css", pages.stylesheet, methods=["GET"]),
             Route("/orders/{out_trade_no}", pages.order, methods=["GET"]),
             Route("/orders/{out_trade_no}/query", pages.requery, methods=["POST"]),
+            *BillPages(pages).routes(),
         ],
     )
