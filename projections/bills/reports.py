@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
@@ -204,7 +204,8 @@ class BillReports:
         """(kind, resolved) -> how many, over every kept report."""
         counts: dict[tuple[str, bool], int] = {}
         with self._db.transaction(write=False) as cur:
-            cur.execute(self._sql("SELECT report FROM {reports} WHERE status IN ('agreed', 'discrepancies')"))
+            # Every status: a day whose fund-flow bill is not had yet still has its trade bill's differences.
+            cur.execute(self._sql("SELECT report FROM {reports}"))
             for (text,) in cur.fetchall():
                 for found in json.loads(text).get("discrepancies") or []:
                     key = (str(found["kind"]), bool(found.get("resolved")))
@@ -242,12 +243,3 @@ class BillReports:
             )
             fees = [Decimal(row[0]) for row in cur.fetchall()]
         return sum(fees, Decimal(0)) if fees else None
-
-    def order_fees(self, mchid: str, out_trade_nos: Iterable[str]) -> dict[str, Decimal]:
-        """`order_fee` for many orders at once (a list page); orders never billed are left out."""
-        found: dict[str, Decimal] = {}
-        for out_trade_no in out_trade_nos:
-            fee = self.order_fee(mchid, out_trade_no)
-            if fee is not None:
-                found[out_trade_no] = fee
-        return found
