@@ -242,20 +242,25 @@ def test_the_process_topology() -> None:
     for name, service in services.items():
         argv = service_argv(service)
         by_command.setdefault(argv[1], []).append((name, service.get("deploy", {}).get("replicas", 1)))
-        if argv[1] == "reconcile":
+        if argv[1] in ("reconcile", "bills"):
             assert "--follow" in argv, name
     assert sum(r for _, r in by_command["serve"]) >= 2
     assert [r for _, r in by_command["project"]] == [1], "one projector (a second one only waits on the lock)"
     assert [r for _, r in by_command["dispatch"]] == [2]
     assert sum(r for _, r in by_command["reconcile"]) >= 1
-    assert set(by_command) == {"serve", "project", "dispatch", "reconcile"}
+    assert [r for _, r in by_command["bills"]] == [1], "one daily-bills follower"
+    assert set(by_command) == {"serve", "project", "dispatch", "reconcile", "bills"}
 
     k8s = deployments()
-    assert set(k8s) == {"serve", "project", "dispatch", "reconcile"}
+    assert set(k8s) == {"serve", "project", "dispatch", "reconcile", "bills"}
     replicas = {command: d["spec"]["replicas"] for command, d in k8s.items()}
-    assert replicas == {"serve": 2, "project": 1, "dispatch": 2, "reconcile": 1}
+    assert replicas == {"serve": 2, "project": 1, "dispatch": 2, "reconcile": 1, "bills": 1}
     assert k8s["project"]["spec"]["strategy"]["type"] == "Recreate"
     assert "--follow" in main_container(k8s["reconcile"])["args"]
+    assert main_container(k8s["bills"])["args"] == ["payledger", "bills", "reconcile", "--follow"]
+    # A bill is downloaded to /tmp before it is kept: on disk, with room for a big merchant's day.
+    [tmp] = [v for v in k8s["bills"]["spec"]["template"]["spec"]["volumes"] if v["name"] == "tmp"]
+    assert "medium" not in tmp["emptyDir"] and tmp["emptyDir"]["sizeLimit"] == "2Gi"
 
 
 # -- the image -----------------------------------------------------------------------------------
