@@ -204,11 +204,23 @@ class Services:
     def audit_all(self) -> Report:
         """`payledger verify --all`: every chain, every stored signature, every decision re-derived."""
         keys, apiv3, appids = self._audit_inputs()
-        return check_all(self.ledger, keys, apiv3=apiv3, appids=appids)
+        return check_all(self.ledger, keys, apiv3=apiv3, appids=appids, sub_mchids=self._sub_mchids())
 
-    def audit_order(self, mchid: str, out_trade_no: str) -> Report:
+    def audit_order(self, mchid: str, out_trade_no: str, sub_mchid: str | None = None) -> Report:
         keys, apiv3, appids = self._audit_inputs()
-        return check_order(self.ledger, keys, mchid, out_trade_no, apiv3=apiv3, appids=appids)
+        return check_order(
+            self.ledger,
+            keys,
+            mchid,
+            out_trade_no,
+            apiv3=apiv3,
+            appids=appids,
+            sub_mchid=sub_mchid,
+            sub_mchids=self._sub_mchids(),
+        )
+
+    def _sub_mchids(self) -> dict[str, frozenset[str] | None]:
+        return {m.mchid: m.sub_mchids for m in self.settings.merchants}
 
     def _audit_inputs(self) -> tuple[dict[str, KeyStore], dict[str, bytes], dict[str, str | None]]:
         """Each configured merchant's verification keys, APIv3 key and appid, as configured."""

@@ -149,7 +149,9 @@ async def notify(request: Request) -> Response:
         # On timeout we stop waiting; if the commit still lands, WeChat's retry collapses
         # into it. What matters is that no 2xx precedes the commit.
         async with asyncio.timeout(STORE_DEADLINE):
-            result = await state.committer.submit_async(merchant.mchid, notification, expected_appid=merchant.appid)
+            result = await state.committer.submit_async(
+                merchant.mchid, notification, expected_appid=merchant.appid, sub_mchids=merchant.settings.sub_mchids
+            )
     except (StoreUnavailable, TimeoutError) as exc:
         why = "store unavailable" if isinstance(exc, StoreUnavailable) else f"no commit within {STORE_DEADLINE}s"
         failure = exc if isinstance(exc, StoreUnavailable) else StoreUnavailable(why)

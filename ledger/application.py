@@ -13,7 +13,7 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +43,7 @@ from ledger.errors import (
     StoredBillCorrupt,
     StoreUnavailable,
 )
+from ledger.identity import OrderKey, orders_named
 from ledger.statements import BillStatement, bill_statement_id
 from ledger.store.backends import persistence_env, schema_lock
 from ledger.store.cipher import SETTING as ENCRYPTION_SETTING
@@ -100,15 +101,24 @@ class Ledger(Application[UUID]):
     # -- commands -------------------------------------------------------------------------
 
     def register_order(
-        self, mchid: str, out_trade_no: str, amount_total: int, currency: str = "CNY", description: str = ""
+        self,
+        mchid: str,
+        out_trade_no: str,
+        amount_total: int,
+        currency: str = "CNY",
+        description: str = "",
+        *,
+        sub_mchid: str | None = None,
+        combine_out_trade_no: str | None = None,
     ) -> tuple[PaymentOrder, bool]:
-        """Register an expected order; returns (order, created). Same body again: not created."""
+        """Register an expected order (a sub-merchant's in partner mode, a sub-order of a combined
+        payment); returns (order, created). Same body again: not created."""
         if not isinstance(amount_total, int) or isinstance(amount_total, bool) or amount_total <= 0:
             raise InvalidRequest("amount_total must be a positive integer in fen")
 
         def attempt() -> tuple[PaymentOrder, bool]:
-            order = self._load_or_open(mchid, out_trade_no)
-            changed = order.register(amount_total, currency, description)
+            order = self._load_or_open(mchid, out_trade_no, sub_mchid)
+            changed = order.register(amount_total, currency, description, combine_out_trade_no)
             if changed:
                 self.save(order)
             return order, changed
@@ -116,33 +126,60 @@ class Ledger(Application[UUID]):
         return self._with_retries(attempt)
 
     def record_notification(
-        self, mchid: str, notification: VerifiedNotification, *, expected_appid: str | None = None
+        self,
+        mchid: str,
+        notification: VerifiedNotification,
+        *,
+        expected_appid: str | None = None,
+        sub_mchids: frozenset[str] | None = None,
     ) -> RecordResult:
-        """Append a verified delivery (and its decisions) to its stream; durable on return."""
+        """Append a verified delivery (and its decisions) to the stream of every order it names (a
+        combined payment names several: all are written in one transaction), or to its inbox
+        stream when it names none; durable on return. The result names the first stream."""
         evidence = evidence_from(notification)
-        out_trade_no = notification.resource.get("out_trade_no")
+        keys = orders_named(mchid, notification.resource)
 
         def attempt() -> RecordResult:
-            if isinstance(out_trade_no, str) and out_trade_no:
-                order = self._load_or_open(mchid, out_trade_no)
-                outcome = order.receive(evidence, expected_appid=expected_appid)
-                stream: PaymentOrder | NotificationInbox = order
-            else:
-                stream = self._load_inbox(mchid, notification.id)
-                outcome = stream.receive(evidence)
-            if outcome is Outcome.RECORDED:
-                self.save(stream)
-            return RecordResult(outcome, stream.id, stream.version, isinstance(stream, PaymentOrder))
+            if not keys:
+                inbox = self._load_inbox(mchid, notification.id)
+                outcome = inbox.receive(evidence)
+                if outcome is Outcome.RECORDED:
+                    self.save(inbox)
+                return RecordResult(outcome, inbox.id, inbox.version, False)
+            orders = self.load_orders(keys)
+            recorded = [
+                order
+                for order in orders
+                if order.receive(evidence, expected_appid=expected_appid, sub_mchids=sub_mchids) is Outcome.RECORDED
+            ]
+            self.save_all(recorded)
+            outcome = Outcome.RECORDED if recorded else Outcome.DUPLICATE
+            return RecordResult(outcome, orders[0].id, orders[0].version, True)
 
         return self._with_retries(attempt)
 
+    def load_orders(self, keys: Sequence[OrderKey]) -> list[PaymentOrder]:
+        """The orders `keys` name, current (opened, unsaved, for those never seen), in one read."""
+        ids = [order_id(key.mchid, key.out_trade_no, key.sub_mchid) for key in keys]
+        found = self.get_many(ids)
+        return [
+            found.get(i) or PaymentOrder.open(k.mchid, k.out_trade_no, k.sub_mchid)
+            for i, k in zip(ids, keys, strict=True)
+        ]
+
     def record_query(
-        self, mchid: str, out_trade_no: str, evidence: QueryEvidence, *, expected_appid: str | None = None
+        self,
+        mchid: str,
+        out_trade_no: str,
+        evidence: QueryEvidence,
+        *,
+        expected_appid: str | None = None,
+        sub_mchid: str | None = None,
     ) -> PaymentOrder:
         """Append a verified status-query answer (and its decisions) to the order's stream."""
 
         def attempt() -> PaymentOrder:
-            order = self._load_or_open(mchid, out_trade_no)
+            order = self._load_or_open(mchid, out_trade_no, sub_mchid)
             order.record_query(evidence, expected_appid=expected_appid)
             self.save(order)
             return order
@@ -288,10 +325,10 @@ class Ledger(Application[UUID]):
 
     # -- queries --------------------------------------------------------------------------
 
-    def get_order(self, mchid: str, out_trade_no: str) -> PaymentOrder:
+    def get_order(self, mchid: str, out_trade_no: str, sub_mchid: str | None = None) -> PaymentOrder:
         with self._store():
             try:
-                order: PaymentOrder = self.repository.get(order_id(mchid, out_trade_no))
+                order: PaymentOrder = self.repository.get(order_id(mchid, out_trade_no, sub_mchid))
             except AggregateNotFoundError:
                 raise OrderNotFound(out_trade_no) from None
         assert isinstance(order, PaymentOrder)
@@ -301,20 +338,26 @@ class Ledger(Application[UUID]):
         with self._store():
             return [event_to_dict(e) for e in self.events.get(stream_id)]
 
-    def order_history(self, mchid: str, out_trade_no: str) -> list[dict[str, Any]]:
-        events = self.history(order_id(mchid, out_trade_no))
+    def order_history(self, mchid: str, out_trade_no: str, sub_mchid: str | None = None) -> list[dict[str, Any]]:
+        events = self.history(order_id(mchid, out_trade_no, sub_mchid))
         if not events:
             raise OrderNotFound(out_trade_no)
         return events
 
     def order_events(
-        self, mchid: str, out_trade_no: str, *, since_version: int = 0, types: Iterable[str] | None = None
+        self,
+        mchid: str,
+        out_trade_no: str,
+        *,
+        since_version: int = 0,
+        types: Iterable[str] | None = None,
+        sub_mchid: str | None = None,
     ) -> list[dict[str, Any]]:
         """The order's events after `since_version` (exclusive), optionally of some types only.
 
         An order that exists but has nothing newer gives an empty list; an unknown order raises.
         """
-        stream_id = order_id(mchid, out_trade_no)
+        stream_id = order_id(mchid, out_trade_no, sub_mchid)
         wanted = None if types is None else set(types)
         with self._store():
             found = [
@@ -326,11 +369,11 @@ class Ledger(Application[UUID]):
                 raise OrderNotFound(out_trade_no)
         return found
 
-    def order_as_of(self, mchid: str, out_trade_no: str, version: int) -> PaymentOrder:
+    def order_as_of(self, mchid: str, out_trade_no: str, version: int, sub_mchid: str | None = None) -> PaymentOrder:
         """The order replayed up to and including `version` (an audit's "as it was then")."""
         with self._store():
             try:
-                order: PaymentOrder = self.repository.get(order_id(mchid, out_trade_no), version=version)
+                order: PaymentOrder = self.repository.get(order_id(mchid, out_trade_no, sub_mchid), version=version)
             except AggregateNotFoundError:
                 raise OrderNotFound(out_trade_no) from None
         assert isinstance(order, PaymentOrder)
@@ -360,11 +403,11 @@ class Ledger(Application[UUID]):
 
     # -- plumbing -------------------------------------------------------------------------
 
-    def _load_or_open(self, mchid: str, out_trade_no: str) -> PaymentOrder:
+    def _load_or_open(self, mchid: str, out_trade_no: str, sub_mchid: str | None = None) -> PaymentOrder:
         try:
-            order: PaymentOrder = self.repository.get(order_id(mchid, out_trade_no))
+            order: PaymentOrder = self.repository.get(order_id(mchid, out_trade_no, sub_mchid))
         except AggregateNotFoundError:
-            return PaymentOrder.open(mchid, out_trade_no)
+            return PaymentOrder.open(mchid, out_trade_no, sub_mchid)
         assert isinstance(order, PaymentOrder)
         return order
 

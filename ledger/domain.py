@@ -1,10 +1,9 @@
 """The payment order aggregate: evidence in, decisions out, no I/O.
 
-Evidence is a verified notification delivery or a verified status-query answer. Decisions are
-derived from evidence by `PaymentOrder.receive` and `record_query` and recorded as their own
-events, so a replay never re-decides: it re-applies. Every decision is guarded by state that
-the decision itself changes, which is why duplicates, retries and reorderings collapse into one
-decision.
+Evidence is a verified delivery or query answer (`ledger.evidence`). Decisions are derived from it
+by `PaymentOrder.receive` and `record_query` and recorded as their own events, so a replay never
+re-decides: it re-applies. Every decision is guarded by state the decision itself changes: that is
+why duplicates, retries and reorderings collapse into one decision.
 
 The order's events are named here once, as evidence or decisions (`EVIDENCE_EVENTS`,
 `DECISION_EVENTS`, ...), for everything that follows the log: read model, outbound
@@ -14,7 +13,6 @@ notifications, metrics, events API, `payledger verify`, reconciler.
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from enum import StrEnum
 from typing import Any
 
@@ -26,6 +24,7 @@ from ledger.evidence import amount_object as _amount_object
 from ledger.evidence import resource_fen as _fen
 from ledger.evidence import text_field as _str
 from ledger.hashchain import ChainedAggregate
+from ledger.identity import OrderKey, inbox_id, order_id, own_transaction
 
 __all__ = [
     "ALL_EVENTS",
@@ -45,19 +44,6 @@ __all__ = [
     "inbox_id",
     "order_id",
 ]
-
-NAMESPACE = uuid.UUID("5b0e3c36-8f5e-4f3a-9f2b-6b7e1c0d9a41")
-# NUL cannot occur in an mchid, an out_trade_no or a notification id, so ("ab","c") != ("a","bc").
-_SEP = "\x00"
-
-
-def order_id(mchid: str, out_trade_no: str) -> uuid.UUID:
-    return uuid.uuid5(NAMESPACE, f"order{_SEP}{mchid}{_SEP}{out_trade_no}")
-
-
-def inbox_id(mchid: str, notification_id: str) -> uuid.UUID:
-    return uuid.uuid5(NAMESPACE, f"notification{_SEP}{mchid}{_SEP}{notification_id}")
-
 
 # [protocol: Querying an order]: states a query can still move on from, and states that end the order's life.
 OPEN_TRADE_STATES = frozenset({"NOTPAY", "USERPAYING", "ACCEPT"})
@@ -83,6 +69,7 @@ class AnomalyKind(StrEnum):
     NOTIFICATION_CONFLICT = "notification_conflict"
     TRANSACTION_CONFLICT = "transaction_conflict"
     OVER_REFUND = "over_refund"
+    SUB_MCHID_UNKNOWN = "sub_mchid_unknown"  # a service provider's sub-merchant not in WECHATPAY_SUB_MCHIDS
 
 
 class _DeliveryLog(ChainedAggregate):
@@ -161,12 +148,15 @@ class PaymentOrder(_DeliveryLog):
     FINAL_REFUND_STATES = frozenset({"SUCCESS", "CLOSED"})
 
     class Opened(Aggregate.Created):
-        mchid: str
+        mchid: str  # the merchant the ledger serves: a service provider's sp_mchid in partner mode
         out_trade_no: str
+        sub_mchid: str | None = None  # partner mode: the payee; absent from orders opened before it existed
 
-    def __init__(self, mchid: str, out_trade_no: str) -> None:
+    def __init__(self, mchid: str, out_trade_no: str, sub_mchid: str | None = None) -> None:
         self.mchid = mchid
         self.out_trade_no = out_trade_no
+        self.sub_mchid = sub_mchid
+        self.combine_out_trade_no: str | None = None
         self.registered = False
         self.amount_total: int | None = None
         self.currency = "CNY"
@@ -187,14 +177,23 @@ class PaymentOrder(_DeliveryLog):
         self._init_log()
 
     @classmethod
-    def open(cls, mchid: str, out_trade_no: str) -> PaymentOrder:
-        return cls._create(cls.Opened, id=order_id(mchid, out_trade_no), mchid=mchid, out_trade_no=out_trade_no)
+    def open(cls, mchid: str, out_trade_no: str, sub_mchid: str | None = None) -> PaymentOrder:
+        partner = {} if sub_mchid is None else {"sub_mchid": sub_mchid}
+        stream = order_id(mchid, out_trade_no, sub_mchid)
+        return cls._create(cls.Opened, id=stream, mchid=mchid, out_trade_no=out_trade_no, **partner)
+
+    @property
+    def key(self) -> OrderKey:
+        return OrderKey(self.mchid, self.out_trade_no, self.sub_mchid)
 
     def summary(self) -> dict[str, Any]:
         """The order's current state as the API and the read model show it (JSON-ready)."""
         return {
             "out_trade_no": self.out_trade_no,
             "mchid": self.mchid,
+            "sp_mchid": self.mchid if self.sub_mchid is not None else None,
+            "sub_mchid": self.sub_mchid,
+            "combine_out_trade_no": self.combine_out_trade_no,
             "registered": self.registered,
             "trade_state": self.trade_state,
             "amount_total": self.amount_total,
@@ -222,12 +221,14 @@ class PaymentOrder(_DeliveryLog):
         amount_total: int
         currency: str
         description: str
+        combine_out_trade_no: str | None = None  # a sub-order of a combined payment: its combination
 
         def apply(self, order: PaymentOrder) -> None:
             order.registered = True
             order.amount_total = self.amount_total
             order.currency = self.currency
             order.description = self.description
+            order.combine_out_trade_no = self.combine_out_trade_no
 
     class PaymentSucceeded(Aggregate.Event):
         transaction_id: str
@@ -336,16 +337,22 @@ class PaymentOrder(_DeliveryLog):
 
     # -- commands ------------------------------------------------------------------------
 
-    def register(self, amount_total: int, currency: str, description: str) -> bool:
+    def register(
+        self, amount_total: int, currency: str, description: str, combine_out_trade_no: str | None = None
+    ) -> bool:
         """Register the expected order; False when already registered identically.
 
         Raises OrderConflict when registered with different details.
         """
+        details = (amount_total, currency, description, combine_out_trade_no)
         if self.registered:
-            if (self.amount_total, self.currency, self.description) == (amount_total, currency, description):
+            if (self.amount_total, self.currency, self.description, self.combine_out_trade_no) == details:
                 return False
             raise OrderConflict(f"order {self.out_trade_no} registered with different details")
-        self.trigger_event(self.Registered, amount_total=amount_total, currency=currency, description=description)
+        combined = {} if combine_out_trade_no is None else {"combine_out_trade_no": combine_out_trade_no}
+        self.trigger_event(
+            self.Registered, amount_total=amount_total, currency=currency, description=description, **combined
+        )
         if self.paid and self.paid_total != amount_total:
             self._anomaly(
                 AnomalyKind.AMOUNT_MISMATCH,
@@ -355,10 +362,16 @@ class PaymentOrder(_DeliveryLog):
             )
         return True
 
-    def receive(self, evidence: Evidence, *, expected_appid: str | None = None) -> Outcome:
-        """Record a delivery and derive whatever decisions it supports."""
+    def receive(
+        self, evidence: Evidence, *, expected_appid: str | None = None, sub_mchids: frozenset[str] | None = None
+    ) -> Outcome:
+        """Record a delivery and derive whatever decisions it supports. `sub_mchids`: a service
+        provider's sub-merchants (a partner order of another one is decided, and flagged)."""
         if not self._record_delivery(evidence):
             return Outcome.DUPLICATE
+        if self.sub_mchid is not None and sub_mchids is not None and self.sub_mchid not in sub_mchids:
+            sub, detail = self.sub_mchid, {"sub_mchid": self.sub_mchid, "known": sorted(sub_mchids)}
+            self._anomaly(AnomalyKind.SUB_MCHID_UNKNOWN, f"sub_mchid_unknown:{sub}", detail, evidence.notification_id)
         first_digest = self.resource_digests[evidence.notification_id]
         if first_digest != evidence.resource_digest:
             self._anomaly(
@@ -369,7 +382,7 @@ class PaymentOrder(_DeliveryLog):
             )
             return Outcome.RECORDED
         if evidence.event_type == "TRANSACTION.SUCCESS":
-            self._decide_payment(evidence.resource, evidence.notification_id, expected_appid)
+            self._decide_payment(own_transaction(evidence.resource, self.key), evidence.notification_id, expected_appid)
         elif evidence.event_type in {"REFUND.SUCCESS", "REFUND.CLOSED", "REFUND.ABNORMAL"}:
             status = evidence.event_type.removeprefix("REFUND.")
             self._decide_refund(evidence.resource, evidence.notification_id, status)
@@ -389,19 +402,19 @@ class PaymentOrder(_DeliveryLog):
             queried_at=evidence.queried_at,
         )
         source = f"query:{evidence.request_id}"
-        state = _str(evidence.transaction, "trade_state")
+        transaction = own_transaction(evidence.transaction, self.key)
+        state = _str(transaction, "trade_state")
         if state in {"SUCCESS", "REFUND"}:
-            self._decide_payment(evidence.transaction, source, expected_appid)
+            self._decide_payment(transaction, source, expected_appid)
             if state == "REFUND" and self.paid and self.trade_state != "REFUND":
-                self._change_state("REFUND", evidence.transaction, source)
+                self._change_state("REFUND", transaction, source)
         elif state in OPEN_TRADE_STATES | FINAL_TRADE_STATES and not self.paid:
             if self.trade_state in OPEN_TRADE_STATES and state != self.trade_state:
-                if self._identity_matches(evidence.transaction, source, expected_appid):
-                    self._change_state(state, evidence.transaction, source)
+                if self._identity_matches(transaction, source, expected_appid):
+                    self._change_state(state, transaction, source)
 
     def note_bill_discrepancy(self, *, bill_date: str, kind: str, evidence: str, **found: Any) -> bool:
-        """Record a difference a day's bill shows (`found`: transaction_id, out_refund_no, refund_id,
-        bill_amount, ledger_amount); False when this bill's same difference is recorded already."""
+        """A bill's difference (`found`: ids and both amounts), once per bill: False when already recorded."""
         refund = found["refund_id"] or found["out_refund_no"]
         key = f"bill:{bill_date}:{kind}:" + (f"refund:{refund}" if refund else f"payment:{found['transaction_id']}")
         if key in self.bill_discrepancy_keys:
@@ -432,16 +445,16 @@ class PaymentOrder(_DeliveryLog):
         )
 
     def _identity_matches(self, resource: dict[str, Any], source: str, expected_appid: str | None) -> bool:
-        mchid = _str(resource, "mchid")
-        if mchid != self.mchid:
+        # [protocol: Service providers]: a partner resource names the provider (sp_) and the payee (sub_).
+        partner = self.sub_mchid is not None
+        mchid = f"{_str(resource, 'sp_mchid')}/{_str(resource, 'sub_mchid')}" if partner else _str(resource, "mchid")
+        expected = f"{self.mchid}/{self.sub_mchid}" if partner else self.mchid
+        if mchid != expected:
             self._anomaly(
-                AnomalyKind.MCHID_MISMATCH,
-                f"mchid_mismatch:{source}",
-                {"expected": self.mchid, "actual": mchid},
-                source,
+                AnomalyKind.MCHID_MISMATCH, f"mchid_mismatch:{source}", {"expected": expected, "actual": mchid}, source
             )
             return False
-        appid = resource.get("appid")
+        appid = resource.get("sp_appid" if partner else "appid")
         if expected_appid is not None and appid is not None and appid != expected_appid:
             self._anomaly(
                 AnomalyKind.APPID_MISMATCH,

@@ -27,6 +27,7 @@ from eventsourcing.persistence import IntegrityError, PersistenceError
 from ledger.application import Ledger, RecordResult, evidence_from
 from ledger.domain import NotificationInbox, Outcome, PaymentOrder, inbox_id, order_id
 from ledger.errors import StoreUnavailable
+from ledger.identity import OrderKey, orders_named
 from ledger.wechatpay.notification import VerifiedNotification
 
 __all__ = ["GroupCommitter"]
@@ -44,17 +45,22 @@ class _Request:
     mchid: str
     notification: VerifiedNotification
     expected_appid: str | None
+    sub_mchids: frozenset[str] | None = None
     future: Future[RecordResult] | None = None
     loop: asyncio.AbstractEventLoop | None = None
     afuture: asyncio.Future[RecordResult] | None = None
     outcome: RecordResult | BaseException | None = None
 
     @functools.cached_property
-    def stream_id(self) -> UUID:
-        out_trade_no = self.notification.resource.get("out_trade_no")
-        if isinstance(out_trade_no, str) and out_trade_no:
-            return order_id(self.mchid, out_trade_no)
-        return inbox_id(self.mchid, self.notification.id)
+    def orders(self) -> list[OrderKey]:
+        """The orders the notification names (several for a combined payment); none: its inbox."""
+        return orders_named(self.mchid, self.notification.resource)
+
+    @functools.cached_property
+    def stream_ids(self) -> list[UUID]:
+        if not self.orders:
+            return [inbox_id(self.mchid, self.notification.id)]
+        return [order_id(key.mchid, key.out_trade_no, key.sub_mchid) for key in self.orders]
 
     def withdrawn(self) -> bool:
         """True when the caller gave up before the committer picked the request up."""
@@ -90,32 +96,47 @@ class GroupCommitter:
         self.requests = 0
 
     def submit(
-        self, mchid: str, notification: VerifiedNotification, *, expected_appid: str | None = None
+        self,
+        mchid: str,
+        notification: VerifiedNotification,
+        *,
+        expected_appid: str | None = None,
+        sub_mchids: frozenset[str] | None = None,
     ) -> Future[RecordResult]:
         """Queue a notification; the future resolves once its events are committed.
 
         Cancelling the future before the committer picks it up withdraws the request.
         """
-        request = _Request(mchid, notification, expected_appid, future=Future())
+        request = _Request(mchid, notification, expected_appid, sub_mchids, future=Future())
         self._queue.put(request)
         assert request.future is not None
         return request.future
 
     def submit_async(
-        self, mchid: str, notification: VerifiedNotification, *, expected_appid: str | None = None
+        self,
+        mchid: str,
+        notification: VerifiedNotification,
+        *,
+        expected_appid: str | None = None,
+        sub_mchids: frozenset[str] | None = None,
     ) -> asyncio.Future[RecordResult]:
         """Like `submit`, for a caller on an event loop: one loop wake-up per batch, not per request."""
         loop = asyncio.get_running_loop()
-        request = _Request(mchid, notification, expected_appid, loop=loop, afuture=loop.create_future())
+        request = _Request(mchid, notification, expected_appid, sub_mchids, loop=loop, afuture=loop.create_future())
         self._queue.put(request)
         assert request.afuture is not None
         return request.afuture
 
     def record_notification(
-        self, mchid: str, notification: VerifiedNotification, *, expected_appid: str | None = None
+        self,
+        mchid: str,
+        notification: VerifiedNotification,
+        *,
+        expected_appid: str | None = None,
+        sub_mchids: frozenset[str] | None = None,
     ) -> RecordResult:
         """Same contract as `Ledger.record_notification`: durable on return."""
-        return self.submit(mchid, notification, expected_appid=expected_appid).result()
+        return self.submit(mchid, notification, expected_appid=expected_appid, sub_mchids=sub_mchids).result()
 
     def close(self) -> None:
         self._queue.put(None)
@@ -185,7 +206,10 @@ class GroupCommitter:
     def _individually(self, request: _Request) -> None:
         try:
             request.outcome = self._ledger.record_notification(
-                request.mchid, request.notification, expected_appid=request.expected_appid
+                request.mchid,
+                request.notification,
+                expected_appid=request.expected_appid,
+                sub_mchids=request.sub_mchids,
             )
         except Exception as exc:
             request.outcome = exc
@@ -208,23 +232,26 @@ class GroupCommitter:
                 log.warning("%d commits finished after their event loop closed", len(requests))
 
     def _decide_and_save(self, batch: list[_Request]) -> list[RecordResult]:
-        streams: dict[UUID, Any] = self._ledger.get_many({r.stream_id for r in batch})
-        outcomes: list[tuple[Outcome, Any]] = []
+        streams: dict[UUID, Any] = self._ledger.get_many({i for r in batch for i in r.stream_ids})
+        results: list[tuple[Outcome, Any]] = []
         for request in batch:
-            stream = streams.get(request.stream_id)
             evidence = evidence_from(request.notification)
-            if isinstance(stream, NotificationInbox) or (
-                stream is None and request.stream_id == inbox_id(request.mchid, request.notification.id)
-            ):
-                inbox = stream or NotificationInbox.open(request.mchid, request.notification.id)
-                streams[request.stream_id] = inbox
-                outcomes.append((inbox.receive(evidence), inbox))
+            if not request.orders:
+                [stream_id] = request.stream_ids
+                inbox = streams.get(stream_id) or NotificationInbox.open(request.mchid, request.notification.id)
+                streams[stream_id] = inbox
+                results.append((inbox.receive(evidence), inbox))
                 continue
-            order = stream or PaymentOrder.open(request.mchid, str(request.notification.resource["out_trade_no"]))
-            streams[request.stream_id] = order
-            outcomes.append((order.receive(evidence, expected_appid=request.expected_appid), order))
+            recorded = False
+            for key, stream_id in zip(request.orders, request.stream_ids, strict=True):
+                order = streams.get(stream_id) or PaymentOrder.open(key.mchid, key.out_trade_no, key.sub_mchid)
+                streams[stream_id] = order
+                outcome = order.receive(evidence, expected_appid=request.expected_appid, sub_mchids=request.sub_mchids)
+                recorded = recorded or outcome is Outcome.RECORDED
+            first = streams[request.stream_ids[0]]
+            results.append((Outcome.RECORDED if recorded else Outcome.DUPLICATE, first))
         self._ledger.save_all(streams.values())
         return [
             RecordResult(outcome, stream.id, stream.version, isinstance(stream, PaymentOrder))
-            for outcome, stream in outcomes
+            for outcome, stream in results
         ]

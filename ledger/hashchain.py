@@ -54,6 +54,23 @@ def link(previous: str, event_class: type, fields: dict[str, Any]) -> str:
     return digest.hexdigest()
 
 
+_DEFAULTS: dict[type, dict[str, Any]] = {}
+
+
+def _defaults(event_class: type) -> dict[str, Any]:
+    """The fields an event class fills in when not given (an optional field added later, such as an
+    order's `sub_mchid`): the constructed event holds them, so its hash must cover them. Events
+    stored before such a field existed lack it, and their hashes never covered it."""
+    found = _DEFAULTS.get(event_class)
+    if found is None:
+        found = _DEFAULTS[event_class] = {
+            f.name: f.default
+            for f in dataclasses.fields(event_class)
+            if f.default is not dataclasses.MISSING and f.name != _CHAIN
+        }
+    return found
+
+
 def event_fields(event: Any) -> dict[str, Any]:
     """A decoded event's content without its chain, as `link` takes it."""
     return {k: v for k, v in vars(event).items() if k != _CHAIN}
@@ -86,6 +103,7 @@ class ChainedAggregate(Aggregate):
         # Every field the library would add is fixed here first, so the hash covers it.
         kwargs["timestamp"] = kwargs.get("timestamp") or event_class.create_timestamp()
         fields = {
+            **_defaults(event_class),
             **kwargs,
             "originator_topic": get_topic(cls),
             "originator_id": id,
@@ -95,5 +113,5 @@ class ChainedAggregate(Aggregate):
 
     def trigger_event(self, event_class: type[Any], **kwargs: Any) -> None:
         kwargs["timestamp"] = kwargs.get("timestamp") or event_class.create_timestamp()
-        fields = {**kwargs, "originator_id": self.id, "originator_version": self.version + 1}
+        fields = {**_defaults(event_class), **kwargs, "originator_id": self.id, "originator_version": self.version + 1}
         super().trigger_event(event_class, chain=link(self.chain_head, event_class, fields), **kwargs)

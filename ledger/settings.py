@@ -31,6 +31,7 @@ from ledger.store.cipher import SETTING as ENCRYPTION_KEYS_SETTING
 from ledger.store.cipher import parse_keys
 from ledger.wechatpay.client import DEFAULT_BASE_URL as DEFAULT_API_BASE_URL
 from ledger.wechatpay.keys import PUBLIC_KEY_ID_PREFIX, KeyStore
+from ledger.wechatpay.v2 import check_v2_key
 
 __all__ = [
     "DEFAULT_API_BASE_URL",
@@ -57,6 +58,9 @@ _MERCHANT_KEYS = {
     "WECHATPAY_PUBLIC_KEY_FILE",
     "WECHATPAY_PLATFORM_CERT_DIR",
     "WECHATPAY_API_BASE_URL",
+    "WECHATPAY_MODE",
+    "WECHATPAY_SUB_MCHIDS",
+    "WECHATPAY_V2_KEY",
 }
 _LEDGER_KEYS = {
     "LEDGER_DATABASE_URL",
@@ -110,6 +114,13 @@ class MerchantSettings:
     public_key_id: str | None = None
     platform_cert_dir: Path | None = None
     api_base_url: str = DEFAULT_API_BASE_URL
+    mode: str = "direct"  # "partner": `mchid` is a service provider's sp_mchid, every key is the provider's
+    sub_mchids: frozenset[str] | None = None  # partner mode: the sub-merchants served (None: not listed)
+    v2_key: Secret | None = None  # the APIv2 key, for legacy XML notifications
+
+    @property
+    def partner(self) -> bool:
+        return self.mode == "partner"
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, str], where: str = "") -> MerchantSettings:
@@ -188,8 +199,26 @@ class MerchantSettings:
         if parts.scheme not in {"http", "https"} or not parts.netloc:
             raise ConfigurationError(name("WECHATPAY_API_BASE_URL"), "must be an http(s) URL")
 
+        mode = (get("WECHATPAY_MODE") or "direct").lower()
+        if mode not in {"direct", "partner"}:
+            raise ConfigurationError(name("WECHATPAY_MODE"), "must be direct or partner")
+        sub_mchids = None
+        listed = get("WECHATPAY_SUB_MCHIDS")
+        if listed is not None:
+            if mode != "partner":
+                raise ConfigurationError(name("WECHATPAY_SUB_MCHIDS"), "is for WECHATPAY_MODE=partner only")
+            sub_mchids = frozenset(part.strip() for part in listed.split(",") if part.strip())
+            if not sub_mchids or not all(_MCHID.fullmatch(sub) for sub in sub_mchids):
+                raise ConfigurationError(name("WECHATPAY_SUB_MCHIDS"), "must be comma-separated numeric merchant ids")
+        v2_key = get("WECHATPAY_V2_KEY")
+        if v2_key is not None:
+            check_v2_key(v2_key, name("WECHATPAY_V2_KEY"))
+
         return cls(
             mchid=mchid,
+            mode=mode,
+            sub_mchids=sub_mchids,
+            v2_key=Secret(v2_key) if v2_key is not None else None,
             apiv3_key=Secret(apiv3),
             keys=keys,
             appid=appid,

@@ -101,6 +101,7 @@ def test_anomaly_kinds_keep_the_strings_stored_in_the_log() -> None:
         "notification_conflict",
         "transaction_conflict",
         "over_refund",
+        "sub_mchid_unknown",
     }
 
 

@@ -21,7 +21,7 @@ PACKAGES = ("ledger", "projections", "api", "cli")
 SANDBOX = "ledger.wechatpay.sandbox"
 DRIVERS = ("psycopg", "psycopg_pool", "sqlite3", "eventsourcing.postgres", "eventsourcing.sqlite")
 DOMAIN = ("ledger.domain", "ledger.statements")  # the aggregates: orders and inboxes, daily bills
-DOMAIN_IMPORTS = ("ledger.hashchain", "ledger.evidence", "ledger.errors")
+DOMAIN_IMPORTS = ("ledger.hashchain", "ledger.evidence", "ledger.identity", "ledger.errors")
 
 
 def _module(path: Path) -> str:
@@ -65,9 +65,13 @@ def violations(module: str, imported: str) -> str | None:
     # errors and take the evidence the protocol layer builds.
     if module in ("ledger.errors", "ledger.evidence") and top in PACKAGES:
         return "the error tree and the evidence import nothing of ours"
+    if module == "ledger.identity" and top in PACKAGES and not _within(imported, "ledger.evidence"):
+        return "the identities import only ledger.evidence of ours"
     if module in DOMAIN and top == "ledger":
         if not any(_within(imported, allowed) for allowed in DOMAIN_IMPORTS):
-            return "the domain imports only ledger.hashchain, ledger.evidence and ledger.errors of ours"
+            return (
+                "the domain imports only ledger.hashchain, ledger.evidence, ledger.identity and ledger.errors of ours"
+            )
     if any(_within(imported, driver) for driver in DRIVERS) and not _within(module, "ledger.store"):
         return "only ledger/store/ knows the database drivers and the library's backends"
     return None
@@ -110,20 +114,21 @@ def test_only_the_store_imports_database_drivers() -> None:
         (
             "ledger.domain",
             "ledger.settings",
-            "the domain imports only ledger.hashchain, ledger.evidence and ledger.errors of ours",
+            "the domain imports only ledger.hashchain, ledger.evidence, ledger.identity and ledger.errors of ours",
         ),
         (
             "ledger.statements",
             "ledger.domain",
-            "the domain imports only ledger.hashchain, ledger.evidence and ledger.errors of ours",
+            "the domain imports only ledger.hashchain, ledger.evidence, ledger.identity and ledger.errors of ours",
         ),
         (
             "ledger.statements",
             "ledger.bill_evidence",
-            "the domain imports only ledger.hashchain, ledger.evidence and ledger.errors of ours",
+            "the domain imports only ledger.hashchain, ledger.evidence, ledger.identity and ledger.errors of ours",
         ),
         ("ledger.errors", "ledger.settings", "the error tree and the evidence import nothing of ours"),
         ("ledger.evidence", "ledger.hashchain", "the error tree and the evidence import nothing of ours"),
+        ("ledger.identity", "ledger.domain", "the identities import only ledger.evidence of ours"),
         (
             "projections.read_model.view",
             "psycopg.sql",
@@ -145,6 +150,8 @@ def test_what_the_rules_allow() -> None:
         ("ledger.domain", "ledger.hashchain"),
         ("ledger.domain", "ledger.errors"),
         ("ledger.domain", "ledger.evidence"),
+        ("ledger.domain", "ledger.identity"),
+        ("ledger.identity", "ledger.evidence"),
         ("ledger.statements", "ledger.hashchain"),
         ("ledger.statements", "ledger.errors"),
         ("ledger.store.postgres", "psycopg"),

@@ -158,6 +158,15 @@ FAILURES: list[tuple[str, dict[str, Value], str]] = [
     ("webhook-timeout-words", {"LEDGER_WEBHOOK_TIMEOUT": "ten"}, "LEDGER_WEBHOOK_TIMEOUT"),
     ("webhook-timeout-too-long", {"LEDGER_WEBHOOK_TIMEOUT": "301"}, "LEDGER_WEBHOOK_TIMEOUT"),
     ("webhook-disable-after-too-soon", {"LEDGER_WEBHOOK_DISABLE_AFTER": "59"}, "LEDGER_WEBHOOK_DISABLE_AFTER"),
+    ("mode-unknown", {"WECHATPAY_MODE": "isv"}, "WECHATPAY_MODE"),
+    ("sub-mchids-in-direct-mode", {"WECHATPAY_SUB_MCHIDS": "1900000110"}, "WECHATPAY_SUB_MCHIDS"),
+    (
+        "sub-mchids-not-numbers",
+        {"WECHATPAY_MODE": "partner", "WECHATPAY_SUB_MCHIDS": "1900000110,abc"},
+        "WECHATPAY_SUB_MCHIDS",
+    ),
+    ("v2-key-short", {"WECHATPAY_V2_KEY": "x" * 31}, "WECHATPAY_V2_KEY"),
+    ("v2-key-not-ascii", {"WECHATPAY_V2_KEY": "密" * 32}, "WECHATPAY_V2_KEY"),
 ]
 
 
@@ -178,6 +187,19 @@ def test_failure_names_the_setting(
     assert str(exc.value).startswith(setting)
     for secret in (env.get(APIV3), env.get("LEDGER_ADMIN_TOKEN"), ":pw@"):
         assert not secret or secret not in str(exc.value)
+
+
+def test_partner_mode_and_the_v2_key(env: dict[str, str]) -> None:
+    """[protocol: Service providers; Legacy APIv2 XML]: a provider's sub-merchants, an APIv2 key (kept secret)."""
+    direct = Settings.load(env).merchants[0]
+    assert (direct.mode, direct.partner, direct.sub_mchids, direct.v2_key) == ("direct", False, None, None)
+    v2_key = "a" * 16 + "B" * 16
+    env.update(WECHATPAY_MODE="Partner", WECHATPAY_SUB_MCHIDS=" 1900000110, 1900000111 ,", WECHATPAY_V2_KEY=v2_key)
+    merchant = Settings.load(env).merchants[0]
+    assert (merchant.mode, merchant.partner) == ("partner", True)
+    assert merchant.sub_mchids == frozenset({"1900000110", "1900000111"})
+    assert merchant.v2_key is not None and merchant.v2_key.value == v2_key
+    assert v2_key not in repr(merchant) and v2_key not in str(merchant)
 
 
 def toml_table(values: dict[str, Any]) -> str:

@@ -137,13 +137,14 @@ class _Checker:
         keys: Mapping[str, KeyStore],
         apiv3: Mapping[str, bytes],
         appids: Mapping[str, str | None] | None = None,
+        sub_mchids: Mapping[str, frozenset[str] | None] | None = None,
     ) -> None:
         self._ledger = ledger
         self._keys = keys
         self._apiv3 = apiv3
         self.report = Report()
         self.heads: dict[UUID, _Head] = {}
-        self._rederiver = None if appids is None else Rederiver(appids, self._resume)
+        self._rederiver = None if appids is None else Rederiver(appids, self._resume, sub_mchids=sub_mchids)
         # Bills whose chunks are being read; None once one of its chunks was found broken.
         self._bills: dict[UUID, BillInflater | None] = {}
         self._named_bills: dict[str, bool] = {}  # a bill decision's `evidence` -> that bill is kept
@@ -324,8 +325,9 @@ def _checked(
     apiv3: Mapping[str, bytes],
     appids: Mapping[str, str | None] | None,
     events: Iterable[StoredEvent],
+    sub_mchids: Mapping[str, frozenset[str] | None] | None = None,
 ) -> _Checker:
-    checker = _Checker(ledger, keys, apiv3, appids)
+    checker = _Checker(ledger, keys, apiv3, appids, sub_mchids)
     try:
         for stored in events:
             checker.check(stored)
@@ -341,15 +343,20 @@ def check_order(
     out_trade_no: str,
     apiv3: Mapping[str, bytes] | None = None,
     appids: Mapping[str, str | None] | None = None,
+    *,
+    sub_mchid: str | None = None,
+    sub_mchids: Mapping[str, frozenset[str] | None] | None = None,
 ) -> Report:
-    """One order's stream; when no order has that name, the inbox stream of that notification id."""
-    for stream_id, kind in ((order_id(mchid, out_trade_no), "order"), (inbox_id(mchid, out_trade_no), "inbox")):
+    """One order's stream (a sub-merchant's with `sub_mchid`); when no order has that name, the inbox
+    stream of that notification id."""
+    streams = ((order_id(mchid, out_trade_no, sub_mchid), "order"), (inbox_id(mchid, out_trade_no), "inbox"))
+    for stream_id, kind in streams:
         try:
             stored = list(ledger.recorder.select_events(stream_id))
         except PersistenceError as exc:
             raise StoreUnavailable(type(exc).__name__) from None
         if stored:
-            checker = _Checker(ledger, keys, apiv3 or {}, appids)
+            checker = _Checker(ledger, keys, apiv3 or {}, appids, sub_mchids)
             # Named from the request, so a stream whose first event is gone is still named.
             checker.heads[stream_id] = _Head(kind, out_trade_no, mchid)
             checker.report.streams = 1
@@ -377,8 +384,9 @@ def check_all(
     page: int = PAGE,
     apiv3: Mapping[str, bytes] | None = None,
     appids: Mapping[str, str | None] | None = None,
+    sub_mchids: Mapping[str, frozenset[str] | None] | None = None,
 ) -> Report:
     """Every stream in the log, read once in notification order."""
-    checker = _checked(ledger, keys, apiv3 or {}, appids, _log(ledger, page))
+    checker = _checked(ledger, keys, apiv3 or {}, appids, _log(ledger, page), sub_mchids)
     checker.finish()
     return checker.report

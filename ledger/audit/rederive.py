@@ -53,8 +53,13 @@ class Rederiver:
         appids: Mapping[str, str | None],
         resume: Callable[[UUID, int], PaymentOrder | None],
         size: int | None = None,
+        sub_mchids: Mapping[str, frozenset[str] | None] | None = None,
     ) -> None:
+        """`appids` and `sub_mchids`: each merchant's configured appid and (service providers) sub-merchants,
+        as the decisions were taken with them: a decision that followed from a setting since changed is
+        reported as not following from its evidence."""
         self._appids = appids
+        self._sub_mchids = sub_mchids or {}
         self._resume = resume
         self._size = size or SHADOWS
         self._shadows: OrderedDict[UUID, _Shadow] = OrderedDict()
@@ -89,7 +94,7 @@ class Rederiver:
 
     def _evidence(self, shadow: _Shadow, name: str, event: Any) -> list[str]:
         if name == "Opened":
-            shadow.order = PaymentOrder.open(event.mchid, event.out_trade_no)
+            shadow.order = PaymentOrder.open(event.mchid, event.out_trade_no, event.sub_mchid)
             shadow.order.collect_events()
             return []
         order = shadow.order
@@ -98,9 +103,10 @@ class Rederiver:
         appid = self._appids.get(order.mchid)
         try:
             if name == "Registered":
-                order.register(event.amount_total, event.currency, event.description)
+                order.register(event.amount_total, event.currency, event.description, event.combine_out_trade_no)
             elif name == "NotificationReceived":
-                order.receive(Evidence(**{f: getattr(event, f) for f in _EVIDENCE_FIELDS}), expected_appid=appid)
+                delivery = Evidence(**{f: getattr(event, f) for f in _EVIDENCE_FIELDS})
+                order.receive(delivery, expected_appid=appid, sub_mchids=self._sub_mchids.get(order.mchid))
             else:
                 order.record_query(QueryEvidence(**{f: getattr(event, f) for f in _QUERY_FIELDS}), expected_appid=appid)
         except OrderConflict:
