@@ -72,8 +72,15 @@ async def reconcile_bill(request: Request) -> Response:
 
 
 def bill_figures(reports: BillReports, mchid: str, order: Mapping[str, Any]) -> dict[str, str | None]:
-    """The order's bill fee and net amount, exact decimal strings of fen; both None while never billed."""
-    fee = reports.order_fee(mchid, str(order["out_trade_no"]))
+    """The order's bill fee and net amount, exact decimal strings of fen; both None while never billed.
+
+    A sub-merchant's order counts only the lines of its own payment and refunds: another
+    sub-merchant of the provider may have an order of the same number."""
+    line_ids = None
+    if order.get("sub_mchid"):
+        refunds = order.get("refunds") or []
+        line_ids = {str(order.get("transaction_id"))} | {str(r.get("refund_id")) for r in refunds}
+    fee = reports.order_fee(mchid, str(order["out_trade_no"]), line_ids=line_ids)
     if fee is None:
         return {"fee_fen": None, "net_fen": None}
     moved = (order.get("paid_total") or 0) - (order.get("refunded_total") or 0)

@@ -13,7 +13,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.openapi_schemas import BILL_DATE, EVENT_NAMES, OUT_TRADE_NO, SCHEMAS, TRADE_STATES, ref
+from api.openapi_schemas import BILL_DATE, EVENT_NAMES, OUT_TRADE_NO, SCHEMAS, SUB_MCHID, TRADE_STATES, ref
 from api.responses import LedgerJSONResponse
 
 __all__ = ["OPENAPI_PATH", "openapi", "openapi_document"]
@@ -49,6 +49,14 @@ _MCHID_QUERY = {
 def _filter(name: str, schema: dict[str, Any]) -> dict[str, Any]:
     """An optional query filter; given empty, it is not applied (as an HTML form sends it)."""
     return {"name": name, "in": "query", "schema": {"type": "string", "anyOf": [schema, {"maxLength": 0}]}}
+
+
+# [protocol: Service providers] the sub-merchant of a service provider's order.
+_SUB_MCHID_QUERY = {
+    **_filter("sub_mchid", {"pattern": SUB_MCHID}),
+    "description": "the sub-merchant: required when the merchant is a service provider (WECHATPAY_MODE=partner), "
+    "refused (400) for a direct merchant",
+}
 
 
 def _version(name: str, minimum: int, description: str) -> dict[str, Any]:
@@ -111,7 +119,7 @@ def _admin(operation: dict[str, Any], *statuses: str) -> dict[str, Any]:
     for status in statuses:
         responses[status] = answers[status]
     responses["401"] = _UNAUTHORIZED
-    responses["503"] = _STORE
+    responses.setdefault("503", _STORE)
     return operation
 
 
@@ -209,6 +217,10 @@ def openapi_document() -> dict[str, Any]:
                     "parameters": [
                         _filter("trade_state", {"type": "string", "enum": TRADE_STATES}),
                         {"name": "mchid", "in": "query", "schema": {"type": "string"}},
+                        {
+                            **_filter("sub_mchid", {"pattern": SUB_MCHID}),
+                            "description": "a service provider's orders of this sub-merchant only",
+                        },
                         _filter("since", {"type": "string", "format": "date-time"}),
                         _filter("until", {"type": "string", "format": "date-time"}),
                         {
@@ -223,7 +235,13 @@ def openapi_document() -> dict[str, Any]:
                             "description": "the previous page's next_cursor (empty: the first page)",
                         },
                     ],
-                    "responses": {"200": _json(ref("OrderList"), "a page of orders")},
+                    "responses": {
+                        "200": _json(ref("OrderList"), "a page of orders"),
+                        "503": _error(
+                            "the event store cannot be reached, or the orders view has the table layout of an "
+                            "earlier version and must be rebuilt (payledger rebuild)"
+                        ),
+                    },
                 },
                 "400",
             ),
@@ -236,6 +254,7 @@ def openapi_document() -> dict[str, Any]:
                     "parameters": [
                         order_no,
                         _MCHID_QUERY,
+                        _SUB_MCHID_QUERY,
                         _version("as_of_version", 1, "replay the stream up to this event (404 beyond the last)"),
                     ],
                     "responses": {"200": _json(ref("OrderDetail"), "the order, with its bill fee and net amount")},
@@ -252,6 +271,7 @@ def openapi_document() -> dict[str, Any]:
                     "parameters": [
                         order_no,
                         _MCHID_QUERY,
+                        _SUB_MCHID_QUERY,
                         {
                             "name": "type",
                             "in": "query",
@@ -276,6 +296,7 @@ def openapi_document() -> dict[str, Any]:
                     "parameters": [
                         _path_param("out_trade_no", {"type": "string", "pattern": OUT_TRADE_NO}),
                         _MCHID_QUERY,
+                        _SUB_MCHID_QUERY,
                     ],
                     "responses": {
                         "200": _json(ref("Order"), "the order after the recorded answer"),

@@ -7,14 +7,16 @@ from typing import Any
 
 from api.params import BILL_DATE as _BILL_DATE
 from api.params import OUT_TRADE_NO as _OUT_TRADE_NO
+from api.params import SUB_MCHID as _SUB_MCHID
 from ledger.bill_matching import DiscrepancyKind
 from ledger.domain import ALL_EVENTS, FINAL_TRADE_STATES, OPEN_TRADE_STATES
 from projections.bills.reports import REPORT_STATUSES
 
-__all__ = ["BILL_DATE", "EVENT_NAMES", "OUT_TRADE_NO", "SCHEMAS", "TRADE_STATES", "ref"]
+__all__ = ["BILL_DATE", "EVENT_NAMES", "OUT_TRADE_NO", "SCHEMAS", "SUB_MCHID", "TRADE_STATES", "ref"]
 
 OUT_TRADE_NO = f"^{_OUT_TRADE_NO.pattern}$"
 BILL_DATE = f"^{_BILL_DATE.pattern}$"
+SUB_MCHID = f"^{_SUB_MCHID.pattern}$"
 TRADE_STATES = sorted(OPEN_TRADE_STATES | FINAL_TRADE_STATES)
 EVENT_NAMES = sorted(cls.__name__ for cls in ALL_EVENTS)
 DISCREPANCY_KINDS = sorted(str(kind) for kind in DiscrepancyKind)
@@ -84,6 +86,18 @@ SCHEMAS: dict[str, Any] = {
             "amount_total": {"type": "integer", "minimum": 1, "description": "fen"},
             "currency": {"type": "string", "pattern": "^[A-Z]{3}$", "default": "CNY"},
             "mchid": {"type": "string", "description": "optional when one merchant is configured"},
+            "sub_mchid": {
+                "type": ["string", "null"],
+                "pattern": SUB_MCHID,
+                "description": "the sub-merchant: required when the merchant is a service provider "
+                "(WECHATPAY_MODE=partner), one of its WECHATPAY_SUB_MCHIDS when those are listed; "
+                "refused for a direct merchant",
+            },
+            "combine_out_trade_no": {
+                "type": ["string", "null"],
+                "pattern": OUT_TRADE_NO,
+                "description": "the combined payment (合单) this order is a sub-order of",
+            },
             "description": {"type": "string", "maxLength": 127},
         },
     },
@@ -108,6 +122,9 @@ SCHEMAS: dict[str, Any] = {
         "required": [
             "out_trade_no",
             "mchid",
+            "sp_mchid",
+            "sub_mchid",
+            "combine_out_trade_no",
             "registered",
             "trade_state",
             "amount_total",
@@ -126,7 +143,13 @@ SCHEMAS: dict[str, Any] = {
         "additionalProperties": False,
         "properties": {
             "out_trade_no": {"type": "string"},
-            "mchid": {"type": "string"},
+            "mchid": {"type": "string", "description": "the merchant served: a service provider's sp_mchid"},
+            "sp_mchid": {**_NULLABLE_STR, "description": "the service provider (= mchid) of a sub-merchant's order"},
+            "sub_mchid": {**_NULLABLE_STR, "description": "the sub-merchant of a service provider's order"},
+            "combine_out_trade_no": {
+                **_NULLABLE_STR,
+                "description": "the combined payment this order was registered as a sub-order of",
+            },
             "registered": {"type": "boolean"},
             "trade_state": {"type": "string", "enum": TRADE_STATES},
             "amount_total": {**_NULLABLE_INT, "description": "fen; null until registered or paid"},
@@ -280,11 +303,13 @@ SCHEMAS: dict[str, Any] = {
     },
     "OrderEvents": {
         "type": "object",
-        "required": ["out_trade_no", "mchid", "events"],
+        "required": ["out_trade_no", "mchid", "sp_mchid", "sub_mchid", "events"],
         "additionalProperties": False,
         "properties": {
             "out_trade_no": {"type": "string"},
             "mchid": {"type": "string"},
+            "sp_mchid": _NULLABLE_STR,
+            "sub_mchid": _NULLABLE_STR,
             "events": {"type": "array", "items": ref("Event")},
         },
     },

@@ -1,4 +1,9 @@
-"""Orders: registration, current state, and the full audit history."""
+"""Orders: registration, current state, and the full audit history.
+
+An order is (mchid, sub_mchid, out_trade_no) ([protocol: Service providers]): a service provider's
+(WECHATPAY_MODE=partner) orders each name their sub-merchant (`sub_mchid` in the body of
+`POST /orders`, `?sub_mchid=` on the routes of one order); a direct merchant's never do.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +17,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.bills import bill_figures
-from api.params import mchid_param, out_trade_no_param
+from api.params import (
+    combine_out_trade_no_param,
+    mchid_param,
+    out_trade_no_param,
+    sub_mchid_param,
+    sub_mchid_value,
+)
 from api.responses import LedgerJSONResponse
 from api.state import app_state
 from ledger.domain import ALL_EVENTS, FINAL_TRADE_STATES, OPEN_TRADE_STATES
-from ledger.errors import InvalidRequest, OrderNotFound
+from ledger.errors import InvalidRequest, OrderNotFound, ReadModelOutdated
 from projections.read_model.runner import orders_head
 from projections.read_model.view import cursor_decode, cursor_encode
 
@@ -31,7 +42,15 @@ __all__ = [
 ]
 
 CURRENCY = re.compile(r"[A-Z]{3}")
-_REGISTER_FIELDS = {"out_trade_no", "amount_total", "currency", "mchid", "description"}
+_REGISTER_FIELDS = {
+    "out_trade_no",
+    "amount_total",
+    "currency",
+    "mchid",
+    "sub_mchid",
+    "combine_out_trade_no",
+    "description",
+}
 MAX_REGISTER_BODY = 16 * 1024
 TRADE_STATES = OPEN_TRADE_STATES | FINAL_TRADE_STATES
 
@@ -88,8 +107,18 @@ async def register_order(request: Request) -> Response:
     if "mchid" in body and not isinstance(body["mchid"], str):
         raise InvalidRequest("mchid must be a string")
     mchid = mchid_param(state, body.get("mchid"))
+    sub_mchid = sub_mchid_param(state, mchid, body.get("sub_mchid"), registering=True)
+    combine_out_trade_no = combine_out_trade_no_param(body.get("combine_out_trade_no"))
     order, created = await anyio.to_thread.run_sync(
-        lambda: state.ledger.register_order(mchid, out_trade_no, amount, currency, description),
+        lambda: state.ledger.register_order(
+            mchid,
+            out_trade_no,
+            amount,
+            currency,
+            description,
+            sub_mchid=sub_mchid,
+            combine_out_trade_no=combine_out_trade_no,
+        ),
         limiter=state.limiter,
     )
     return LedgerJSONResponse(order.summary(), status_code=201 if created else 200)
@@ -111,18 +140,20 @@ async def get_order(request: Request) -> Response:
     state = app_state(request)
     out_trade_no = request.path_params["out_trade_no"]
     mchid = mchid_param(state, request.query_params.get("mchid"))
+    sub_mchid = sub_mchid_param(state, mchid, request.query_params.get("sub_mchid"))
     as_of = _version_param(request, "as_of_version", minimum=1)
 
     def read() -> dict[str, Any]:
         if as_of is not None:
-            return state.ledger.order_as_of(mchid, out_trade_no, as_of).summary()
+            return state.ledger.order_as_of(mchid, out_trade_no, as_of, sub_mchid).summary()
         view = state.orders_view
-        if view is not None and view.position() >= orders_head(state.ledger):
-            row = view.get(mchid, out_trade_no)
+        # A view of an earlier layout (until `payledger rebuild`) is not read: the stream is.
+        if view is not None and not view.outdated and view.position() >= orders_head(state.ledger):
+            row = view.get(mchid, out_trade_no, sub_mchid)
             if row is None:
                 raise OrderNotFound(out_trade_no)
             return dict(row["document"])
-        return state.ledger.get_order(mchid, out_trade_no).summary()
+        return state.ledger.get_order(mchid, out_trade_no, sub_mchid).summary()
 
     def read_with_fees() -> dict[str, Any]:
         order = read()
@@ -143,11 +174,13 @@ def _time_param(request: Request, name: str) -> float | None:
 
 
 async def list_orders(request: Request) -> Response:
-    """`GET /orders?trade_state=&mchid=&since=&until=&limit=&cursor=` from the read model."""
+    """`GET /orders?trade_state=&mchid=&sub_mchid=&since=&until=&limit=&cursor=` from the read model."""
     state = app_state(request)
     view = state.orders_view
     if view is None:
         raise InvalidRequest("the read model is not configured")
+    if view.outdated:
+        raise ReadModelOutdated(view.table_prefix)
     params = request.query_params
     try:
         limit = int(params.get("limit", "50"))
@@ -166,12 +199,19 @@ async def list_orders(request: Request) -> Response:
             raise InvalidRequest("bad cursor") from None
     since, until = _time_param(request, "since"), _time_param(request, "until")
     mchid = params.get("mchid") or None
+    sub_mchid = sub_mchid_value(params.get("sub_mchid"))
 
     def read() -> dict[str, Any]:
         log_position = state.ledger.recorder.max_notification_id() or 0
         position = view.position()
         rows = view.list_orders(
-            mchid=mchid, trade_state=trade_state, since=since, until=until, after=after, limit=limit
+            mchid=mchid,
+            sub_mchid=sub_mchid,
+            trade_state=trade_state,
+            since=since,
+            until=until,
+            after=after,
+            limit=limit,
         )
         return {
             "orders": [row["document"] for row in rows],
@@ -187,13 +227,22 @@ async def order_events(request: Request) -> Response:
     state = app_state(request)
     out_trade_no = request.path_params["out_trade_no"]
     mchid = mchid_param(state, request.query_params.get("mchid"))
+    sub_mchid = sub_mchid_param(state, mchid, request.query_params.get("sub_mchid"))
     since = _version_param(request, "since_version", minimum=0) or 0
     types = _types_param(request)
     events = await anyio.to_thread.run_sync(
-        lambda: state.ledger.order_events(mchid, out_trade_no, since_version=since, types=types),
+        lambda: state.ledger.order_events(mchid, out_trade_no, since_version=since, types=types, sub_mchid=sub_mchid),
         limiter=state.limiter,
     )
-    return LedgerJSONResponse({"out_trade_no": out_trade_no, "mchid": mchid, "events": events})
+    return LedgerJSONResponse(
+        {
+            "out_trade_no": out_trade_no,
+            "mchid": mchid,
+            "sp_mchid": mchid if sub_mchid is not None else None,
+            "sub_mchid": sub_mchid,
+            "events": events,
+        }
+    )
 
 
 async def query_order(request: Request) -> Response:
@@ -201,5 +250,8 @@ async def query_order(request: Request) -> Response:
     state = app_state(request)
     out_trade_no = out_trade_no_param(request.path_params["out_trade_no"])
     mchid = mchid_param(state, request.query_params.get("mchid"))
-    order = await anyio.to_thread.run_sync(lambda: state.services.query(mchid, out_trade_no), limiter=state.limiter)
+    sub_mchid = sub_mchid_param(state, mchid, request.query_params.get("sub_mchid"))
+    order = await anyio.to_thread.run_sync(
+        lambda: state.services.query(mchid, out_trade_no, sub_mchid=sub_mchid), limiter=state.limiter
+    )
     return LedgerJSONResponse(order.summary())

@@ -9,12 +9,13 @@ import signal
 import threading
 from typing import TYPE_CHECKING, Any
 
+from api.params import order_sub_mchid, sub_mchid_value
 from api.responses import to_jsonable
 from cli.dev import dev_environment
 from ledger.logs import configure_logging
 from ledger.settings import Settings
 
-__all__ = ["SubParsers", "configure_logging", "load_settings", "print_json", "stop_on_signals"]
+__all__ = ["SubParsers", "configure_logging", "load_settings", "order_of", "print_json", "stop_on_signals"]
 
 if TYPE_CHECKING:
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -28,6 +29,14 @@ def load_settings(args: argparse.Namespace, *, require_merchant: bool = True) ->
     if getattr(args, "dev", False) and not env.get("WECHATPAY_MCHID") and not env.get("LEDGER_CONFIG"):
         env.update(dev_environment())
     return Settings.load(env, require_merchant=require_merchant)
+
+
+def order_of(settings: Settings, mchid: str, sub_mchid: str | None) -> str | None:
+    """The sub-merchant `--sub-mchid` names for an order of `mchid`, checked as the HTTP API checks
+    `?sub_mchid=`: required of a service provider, refused for a direct merchant (`InvalidRequest`).
+    A merchant no longer configured is taken at its word."""
+    merchant = settings.merchant(mchid)
+    return sub_mchid_value(sub_mchid) if merchant is None else order_sub_mchid(merchant, sub_mchid)
 
 
 def stop_on_signals() -> threading.Event:

@@ -10,7 +10,7 @@ import argparse
 from typing import Any
 
 from api.bootstrap import bootstrap
-from cli.common import SubParsers, load_settings, print_json
+from cli.common import SubParsers, load_settings, order_of, print_json
 from projections.timeline import Timeline, attempt_text, iso, load_timeline, printable
 
 __all__ = ["register", "render_text", "to_json"]
@@ -19,10 +19,11 @@ __all__ = ["register", "render_text", "to_json"]
 def cmd_history(args: argparse.Namespace) -> int:
     """The order's timeline: events with retry gaps and anomalies, then outbound deliveries."""
     settings = load_settings(args)
+    mchid = args.mchid or settings.merchants[0].mchid
+    sub_mchid = order_of(settings, mchid, args.sub_mchid)
     services = bootstrap(settings)
     try:
-        mchid = args.mchid or settings.merchants[0].mchid
-        timeline = load_timeline(services.ledger, lambda: services.outbox, mchid, args.out_trade_no)
+        timeline = load_timeline(services.ledger, lambda: services.outbox, mchid, args.out_trade_no, sub_mchid)
     finally:
         services.close()
     if args.json:
@@ -36,6 +37,7 @@ def register(sub: SubParsers) -> None:
     history = sub.add_parser("history", help="print an order's timeline: events, retries, anomalies, webhooks")
     history.add_argument("out_trade_no")
     history.add_argument("--mchid", help="the merchant (default: the first configured)")
+    history.add_argument("--sub-mchid", help="the sub-merchant (required for a service provider's order)")
     history.add_argument("--json", action="store_true", help="one JSON document instead of text")
     history.add_argument("--dev", action="store_true", help="read the development merchant's ledger (serve --dev)")
     history.set_defaults(func=cmd_history)
@@ -44,8 +46,9 @@ def register(sub: SubParsers) -> None:
 def render_text(timeline: Timeline) -> str:
     """The timeline for a terminal: one line per event, then outbound messages per endpoint."""
     o = timeline.order
+    who = f"mchid {o['mchid']}" + (f", sub_mchid {o['sub_mchid']}" if o.get("sub_mchid") else "")
     lines = [
-        f"order {o['out_trade_no']} (mchid {o['mchid']}): {o['trade_state']}, version {o['version']}",
+        f"order {o['out_trade_no']} ({who}): {o['trade_state']}, version {o['version']}",
         f"  amount_total={o['amount_total']} {o['currency']}  paid_total={o['paid_total']}"
         f"  refunded_total={o['refunded_total']}  transaction_id={o['transaction_id']}"
         f"  deliveries={o['deliveries']}  anomalies={len(o['anomalies'])}"

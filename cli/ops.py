@@ -7,7 +7,7 @@ import datetime as dt
 import sys
 
 from api.bootstrap import bootstrap
-from cli.common import SubParsers, load_settings, print_json
+from cli.common import SubParsers, load_settings, order_of, print_json
 from ledger.store.reencrypt import reencrypt
 from projections.read_model.rebuild import print_progress
 
@@ -16,9 +16,11 @@ __all__ = ["register"]
 
 def cmd_query(args: argparse.Namespace) -> int:
     settings = load_settings(args)
+    mchid = args.mchid or settings.merchants[0].mchid
+    sub_mchid = order_of(settings, mchid, args.sub_mchid)
     services = bootstrap(settings)
     try:
-        order = services.query(args.mchid or settings.merchants[0].mchid, args.out_trade_no)
+        order = services.query(mchid, args.out_trade_no, sub_mchid=sub_mchid)
     finally:
         services.close()
     print_json(order.summary())
@@ -69,9 +71,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if not args.all and not mchid:
         print("payledger: verify OUT_TRADE_NO needs --mchid (no merchant configured)", file=sys.stderr)
         return 2
+    if args.all and args.sub_mchid is not None:
+        print("payledger: verify --all checks every stream; --sub-mchid names one order", file=sys.stderr)
+        return 2
+    # Without --sub-mchid a provider's OUT_TRADE_NO may still be a notification id that names no order.
+    sub_mchid = None if args.all or args.sub_mchid is None else order_of(settings, mchid, args.sub_mchid)
     services = bootstrap(settings)
     try:
-        report = services.audit_all() if args.all else services.audit_order(mchid, args.out_trade_no)
+        report = services.audit_all() if args.all else services.audit_order(mchid, args.out_trade_no, sub_mchid)
     finally:
         services.close()
     if args.json:
@@ -98,6 +105,7 @@ def register(sub: SubParsers) -> None:
     query = sub.add_parser("query", help="query WeChat Pay for an order now and record the answer")
     query.add_argument("out_trade_no")
     query.add_argument("--mchid", help="the merchant (default: the first configured)")
+    query.add_argument("--sub-mchid", help="the sub-merchant (required for a service provider's order)")
     query.set_defaults(func=cmd_query)
 
     rebuild = sub.add_parser("rebuild", help="rebuild a projection beside the live one, then switch (blue/green)")
@@ -113,6 +121,7 @@ def register(sub: SubParsers) -> None:
     verify_what.add_argument("out_trade_no", nargs="?", help="one order (or a notification id naming no order)")
     verify_what.add_argument("--all", action="store_true", help="every stream in the log")
     verify.add_argument("--mchid", help="the merchant (default: the first configured)")
+    verify.add_argument("--sub-mchid", help="the sub-merchant of OUT_TRADE_NO (a service provider's order)")
     verify.add_argument("--json", action="store_true", help="the report as one JSON document")
     verify.set_defaults(func=cmd_verify)
 

@@ -37,6 +37,8 @@ LedgerError
 ├── BillNotStored               no bill is kept for that merchant, day and kind (or the day was empty)
 ├── StoredBillCorrupt           a kept bill's chunks do not inflate to a whole bill (altered in the store)
 ├── ReadModelBehind             the orders read model did not reach the log's head in time (also a TimeoutError)
+├── ReadModelOutdated           the live orders view has the table layout of an earlier version:
+│                                    `payledger rebuild` makes one of the current layout
 └── WeChatPayError              an outbound call to WeChat Pay did not give a trusted answer
     ├── WeChatPayUnavailable    network error, timeout, 429 or 5xx, still failing at the deadline
     ├── WeChatPayRejected       a 4xx answer (not retried); carries WeChat's code and message
@@ -79,6 +81,7 @@ __all__ = [
     "OrderConflict",
     "OrderNotFound",
     "ReadModelBehind",
+    "ReadModelOutdated",
     "ResponseUntrusted",
     "SignatureProbe",
     "StaleTimestamp",
@@ -338,3 +341,15 @@ class ReadModelBehind(LedgerError, TimeoutError):
         self.view = view
         self.position = position
         self.head = head
+
+
+class ReadModelOutdated(LedgerError):
+    """The orders view `view` was made by an earlier version, in a table layout this one does not
+    write (its orders lack `sub_mchid`): nothing is read from it or written to it until
+    `payledger rebuild` has made a version of the current layout live."""
+
+    reason = "the orders view has the layout of an earlier version: run payledger rebuild"
+
+    def __init__(self, view: str) -> None:
+        super().__init__(f"orders view {view} has the table layout of an earlier version; run `payledger rebuild`")
+        self.view = view

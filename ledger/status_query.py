@@ -58,7 +58,9 @@ class OrderQuery:
         with self._lock:
             self.outcomes[outcome] += 1
 
-    def __call__(self, mchid: str, out_trade_no: str) -> PaymentOrder:
+    def __call__(self, mchid: str, out_trade_no: str, *, sub_mchid: str | None = None) -> PaymentOrder:
+        """Query order `out_trade_no` of merchant `mchid` (a service provider's order of sub-merchant
+        `sub_mchid`: the answer must name both, as sp_mchid and sub_mchid) and record the answer."""
         client = self._clients.get(mchid)
         if client is None:
             self._count("not_configured")
@@ -69,7 +71,9 @@ class OrderQuery:
         try:
             response = client.query_by_out_trade_no(out_trade_no)
             data = response.data or {}
-            if data.get("out_trade_no") != out_trade_no or data.get("mchid") != mchid:
+            named = (data.get("mchid"),) if sub_mchid is None else (data.get("sp_mchid"), data.get("sub_mchid"))
+            wanted = (mchid,) if sub_mchid is None else (mchid, sub_mchid)
+            if data.get("out_trade_no") != out_trade_no or named != wanted:
                 raise ResponseUntrusted("answer is about another order or merchant")
         except WeChatPayRejected as exc:
             self._count(f"rejected:{exc.code}")
@@ -85,6 +89,7 @@ class OrderQuery:
             out_trade_no,
             evidence_from_response(response, "out_trade_no"),
             expected_appid=self._appids.get(mchid),
+            sub_mchid=sub_mchid,
         )
         self._count("recorded")
         log.info("query %s mchid=%s -> %s (version %d)", out_trade_no, mchid, order.trade_state, order.version)

@@ -108,9 +108,12 @@ def facts(event_type: str, data: Mapping[str, Any]) -> str:
     """The key facts of one event on one line (the full payload is in `data`)."""
     get = data.get
     if event_type == "Opened":
-        return f"mchid={get('mchid')} out_trade_no={get('out_trade_no')}"
+        text = f"mchid={get('mchid')} out_trade_no={get('out_trade_no')}"
+        return f"{text} sub_mchid={get('sub_mchid')}" if get("sub_mchid") else text
     if event_type == "Registered":
         text = f"amount_total={get('amount_total')} {get('currency')}"
+        if get("combine_out_trade_no"):
+            text += f" combine_out_trade_no={get('combine_out_trade_no')}"
         return f"{text} description={_compact(get('description'))}" if get("description") else text
     if event_type == "NotificationReceived":
         resource = _mapping(get("resource"))
@@ -204,16 +207,20 @@ def _display_url(url: str | None) -> str | None:
     return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
-def load_timeline(ledger: Ledger, outbox: Callable[[], Outbox], mchid: str, out_trade_no: str) -> Timeline:
-    """Read the order's events, its current state and its outbound messages (blocking).
+def load_timeline(
+    ledger: Ledger, outbox: Callable[[], Outbox], mchid: str, out_trade_no: str, sub_mchid: str | None = None
+) -> Timeline:
+    """Read the order's events, its current state and its outbound messages (blocking); a service
+    provider's order of sub-merchant `sub_mchid`, or the merchant's own.
 
     `outbox` gives the process's outbox (`Services.outbox`); asked only here, so an outbox that
     cannot be opened leaves the events readable."""
-    events = ledger.order_history(mchid, out_trade_no)
-    order = ledger.get_order(mchid, out_trade_no).summary()
+    events = ledger.order_history(mchid, out_trade_no, sub_mchid)
+    current = ledger.get_order(mchid, out_trade_no, sub_mchid)
+    order = current.summary()
     try:
         box = outbox()
-        messages = box.messages.for_order(mchid, out_trade_no)
+        messages = box.messages.for_order(mchid, out_trade_no, stream_id=str(current.id))
         endpoints = box.endpoints.all() if messages else []
     except STORE_ERRORS as exc:
         # The events are the record; the outbox is derived. Show what we have and say what is missing.

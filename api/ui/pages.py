@@ -1,5 +1,9 @@
 """The operator pages under /ui: search, an order's timeline, re-query WeChat Pay; server-rendered.
 
+An order is named by `mchid`, `sub_mchid` (a service provider's, required for its orders as in the
+JSON API) and its number; every link to an order carries them. A sub-order of a combined payment
+links to the other sub-orders registered with the same `combine_out_trade_no` (from the read model).
+
 Every page is behind `UISessions` (the admin token or a login session); without either a
 request gets the login form and a 401, never order data. Payload fields are untrusted text:
 the templates autoescape everything. The daily bills pages (api/ui/bills.py) are served through
@@ -23,7 +27,7 @@ from starlette.routing import Mount, Route
 from api.bills import bill_figures
 from api.errors import answer_for
 from api.notify import read_body
-from api.params import OUT_TRADE_NO, mchid_param
+from api.params import OUT_TRADE_NO, mchid_param, sub_mchid_param, sub_mchid_value
 from api.responses import to_jsonable
 from api.state import app_state
 from api.ui.auth import COOKIE, SESSION_SECONDS, Access, UISessions
@@ -31,6 +35,7 @@ from api.ui.bills import BillPages, bill_url
 from ledger.errors import BodyTooLarge, InvalidRequest, LedgerError, OrderNotFound, WeChatPayError
 from ledger.settings import Settings
 from projections.read_model.runner import orders_head
+from projections.read_model.view import OrdersView
 from projections.timeline import Entry, Timeline, attempt_text, duration, iso, load_timeline
 
 __all__ = ["ui_mount"]
@@ -58,12 +63,21 @@ def _pretty(value: Any) -> str:
     return json.dumps(to_jsonable(value), ensure_ascii=False, indent=2, sort_keys=True)
 
 
-def _order_url(out_trade_no: str, mchid: str, **params: str) -> str:
-    return f"/ui/orders/{quote(out_trade_no, safe='')}?{urlencode({'mchid': mchid, **params})}"
+def _who(mchid: str, sub_mchid: str | None) -> dict[str, str]:
+    return {"mchid": mchid, "sub_mchid": sub_mchid} if sub_mchid else {"mchid": mchid}
 
 
-def _query_url(out_trade_no: str, mchid: str) -> str:
-    return f"/ui/orders/{quote(out_trade_no, safe='')}/query?{urlencode({'mchid': mchid})}"
+def _order_url(out_trade_no: str, mchid: str, sub_mchid: str | None = None, **params: str) -> str:
+    return f"/ui/orders/{quote(out_trade_no, safe='')}?{urlencode({**_who(mchid, sub_mchid), **params})}"
+
+
+def _query_url(out_trade_no: str, mchid: str, sub_mchid: str | None = None) -> str:
+    return f"/ui/orders/{quote(out_trade_no, safe='')}/query?{urlencode(_who(mchid, sub_mchid))}"
+
+
+def _usable(view: OrdersView | None) -> OrdersView | None:
+    """The orders view, unless there is none or it awaits a rebuild (an earlier version's layout)."""
+    return view if view is not None and not view.outdated else None
 
 
 def _next_path(value: str) -> str:
@@ -179,29 +193,44 @@ class OperatorPages:
             return access
         state = app_state(request)
         q = request.query_params.get("q", "").strip()[:64]
+        given = request.query_params.get("sub_mchid", "").strip()[:32]
+        context: dict[str, Any] = {"q": q, "sub_mchid": given, "behind": False}
         if not q:
-            return self.page(request, "search.html", access=access, q="", matches=None, behind=False)
+            return self.page(request, "search.html", access=access, matches=None, **context)
+        try:
+            sub = sub_mchid_value(given)
+        except InvalidRequest:
+            return self.page(request, "search.html", 404, access=access, matches=[], **context)
 
-        def find() -> tuple[list[tuple[str, str]], bool]:
+        def find() -> tuple[list[tuple[str, str | None, str]], bool]:
+            """(mchid, sub_mchid, out_trade_no) of each order found, and whether the view is behind."""
+            found: dict[tuple[str, str | None, str], None] = {}
             if OUT_TRADE_NO.fullmatch(q):
-                for mchid in state.merchants:
+                # The log first (read-your-writes): each merchant's own order, or a provider's of `sub`.
+                for mchid, merchant in state.merchants.items():
+                    partner = merchant.settings.partner
+                    if partner and sub is None:
+                        continue  # which sub-merchant's? the view knows them all
                     try:
-                        state.ledger.get_order(mchid, q)
+                        state.ledger.get_order(mchid, q, sub if partner else None)
                     except OrderNotFound:
                         continue
-                    return [(mchid, q)], False
-            view = state.orders_view
+                    found[(mchid, sub if partner else None, q)] = None
+            view = _usable(state.orders_view)
             if view is None:
-                return [], False
-            rows = view.by_transaction_id(q)
-            behind = view.position() < orders_head(state.ledger)
-            return [(row["mchid"], row["out_trade_no"]) for row in rows], behind
+                return list(found), False
+            for row in [*view.by_out_trade_no(q), *view.by_transaction_id(q)]:
+                if sub is None or row["sub_mchid"] == sub:
+                    found[(row["mchid"], row["sub_mchid"], row["out_trade_no"])] = None
+            return list(found), view.position() < orders_head(state.ledger)
 
         matches, behind = await anyio.to_thread.run_sync(find, limiter=state.limiter)
         if len(matches) == 1:
-            return self.redirect(_order_url(matches[0][1], matches[0][0]))
+            mchid, sub_mchid, no = matches[0]
+            return self.redirect(_order_url(no, mchid, sub_mchid))
         status = 200 if matches else 404
-        return self.page(request, "search.html", status, access=access, q=q, matches=matches, behind=behind)
+        context["behind"] = behind
+        return self.page(request, "search.html", status, access=access, matches=matches, **context)
 
     async def order(self, request: Request) -> Response:
         access = self.guard(request)
@@ -218,14 +247,27 @@ class OperatorPages:
             mchid = mchid_param(state, request.query_params.get("mchid"))
         except InvalidRequest as exc:
             return self.failure(request, access, exc, "Unknown or missing mchid.")
+        try:
+            sub_mchid = sub_mchid_param(state, mchid, request.query_params.get("sub_mchid"))
+        except InvalidRequest as exc:
+            return self.failure(request, access, exc, f"{exc}.")
         services = state.services
 
-        def load() -> tuple[Timeline, dict[str, str | None]]:
-            timeline = load_timeline(services.ledger, lambda: services.outbox, mchid, no)
-            return timeline, bill_figures(services.bill_reports, mchid, timeline.order)
+        def load() -> tuple[Timeline, dict[str, str | None], list[dict[str, Any]]]:
+            timeline = load_timeline(services.ledger, lambda: services.outbox, mchid, no, sub_mchid)
+            order = timeline.order
+            siblings: list[dict[str, Any]] = []
+            view = _usable(state.orders_view)
+            if order.get("combine_out_trade_no") and view is not None:
+                siblings = [
+                    row
+                    for row in view.combined(order["combine_out_trade_no"])
+                    if (row["mchid"], row["sub_mchid"], row["out_trade_no"]) != (mchid, sub_mchid, no)
+                ]
+            return timeline, bill_figures(services.bill_reports, mchid, order), siblings
 
         try:
-            timeline, billed = await anyio.to_thread.run_sync(load, limiter=state.limiter)
+            timeline, billed, siblings = await anyio.to_thread.run_sync(load, limiter=state.limiter)
         except OrderNotFound as exc:
             return self.failure(request, access, exc, "No such order.")
         queried = request.query_params.get("queried", "")
@@ -237,6 +279,7 @@ class OperatorPages:
             t=timeline,
             billed=billed,
             mchid=mchid,
+            siblings=siblings,
             error=error,
             queried=int(queried) if queried.isdigit() else None,
             payload=_payload,
@@ -256,16 +299,22 @@ class OperatorPages:
             mchid = mchid_param(state, request.query_params.get("mchid"))
         except InvalidRequest as exc:
             return self.failure(request, access, exc, "Unknown or missing mchid.")
+        try:
+            sub_mchid = sub_mchid_param(state, mchid, request.query_params.get("sub_mchid"))
+        except InvalidRequest as exc:
+            return self.failure(request, access, exc, f"{exc}.")
         if not OUT_TRADE_NO.fullmatch(no):
             return self.page(request, "message.html", 400, access=access, message="Not an out_trade_no.")
         try:
-            order = await anyio.to_thread.run_sync(lambda: state.services.query(mchid, no), limiter=state.limiter)
+            order = await anyio.to_thread.run_sync(
+                lambda: state.services.query(mchid, no, sub_mchid=sub_mchid), limiter=state.limiter
+            )
         except WeChatPayError as exc:
             answer = answer_for(exc)
             error = f"WeChat Pay query failed ({answer.message(exc)})."
             return await self._order_page(request, access, error=error, status=answer.status)
-        log.info("operator re-queried %s mchid=%s -> %s", no, mchid, order.trade_state)
-        return self.redirect(_order_url(no, mchid, queried=str(order.version)))
+        log.info("operator re-queried %s mchid=%s sub_mchid=%s -> %s", no, mchid, sub_mchid, order.trade_state)
+        return self.redirect(_order_url(no, mchid, sub_mchid, queried=str(order.version)))
 
 
 def _payload(entry: Entry) -> dict[str, Any]:

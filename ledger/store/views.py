@@ -77,6 +77,19 @@ class ViewRecorder:
         """`template` with its ``{slot}``s filled and ``%s`` as this store's driver wants it."""
         return render(template, self.dialect, tuple(sorted(slots.items())))
 
+    def table_columns(self, table: str) -> set[str]:
+        """The columns table `table` (unqualified) has now; empty when there is no such table."""
+        if self.dialect == "postgres":
+            query, params = (
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
+                [self.schema, table],
+            )
+        else:
+            query, params = "SELECT name FROM pragma_table_info(%s)", [table]
+        with self.transaction(commit=False) as curs:
+            curs.execute(self.sql(query), params)
+            return {str(row[0]) for row in curs.fetchall()}
+
     def create_view_tables(self) -> None:
         """Run `view_statements` in one transaction (after the library created the tracking table)."""
         if statements := self.view_statements():

@@ -8,6 +8,12 @@ would be reported missing from the ledger.
 
 The view is asked for on every query (`view_source`, e.g. `LiveOrdersView.current`), so a rebuild
 that switches the live version mid-way is followed, never read from after it was closed.
+
+A service provider's bill lists every sub-merchant's lines (特约商户号 is the sub_mchid), and two
+sub-merchants may use the same out_trade_no: without `sub_mchid` the facts are the merchant's
+orders of every sub-merchant, a bill line's payment being the order of its out_trade_no paid
+under its transaction_id; with `sub_mchid` they are that sub-merchant's orders only (a bill
+applied for one sub-merchant).
 """
 
 from __future__ import annotations
@@ -27,13 +33,22 @@ PAGE_SIZE = BATCH_SIZE
 
 
 class OrdersViewFacts(LedgerFacts):
-    """`LedgerFacts` for merchant `mchid`, read from the orders view `view_source()` returns."""
+    """`LedgerFacts` for merchant `mchid` (with `sub_mchid`, for that sub-merchant of a provider
+    only), read from the orders view `view_source()` returns."""
 
-    def __init__(self, view_source: Callable[[], OrdersView], mchid: str, *, page_size: int = PAGE_SIZE) -> None:
+    def __init__(
+        self,
+        view_source: Callable[[], OrdersView],
+        mchid: str,
+        *,
+        sub_mchid: str | None = None,
+        page_size: int = PAGE_SIZE,
+    ) -> None:
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
         self._view = view_source
         self._mchid = mchid
+        self._sub_mchid = sub_mchid
         self._page_size = page_size
 
     def payments(self, keys: Sequence[tuple[str, str]]) -> Mapping[tuple[str, str], PaymentFact]:
@@ -43,20 +58,23 @@ class OrdersViewFacts(LedgerFacts):
         key's transaction_id: an order paid under another one is not the bill's payment (the
         matcher then reports the bill line missing from the ledger)."""
         wanted = list(dict.fromkeys(out_trade_no for _, out_trade_no in keys))
-        by_order = {row["out_trade_no"]: row for row in self._view().paid_orders(self._mchid, wanted)}
+        rows = self._view().paid_orders(self._mchid, wanted, sub_mchid=self._sub_mchid)
+        # Two sub-merchants' orders of one number are told apart by the transaction each was paid under.
+        by_key = {(row["transaction_id"], row["out_trade_no"]): row for row in rows}
         found: dict[tuple[str, str], PaymentFact] = {}
-        for transaction_id, out_trade_no in keys:
-            row = by_order.get(out_trade_no)
-            if row is not None and row["transaction_id"] == transaction_id:
+        for key in keys:
+            row = by_key.get(key)
+            if row is not None:
                 fact = self._payment(row)
                 if fact is not None:
-                    found[(transaction_id, out_trade_no)] = fact
+                    found[key] = fact
         return found
 
     def refunds(self, refund_ids: Sequence[str]) -> Mapping[str, RefundFact]:
         """The succeeded refunds among `refund_ids` (WeChat's ids); closed or abnormal ones are left out."""
         found: dict[str, RefundFact] = {}
-        for row in self._view().refunds_by_id(self._mchid, list(dict.fromkeys(refund_ids))):
+        wanted = list(dict.fromkeys(refund_ids))
+        for row in self._view().refunds_by_id(self._mchid, wanted, sub_mchid=self._sub_mchid):
             found.setdefault(
                 row["refund_id"],
                 RefundFact(
@@ -75,16 +93,18 @@ class OrdersViewFacts(LedgerFacts):
         around it (the matcher keeps the day's own). Lazily, one page of `page_size` at a time."""
         lo = (day - dt.timedelta(days=1)).isoformat()
         hi = (day + dt.timedelta(days=2)).isoformat()
-        after: tuple[str, str] | None = None
+        after: tuple[str, str, str] | None = None
         while True:
-            page = self._view().paid_between(self._mchid, lo, hi, after=after, limit=self._page_size)
+            page = self._view().paid_between(
+                self._mchid, lo, hi, after=after, limit=self._page_size, sub_mchid=self._sub_mchid
+            )
             for row in page:
                 fact = self._payment(row)
                 if fact is not None:
                     yield fact
             if len(page) < self._page_size:
                 return
-            after = (page[-1]["success_time"], page[-1]["out_trade_no"])
+            after = (page[-1]["success_time"], page[-1]["out_trade_no"], page[-1]["sub_mchid"] or "")
 
     @staticmethod
     def _payment(row: Mapping[str, Any]) -> PaymentFact | None:

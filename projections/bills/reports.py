@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
@@ -235,11 +235,14 @@ class BillReports:
                 self._sql("DELETE FROM {fees} WHERE mchid = %s AND bill_date = %s"), (mchid, bill_date.isoformat())
             )
 
-    def order_fee(self, mchid: str, out_trade_no: str) -> Decimal | None:
-        """The fees (yuan) of every bill line of the order (its payment and its refunds), or None if never billed."""
+    def order_fee(self, mchid: str, out_trade_no: str, *, line_ids: Collection[str] | None = None) -> Decimal | None:
+        """The fees (yuan) of every bill line of the order (its payment and its refunds), or None if never
+        billed. `line_ids` (the order's transaction_id and refund_ids) keeps only the lines of those: two
+        sub-merchants of a service provider may have orders of one out_trade_no."""
         with self._db.transaction(write=False) as cur:
             cur.execute(
-                self._sql("SELECT fee FROM {fees} WHERE mchid = %s AND out_trade_no = %s"), (mchid, out_trade_no)
+                self._sql("SELECT fee, line_id FROM {fees} WHERE mchid = %s AND out_trade_no = %s"),
+                (mchid, out_trade_no),
             )
-            fees = [Decimal(row[0]) for row in cur.fetchall()]
+            fees = [Decimal(row[0]) for row in cur.fetchall() if line_ids is None or row[1] in line_ids]
         return sum(fees, Decimal(0)) if fees else None

@@ -1,7 +1,9 @@
 """Running the projections: the view objects and the projector process.
 
 Exactly one projector may write a projection at a time (`projections.locks.ProjectorLock`);
-it follows the live version of the view, and moves to a new one when a rebuild switches it.
+it follows the live version of the view, and moves to a new one when a rebuild switches it. A
+live version an earlier release made in another table layout is not written: the projector says
+so and waits for `payledger rebuild` to switch to a version of the current layout.
 """
 
 from __future__ import annotations
@@ -17,13 +19,20 @@ from typing import Any
 from eventsourcing.projection import BaseProjectionRunner
 
 from ledger.application import Ledger, build_ledger
-from ledger.errors import ReadModelBehind
+from ledger.errors import ReadModelBehind, ReadModelOutdated
 from ledger.store.backends import SMALL_POOL
 from ledger.store.sql import Database
 from ledger.store.views import ViewRecorder, open_view, view_env
 from projections.locks import ProjectorLock
 from projections.read_model.live import live_view
-from projections.read_model.view import ORDERS_VIEW, OrdersProjection, OrdersView, PostgresOrdersView, SQLiteOrdersView
+from projections.read_model.view import (
+    LAYOUT_COLUMN,
+    ORDERS_VIEW,
+    OrdersProjection,
+    OrdersView,
+    PostgresOrdersView,
+    SQLiteOrdersView,
+)
 
 __all__ = [
     "catch_up_orders_view",
@@ -64,8 +73,12 @@ def projection_runner(
 def start_orders_projector(
     database_url: str, name: str = ORDERS_VIEW
 ) -> tuple[BaseProjectionRunner[Ledger], OrdersView, Ledger]:
-    """Start following the log; returns the runner (a context manager), its view and its loader."""
+    """Start following the log; returns the runner (a context manager), its view and its loader.
+    Raises `ReadModelOutdated` for a view of an earlier layout (nothing is started)."""
     view = open_orders_view(database_url, name)
+    if view.outdated:
+        view.close()
+        raise ReadModelOutdated(name)
     runner, loader = projection_runner(database_url, OrdersProjection(view), view, view_env(database_url, name))
     return runner, view, loader
 
@@ -117,10 +130,24 @@ def run_orders_projector(database_url: str, stop: threading.Event, poll: float =
     if not lock.acquire(stop, poll):
         return
     pointer = Database(database_url, pool_size=1)  # asked once per `poll`
+    refused: str | None = None  # the outdated version last refused, said once
     with _held(lock), contextlib.closing(pointer):
         while not stop.is_set():
             name = live_view(pointer, ORDERS_VIEW)
-            runner, view, loader = start_orders_projector(database_url, name)
+            try:
+                runner, view, loader = start_orders_projector(database_url, name)
+            except ReadModelOutdated:
+                if refused != name:
+                    refused = name
+                    log.error(
+                        "not projecting: the live orders view %s has the table layout of an earlier version"
+                        " (no %s column); run `payledger rebuild` to build one of the current layout,"
+                        " which this projector then follows",
+                        name,
+                        LAYOUT_COLUMN,
+                    )
+                stop.wait(poll)
+                continue
             log.info("projecting %s from position %d", name, view.position())
             # A rebuild moves the pointer: then follow the new version from its position.
             follow(runner, view, loader, stop, poll, functools.partial(_is_live, pointer, name))
@@ -144,7 +171,8 @@ def catch_up_orders_view(
     process projects up to the head itself and lets the lock go; if one does, its progress is
     watched (and taken over, should it let go of the lock first). Raises `ReadModelBehind` (a
     `TimeoutError`) when the view is still behind after `timeout` seconds. `ledger` reads the
-    log's head (the process's own); without one, one is opened for the call."""
+    log's head (the process's own); without one, one is opened for the call. Raises
+    `ReadModelOutdated` when the live version has the layout of an earlier release."""
     deadline = time.monotonic() + timeout
     owned = ledger is None
     log_reader = build_ledger(database_url, SMALL_POOL) if ledger is None else ledger
@@ -174,6 +202,8 @@ def _reach(
     the projector that holds `lock`; its position then."""
     view = open_orders_view(database_url, name)
     try:
+        if view.outdated:
+            raise ReadModelOutdated(name)
         while (position := view.position()) < head:
             if lock.try_acquire():
                 try:

@@ -5,6 +5,11 @@
 the tracking position in one transaction: a projector that crashes mid-way repeats nothing
 and skips nothing. On PostgreSQL the tables sit beside the events; on SQLite in a file of
 their own (the library's SQLite tracking table is per file).
+
+An order is (mchid, sub_mchid, out_trade_no) ([protocol: Service providers]): a merchant's own
+order has `sub_mchid` '' in the tables (part of the primary key, so NOT NULL) and None in what
+is read back. A view made before that layout (its orders lack `sub_mchid`) is `outdated`: it is
+neither written nor read, and `payledger rebuild` makes a version of the current layout.
 """
 
 from __future__ import annotations
@@ -23,12 +28,15 @@ from eventsourcing.utils import get_topic
 
 from ledger.application import Ledger
 from ledger.domain import ALL_EVENTS, PaymentOrder
+from ledger.errors import ReadModelOutdated
 from ledger.store.sql import Cursor
 from ledger.store.views import PostgresViewRecorder, SQLiteViewRecorder, ViewRecorder
 
 __all__ = [
+    "LAYOUT_COLUMN",
     "ORDERS_VIEW",
     "ORDER_FIELDS",
+    "ORDER_KEY",
     "PAYMENT_FIELDS",
     "REFUND_FIELDS",
     "OrdersProjection",
@@ -38,9 +46,10 @@ __all__ = [
 ]
 
 ORDERS_VIEW = "orders_view"
+ORDER_KEY = ("mchid", "sub_mchid", "out_trade_no")
+"""An order's key: the merchant served (a provider's sp_mchid), its sub-merchant ('' for its own), the number."""
 ORDER_FIELDS = (
-    "mchid",
-    "out_trade_no",
+    *ORDER_KEY,
     "stream_id",
     "registered",
     "trade_state",
@@ -54,20 +63,25 @@ ORDER_FIELDS = (
     "version",
     "created_at",
     "updated_at",
+    "combine_out_trade_no",
     "document",
 )
-REFUND_FIELDS = ("mchid", "out_refund_no", "out_trade_no", "refund_id", "status", "refund", "success_time")
-PAYMENT_FIELDS = ("mchid", "out_trade_no", "transaction_id", "success_time", "paid_total")
+REFUND_KEY = ("mchid", "sub_mchid", "out_refund_no")
+REFUND_FIELDS = (*REFUND_KEY, "out_trade_no", "refund_id", "status", "refund", "success_time")
+PAYMENT_FIELDS = ("mchid", "sub_mchid", "out_trade_no", "transaction_id", "success_time", "paid_total")
 """What a payment the ledger decided is, as bill matching reads it (not the whole `document`)."""
 # Set by PaymentSucceeded alone (a refund decided first sets transaction_id, never these two):
 # the order's payment is decided. `paid_total` stays NULL only if WeChat's resource had no total.
 _PAID = "success_time IS NOT NULL AND paid_total IS NOT NULL AND transaction_id IS NOT NULL"
 _TIME_FIELDS = {"created_at", "updated_at"}
+LAYOUT_COLUMN = "sub_mchid"
+"""The column a view of the current layout has and one made by an earlier version lacks."""
 
 
 def order_row(order: PaymentOrder, at: dt.datetime) -> dict[str, Any]:
     return {
         "mchid": order.mchid,
+        "sub_mchid": order.sub_mchid or "",
         "out_trade_no": order.out_trade_no,
         "stream_id": str(order.id),
         "registered": bool(order.registered),
@@ -82,6 +96,7 @@ def order_row(order: PaymentOrder, at: dt.datetime) -> dict[str, Any]:
         "version": order.version,
         "created_at": order.created_on.timestamp(),
         "updated_at": at.timestamp(),
+        "combine_out_trade_no": order.combine_out_trade_no,
         "document": json.dumps(order.summary(), ensure_ascii=False, separators=(",", ":"), default=str),
     }
 
@@ -90,6 +105,7 @@ def refund_rows(order: PaymentOrder) -> list[dict[str, Any]]:
     return [
         {
             "mchid": order.mchid,
+            "sub_mchid": order.sub_mchid or "",
             "out_refund_no": r["out_refund_no"],
             "out_trade_no": order.out_trade_no,
             "refund_id": r["refund_id"],
@@ -105,6 +121,8 @@ def _row_out(names: tuple[str, ...], row: Any) -> dict[str, Any]:
     values = dict(zip(names, row, strict=True)) if not isinstance(row, dict) else dict(row)
     for name in _TIME_FIELDS & values.keys():
         values[name] = dt.datetime.fromtimestamp(values[name], dt.UTC)
+    if "sub_mchid" in values:
+        values["sub_mchid"] = values["sub_mchid"] or None
     if "registered" in values:
         values["registered"] = bool(values["registered"])
     if "document" in values:
@@ -117,6 +135,8 @@ class OrdersView(ViewRecorder):
 
     # The tables' names start with the view's: on SQLite every version has a file of its own.
     table_prefix: str = ORDERS_VIEW
+    # Made by an earlier version in another layout (see LAYOUT_COLUMN): set when the view is opened.
+    outdated: bool = False
 
     @functools.cached_property
     def _slots(self) -> dict[str, str]:
@@ -126,7 +146,15 @@ class OrdersView(ViewRecorder):
             "refunds": self.qualify(names["refunds"]),
             **{
                 index: self.quote(names[index])
-                for index in ("orders_state", "orders_updated", "orders_transaction", "orders_paid", "refunds_id")
+                for index in (
+                    "orders_state",
+                    "orders_updated",
+                    "orders_transaction",
+                    "orders_paid",
+                    "orders_number",
+                    "orders_combined",
+                    "refunds_id",
+                )
             },
             # A list parameter (see `_list`): an array on PostgreSQL, a JSON array on SQLite.
             "in_list": "= ANY(%s::text[])" if self.dialect == "postgres" else "IN (SELECT value FROM json_each(%s))",
@@ -151,44 +179,62 @@ class OrdersView(ViewRecorder):
         return [
             self._sql(statement)
             for statement in (
-                "CREATE TABLE IF NOT EXISTS {orders} (mchid TEXT NOT NULL, out_trade_no TEXT NOT NULL,"
-                " stream_id TEXT NOT NULL, registered BOOLEAN NOT NULL, trade_state TEXT NOT NULL,"
-                " amount_total BIGINT, currency TEXT, transaction_id TEXT, success_time TEXT, paid_total BIGINT,"
-                " refunded_total BIGINT NOT NULL, anomalies INTEGER NOT NULL, version INTEGER NOT NULL,"
-                " created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL,"
-                " document TEXT NOT NULL, PRIMARY KEY (mchid, out_trade_no))",
+                "CREATE TABLE IF NOT EXISTS {orders} (mchid TEXT NOT NULL, sub_mchid TEXT NOT NULL,"
+                " out_trade_no TEXT NOT NULL, stream_id TEXT NOT NULL, registered BOOLEAN NOT NULL,"
+                " trade_state TEXT NOT NULL, amount_total BIGINT, currency TEXT, transaction_id TEXT,"
+                " success_time TEXT, paid_total BIGINT, refunded_total BIGINT NOT NULL, anomalies INTEGER NOT NULL,"
+                " version INTEGER NOT NULL, created_at DOUBLE PRECISION NOT NULL,"
+                " updated_at DOUBLE PRECISION NOT NULL, combine_out_trade_no TEXT, document TEXT NOT NULL,"
+                " PRIMARY KEY (mchid, sub_mchid, out_trade_no))",
                 "CREATE INDEX IF NOT EXISTS {orders_state} ON {orders} (trade_state, updated_at)",
-                "CREATE INDEX IF NOT EXISTS {orders_updated} ON {orders} (updated_at, mchid, out_trade_no)",
+                "CREATE INDEX IF NOT EXISTS {orders_updated} ON {orders} (updated_at, mchid, sub_mchid, out_trade_no)",
                 "CREATE INDEX IF NOT EXISTS {orders_transaction} ON {orders} (transaction_id)",
-                "CREATE TABLE IF NOT EXISTS {refunds} (mchid TEXT NOT NULL, out_refund_no TEXT NOT NULL,"
-                " out_trade_no TEXT NOT NULL, refund_id TEXT, status TEXT NOT NULL, refund BIGINT NOT NULL,"
-                " success_time TEXT, PRIMARY KEY (mchid, out_refund_no))",
+                "CREATE TABLE IF NOT EXISTS {refunds} (mchid TEXT NOT NULL, sub_mchid TEXT NOT NULL,"
+                " out_refund_no TEXT NOT NULL, out_trade_no TEXT NOT NULL, refund_id TEXT, status TEXT NOT NULL,"
+                " refund BIGINT NOT NULL, success_time TEXT, PRIMARY KEY (mchid, sub_mchid, out_refund_no))",
                 # A day's payments of one merchant in keyset order (`paid_between`); refunds by
                 # WeChat's id (`refunds_by_id`). Views built before them get them when opened.
-                "CREATE INDEX IF NOT EXISTS {orders_paid} ON {orders} (mchid, success_time, out_trade_no)",
+                "CREATE INDEX IF NOT EXISTS {orders_paid} ON {orders} (mchid, success_time, out_trade_no, sub_mchid)",
                 "CREATE INDEX IF NOT EXISTS {refunds_id} ON {refunds} (mchid, refund_id)",
+                # An order number under any merchant or sub-merchant (the operator's search), and the
+                # sub-orders of one combined payment.
+                "CREATE INDEX IF NOT EXISTS {orders_number} ON {orders} (out_trade_no)",
+                "CREATE INDEX IF NOT EXISTS {orders_combined} ON {orders} (combine_out_trade_no)",
             )
         ]
 
+    def create_view_tables(self) -> None:
+        """The tables and indexes of the current layout; none on a view an earlier version made in
+        another layout (`outdated`), which is left as it is for `payledger rebuild` to replace."""
+        columns = self.table_columns(self.orders_table)
+        self.outdated = bool(columns) and LAYOUT_COLUMN not in columns
+        if not self.outdated:
+            super().create_view_tables()
+
+    def _current(self) -> None:
+        if self.outdated:
+            raise ReadModelOutdated(self.table_prefix)
+
     def upsert_many(self, curs: Cursor, orders: list[dict[str, Any]], refunds: list[dict[str, Any]]) -> None:
         """Orders and refunds by key, inserted or replaced, in the caller's transaction."""
+        self._current()
         columns = ", ".join(ORDER_FIELDS)
-        updates = ", ".join(f"{c} = excluded.{c}" for c in ORDER_FIELDS[2:])
+        updates = ", ".join(f"{c} = excluded.{c}" for c in ORDER_FIELDS[len(ORDER_KEY) :])
         if orders:
             curs.executemany(
                 self._sql(
                     f"INSERT INTO {{orders}} ({columns}) VALUES ({', '.join(['%s'] * len(ORDER_FIELDS))})"
-                    f" ON CONFLICT (mchid, out_trade_no) DO UPDATE SET {updates}"
+                    f" ON CONFLICT ({', '.join(ORDER_KEY)}) DO UPDATE SET {updates}"
                 ),
                 [[o[c] for c in ORDER_FIELDS] for o in orders],
             )
         if refunds:
-            updates = ", ".join(f"{c} = excluded.{c}" for c in REFUND_FIELDS[2:])
+            updates = ", ".join(f"{c} = excluded.{c}" for c in REFUND_FIELDS[len(REFUND_KEY) :])
             curs.executemany(
                 self._sql(
                     f"INSERT INTO {{refunds}} ({', '.join(REFUND_FIELDS)})"
                     f" VALUES ({', '.join(['%s'] * len(REFUND_FIELDS))})"
-                    f" ON CONFLICT (mchid, out_refund_no) DO UPDATE SET {updates}"
+                    f" ON CONFLICT ({', '.join(REFUND_KEY)}) DO UPDATE SET {updates}"
                 ),
                 [[r[c] for c in REFUND_FIELDS] for r in refunds],
             )
@@ -199,29 +245,40 @@ class OrdersView(ViewRecorder):
             self.upsert_many(curs, [order_row(order, at)], refund_rows(order))
             self.write_tracking(curs, tracking)
 
-    def get(self, mchid: str, out_trade_no: str) -> dict[str, Any] | None:
+    def _select(self, names: tuple[str, ...], text: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        """Rows of `names` by `text` (written with {orders}, {refunds} and %s), read back."""
+        self._current()
         with self.transaction(commit=False) as curs:
-            curs.execute(
-                self._sql(f"SELECT {', '.join(ORDER_FIELDS)} FROM {{orders}} WHERE mchid = %s AND out_trade_no = %s"),
-                [mchid, out_trade_no],
-            )
-            row = curs.fetchone()
-        return None if row is None else _row_out(ORDER_FIELDS, row)
+            curs.execute(self._sql(text), list(params))
+            return [_row_out(names, row) for row in curs.fetchall()]
+
+    def get(self, mchid: str, out_trade_no: str, sub_mchid: str | None = None) -> dict[str, Any] | None:
+        """The order (mchid, sub_mchid, out_trade_no): a merchant's own without `sub_mchid`."""
+        rows = self._select(
+            ORDER_FIELDS,
+            f"SELECT {', '.join(ORDER_FIELDS)} FROM {{orders}}"
+            " WHERE mchid = %s AND sub_mchid = %s AND out_trade_no = %s",
+            [mchid, sub_mchid or "", out_trade_no],
+        )
+        return rows[0] if rows else None
 
     def list_orders(
         self,
         *,
         mchid: str | None = None,
+        sub_mchid: str | None = None,
         trade_state: str | None = None,
         since: float | None = None,
         until: float | None = None,
-        after: tuple[float, str, str] | None = None,
+        after: tuple[float, str, str, str] | None = None,
         limit: int = 50,
     ) -> list[dict[str, Any]]:
-        """Orders by last change (oldest first), filtered; `after` is the keyset cursor."""
+        """Orders by last change (oldest first), filtered; `after` is the keyset cursor
+        (updated_at, mchid, out_trade_no, sub_mchid), see `cursor_decode`."""
         where, params = [], []
         for clause, value in (
             ("mchid = %s", mchid),
+            ("sub_mchid = %s", sub_mchid),
             ("trade_state = %s", trade_state),
             ("updated_at >= %s", since),
             ("updated_at < %s", until),
@@ -230,89 +287,116 @@ class OrdersView(ViewRecorder):
                 where.append(clause)
                 params.append(value)
         if after is not None:
+            updated_at, after_mchid, after_no, after_sub = after
             where.append(
-                "(updated_at > %s OR (updated_at = %s AND (mchid > %s OR (mchid = %s AND out_trade_no > %s))))"
+                "(updated_at > %s OR (updated_at = %s AND (mchid > %s OR (mchid = %s AND"
+                " (sub_mchid > %s OR (sub_mchid = %s AND out_trade_no > %s))))))"
             )
-            params += [after[0], after[0], after[1], after[1], after[2]]
+            params += [updated_at, updated_at, after_mchid, after_mchid, after_sub, after_sub, after_no]
         text = f"SELECT {', '.join(ORDER_FIELDS)} FROM {{orders}}"
         if where:
             text += " WHERE " + " AND ".join(where)
-        text += " ORDER BY updated_at, mchid, out_trade_no LIMIT %s"
-        with self.transaction(commit=False) as curs:
-            curs.execute(self._sql(text), [*params, limit])
-            return [_row_out(ORDER_FIELDS, row) for row in curs.fetchall()]
+        text += " ORDER BY updated_at, mchid, sub_mchid, out_trade_no LIMIT %s"
+        return self._select(ORDER_FIELDS, text, [*params, limit])
 
     def by_transaction_id(self, transaction_id: str, limit: int = 20) -> list[dict[str, Any]]:
         """Orders paid (or refunded) under WeChat's `transaction_id`; normally one."""
-        with self.transaction(commit=False) as curs:
-            curs.execute(
-                self._sql(
-                    f"SELECT {', '.join(ORDER_FIELDS)} FROM {{orders}} WHERE transaction_id = %s"
-                    " ORDER BY mchid, out_trade_no LIMIT %s"
-                ),
-                [transaction_id, limit],
-            )
-            return [_row_out(ORDER_FIELDS, row) for row in curs.fetchall()]
+        return self._select(
+            ORDER_FIELDS,
+            f"SELECT {', '.join(ORDER_FIELDS)} FROM {{orders}} WHERE transaction_id = %s"
+            " ORDER BY mchid, sub_mchid, out_trade_no LIMIT %s",
+            [transaction_id, limit],
+        )
 
-    def refunds(self, mchid: str, out_trade_no: str) -> list[dict[str, Any]]:
-        with self.transaction(commit=False) as curs:
-            curs.execute(
-                self._sql(
-                    f"SELECT {', '.join(REFUND_FIELDS)} FROM {{refunds}} WHERE mchid = %s AND out_trade_no = %s"
-                    " ORDER BY out_refund_no"
-                ),
-                [mchid, out_trade_no],
-            )
-            return [_row_out(REFUND_FIELDS, row) for row in curs.fetchall()]
+    def by_out_trade_no(self, out_trade_no: str, limit: int = 20) -> list[dict[str, Any]]:
+        """Orders of that number under any merchant or sub-merchant (two sub-merchants may share one)."""
+        return self._select(
+            ORDER_FIELDS,
+            f"SELECT {', '.join(ORDER_FIELDS)} FROM {{orders}} WHERE out_trade_no = %s"
+            " ORDER BY mchid, sub_mchid LIMIT %s",
+            [out_trade_no, limit],
+        )
+
+    def combined(self, combine_out_trade_no: str, limit: int = 50) -> list[dict[str, Any]]:
+        """The sub-orders registered with that combined payment's `combine_out_trade_no`."""
+        return self._select(
+            ORDER_FIELDS,
+            f"SELECT {', '.join(ORDER_FIELDS)} FROM {{orders}} WHERE combine_out_trade_no = %s"
+            " ORDER BY mchid, sub_mchid, out_trade_no LIMIT %s",
+            [combine_out_trade_no, limit],
+        )
+
+    def refunds(self, mchid: str, out_trade_no: str, sub_mchid: str | None = None) -> list[dict[str, Any]]:
+        return self._select(
+            REFUND_FIELDS,
+            f"SELECT {', '.join(REFUND_FIELDS)} FROM {{refunds}}"
+            " WHERE mchid = %s AND sub_mchid = %s AND out_trade_no = %s ORDER BY out_refund_no",
+            [mchid, sub_mchid or "", out_trade_no],
+        )
 
     # -- bill matching: a merchant's payments and refunds in batches ([protocol: Daily bills]) --------
 
-    def paid_orders(self, mchid: str, out_trade_nos: Sequence[str]) -> list[dict[str, Any]]:
-        """The orders among `out_trade_nos` whose payment is decided (`PAYMENT_FIELDS`), any order."""
+    # A merchant's payments and refunds, every sub-merchant's with them, or with `sub_mchid` one
+    # sub-merchant's only ('' for the merchant's own orders): a provider's bill covers all of them.
+
+    @staticmethod
+    def _of_sub(sub_mchid: str | None) -> tuple[str, list[Any]]:
+        return ("", []) if sub_mchid is None else (" AND sub_mchid = %s", [sub_mchid])
+
+    def paid_orders(
+        self, mchid: str, out_trade_nos: Sequence[str], *, sub_mchid: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The orders among `out_trade_nos` whose payment is decided (`PAYMENT_FIELDS`), any order;
+        two sub-merchants' orders of one number are both given."""
         if not out_trade_nos:
             return []
-        with self.transaction(commit=False) as curs:
-            curs.execute(
-                self._sql(
-                    f"SELECT {', '.join(PAYMENT_FIELDS)} FROM {{orders}}"
-                    f" WHERE mchid = %s AND out_trade_no {{in_list}} AND {_PAID}"
-                ),
-                [mchid, self._list(out_trade_nos)],
-            )
-            return [_row_out(PAYMENT_FIELDS, row) for row in curs.fetchall()]
+        only, params = self._of_sub(sub_mchid)
+        return self._select(
+            PAYMENT_FIELDS,
+            f"SELECT {', '.join(PAYMENT_FIELDS)} FROM {{orders}}"
+            f" WHERE mchid = %s AND out_trade_no {{in_list}} AND {_PAID}{only}",
+            [mchid, self._list(out_trade_nos), *params],
+        )
 
-    def refunds_by_id(self, mchid: str, refund_ids: Sequence[str]) -> list[dict[str, Any]]:
+    def refunds_by_id(
+        self, mchid: str, refund_ids: Sequence[str], *, sub_mchid: str | None = None
+    ) -> list[dict[str, Any]]:
         """The refunds among `refund_ids` (WeChat's ids) that succeeded (`REFUND_FIELDS`), any order."""
         if not refund_ids:
             return []
-        with self.transaction(commit=False) as curs:
-            curs.execute(
-                self._sql(
-                    f"SELECT {', '.join(REFUND_FIELDS)} FROM {{refunds}}"
-                    " WHERE mchid = %s AND refund_id {in_list} AND status = 'SUCCESS'"
-                ),
-                [mchid, self._list(refund_ids)],
-            )
-            return [_row_out(REFUND_FIELDS, row) for row in curs.fetchall()]
+        only, params = self._of_sub(sub_mchid)
+        return self._select(
+            REFUND_FIELDS,
+            f"SELECT {', '.join(REFUND_FIELDS)} FROM {{refunds}}"
+            f" WHERE mchid = %s AND refund_id {{in_list}} AND status = 'SUCCESS'{only}",
+            [mchid, self._list(refund_ids), *params],
+        )
 
     def paid_between(
-        self, mchid: str, lo_text: str, hi_text: str, after: tuple[str, str] | None = None, limit: int = 5000
+        self,
+        mchid: str,
+        lo_text: str,
+        hi_text: str,
+        after: tuple[str, str, str] | None = None,
+        limit: int = 5000,
+        *,
+        sub_mchid: str | None = None,
     ) -> list[dict[str, Any]]:
         """Decided payments whose success_time, compared as the text WeChat wrote, is in
-        ``[lo_text, hi_text)``; ordered by (success_time, out_trade_no), `after` the last such
-        pair of the page before (a keyset: each page costs the same however deep)."""
+        ``[lo_text, hi_text)``; ordered by (success_time, out_trade_no, sub_mchid), `after` the
+        last such triple of the page before, sub_mchid as stored ('' for a merchant's own order;
+        a keyset: each page costs the same however deep)."""
+        only, sub_params = self._of_sub(sub_mchid)
         text = (
             f"SELECT {', '.join(PAYMENT_FIELDS)} FROM {{orders}}"
-            f" WHERE mchid = %s AND success_time >= %s AND success_time < %s AND {_PAID}"
+            f" WHERE mchid = %s AND success_time >= %s AND success_time < %s AND {_PAID}{only}"
         )
-        params: list[Any] = [mchid, lo_text, hi_text]
+        params: list[Any] = [mchid, lo_text, hi_text, *sub_params]
         if after is not None:
-            text += " AND (success_time, out_trade_no) > (%s, %s)"
-            params += [after[0], after[1]]
-        text += " ORDER BY success_time, out_trade_no LIMIT %s"
-        with self.transaction(commit=False) as curs:
-            curs.execute(self._sql(text), [*params, limit])
-            return [_row_out(PAYMENT_FIELDS, row) for row in curs.fetchall()]
+            text += " AND (success_time, out_trade_no, sub_mchid) > (%s, %s, %s)"
+            params += [after[0], after[1], after[2]]
+        text += " ORDER BY success_time, out_trade_no, sub_mchid LIMIT %s"
+        return self._select(PAYMENT_FIELDS, text, [*params, limit])
 
     def position(self, application_name: str = Ledger.name) -> int:
         return self.max_tracking_id(application_name) or 0
@@ -326,6 +410,8 @@ def _names(prefix: str) -> dict[str, str]:
         "orders_updated": f"{prefix}_orders_updated",
         "orders_transaction": f"{prefix}_orders_transaction",
         "orders_paid": f"{prefix}_orders_paid",
+        "orders_number": f"{prefix}_orders_number",
+        "orders_combined": f"{prefix}_orders_combined",
         "refunds_id": f"{prefix}_refunds_id",
     }
 
@@ -371,11 +457,14 @@ class OrdersProjection(Projection[Any]):
 
 
 def cursor_encode(row: dict[str, Any]) -> str:
-    return json.dumps([row["updated_at"].timestamp(), row["mchid"], row["out_trade_no"]])
+    """The keyset after `row`; a merchant's own order's cursor is as it was before sub-merchants."""
+    key = [row["updated_at"].timestamp(), row["mchid"], row["out_trade_no"]]
+    return json.dumps([*key, row["sub_mchid"]] if row.get("sub_mchid") else key)
 
 
-def cursor_decode(text: str) -> tuple[float, str, str]:
+def cursor_decode(text: str) -> tuple[float, str, str, str]:
+    """(updated_at, mchid, out_trade_no, sub_mchid as stored); a cursor of three is a merchant's own order."""
     value = json.loads(text)
-    if not (isinstance(value, list) and len(value) == 3):
+    if not (isinstance(value, list) and len(value) in (3, 4)):
         raise ValueError("bad cursor")
-    return float(value[0]), str(value[1]), str(value[2])
+    return float(value[0]), str(value[1]), str(value[2]), str(value[3]) if len(value) == 4 else ""

@@ -126,9 +126,15 @@ class Messages:
         """The newest messages first, each with its attempts oldest first."""
         return self._select(_NEWEST, (state, state, endpoint_id, endpoint_id, message, message, limit))
 
-    def for_order(self, mchid: str, out_trade_no: str) -> list[Message]:
-        """One order's messages in the order of its events, each with its attempts oldest first."""
-        return self._select(_OF_ORDER, (mchid, out_trade_no))
+    def for_order(self, mchid: str, out_trade_no: str, *, stream_id: str | None = None) -> list[Message]:
+        """One order's messages in the order of its events, each with its attempts oldest first.
+
+        `stream_id` (the order's stream) keeps only that order's: two sub-merchants of a service
+        provider may have orders of one out_trade_no, and a message's `source_id` names its stream."""
+        found = self._select(_OF_ORDER, (mchid, out_trade_no))
+        if stream_id is None:
+            return found
+        return [m for m in found if m.source_id.startswith(f"{stream_id}:")]
 
     def get(self, message_id: str) -> Message:
         found = self.newest(message=message_id, limit=1)

@@ -5,6 +5,10 @@ It follows the log's decision events (`PaymentSucceeded`, `RefundSucceeded`, `Re
 the messages with its tracking position in one transaction. Message ids are derived from the
 event and the endpoint, so replaying the log (or a second projector, or a rebuild) can never
 queue a notification twice; the dispatcher (`projections/webhooks/dispatcher.py`) sends them.
+
+A message's `data` is the order as it stood at that event (`message_data`): a service provider's
+order carries `sp_mchid` and `sub_mchid`, a sub-order of a combined payment `combine_out_trade_no`;
+a direct merchant's own order carries none of them, as before they existed.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ __all__ = [
     "OUTBOX_PROJECTION",
     "OutboxProjection",
     "OutboxView",
+    "message_data",
     "open_outbox_view",
     "run_outbox_projector",
     "start_outbox_projector",
@@ -41,6 +46,14 @@ __all__ = [
 
 OUTBOX_PROJECTION = "outbox"
 DECISIONS = WEBHOOK_EVENTS
+# Fields of an order's state that only some orders have a value for: left out of a message without one.
+_WHEN_SET = ("sp_mchid", "sub_mchid", "combine_out_trade_no")
+
+
+def message_data(order: PaymentOrder) -> dict[str, Any]:
+    """What a message says of `order`: its state (`summary`), the partner and combined-payment fields
+    only when they are set, so a direct merchant's messages keep exactly the fields they always had."""
+    return {k: v for k, v in order.summary().items() if not (k in _WHEN_SET and v is None)}
 
 
 def outbox_env(database_url: str) -> dict[str, str]:
@@ -67,7 +80,7 @@ class OutboxView(ViewRecorder):
                 mchid=order.mchid,
                 out_trade_no=order.out_trade_no,
                 stream_version=order.version,
-                data=order.summary(),
+                data=message_data(order),
                 occurred_at=event.timestamp,
                 endpoints=endpoints,
             )
