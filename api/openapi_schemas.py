@@ -144,12 +144,9 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "out_trade_no": {"type": "string"},
             "mchid": {"type": "string", "description": "the merchant served: a service provider's sp_mchid"},
-            "sp_mchid": {**_NULLABLE_STR, "description": "the service provider (= mchid) of a sub-merchant's order"},
-            "sub_mchid": {**_NULLABLE_STR, "description": "the sub-merchant of a service provider's order"},
-            "combine_out_trade_no": {
-                **_NULLABLE_STR,
-                "description": "the combined payment this order was registered as a sub-order of",
-            },
+            "sp_mchid": {**_NULLABLE_STR, "description": "a service provider's order: the provider; else null"},
+            "sub_mchid": {**_NULLABLE_STR, "description": "a service provider's order: the payee sub-merchant"},
+            "combine_out_trade_no": {**_NULLABLE_STR, "description": "a combined payment's sub-order: its combination"},
             "registered": {"type": "boolean"},
             "trade_state": {"type": "string", "enum": TRADE_STATES},
             "amount_total": {**_NULLABLE_INT, "description": "fen; null until registered or paid"},

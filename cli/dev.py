@@ -103,6 +103,9 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
         args.probe_rate,
         args.drop_rate,
         seed=args.seed,
+        signing="certificate" if args.sign_with == "certificate" else "public_key",
+        sub_mchids=args.sub_mchid or (),
+        v2_notify_url=args.v2_notify_url or None,
     )
     return 0
 
@@ -122,7 +125,29 @@ def register(sub: SubParsers) -> None:
     sandbox.add_argument(
         "--notify-url", default="http://127.0.0.1:8000/wechatpay/notify", help="where notifications are sent"
     )
-    sandbox.add_argument("--time-scale", type=float, default=1.0, help="divide WeChat's retry schedule by this")
+    sandbox.add_argument(
+        "--v2-notify-url",
+        default="http://127.0.0.1:8000/wechatpay/v2/notify",
+        help="where APIv2 XML notifications are sent",
+    )
+    sandbox.add_argument(
+        "--sign-with",
+        choices=["public-key", "certificate"],
+        default="public-key",
+        help="sign notifications and answers with WeChat's public key or its platform certificate",
+    )
+    sandbox.add_argument(
+        "--sub-mchid",
+        action="append",
+        metavar="SUB_MCHID",
+        help="be a service provider serving this sub-merchant (repeat for more)",
+    )
+    sandbox.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        help="divide WeChat's retry schedule by this (never the 5 s answer deadline)",
+    )
     sandbox.add_argument("--duplicate-rate", type=float, default=0.0, help="share of deliveries sent twice (0-1)")
     sandbox.add_argument("--probe-rate", type=float, default=0.0, help="share of signature probes sent (0-1)")
     sandbox.add_argument("--drop-rate", type=float, default=0.0, help="share of notifications never sent (0-1)")

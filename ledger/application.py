@@ -326,12 +326,17 @@ class Ledger(Application[UUID]):
     # -- queries --------------------------------------------------------------------------
 
     def get_order(self, mchid: str, out_trade_no: str, sub_mchid: str | None = None) -> PaymentOrder:
+        return self.get_order_by_id(order_id(mchid, out_trade_no, sub_mchid), out_trade_no)
+
+    def get_order_by_id(self, stream_id: UUID, name: str | None = None) -> PaymentOrder:
+        """The order whose stream is `stream_id`; `OrderNotFound` (naming `name`) when there is none."""
         with self._store():
             try:
-                order: PaymentOrder = self.repository.get(order_id(mchid, out_trade_no, sub_mchid))
+                order: Any = self.repository.get(stream_id)
             except AggregateNotFoundError:
-                raise OrderNotFound(out_trade_no) from None
-        assert isinstance(order, PaymentOrder)
+                raise OrderNotFound(name or str(stream_id)) from None
+        if not isinstance(order, PaymentOrder):
+            raise OrderNotFound(name or str(stream_id))
         return order
 
     def history(self, stream_id: UUID) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ from typing import Protocol
 from ledger.application import Ledger
 from ledger.domain import PaymentOrder, QueryEvidence
 from ledger.errors import ResponseUntrusted, WeChatPayError, WeChatPayRejected
+from ledger.identity import OrderKey, orders_named
 from ledger.wechatpay.client import WeChatPayResponse
 
 __all__ = ["OrderQuery", "QueryClient", "evidence_from_response"]
@@ -23,7 +24,9 @@ log = logging.getLogger("ledger.queries")
 
 
 class QueryClient(Protocol):
-    def query_by_out_trade_no(self, out_trade_no: str) -> WeChatPayResponse: ...
+    def query_by_out_trade_no(self, out_trade_no: str, *, sub_mchid: str | None = None) -> WeChatPayResponse: ...
+
+    def query_combined(self, combine_out_trade_no: str) -> WeChatPayResponse: ...
 
 
 def evidence_from_response(response: WeChatPayResponse, query: str) -> QueryEvidence:
@@ -58,9 +61,11 @@ class OrderQuery:
         with self._lock:
             self.outcomes[outcome] += 1
 
-    def __call__(self, mchid: str, out_trade_no: str, *, sub_mchid: str | None = None) -> PaymentOrder:
-        """Query order `out_trade_no` of merchant `mchid` (a service provider's order of sub-merchant
-        `sub_mchid`: the answer must name both, as sp_mchid and sub_mchid) and record the answer."""
+    def __call__(
+        self, mchid: str, out_trade_no: str, *, sub_mchid: str | None = None, combine_out_trade_no: str | None = None
+    ) -> PaymentOrder:
+        """Ask about order (mchid, [sub_mchid,] out_trade_no), through its combined payment when it is a
+        sub-order of one, and record the verified answer in its stream."""
         client = self._clients.get(mchid)
         if client is None:
             self._count("not_configured")
@@ -68,12 +73,23 @@ class OrderQuery:
                 f"merchant {mchid} has no WECHATPAY_MERCHANT_SERIAL_NO / WECHATPAY_MERCHANT_PRIVATE_KEY_FILE",
                 reason="queries not configured for this merchant",
             )
+        key = OrderKey(mchid, out_trade_no, sub_mchid)
         try:
-            response = client.query_by_out_trade_no(out_trade_no)
-            data = response.data or {}
-            named = (data.get("mchid"),) if sub_mchid is None else (data.get("sp_mchid"), data.get("sub_mchid"))
-            wanted = (mchid,) if sub_mchid is None else (mchid, sub_mchid)
-            if data.get("out_trade_no") != out_trade_no or named != wanted:
+            if combine_out_trade_no is not None:
+                query = "combine_out_trade_no"
+                response = client.query_combined(combine_out_trade_no)
+                data = response.data or {}
+                about = data.get("combine_out_trade_no") == combine_out_trade_no and key in orders_named(mchid, data)
+            else:
+                query = "out_trade_no"
+                response = client.query_by_out_trade_no(out_trade_no, sub_mchid=sub_mchid)
+                data = response.data or {}
+                about = data.get("out_trade_no") == out_trade_no and orders_named(mchid, data) == [key]
+                if sub_mchid is None:
+                    about = about and data.get("mchid") == mchid
+                else:
+                    about = about and (data.get("sp_mchid"), data.get("sub_mchid")) == (mchid, sub_mchid)
+            if not about:
                 raise ResponseUntrusted("answer is about another order or merchant")
         except WeChatPayRejected as exc:
             self._count(f"rejected:{exc.code}")
@@ -87,7 +103,7 @@ class OrderQuery:
         order = self._ledger.record_query(
             mchid,
             out_trade_no,
-            evidence_from_response(response, "out_trade_no"),
+            evidence_from_response(response, query),
             expected_appid=self._appids.get(mchid),
             sub_mchid=sub_mchid,
         )

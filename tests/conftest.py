@@ -1,6 +1,6 @@
 """Fixtures used by more than one test module: generated WeChat Pay keys, SQLite and PostgreSQL
-stores, the published test vectors, a webhook receiver on loopback. Fixtures only: constants and
-helpers are in tests/support.
+stores, the published test vectors, a webhook receiver on loopback, sandboxes and a notify endpoint
+they deliver to. Fixtures only: constants and helpers are in tests/support.
 
 PostgreSQL tests use `LEDGER_TEST_POSTGRES_URL` (default: the local `test` database), each in
 a schema of its own. Without PostgreSQL they are skipped, except when `CI` is set: then an
@@ -9,6 +9,7 @@ unreachable PostgreSQL fails them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
@@ -18,11 +19,14 @@ from typing import Any
 
 import psycopg
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ledger.wechatpay.keys import KeyStore
+from ledger.wechatpay.sandbox.server import Sandbox
 from ledger.wechatpay.sandbox.signer import NotificationFactory
 from tests.support.constants import APPID, MCHID, POSTGRES_URL, VECTORS_PATH
 from tests.support.fakes import Receiver
+from tests.support.sandbox import MERCHANT_SERIAL, NotifyEndpoint, NotifyReceiver
 from tests.support.servers import running
 
 
@@ -122,3 +126,58 @@ def receiver() -> Iterator[Receiver]:
     with running(r.app) as url:
         r.url = url
         yield r
+
+
+# -- the sandbox -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def merchant_key() -> rsa.RSAPrivateKey:
+    """The merchant's API private key the sandboxes verify requests with (serial `MERCHANT_SERIAL`)."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture
+def make_sandbox(factory: NotificationFactory, merchant_key: rsa.RSAPrivateKey) -> Callable[..., Sandbox]:
+    """`make_sandbox(**options)`: a seeded sandbox with `factory`'s keys, retries 1000 times faster."""
+
+    def make(**kwargs: Any) -> Sandbox:
+        options: dict[str, Any] = {
+            "factory": factory,
+            "merchant_private_key": merchant_key,
+            "merchant_serial_no": MERCHANT_SERIAL,
+            "seed": 7,
+            "time_scale": 1000,
+            **kwargs,
+        }
+        return Sandbox(**options)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def notify_endpoint() -> Iterator[tuple[NotifyEndpoint, str]]:
+    endpoint = NotifyEndpoint()
+    with running(endpoint.app) as url:
+        yield endpoint, url
+
+
+@pytest.fixture
+def receiving(
+    notify_endpoint: tuple[NotifyEndpoint, str],
+) -> Callable[[Sandbox, NotifyReceiver], contextlib.AbstractContextManager[str]]:
+    """`with receiving(sandbox, receiver) as url:` the sandbox notifies `receiver` at `url` (APIv3) and at
+    `{base}/v2/notify` (APIv2)."""
+    endpoint, base = notify_endpoint
+
+    @contextlib.contextmanager
+    def plug(sandbox: Sandbox, receiver: NotifyReceiver) -> Iterator[str]:
+        endpoint.receiver = receiver
+        sandbox.notify_url = f"{base}/notify"
+        sandbox.v2_notify_url = f"{base}/v2/notify"
+        try:
+            yield sandbox.notify_url
+        finally:
+            endpoint.receiver = NotifyReceiver()
+
+    return plug

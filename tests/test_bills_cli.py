@@ -212,7 +212,8 @@ def test_every_merchant_is_reconciled_and_the_exit_code_is_the_worst(tmp_path: P
         tables = []
         for sandbox, url in ((first, first_url), (second, second_url)):
             env = sandbox.write_ledger_config(tmp_path / sandbox.mchid, url)
-            table = "\n".join(f'{k.removeprefix("WECHATPAY_").lower()} = "{v}"' for k, v in sorted(env.items()))
+            settings = sorted(env.items())  # every WECHATPAY_* key, the APIv2 key included, is a TOML key too
+            table = "\n".join(f'{k.removeprefix("WECHATPAY_").lower()} = "{v}"' for k, v in settings)
             tables.append(f"[[merchants]]\n{table}\n")
         config = tmp_path / "payledger.toml"
         config.write_text(f'database_url = "{database_url}"\n\n' + "\n".join(tables))

@@ -264,6 +264,17 @@ def test_path_parameters_are_quoted_and_signed_as_sent(
             f"/v3/pay/transactions/id/4200000000002104083200000488?mchid={MCHID}",
         ),
         ("query_refund", "GET", "/v3/refund/domestic/refunds/4200000000002104083200000488"),
+        ("query_combined", "GET", "/v3/combine-transactions/out-trade-no/4200000000002104083200000488"),
+        (
+            "query_by_out_trade_no:1900000110",
+            "GET",
+            f"/v3/pay/partner/transactions/out-trade-no/4200000000002104083200000488?sp_mchid={MCHID}&sub_mchid=1900000110",
+        ),
+        (
+            "query_refund:1900000110",
+            "GET",
+            "/v3/refund/domestic/refunds/4200000000002104083200000488?sub_mchid=1900000110",
+        ),
     ],
 )
 def test_endpoints(
@@ -273,8 +284,11 @@ def test_endpoints(
     method: str,
     target: str,
 ) -> None:
-    """[protocol: Querying an order; Querying a refund]: method and target of each query."""
-    getattr(make_client(fake), call)("4200000000002104083200000488")
+    """[protocol: Querying an order; Querying a refund; Service providers; Combined payments]: method and
+    target of each query (`name:sub_mchid` asks as a service provider for that sub-merchant)."""
+    name, _, sub_mchid = call.partition(":")
+    extra = {"sub_mchid": sub_mchid} if sub_mchid else {}
+    getattr(make_client(fake), name)("4200000000002104083200000488", **extra)
     assert (fake.requests[0].method, fake.requests[0].url.raw_path) == (method, target.encode())
 
 

@@ -137,3 +137,28 @@ def test_rate_limiter_paces_queries() -> None:
     for _ in range(21):
         limiter.acquire()
     assert time.monotonic() - started >= 0.38
+
+
+def test_a_sub_merchants_order_is_queried_by_the_partner_path_and_a_sub_order_through_its_combination(
+    ledger_factory: Callable[[], Ledger], worklist: Worklist
+) -> None:
+    """[protocol: Service providers; Combined payments]: the worklist's order, as registered, decides the query."""
+    ledger = ledger_factory()
+    ledger.register_order(MCHID, "ORDER-5301", 100, sub_mchid="1900000110")
+    ledger.register_order(MCHID, "ORDER-5301", 100, sub_mchid="1900000111")
+    ledger.register_order(MCHID, "ORDER-5302", 100, combine_out_trade_no="COMBINED-53")
+    now = [time.time() + 10]
+    fake = FakeWeChat(ledger, {"ORDER-5301": "SUCCESS"})
+    reconciler = make(ledger, worklist, fake, now)
+    assert len(reconciler.run_pass()) == 3
+    assert sorted(fake.asked, key=str) == sorted(
+        [
+            (MCHID, "ORDER-5301", "1900000110", None),
+            (MCHID, "ORDER-5301", "1900000111", None),
+            (MCHID, "ORDER-5302", None, "COMBINED-53"),
+        ],
+        key=str,
+    )
+    for sub_mchid in ("1900000110", "1900000111"):
+        order = ledger.get_order(MCHID, "ORDER-5301", sub_mchid)
+        assert (order.paid, order.anomalies) == (True, [])

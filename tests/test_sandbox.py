@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -15,44 +14,17 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from ledger.errors import VerificationFailed
 from ledger.settings import Settings
 from ledger.wechatpay import aead
-from ledger.wechatpay import signature as wechat_signature
 from ledger.wechatpay.keys import KeyStore, PlatformCertificate
 from ledger.wechatpay.notification import NotificationVerifier
 from ledger.wechatpay.sandbox.server import RETRY_SCHEDULE, Sandbox, SandboxError
-from ledger.wechatpay.sandbox.signer import NotificationFactory
+from ledger.wechatpay.sandbox.signer import NotificationFactory, compact_json
 from tests.support.constants import APPID, MCHID
+from tests.support.sandbox import NotifyReceiver, Receiving, authorization, call, query, serve, verified
 from tests.support.servers import running
-
-MERCHANT_SERIAL = "5F1C72E2A8931B72A2E13AF8DEE92471EB397115"
-
-
-@pytest.fixture(scope="session")
-def merchant_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-@pytest.fixture
-def make_sandbox(factory: NotificationFactory, merchant_key: rsa.RSAPrivateKey) -> Callable[..., Sandbox]:
-    def make(**kwargs: Any) -> Sandbox:
-        options: dict[str, Any] = {
-            "factory": factory,
-            "merchant_private_key": merchant_key,
-            "merchant_serial_no": MERCHANT_SERIAL,
-            "seed": 7,
-            "time_scale": 1000,
-            **kwargs,
-        }
-        return Sandbox(**options)
-
-    return make
 
 
 @pytest.fixture
@@ -60,133 +32,10 @@ def sandbox(make_sandbox: Callable[..., Sandbox]) -> Sandbox:
     return make_sandbox()
 
 
-@contextlib.contextmanager
-def serve(app: Any) -> Iterator[httpx.Client]:
-    with running(app) as url, httpx.Client(base_url=url, timeout=10, trust_env=False) as client:
-        yield client
-
-
 @pytest.fixture
 def wechat(sandbox: Sandbox) -> Iterator[httpx.Client]:
     with serve(sandbox.app) as client:
         yield client
-
-
-def authorization(
-    method: str,
-    target: str,
-    body: bytes = b"",
-    *,
-    key: rsa.RSAPrivateKey,
-    serial: str = MERCHANT_SERIAL,
-    mchid: str = MCHID,
-    timestamp: int | None = None,
-) -> str:
-    ts = str(int(time.time()) if timestamp is None else timestamp)
-    nonce = wechat_signature.new_nonce()
-    signature = wechat_signature.sign(key, wechat_signature.request_message(method, target, ts, nonce, body))
-    return wechat_signature.authorization_header(
-        mchid=mchid, serial_no=serial, timestamp=ts, nonce=nonce, signature=signature
-    )
-
-
-def call(
-    client: httpx.Client,
-    method: str,
-    target: str,
-    body: bytes = b"",
-    *,
-    key: rsa.RSAPrivateKey,
-    headers: dict[str, str] | None = None,
-    **signing: Any,
-) -> httpx.Response:
-    """A request signed as the merchant signs it ([protocol: Signing a request]), over real HTTP."""
-    sent = {
-        "Accept": "application/json",
-        "Authorization": authorization(method, target, body, key=key, **signing),
-    }
-    if body:
-        sent["Content-Type"] = "application/json"
-    return client.request(method, target, content=body or None, headers={**sent, **(headers or {})})
-
-
-def verified(response: httpx.Response, keys: KeyStore) -> str:
-    """[protocol: Verifying an answer]: the serial whose key verified the answer; raises VerificationFailed
-    otherwise."""
-    return wechat_signature.verify_signed_message(
-        wechat_signature.SignatureHeaders.from_headers(response.headers), response.content, keys, time.time()
-    )
-
-
-def query(client: httpx.Client, out_trade_no: str, key: rsa.RSAPrivateKey, **kwargs: Any) -> httpx.Response:
-    return call(client, "GET", f"/v3/pay/transactions/out-trade-no/{out_trade_no}?mchid={MCHID}", key=key, **kwargs)
-
-
-class Receiver:
-    """A merchant's notify endpoint that records every delivery and answers from a script."""
-
-    def __init__(
-        self,
-        answers: tuple[int, ...] = (204,),
-        verifier: NotificationVerifier | None = None,
-        delays: tuple[float, ...] = (),
-    ) -> None:
-        self.answers = answers
-        self.verifier = verifier
-        self.delays = delays
-        self.received: list[tuple[dict[str, str], bytes, float]] = []
-
-    async def endpoint(self, request: Request) -> Response:
-        body = await request.body()
-        n = len(self.received)
-        self.received.append((dict(request.headers), body, time.monotonic()))
-        if n < len(self.delays):
-            await asyncio.sleep(self.delays[n])
-        if self.verifier is not None:
-            try:
-                self.verifier.verify(request.headers, body)
-            except VerificationFailed:
-                return Response(b'{"code":"FAIL","message":"bad signature"}', 401)
-        return Response(status_code=self.answers[min(n, len(self.answers) - 1)])
-
-
-class NotifyEndpoint:
-    """One notify server for the whole module (a server start costs time); each test plugs in
-    a receiver of its own."""
-
-    def __init__(self) -> None:
-        self.receiver = Receiver()
-        self.app = Starlette(routes=[Route("/notify", self.endpoint, methods=["POST"])])
-
-    async def endpoint(self, request: Request) -> Response:
-        return await self.receiver.endpoint(request)
-
-
-Receiving = Callable[[Sandbox, Receiver], contextlib.AbstractContextManager[str]]
-
-
-@pytest.fixture(scope="module")
-def notify_endpoint() -> Iterator[tuple[NotifyEndpoint, str]]:
-    endpoint = NotifyEndpoint()
-    with running(endpoint.app) as url:
-        yield endpoint, f"{url}/notify"
-
-
-@pytest.fixture
-def receiving(notify_endpoint: tuple[NotifyEndpoint, str]) -> Receiving:
-    """`with receiving(sandbox, receiver) as url:` the sandbox notifies `receiver` at `url`."""
-    endpoint, url = notify_endpoint
-
-    @contextlib.contextmanager
-    def plug(sandbox: Sandbox, receiver: Receiver) -> Iterator[str]:
-        endpoint.receiver = receiver
-        sandbox.notify_url = url
-        try:
-            yield url
-        finally:
-            endpoint.receiver = Receiver()
-
-    return plug
 
 
 # -- the query, close and certificate APIs ([protocol: Calling WeChat Pay]) ----------------------------------
@@ -363,7 +212,7 @@ def _decrypted_certificates(response: httpx.Response, apiv3_key: str) -> dict[st
         assert (sealed["algorithm"], sealed["associated_data"]) == ("AEAD_AES_256_GCM", "certificate")
         pem = aead.decrypt(apiv3_key.encode(), sealed["nonce"], sealed["associated_data"], sealed["ciphertext"])
         cert = x509.load_pem_x509_certificate(pem)
-        assert format(cert.serial_number, "X") == entry["serial_no"]
+        assert format(cert.serial_number, "040X") == entry["serial_no"]
         assert entry["expire_time"].endswith("+08:00")
         out[entry["serial_no"]] = cert
     return out
@@ -466,7 +315,7 @@ def test_a_failed_notification_is_retried_with_the_same_body_and_a_fresh_signatu
     make_sandbox: Callable[..., Sandbox], factory: NotificationFactory, receiving: Receiving
 ) -> None:
     sandbox = make_sandbox(time_scale=100)  # first retry after 150 ms
-    receiver = Receiver(answers=(500, 204))
+    receiver = NotifyReceiver(answers=(500, 204))
     verifier = NotificationVerifier(factory.key_store(), factory.apiv3_key.encode())
     with serve(sandbox.app), receiving(sandbox, receiver):
         sandbox.create_order("ORDER-2001", 100)
@@ -489,10 +338,34 @@ def test_a_failed_notification_is_retried_with_the_same_body_and_a_fresh_signatu
     assert [n.state for n in sandbox.notifications] == ["delivered"]
 
 
+def test_the_envelope_and_the_payment_resource_are_d2s_byte_for_byte(vectors: dict[str, Any]) -> None:
+    """[protocol: Derived vectors] D2: the factory's payment resource and envelope are the published bytes, so
+    the published signature verifies over them; D3-D5 are wrapped the same way."""
+    d2 = vectors["D2_transaction_success_notification"]
+    factory = NotificationFactory(mchid="1230000109", apiv3_key=d2["apiv3_key"])
+    resource = factory.transaction(
+        "1217752501201407033233368018",
+        100,
+        transaction_id="4200000000002104083200000488",
+        success_time="2018-06-08T10:34:56+08:00",
+    )
+    assert compact_json(resource).decode() == d2["plaintext"]
+    body = factory.envelope(
+        resource,
+        notification_id="EV-2018022511223320873",
+        create_time="2018-06-08T10:34:56+08:00",
+        nonce="fdasflkja484",
+    )
+    assert body == d2["body"].encode()
+    certificate = PlatformCertificate.from_pem(vectors["platform_certificate_pem"].encode())
+    verifier = NotificationVerifier(KeyStore({}, [certificate]), d2["apiv3_key"].encode(), clock=lambda: d2["now"])
+    assert verifier.verify(d2["headers"], body).resource == resource
+
+
 def test_refund_notifications_carry_refund_status(
     sandbox: Sandbox, factory: NotificationFactory, receiving: Receiving
 ) -> None:
-    receiver = Receiver()
+    receiver = NotifyReceiver()
     verifier = NotificationVerifier(factory.key_store(), factory.apiv3_key.encode())
     with serve(sandbox.app), receiving(sandbox, receiver):
         sandbox.create_order("ORDER-2002", 100)
@@ -515,7 +388,7 @@ def test_refund_notifications_carry_refund_status(
 
 
 def test_a_dropped_notification_never_arrives_but_is_logged(sandbox: Sandbox, receiving: Receiving) -> None:
-    receiver = Receiver()
+    receiver = NotifyReceiver()
     with serve(sandbox.app) as control, receiving(sandbox, receiver):
         sandbox.create_order("ORDER-2003", 100)
         sandbox.pay("ORDER-2003", drop=True)
@@ -529,7 +402,7 @@ def test_a_probe_is_followed_by_a_correctly_signed_delivery(
     make_sandbox: Callable[..., Sandbox], factory: NotificationFactory, receiving: Receiving
 ) -> None:
     sandbox = make_sandbox(probe_rate=1.0)
-    receiver = Receiver(verifier=NotificationVerifier(factory.key_store(), factory.apiv3_key.encode()))
+    receiver = NotifyReceiver(verifier=NotificationVerifier(factory.key_store(), factory.apiv3_key.encode()))
     with serve(sandbox.app), receiving(sandbox, receiver):
         sandbox.create_order("ORDER-2004", 100)
         sandbox.pay("ORDER-2004")
@@ -548,7 +421,7 @@ def test_duplicates_deliver_the_same_notification_twice(
     make_sandbox: Callable[..., Sandbox], factory: NotificationFactory, receiving: Receiving
 ) -> None:
     sandbox = make_sandbox(duplicate_rate=1.0)
-    receiver = Receiver()
+    receiver = NotifyReceiver()
     verifier = NotificationVerifier(factory.key_store(), factory.apiv3_key.encode())
     with serve(sandbox.app), receiving(sandbox, receiver):
         for n in range(4):
@@ -566,7 +439,7 @@ def test_duplicates_deliver_the_same_notification_twice(
 
 def test_delivery_gives_up_after_fifteen_retries(make_sandbox: Callable[..., Sandbox], receiving: Receiving) -> None:
     sandbox = make_sandbox(time_scale=1_000_000)
-    receiver = Receiver(answers=(503,))
+    receiver = NotifyReceiver(answers=(503,))
     with serve(sandbox.app), receiving(sandbox, receiver):
         sandbox.create_order("ORDER-2020", 100)
         sandbox.pay("ORDER-2020")
@@ -580,8 +453,8 @@ def test_delivery_gives_up_after_fifteen_retries(make_sandbox: Callable[..., San
 def test_an_answer_slower_than_the_timeout_is_retried(
     make_sandbox: Callable[..., Sandbox], receiving: Receiving
 ) -> None:
-    sandbox = make_sandbox(time_scale=1_000_000)  # the timeout never drops below 1 s
-    receiver = Receiver(delays=(1.2,))
+    sandbox = make_sandbox(time_scale=1_000_000, answer_timeout=0.5)  # WeChat's is 5 s: shortened for the test
+    receiver = NotifyReceiver(delays=(0.7,))
     with serve(sandbox.app), receiving(sandbox, receiver):
         sandbox.create_order("ORDER-2021", 100)
         sandbox.pay("ORDER-2021")
@@ -593,7 +466,7 @@ def test_certificate_signing_mode_signs_notifications_with_the_certificate(
     make_sandbox: Callable[..., Sandbox], factory: NotificationFactory, receiving: Receiving
 ) -> None:
     sandbox = make_sandbox(signing="certificate")
-    receiver = Receiver()
+    receiver = NotifyReceiver()
     with serve(sandbox.app), receiving(sandbox, receiver):
         sandbox.create_order("ORDER-2022", 100)
         sandbox.pay("ORDER-2022")
@@ -613,7 +486,7 @@ def test_notifications_wait_for_the_server_and_wait_idle_times_out(
     sandbox.pay("ORDER-2023")
     with pytest.raises(TimeoutError):
         sandbox.wait_idle(0.05)
-    receiver = Receiver()
+    receiver = NotifyReceiver()
     with receiving(sandbox, receiver) as url:
         sandbox.create_order("ORDER-2024", 100, notify_url=url)
         sandbox.pay("ORDER-2024")
@@ -639,7 +512,7 @@ def test_a_seeded_sandbox_makes_the_same_decisions(make_sandbox: Callable[..., S
 
 
 def test_the_sandbox_can_run_inside_an_event_loop_of_ours(sandbox: Sandbox, receiving: Receiving) -> None:
-    receiver = Receiver(answers=(500, 204))
+    receiver = NotifyReceiver(answers=(500, 204))
 
     async def main() -> None:
         async with sandbox.app.router.lifespan_context(sandbox.app):
@@ -658,7 +531,7 @@ def test_the_sandbox_can_run_inside_an_event_loop_of_ours(sandbox: Sandbox, rece
 
 
 def test_control_endpoints_need_no_authorization(sandbox: Sandbox, wechat: httpx.Client, receiving: Receiving) -> None:
-    receiver = Receiver()
+    receiver = NotifyReceiver()
     with receiving(sandbox, receiver):
         created = wechat.post("/sandbox/orders", json={"out_trade_no": "ORDER-4001", "amount_total": 250})
         assert (created.status_code, created.json()["trade_state"]) == (201, "NOTPAY")
@@ -727,7 +600,9 @@ def test_written_ledger_configuration_loads_and_its_keys_work(
         "WECHATPAY_MERCHANT_SERIAL_NO",
         "WECHATPAY_MERCHANT_PRIVATE_KEY_FILE",
         "WECHATPAY_API_BASE_URL",
+        "WECHATPAY_V2_KEY",
     } == env.keys()
+    assert len(env["WECHATPAY_V2_KEY"]) == 32 and env["WECHATPAY_V2_KEY"] == sandbox.v2_key
 
 
 def test_the_ledger_records_a_payment_delivered_with_probes_and_duplicates(

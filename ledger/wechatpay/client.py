@@ -187,19 +187,30 @@ class WeChatPayClient:
 
     # -- the APIs ----------------------------------------------------------------------------
 
-    def query_by_out_trade_no(self, out_trade_no: str) -> WeChatPayResponse:
-        """[protocol: Querying an order]: the transaction by our own order number (works for unpaid orders too)."""
+    def query_by_out_trade_no(self, out_trade_no: str, *, sub_mchid: str | None = None) -> WeChatPayResponse:
+        """[protocol: Querying an order]: the transaction by our own order number (works for unpaid orders
+        too); with `sub_mchid`, a provider's ([protocol: Service providers]: sp_mchid, then sub_mchid)."""
         mchid = quote(self.mchid, safe="")
-        return self._call("GET", f"/v3/pay/transactions/out-trade-no/{_segment(out_trade_no)}?mchid={mchid}")
+        number = _segment(out_trade_no)
+        if sub_mchid is None:
+            return self._call("GET", f"/v3/pay/transactions/out-trade-no/{number}?mchid={mchid}")
+        sub = quote(sub_mchid, safe="")
+        return self._call("GET", f"/v3/pay/partner/transactions/out-trade-no/{number}?sp_mchid={mchid}&sub_mchid={sub}")
+
+    def query_combined(self, combine_out_trade_no: str) -> WeChatPayResponse:
+        """[protocol: Combined payments]: a combined payment and all its sub-orders (no query string: the
+        ordinary query answers ORDER_NOT_EXIST for a sub-order)."""
+        return self._call("GET", f"/v3/combine-transactions/out-trade-no/{_segment(combine_out_trade_no)}")
 
     def query_by_transaction_id(self, transaction_id: str) -> WeChatPayResponse:
         """[protocol: Querying an order]: the transaction by WeChat's order number."""
         mchid = quote(self.mchid, safe="")
         return self._call("GET", f"/v3/pay/transactions/id/{_segment(transaction_id)}?mchid={mchid}")
 
-    def query_refund(self, out_refund_no: str) -> WeChatPayResponse:
-        """[protocol: Querying a refund]: one refund by our refund number."""
-        return self._call("GET", f"/v3/refund/domestic/refunds/{_segment(out_refund_no)}")
+    def query_refund(self, out_refund_no: str, *, sub_mchid: str | None = None) -> WeChatPayResponse:
+        """[protocol: Querying a refund]: one refund by our refund number (a sub-merchant's: `sub_mchid`)."""
+        target = f"/v3/refund/domestic/refunds/{_segment(out_refund_no)}"
+        return self._call("GET", target if sub_mchid is None else f"{target}?sub_mchid={quote(sub_mchid, safe='')}")
 
     def close_order(self, out_trade_no: str) -> WeChatPayResponse:
         """[protocol: Closing an order]: close an unpaid order; success is a signed 204 with an empty body."""

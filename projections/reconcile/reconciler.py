@@ -74,7 +74,7 @@ class Reconciler:
         self,
         ledger: Ledger,
         worklist: Worklist,
-        query: Callable[[str, str], PaymentOrder],
+        query: Callable[..., PaymentOrder],  # OrderQuery: (mchid, out_trade_no, *, sub_mchid, combine_out_trade_no)
         *,
         schedule: Sequence[float] = RECONCILE_SCHEDULE,
         expiry: float = RECONCILE_EXPIRY,
@@ -149,7 +149,7 @@ class Reconciler:
 
     def _reconcile(self, due: Due) -> Change:
         try:
-            before = self._ledger.get_order(due.mchid, due.out_trade_no)
+            before = self._ledger.get_order_by_id(uuid.UUID(due.stream_id))
         except OrderNotFound:
             self._worklist.finish(self.owner, due.stream_id, "done", "UNKNOWN")
             return Change(due.mchid, due.out_trade_no, "UNKNOWN", "UNKNOWN", False)
@@ -159,7 +159,13 @@ class Reconciler:
         self._limiter.acquire()
         now = self._clock()
         try:
-            after = self._query(due.mchid, due.out_trade_no)
+            # A sub-merchant's order by the partner path, a combined payment's sub-order through its combination.
+            after = self._query(
+                before.mchid,
+                before.out_trade_no,
+                sub_mchid=before.sub_mchid,
+                combine_out_trade_no=before.combine_out_trade_no,
+            )
         except WeChatPayError as exc:
             self._worklist.reschedule(self.owner, due.stream_id, self._next_due(due, now), exc.reason)
             return Change(due.mchid, due.out_trade_no, before.trade_state, before.trade_state, True, exc.reason)

@@ -75,14 +75,18 @@ class FakeWeChat:
     def __init__(self, ledger: Ledger, states: dict[str, str], delay: float = 0.0) -> None:
         self.ledger, self.states, self.delay = ledger, states, delay
         self.calls: Counter[str] = Counter()
+        self.asked: list[tuple[str, str, str | None, str | None]] = []  # (mchid, no, sub_mchid, combine)
         self.in_flight: Counter[str] = Counter()
         self.max_in_flight = 0
         self.fail: set[str] = set()
         self._lock = threading.Lock()
 
-    def __call__(self, mchid: str, out_trade_no: str) -> PaymentOrder:
+    def __call__(
+        self, mchid: str, out_trade_no: str, *, sub_mchid: str | None = None, combine_out_trade_no: str | None = None
+    ) -> PaymentOrder:
         with self._lock:
             self.calls[out_trade_no] += 1
+            self.asked.append((mchid, out_trade_no, sub_mchid, combine_out_trade_no))
             self.in_flight[out_trade_no] += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight[out_trade_no])
         try:
@@ -90,8 +94,9 @@ class FakeWeChat:
             if out_trade_no in self.fail:
                 raise WeChatPayUnavailable("503")
             state = self.states.get(out_trade_no, "NOTPAY")
+            merchant = {"mchid": mchid} if sub_mchid is None else {"sp_mchid": mchid, "sub_mchid": sub_mchid}
             transaction: dict[str, Any] = {
-                "mchid": mchid,
+                **merchant,
                 "out_trade_no": out_trade_no,
                 "trade_state": state,
                 "amount": {"total": 100, "currency": "CNY"},
@@ -111,7 +116,7 @@ class FakeWeChat:
                 transaction,
                 dt.datetime.now(dt.UTC),
             )
-            return self.ledger.record_query(mchid, out_trade_no, evidence)
+            return self.ledger.record_query(mchid, out_trade_no, evidence, sub_mchid=sub_mchid)
         finally:
             with self._lock:
                 self.in_flight[out_trade_no] -= 1

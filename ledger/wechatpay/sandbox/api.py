@@ -1,5 +1,6 @@
 """WeChat Pay's merchant APIs as the sandbox serves them ([protocol: Querying an order … Downloading platform
-certificates; Daily bills]): query, close, certificates, and applying for and downloading daily bills.
+certificates; Daily bills]): query, close, certificates, and applying for and downloading daily bills;
+the service-provider and combined-payment paths are in `api_partner.py`.
 
 A request needs a valid merchant ``Authorization`` ([protocol: Signing a request]) or it is answered 401 SIGN_ERROR;
 every 2xx is signed as WeChat signs it ([protocol: Verifying an answer]), error answers and bill files
@@ -24,8 +25,11 @@ from starlette.routing import Route
 
 from ledger.wechatpay import aead
 from ledger.wechatpay.keys import normalise_serial
+from ledger.wechatpay.sandbox import views
+from ledger.wechatpay.sandbox.api_partner import PartnerEndpoints, json_object, not_combined
 from ledger.wechatpay.sandbox.bills import parse_bill_date
-from ledger.wechatpay.sandbox.orders import SandboxError, rfc3339
+from ledger.wechatpay.sandbox.orders import Order, SandboxError, rfc3339
+from ledger.wechatpay.sandbox.signer import serial_hex
 from ledger.wechatpay.signature import (
     PROBE_PREFIX,
     SIGNATURE_TYPE,
@@ -144,6 +148,7 @@ class WeChatApi:
             route("/v3/bill/tradebill", self._trade_bill, "GET"),
             route("/v3/bill/fundflowbill", self._fundflow_bill, "GET"),
             route("/v3/billdownload/file", self._download_bill, "GET"),
+            *(route(path, handler, method) for path, handler, method in PartnerEndpoints(self._sandbox).paths()),
         ]
 
     # -- fault injection -------------------------------------------------------------------------
@@ -244,31 +249,35 @@ class WeChatApi:
     def _require_mchid(self, mchid: object) -> None:
         if not isinstance(mchid, str) or not mchid:
             raise SandboxError(400, "PARAM_ERROR", "mchid 为必填项")
-        if mchid != self._sandbox.mchid:
-            # [protocol: Errors and retries]: a wrong mchid finds no order.
+        # [protocol: Errors and retries]: a wrong mchid finds no order; a provider has no orders of its own.
+        if mchid != self._sandbox.mchid or self._sandbox.partner:
             raise SandboxError(404, "ORDER_NOT_EXIST", "订单不存在")
+
+    def _transaction(self, order: Order) -> dict[str, Any]:
+        return views.transaction(self._sandbox.merchant, not_combined(order))
 
     def _query_out_trade_no(self, request: Request, body: bytes) -> tuple[int, Any]:
         self._require_mchid(request.query_params.get("mchid"))
-        orders = self._sandbox.orders
-        return 200, orders.transaction(orders.order(request.path_params["out_trade_no"]))
+        return 200, self._transaction(self._sandbox.orders.order(request.path_params["out_trade_no"]))
 
     def _query_transaction_id(self, request: Request, body: bytes) -> tuple[int, Any]:
         self._require_mchid(request.query_params.get("mchid"))
-        orders = self._sandbox.orders
-        return 200, orders.transaction(orders.by_transaction_id(request.path_params["transaction_id"]))
+        return 200, self._transaction(self._sandbox.orders.by_transaction_id(request.path_params["transaction_id"]))
 
     def _query_refund(self, request: Request, body: bytes) -> tuple[int, Any]:
+        """[next: Partner queries]: the same path for a provider, with `sub_mchid` added."""
+        sub_mchid = request.query_params.get("sub_mchid")
+        if sub_mchid is not None and not self._sandbox.partner:
+            raise SandboxError(403, "NO_AUTH", "非服务商不能指定子商户号")
         orders = self._sandbox.orders
-        return 200, orders.refund_query(*orders.refund_of(request.path_params["out_refund_no"]))
+        return 200, views.refund_query(*orders.refund_of(request.path_params["out_refund_no"], sub_mchid))
 
     def _close(self, request: Request, body: bytes) -> tuple[int, Any]:
-        try:
-            data = json.loads(body)
-        except ValueError:
-            raise SandboxError(400, "PARAM_ERROR", "请求体不是合法的JSON") from None
-        self._require_mchid(data.get("mchid") if isinstance(data, dict) else None)
-        self._sandbox.orders.close(request.path_params["out_trade_no"])
+        data = json_object(body)
+        self._require_mchid(data.get("mchid"))
+        orders = self._sandbox.orders
+        not_combined(orders.order(request.path_params["out_trade_no"]))
+        orders.close(request.path_params["out_trade_no"])
         return 204, None
 
     def _certificates(self, request: Request, body: bytes) -> tuple[int, Any]:
@@ -283,7 +292,7 @@ class WeChatApi:
             pem = cert.public_bytes(serialization.Encoding.PEM)
             data.append(
                 {
-                    "serial_no": format(cert.serial_number, "X"),
+                    "serial_no": serial_hex(cert.serial_number),
                     "effective_time": rfc3339(cert.not_valid_before_utc.timestamp()),
                     "expire_time": rfc3339(cert.not_valid_after_utc.timestamp()),
                     "encrypt_certificate": {
@@ -308,12 +317,11 @@ class WeChatApi:
         query = request.query_params
         if query.get("bill_type", "ALL") != "ALL":
             raise SandboxError(400, "PARAM_ERROR", "the sandbox writes ALL bills only")
-        if query.get("sub_mchid") is not None:
-            raise SandboxError(403, "NO_AUTH", "非服务商不能指定子商户号")
         bills = self._sandbox.bills
         date = parse_bill_date(query.get("bill_date"))
         gzipped = self._gzipped(query.get("tar_type"))
-        return 200, bills.apply("trade", date, base_url=str(request.base_url), gzipped=gzipped)
+        base_url = str(request.base_url)
+        return 200, bills.apply("trade", date, base_url=base_url, gzipped=gzipped, sub_mchid=query.get("sub_mchid"))
 
     def _fundflow_bill(self, request: Request, body: bytes) -> tuple[int, Any]:
         query = request.query_params

@@ -1,9 +1,14 @@
 """The sandbox's daily bills ([protocol: Daily bills]): trade and fund-flow bills of its own orders, as files.
 
-A Beijing day's trade bill (the ALL layout) has a row per payment that succeeded that day and a row per
-refund accepted that day; the fund-flow bill (the BASIC account) has the money those moved, the 0.6% fee
-included. Bills exist as soon as asked (no 10:00 next-day rule); `bill_faults` make a day's bill not
-ready, empty, short of a row, off by one fen, or served with bytes that do not match its hash.
+A Beijing day's trade bill (the ALL layout) has a row per payment that succeeded that day (each sub-order of
+a combined payment on its own) and a row per refund accepted that day; the fund-flow bill (the BASIC account)
+has the money those moved, the 0.6% fee included. A coupon shows as 代金券金额; one the merchant funded
+(NOCASH) is not settled (应结订单金额 is the total less it). A service provider's trade bill ([next:
+Partner queries]) has every sub-merchant's rows, 特约商户号 filled, or one sub-merchant's when applied
+for with `sub_mchid`; its own fund-flow bill has none of their money (it is settled to the sub-merchants).
+
+Bills exist as soon as asked (no 10:00 next-day rule); `bill_faults` make a day's bill not ready, empty,
+short of a row, off by one fen, or served with bytes that do not match its hash.
 
 Applying stores the file behind a random token for `TOKEN_TTL` seconds; the first download takes it.
 """
@@ -21,6 +26,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from ledger.wechatpay.sandbox.orders import CST, Order, OrderBook, SandboxError
+from ledger.wechatpay.sandbox.resources import OPENID
 
 __all__ = [
     "BILL_FAULTS",
@@ -50,7 +56,6 @@ FUND_HEADER = (
     "记账时间,微信支付业务单号,资金流水单号,业务名称,业务类型,收支类型,收支金额(元),账户结余(元),资金变更提交申请人,备注,业务凭证号"
 ).split(",")
 FUND_SUMMARY_HEADER = "资金流水总笔数,收入笔数,收入金额,支出笔数,支出金额".split(",")
-_OPENID = "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"  # the payer the sandbox's transactions name
 _FEN = Decimal("0.01")
 _FEE_PLACES = Decimal("0.00001")
 
@@ -131,10 +136,9 @@ class _Movement:
 class BillBook:
     """The bills of an `OrderBook`, the faults injected into them and the download tokens handed out."""
 
-    def __init__(self, orders: OrderBook, *, mchid: str, appid: str, clock: Callable[[], float]) -> None:
+    def __init__(self, orders: OrderBook, *, clock: Callable[[], float]) -> None:
         self._orders = orders
-        self._mchid = mchid
-        self._appid = appid
+        self._merchant = orders.merchant
         self._clock = clock
         self._lock = threading.Lock()
         self._faults: dict[dt.date, str] = {}
@@ -158,10 +162,13 @@ class BillBook:
 
     # -- the bills, as they truly are --------------------------------------------------------------
 
-    def trade_rows(self, bill_date: dt.date) -> list[Row]:
-        """[protocol: Daily bills]: the ALL rows of a Beijing day, in time order."""
+    def trade_rows(self, bill_date: dt.date, sub_mchid: str | None = None) -> list[Row]:
+        """[protocol: Daily bills]: the ALL rows of a Beijing day, in time order; a provider's, of one
+        sub-merchant when `sub_mchid` is given."""
         rows: list[tuple[str, int, Row]] = []
         for order in self._orders.all():
+            if sub_mchid is not None and order.sub_mchid != sub_mchid:
+                continue
             if order.success_time and order.transaction_id and _beijing(order.success_time).date() == bill_date:
                 rows.append((_bill_time(_beijing(order.success_time)), 0, self._payment_row(order)))
             for refund in order.refunds.values():
@@ -172,6 +179,7 @@ class BillBook:
                         交易时间=_bill_time(accepted),
                         交易状态="REFUND",
                         应结订单金额="0.00",
+                        代金券金额="0.00",
                         订单金额="0.00",
                         微信退款单号=refund.refund_id,
                         商户退款单号=refund.out_refund_no,
@@ -186,21 +194,22 @@ class BillBook:
 
     def _payment_row(self, order: Order) -> Row:
         assert order.success_time is not None and order.transaction_id is not None
+        coupons = sum(p.amount for p in order.promotions)
         values = [
             _bill_time(_beijing(order.success_time)),
-            self._appid,
-            self._mchid,
-            "0",
+            self._merchant.appid,
+            self._merchant.mchid,
+            order.sub_mchid or "0",
             "",
             order.transaction_id,
             order.out_trade_no,
-            _OPENID,
+            OPENID,
             "JSAPI",
             "SUCCESS",
             "OTHERS",
             "CNY",
-            yuan(order.total),
-            "0.00",
+            yuan(order.settlement_total),
+            yuan(coupons),
             "0",
             "0",
             "0.00",
@@ -208,8 +217,8 @@ class BillBook:
             "",
             "",
             _text(order.description),
-            "",
-            f"{fee(order.total)}",
+            _text(order.attach),
+            f"{fee(order.settlement_total)}",
             "0.60%",
             yuan(order.total),
             "0.00",
@@ -246,11 +255,13 @@ class BillBook:
     def _movements(self) -> list[_Movement]:
         out: list[_Movement] = []
         for order in self._orders.all():
-            if not (order.success_time and order.transaction_id):
+            # A sub-merchant's money is settled to it, not to its provider's account.
+            if not (order.success_time and order.transaction_id) or order.sub_mchid is not None:
                 continue
             paid = _beijing(order.success_time)
-            out.append(_Movement(paid, order.transaction_id, "交易", "交易", "收入", order.total, order.out_trade_no))
-            if charged := _fee_fen(order.total):
+            settled = order.settlement_total
+            out.append(_Movement(paid, order.transaction_id, "交易", "交易", "收入", settled, order.out_trade_no))
+            if charged := _fee_fen(settled):
                 out.append(_Movement(paid, order.transaction_id, "交易", "扣除交易手续费", "支出", charged, ""))
             for refund in order.refunds.values():
                 if refund.status in {"CLOSED", "ABNORMAL"}:
@@ -265,13 +276,27 @@ class BillBook:
 
     # -- apply and download ------------------------------------------------------------------------
 
-    def apply(self, kind: str, bill_date: dt.date, *, base_url: str, gzipped: bool, account_type: str = "BASIC") -> Any:
+    def apply(
+        self,
+        kind: str,
+        bill_date: dt.date,
+        *,
+        base_url: str,
+        gzipped: bool,
+        account_type: str = "BASIC",
+        sub_mchid: str | None = None,
+    ) -> Any:
         """[protocol: Applying for a bill]: the apply answer, or the SandboxError WeChat would answer."""
+        if sub_mchid is not None:
+            if not self._merchant.partner:
+                raise SandboxError(403, "NO_AUTH", "非服务商不能指定子商户号")
+            if sub_mchid not in self._merchant.sub_mchids:
+                raise SandboxError(400, "PARAM_ERROR", "特约商户与服务商不存在受理关系")
         fault = self.faults.get(bill_date)
         if fault == "not_ready":
             raise SandboxError(400, "STATEMENT_CREATING", "账单生成中")
         if kind == "trade":
-            rows, header, summary_header = self.trade_rows(bill_date), TRADE_HEADER, TRADE_SUMMARY_HEADER
+            rows, header, summary_header = self.trade_rows(bill_date, sub_mchid), TRADE_HEADER, TRADE_SUMMARY_HEADER
             amount_columns: tuple[str, ...] = ("应结订单金额", "订单金额")
         else:
             if account_type not in {"BASIC", "OPERATION", "FEES"}:

@@ -1,7 +1,9 @@
-"""The sandbox's own control endpoints under ``/sandbox/``: make orders, pay, refund, look.
+"""The sandbox's own control endpoints under ``/sandbox/``: make orders (combined ones too), pay, refund,
+send other notifications, look.
 
 These are not WeChat's: they need no Authorization, so a shell, a demo or a test in another
-process can drive the fake WeChat Pay. Errors are ``{"code","message"}`` like WeChat's.
+process can drive the fake WeChat Pay. A provider's orders take `sub_mchid` (in the body or the
+query string). Errors are ``{"code","message"}`` like WeChat's.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ledger.wechatpay.sandbox import views
 from ledger.wechatpay.sandbox.bills import parse_bill_date
-from ledger.wechatpay.sandbox.orders import SandboxError
+from ledger.wechatpay.sandbox.orders import SandboxError, SubOrder
 
 if TYPE_CHECKING:
     from ledger.wechatpay.sandbox.server import Sandbox
@@ -58,27 +61,60 @@ def _endpoint(handler: Endpoint) -> Callable[[Request], Awaitable[Response]]:
     return endpoint
 
 
+def _optional(data: dict[str, Any], name: str, kind: type[T]) -> T | None:
+    return None if data.get(name) is None else _field(data, name, kind)
+
+
+def _sub_mchid(request: Request, data: dict[str, Any]) -> str | None:
+    """A provider's orders are named by sub-merchant too: in the body, or the query string."""
+    return _optional(data, "sub_mchid", str) or request.query_params.get("sub_mchid")
+
+
+def _sub_orders(data: dict[str, Any]) -> list[SubOrder]:
+    items = _field(data, "sub_orders", list)
+    if not all(isinstance(item, dict) for item in items):
+        raise SandboxError(400, "PARAM_ERROR", "sub_orders must be a list of objects")
+    return [
+        SubOrder(
+            _field(item, "out_trade_no", str),
+            _field(item, "amount_total", int),
+            sub_mchid=_optional(item, "sub_mchid", str),
+            sub_appid=_optional(item, "sub_appid", str),
+            description=_field(item, "description", str, ""),
+            attach=_field(item, "attach", str, ""),
+        )
+        for item in items
+    ]
+
+
 def control_routes(sandbox: Sandbox) -> list[Route]:
     def create(request: Request, data: dict[str, Any]) -> tuple[int, Any]:
-        notify_url = data.get("notify_url")
         order = sandbox.create_order(
             _field(data, "out_trade_no", str),
             _field(data, "amount_total", int),
             _field(data, "description", str, ""),
-            notify_url=notify_url if isinstance(notify_url, str) else None,
+            notify_url=_optional(data, "notify_url", str),
+            sub_mchid=_sub_mchid(request, data),
+            sub_appid=_optional(data, "sub_appid", str),
+            attach=_field(data, "attach", str, ""),
         )
-        return 201, sandbox.orders.transaction(order)
+        return 201, views.transaction(sandbox.merchant, order)
 
     def show(request: Request, data: dict[str, Any]) -> tuple[int, Any]:
-        order = sandbox.orders.order(request.path_params["out_trade_no"])
-        refunds = [sandbox.orders.refund_query(order, r) for r in order.refunds.values()]
-        return 200, {"order": sandbox.orders.transaction(order), "refunds": refunds}
+        order = sandbox.orders.order(request.path_params["out_trade_no"], _sub_mchid(request, data))
+        refunds = [views.refund_query(order, r) for r in order.refunds.values()]
+        return 200, {"order": views.transaction(sandbox.merchant, order), "refunds": refunds}
 
     def pay(request: Request, data: dict[str, Any]) -> tuple[int, Any]:
         transaction_id = sandbox.pay(
             request.path_params["out_trade_no"],
             notify=_field(data, "notify", bool, True),
             drop=_field(data, "drop", bool, False),
+            sub_mchid=_sub_mchid(request, data),
+            discount=_field(data, "discount", int, 0),
+            coupon_type=_field(data, "coupon_type", str, "CASH"),
+            api=_field(data, "api", str, "v3"),
+            sign_type=_field(data, "sign_type", str, "MD5"),
         )
         return 200, {"transaction_id": transaction_id}
 
@@ -90,6 +126,9 @@ def control_routes(sandbox: Sandbox) -> list[Route]:
             status=_field(data, "status", str, "SUCCESS"),
             notify=_field(data, "notify", bool, True),
             drop=_field(data, "drop", bool, False),
+            sub_mchid=_sub_mchid(request, data),
+            api=_field(data, "api", str, "v3"),
+            source=_field(data, "source", str, "API"),
         )
         return 200, {"refund_id": refund_id}
 
@@ -99,12 +138,58 @@ def control_routes(sandbox: Sandbox) -> list[Route]:
             _field(data, "status", str, "SUCCESS"),
             notify=_field(data, "notify", bool, True),
             drop=_field(data, "drop", bool, False),
+            sub_mchid=_sub_mchid(request, data),
+            api=_field(data, "api", str, "v3"),
         )
         return 200, {}
 
     def close(request: Request, data: dict[str, Any]) -> tuple[int, Any]:
-        sandbox.close(request.path_params["out_trade_no"])
+        sandbox.close(request.path_params["out_trade_no"], sub_mchid=_sub_mchid(request, data))
         return 200, {}
+
+    def create_combined(request: Request, data: dict[str, Any]) -> tuple[int, Any]:
+        combine_out_trade_no = _field(data, "combine_out_trade_no", str)
+        sandbox.create_combined_order(
+            combine_out_trade_no, _sub_orders(data), notify_url=_optional(data, "notify_url", str)
+        )
+        return 201, views.combined_transaction(sandbox.merchant, sandbox.orders.combined(combine_out_trade_no))
+
+    def show_combined(request: Request, data: dict[str, Any]) -> tuple[int, Any]:
+        orders = sandbox.orders.combined(request.path_params["combine_out_trade_no"])
+        return 200, views.combined_transaction(sandbox.merchant, orders)
+
+    def pay_combined(request: Request, data: dict[str, Any]) -> tuple[int, Any]:
+        transaction_ids = sandbox.pay_combined_order(
+            request.path_params["combine_out_trade_no"],
+            notify=_field(data, "notify", bool, True),
+            drop=_field(data, "drop", bool, False),
+        )
+        return 200, {"transaction_ids": transaction_ids}
+
+    def close_combined(request: Request, data: dict[str, Any]) -> tuple[int, Any]:
+        sandbox.close_combined_order(request.path_params["combine_out_trade_no"])
+        return 200, {}
+
+    def notify_other(request: Request, data: dict[str, Any]) -> tuple[int, Any]:
+        """[next: Other notification types]: any event type with the resource given; a complaint needs none."""
+        event_type = _field(data, "event_type", str)
+        drop = _field(data, "drop", bool, False)
+        resource = _optional(data, "resource", dict)
+        if resource is None and event_type.startswith("COMPLAINT."):
+            action = "CREATE_COMPLAINT" if event_type == "COMPLAINT.CREATE" else "USER_RESPONSE"
+            complaint_id = sandbox.complain(_field(data, "action_type", str, action), drop=drop)
+            return 200, {"complaint_id": complaint_id}
+        if resource is None:
+            raise SandboxError(400, "PARAM_ERROR", "resource must be a dict")
+        notification_id = sandbox.notify_other(
+            event_type,
+            resource,
+            original_type=_optional(data, "original_type", str),
+            summary=_optional(data, "summary", str),
+            url=_optional(data, "notify_url", str),
+            drop=drop,
+        )
+        return 200, {"id": notification_id}
 
     def rotate(request: Request, data: dict[str, Any]) -> tuple[int, Any]:
         serial = sandbox.rotate_certificate(days_valid=_field(data, "days_valid", int, 365))
@@ -142,8 +227,13 @@ def control_routes(sandbox: Sandbox) -> list[Route]:
         Route("/sandbox/orders/{out_trade_no}/refunds", _endpoint(refund), methods=["POST"]),
         Route("/sandbox/orders/{out_trade_no}/close", _endpoint(close), methods=["POST"]),
         Route("/sandbox/refunds/{out_refund_no}/complete", _endpoint(complete_refund), methods=["POST"]),
+        Route("/sandbox/combined-orders", _endpoint(create_combined), methods=["POST"]),
+        Route("/sandbox/combined-orders/{combine_out_trade_no}", _endpoint(show_combined), methods=["GET"]),
+        Route("/sandbox/combined-orders/{combine_out_trade_no}/pay", _endpoint(pay_combined), methods=["POST"]),
+        Route("/sandbox/combined-orders/{combine_out_trade_no}/close", _endpoint(close_combined), methods=["POST"]),
         Route("/sandbox/certificates/rotate", _endpoint(rotate), methods=["POST"]),
         Route("/sandbox/faults", _endpoint(faults), methods=["POST"]),
         Route("/sandbox/deliveries", _endpoint(deliveries), methods=["GET"]),
         Route("/sandbox/notifications", _endpoint(notifications), methods=["GET"]),
+        Route("/sandbox/notifications", _endpoint(notify_other), methods=["POST"]),
     ]

@@ -1,9 +1,13 @@
 """Notification delivery as WeChat Pay does it ([protocol: Answering a notification]): signed POSTs, retried
 on its schedule.
 
-Every attempt is re-signed with a fresh timestamp and nonce over the same body. An attempt
-may first be a signature probe ([protocol: Signature probes]), and a delivery may be sent twice (a duplicate). All
-of it runs as tasks in the server's event loop; other threads only schedule and wait.
+Every APIv3 attempt is re-signed with a fresh timestamp and nonce over the same body, and answered
+200 or 204 within 5 seconds to count as received. An attempt may first be a signature probe ([protocol:
+Signature probes]), and a delivery may be sent twice (a duplicate). An APIv2 notification ([protocol:
+Legacy APIv2 XML]) is XML sent as it is every time, received only when answered HTTP 200 with exactly
+the success XML ([protocol: Answering in XML]).
+The 5-second answer deadline is WeChat's: a time scale shortens the waits between retries, never it.
+All of it runs as tasks in the server's event loop; other threads only schedule and wait.
 """
 
 from __future__ import annotations
@@ -20,15 +24,28 @@ from typing import Any
 
 import httpx
 
+from ledger.wechatpay.sandbox.legacy import SUCCESS_ANSWER
 from ledger.wechatpay.sandbox.signer import Delivery
 
-__all__ = ["RETRY_SCHEDULE", "DeliveryAttempt", "Notification", "Notifier"]
+__all__ = [
+    "ANSWER_TIMEOUT",
+    "COMPLAINT_RETRY_SCHEDULE",
+    "RETRY_SCHEDULE",
+    "DeliveryAttempt",
+    "Notification",
+    "Notifier",
+]
 
 # [protocol: Retries and lost notifications]: seconds to wait before each retry; 15 retries after the first attempt.
+# APIv2 notifications are retried on the same schedule ([protocol: Answering in XML]).
 RETRY_SCHEDULE: tuple[int, ...] = (
     15, 15, 30, 180, 600, 1200, 1800, 1800, 1800, 3600, 10800, 10800, 10800, 21600, 21600,
 )  # fmt: skip
+# [next: Other notification types]: complaints are retried
+# "5s * 1次, 1min * 10次, 之后以5min间隔重试, 重试1000次或最多持续1周" (1000 retries come first).
+COMPLAINT_RETRY_SCHEDULE: tuple[int, ...] = (5, *(60,) * 10, *(300,) * 989)
 ANSWER_TIMEOUT = 5.0
+"""Seconds a receiver has to answer ([protocol: Answering a notification]), whatever the time scale."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +62,7 @@ class DeliveryAttempt:
     error: str | None = None
     serial: str | None = None
     at: float = 0.0
+    accepted: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -52,7 +70,9 @@ class DeliveryAttempt:
 
 @dataclass
 class Notification:
-    """One notification: a fixed envelope id and body, delivered until answered 200/204."""
+    """One notification: a fixed id and body, delivered until received. `api` "v2" is an XML
+    notification (its id is the sandbox's own: APIv2 has none); `event_type` then names what it tells
+    ("TRANSACTION.SUCCESS", "REFUND.SUCCESS"...) as APIv3 would."""
 
     id: str
     event_type: str
@@ -63,14 +83,21 @@ class Notification:
     out_trade_no: str = ""
     out_refund_no: str | None = None
     state: str = "scheduled"  # scheduled, delivered, failed, dropped, cancelled
+    api: str = "v3"
+    sub_mchid: str | None = None
+    combine_out_trade_no: str | None = None
+    schedule: tuple[int, ...] = RETRY_SCHEDULE
 
     def as_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["body"] = self.body.decode()
+        del out["schedule"]
         return out
 
 
-def _accepted(status: int | None) -> bool:
+def _accepted(api: str, status: int | None, answer: bytes) -> bool:
+    if api == "v2":
+        return status == 200 and answer == SUCCESS_ANSWER
     return status in (200, 204)
 
 
@@ -86,9 +113,13 @@ class Notifier:
         time_scale: float = 1.0,
         duplicate_rate: float = 0.0,
         probe_rate: float = 0.0,
+        answer_timeout: float = ANSWER_TIMEOUT,
     ) -> None:
         if time_scale <= 0:
             raise ValueError("time_scale must be positive")
+        if answer_timeout <= 0:
+            raise ValueError("answer_timeout must be positive")
+        self.answer_timeout = answer_timeout
         self._sign = sign
         self._probe = probe
         self._clock = clock
@@ -207,9 +238,9 @@ class Notifier:
         rng = random.Random(notification.seed)
         state = "cancelled"
         try:
-            for attempt in range(len(RETRY_SCHEDULE) + 1):
+            for attempt in range(len(notification.schedule) + 1):
                 if attempt:
-                    await asyncio.sleep(RETRY_SCHEDULE[attempt - 1] / self.time_scale)
+                    await asyncio.sleep(notification.schedule[attempt - 1] / self.time_scale)
                 if await self._attempt(notification, attempt, rng):
                     state = "delivered"
                     return
@@ -219,17 +250,24 @@ class Notifier:
 
     async def _attempt(self, notification: Notification, attempt: int, rng: random.Random) -> bool:
         """One slot of the schedule; True when the receiver accepted it."""
-        if rng.random() < self.probe_rate:
+        v3 = notification.api == "v3"
+        # APIv2 has no signature probes: its sign is over the body, not the delivery.
+        if v3 and rng.random() < self.probe_rate:
             probe = self._probe(self._sign(notification.body))
             # WeChat takes a 2xx to a probe as delivered: the log shows the receiver's mistake.
-            if _accepted(await self._post(notification, attempt, probe, was_probe=True)):
+            if await self._post(notification, attempt, probe, was_probe=True):
                 return True
-        delivery = self._sign(notification.body)
-        accepted = _accepted(await self._post(notification, attempt, delivery))
+        delivery = self._delivery(notification)
+        accepted = await self._post(notification, attempt, delivery)
         if rng.random() < self.duplicate_rate:
-            again = delivery if rng.random() < 0.5 else self._sign(notification.body)
-            accepted = _accepted(await self._post(notification, attempt, again, was_duplicate=True)) or accepted
+            again = delivery if rng.random() < 0.5 else self._delivery(notification)
+            accepted = await self._post(notification, attempt, again, was_duplicate=True) or accepted
         return accepted
+
+    def _delivery(self, notification: Notification) -> Delivery:
+        if notification.api == "v2":
+            return Delivery(notification.body, {"Content-Type": "text/xml"}, notification.id)
+        return self._sign(notification.body)
 
     async def _post(
         self,
@@ -239,24 +277,24 @@ class Notifier:
         *,
         was_probe: bool = False,
         was_duplicate: bool = False,
-    ) -> int | None:
+    ) -> bool:
+        """POST one delivery; True when its answer says it was received."""
         client = self._client
         assert client is not None and notification.url is not None  # set before any task starts
         status: int | None = None
+        answer = b""
         error: str | None = None
-        headers = {**delivery.headers, "Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json", **delivery.headers}
         try:
             response = await client.post(
-                notification.url,
-                content=delivery.body,
-                headers=headers,
-                timeout=max(1.0, ANSWER_TIMEOUT / self.time_scale),
+                notification.url, content=delivery.body, headers=headers, timeout=self.answer_timeout
             )
-            status = response.status_code
+            status, answer = response.status_code, response.content
         except httpx.TimeoutException:
             error = "timeout"
         except httpx.HTTPError as exc:
             error = type(exc).__name__
+        accepted = _accepted(notification.api, status, answer)
         with self._cond:
             self._log(
                 notification,
@@ -266,8 +304,9 @@ class Notifier:
                 was_duplicate=was_duplicate,
                 error=error,
                 serial=delivery.headers.get("Wechatpay-Serial"),
+                accepted=accepted,
             )
-        return status
+        return accepted
 
     def _log(self, notification: Notification, attempt: int, status: int | None, **details: Any) -> None:
         self._attempts.append(

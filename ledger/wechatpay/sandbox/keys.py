@@ -78,12 +78,15 @@ class WeChatKeys:
             return [h.certificate for h in self._holders if h.certificate is not None]
 
     def _holder(self, serial: str) -> SigningKey | None:
+        """The certificate a normalised serial names ([protocol: Comparing serials]: leading zeros aside)."""
         now = self._clock()
         with self._lock:
             holders = list(self._holders)
         for holder in holders:
             cert = holder.certificate
-            if cert is not None and holder.certificate_serial == serial and cert.not_valid_after_utc.timestamp() >= now:
+            if cert is None or cert.not_valid_after_utc.timestamp() < now:
+                continue
+            if normalise_serial(holder.certificate_serial) == serial:
                 return SigningKey(holder.certificate_serial, holder)
         return None
 

@@ -1,8 +1,11 @@
-"""The sandbox's order book: WeChat Pay's side of orders and refunds, and the JSON it answers with.
+"""The sandbox's order book: WeChat Pay's side of orders, combined orders and refunds.
 
-State changes follow [protocol: Querying an order]'s `trade_state` table; the JSON is [protocol: The payment
-resource] (transactions), [protocol: The refund resource] (refund notifications) and [protocol: Querying a
-refund] (refund queries, where the state is `status`)."""
+State changes follow [protocol: Querying an order]'s `trade_state` table. A direct merchant's orders
+are identified by `out_trade_no`; a service provider's ([next: Service-provider mode]) by (`sub_mchid`,
+`out_trade_no`), so the same number under two sub-merchants is two orders, and refund numbers are unique
+per sub-merchant. A combined order ([next: Combined payments]) is its sub-orders, each an order of its
+own, paid together. What WeChat says about them, as JSON, is `views.py`.
+"""
 
 from __future__ import annotations
 
@@ -11,24 +14,27 @@ import datetime as dt
 import random
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-from ledger.wechatpay.sandbox.signer import NotificationFactory
+from ledger.wechatpay.sandbox.resources import Party, Promotion
 
-__all__ = ["REFUND_STATUSES", "Order", "OrderBook", "Refund", "SandboxError", "rfc3339"]
+__all__ = [
+    "REFUND_STATUSES",
+    "Merchant",
+    "Order",
+    "OrderBook",
+    "Refund",
+    "SandboxError",
+    "SubOrder",
+    "rfc3339",
+]
 
 CST = dt.timezone(dt.timedelta(hours=8))
 REFUND_STATUSES = ("SUCCESS", "CLOSED", "ABNORMAL", "PROCESSING")
 _OUT_TRADE_NO = re.compile(r"[0-9A-Za-z_\-|*]{6,32}")
 _OUT_REFUND_NO = re.compile(r"[0-9A-Za-z_\-|*@]{1,64}")
-_TRADE_STATE_DESC = {
-    "NOTPAY": "订单未支付",
-    "SUCCESS": "支付成功",
-    "REFUND": "订单发生过退款",
-    "CLOSED": "订单已关闭",
-}
+_MCHID = re.compile(r"[0-9]{6,32}")
 
 
 def rfc3339(timestamp: float) -> str:
@@ -44,6 +50,28 @@ class SandboxError(Exception):
         self.status = status
         self.code = code
         self.message = message
+
+
+@dataclass(frozen=True)
+class Merchant:
+    """Who the sandbox is: a direct merchant, or (with `sub_mchids`) a service provider whose `mchid`
+    and `appid` are its `sp_mchid` and `sp_appid`, serving those sub-merchants."""
+
+    mchid: str
+    appid: str
+    sub_mchids: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for sub_mchid in self.sub_mchids:
+            if not _MCHID.fullmatch(sub_mchid):
+                raise ValueError(f"a sub_mchid is 6-32 digits, not {sub_mchid!r}")
+
+    @property
+    def partner(self) -> bool:
+        return bool(self.sub_mchids)
+
+    def party(self, order: Order) -> Party:
+        return Party(self.mchid, self.appid, order.sub_mchid, order.sub_appid)
 
 
 @dataclass
@@ -67,71 +95,203 @@ class Order:
     success_time: str | None = None
     payer_total: int | None = None
     refunds: dict[str, Refund] = field(default_factory=dict)
+    sub_mchid: str | None = None
+    sub_appid: str | None = None
+    attach: str = ""
+    combine_out_trade_no: str | None = None
+    promotions: tuple[Promotion, ...] = ()
 
     @property
     def refundable(self) -> int:
         """What is left to refund; closed refunds gave their amount back."""
         return self.total - sum(r.amount for r in self.refunds.values() if r.status != "CLOSED")
 
+    @property
+    def settlement_total(self) -> int:
+        """What the merchant is settled: the total less the coupons it funded itself (免充值, NOCASH)."""
+        return self.total - sum(p.amount for p in self.promotions if p.type == "NOCASH")
+
+    @property
+    def paid_by_payer(self) -> int:
+        return self.total if self.payer_total is None else self.payer_total
+
+
+@dataclass(frozen=True)
+class SubOrder:
+    """One sub-order asked for in a combined order: its own number and amount, and in partner mode
+    the sub-merchant paid."""
+
+    out_trade_no: str
+    amount_total: int
+    sub_mchid: str | None = None
+    sub_appid: str | None = None
+    description: str = ""
+    attach: str = ""
+
+
+def _check_amount(total: object, what: str = "amount total") -> None:
+    if isinstance(total, bool) or not isinstance(total, int) or total < 1:
+        raise SandboxError(400, "PARAM_ERROR", f"{what} must be a positive integer (fen)")
+
 
 class OrderBook:
-    """Orders by `out_trade_no`; every method is atomic under the sandbox's lock."""
+    """Orders by (`sub_mchid`, `out_trade_no`); every method is atomic under the sandbox's lock."""
 
     def __init__(
         self,
-        factory: NotificationFactory,
+        merchant: Merchant,
         *,
-        mchid: str,
-        appid: str,
         rng: random.Random,
         clock: Callable[[], float],
         lock: threading.RLock,
     ) -> None:
-        self._factory = factory
-        self._mchid = mchid
-        self._appid = appid
+        self.merchant = merchant
         self._rng = rng
         self._clock = clock
         self._lock = lock
-        self._orders: dict[str, Order] = {}
+        self._orders: dict[tuple[str, str], Order] = {}
+        self._combined: dict[str, list[tuple[str, str]]] = {}
+
+    # -- who -----------------------------------------------------------------------------------
+
+    def _scope(self, sub_mchid: str | None) -> str:
+        """The sub-merchant an order or refund belongs to ("" for a direct merchant's)."""
+        if not self.merchant.partner:
+            if sub_mchid is not None:
+                raise SandboxError(400, "PARAM_ERROR", "a direct merchant's orders have no sub_mchid")
+            return ""
+        if not sub_mchid:
+            raise SandboxError(400, "PARAM_ERROR", "sub_mchid 为必填项")
+        return sub_mchid
+
+    def _serves(self, sub_mchid: str | None) -> str:
+        scope = self._scope(sub_mchid)
+        if self.merchant.partner and scope not in self.merchant.sub_mchids:
+            raise SandboxError(400, "INVALID_REQUEST", "特约商户与服务商不存在受理关系")
+        return scope
 
     # -- changes -----------------------------------------------------------------------------
 
-    def create(self, out_trade_no: str, total: int, description: str, notify_url: str | None) -> Order:
+    def create(
+        self,
+        out_trade_no: str,
+        total: int,
+        description: str = "",
+        notify_url: str | None = None,
+        *,
+        sub_mchid: str | None = None,
+        sub_appid: str | None = None,
+        attach: str = "",
+    ) -> Order:
+        with self._lock:
+            order = self._new(out_trade_no, total, description, notify_url, sub_mchid, sub_appid, attach)
+            self._orders[(order.sub_mchid or "", out_trade_no)] = order
+            return copy.deepcopy(order)
+
+    def _new(
+        self,
+        out_trade_no: str,
+        total: int,
+        description: str,
+        notify_url: str | None,
+        sub_mchid: str | None,
+        sub_appid: str | None,
+        attach: str,
+    ) -> Order:
+        scope = self._serves(sub_mchid)
         if not _OUT_TRADE_NO.fullmatch(out_trade_no):
             raise SandboxError(400, "PARAM_ERROR", "out_trade_no must be 6-32 of [0-9A-Za-z_-|*]")
-        if isinstance(total, bool) or not isinstance(total, int) or total < 1:
-            raise SandboxError(400, "PARAM_ERROR", "amount total must be a positive integer (fen)")
+        _check_amount(total)
+        if sub_appid is not None and not self.merchant.partner:
+            raise SandboxError(400, "PARAM_ERROR", "a direct merchant's orders have no sub_appid")
+        if (scope, out_trade_no) in self._orders:
+            raise SandboxError(400, "OUT_TRADE_NO_USED", "商户订单号重复")
+        return Order(
+            out_trade_no, total, description, notify_url, sub_mchid=sub_mchid, sub_appid=sub_appid, attach=attach
+        )
+
+    def create_combined(
+        self, combine_out_trade_no: str, sub_orders: Sequence[SubOrder], notify_url: str | None = None
+    ) -> list[Order]:
+        """A combined order ([next: Combined payments]): 2-10 sub-orders for a merchant, 1-50 for a provider."""
+        low, high = (1, 50) if self.merchant.partner else (2, 10)
+        if not _OUT_TRADE_NO.fullmatch(combine_out_trade_no):
+            raise SandboxError(400, "PARAM_ERROR", "combine_out_trade_no must be 6-32 of [0-9A-Za-z_-|*]")
+        if not low <= len(sub_orders) <= high:
+            raise SandboxError(400, "PARAM_ERROR", f"a combined order has {low}-{high} sub-orders")
         with self._lock:
-            if out_trade_no in self._orders:
-                raise SandboxError(400, "OUT_TRADE_NO_USED", "商户订单号重复")
-            order = Order(out_trade_no, total, description, notify_url)
-            self._orders[out_trade_no] = order
+            if combine_out_trade_no in self._combined:
+                raise SandboxError(400, "OUT_TRADE_NO_USED", "合单商户订单号重复")
+            orders = [
+                self._new(s.out_trade_no, s.amount_total, s.description, notify_url, s.sub_mchid, s.sub_appid, s.attach)
+                for s in sub_orders
+            ]
+            keys = [(o.sub_mchid or "", o.out_trade_no) for o in orders]
+            if len(set(keys)) != len(keys):
+                raise SandboxError(400, "PARAM_ERROR", "two sub-orders have the same out_trade_no")
+            for key, order in zip(keys, orders, strict=True):
+                order.combine_out_trade_no = combine_out_trade_no
+                self._orders[key] = order
+            self._combined[combine_out_trade_no] = keys
+            return copy.deepcopy(orders)
+
+    def pay(
+        self,
+        out_trade_no: str,
+        payer_total: int | None = None,
+        *,
+        sub_mchid: str | None = None,
+        promotions: tuple[Promotion, ...] = (),
+    ) -> Order:
+        with self._lock:
+            order = self._single(out_trade_no, sub_mchid)
+            self._check_payable(order)
+            discount = sum(p.amount for p in promotions)
+            if discount >= order.total:
+                raise SandboxError(400, "PARAM_ERROR", "coupons must leave the payer something to pay")
+            self._paid(order, rfc3339(self._clock()))
+            order.promotions = promotions
+            order.payer_total = order.total - discount if promotions and payer_total is None else payer_total
             return copy.deepcopy(order)
 
-    def pay(self, out_trade_no: str, payer_total: int | None) -> Order:
+    def pay_combined(self, combine_out_trade_no: str) -> list[Order]:
+        """Every sub-order succeeds together, at one time ([next: Combined payment notification])."""
         with self._lock:
-            order = self._get(out_trade_no)
-            if order.trade_state in {"SUCCESS", "REFUND"}:
-                raise SandboxError(400, "ORDER_PAID", "订单已支付")
-            if order.trade_state == "CLOSED":
-                raise SandboxError(400, "ORDER_CLOSED", "订单已关闭")
-            order.trade_state = "SUCCESS"
-            order.transaction_id = f"42000{self._rng.randrange(10**23):023d}"
-            order.success_time = rfc3339(self._clock())
-            order.payer_total = payer_total
-            return copy.deepcopy(order)
+            orders = self._combined_orders(combine_out_trade_no)
+            for order in orders:
+                self._check_payable(order)
+            success_time = rfc3339(self._clock())
+            for order in orders:
+                self._paid(order, success_time)
+            return copy.deepcopy(orders)
 
-    def refund(self, out_trade_no: str, out_refund_no: str, amount: int, status: str) -> tuple[Order, Refund]:
+    @staticmethod
+    def _check_payable(order: Order) -> None:
+        if order.trade_state in {"SUCCESS", "REFUND"}:
+            raise SandboxError(400, "ORDER_PAID", "订单已支付")
+        if order.trade_state == "CLOSED":
+            raise SandboxError(400, "ORDER_CLOSED", "订单已关闭")
+
+    def _paid(self, order: Order, success_time: str) -> None:
+        order.trade_state = "SUCCESS"
+        order.transaction_id = f"42000{self._rng.randrange(10**23):023d}"
+        order.success_time = success_time
+
+    def refund(
+        self, out_trade_no: str, out_refund_no: str, amount: int, status: str, *, sub_mchid: str | None = None
+    ) -> tuple[Order, Refund]:
+        """A refund of one order; a combined order is refunded sub-order by sub-order ([next: Refunds of
+        sub-orders])."""
         if not _OUT_REFUND_NO.fullmatch(out_refund_no):
             raise SandboxError(400, "PARAM_ERROR", "out_refund_no must be 1-64 of [0-9A-Za-z_-|*@]")
         if status not in REFUND_STATUSES:
             raise SandboxError(400, "PARAM_ERROR", f"refund status must be one of {', '.join(REFUND_STATUSES)}")
         with self._lock:
-            order = self._get(out_trade_no)
+            order = self._get(out_trade_no, sub_mchid)
             if order.trade_state not in {"SUCCESS", "REFUND"}:
                 raise SandboxError(400, "INVALID_REQUEST", "订单未支付，不能退款")
-            if any(out_refund_no in o.refunds for o in self._orders.values()):
+            scope = order.sub_mchid or ""
+            if any(out_refund_no in o.refunds for (s, _), o in self._orders.items() if s == scope):
                 raise SandboxError(400, "INVALID_REQUEST", "商户退款单号重复")
             if isinstance(amount, bool) or not isinstance(amount, int) or not 1 <= amount <= order.refundable:
                 raise SandboxError(400, "NOT_ENOUGH", "退款金额超过订单可退金额")
@@ -146,11 +306,11 @@ class OrderBook:
             self._settle(order, refund, status)
             return copy.deepcopy(order), copy.deepcopy(refund)
 
-    def complete_refund(self, out_refund_no: str, status: str) -> tuple[Order, Refund]:
+    def complete_refund(self, out_refund_no: str, status: str, *, sub_mchid: str | None = None) -> tuple[Order, Refund]:
         if status not in REFUND_STATUSES[:3]:
             raise SandboxError(400, "PARAM_ERROR", "a refund completes as SUCCESS, CLOSED or ABNORMAL")
         with self._lock:
-            order, refund = self._find_refund(out_refund_no)
+            order, refund = self._find_refund(out_refund_no, sub_mchid)
             if refund.status != "PROCESSING":
                 raise SandboxError(400, "INVALID_REQUEST", f"refund is already {refund.status}")
             self._settle(order, refund, status)
@@ -164,122 +324,73 @@ class OrderBook:
         if any(r.status != "CLOSED" for r in order.refunds.values()):
             order.trade_state = "REFUND"
 
-    def close(self, out_trade_no: str) -> None:
+    def close(self, out_trade_no: str, *, sub_mchid: str | None = None) -> None:
         with self._lock:
-            order = self._get(out_trade_no)
+            order = self._single(out_trade_no, sub_mchid)
             if order.trade_state in {"SUCCESS", "REFUND"}:
                 raise SandboxError(400, "ORDER_PAID", "订单已支付")
             order.trade_state = "CLOSED"
 
+    def close_combined(self, combine_out_trade_no: str) -> None:
+        """The whole combined order or nothing ([next: Combined query and close])."""
+        with self._lock:
+            orders = self._combined_orders(combine_out_trade_no)
+            if any(o.trade_state in {"SUCCESS", "REFUND"} for o in orders):
+                raise SandboxError(400, "ORDER_PAID", "订单已支付")
+            for order in orders:
+                order.trade_state = "CLOSED"
+
     # -- lookups -------------------------------------------------------------------------------
 
-    def order(self, out_trade_no: str) -> Order:
+    def order(self, out_trade_no: str, sub_mchid: str | None = None) -> Order:
         with self._lock:
-            return copy.deepcopy(self._get(out_trade_no))
+            return copy.deepcopy(self._get(out_trade_no, sub_mchid))
+
+    def combined(self, combine_out_trade_no: str) -> list[Order]:
+        """The sub-orders of a combined order, in the order they were asked for."""
+        with self._lock:
+            return copy.deepcopy(self._combined_orders(combine_out_trade_no))
 
     def all(self) -> list[Order]:
         """Every order, in the order they were created (the daily bills read them)."""
         with self._lock:
             return copy.deepcopy(list(self._orders.values()))
 
-    def by_transaction_id(self, transaction_id: str) -> Order:
+    def by_transaction_id(self, transaction_id: str, sub_mchid: str | None = None) -> Order:
         with self._lock:
-            for order in self._orders.values():
-                if order.transaction_id == transaction_id:
+            scope = self._scope(sub_mchid)
+            for (s, _), order in self._orders.items():
+                if s == scope and order.transaction_id == transaction_id:
                     return copy.deepcopy(order)
         raise SandboxError(404, "ORDER_NOT_EXIST", "订单不存在")
 
-    def refund_of(self, out_refund_no: str) -> tuple[Order, Refund]:
+    def refund_of(self, out_refund_no: str, sub_mchid: str | None = None) -> tuple[Order, Refund]:
         with self._lock:
-            order, refund = self._find_refund(out_refund_no)
+            order, refund = self._find_refund(out_refund_no, sub_mchid)
             return copy.deepcopy(order), copy.deepcopy(refund)
 
-    def _get(self, out_trade_no: str) -> Order:
-        order = self._orders.get(out_trade_no)
+    def _get(self, out_trade_no: str, sub_mchid: str | None) -> Order:
+        order = self._orders.get((self._scope(sub_mchid), out_trade_no))
         if order is None:
             raise SandboxError(404, "ORDER_NOT_EXIST", "订单不存在")
         return order
 
-    def _find_refund(self, out_refund_no: str) -> tuple[Order, Refund]:
-        for order in self._orders.values():
-            if out_refund_no in order.refunds:
+    def _single(self, out_trade_no: str, sub_mchid: str | None) -> Order:
+        """An order that is not part of a combined order: those are paid and closed together."""
+        order = self._get(out_trade_no, sub_mchid)
+        if order.combine_out_trade_no is not None:
+            raise SandboxError(400, "INVALID_REQUEST", "合单的子单只能通过合单支付或关闭")
+        return order
+
+    def _combined_orders(self, combine_out_trade_no: str) -> list[Order]:
+        keys = self._combined.get(combine_out_trade_no)
+        if keys is None:
+            raise SandboxError(404, "ORDER_NOT_EXIST", "订单不存在")
+        return [self._orders[key] for key in keys]
+
+    def _find_refund(self, out_refund_no: str, sub_mchid: str | None) -> tuple[Order, Refund]:
+        scope = self._scope(sub_mchid)
+        for (s, _), order in self._orders.items():
+            if s == scope and out_refund_no in order.refunds:
                 return order, order.refunds[out_refund_no]
         raise SandboxError(404, "RESOURCE_NOT_EXISTS", "退款单不存在")
-
-    # -- what WeChat says about them -----------------------------------------------------------
-
-    def transaction(self, order: Order) -> dict[str, Any]:
-        """[protocol: The payment resource; Querying an order]; an order never paid has no transaction_id,
-        payer or success_time."""
-        desc = _TRADE_STATE_DESC.get(order.trade_state, order.trade_state)
-        if order.transaction_id is None:
-            return {
-                "amount": {"payer_currency": "CNY", "total": order.total},
-                "appid": self._appid,
-                "mchid": self._mchid,
-                "out_trade_no": order.out_trade_no,
-                "promotion_detail": [],
-                "scene_info": {"device_id": ""},
-                "trade_state": order.trade_state,
-                "trade_state_desc": desc,
-            }
-        resource = self._factory.transaction(
-            order.out_trade_no,
-            order.total,
-            transaction_id=order.transaction_id,
-            trade_state=order.trade_state,
-            success_time=order.success_time or rfc3339(self._clock()),
-            mchid=self._mchid,
-            appid=self._appid,
-            payer_total=order.payer_total,
-        )
-        resource["trade_state_desc"] = desc
-        return resource
-
-    def refund_resource(self, order: Order, refund: Refund) -> dict[str, Any]:
-        """[protocol: The refund resource]: the decrypted REFUND.* notification resource (state named
-        `refund_status`)."""
-        resource = self._factory.refund(
-            order.out_trade_no,
-            refund.out_refund_no,
-            refund.amount,
-            order.total,
-            refund_status=refund.status,
-            transaction_id=order.transaction_id or "",
-            refund_id=refund.refund_id,
-            mchid=self._mchid,
-        )
-        if refund.success_time is not None:
-            resource["success_time"] = refund.success_time
-        return resource
-
-    def refund_query(self, order: Order, refund: Refund) -> dict[str, Any]:
-        """[protocol: Querying a refund]: the refund query answer (state named `status`)."""
-        payer_total = order.total if order.payer_total is None else order.payer_total
-        body: dict[str, Any] = {
-            "amount": {
-                "currency": "CNY",
-                "discount_refund": 0,
-                "from": [],
-                "payer_refund": refund.amount,
-                "payer_total": payer_total,
-                "refund": refund.amount,
-                "refund_fee": 0,
-                "settlement_refund": refund.amount,
-                "settlement_total": order.total,
-                "total": order.total,
-            },
-            "channel": "ORIGINAL",
-            "create_time": refund.create_time,
-            "funds_account": "AVAILABLE",
-            "out_refund_no": refund.out_refund_no,
-            "out_trade_no": order.out_trade_no,
-            "promotion_detail": [],
-            "refund_id": refund.refund_id,
-            "status": refund.status,
-            "transaction_id": order.transaction_id,
-            "user_received_account": "支付用户零钱",
-        }
-        if refund.success_time is not None:
-            body["success_time"] = refund.success_time
-        return body

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import random
 import secrets
 import sys
 import threading
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +18,24 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from starlette.applications import Starlette
 
+from ledger.wechatpay.sandbox import resources
 from ledger.wechatpay.sandbox.api import ApiRequest, WeChatApi
 from ledger.wechatpay.sandbox.bills import BILL_FAULTS, BillBook
 from ledger.wechatpay.sandbox.control import control_routes
-from ledger.wechatpay.sandbox.delivery import RETRY_SCHEDULE, DeliveryAttempt, Notification, Notifier
+from ledger.wechatpay.sandbox.delivery import (
+    ANSWER_TIMEOUT,
+    RETRY_SCHEDULE,
+    DeliveryAttempt,
+    Notification,
+    Notifier,
+)
 from ledger.wechatpay.sandbox.keys import Signing, SigningKey, WeChatKeys
-from ledger.wechatpay.sandbox.orders import Order, OrderBook, SandboxError
-from ledger.wechatpay.sandbox.signer import Delivery, NotificationFactory, compact_json
+from ledger.wechatpay.sandbox.legacy import random_v2_key
+from ledger.wechatpay.sandbox.notices import APIS, Notices
+from ledger.wechatpay.sandbox.orders import Merchant, Order, OrderBook, SandboxError, SubOrder, rfc3339
+from ledger.wechatpay.sandbox.resources import Promotion
+from ledger.wechatpay.sandbox.signer import Delivery, NotificationFactory, serial_hex
+from ledger.wechatpay.v2 import MD5, SIGN_TYPES, check_v2_key
 
 __all__ = [
     "BILL_FAULTS",
@@ -39,14 +48,28 @@ __all__ = [
     "SandboxError",
     "Signing",
     "SigningKey",
+    "SubOrder",
     "run_sandbox",
 ]
 
-_SUMMARIES = {"REFUND.CLOSED": "退款关闭", "REFUND.ABNORMAL": "退款异常"}
+COUPON_TYPES = ("CASH", "NOCASH")
+REFUND_SOURCES = ("API", "VENDOR_PLATFORM")
+
+
+def _check_notification(api: str, sign_type: str = MD5, source: str = "API") -> None:
+    """Before anything changes: a notification that cannot be sent is refused with the request."""
+    if api not in APIS:
+        raise SandboxError(400, "PARAM_ERROR", f"api must be one of {', '.join(APIS)}")
+    if sign_type not in SIGN_TYPES:
+        raise SandboxError(400, "PARAM_ERROR", f"sign_type must be one of {', '.join(SIGN_TYPES)}")
+    if source not in REFUND_SOURCES:
+        raise SandboxError(400, "PARAM_ERROR", f"source must be one of {', '.join(REFUND_SOURCES)}")
 
 
 class Sandbox:
-    """A fake WeChat Pay for one merchant; serve `app` (uvicorn) to use it over HTTP."""
+    """A fake WeChat Pay for one merchant, or for a service provider and its sub-merchants (`sub_mchids`:
+    `mchid` and `appid` are then the provider's `sp_mchid` and `sp_appid`); serve `app` (uvicorn) to use
+    it over HTTP."""
 
     def __init__(
         self,
@@ -64,6 +87,10 @@ class Sandbox:
         seed: int | None = None,
         clock: Callable[[], float] = time.time,
         signing: Signing = "public_key",
+        sub_mchids: Sequence[str] = (),
+        v2_key: str | None = None,
+        v2_notify_url: str | None = None,
+        answer_timeout: float = ANSWER_TIMEOUT,
     ) -> None:
         for name, rate in (
             ("duplicate_rate", duplicate_rate),
@@ -74,20 +101,23 @@ class Sandbox:
                 raise ValueError(f"{name} is a probability between 0 and 1")
         self.mchid = mchid
         self.appid = appid
+        self.merchant = Merchant(mchid, appid, tuple(sub_mchids))
         self.factory = factory or NotificationFactory(mchid=mchid, appid=appid).with_certificate()
         self.merchant_private_key = merchant_private_key or rsa.generate_private_key(
             public_exponent=65537, key_size=2048
         )
         self.merchant_serial_no = (merchant_serial_no or secrets.token_hex(20)).upper()
+        self.v2_key = check_v2_key(v2_key, "v2_key") if v2_key is not None else random_v2_key()
         self.notify_url = notify_url
+        self.v2_notify_url = v2_notify_url
         self.drop_rate = drop_rate
         self.clock = clock
         self.signing: Signing = signing
         self._lock = threading.RLock()
         self._rng = random.Random(seed)
         self._keys = WeChatKeys(self.factory, clock)
-        self.orders = OrderBook(self.factory, mchid=mchid, appid=appid, rng=self._rng, clock=clock, lock=self._lock)
-        self.bills = BillBook(self.orders, mchid=mchid, appid=appid, clock=clock)
+        self.orders = OrderBook(self.merchant, rng=self._rng, clock=clock, lock=self._lock)
+        self.bills = BillBook(self.orders, clock=clock)
         self._notifier = Notifier(
             sign=self._sign_notification,
             probe=self.factory.probe,
@@ -95,12 +125,24 @@ class Sandbox:
             time_scale=time_scale,
             duplicate_rate=duplicate_rate,
             probe_rate=probe_rate,
+            answer_timeout=answer_timeout,
         )
+        self._notices = Notices(self, self._notifier, self._rng, self._lock)
         self._api = WeChatApi(self)
         self.app = Starlette(routes=[*self._api.routes(), *control_routes(self)], lifespan=self._lifespan)
 
     def __repr__(self) -> str:
-        return f"Sandbox(mchid={self.mchid!r}, notify_url={self.notify_url!r})"
+        return f"Sandbox(mchid={self.mchid!r}, sub_mchids={self.sub_mchids!r}, notify_url={self.notify_url!r})"
+
+    @property
+    def sub_mchids(self) -> tuple[str, ...]:
+        return self.merchant.sub_mchids
+
+    @property
+    def partner(self) -> bool:
+        """A service provider's sandbox ([next: Service-provider mode]): orders, queries, notifications and
+        bills name sub-merchants."""
+        return self.merchant.partner
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -110,16 +152,51 @@ class Sandbox:
     # -- orders --------------------------------------------------------------------------------
 
     def create_order(
-        self, out_trade_no: str, total: int, description: str = "", *, notify_url: str | None = None
+        self,
+        out_trade_no: str,
+        total: int,
+        description: str = "",
+        *,
+        notify_url: str | None = None,
+        sub_mchid: str | None = None,
+        sub_appid: str | None = None,
+        attach: str = "",
     ) -> Order:
-        """A NOTPAY order; `notify_url` overrides the sandbox's for its notifications."""
-        return self.orders.create(out_trade_no, total, description, notify_url)
+        """A NOTPAY order; `notify_url` overrides the sandbox's for its notifications. A provider's order
+        names its sub-merchant (and, if given, the sub-merchant's appid)."""
+        return self.orders.create(
+            out_trade_no, total, description, notify_url, sub_mchid=sub_mchid, sub_appid=sub_appid, attach=attach
+        )
 
-    def pay(self, out_trade_no: str, *, notify: bool = True, drop: bool = False, payer_total: int | None = None) -> str:
-        """The user pays: SUCCESS, a new transaction_id, and a TRANSACTION.SUCCESS notification."""
-        order = self.orders.pay(out_trade_no, payer_total)
+    def pay(
+        self,
+        out_trade_no: str,
+        *,
+        notify: bool = True,
+        drop: bool = False,
+        payer_total: int | None = None,
+        sub_mchid: str | None = None,
+        discount: int = 0,
+        coupon_type: str = "CASH",
+        api: str = "v3",
+        sign_type: str = MD5,
+    ) -> str:
+        """The user pays: SUCCESS, a new transaction_id, and a TRANSACTION.SUCCESS notification (APIv3, or
+        APIv2 XML to `v2_notify_url` signed with `sign_type`). A `discount` (fen) is a coupon of
+        `coupon_type` ([protocol: The payment resource] `promotion_detail`): the payer pays the total less it."""
+        _check_notification(api, sign_type)
+        promotions: tuple[Promotion, ...] = ()
+        if discount:
+            if coupon_type not in COUPON_TYPES:
+                raise SandboxError(400, "PARAM_ERROR", f"coupon_type must be one of {', '.join(COUPON_TYPES)}")
+            if isinstance(discount, bool) or not isinstance(discount, int) or discount < 0:
+                raise SandboxError(400, "PARAM_ERROR", "discount must be a positive integer (fen)")
+            with self._lock:
+                coupon_id = f"{self._rng.randrange(10**10):010d}"
+            promotions = (Promotion(discount, coupon_type, coupon_id=coupon_id),)
+        order = self.orders.pay(out_trade_no, payer_total, sub_mchid=sub_mchid, promotions=promotions)
         if notify:
-            self._notify(order, self.orders.transaction(order), "TRANSACTION.SUCCESS", drop)
+            self._notices.payment(order, drop=drop, api=api, sign_type=sign_type)
         assert order.transaction_id is not None
         return order.transaction_id
 
@@ -132,56 +209,114 @@ class Sandbox:
         status: str = "SUCCESS",
         notify: bool = True,
         drop: bool = False,
+        sub_mchid: str | None = None,
+        api: str = "v3",
+        source: str = "API",
     ) -> str:
-        """A (partial) refund ending in `status`; PROCESSING waits for `complete_refund`."""
-        order, refund = self.orders.refund(out_trade_no, out_refund_no, amount, status)
+        """A (partial) refund ending in `status`; PROCESSING waits for `complete_refund`. With api "v2" the
+        notification is APIv2 XML (as for a refund made in the merchant console, `source` VENDOR_PLATFORM)."""
+        _check_notification(api, source=source)
+        order, refund = self.orders.refund(out_trade_no, out_refund_no, amount, status, sub_mchid=sub_mchid)
         if notify and status != "PROCESSING":
-            resource = self.orders.refund_resource(order, refund)
-            self._notify(order, resource, f"REFUND.{status}", drop, refund.out_refund_no)
+            self._notices.refund(order, refund, drop=drop, api=api, source=source)
         return refund.refund_id
 
     def complete_refund(
-        self, out_refund_no: str, status: str = "SUCCESS", *, notify: bool = True, drop: bool = False
+        self,
+        out_refund_no: str,
+        status: str = "SUCCESS",
+        *,
+        notify: bool = True,
+        drop: bool = False,
+        sub_mchid: str | None = None,
+        api: str = "v3",
     ) -> None:
-        order, refund = self.orders.complete_refund(out_refund_no, status)
+        _check_notification(api)
+        order, refund = self.orders.complete_refund(out_refund_no, status, sub_mchid=sub_mchid)
         if notify:
-            resource = self.orders.refund_resource(order, refund)
-            self._notify(order, resource, f"REFUND.{status}", drop, refund.out_refund_no)
+            self._notices.refund(order, refund, drop=drop, api=api)
 
-    def close(self, out_trade_no: str) -> None:
-        self.orders.close(out_trade_no)
+    def close(self, out_trade_no: str, *, sub_mchid: str | None = None) -> None:
+        self.orders.close(out_trade_no, sub_mchid=sub_mchid)
+
+    # -- combined orders ([next: Combined payments]) ---------------------------------------------
+
+    def create_combined_order(
+        self, combine_out_trade_no: str, sub_orders: Sequence[SubOrder], *, notify_url: str | None = None
+    ) -> list[Order]:
+        """A NOTPAY combined order: each sub-order an order of its own (under its `sub_mchid` for a provider)."""
+        return self.orders.create_combined(combine_out_trade_no, sub_orders, notify_url)
+
+    def pay_combined_order(self, combine_out_trade_no: str, *, notify: bool = True, drop: bool = False) -> list[str]:
+        """Every sub-order paid together, told in ONE notification; their transaction_ids, in order."""
+        orders = self.orders.pay_combined(combine_out_trade_no)
+        if notify:
+            self._notices.combined(orders, drop=drop)
+        return [order.transaction_id or "" for order in orders]
+
+    def close_combined_order(self, combine_out_trade_no: str) -> None:
+        self.orders.close_combined(combine_out_trade_no)
 
     # -- notifications -------------------------------------------------------------------------
 
-    def _notify(
+    def notify_other(
         self,
-        order: Order,
-        resource: dict[str, Any],
         event_type: str,
-        drop: bool,
-        out_refund_no: str | None = None,
-    ) -> None:
-        with self._lock:
-            notification_id = str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
-            seed = self._rng.getrandbits(64)
-            dropped = self._rng.random() < self.drop_rate or drop
-        body = self.factory.envelope(resource, event_type, notification_id=notification_id)
-        if event_type in _SUMMARIES:
-            envelope = json.loads(body)
-            envelope["summary"] = _SUMMARIES[event_type]
-            body = compact_json(envelope)
-        self._notifier.schedule(
-            Notification(
-                id=notification_id,
-                event_type=event_type,
-                body=body,
-                url=order.notify_url or self.notify_url,
-                seed=seed,
-                dropped=dropped,
-                out_trade_no=order.out_trade_no,
-                out_refund_no=out_refund_no,
-            )
+        resource: dict[str, Any],
+        *,
+        original_type: str | None = None,
+        summary: str | None = None,
+        url: str | None = None,
+        drop: bool = False,
+    ) -> str:
+        """Send a verified APIv3 notification of any type ([next: Other notification types]: complaints,
+        profit-sharing, payouts…) with `resource` encrypted; `url` defaults to `notify_url`. Returns the
+        notification id."""
+        return self._notices.other(
+            event_type, resource, original_type=original_type, summary=summary, url=url, drop=drop
         )
+
+    def complain(
+        self, action_type: str = "CREATE_COMPLAINT", *, complaint_id: str | None = None, drop: bool = False
+    ) -> str:
+        """A COMPLAINT.CREATE (or, for any other `action_type`, COMPLAINT.STATE_CHANGE) notification, retried on
+        the complaints' own schedule. Returns the complaint id."""
+        if complaint_id is None:
+            with self._lock:
+                complaint_id = f"2002{self._rng.randrange(10**23):023d}"
+        event_type = "COMPLAINT.CREATE" if action_type == "CREATE_COMPLAINT" else "COMPLAINT.STATE_CHANGE"
+        self.notify_other(event_type, resources.complaint(complaint_id, action_type), drop=drop)
+        return complaint_id
+
+    def share_profit(
+        self,
+        out_trade_no: str,
+        amount: int,
+        *,
+        sub_mchid: str | None = None,
+        receiver_account: str = "1900000110",
+        out_order_no: str | None = None,
+        returned: bool = False,
+        drop: bool = False,
+    ) -> str:
+        """A PROFITSHARING.SUCCESS (or .RETURN) notification about a paid order, as a receiver gets it.
+        Returns the notification id."""
+        order = self.orders.order(out_trade_no, sub_mchid)
+        if order.transaction_id is None:
+            raise SandboxError(400, "INVALID_REQUEST", "订单未支付，不能分账")
+        with self._lock:
+            order_id = f"3008{self._rng.randrange(10**24):024d}"
+        resource = resources.profit_sharing(
+            self.merchant.party(order),
+            transaction_id=order.transaction_id,
+            order_id=order_id,
+            out_order_no=out_order_no or f"P{order_id[-20:]}",
+            receiver_account=receiver_account,
+            amount=amount,
+            success_time=rfc3339(self.clock()),
+            description="分账回退" if returned else "分给商户",
+        )
+        return self.notify_other("PROFITSHARING.RETURN" if returned else "PROFITSHARING.SUCCESS", resource, drop=drop)
 
     def _sign_notification(self, body: bytes) -> Delivery:
         key = self.signing_key()
@@ -258,7 +393,9 @@ class Sandbox:
     # -- the ledger's side ---------------------------------------------------------------------
 
     def write_ledger_config(self, folder: Path, base_url: str) -> dict[str, str]:
-        """Write the key files a ledger needs into `folder`, and `folder/env`; return the env."""
+        """Write the key files a ledger needs into `folder`, and `folder/env`; return the env. It names
+        the APIv2 key (`WECHATPAY_V2_KEY`) and, for a provider, `WECHATPAY_MODE=partner` and its
+        `WECHATPAY_SUB_MCHIDS`."""
         folder.mkdir(parents=True, exist_ok=True)
         folder = folder.resolve()
         env = self.factory.write_keys(folder)
@@ -268,7 +405,7 @@ class Sandbox:
             cert_dir.mkdir(exist_ok=True)
             for cert in certificates:
                 pem = cert.public_bytes(serialization.Encoding.PEM)
-                (cert_dir / f"{format(cert.serial_number, 'X')}.pem").write_bytes(pem)
+                (cert_dir / f"{serial_hex(cert.serial_number)}.pem").write_bytes(pem)
             env["WECHATPAY_PLATFORM_CERT_DIR"] = str(cert_dir)
         key_file = folder / "apiclient_key.pem"
         key_file.write_bytes(
@@ -283,7 +420,10 @@ class Sandbox:
             WECHATPAY_MERCHANT_SERIAL_NO=self.merchant_serial_no,
             WECHATPAY_MERCHANT_PRIVATE_KEY_FILE=str(key_file),
             WECHATPAY_API_BASE_URL=base_url.rstrip("/"),
+            WECHATPAY_V2_KEY=self.v2_key,
         )
+        if self.partner:
+            env.update(WECHATPAY_MODE="partner", WECHATPAY_SUB_MCHIDS=",".join(self.sub_mchids))
         env_file = folder / "env"
         env_file.write_text("".join(f"{k}={v}\n" for k, v in sorted(env.items())))
         env_file.chmod(0o600)
@@ -301,6 +441,9 @@ def run_sandbox(
     drop_rate: float = 0.0,
     *,
     seed: int | None = None,
+    signing: Signing = "public_key",
+    sub_mchids: Sequence[str] = (),
+    v2_notify_url: str | None = None,
 ) -> None:
     """Serve a new sandbox until interrupted, after writing the ledger's configuration."""
     import uvicorn
@@ -312,17 +455,26 @@ def run_sandbox(
         probe_rate=probe_rate,
         drop_rate=drop_rate,
         seed=seed,
+        signing=signing,
+        sub_mchids=sub_mchids,
+        v2_notify_url=v2_notify_url,
     )
     base_url = f"http://{host}:{port}"
     sandbox.write_ledger_config(Path(folder), base_url)
     env_file = Path(folder).resolve() / "env"
+    who = f"service provider {sandbox.mchid}, sub-merchants {', '.join(sandbox.sub_mchids)}"
+    key = sandbox.signing_key()
     print(
-        f"payledger sandbox: fake WeChat Pay on {base_url} (mchid {sandbox.mchid})\n"
+        f"payledger sandbox: fake WeChat Pay on {base_url} ({who if sandbox.partner else f'mchid {sandbox.mchid}'})\n"
+        f"payledger sandbox: signs with {key.serial} ({signing.replace('_', ' ')})\n"
         f"payledger sandbox: ledger configuration in {env_file.parent}\n"
         f"payledger sandbox: environment file {env_file}  (e.g. set -a; . {env_file}; set +a)\n"
         f"payledger sandbox: notifications to {notify_url or '(none: set notify_url per order)'}\n"
+        f"payledger sandbox: APIv2 notifications to {v2_notify_url or '(none)'}\n"
         f"payledger sandbox: control  POST {base_url}/sandbox/orders "
-        '{"out_trade_no":"ORDER-0001","amount_total":100}',
+        '{"out_trade_no":"ORDER-0001","amount_total":100'
+        + (f',"sub_mchid":"{sandbox.sub_mchids[0]}"' if sandbox.partner else "")
+        + "}",
         file=sys.stderr,
     )
     uvicorn.run(sandbox.app, host=host, port=port, log_level="warning")

@@ -22,12 +22,41 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from ledger.wechatpay import aead
-from ledger.wechatpay.keys import KeyStore, PlatformCertificate
+from ledger.wechatpay.keys import PUBLIC_KEY_ID_PREFIX, KeyStore, PlatformCertificate
+from ledger.wechatpay.sandbox import resources
+from ledger.wechatpay.sandbox.resources import Party, Promotion
 from ledger.wechatpay.signature import SIGNATURE_TYPE, build_message, new_nonce, sign
 
-__all__ = ["Delivery", "NotificationFactory", "compact_json", "random_apiv3_key"]
+__all__ = [
+    "Delivery",
+    "NotificationFactory",
+    "compact_json",
+    "original_type_of",
+    "random_apiv3_key",
+    "random_certificate_serial",
+    "random_public_key_id",
+    "serial_hex",
+]
 
 CST = dt.timezone(dt.timedelta(hours=8))
+SUMMARIES = {
+    "TRANSACTION.SUCCESS": "支付成功",
+    "REFUND.SUCCESS": "退款成功",
+    "REFUND.CLOSED": "退款关闭",
+    "REFUND.ABNORMAL": "退款异常",
+    "COMPLAINT.CREATE": "投诉单创建通知",
+    "COMPLAINT.STATE_CHANGE": "投诉单状态变更通知",
+    "PROFITSHARING.SUCCESS": "分账",
+    "PROFITSHARING.RETURN": "分账回退",
+}
+# [next: Other notification types]: the `original_type` (and the sandbox's AAD) of each family of event types.
+_ORIGINAL_TYPES = {
+    "TRANSACTION": "transaction",
+    "REFUND": "refund",
+    "COMPLAINT": "complaint",
+    "PROFITSHARING": "profitsharing",
+    "MCHTRANSFER": "mch_payment",
+}
 
 
 def compact_json(value: Any) -> bytes:
@@ -37,6 +66,26 @@ def compact_json(value: Any) -> bytes:
 def random_apiv3_key() -> str:
     alphabet = string.ascii_letters + string.digits
     return "".join(secrets.choice(alphabet) for _ in range(32))
+
+
+def random_public_key_id() -> str:
+    """`PUB_KEY_ID_` and 34 digits, like WeChat's ([protocol: Which key signed it]'s example)."""
+    return f"{PUBLIC_KEY_ID_PREFIX}{secrets.randbelow(10**34):034d}"
+
+
+def random_certificate_serial() -> int:
+    """A serial that is 40 hex digits long without padding (below 2**159, as X.509 allows)."""
+    return 16**39 + secrets.randbelow(2**159 - 16**39)
+
+
+def serial_hex(serial: int) -> str:
+    """A certificate serial as WeChat writes it: 40 uppercase hex digits, leading zeros kept."""
+    return format(serial, "040X")
+
+
+def original_type_of(event_type: str) -> str:
+    family = event_type.partition(".")[0]
+    return _ORIGINAL_TYPES.get(family, family.lower())
 
 
 def _self_signed_certificate(key: rsa.RSAPrivateKey, serial: int, days: int, start: dt.datetime) -> x509.Certificate:
@@ -69,23 +118,27 @@ class NotificationFactory:
     mchid: str = "1900000109"
     appid: str = "wxd678efh567hg6787"
     apiv3_key: str = field(default_factory=random_apiv3_key)
-    public_key_id: str = field(default_factory=lambda: f"PUB_KEY_ID_{secrets.randbelow(10**30):030d}")
+    public_key_id: str = field(default_factory=random_public_key_id)
     private_key: rsa.RSAPrivateKey = field(
         default_factory=lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048)
     )
     certificate: x509.Certificate | None = None
 
-    def with_certificate(self, days: int = 365, start: dt.datetime | None = None) -> NotificationFactory:
-        """Also act as a platform certificate (same key), selectable by its serial."""
+    def with_certificate(
+        self, days: int = 365, start: dt.datetime | None = None, *, serial: int | None = None
+    ) -> NotificationFactory:
+        """Also act as a platform certificate (same key), selectable by its serial (random unless given)."""
         start = start or dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
-        self.certificate = _self_signed_certificate(self.private_key, x509.random_serial_number(), days, start)
+        serial = random_certificate_serial() if serial is None else serial
+        self.certificate = _self_signed_certificate(self.private_key, serial, days, start)
         return self
 
     @property
     def certificate_serial(self) -> str:
+        """40 uppercase hex digits, leading zeros kept ([protocol: Which key signed it])."""
         if self.certificate is None:
             raise ValueError("no certificate: call with_certificate() first")
-        return format(self.certificate.serial_number, "X")
+        return serial_hex(self.certificate.serial_number)
 
     @property
     def public_key_pem(self) -> bytes:
@@ -134,26 +187,25 @@ class NotificationFactory:
         mchid: str | None = None,
         appid: str | None = None,
         payer_total: int | None = None,
+        sub_mchid: str | None = None,
+        sub_appid: str | None = None,
+        bank_type: str = "OTHERS",
+        attach: str = "",
+        promotions: tuple[Promotion, ...] = (),
     ) -> dict[str, Any]:
-        return {
-            "mchid": mchid or self.mchid,
-            "appid": appid or self.appid,
-            "out_trade_no": out_trade_no,
-            "transaction_id": transaction_id or f"42000{secrets.randbelow(10**23):023d}",
-            "trade_type": "JSAPI",
-            "trade_state": trade_state,
-            "trade_state_desc": "支付成功",
-            "bank_type": "OTHERS",
-            "attach": "",
-            "success_time": success_time,
-            "payer": {"openid": "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"},
-            "amount": {
-                "total": total,
-                "payer_total": total if payer_total is None else payer_total,
-                "currency": "CNY",
-                "payer_currency": "CNY",
-            },
-        }
+        """A paid transaction; with `sub_mchid`, the partner shape (`mchid`/`appid` are then the provider's)."""
+        return resources.transaction(
+            Party(mchid or self.mchid, appid or self.appid, sub_mchid, sub_appid),
+            out_trade_no,
+            total,
+            transaction_id=transaction_id or f"42000{secrets.randbelow(10**23):023d}",
+            success_time=success_time,
+            trade_state=trade_state,
+            payer_total=payer_total,
+            bank_type=bank_type,
+            attach=attach,
+            promotions=promotions,
+        )
 
     def refund(
         self,
@@ -166,20 +218,30 @@ class NotificationFactory:
         transaction_id: str = "4200000000002104083200000488",
         refund_id: str | None = None,
         mchid: str | None = None,
+        sub_mchid: str | None = None,
+        success_time: str | None = None,
+        user_received_account: str = "支付用户零钱",
+        payer_total: int | None = None,
+        payer_refund: int | None = None,
     ) -> dict[str, Any]:
-        resource: dict[str, Any] = {
-            "mchid": mchid or self.mchid,
-            "transaction_id": transaction_id,
-            "out_trade_no": out_trade_no,
-            "refund_id": refund_id or f"5030{secrets.randbelow(10**25):025d}",
-            "out_refund_no": out_refund_no,
-            "refund_status": refund_status,
-            "user_received_account": "支付用户零钱",
-            "amount": {"total": total, "refund": refund, "payer_total": total, "payer_refund": refund},
-        }
-        if refund_status == "SUCCESS":
-            resource["success_time"] = "2026-11-27T11:00:00+08:00"
-        return resource
+        """A refund resource; `success_time` (a fixed one unless given) only when SUCCESS; with
+        `sub_mchid`, the partner shape."""
+        if refund_status == "SUCCESS" and success_time is None:
+            success_time = "2026-11-27T11:00:00+08:00"
+        return resources.refund(
+            Party(mchid or self.mchid, self.appid, sub_mchid),
+            out_trade_no,
+            out_refund_no,
+            refund,
+            total,
+            transaction_id=transaction_id,
+            refund_id=refund_id or f"5030{secrets.randbelow(10**25):025d}",
+            refund_status=refund_status,
+            success_time=success_time if refund_status == "SUCCESS" else None,
+            user_received_account=user_received_account,
+            payer_total=payer_total,
+            payer_refund=payer_refund,
+        )
 
     # -- envelopes and deliveries ([protocol: The envelope; The signed message]) -----------------------------
 
@@ -192,19 +254,23 @@ class NotificationFactory:
         nonce: str | None = None,
         associated_data: str | None = None,
         apiv3_key: str | None = None,
+        original_type: str | None = None,
+        summary: str | None = None,
+        create_time: str | None = None,
     ) -> bytes:
-        original_type = "refund" if event_type.startswith("REFUND.") else "transaction"
+        """The compact envelope (D2's key order) around the encrypted `resource`; the AAD is the
+        `original_type` unless given, which follows the event type ([next: Other notification types]) unless given."""
+        original_type = original_type or original_type_of(event_type)
         aad = original_type if associated_data is None else associated_data
         resource_nonce = nonce or new_nonce(12)
         key = (apiv3_key or self.apiv3_key).encode()
-        summary = {"TRANSACTION.SUCCESS": "支付成功", "REFUND.SUCCESS": "退款成功"}.get(event_type, "通知")
         return compact_json(
             {
                 "id": notification_id or str(uuid.uuid4()),
-                "create_time": dt.datetime.now(CST).replace(microsecond=0).isoformat(),
+                "create_time": create_time or dt.datetime.now(CST).replace(microsecond=0).isoformat(),
                 "resource_type": "encrypt-resource",
                 "event_type": event_type,
-                "summary": summary,
+                "summary": SUMMARIES.get(event_type, "通知") if summary is None else summary,
                 "resource": {
                     "original_type": original_type,
                     "algorithm": aead.ALGORITHM,
