@@ -23,6 +23,8 @@ import httpx
 
 from ledger.application import Ledger, build_ledger
 from ledger.audit.integrity import Report, check_all, check_order
+from ledger.domain import PaymentOrder
+from ledger.errors import OrderNotFound
 from ledger.groupcommit import GroupCommitter
 from ledger.settings import MerchantSettings, Settings
 from ledger.status_query import OrderQuery
@@ -98,6 +100,16 @@ class Services:
         """Ask WeChat Pay about an order now and record the answer as evidence."""
         clients = {mchid: m.client for mchid, m in self.merchants.items() if m.client is not None}
         return OrderQuery(self.ledger, clients, {mchid: m.appid for mchid, m in self.merchants.items()})
+
+    def query_order(self, mchid: str, out_trade_no: str, sub_mchid: str | None = None) -> PaymentOrder:
+        """`POST /orders/{no}/query`, the operator's re-query, `payledger query`: ask about the order as it
+        was registered, a combined payment's sub-order through its combination (as the reconciler
+        does); an order the ledger has never heard of by its number."""
+        try:
+            combine_out_trade_no = self.ledger.get_order(mchid, out_trade_no, sub_mchid).combine_out_trade_no
+        except OrderNotFound:
+            combine_out_trade_no = None
+        return self.query(mchid, out_trade_no, sub_mchid=sub_mchid, combine_out_trade_no=combine_out_trade_no)
 
     @cached_property
     def database(self) -> Database:

@@ -252,6 +252,6 @@ async def query_order(request: Request) -> Response:
     mchid = mchid_param(state, request.query_params.get("mchid"))
     sub_mchid = sub_mchid_param(state, mchid, request.query_params.get("sub_mchid"))
     order = await anyio.to_thread.run_sync(
-        lambda: state.services.query(mchid, out_trade_no, sub_mchid=sub_mchid), limiter=state.limiter
+        lambda: state.services.query_order(mchid, out_trade_no, sub_mchid), limiter=state.limiter
     )
     return LedgerJSONResponse(order.summary())

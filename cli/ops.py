@@ -20,7 +20,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     sub_mchid = order_of(settings, mchid, args.sub_mchid)
     services = bootstrap(settings)
     try:
-        order = services.query(mchid, args.out_trade_no, sub_mchid=sub_mchid)
+        order = services.query_order(mchid, args.out_trade_no, sub_mchid)
     finally:
         services.close()
     print_json(order.summary())

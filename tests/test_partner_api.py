@@ -26,11 +26,9 @@ import pytest
 
 from ledger.application import Ledger
 from ledger.domain import PaymentOrder
-from ledger.errors import ReadModelOutdated, ResponseUntrusted
+from ledger.errors import ReadModelOutdated
 from ledger.identity import order_id
-from ledger.status_query import OrderQuery
 from ledger.store.sql import Database
-from ledger.wechatpay.client import WeChatPayResponse
 from ledger.wechatpay.sandbox.signer import NotificationFactory
 from projections.bills.facts import OrdersViewFacts
 from projections.bills.reports import BillReports, FeeLine
@@ -43,6 +41,7 @@ from projections.webhooks.projection import message_data
 from projections.webhooks.schema import outbox_url
 from tests.support.cli import clean_env, payledger
 from tests.support.constants import APPID, MCHID
+from tests.support.fakes import FakeWeChat
 from tests.support.projectors import project_until_caught_up, run_outbox
 from tests.support.servers import ledger_app, serve
 
@@ -264,18 +263,24 @@ def test_a_sub_merchant_outside_the_list_that_wechat_notifies_is_readable_and_fl
     assert [a["kind"] for a in order["anomalies"]] == ["sub_mchid_unknown"]
 
 
-def test_the_query_route_asks_for_the_sub_merchants_order(sp: Provider) -> None:
-    two_sub_merchants(sp)
-    asked: list[tuple[str, str, str | None]] = []
+def test_the_query_route_asks_about_the_sub_merchants_order_as_registered(sp: Provider) -> None:
+    for sub_mchid in (SUB_A, SUB_B):
+        assert sp.register("PARTNER-0004", 100, sub_mchid=sub_mchid).status_code == 201
+    sp.register(COMBINED_A, 10, sub_mchid=SUB_A, combine_out_trade_no=COMBINE_NO)
+    wechat = FakeWeChat(sp.ledger, {"PARTNER-0004": "SUCCESS"})
+    sp.app.state.app_state.services.__dict__["query"] = wechat  # what `Services.query` is, answering SUCCESS
 
-    def query(mchid: str, out_trade_no: str, *, sub_mchid: str | None = None) -> PaymentOrder:
-        asked.append((mchid, out_trade_no, sub_mchid))
-        return sp.ledger.get_order(mchid, out_trade_no, sub_mchid)
-
-    sp.app.state.app_state.services.__dict__["query"] = query  # what `Services.query` would call
-    answer = sp.client.post(f"/orders/{NO}/query", params={"sub_mchid": SUB_B})
-    assert (answer.status_code, answer.json()["paid_total"], answer.json()["sub_mchid"]) == (200, 300, SUB_B)
-    assert asked == [(SP, NO, SUB_B)]
+    answer = sp.client.post("/orders/PARTNER-0004/query", params={"sub_mchid": SUB_B})
+    assert answer.status_code == 200
+    assert (answer.json()["sub_mchid"], answer.json()["trade_state"], answer.json()["anomalies"]) == (
+        SUB_B,
+        "SUCCESS",
+        [],
+    )
+    assert sp.order("PARTNER-0004", sub_mchid=SUB_A).json()["trade_state"] == "NOTPAY"  # the other one
+    # A combined payment's sub-order is asked about as registered: through its combination.
+    assert sp.client.post(f"/orders/{COMBINED_A}/query", params={"sub_mchid": SUB_A}).status_code == 200
+    assert wechat.asked == [(SP, "PARTNER-0004", SUB_B, None), (SP, COMBINED_A, SUB_A, COMBINE_NO)]
 
 
 def test_a_combined_notification_is_two_orders_each_with_its_own_amount(sp: Provider) -> None:
@@ -446,36 +451,6 @@ def test_an_orders_bill_fee_is_its_own_lines_when_two_sub_merchants_share_its_nu
     a, b = sp.order(NO, sub_mchid=SUB_A).json(), sp.order(NO, sub_mchid=SUB_B).json()
     assert (a["fee_fen"], a["net_fen"]) == ("60.000", "0.000")  # 100 paid, 40 refunded, 60 fee
     assert (b["fee_fen"], b["net_fen"]) == ("180.000", "120.000")
-
-
-# -- the status query ----------------------------------------------------------------------------------
-
-
-class _PartnerAnswers:
-    """A WeChat Pay client answering a partner order query with `data`."""
-
-    def __init__(self, data: dict[str, Any]) -> None:
-        self.data = data
-
-    def query_by_out_trade_no(self, out_trade_no: str) -> WeChatPayResponse:
-        body = json.dumps(self.data).encode()
-        return WeChatPayResponse(200, body, {}, "PUB_KEY_ID_1", self.data, "req-1", dt.datetime.now(dt.UTC))
-
-
-def test_a_partner_query_answer_is_recorded_for_the_sub_merchant_it_names(
-    ledger_factory: Any,
-) -> None:
-    ledger = ledger_factory()
-    ledger.register_order(SP, NO, 300, sub_mchid=SUB_B)
-    answer = partner_payment(SUB_B, NO, 300, TID_B)
-    order = OrderQuery(ledger, {SP: _PartnerAnswers(answer)}, {SP: APPID})(SP, NO, sub_mchid=SUB_B)
-    assert (order.sub_mchid, order.paid_total, order.transaction_id) == (SUB_B, 300, TID_B)
-    assert ledger.get_order(SP, NO, SUB_B).paid
-    for other in ({**answer, "sub_mchid": SUB_A}, {**answer, "sp_mchid": OTHER}, {**answer, "out_trade_no": "X-0001"}):
-        with pytest.raises(ResponseUntrusted):
-            OrderQuery(ledger, {SP: _PartnerAnswers(other)}, {SP: APPID})(SP, NO, sub_mchid=SUB_B)
-    with pytest.raises(ResponseUntrusted):  # a direct query is not answered by a partner resource
-        OrderQuery(ledger, {SP: _PartnerAnswers(answer)}, {SP: APPID})(SP, NO)
 
 
 # -- upgrading a view made before sub-merchants -----------------------------------------------------

@@ -307,7 +307,7 @@ class OperatorPages:
             return self.page(request, "message.html", 400, access=access, message="Not an out_trade_no.")
         try:
             order = await anyio.to_thread.run_sync(
-                lambda: state.services.query(mchid, no, sub_mchid=sub_mchid), limiter=state.limiter
+                lambda: state.services.query_order(mchid, no, sub_mchid), limiter=state.limiter
             )
         except WeChatPayError as exc:
             answer = answer_for(exc)
