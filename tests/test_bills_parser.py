@@ -4,15 +4,21 @@ naming its line, and memory that stays flat however long the bill."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import io
+import re
 import tracemalloc
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import FrozenInstanceError
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from api.errors import answer_for
 from ledger.errors import BillMalformed, LedgerError
@@ -486,3 +492,146 @@ def test_a_200000_row_bill_is_read_in_flat_memory() -> None:
         24_600_000,
     )
     assert peak < 2 * 1024 * 1024, f"peak {peak} bytes: the rows are being kept"
+
+
+# -- what the fast paths read is what the patterns and Decimal say ---------------------------------------------------
+# The parser converts amounts by integer arithmetic and WeChat's times in C, and reads a chunk's lines at once; these
+# compare it, on generated values, with the rule written out plainly, and check that refusals keep their line order.
+
+_YUAN_RULE = re.compile(r"-?\d+(?:\.\d{1,2})?")
+_NUMBER_RULE = re.compile(r"-?\d+(?:\.\d+)?")
+_TIME_RULE = re.compile(r"(\d{4})-(\d{1,2})-(\d{1,2})[ T]+(\d{1,2}):(\d{1,2}):(\d{1,2})")
+_WIDE_RULE = str.maketrans({"：": ":", "\u3000": " ", "（": "(", "）": ")"})
+
+
+def _fen_by_rule(text: str) -> int | str:
+    """Fen as Decimal computes them, or the refusal: [protocol: The trade bill's format], amounts in yuan."""
+    value = text.strip()
+    if not _YUAN_RULE.fullmatch(value):
+        return "more than 2 decimals" if _NUMBER_RULE.fullmatch(value) else "not an amount"
+    return int(Decimal(value) * 100)
+
+
+def _time_by_rule(text: str) -> datetime | str:
+    value = text.translate(_WIDE_RULE).strip()
+    if not value:
+        return "no time"
+    found = _TIME_RULE.fullmatch(value)
+    try:
+        if found is None:
+            raise ValueError(value)
+        year, month, day, hour, minute, second = map(int, found.groups())
+        return datetime(year, month, day, hour, minute, second, tzinfo=BEIJING)
+    except ValueError:
+        return "not a time"
+
+
+_AMOUNT_EDGES = ["0.00", "-0.50", "1234567.89", "1,000.00", "1.5", "-0", "00.10", "1.", ".5", "+1.00", "1_000.00",
+                 " 1.00 ", "1e2", "NaN", "Infinity", "-", "", "--1", "1.2.3", "١٢٣.٤٥", "1.00\u3000", "9" * 27,
+                 "9" * 26 + ".99", "-" + "9" * 30 + ".9"]  # fmt: skip
+_AMOUNTS = st.one_of(
+    st.sampled_from(_AMOUNT_EDGES),
+    st.builds(
+        lambda sign, whole, point, cents: f"{sign}{whole}{point}{cents}",
+        st.sampled_from(["", "-"]),
+        st.one_of(st.integers(0, 10**12).map(str), st.from_regex(r"[0-9]{1,30}", fullmatch=True)),
+        st.sampled_from([".", ""]),
+        st.from_regex(r"[0-9]{0,4}", fullmatch=True),
+    ),
+    st.text(alphabet="0123456789-.,+_ e\u0663\u3000", max_size=14),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_AMOUNTS)
+def test_an_amount_is_the_fen_decimal_makes_of_it_or_refused_as_before(text: str) -> None:
+    expected = _fen_by_rule(text)
+    rows = iter(read_trade_bill([_all_bill(_all_row("ORD00001", text))]))  # the summary is not reached
+    if isinstance(expected, str):
+        with pytest.raises(BillMalformed, match=f"^line 2, column 应结订单金额: {expected}$"):
+            next(rows)
+    else:
+        row = next(rows)
+        assert (row.settlement_total_fen, row.amount_total_fen) == (expected, expected)
+
+
+_TIME_EDGES = ["2024-05-20 10:15:32", "2024-05-20T10:15:32", "2024-5-20 9:05:03", "2024-05-20  10:15:32",
+               "2024-05-20 10：15：32", "2024-05-20\u300010:15:32", " 2024-05-20 10:15:32 ", "2024-13-20 10:15:32",
+               "2024-02-30 10:15:32", "2024-02-29 23:59:59", "2024-05-20 24:00:00", "2024-05-20 10:15:60",
+               "0000-05-20 10:15:32", "2024-05-20x10:15:32", "2024-W21-1 10:15:32", "2024-05-20 10:15",
+               "2024-05-2T 1:15:32", "2024-05-20 T1:15:32", "٢٠٢٤-٠٥-٢٠ 10:15:32", "2024-05-20 10:15:32.5", "",
+               "  "]  # fmt: skip
+_TIMES = st.one_of(
+    st.sampled_from(_TIME_EDGES),
+    st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31)).map(
+        lambda when: f"{when.year:04}-{when.month:02}-{when.day:02} {when:%H:%M:%S}"
+    ),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_TIMES, min_size=1, max_size=6))
+def test_times_row_after_row_are_what_the_pattern_makes_of_them_in_beijing(texts: list[str]) -> None:
+    original = _all_row("ORD00001", "1.00")
+    lines = [original.replace("2024-05-20 10:15:32", text, 1) for text in texts]
+    rows = iter(read_trade_bill([_all_bill(*lines)]))
+    for line, text in enumerate(texts, 2):
+        expected = _time_by_rule(text)
+        if isinstance(expected, str):
+            with pytest.raises(BillMalformed, match=f"^line {line}, column 交易时间: {expected}$"):
+                next(rows)
+            return
+        row = next(rows)
+        assert row.trade_time == expected and row.trade_time.tzinfo is BEIJING
+
+
+def test_a_bill_read_from_a_file_in_chunks_reads_as_it_does_line_by_line() -> None:
+    rows = [
+        _all_row(f"ORD{n:05}", f"{n // 100}.{n % 100:02}", description=f"商品{'长' * (n % 50)},{n}", fee="0.00000")
+        for n in range(1, 3001)
+    ]  # about 900 KB: many 64 KiB reads, each cutting a line and a 3-byte character somewhere
+    total = sum(range(1, 3001))
+    data = _all_bill(*rows, summary=_all_summary(3000, f"{total // 100}.{total % 100:02}"))
+    assert len(data) > 10 * 64 * 1024
+    from_file = read_trade_bill(io.BytesIO(data))
+    by_line = read_trade_bill(data.splitlines(keepends=True))
+    read, expected = list(from_file), list(by_line)
+    assert read == expected and len(read) == 3000
+    assert [dict(row.raw) for row in read] == [dict(row.raw) for row in expected]
+    assert dict(read[-1].raw) == dict(zip(ALL_HEADER.split(","), rows[-1][1:].split(",`"), strict=True))
+    assert from_file.summary == by_line.summary
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [(b"\xff\xfe", "line 5: the line is not UTF-8"), (b"9" * (70 * 1024), "line 5: the line is too long")],
+    ids=["not-utf8", "too-long"],
+)
+def test_a_line_refused_inside_a_chunk_comes_after_the_rows_before_it(bad: bytes, message: str) -> None:
+    good = [_all_row(f"ORD0000{n}", "1.00") for n in range(3)]
+    data = _all_bill(*good, "`" + SECRET)
+    data = data.replace(SECRET.encode(), bad)
+    read: list[TradeBillRow] = []
+    with pytest.raises(BillMalformed) as refused:
+        read.extend(read_trade_bill(io.BytesIO(data)))
+    assert str(refused.value) == message
+    assert [row.line for row in read] == [2, 3, 4]
+
+    earlier = data.replace(b"`1.00,`0.00", b"`1.0x,`0.00", 1)  # line 2's amount, before line 5 in the same chunk
+    with pytest.raises(BillMalformed, match=r"^line 2, column 应结订单金额: not an amount$"):
+        list(read_trade_bill(io.BytesIO(earlier)))
+
+
+def test_rows_are_frozen_values_and_raw_is_a_read_only_mapping_of_the_header() -> None:
+    bill = read_trade_bill([_all_bill(_all_row("ORD00001", "1.00"), summary=_all_summary(1, "1.00", "0.01000"))])
+    (row,) = list(bill)
+    assert type(row) is TradeBillRow
+    with pytest.raises(FrozenInstanceError):
+        row.settlement_total_fen = 0  # type: ignore[misc]
+    same = dataclasses.replace(row)  # built by the dataclass's own __init__
+    assert same == row and hash(same) == hash(row) and repr(same) == repr(row)
+    assert isinstance(row.raw, Mapping) and not isinstance(row.raw, dict)
+    assert list(row.raw) == ALL_HEADER.split(",") and row.raw["商户订单号"] == "ORD00001"
+    assert "商户订单号" in row.raw and "nothing" not in row.raw and row.raw.get("nothing") is None
+    with pytest.raises(TypeError):
+        row.raw["商户订单号"] = "ORD00002"  # type: ignore[index]
