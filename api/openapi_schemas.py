@@ -198,6 +198,7 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "kind": {"type": "string", "enum": DISCREPANCY_KINDS},
             "out_trade_no": {"type": "string"},
+            "sub_mchid": {**_NULLABLE_STR, "description": "a service provider's order: its sub-merchant"},
             "transaction_id": {"type": "string"},
             "out_refund_no": _NULLABLE_STR,
             "refund_id": _NULLABLE_STR,

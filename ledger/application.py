@@ -237,25 +237,28 @@ class Ledger(Application[UUID]):
         order), once per bill and difference however often a day is reconciled; `evidence` names the
         kept bill. Orders are written `batch` at a time, each batch in one transaction. Returns how
         many events were appended."""
-        by_order: dict[str, list[Discrepancy]] = {}
+        by_order: dict[tuple[str, str | None], list[Discrepancy]] = {}
         for discrepancy in found:
-            by_order.setdefault(discrepancy.out_trade_no, []).append(discrepancy)
-        numbers = list(by_order)
+            by_order.setdefault((discrepancy.out_trade_no, discrepancy.sub_mchid), []).append(discrepancy)
+        orders = list(by_order)
         appended = 0
-        for start in range(0, len(numbers), batch):
-            part = numbers[start : start + batch]
+        for start in range(0, len(orders), batch):
+            part = orders[start : start + batch]
             appended += self._with_retries(
                 functools.partial(self._note_discrepancies, mchid, bill_date, evidence, part, by_order)
             )
         return appended
 
     def _note_discrepancies(
-        self, mchid: str, bill_date: dt.date, evidence: str, numbers: list[str], by_order: dict[str, list[Discrepancy]]
+        self,
+        mchid: str,
+        bill_date: dt.date,
+        evidence: str,
+        orders: list[tuple[str, str | None]],
+        by_order: dict[tuple[str, str | None], list[Discrepancy]],
     ) -> int:
-        loaded = self.get_many(order_id(mchid, number) for number in numbers)
         changed: list[PaymentOrder] = []
-        for number in numbers:
-            order = loaded.get(order_id(mchid, number)) or PaymentOrder.open(mchid, number)
+        for order in self.load_orders([OrderKey(mchid, number, sub_mchid) for number, sub_mchid in orders]):
             noted = [
                 order.note_bill_discrepancy(
                     bill_date=bill_date.isoformat(),
@@ -267,7 +270,7 @@ class Ledger(Application[UUID]):
                     bill_amount=d.bill_amount,
                     ledger_amount=d.ledger_amount,
                 )
-                for d in by_order[number]
+                for d in by_order[(order.out_trade_no, order.sub_mchid)]
             ]
             if any(noted):
                 changed.append(order)

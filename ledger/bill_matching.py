@@ -61,6 +61,7 @@ class PaymentFact:
     transaction_id: str
     amount_total_fen: int
     success_time: datetime
+    sub_mchid: str | None = None  # a service provider's order: its sub-merchant
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +73,7 @@ class RefundFact:
     out_refund_no: str
     refund_id: str
     refund_fen: int
+    sub_mchid: str | None = None
 
 
 class LedgerFacts(Protocol):
@@ -106,11 +108,13 @@ class Discrepancy:
     bill_amount: int | None = None
     ledger_amount: int | None = None
     resolved: bool = False
+    sub_mchid: str | None = None  # a service provider's order: its sub-merchant (特约商户号)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "kind": str(self.kind),
             "out_trade_no": self.out_trade_no,
+            "sub_mchid": self.sub_mchid,
             "transaction_id": self.transaction_id,
             "out_refund_no": self.out_refund_no,
             "refund_id": self.refund_id,
@@ -207,6 +211,7 @@ def match_trade_bill(
                     out_trade_no=fact.out_trade_no,
                     transaction_id=fact.transaction_id,
                     ledger_amount=fact.amount_total_fen,
+                    sub_mchid=fact.sub_mchid,
                 )
             )
     return report
@@ -271,5 +276,6 @@ def _compare(
             refund_id=row.refund_id if refund else None,
             bill_amount=bill_amount,
             ledger_amount=ledger_amount,
+            sub_mchid=row.sub_mchid or (fact.sub_mchid if fact is not None else None),
         )
     )

@@ -122,6 +122,7 @@ def test_a_payment_the_ledger_decided_on_the_day_that_the_bill_lacks_is_missing_
         {
             "kind": "missing_in_bill",
             "out_trade_no": "ORD3",
+            "sub_mchid": None,
             "transaction_id": TID3,
             "out_refund_no": None,
             "refund_id": None,

@@ -151,6 +151,7 @@ def test_a_payment_whose_callback_was_lost_is_missing_in_ledger_then_queried_and
     assert found.to_json() == {
         "kind": "missing_in_ledger",
         "out_trade_no": "BILL-C-2",
+        "sub_mchid": None,
         "transaction_id": transaction_id,
         "out_refund_no": None,
         "refund_id": None,
@@ -271,3 +272,47 @@ def test_a_difference_a_later_callback_settles_is_reported_resolved_on_the_next_
     ]
     assert (second.status, second.exit_code) == ("agreed", 0)
     assert w.log_size() == size  # the difference stays recorded once; the report says it is settled
+
+
+def test_a_service_providers_bill_files_each_difference_under_its_sub_merchant(
+    tmp_path: Path, database_url: str
+) -> None:
+    """[protocol: Service providers; Daily bills]: one out_trade_no under two sub-merchants is two orders,
+    in the bill (特约商户号) as in the ledger; a difference lands on the right one."""
+    subs = ("1900000110", "1900000111")
+    sandbox = Sandbox(seed=12, signing="public_key", sub_mchids=subs)
+    with running(sandbox.app) as sandbox_url:
+        env = sandbox.write_ledger_config(tmp_path / "keys", sandbox_url)
+        env["LEDGER_DATABASE_URL"] = database_url
+        settings = Settings.load(env)
+        assert settings.merchants[0].partner
+        with running(create_app(settings, background=False)) as ledger_url:
+            sandbox.notify_url = f"{ledger_url}/wechatpay/notify"
+            services = bootstrap(settings)
+            try:
+                with httpx.Client(base_url=ledger_url, timeout=30) as client:
+                    for sub_mchid, total in zip(subs, (500, 700), strict=True):
+                        sandbox.create_order("SHARED-1", total, "测试商品", sub_mchid=sub_mchid)
+                        body = {"out_trade_no": "SHARED-1", "amount_total": total, "sub_mchid": sub_mchid}
+                        assert client.post("/orders", json=body).status_code == 201
+                        sandbox.pay("SHARED-1", sub_mchid=sub_mchid)
+                    for sub_mchid in subs:
+                        deadline = time.monotonic() + 15
+                        while client.get(f"/orders/SHARED-1?sub_mchid={sub_mchid}").json()["trade_state"] != "SUCCESS":
+                            assert time.monotonic() < deadline
+                            time.sleep(0.05)
+                    sandbox.set_bill_fault(today(), "amount_changed")  # the day's first line, off by one fen
+                    report = services.bills.reconcile(sandbox.mchid, today())
+                    [found] = report.discrepancies
+                    assert (found.kind, found.out_trade_no, found.sub_mchid) == ("amount_mismatch", "SHARED-1", subs[0])
+                    assert (found.bill_amount, found.ledger_amount) == (501, 500)
+                    counts = {
+                        sub_mchid: Counter(
+                            e["type"]
+                            for e in client.get(f"/orders/SHARED-1/events?sub_mchid={sub_mchid}").json()["events"]
+                        )["BillDiscrepancy"]
+                        for sub_mchid in subs
+                    }
+                    assert counts == {subs[0]: 1, subs[1]: 0}
+            finally:
+                services.close()

@@ -103,6 +103,7 @@ def test_differences_are_reported_recorded_in_the_orders_and_a_missing_payment_i
     assert found["BILL-ORDER-3"] == {
         "kind": "missing_in_ledger",
         "out_trade_no": "BILL-ORDER-3",
+        "sub_mchid": None,
         "transaction_id": transaction_id,
         "out_refund_no": None,
         "refund_id": None,

@@ -83,6 +83,7 @@ class OrdersViewFacts(LedgerFacts):
                     out_refund_no=row["out_refund_no"],
                     refund_id=row["refund_id"],
                     refund_fen=int(row["refund"]),
+                    sub_mchid=row.get("sub_mchid") or None,
                 ),
             )
         return found
@@ -117,6 +118,7 @@ class OrdersViewFacts(LedgerFacts):
             transaction_id=row["transaction_id"],
             amount_total_fen=int(row["paid_total"]),
             success_time=success_time,
+            sub_mchid=row.get("sub_mchid") or None,
         )
 
 

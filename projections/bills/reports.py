@@ -118,6 +118,7 @@ def _discrepancy(data: dict[str, Any]) -> Discrepancy:
         bill_amount=data.get("bill_amount"),
         ledger_amount=data.get("ledger_amount"),
         resolved=bool(data.get("resolved")),
+        sub_mchid=data.get("sub_mchid"),
     )
 
 

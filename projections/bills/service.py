@@ -104,7 +104,7 @@ class BillReconciler:
         clients: Mapping[str, BillClient],
         facts: Callable[[str], LedgerFacts],
         catch_up: Callable[[], object],
-        query: Callable[[str, str], PaymentOrder] | None = None,
+        query: Callable[..., PaymentOrder] | None = None,  # OrderQuery: (mchid, out_trade_no, *, sub_mchid)
         *,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         folder: Path | None = None,
@@ -220,7 +220,7 @@ class BillReconciler:
     def _query_payment(self, mchid: str, discrepancy: Discrepancy) -> Discrepancy:
         assert self._query is not None
         try:
-            order = self._query(mchid, discrepancy.out_trade_no)
+            order = self._query(mchid, discrepancy.out_trade_no, sub_mchid=discrepancy.sub_mchid)
         except (WeChatPayError, LedgerError) as exc:
             log.warning("bills: query %s mchid=%s failed: %s", discrepancy.out_trade_no, mchid, exc.reason)
             return discrepancy
