@@ -33,6 +33,7 @@ from api.metrics import (
     new_registry,
 )
 from api.notify import notify
+from api.notify_v2 import notify_v2
 from api.openapi import OPENAPI_PATH, openapi
 from api.orders import get_order, order_events, orders, query_order
 from api.request_id import RequestIdMiddleware
@@ -132,6 +133,8 @@ def create_app(
     routes = [
         Route("/wechatpay/notify", notify, methods=["POST"]),
         Route("/wechatpay/notify/{mchid}", notify, methods=["POST"]),
+        Route("/wechatpay/v2/notify", notify_v2, methods=["POST"]),
+        Route("/wechatpay/v2/notify/{mchid}", notify_v2, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

@@ -20,8 +20,13 @@ from api.responses import fail
 __all__ = ["AdminTokenMiddleware"]
 
 
+_NOTIFY_PATHS = ("/wechatpay/notify", "/wechatpay/v2/notify")  # WeChat Pay's callbacks (APIv3, APIv2)
+
+
 def _is_open(path: str) -> bool:
-    return path in ("/healthz", "/readyz", "/wechatpay/notify", OPENAPI_PATH) or path.startswith("/wechatpay/notify/")
+    if path in ("/healthz", "/readyz", OPENAPI_PATH, *_NOTIFY_PATHS):
+        return True
+    return path.startswith(tuple(f"{notify}/" for notify in _NOTIFY_PATHS))
 
 
 def _is_ui(path: str) -> bool:

@@ -68,6 +68,16 @@ class MerchantServices:
         return self.settings.appid
 
 
+@dataclass(frozen=True)
+class AuditInputs:
+    """What `payledger verify` checks stored evidence with, by mchid, as configured now."""
+
+    keys: dict[str, KeyStore]
+    apiv3: dict[str, bytes]
+    appids: dict[str, str | None]
+    v2_keys: dict[str, str] = field(repr=False)
+
+
 @dataclass
 class Services:
     """Everything a process runs on; built by `bootstrap`, closed by `close()`."""
@@ -156,6 +166,7 @@ class Services:
             self.ledger,
             self.worklist,
             self.query,
+            confirm_refund=self.query.refund,
             schedule=settings.reconcile_schedule,
             expiry=settings.reconcile_expiry,
             rate=settings.reconcile_qps,
@@ -215,32 +226,41 @@ class Services:
 
     def audit_all(self) -> Report:
         """`payledger verify --all`: every chain, every stored signature, every decision re-derived."""
-        keys, apiv3, appids = self._audit_inputs()
-        return check_all(self.ledger, keys, apiv3=apiv3, appids=appids, sub_mchids=self._sub_mchids())
+        inputs = self._audit_inputs()
+        return check_all(
+            self.ledger,
+            inputs.keys,
+            apiv3=inputs.apiv3,
+            appids=inputs.appids,
+            sub_mchids=self._sub_mchids(),
+            v2_keys=inputs.v2_keys,
+        )
 
     def audit_order(self, mchid: str, out_trade_no: str, sub_mchid: str | None = None) -> Report:
-        keys, apiv3, appids = self._audit_inputs()
+        inputs = self._audit_inputs()
         return check_order(
             self.ledger,
-            keys,
+            inputs.keys,
             mchid,
             out_trade_no,
-            apiv3=apiv3,
-            appids=appids,
+            apiv3=inputs.apiv3,
+            appids=inputs.appids,
             sub_mchid=sub_mchid,
             sub_mchids=self._sub_mchids(),
+            v2_keys=inputs.v2_keys,
         )
 
     def _sub_mchids(self) -> dict[str, frozenset[str] | None]:
         return {m.mchid: m.sub_mchids for m in self.settings.merchants}
 
-    def _audit_inputs(self) -> tuple[dict[str, KeyStore], dict[str, bytes], dict[str, str | None]]:
-        """Each configured merchant's verification keys, APIv3 key and appid, as configured."""
+    def _audit_inputs(self) -> AuditInputs:
+        """Each configured merchant's verification keys, APIv3 key, appid and (when set) APIv2 key."""
         merchants = self.settings.merchants
-        return (
+        return AuditInputs(
             {m.mchid: m.keys for m in merchants},
             {m.mchid: m.apiv3_key.value.encode() for m in merchants},
             {m.mchid: m.appid for m in merchants},
+            {m.mchid: m.v2_key.value for m in merchants if m.v2_key is not None},
         )
 
     # -- lifecycle -----------------------------------------------------------------------------

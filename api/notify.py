@@ -31,7 +31,7 @@ from ledger.errors import (
     UnknownSerial,
 )
 
-__all__ = ["notify", "read_body"]
+__all__ = ["STORE_DEADLINE", "log_refusal", "notify", "read_body", "read_within_deadline"]
 
 log = logging.getLogger("api.notify")
 # WeChat counts an answer after 5 s as a failure; leave room for the network.
@@ -74,7 +74,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _read(request: Request, state: AppState) -> bytes:
+async def read_within_deadline(request: Request, state: AppState) -> bytes:
     """The body within the read timeout, or the refusal that says why not."""
     timeout = state.settings.body_read_timeout
     try:
@@ -86,7 +86,7 @@ async def _read(request: Request, state: AppState) -> bytes:
         raise ClientGone() from None
 
 
-def _log_refusal(exc: NotificationRejected, answer: ErrorAnswer, mchid: str | None, state: AppState) -> None:
+def log_refusal(exc: NotificationRejected, answer: ErrorAnswer, mchid: str | None, state: AppState) -> None:
     """One line for each refusal, at the level it deserves, with the outcome it is counted under."""
     outcome = {"outcome": answer.outcome}
     if isinstance(exc, UnknownMerchant):
@@ -132,13 +132,13 @@ async def notify(request: Request) -> Response:
     try:
         if merchant is None:
             raise UnknownMerchant(f"no merchant {(mchid or '')[:32]!r}")
-        body = await _read(request, state)
+        body = await read_within_deadline(request, state)
         if _repeated_signature_header(request.headers.raw):
             raise DuplicateSignatureHeader("a signature header is repeated")
         notification = merchant.verifier.verify(request.headers, body)
     except NotificationRejected as exc:
         answer = answer_for(exc)
-        _log_refusal(exc, answer, mchid, state)
+        log_refusal(exc, answer, mchid, state)
         if isinstance(exc, UnknownSerial) and merchant is not None and merchant.certificates is not None:
             # Perhaps a rotation we have not seen yet: refresh in the background, rate-limited.
             # This answer stays a failure; WeChat's retry will find the new certificate.

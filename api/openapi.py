@@ -108,6 +108,35 @@ def _notify_operation(by_mchid: bool) -> dict[str, Any]:
     }
 
 
+def _xml(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"text/xml": {"schema": ref("V2Answer")}}}
+
+
+def _notify_v2_operation(by_mchid: bool) -> dict[str, Any]:
+    """[protocol: Legacy APIv2 XML]: every answer is XML, with the statuses of the APIv3 endpoint."""
+    parameters = [_path_param("mchid", {"type": "string", "pattern": "^[0-9]{6,32}$"})] if by_mchid else []
+    not_found = "no such merchant is configured" if by_mchid else "no merchant is configured"
+    return {
+        "post": {
+            "operationId": "notifyV2Merchant" if by_mchid else "notifyV2",
+            "summary": "A legacy APIv2 XML notification: sign or req_info checked, answered only once stored",
+            "security": _OPEN,
+            "parameters": parameters,
+            "requestBody": {"required": True, "content": {"text/xml": {"schema": ref("V2Notification")}}},
+            "responses": {
+                "200": _xml("stored (or a replay of a stored one): exactly the SUCCESS answer"),
+                "400": _xml("not the flat UTF-8 <xml> WeChat sends (a DTD or an entity: refused), or return_code FAIL"),
+                "401": _xml("the sign does not verify, or the merchant has no WECHATPAY_V2_KEY"),
+                "404": _xml(not_found),
+                "408": _xml("the body did not arrive within LEDGER_BODY_READ_TIMEOUT"),
+                "413": _xml("the body is above LEDGER_MAX_BODY_BYTES"),
+                "500": _xml("a refund's req_info does not decrypt: our APIv2 key is wrong"),
+                "503": _xml("the store is unavailable or did not commit within 4 s"),
+            },
+        }
+    }
+
+
 def _admin(operation: dict[str, Any], *statuses: str) -> dict[str, Any]:
     """An admin operation: 401 without the token, 503 when the store is down, plus `statuses`."""
     responses = operation.setdefault("responses", {})
@@ -133,6 +162,8 @@ def openapi_document() -> dict[str, Any]:
     paths: dict[str, Any] = {
         "/wechatpay/notify": _notify_operation(by_mchid=False),
         "/wechatpay/notify/{mchid}": _notify_operation(by_mchid=True),
+        "/wechatpay/v2/notify": _notify_v2_operation(by_mchid=False),
+        "/wechatpay/v2/notify/{mchid}": _notify_v2_operation(by_mchid=True),
         "/healthz": {
             "get": {
                 "operationId": "healthz",

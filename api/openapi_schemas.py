@@ -54,6 +54,20 @@ SCHEMAS: dict[str, Any] = {
         "additionalProperties": False,
         "properties": {"code": {"const": "FAIL"}, "message": {"type": "string", "maxLength": 200}},
     },
+    "V2Answer": {
+        "type": "string",
+        "description": (
+            "<xml><return_code><![CDATA[SUCCESS]]></return_code><return_msg><![CDATA[OK]]></return_msg></xml>, "
+            "or FAIL with a short fixed reason; WeChat Pay retries on anything but that exact success with 200."
+        ),
+    },
+    "V2Notification": {
+        "type": "string",
+        "description": (
+            "A flat <xml> of text elements, UTF-8, no DTD or entities: a payment (signed with `sign`) or a refund "
+            "(`req_info`, AES-256-ECB); checked over the raw bytes, so sent exactly as WeChat sent it."
+        ),
+    },
     "NotificationEnvelope": {
         "type": "object",
         "description": "WeChat Pay's notification envelope; signed as raw bytes, so sent exactly as WeChat sent it.",

@@ -50,9 +50,10 @@ from ledger.store.cipher import SETTING as ENCRYPTION_SETTING
 from ledger.store.eventlog import EventLog
 from ledger.store.sql import STORE_UNAVAILABLE
 from ledger.store.transcoder import FastJSONTranscoder
-from ledger.wechatpay.notification import VerifiedNotification
+from ledger.wechatpay.notification import VerifiedNotification, resource_digest
+from ledger.wechatpay.v2 import V2_KEY_SERIAL, V2Notification, v2_delivery
 
-__all__ = ["Ledger", "RecordResult", "build_ledger", "event_to_dict"]
+__all__ = ["Ledger", "RecordResult", "build_ledger", "event_to_dict", "evidence_from", "v2_evidence"]
 
 log = logging.getLogger("ledger.application")
 
@@ -128,20 +129,21 @@ class Ledger(Application[UUID]):
     def record_notification(
         self,
         mchid: str,
-        notification: VerifiedNotification,
+        notification: VerifiedNotification | Evidence,
         *,
         expected_appid: str | None = None,
         sub_mchids: frozenset[str] | None = None,
     ) -> RecordResult:
         """Append a verified delivery (and its decisions) to the stream of every order it names (a
         combined payment names several: all are written in one transaction), or to its inbox
-        stream when it names none; durable on return. The result names the first stream."""
-        evidence = evidence_from(notification)
-        keys = orders_named(mchid, notification.resource)
+        stream when it names none; durable on return. The result names the first stream. An APIv3
+        notification is turned into evidence here; an APIv2 one comes as evidence (`v2_evidence`)."""
+        evidence = notification if isinstance(notification, Evidence) else evidence_from(notification)
+        keys = orders_named(mchid, evidence.resource)
 
         def attempt() -> RecordResult:
             if not keys:
-                inbox = self._load_inbox(mchid, notification.id)
+                inbox = self._load_inbox(mchid, evidence.notification_id)
                 outcome = inbox.receive(evidence)
                 if outcome is Outcome.RECORDED:
                     self.save(inbox)
@@ -157,6 +159,19 @@ class Ledger(Application[UUID]):
             return RecordResult(outcome, orders[0].id, orders[0].version, True)
 
         return self._with_retries(attempt)
+
+    def record_v2_notification(
+        self,
+        mchid: str,
+        notification: V2Notification,
+        *,
+        expected_appid: str | None = None,
+        sub_mchids: frozenset[str] | None = None,
+    ) -> RecordResult:
+        """Append a legacy APIv2 delivery to the same order stream as an APIv3 one ([protocol: APIv2 as
+        APIv3]): one order has one history whichever API told us, and the domain decides once."""
+        evidence = v2_evidence(notification)
+        return self.record_notification(mchid, evidence, expected_appid=expected_appid, sub_mchids=sub_mchids)
 
     def load_orders(self, keys: Sequence[OrderKey]) -> list[PaymentOrder]:
         """The orders `keys` name, current (opened, unsaved, for those never seen), in one read."""
@@ -461,6 +476,25 @@ def evidence_from(notification: VerifiedNotification) -> Evidence:
         resource=notification.resource,
         resource_digest=notification.resource_digest,
         received_at=notification.received_at,
+    )
+
+
+def v2_evidence(notification: V2Notification, received_at: dt.datetime | None = None) -> Evidence:
+    """A legacy APIv2 notification (sign verified, or `req_info` decrypted) as a delivery: its raw XML
+    kept for the auditor, no signature headers, the key serial `APIv2`, and the resource an APIv3
+    notification would carry (`ledger.wechatpay.v2.v2_delivery`)."""
+    delivery = v2_delivery(notification)
+    return Evidence(
+        notification_id=delivery.notification_id,
+        event_type=delivery.event_type,
+        delivery_key=delivery.delivery_key,
+        key_serial=V2_KEY_SERIAL,
+        raw_body=notification.raw.decode("utf-8"),
+        signature_headers={},
+        envelope={"id": delivery.notification_id, "event_type": delivery.event_type, "api": "v2"},
+        resource=delivery.resource,
+        resource_digest=resource_digest(delivery.resource),
+        received_at=received_at or utcnow(),
     )
 
 

@@ -24,7 +24,7 @@ from ledger.evidence import amount_object as _amount_object
 from ledger.evidence import resource_fen as _fen
 from ledger.evidence import text_field as _str
 from ledger.hashchain import ChainedAggregate
-from ledger.identity import OrderKey, inbox_id, order_id, own_transaction
+from ledger.identity import OrderKey, inbox_id, order_id, own_transaction, refund_answer_as_resource
 
 __all__ = [
     "ALL_EVENTS",
@@ -146,6 +146,7 @@ class PaymentOrder(_DeliveryLog):
     """One merchant order (mchid, out_trade_no) and everything WeChat told us about it."""
 
     FINAL_REFUND_STATES = frozenset({"SUCCESS", "CLOSED"})
+    REFUND_DECISIONS = frozenset({"SUCCESS", "CLOSED", "ABNORMAL"})  # the refund states that decide
 
     class Opened(Aggregate.Created):
         mchid: str  # the merchant the ledger serves: a service provider's sp_mchid in partner mode
@@ -402,6 +403,11 @@ class PaymentOrder(_DeliveryLog):
             queried_at=evidence.queried_at,
         )
         source = f"query:{evidence.request_id}"
+        if evidence.query == "refund":  # [protocol: Querying a refund]: it decides that refund, nothing else
+            refund = refund_answer_as_resource(evidence.transaction, self.key)
+            if refund["refund_status"] in self.REFUND_DECISIONS:
+                self._decide_refund(refund, source, refund["refund_status"])
+            return
         transaction = own_transaction(evidence.transaction, self.key)
         state = _str(transaction, "trade_state")
         if state in {"SUCCESS", "REFUND"}:
@@ -521,13 +527,9 @@ class PaymentOrder(_DeliveryLog):
         if current in self.FINAL_REFUND_STATES or current == status or refund is None:
             return
         self._check_total(resource, f"refund:{out_refund_no}", source)
-        decision = {
-            "SUCCESS": self.RefundSucceeded,
-            "CLOSED": self.RefundClosed,
-            "ABNORMAL": self.RefundAbnormal,
-        }[status]
+        decision = {"SUCCESS": self.RefundSucceeded, "CLOSED": self.RefundClosed, "ABNORMAL": self.RefundAbnormal}
         self.trigger_event(
-            decision,
+            decision[status],
             out_refund_no=out_refund_no,
             refund_id=_str(resource, "refund_id"),
             refund=refund,
@@ -560,10 +562,9 @@ EVIDENCE_EVENTS: tuple[type[Aggregate.Event], ...] = (
     PaymentOrder.StatusQueried,
 )
 
-# What the ledger concluded from its evidence; `payledger verify` re-derives each of them, the
-# metrics count them by type. TradeStateChanged is a decision too: a query found the order in a
-# trade state the ledger had not concluded (USERPAYING, CLOSED, REVOKED, PAYERROR on an unpaid
-# order; REFUND on a paid one).
+# What the ledger concluded from its evidence; `payledger verify` re-derives each of them, the metrics
+# count them by type. TradeStateChanged is one too: a query found a trade state the ledger had not
+# concluded (USERPAYING, CLOSED, REVOKED, PAYERROR on an unpaid order; REFUND on a paid one).
 DECISION_EVENTS: tuple[type[Aggregate.Event], ...] = (
     PaymentOrder.PaymentSucceeded,
     PaymentOrder.RefundSucceeded,
@@ -581,11 +582,9 @@ BILL_DECISION_EVENTS: tuple[type[Aggregate.Event], ...] = (PaymentOrder.BillDisc
 
 ALL_EVENTS: tuple[type[Aggregate.Event], ...] = EVIDENCE_EVENTS + DECISION_EVENTS
 
-# The decisions sent to business endpoints as outbound notifications: all but TradeStateChanged
-# and BillDiscrepancy. The outbound contract is payments, refunds and anomalies; a trade state a
-# query found is read from the orders API, a bill's differences from the bills API and report
-# (they are finance's work list, not a business event). Sending either would give every endpoint
-# subscribed to "*" a new message type.
+# The decisions sent to business endpoints as outbound notifications: payments, refunds and anomalies.
+# A trade state a query found is read from the orders API, a bill's differences from the bills API
+# (finance's work list, not a business event); either would be a new message type for "*" endpoints.
 WEBHOOK_EVENTS: tuple[type[Aggregate.Event], ...] = tuple(
     cls for cls in DECISION_EVENTS if cls not in (PaymentOrder.TradeStateChanged, PaymentOrder.BillDiscrepancy)
 )

@@ -25,7 +25,7 @@ from uuid import UUID
 from eventsourcing.persistence import IntegrityError, PersistenceError
 
 from ledger.application import Ledger, RecordResult, evidence_from
-from ledger.domain import NotificationInbox, Outcome, PaymentOrder, inbox_id, order_id
+from ledger.domain import Evidence, NotificationInbox, Outcome, PaymentOrder, inbox_id, order_id
 from ledger.errors import StoreUnavailable
 from ledger.identity import OrderKey, orders_named
 from ledger.wechatpay.notification import VerifiedNotification
@@ -43,13 +43,18 @@ LINGER_TARGET = 12
 @dataclass
 class _Request:
     mchid: str
-    notification: VerifiedNotification
+    notification: VerifiedNotification | Evidence  # an APIv3 notification, or an APIv2 one as evidence
     expected_appid: str | None
     sub_mchids: frozenset[str] | None = None
     future: Future[RecordResult] | None = None
     loop: asyncio.AbstractEventLoop | None = None
     afuture: asyncio.Future[RecordResult] | None = None
     outcome: RecordResult | BaseException | None = None
+
+    @functools.cached_property
+    def evidence(self) -> Evidence:
+        notification = self.notification
+        return notification if isinstance(notification, Evidence) else evidence_from(notification)
 
     @functools.cached_property
     def orders(self) -> list[OrderKey]:
@@ -59,7 +64,7 @@ class _Request:
     @functools.cached_property
     def stream_ids(self) -> list[UUID]:
         if not self.orders:
-            return [inbox_id(self.mchid, self.notification.id)]
+            return [inbox_id(self.mchid, self.evidence.notification_id)]
         return [order_id(key.mchid, key.out_trade_no, key.sub_mchid) for key in self.orders]
 
     def withdrawn(self) -> bool:
@@ -98,7 +103,7 @@ class GroupCommitter:
     def submit(
         self,
         mchid: str,
-        notification: VerifiedNotification,
+        notification: VerifiedNotification | Evidence,
         *,
         expected_appid: str | None = None,
         sub_mchids: frozenset[str] | None = None,
@@ -115,7 +120,7 @@ class GroupCommitter:
     def submit_async(
         self,
         mchid: str,
-        notification: VerifiedNotification,
+        notification: VerifiedNotification | Evidence,
         *,
         expected_appid: str | None = None,
         sub_mchids: frozenset[str] | None = None,
@@ -130,7 +135,7 @@ class GroupCommitter:
     def record_notification(
         self,
         mchid: str,
-        notification: VerifiedNotification,
+        notification: VerifiedNotification | Evidence,
         *,
         expected_appid: str | None = None,
         sub_mchids: frozenset[str] | None = None,
@@ -235,10 +240,10 @@ class GroupCommitter:
         streams: dict[UUID, Any] = self._ledger.get_many({i for r in batch for i in r.stream_ids})
         results: list[tuple[Outcome, Any]] = []
         for request in batch:
-            evidence = evidence_from(request.notification)
+            evidence = request.evidence
             if not request.orders:
                 [stream_id] = request.stream_ids
-                inbox = streams.get(stream_id) or NotificationInbox.open(request.mchid, request.notification.id)
+                inbox = streams.get(stream_id) or NotificationInbox.open(request.mchid, evidence.notification_id)
                 streams[stream_id] = inbox
                 results.append((inbox.receive(evidence), inbox))
                 continue

@@ -21,6 +21,7 @@ __all__ = [
     "order_id",
     "orders_named",
     "own_transaction",
+    "refund_answer_as_resource",
     "sub_order_transaction",
 ]
 
@@ -112,3 +113,19 @@ def own_transaction(resource: dict[str, Any], key: OrderKey) -> dict[str, Any]:
     if "sub_orders" not in resource:
         return resource
     return sub_order_transaction(resource, key) or {}
+
+
+def refund_answer_as_resource(answer: dict[str, Any], key: OrderKey) -> dict[str, Any]:
+    """A refund query's answer ([protocol: Querying a refund]) as order `key`'s refund resource: its state
+    (`status`) as `refund_status`, and the order's own mchid (a provider's `sp_mchid` and `sub_mchid`),
+    which the answer does not carry: it is a verified answer to our own query about our own order. An
+    answer that names another `out_trade_no` gets no merchant, so the order refuses it."""
+    resource = {name: value for name, value in answer.items() if name != "status"}
+    resource["refund_status"] = text_field(answer, "status")
+    ours = text_field(answer, "out_trade_no") == key.out_trade_no
+    if key.sub_mchid is None:
+        resource["mchid"] = key.mchid if ours else ""
+    else:
+        resource["sp_mchid"] = key.mchid if ours else ""
+        resource["sub_mchid"] = resource.get("sub_mchid", key.sub_mchid) if ours else ""
+    return resource

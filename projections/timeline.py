@@ -131,11 +131,13 @@ def facts(event_type: str, data: Mapping[str, Any]) -> str:
             f" evidence={get('evidence')}"
         )
     if event_type == "StatusQueried":
-        transaction = _mapping(get("transaction"))
-        return (
-            f"by {get('query')}: HTTP {get('status_code')} trade_state={transaction.get('trade_state')}"
-            f" request_id={get('request_id')}"
-        )
+        answer = _mapping(get("transaction"))
+        # A refund query's answer names the refund and its `status`; an order query's, the trade state.
+        if get("query") == "refund":
+            state = f"out_refund_no={answer.get('out_refund_no')} status={answer.get('status')}"
+        else:
+            state = f"trade_state={answer.get('trade_state')}"
+        return f"by {get('query')}: HTTP {get('status_code')} {state} request_id={get('request_id')}"
     if event_type == "TradeStateChanged":
         return f"{get('from_state')} -> {get('to_state')} evidence={get('evidence')}"
     if event_type == "AnomalyDetected":

@@ -25,6 +25,8 @@ TOKEN = "t0ken-for-the-tests-only-0123456789"
 OPEN = {
     ("/wechatpay/notify", "POST"),
     ("/wechatpay/notify/{mchid}", "POST"),
+    ("/wechatpay/v2/notify", "POST"),
+    ("/wechatpay/v2/notify/{mchid}", "POST"),
     ("/healthz", "GET"),
     ("/healthz", "HEAD"),
     ("/readyz", "GET"),
@@ -106,6 +108,10 @@ def test_the_open_routes_never_need_the_token(
         assert client.request("POST", path, headers, delivery.body).status == 204
         unsigned = client.request("POST", path, [], b"{}")
         assert (unsigned.status, unsigned.json()["code"]) == (401, "FAIL")  # the protocol's refusal, not ours
+    for path in ("/wechatpay/v2/notify", f"/wechatpay/v2/notify/{MCHID}"):  # no WECHATPAY_V2_KEY here
+        unsigned = client.request("POST", path, [], b"<xml><return_code>SUCCESS</return_code></xml>")
+        assert (unsigned.status, unsigned.headers["content-type"]) == (401, "text/xml; charset=utf-8")
+        assert b"FAIL" in unsigned.body
     assert client.request("GET", "/healthz").json() == {"status": "ok"}
     assert client.request("GET", "/openapi.json").json()["openapi"].startswith("3.1")
 
@@ -126,6 +132,7 @@ def test_paths_that_look_open_do_not_open_guarded_routes(service: tuple[Any, InP
     for path in (
         "/wechatpay/notify/../../orders",
         "/wechatpay/notify/x/../../orders/ORDER-9001",
+        "/wechatpay/v2/notify/../../../orders",
         "/healthz/../orders",
         "/orders/",
         "//orders",

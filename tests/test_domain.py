@@ -248,6 +248,41 @@ def test_query_with_refund_state_records_the_payment_too() -> None:
     assert (order.paid, order.trade_state) == (True, "REFUND")
 
 
+def refund_query(no: str, status: str, *, out_trade_no: str = "ORDER-0001", request_id: str = "QR-1") -> QueryEvidence:
+    """[protocol: Querying a refund]: the answer carries `status`, not `refund_status`, and no mchid."""
+    answer = {k: v for k, v in refund(no, 40).items() if k not in ("mchid", "refund_status")}
+    answer |= {"status": status, "out_trade_no": out_trade_no, "channel": "ORIGINAL"}
+    return QueryEvidence("refund", 200, "{}", {}, "PUB_KEY_ID_0001", request_id, answer, dt.datetime(2026, 11, 27))
+
+
+@pytest.mark.parametrize(
+    ("status", "decision"),
+    [("SUCCESS", "RefundSucceeded"), ("CLOSED", "RefundClosed"), ("ABNORMAL", "RefundAbnormal")],
+)
+def test_a_refund_query_answer_decides_that_refund_and_nothing_else(status: str, decision: str) -> None:
+    """How a refund told by an APIv2 `req_info` (REFUND.V2: no decision) is confirmed."""
+    order = new_order()
+    order.receive(evidence(pay()))
+    order.receive(evidence(refund("R1", 40), "REFUND.V2", notification_id="v2:refund:RID-R1:SUCCESS"))
+    order.collect_events()
+    assert order.refunds == {}
+    order.record_query(refund_query("R1", status))
+    events = order.collect_events()
+    assert event_types(events) == ["StatusQueried", decision]
+    assert (events[1].out_refund_no, events[1].refund, events[1].evidence) == ("R1", 40, "query:QR-1")
+    assert order.trade_state == ("REFUND" if status == "SUCCESS" else "SUCCESS")
+
+
+def test_a_refund_query_answer_that_is_pending_or_about_another_order_decides_nothing() -> None:
+    order = new_order()
+    order.record_query(refund_query("R1", "PROCESSING"))
+    assert event_types(order.collect_events()) == ["StatusQueried"]
+    order.record_query(refund_query("R1", "SUCCESS", out_trade_no="ORDER-0002", request_id="QR-2"))
+    events = order.collect_events()
+    assert event_types(events) == ["StatusQueried", "AnomalyDetected"]
+    assert (events[1].kind, order.refunds) == ("mchid_mismatch", {})
+
+
 # -- the property: any interleaving and duplication of deliveries gives one decision each ---
 
 DELIVERIES = [

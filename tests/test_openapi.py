@@ -78,6 +78,8 @@ def test_openapi_json_is_served_without_the_token_and_names_the_bearer_scheme(sa
     assert open_ops == {
         ("/wechatpay/notify", "post"),
         ("/wechatpay/notify/{mchid}", "post"),
+        ("/wechatpay/v2/notify", "post"),
+        ("/wechatpay/v2/notify/{mchid}", "post"),
         ("/healthz", "get"),
         ("/readyz", "get"),
         (OPENAPI_PATH, "get"),

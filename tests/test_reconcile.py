@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import threading
 import time
@@ -12,14 +13,20 @@ from typing import Any
 import pytest
 
 from ledger.application import Ledger
-from ledger.domain import PaymentOrder
+from ledger.domain import PaymentOrder, QueryEvidence
+from ledger.errors import WeChatPayUnavailable
 from ledger.store.sql import Database
 from ledger.wechatpay.notification import NotificationVerifier
+from ledger.wechatpay.sandbox import legacy
+from ledger.wechatpay.sandbox.resources import Party
 from ledger.wechatpay.sandbox.signer import NotificationFactory
+from ledger.wechatpay.v2 import parse_v2_notification
 from projections.reconcile.reconciler import Reconciler
 from projections.reconcile.worklist import Worklist
-from tests.support.constants import MCHID
+from tests.support.builders import evidence
+from tests.support.constants import APPID, MCHID
 from tests.support.fakes import FakeWeChat
+from tests.support.v2_vectors import DOC_KEY
 
 
 @pytest.fixture
@@ -127,6 +134,60 @@ def test_two_reconcilers_never_query_the_same_order_at_once(
         database.close()
     assert fake.max_in_flight == 1
     assert fake.calls == Counter({f"ORDER-53{i:02d}": 1 for i in range(20)})
+
+
+def _v2_refund(ledger: Ledger, out_trade_no: str, out_refund_no: str) -> None:
+    """A refund told by an APIv2 notification (REFUND.V2: stored, deciding nothing)."""
+    fields = legacy.refund_fields(
+        out_trade_no,
+        out_refund_no,
+        40,
+        100,
+        transaction_id="4200000000000000000000005401",
+        refund_id=f"5030{out_refund_no}",
+        refund_status="SUCCESS",
+        success_time="2026-11-27T10:00:00+08:00",
+    )
+    body = legacy.refund_xml(Party(MCHID, APPID), legacy.req_info_plaintext(fields), DOC_KEY, nonce="n")
+    ledger.record_v2_notification(MCHID, parse_v2_notification(body, DOC_KEY, max_bytes=len(body)))
+
+
+def test_a_v2_refund_waits_in_the_worklist_until_a_query_confirms_it(
+    ledger_factory: Callable[[], Ledger], worklist: Worklist
+) -> None:
+    ledger = ledger_factory()
+    _v2_refund(ledger, "ORDER-5401", "R-5401")
+    _v2_refund(ledger, "ORDER-5402", "R-5402")
+    wechat = NotificationFactory(mchid=MCHID, appid=APPID)
+    told = wechat.refund("ORDER-5402", "R-5402", 40, 100, refund_status="SUCCESS")  # then APIv3 told it too
+    ledger.record_notification(MCHID, evidence(told, "REFUND.SUCCESS"))
+    asked: list[str] = []
+    down = [True]
+
+    def confirm(mchid: str, out_trade_no: str, out_refund_no: str, *, sub_mchid: str | None = None) -> PaymentOrder:
+        asked.append(out_refund_no)
+        if down[0]:
+            raise WeChatPayUnavailable("503")
+        answer = {"out_trade_no": out_trade_no, "out_refund_no": out_refund_no, "refund_id": "503", "status": "SUCCESS"}
+        answer["amount"] = {"refund": 40, "total": 100}
+        queried = QueryEvidence("refund", 200, "{}", {}, "K", f"Q-{len(asked)}", answer, dt.datetime.now(dt.UTC))
+        return ledger.record_query(mchid, out_trade_no, queried, sub_mchid=sub_mchid)
+
+    now = [time.time() + 1]
+    reconciler = make(ledger, worklist, FakeWeChat(ledger, {}), now, confirm_refund=confirm)
+    assert reconciler.catch_up() == 3  # two APIv2 refund deliveries, one final refund decision
+    assert worklist.refund_counts() == {"open": 1, "done": 1}
+    assert reconciler.run_pass() == []  # not due yet: the endpoint asks at once, this is the fallback
+    now[0] += 10
+    [failed] = reconciler.run_pass()
+    assert str(failed) == "ORDER-5401 refund R-5401: UNCONFIRMED, query failed (WeChat Pay unavailable); will retry"
+    down[0] = False
+    assert reconciler.run_pass() == []  # backing off
+    now[0] += 60
+    [confirmed] = reconciler.run_pass()
+    assert str(confirmed) == "ORDER-5401 refund R-5401: UNCONFIRMED -> SUCCESS"
+    assert (asked, worklist.refund_counts()) == (["R-5401", "R-5401"], {"done": 2})
+    assert ledger.get_order(MCHID, "ORDER-5401").refunds["R-5401"]["status"] == "SUCCESS"
 
 
 def test_rate_limiter_paces_queries() -> None:

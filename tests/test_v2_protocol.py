@@ -10,7 +10,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -39,124 +38,35 @@ from ledger.wechatpay.v2 import (
     req_info_key,
     sign_v2,
     to_xml,
+    v2_delivery,
     verify_v2_sign,
 )
+from tests.support.v2_vectors import (
+    BILLION_LAUGHS,
+    D6_HMAC,
+    D6_MD5,
+    D7_PLAINTEXT,
+    DOC_KEY,
+    EXTERNAL_DTD,
+    PAYMENT,
+    PUBLIC_DTD,
+    QUADRATIC_BLOWUP,
+    T1_KEY,
+    T1_PLAINTEXT,
+    T1_REQ_INFO,
+    T2_KEY,
+    T2_PLAINTEXT,
+    T2_REQ_INFO,
+    T8_SIGN,
+    XXE_FILE,
+    XXE_PARAMETER,
+    ecb_without_padding,
+    payment,
+    refund,
+)
 
-DOC_KEY = "192006250b4c09247ec02edce69f6a2d"  # the v2 documentation's example key
 LIMIT = 64 * 1024
 FAST = 0.2  # seconds: a hostile body is refused before its cost can grow
-
-# -- the vectors ----------------------------------------------------------------------------------
-
-T1_KEY = "ziR0QKsTUfMOuochC9RfCdmfHECorQAP"
-T1_REQ_INFO = (
-    "YYwp8C48th0wnQzTqeI+41pflB26v+smFj9z6h9RPBgxTyZyxc+4YNEz7QEgZNWj/6rIb2MfyWMZmCc41CfjKSssoSZPXxOhUayb6KvNSZ1p6frOX1"
-    "PDWzhyruXK7ouNND+gDsG4yZ0XXzsL4/pYNwLLba/71QrnkJ/BHcByk4EXnglju5DLup9pJQSnTxjomI9Rxu57m9jg5lLQFxMWXyeASZJNvof0ulnH"
-    "lWJswS4OxKOkmW7VEyKyLGV6npoOm03Qsx2wkRxLsSa9gPpg4hdaReeUqh1FMbm7aWjyrVYT/MEZWg98p4GomEIYvz34XfDncTezX4bf/ZiSLXt79aE"
-    "1/YTZrYfymXeCrGjlbe0rg/T2ezJHAC870u2vsVbY1/KcE2A443N+DEnAziXlBQ1AeWq3Rqk/O6/TMM0lomzgctAOiAMg+bh5+Gu1ubA9O3E+vehULy"
-    "dD5qx2o6i3+qA9ORbH415NyRrQdeFq5vmCiRikp5xYptWiGZA0tkoaLKMPQ4ndE5gWHqiBbGPfULZWokI+QjjhhBmwgbd6J0VqpRorwOuzC/BHdkP72"
-    "DCdNcm7IDUpggnzBIy0+seWIkcHEryKjge3YDHpJeQCqrAH0CgxXHDt1xtbQbST1VqFyuhPhUjDXMXrknrGPN/oE1t0rLRq+78cI+k8xe5E6seeUXQs"
-    "Ee8r3358mpcDYSmXWSXVZxK6er9EF98APqHwcndyEJD2YyCh/mMVhERuX+7kjlRXSiNUWa/Cv/XAKFQuvUYA5ea2eYWtPRHa4DpyuF1SNsaqVKfgqKX"
-    "ZrJHfAgslVpSVqUpX4zkKszHF4kwMZO3M7J1P94Mxa7Tm9mTOJePOoHPXeEB+m9rX6pSfoi3mJDQ5inJ+Vc4gOkg/Wd/lqiy6TTyP/dHDN6/v+AuJx5"
-    "AXBo/2NDD3fWhHjkqEKIuARr2ClZt9ZRQO4HkXdZo7CN06sGCHk48Tg8PmxnxKcMZm7Aoquv5yMIM2gWSWIRJhwJ8cUpafIHc+GesDlbF6Zbt+/KXka"
-    "fJAQq2RklEN+WvZ/zFz113EPgWPjp16TwBoziq96MMekvWKY/vdhjol8VFtGH9F61Oy1Xwf6DJtPw=="
-)
-T1_PLAINTEXT = """<root>
-<out_refund_no><![CDATA[50fd012ed1b311e7af7800163e32c503]]></out_refund_no>
-<out_trade_no><![CDATA[4893e76d8c8b434cb64e9cd536338e33]]></out_trade_no>
-<refund_account><![CDATA[REFUND_SOURCE_RECHARGE_FUNDS]]></refund_account>
-<refund_fee><![CDATA[6]]></refund_fee>
-<refund_id><![CDATA[50000404922017112502468056157]]></refund_id>
-<refund_recv_accout><![CDATA[支付用户零钱]]></refund_recv_accout>
-<refund_request_source><![CDATA[API]]></refund_request_source>
-<refund_status><![CDATA[SUCCESS]]></refund_status>
-<settlement_refund_fee><![CDATA[6]]></settlement_refund_fee>
-<settlement_total_fee><![CDATA[6]]></settlement_total_fee>
-<success_time><![CDATA[2017-11-25 15:36:17]]></success_time>
-<total_fee><![CDATA[6]]></total_fee>
-<transaction_id><![CDATA[4200000015201711256947025404]]></transaction_id>
-</root>""".encode()
-
-T2_KEY = "1234567890abcdef1234567890abcdef"
-T2_PLAINTEXT = (
-    "<root><out_refund_no><![CDATA[123]]></out_refund_no><out_trade_no><![CDATA[abc]]></out_trade_no>"
-    "<refund_account><![CDATA[REFUND_SOURCE_UNSETTLED_FUNDS]]></refund_account><refund_fee><![CDATA[1]]></refund_fee>"
-    "<refund_id><![CDATA[50000303712017072701466990000]]></refund_id><refund_recv_accout><![CDATA[用户零钱]]>"
-    "</refund_recv_accout><refund_request_source><![CDATA[API]]></refund_request_source><refund_status>"
-    "<![CDATA[SUCCESS]]></refund_status><settlement_refund_fee><![CDATA[1]]></settlement_refund_fee>"
-    "<settlement_total_fee><![CDATA[1]]></settlement_total_fee><success_time><![CDATA[2017-07-27 00:33:09]]>"
-    "</success_time><total_fee><![CDATA[1]]></total_fee><transaction_id><![CDATA[4005302001201707272838220000]]>"
-    "</transaction_id></root>"
-).encode()
-T2_REQ_INFO = (
-    "m+cqC5OWNek/jGSeSFjMwxqoQmt9x/XQEPRosjYHR2a6kosdkuS2hFlt1QP/ykVOCm6PXnC0tOc7gsPzP3aG4Hhn7wJwJAvMhSUJhOAOlnXtHupbyiw"
-    "b9vNgqAwcSr04U1yoI8UemDCz+TnIsbldurZh6UKtDqSutp/KiutgJ/9crss+fh9hy9UcBKO60JkJgka79q6lkQoOKZh3kIHrFEZGFKcvCOJzx/heVt"
-    "z8AHGoB/IuNV4Mh280FZM1TTe8V54eXgqHNAOdJCoYQuKu34tepA+a4sjCcPOmNU5wLCjEFQ/+w7Ad8U2i3bfaA713DPk5qV8IVSB1cMGZj+zZBGPT4"
-    "OWBg0vZD4ZJCydf93e95CbxV7FuSPiFnZwjvsHBCA7DNGoAfSx72p5ZBcyCTFV9y4O9xTukHUmJNI8XK+JhR5Imz9u5422lfN5FcM6g4WdLDTVO/DiN"
-    "4chaTUk9uqEiMqD2Bn3+ZWe/R91YDW8koG3qd7m/9y7sckptNQWU9fi+zk/AbCLHETiUIj4dtFxsZRTBUFIEmSl2ebcPEdowOLzjUe2uW/Qr8dDwFuW"
-    "GsSYawYnsbsxliNc5DthzhcdB9MDkOab6hckUIC7639s6DKFP44Olgjc+tt5EfDpNxK0rHh4rhlCz9h5ZhzI7CVqJRx5pCLEBaJKntPeF9IWfj92VYM"
-    "Y7o8TesmqhiDWnGVGSK8vXDsQMAWIhHi2STvdVAZkaOTzF+cxVJsUgy2zVlGhNzlqjQZmLoXZ/Kiid7cfUQvg/Bqw4We6KRrAfTHplwjbghjVzqWsgJ"
-    "v8KI3cYjFJEtTy19a0z3yBrcthtjszmBEUyUG/d4O0DzGEG+JNB4VsMz/jWUJ2d2uJmpyvngyt5RkafRH4mCHWkNTPz5UCBZtJbvFzQ/VB/X077Apwg"
-    "k7lfgULu1uVF9N108kRKQcrqoGEH/oZ6lo0wIXbITx+7lr91eMvu4JgGPSQW4MKbluSa28iwkE5YcnQbYd0="
-)
-
-# The PHP SDK's refund sample (tests/fixtures/refund.notification.req_info.sample.xml), final LF included.
-D7_PLAINTEXT = """<root>
-<out_refund_no><![CDATA[131811191610442717309]]></out_refund_no>
-<out_trade_no><![CDATA[71106718111915575302817]]></out_trade_no>
-<refund_account><![CDATA[REFUND_SOURCE_RECHARGE_FUNDS]]></refund_account>
-<refund_fee><![CDATA[3960]]></refund_fee>
-<refund_id><![CDATA[50000408942018111907145868882]]></refund_id>
-<refund_recv_accout><![CDATA[支付用户零钱]]></refund_recv_accout>
-<refund_request_source><![CDATA[API]]></refund_request_source>
-<refund_status><![CDATA[SUCCESS]]></refund_status>
-<settlement_refund_fee><![CDATA[3960]]></settlement_refund_fee>
-<settlement_total_fee><![CDATA[3960]]></settlement_total_fee>
-<success_time><![CDATA[2018-11-19 16:24:13]]></success_time>
-<total_fee><![CDATA[3960]]></total_fee>
-<transaction_id><![CDATA[4200000215201811190261405420]]></transaction_id>
-</root>
-""".encode()
-
-# The official sample payment notification (T8) as the PHP SDK ships it; {sign} and {extra} are ours.
-T8_SIGN = "B552ED6B279343CB493C5DD0D78AB241"
-D6_MD5 = "F3F481B732273AFA2839E877583F311D"
-D6_HMAC = "24E6E92F0FDF7A6E11079FDA7500F7AC2220CB42E026B3AFB4811FFA0E706008"
-PAYMENT = """<xml>
-  <appid><![CDATA[wx2421b1c4370ec43b]]></appid>
-  <attach><![CDATA[支付测试]]></attach>
-  <bank_type><![CDATA[CFT]]></bank_type>
-  <fee_type><![CDATA[CNY]]></fee_type>
-  <is_subscribe><![CDATA[Y]]></is_subscribe>
-  <mch_id><![CDATA[10000100]]></mch_id>
-  <nonce_str><![CDATA[5d2b6c2a8db53831f7eda20af46e531c]]></nonce_str>
-  <openid><![CDATA[oUpF8uMEb4qRXf22hE3X68TekukE]]></openid>
-  <out_trade_no><![CDATA[1409811653]]></out_trade_no>
-  <result_code><![CDATA[SUCCESS]]></result_code>
-  <return_code><![CDATA[SUCCESS]]></return_code>
-  <sign><![CDATA[{sign}]]></sign>
-  <time_end><![CDATA[20140903131540]]></time_end>
-  <total_fee>{total_fee}</total_fee>
-  <coupon_fee><![CDATA[10]]></coupon_fee>
-  <coupon_count><![CDATA[1]]></coupon_count>
-  <coupon_type><![CDATA[CASH]]></coupon_type>
-  <coupon_id><![CDATA[10000]]></coupon_id>
-  <trade_type><![CDATA[JSAPI]]></trade_type>
-  <transaction_id><![CDATA[1004400740201409030005092168]]></transaction_id>{extra}
-</xml>
-"""
-
-
-def payment(sign: str = D6_MD5, *, total_fee: str = "1", extra: str = "") -> bytes:
-    return PAYMENT.format(sign=sign, total_fee=total_fee, extra=extra).encode()
-
-
-def refund(req_info: str, *, extra: str = "") -> bytes:
-    return (
-        "<xml><return_code>SUCCESS</return_code><appid><![CDATA[wx2421b1c4370ec43b]]></appid>"
-        "<mch_id><![CDATA[10000100]]></mch_id><nonce_str><![CDATA[TeqClE3i0mvn3DrK]]></nonce_str>"
-        f"<req_info><![CDATA[{req_info}]]></req_info>{extra}</xml>"
-    ).encode()
 
 
 @contextmanager
@@ -361,11 +271,6 @@ def test_a_wrong_key_never_gives_fields(key: str, plaintext: bytes) -> None:
         decrypt_req_info(by_upper_hex, key)
 
 
-def _ecb_without_padding(key: bytes, data: bytes) -> str:
-    encryptor = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
-    return base64.b64encode(encryptor.update(data) + encryptor.finalize()).decode()
-
-
 @pytest.mark.parametrize(
     "last_block",
     [
@@ -379,9 +284,9 @@ def test_bad_padding_is_refused(last_block: bytes) -> None:
     """PKCS#7 is checked byte by byte, even where the XML before it would parse."""
     data = b"<root><a>1</a>\n " + last_block
     with pytest.raises(V2DecryptionFailed):
-        decrypt_req_info(_ecb_without_padding(req_info_key(DOC_KEY), data), DOC_KEY)
+        decrypt_req_info(ecb_without_padding(req_info_key(DOC_KEY), data), DOC_KEY)
     padded = b"<root><a>1</a>\n " + b"</root>" + b"\x09" * 9  # the same blocks, correctly padded
-    assert decrypt_req_info(_ecb_without_padding(req_info_key(DOC_KEY), padded), DOC_KEY) == {"a": "1"}
+    assert decrypt_req_info(ecb_without_padding(req_info_key(DOC_KEY), padded), DOC_KEY) == {"a": "1"}
 
 
 @pytest.mark.parametrize(
@@ -393,7 +298,7 @@ def test_bad_padding_is_refused(last_block: bytes) -> None:
         pytest.param("", id="empty"),
         pytest.param("not base64!", id="not-base64"),
         pytest.param("支付", id="not-ascii"),
-        pytest.param(_ecb_without_padding(req_info_key(T1_KEY), b"<xml><a>1</a></xml>" + b"\x0d" * 13), id="not-root"),
+        pytest.param(ecb_without_padding(req_info_key(T1_KEY), b"<xml><a>1</a></xml>" + b"\x0d" * 13), id="not-root"),
         pytest.param(encrypt_req_info(b"<root><a>1</a><a>2</a></root>", T1_KEY), id="duplicate-inside"),
         pytest.param(encrypt_req_info(b'<!DOCTYPE r [<!ENTITY x "y">]><root/>', T1_KEY), id="dtd-inside"),
     ],
@@ -407,21 +312,6 @@ def test_req_info_that_does_not_decrypt_to_a_root_is_refused(req_info: str) -> N
 
 
 # -- hostile and malformed XML --------------------------------------------------------------------
-
-XXE_FILE = b"""<?xml version="1.0" encoding="UTF-8"?>
-<!DOCTYPE xml [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>
-<xml><return_code>SUCCESS</return_code><attach>&xxe;</attach></xml>"""
-XXE_PARAMETER = b"""<!DOCTYPE xml [<!ENTITY % remote SYSTEM "http://127.0.0.1:9/x.dtd"> %remote;]><xml/>"""
-EXTERNAL_DTD = b"""<?xml version="1.0"?><!DOCTYPE xml SYSTEM "http://127.0.0.1:9/evil.dtd"><xml><a>1</a></xml>"""
-PUBLIC_DTD = b"""<!DOCTYPE xml PUBLIC "-//W3C//DTD XHTML 1.0//EN" "http://127.0.0.1:9/x.dtd"><xml/>"""
-BILLION_LAUGHS = (
-    b'<?xml version="1.0"?>\n<!DOCTYPE xml [\n<!ENTITY lol "lol">\n'
-    + b"".join(
-        b'<!ENTITY lol%d "%s">\n' % (i, (b"&lol%d;" % (i - 1) if i > 1 else b"&lol;") * 10) for i in range(1, 10)
-    )
-    + b"]>\n<xml><return_code>&lol9;</return_code></xml>"
-)
-QUADRATIC_BLOWUP = b'<!DOCTYPE xml [<!ENTITY a "' + b"x" * 20_000 + b'">]><xml><a>' + b"&a;" * 10_000 + b"</a></xml>"
 
 
 @pytest.mark.parametrize(
@@ -527,6 +417,88 @@ def test_each_refusal_is_answered_like_its_apiv3_counterpart() -> None:
     assert answer_for(V2DecryptionFailed).status == 500
     for error in (V2Malformed, V2XmlForbidden, V2ReturnCodeFail, V2SignInvalid, V2DecryptionFailed):
         assert len(error.reason) < 64
+
+
+# -- as APIv3 tells it ([protocol: APIv2 as APIv3]) -----------------------------------------------
+
+
+def test_a_payment_is_told_as_the_apiv3_transaction() -> None:
+    delivery = v2_delivery(parse_v2_notification(payment(D6_MD5), DOC_KEY, max_bytes=LIMIT))
+    assert (delivery.notification_id, delivery.event_type) == ("v2:1004400740201409030005092168", "TRANSACTION.SUCCESS")
+    assert delivery.delivery_key == hashlib.sha256(payment(D6_MD5)).hexdigest()
+    assert delivery.resource == {
+        "mchid": "10000100",
+        "appid": "wx2421b1c4370ec43b",
+        "out_trade_no": "1409811653",
+        "transaction_id": "1004400740201409030005092168",
+        "trade_type": "JSAPI",
+        "trade_state": "SUCCESS",
+        "success_time": "2014-09-03T13:15:40+08:00",
+        "amount": {"total": 1, "currency": "CNY"},  # no cash_fee: no payer_total
+        "bank_type": "CFT",
+        "attach": "支付测试",
+    }
+
+
+def test_a_providers_failed_payment_is_told_as_a_partner_transaction_that_decides_nothing() -> None:
+    fields = {
+        "return_code": "SUCCESS",
+        "result_code": "FAIL",
+        "err_code_des": "余额不足",
+        "mch_id": "1230000109",
+        "appid": "wx8888888888888888",
+        "sub_mch_id": "1900000109",
+        "sub_appid": "wxd678efh567hg6999",
+        "out_trade_no": "ORDER-0001",
+        "total_fee": "100",
+        "cash_fee": "x",  # what is not fen reads as absent, as in a JSON resource
+        "fee_type": "",
+        "time_end": "2014-13-03",  # what is not yyyyMMddHHmmss is kept as given
+        "nonce_str": "n",
+    }
+    body = to_xml(fields | {"sign": sign_v2(fields, DOC_KEY)})
+    delivery = v2_delivery(parse_v2_notification(body, DOC_KEY, max_bytes=LIMIT))
+    assert delivery.event_type == "TRANSACTION.FAIL"
+    assert delivery.notification_id == f"v2:{hashlib.sha256(body).hexdigest()}"  # no transaction_id
+    assert delivery.resource == {
+        "sp_mchid": "1230000109",
+        "sub_mchid": "1900000109",
+        "sp_appid": "wx8888888888888888",
+        "sub_appid": "wxd678efh567hg6999",
+        "out_trade_no": "ORDER-0001",
+        "transaction_id": "",
+        "trade_type": "",
+        "trade_state": "PAYERROR",
+        "trade_state_desc": "余额不足",
+        "success_time": "2014-13-03",
+        "amount": {"total": 100, "payer_total": None, "currency": "CNY"},
+    }
+
+
+def test_a_refund_is_told_as_the_apiv3_refund_resource() -> None:
+    delivery = v2_delivery(parse_v2_notification(refund(T1_REQ_INFO), T1_KEY, max_bytes=LIMIT))
+    assert (delivery.notification_id, delivery.event_type) == (
+        "v2:refund:50000404922017112502468056157:SUCCESS",
+        "REFUND.V2",
+    )
+    assert delivery.resource == {
+        "mchid": "10000100",
+        "out_trade_no": "4893e76d8c8b434cb64e9cd536338e33",
+        "transaction_id": "4200000015201711256947025404",
+        "out_refund_no": "50fd012ed1b311e7af7800163e32c503",
+        "refund_id": "50000404922017112502468056157",
+        "refund_status": "SUCCESS",
+        "success_time": "2017-11-25T15:36:17+08:00",
+        "amount": {"total": 6, "refund": 6, "settlement_total": 6, "settlement_refund": 6},
+        "user_received_account": "支付用户零钱",
+        "refund_account": "REFUND_SOURCE_RECHARGE_FUNDS",
+        "refund_request_source": "API",
+    }
+    for v2_status, status in (("REFUNDCLOSE", "CLOSED"), ("CHANGE", "ABNORMAL"), ("ODD", "ODD")):
+        closed = encrypt_req_info(T1_PLAINTEXT.replace(b"[SUCCESS]", f"[{v2_status}]".encode()), T1_KEY)
+        other = v2_delivery(parse_v2_notification(refund(closed), T1_KEY, max_bytes=LIMIT))
+        assert other.resource["refund_status"] == status
+        assert other.notification_id.endswith(f":{v2_status}")
 
 
 # -- answers --------------------------------------------------------------------------------------

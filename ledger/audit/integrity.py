@@ -5,7 +5,9 @@ in pages (`--all`), keeping only each stream's head (version, chain, whose strea
 Each event is decoded through the application's mapper, so encrypted states are checked too.
 A stored `NotificationReceived` is re-verified against its stored signature headers with the
 configured key its serial names, at the notification's own timestamp: the 300-second window
-of the live path does not apply to old events, the signature and the key's validity do.
+of the live path does not apply to old events, the signature and the key's validity do. A
+legacy APIv2 delivery (its envelope says `"api": "v2"`) is re-verified with the merchant's APIv2
+key instead: the sign of a payment, the `req_info` of a refund, and what its XML maps to.
 A kept daily bill ([protocol: Keeping a bill]) is inflated chunk by chunk as its events pass and
 its SHA-1 and size compared with its `Fetched`: one inflater per bill being read, never the bill.
 """
@@ -36,6 +38,8 @@ from ledger.errors import (
     StoredBillCorrupt,
     StoreUnavailable,
     UnknownSerial,
+    V2DecryptionFailed,
+    V2SignInvalid,
     VerificationFailed,
 )
 from ledger.hashchain import GENESIS, event_fields, link
@@ -44,6 +48,7 @@ from ledger.store.cipher import stored_key_id
 from ledger.wechatpay.keys import KeyStore, normalise_serial
 from ledger.wechatpay.notification import open_envelope
 from ledger.wechatpay.signature import SignatureHeaders, build_message, verify
+from ledger.wechatpay.v2 import V2_KEY_SERIAL, parse_v2_notification, v2_delivery
 
 __all__ = ["PAGE", "Break", "Report", "check_all", "check_order"]
 
@@ -138,10 +143,12 @@ class _Checker:
         apiv3: Mapping[str, bytes],
         appids: Mapping[str, str | None] | None = None,
         sub_mchids: Mapping[str, frozenset[str] | None] | None = None,
+        v2_keys: Mapping[str, str] | None = None,
     ) -> None:
         self._ledger = ledger
         self._keys = keys
         self._apiv3 = apiv3
+        self._v2_keys = v2_keys or {}
         self.report = Report()
         self.heads: dict[UUID, _Head] = {}
         self._rederiver = None if appids is None else Rederiver(appids, self._resume, sub_mchids=sub_mchids)
@@ -203,9 +210,12 @@ class _Checker:
         head.version, head.chain = version, event.chain or None
         if stored.topic.endswith(".NotificationReceived"):
             self.report.notifications += 1
-            problem = self._signature_problem(head.mchid, event)
-            if problem is None:
-                problem = self._resource_problem(head.mchid, event)
+            if isinstance(event.envelope, dict) and event.envelope.get("api") == "v2":
+                problem = self._v2_problem(head.mchid, event)
+            else:
+                problem = self._signature_problem(head.mchid, event)
+                if problem is None:
+                    problem = self._resource_problem(head.mchid, event)
             if problem is not None:
                 self._break(stream_id, head, version, problem)
         if stored.topic.startswith(_BILL_TOPIC):
@@ -291,6 +301,33 @@ class _Checker:
             return "stored resource is not what the signed body decrypts to"
         return None
 
+    def _v2_problem(self, mchid: str, event: Any) -> str | None:
+        """A legacy APIv2 delivery ([protocol: APIv2 as APIv3]): its raw XML must verify with the merchant's
+        APIv2 key as it did on arrival (a payment's sign; a refund's `req_info` decrypts), and the stored
+        id, type, delivery key and resource must be what that XML maps to."""
+        key = self._v2_keys.get(mchid)
+        if key is None:
+            return "APIv2 key not configured"
+        if event.key_serial != V2_KEY_SERIAL or event.signature_headers:
+            return "an APIv2 delivery with APIv3 signature data"
+        raw = str(event.raw_body).encode("utf-8")
+        try:
+            notification = parse_v2_notification(raw, key, max_bytes=len(raw))
+        except V2SignInvalid:
+            return "APIv2 sign does not verify"
+        except V2DecryptionFailed:
+            return "APIv2 req_info does not decrypt with the configured APIv2 key"
+        except NotificationRejected:
+            return "stored body is not a valid APIv2 notification"
+        delivery = v2_delivery(notification)
+        self.report.resources += 1
+        stored = (event.notification_id, event.event_type, event.delivery_key)
+        if (delivery.notification_id, delivery.event_type, delivery.delivery_key) != stored:
+            return "stored delivery is not what its XML body says"
+        if delivery.resource != event.resource:
+            return "stored resource is not what its XML body maps to"
+        return None
+
     def _signature_problem(self, mchid: str, event: Any) -> str | None:
         try:
             headers = SignatureHeaders.from_headers(event.signature_headers)
@@ -326,8 +363,9 @@ def _checked(
     appids: Mapping[str, str | None] | None,
     events: Iterable[StoredEvent],
     sub_mchids: Mapping[str, frozenset[str] | None] | None = None,
+    v2_keys: Mapping[str, str] | None = None,
 ) -> _Checker:
-    checker = _Checker(ledger, keys, apiv3, appids, sub_mchids)
+    checker = _Checker(ledger, keys, apiv3, appids, sub_mchids, v2_keys)
     try:
         for stored in events:
             checker.check(stored)
@@ -346,9 +384,10 @@ def check_order(
     *,
     sub_mchid: str | None = None,
     sub_mchids: Mapping[str, frozenset[str] | None] | None = None,
+    v2_keys: Mapping[str, str] | None = None,
 ) -> Report:
     """One order's stream (a sub-merchant's with `sub_mchid`); when no order has that name, the inbox
-    stream of that notification id."""
+    stream of that notification id. `v2_keys`: each merchant's APIv2 key, for its APIv2 deliveries."""
     streams = ((order_id(mchid, out_trade_no, sub_mchid), "order"), (inbox_id(mchid, out_trade_no), "inbox"))
     for stream_id, kind in streams:
         try:
@@ -356,7 +395,7 @@ def check_order(
         except PersistenceError as exc:
             raise StoreUnavailable(type(exc).__name__) from None
         if stored:
-            checker = _Checker(ledger, keys, apiv3 or {}, appids, sub_mchids)
+            checker = _Checker(ledger, keys, apiv3 or {}, appids, sub_mchids, v2_keys)
             # Named from the request, so a stream whose first event is gone is still named.
             checker.heads[stream_id] = _Head(kind, out_trade_no, mchid)
             checker.report.streams = 1
@@ -385,8 +424,9 @@ def check_all(
     apiv3: Mapping[str, bytes] | None = None,
     appids: Mapping[str, str | None] | None = None,
     sub_mchids: Mapping[str, frozenset[str] | None] | None = None,
+    v2_keys: Mapping[str, str] | None = None,
 ) -> Report:
     """Every stream in the log, read once in notification order."""
-    checker = _checked(ledger, keys, apiv3 or {}, appids, _log(ledger, page), sub_mchids)
+    checker = _checked(ledger, keys, apiv3 or {}, appids, _log(ledger, page), sub_mchids, v2_keys)
     checker.finish()
     return checker.report

@@ -19,7 +19,14 @@ from ledger.wechatpay import aead
 from ledger.wechatpay.keys import KeyStore
 from ledger.wechatpay.signature import TIMESTAMP_TOLERANCE, SignatureHeaders, verify_signed_message
 
-__all__ = ["NotificationVerifier", "VerifiedNotification", "delivery_key", "open_envelope", "parse_json_object"]
+__all__ = [
+    "NotificationVerifier",
+    "VerifiedNotification",
+    "delivery_key",
+    "open_envelope",
+    "parse_json_object",
+    "resource_digest",
+]
 
 
 def _no_constants(name: str) -> Any:
@@ -50,6 +57,12 @@ def delivery_key(headers: SignatureHeaders, body: bytes) -> str:
     return h.hexdigest()
 
 
+def resource_digest(resource: dict[str, Any]) -> str:
+    """What tells two deliveries of one notification id apart: the SHA-256 of the resource, canonical JSON."""
+    canonical = json.dumps(resource, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 @dataclass(frozen=True)
 class VerifiedNotification:
     """A notification whose signature verified and whose resource decrypted."""
@@ -75,8 +88,7 @@ class VerifiedNotification:
 
     @property
     def resource_digest(self) -> str:
-        canonical = json.dumps(self.resource, sort_keys=True, ensure_ascii=False, default=str)
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return resource_digest(self.resource)
 
 
 def open_envelope(body: bytes, apiv3_key: bytes) -> tuple[dict[str, Any], dict[str, Any]]:

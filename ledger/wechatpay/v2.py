@@ -4,19 +4,23 @@ APIv2 refund notifications]) and the two XML answers ([protocol: Answering in XM
 
 Pure: bytes and the APIv2 key in, a `V2Notification` or one of the tree's errors out. The order
 of the checks is [protocol: APIv2 checks, in order]: size, XML, `return_code`, then the sign of a
-payment before any of its fields is used, or the decryption of a refund's `req_info`.
+payment before any of its fields is used, or the decryption of a refund's `req_info`. A
+notification is then told as an APIv3 one would tell it (`v2_delivery`, [protocol: APIv2 as
+APIv3]): a payment as the transaction resource, a refund as the refund resource, so that one
+order has one history whichever API told us.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import hashlib
 import hmac
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 from xml.etree.ElementTree import Element, ParseError, TreeBuilder
 
 from cryptography.hazmat.primitives import padding
@@ -40,6 +44,8 @@ __all__ = [
     "MD5",
     "SIGN_TYPES",
     "V2_KEY_LENGTH",
+    "V2_KEY_SERIAL",
+    "V2Delivery",
     "V2Notification",
     "answer_xml",
     "check_v2_key",
@@ -52,6 +58,9 @@ __all__ = [
     "req_info_key",
     "sign_v2",
     "to_xml",
+    "v2_delivery",
+    "v2_refund_resource",
+    "v2_transaction",
     "verify_v2_sign",
 ]
 
@@ -271,6 +280,135 @@ def parse_v2_notification(raw: bytes, key: str, *, max_bytes: int) -> V2Notifica
         return V2Notification("refund", fields, raw, decrypt_req_info(fields["req_info"], key))
     verify_v2_sign(fields, key)
     return V2Notification("payment", fields, raw)
+
+
+# -- as APIv3 tells it ([protocol: APIv2 as APIv3]) --------------------------------------------
+
+V2_KEY_SERIAL = "APIv2"
+"""What a v2 delivery records as its key serial: it was checked with the merchant's APIv2 key."""
+CST = dt.timezone(dt.timedelta(hours=8))
+# A refund's v2 `refund_status` and the APIv3 `refund_status` saying the same.
+_REFUND_STATUSES = {"SUCCESS": "SUCCESS", "REFUNDCLOSE": "CLOSED", "CHANGE": "ABNORMAL"}
+_TIME_END = re.compile(r"[0-9]{14}")
+_REFUND_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}")
+_FEN = re.compile(r"[0-9]{1,15}")
+
+
+def _fen(value: str | None) -> int | None:
+    """Fen as WeChat writes them (digits); anything else reads as absent, as in a JSON resource."""
+    return int(value) if value is not None and _FEN.fullmatch(value) else None
+
+
+def _rfc3339(value: str, pattern: re.Pattern[str], layout: str) -> str:
+    """A Beijing time of APIv2 as APIv3 writes it (`2014-09-03T13:15:40+08:00`); anything else as given."""
+    if not pattern.fullmatch(value):
+        return value
+    try:
+        return dt.datetime.strptime(value, layout).replace(tzinfo=CST).isoformat()
+    except ValueError:
+        return value
+
+
+def _merchants(fields: Mapping[str, str], *, appids: bool) -> dict[str, str]:
+    """`mch_id` (and `appid`) as `mchid` (`appid`); a service provider's, which names a `sub_mch_id`, as
+    `sp_mchid`/`sub_mchid` (`sp_appid`/`sub_appid`), the shape of a partner resource."""
+    partner = bool(fields.get("sub_mch_id"))
+    found = {"sp_mchid" if partner else "mchid": fields.get("mch_id", "")}
+    if partner:
+        found["sub_mchid"] = fields["sub_mch_id"]
+    if appids:
+        found["sp_appid" if partner else "appid"] = fields.get("appid", "")
+        if partner and fields.get("sub_appid"):
+            found["sub_appid"] = fields["sub_appid"]
+    return found
+
+
+def _present(fields: Mapping[str, str], names: Mapping[str, str]) -> dict[str, str]:
+    """The fields of `names` (v2 name -> APIv3 name) that are present and not empty, renamed."""
+    return {v3: fields[v2] for v2, v3 in names.items() if fields.get(v2)}
+
+
+def v2_transaction(fields: Mapping[str, str]) -> dict[str, Any]:
+    """A payment notification's (verified) fields as the APIv3 transaction resource: `trade_state`
+    SUCCESS when `result_code` is, `time_end` as RFC 3339, `total_fee` as `amount.total`, `cash_fee`
+    as `amount.payer_total`, `fee_type` (or CNY) as `amount.currency`."""
+    amount: dict[str, Any] = {"total": _fen(fields.get("total_fee"))}
+    if "cash_fee" in fields:
+        amount["payer_total"] = _fen(fields["cash_fee"])
+    amount["currency"] = fields.get("fee_type") or "CNY"
+    paid = fields.get("result_code") == "SUCCESS"
+    transaction: dict[str, Any] = {
+        **_merchants(fields, appids=True),
+        "out_trade_no": fields.get("out_trade_no", ""),
+        "transaction_id": fields.get("transaction_id", ""),
+        "trade_type": fields.get("trade_type", ""),
+        "trade_state": "SUCCESS" if paid else "PAYERROR",
+    }
+    if not paid and fields.get("err_code_des"):
+        transaction["trade_state_desc"] = fields["err_code_des"]
+    if "time_end" in fields:
+        transaction["success_time"] = _rfc3339(fields["time_end"], _TIME_END, "%Y%m%d%H%M%S")
+    transaction["amount"] = amount
+    return transaction | _present(fields, {"bank_type": "bank_type", "attach": "attach"})
+
+
+def v2_refund_resource(fields: Mapping[str, str], req_info: Mapping[str, str]) -> dict[str, Any]:
+    """A refund notification's decrypted `req_info` as the APIv3 refund resource (a hint: ECB is not
+    authenticated): `refund_status` SUCCESS, CLOSED or ABNORMAL for SUCCESS, REFUNDCLOSE or CHANGE;
+    `success_time` as RFC 3339; `total_fee`/`refund_fee` as `amount.total`/`amount.refund`."""
+    status = req_info.get("refund_status", "")
+    amount: dict[str, Any] = {"total": _fen(req_info.get("total_fee")), "refund": _fen(req_info.get("refund_fee"))}
+    for v2, v3 in (
+        ("settlement_total_fee", "settlement_total"),
+        ("settlement_refund_fee", "settlement_refund"),
+        ("cash_refund_fee", "payer_refund"),
+    ):
+        if v2 in req_info:
+            amount[v3] = _fen(req_info[v2])
+    resource: dict[str, Any] = {
+        **_merchants(fields, appids=False),
+        "out_trade_no": req_info.get("out_trade_no", ""),
+        "transaction_id": req_info.get("transaction_id", ""),
+        "out_refund_no": req_info.get("out_refund_no", ""),
+        "refund_id": req_info.get("refund_id", ""),
+        "refund_status": _REFUND_STATUSES.get(status, status),
+    }
+    if "success_time" in req_info:
+        resource["success_time"] = _rfc3339(req_info["success_time"], _REFUND_TIME, "%Y-%m-%d %H:%M:%S")
+    resource["amount"] = amount
+    kept = {
+        "refund_recv_accout": "user_received_account",
+        "refund_account": "refund_account",
+        "refund_request_source": "refund_request_source",
+    }
+    return resource | _present(req_info, kept)
+
+
+@dataclass(frozen=True)
+class V2Delivery:
+    """A v2 notification as an APIv3 delivery: its id, event type, resource and delivery key."""
+
+    notification_id: str
+    event_type: str
+    resource: dict[str, Any]
+    delivery_key: str
+
+
+def v2_delivery(notification: V2Notification) -> V2Delivery:
+    """[protocol: APIv2 as APIv3]. A payment is `TRANSACTION.SUCCESS` (`TRANSACTION.FAIL` when its
+    `result_code` is not SUCCESS: recorded, deciding nothing) with id `v2:<transaction_id>`; a refund is
+    `REFUND.V2` (deciding nothing until a refund query confirms it) with id `v2:refund:<refund_id>:<status>`.
+    The delivery key is the SHA-256 of the body: WeChat's v2 retries are the same bytes, so they collapse."""
+    key = hashlib.sha256(notification.raw).hexdigest()
+    if notification.kind == "refund":
+        assert notification.req_info is not None
+        resource = v2_refund_resource(notification.fields, notification.req_info)
+        refund_id, status = resource["refund_id"], notification.req_info.get("refund_status", "")
+        return V2Delivery(f"v2:refund:{refund_id}:{status}" if refund_id else f"v2:{key}", "REFUND.V2", resource, key)
+    resource = v2_transaction(notification.fields)
+    event_type = "TRANSACTION.SUCCESS" if resource["trade_state"] == "SUCCESS" else "TRANSACTION.FAIL"
+    transaction_id = resource["transaction_id"]
+    return V2Delivery(f"v2:{transaction_id}" if transaction_id else f"v2:{key}", event_type, resource, key)
 
 
 # -- settings -----------------------------------------------------------------------------------

@@ -1,9 +1,11 @@
-"""The reconciliation worklist: registered orders still open, with when to query them next.
+"""The reconciliation worklist: registered orders still open, with when to query them next, and
+refunds told by an APIv2 `req_info` not confirmed yet by a refund query.
 
-It is derived from the event log (``Registered`` adds an order; a final decision removes it)
-and kept in two tables beside the events, updated together with the log position they have
-reached, so it can always be rebuilt and never misses an order. Leases make sure that two
-reconcilers never query the same order at once.
+It is derived from the event log (``Registered`` adds an order; a final decision removes it; an
+APIv2 refund delivery adds a refund, a final refund decision removes it) and kept in tables beside
+the events, updated together with the log position they have reached, so it can always be rebuilt
+and never misses an order. Leases make sure that two reconcilers never query the same order (or
+refund) at once.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from dataclasses import dataclass
 
 from ledger.store.sql import Cursor, Database
 
-__all__ = ["Due", "Worklist"]
+__all__ = ["Due", "DueRefund", "Worklist"]
 
 TABLE = "payledger_reconcile"
 POSITION = "payledger_reconcile_position"
 INDEX = "payledger_reconcile_due"
+REFUNDS = "payledger_reconcile_refunds"
+REFUNDS_INDEX = "payledger_reconcile_refunds_due"
 
 
 @dataclass(frozen=True)
@@ -31,12 +35,30 @@ class Due:
     attempts: int
 
 
+@dataclass(frozen=True)
+class DueRefund:
+    """A refund of the order in `stream_id` that an APIv2 notification told and no query has confirmed."""
+
+    stream_id: str
+    out_refund_no: str
+    mchid: str
+    out_trade_no: str
+    expires_at: float
+    attempts: int
+
+
 class Worklist:
     """The worklist's tables on `database` (created if missing); the caller closes the database."""
 
     def __init__(self, database: Database) -> None:
         self._db = database
-        self._slots = {"table": database.qualify(TABLE), "position": database.qualify(POSITION), "index": INDEX}
+        self._slots = {
+            "table": database.qualify(TABLE),
+            "position": database.qualify(POSITION),
+            "index": INDEX,
+            "refunds": database.qualify(REFUNDS),
+            "refunds_index": REFUNDS_INDEX,
+        }
         self._create()
 
     @property
@@ -67,6 +89,17 @@ class Worklist:
             cur.execute(
                 self._sql("CREATE TABLE IF NOT EXISTS {position} (name TEXT PRIMARY KEY, position BIGINT NOT NULL)")
             )
+            cur.execute(
+                self._sql(
+                    "CREATE TABLE IF NOT EXISTS {refunds} ("
+                    " stream_id TEXT NOT NULL, out_refund_no TEXT NOT NULL, mchid TEXT NOT NULL,"
+                    " out_trade_no TEXT NOT NULL, expires_at DOUBLE PRECISION NOT NULL,"
+                    " next_due_at DOUBLE PRECISION NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
+                    " state TEXT NOT NULL, refund_status TEXT, lease_owner TEXT,"
+                    " lease_until DOUBLE PRECISION, last_error TEXT, PRIMARY KEY (stream_id, out_refund_no))"
+                )
+            )
+            cur.execute(self._sql("CREATE INDEX IF NOT EXISTS {refunds_index} ON {refunds} (state, next_due_at)"))
 
     # -- fed from the log ---------------------------------------------------------------------
 
@@ -101,6 +134,24 @@ class Worklist:
                 " lease_owner = NULL, lease_until = NULL WHERE stream_id = %s"
             ),
             (trade_state, stream_id),
+        )
+
+    def add_refund(self, cur: Cursor, due: DueRefund, first_due_at: float) -> None:
+        cur.execute(
+            self._sql(
+                "INSERT INTO {refunds} (stream_id, out_refund_no, mchid, out_trade_no, expires_at, next_due_at, state)"
+                " VALUES (%s, %s, %s, %s, %s, %s, 'open') ON CONFLICT (stream_id, out_refund_no) DO NOTHING"
+            ),
+            (due.stream_id, due.out_refund_no, due.mchid, due.out_trade_no, due.expires_at, first_due_at),
+        )
+
+    def settle_refund(self, cur: Cursor, stream_id: str, out_refund_no: str, status: str) -> None:
+        cur.execute(
+            self._sql(
+                "UPDATE {refunds} SET state = 'done', refund_status = %s, lease_owner = NULL, lease_until = NULL"
+                " WHERE stream_id = %s AND out_refund_no = %s"
+            ),
+            (status, stream_id, out_refund_no),
         )
 
     # -- used by reconcilers --------------------------------------------------------------------
@@ -151,6 +202,58 @@ class Worklist:
                 ),
                 (state, trade_state, stream_id, owner),
             )
+
+    def claim_refunds(self, owner: str, now: float, lease: float, limit: int) -> list[DueRefund]:
+        """Lease up to `limit` due refunds, as `claim` leases orders."""
+        with self.transaction() as cur:
+            cur.execute(
+                self._sql(
+                    "SELECT stream_id, out_refund_no FROM {refunds} WHERE state = 'open' AND next_due_at <= %s"
+                    " AND (lease_until IS NULL OR lease_until < %s) ORDER BY next_due_at LIMIT %s"
+                ),
+                (now, now, limit),
+            )
+            claimed: list[DueRefund] = []
+            for stream_id, out_refund_no in cur.fetchall():
+                cur.execute(
+                    self._sql(
+                        "UPDATE {refunds} SET lease_owner = %s, lease_until = %s WHERE stream_id = %s"
+                        " AND out_refund_no = %s AND state = 'open' AND (lease_until IS NULL OR lease_until < %s)"
+                        " RETURNING stream_id, out_refund_no, mchid, out_trade_no, expires_at, attempts"
+                    ),
+                    (owner, now + lease, stream_id, out_refund_no, now),
+                )
+                row = cur.fetchone()
+                if row is not None:
+                    claimed.append(DueRefund(str(row[0]), row[1], row[2], row[3], float(row[4]), int(row[5])))
+            return claimed
+
+    def release_refund(
+        self,
+        owner: str,
+        due: DueRefund,
+        *,
+        state: str = "open",
+        next_due_at: float | None = None,
+        refund_status: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """After a refund's query: still open and due at `next_due_at`, or `state` "done" or "expired"."""
+        with self.transaction() as cur:
+            cur.execute(
+                self._sql(
+                    "UPDATE {refunds} SET state = %s, next_due_at = COALESCE(%s, next_due_at),"
+                    " attempts = attempts + 1, last_error = %s, refund_status = COALESCE(%s, refund_status),"
+                    " lease_owner = NULL, lease_until = NULL"
+                    " WHERE stream_id = %s AND out_refund_no = %s AND lease_owner = %s"
+                ),
+                (state, next_due_at, error, refund_status, due.stream_id, due.out_refund_no, owner),
+            )
+
+    def refund_counts(self) -> dict[str, int]:
+        with self.transaction() as cur:
+            cur.execute(self._sql("SELECT state, COUNT(*) FROM {refunds} GROUP BY state"))
+            return {row[0]: int(row[1]) for row in cur.fetchall()}
 
     def counts(self) -> dict[str, int]:
         with self.transaction() as cur:
