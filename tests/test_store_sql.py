@@ -226,3 +226,32 @@ def test_after_close_a_transaction_raises_a_store_error(database: Database) -> N
     with pytest.raises(STORE_ERRORS), database.transaction():
         pass
     database.close()  # twice is fine
+
+
+def test_processes_starting_together_create_our_tables_without_colliding(postgres_url: str) -> None:
+    """Two `payledger serve` starting at once on a fresh store both create the bill reports and the
+    worklist; on PostgreSQL concurrent CREATE TABLE IF NOT EXISTS can still collide in pg_type, so our
+    DDL takes turns on one advisory lock (`Database.ddl`). Eight at once, each with its own connection."""
+    from projections.bills.reports import BillReports
+    from projections.reconcile.worklist import Worklist
+
+    databases = [Database(postgres_url, pool_size=1) for _ in range(8)]
+    start = threading.Barrier(len(databases))
+    errors: list[BaseException] = []
+
+    def create(database: Database) -> None:
+        start.wait()
+        try:
+            BillReports(database)
+            Worklist(database)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=create, args=(database,)) for database in databases]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    for database in databases:
+        database.close()
+    assert errors == []

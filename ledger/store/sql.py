@@ -58,6 +58,7 @@ STORE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, psycopg.Error)
 STORE_UNAVAILABLE: tuple[type[Exception], ...] = (sqlite3.OperationalError, psycopg.OperationalError)
 # A statement on a table not created yet (SQLite's error is its broad OperationalError).
 MISSING_TABLE: tuple[type[Exception], ...] = (sqlite3.OperationalError, psycopg.errors.UndefinedTable)
+DDL_LOCK = 0x7061796C6F7574  # the advisory lock our CREATE TABLE IF NOT EXISTS statements take turns on
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
@@ -218,6 +219,16 @@ class Database:
                 if self._sqlite.in_transaction:
                     cur.execute("ROLLBACK")
                 raise
+
+    @contextmanager
+    def ddl(self) -> Iterator[Cursor]:
+        """A transaction for ``CREATE ... IF NOT EXISTS``. On PostgreSQL two processes creating the same
+        table at once can still collide (a unique violation in ``pg_type``): there they take turns,
+        on the same advisory lock as every other table of ours."""
+        with self.transaction() as cur:
+            if self.dialect == "postgres":
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (DDL_LOCK,))
+            yield cur
 
     @contextmanager
     def connection(self) -> Iterator[Session]:

@@ -128,7 +128,7 @@ class BillReports:
     def __init__(self, database: Database) -> None:
         self._db = database
         self._slots = {"reports": database.qualify(REPORTS), "fees": database.qualify(FEES), "by_order": FEES_BY_ORDER}
-        with self._db.transaction() as cur:
+        with self._db.ddl() as cur:  # every process creates them on start: they take turns
             cur.execute(
                 self._sql(
                     "CREATE TABLE IF NOT EXISTS {reports} (mchid TEXT NOT NULL, bill_date TEXT NOT NULL,"

@@ -74,7 +74,7 @@ class Worklist:
             yield cur
 
     def _create(self) -> None:
-        with self.transaction() as cur:
+        with self._db.ddl() as cur:
             cur.execute(
                 self._sql(
                     "CREATE TABLE IF NOT EXISTS {table} ("

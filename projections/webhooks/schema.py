@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ledger.store.backends import persistence_env
-from ledger.store.sql import Cursor, Dialect, render, schema_prefix
+from ledger.store.sql import DDL_LOCK, Cursor, Dialect, render, schema_prefix
 from projections.webhooks.records import ATTEMPT_COLUMNS, ENDPOINT_COLUMNS, MESSAGE_COLUMNS, OPERATOR_EVENT_COLUMNS
 
 __all__ = ["TABLES", "Store", "create_tables", "outbox_url", "sql"]
@@ -24,7 +24,7 @@ TABLES = {
     "attempts": "payledger_attempts",
     "events": "payledger_operator_events",
 }
-_CREATE_LOCK = 0x7061796C6F7574  # concurrent CREATE TABLE IF NOT EXISTS can still collide on PostgreSQL
+_CREATE_LOCK = DDL_LOCK  # concurrent CREATE TABLE IF NOT EXISTS can still collide on PostgreSQL
 _DDL = (
     "CREATE TABLE IF NOT EXISTS {endpoints} (id TEXT PRIMARY KEY, url TEXT NOT NULL, secrets TEXT NOT NULL,"
     " event_types TEXT NOT NULL, enabled BOOLEAN NOT NULL, disabled_reason TEXT,"
