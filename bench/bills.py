@@ -8,13 +8,15 @@ PostgreSQL, in under 60 s with resident memory under 300 MB. In one run:
   gzipped to a temp file, its SHA-1 taken; and a small valid fund-flow bill (`--fundflow-rows`);
 * seeding (not timed, its time printed): a fresh ledger (a new PostgreSQL schema, dropped afterwards,
   or a SQLite file) holding the same payments and refunds, built with the domain's commands in a
-  child process (so its memory is not counted): per payment line an order opened, registered and
+  child processes (so their memory is not counted): per payment line an order opened, registered and
   decided by a status-query answer (`record_query`: `PaymentSucceeded` at the line's time, +08:00);
   per refund line an order paid the day before and a REFUND.SUCCESS callback (`receive`:
   `RefundSucceeded` with the line's refund_id and amount); appended with `Ledger.save_all` in large
-  batches, then the orders view built by `rebuild_orders_view`. Planted differences: 3 payments
-  and 1 refund the ledger lacks, 2 payments and 1 refund off by one fen, 2 payments of the day the
-  bill lacks (at 00:00:00 and 23:59:59 Beijing time); the report must name exactly those;
+  batches, then the orders view built by `rebuild_orders_view` and, on PostgreSQL, the tables
+  ANALYZEd (what autovacuum does on a running server; the test server runs without it, and without
+  statistics the planner answers each batch of lookups by scanning the view). Planted differences:
+  3 payments and 1 refund the ledger lacks, 2 payments and 1 refund off by one fen, 2 payments of
+  the day the bill lacks (at 00:00:00 and 23:59:59 Beijing time); the report must name exactly those;
 * fetch + parse (the baseline): `apply_trade_bill`, `download_bill_to_temp(client.download_bill, ...)`
   (HTTP, gunzip, SHA-1, to disk), `read_trade_bill` over the file with every row consumed and the
   summary checked, and the same file read by `csv.DictReader` with no checks (a naive integration);
@@ -22,13 +24,14 @@ PostgreSQL, in under 60 s with resident memory under 300 MB. In one run:
   `Services.bills` wires it, with no query client (query=None: the payments the ledger lacks are
   reported, not queried). Both bills are served by a child process on 127.0.0.1 (its memory is not
   counted) with signed apply answers. Its phases are timed by wrappers around what the reconciler
-  is given (client, ledger, facts, reports, catch-up); the service's code is not changed.
+  is given (client, ledger, facts, reports, catch-up), in wall-clock time and this process's CPU
+  time; the service's code is not changed.
 
 The process's resident memory is sampled every 0.2 s; the peak over the reconciliation is the
 figure for the verdict.
 
     python bench/bills.py [--rows 1000000] [--store postgres|sqlite] [--refunds 0.1] [--seed 1]
-                          [--fundflow-rows 1000]
+                          [--fundflow-rows 1000] [--no-analyze]
 """
 
 from __future__ import annotations
@@ -76,7 +79,7 @@ from ledger.wechatpay.client import WeChatPayClient
 from ledger.wechatpay.sandbox.bills import FUND_HEADER, FUND_SUMMARY_HEADER, TRADE_HEADER, TRADE_SUMMARY_HEADER
 from ledger.wechatpay.sandbox.signer import NotificationFactory
 from projections.bills.facts import OrdersViewFacts
-from projections.bills.reports import BillReports
+from projections.bills.reports import BillReport, BillReports
 from projections.bills.service import BillReconciler
 from projections.read_model.reader import LiveOrdersView
 from projections.read_model.rebuild import rebuild_orders_view
@@ -432,6 +435,17 @@ def seed_all(url: str, rows: int, refund_share: float, seed: int, plan: dict[int
     )
 
 
+def analyze(schema: str) -> float:
+    """ANALYZE every table of the schema: the planner's statistics, as autovacuum keeps them on a running
+    server (the test server runs with autovacuum off, and a freshly built view has none)."""
+    started = time.perf_counter()
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        tables = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,)).fetchall()
+        for (table,) in tables:
+            conn.execute(f'ANALYZE "{schema}"."{table}"')
+    return time.perf_counter() - started
+
+
 # -- WeChat's side ---------------------------------------------------------------------------------
 
 
@@ -511,17 +525,23 @@ class Peaks:
 
 
 class Timeline:
-    """Time spent in each wrapped call (summed per name), the moments marked, and the sampler's phase."""
+    """Time spent in each wrapped call (summed per name, wall clock and this process's CPU), the moments
+    marked, and the sampler's phase."""
 
     def __init__(self, peaks: Peaks) -> None:
         self.peaks = peaks
         self.seconds: collections.defaultdict[str, float] = collections.defaultdict(float)
+        self.cpu: collections.defaultdict[str, float] = collections.defaultdict(float)
         self.calls: collections.Counter[str] = collections.Counter()
-        self.marks: dict[str, float] = {}
+        self.marks: dict[str, tuple[float, float]] = {}
         self.results: dict[str, Any] = {}
 
+    @staticmethod
+    def now() -> tuple[float, float]:
+        return time.perf_counter(), cpu_seconds()
+
     def mark(self, name: str, phase: str | None = None) -> None:
-        self.marks[name] = time.perf_counter()
+        self.marks[name] = self.now()
         if phase is not None:
             self.peaks.enter(phase)
 
@@ -529,14 +549,16 @@ class Timeline:
     def spent(self, name: str, phase: str | None = None, then: str | None = None) -> Iterator[None]:
         if phase is not None:
             self.peaks.enter(phase)
-        self.marks.setdefault(f"{name} start", time.perf_counter())
-        started = time.perf_counter()
+        started = self.now()
+        self.marks.setdefault(f"{name} start", started)
         try:
             yield
         finally:
-            self.seconds[name] += time.perf_counter() - started
+            ended = self.now()
+            self.seconds[name] += ended[0] - started[0]
+            self.cpu[name] += ended[1] - started[1]
             self.calls[name] += 1
-            self.marks[f"{name} end"] = time.perf_counter()
+            self.marks[f"{name} end"] = ended
             if then is not None:
                 self.peaks.enter(then)
 
@@ -550,8 +572,10 @@ class Timeline:
 
         return timed
 
-    def between(self, start: str, end: str) -> float:
-        return self.marks[end] - self.marks[start]
+    def between(self, start: str, end: str) -> tuple[float, float]:
+        """(wall, CPU) seconds from one mark to another."""
+        (wall0, cpu0), (wall1, cpu1) = self.marks[start], self.marks[end]
+        return wall1 - wall0, cpu1 - cpu0
 
 
 class TimedClient:
@@ -682,6 +706,79 @@ def expected_differences(gen: Generated, rows: int, refund_share: float, seed: i
     return found
 
 
+class Reconciled(NamedTuple):
+    report: BillReport
+    timeline: Timeline
+    rss_before: float
+
+
+def reconcile_timed(url: str, client: WeChatPayClient, folder: Path, peaks: Peaks) -> Reconciled:
+    """`BillReconciler.reconcile` of the bench's merchant and day, end to end, its phases timed."""
+    timeline = Timeline(peaks)
+    reconciler, close = reconciler_for(url, client, folder, timeline)
+    try:
+        time.sleep(0.5)  # a sample of the memory before
+        rss_before = rss_mb()
+        timeline.mark("start", phase="trade: fetch")
+        report = reconciler.reconcile(MCHID, BILL_DATE)
+        timeline.mark("end", phase="end")
+    finally:
+        close()
+    return Reconciled(report, timeline, rss_before)
+
+
+def print_reconcile(reconciled: Reconciled, peaks: Peaks, store: str) -> tuple[float, float]:
+    """The phases of the reconciliation, their time and memory; (seconds, peak RSS in MB) of the whole."""
+    timeline, rows = reconciled.timeline, reconciled.report.rows
+
+    def both(name: str) -> tuple[float, float]:
+        return timeline.seconds[name], timeline.cpu[name]
+
+    def plus(*spans: tuple[float, float]) -> tuple[float, float]:
+        return sum(span[0] for span in spans), sum(span[1] for span in spans)
+
+    def minus(span: tuple[float, float], *less: tuple[float, float]) -> tuple[float, float]:
+        taken = plus(*less)
+        return span[0] - taken[0], span[1] - taken[1]
+
+    total = timeline.between("start", "end")
+    match = timeline.between("catch-up end", "discrepancies start")
+    fundflow = timeline.between("discrepancies end", "report saved start")
+    lookups = plus(both("match: payment lookups"), both("match: refund lookups"))
+    scan = both("match: the day's payments (missing_in_bill)")
+    fees = both("match: fee writes")
+    batches = f"{timeline.calls['match: payment lookups']} + {timeline.calls['match: refund lookups']}"
+    keep = both("trade: keep")
+    phases: list[tuple[str, tuple[float, float], str | None]] = [
+        ("trade bill: apply", both("trade: apply"), "trade: fetch"),
+        ("trade bill: download (HTTP, gunzip, SHA-1, to disk)", both("trade: download"), None),
+        ("trade bill: keep (recompress, chunk events appended)", keep, "trade: keep"),
+        ("catch-up of the orders view", both("catch-up"), "catch-up"),
+        ("match (streamed)", match, "match"),
+        (f"  ledger lookups ({batches} batches)", lookups, None),
+        ("  the day's payments read back (missing_in_bill)", scan, None),
+        (f"  fee writes ({timeline.calls['match: fee writes']} batches)", fees, None),
+        ("  parse + compare (the rest)", minus(match, lookups, scan, fees), None),
+        ("discrepancies recorded (events)", both("discrepancies"), "discrepancies"),
+        ("fund-flow bill: apply + download + keep + parse", fundflow, "fund-flow"),
+        ("report saved", both("report saved"), "save"),
+    ]
+    top = [span for label, span, _ in phases if not label.startswith(" ") and not label.startswith("trade bill: d")]
+    accounted = plus(*top, both("trade: download"))
+    print(f"reconcile (RSS before it: {reconciled.rss_before:.0f} MB; CPU = this process's):")
+    for label, (wall, cpu), memory in [*phases, ("(between the above)", minus(total, accounted), None)]:
+        shown = f"; peak RSS {peaks.peaks.get(memory, 0.0):.0f} MB" if memory else ""
+        print(f"  {label:<56} {wall:7.2f} s, CPU {cpu:6.2f} s{shown}")
+    peak = max(peaks.peaks.get(p, 0.0) for p in ("trade: fetch", "trade: keep", "catch-up", "match",
+                                                  "discrepancies", "fund-flow", "save"))  # fmt: skip
+    waiting = "the rest: waiting for a core" if store == "sqlite" else "the rest: the database, or no core free"
+    print(
+        f"reconcile end to end: {total[0]:.1f} s, {rows / total[0]:,.0f} rows/s, peak RSS {peak:.0f} MB, "
+        f"this process's CPU {total[1]:.1f} s ({waiting})"
+    )
+    return total[0], peak
+
+
 # -- the run ---------------------------------------------------------------------------------------
 
 
@@ -692,10 +789,17 @@ def main() -> int:
     parser.add_argument("--refunds", type=float, default=0.1, help="share of refund rows")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--fundflow-rows", type=int, default=1_000, help="rows of the day's fund-flow bill")
+    parser.add_argument(
+        "--analyze",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="ANALYZE the seeded tables (PostgreSQL), as autovacuum would on a running server",
+    )
     args = parser.parse_args()
     print(
         f"daily-bill benchmark: ALL trade bill of {args.rows:,} rows (~{args.refunds:.0%} refunds) for "
         f"{BILL_DATE}, reconciled on {args.store}; fund-flow bill of {args.fundflow_rows:,} rows; seed {args.seed}; "
+        f"ANALYZE after seeding: {'yes' if args.analyze and args.store == 'postgres' else 'no'}; "
         f"{os.cpu_count()} CPUs shared with the database (and with whatever else runs); "
         f"Python {sys.version.split()[0]}"
     )
@@ -722,6 +826,8 @@ def main() -> int:
         server = None
         try:
             seed_all(url, args.rows, args.refunds, args.seed, gen.plan)
+            if args.store == "postgres" and args.analyze:
+                print(f"statistics: ANALYZE of the schema's tables in {analyze(schema):.0f} s (not timed below)")
 
             factory = NotificationFactory(mchid=MCHID, appid=APPID)
             port = free_port()
@@ -740,8 +846,6 @@ def main() -> int:
             downloads = folder / "downloads"
             downloads.mkdir()
             peaks = Peaks()
-            timeline = Timeline(peaks)
-            reconciler, close = reconciler_for(url, client, downloads, timeline)
             times: dict[str, float] = {}
 
             def phase(name: str) -> None:
@@ -764,15 +868,8 @@ def main() -> int:
                 naive = sum(1 for _ in csv.DictReader(file))
             phase("idle")
             path.unlink()
-            time.sleep(0.5)
-            rss_before = rss_mb()
-            cpu.append(cpu_seconds())
-            timeline.mark("start", phase="trade: fetch")
-            report = reconciler.reconcile(MCHID, BILL_DATE)
-            timeline.mark("end", phase="end")
-            cpu.append(cpu_seconds())
+            reconciled = reconcile_timed(url, client, downloads, peaks)
             peaks.stop()
-            close()
             client.close()
             kept_fees = fees_kept(url)
         finally:
@@ -784,6 +881,7 @@ def main() -> int:
                     conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
     # -- what the run must have done ---------------------------------------------------------------
+    report, timeline = reconciled.report, reconciled.timeline
     assert download.sha1 == sha1 and download.size == size and count == summary.count == args.rows, "bill mismatch"
     assert naive == args.rows + 2, "the csv baseline reads the rows and the two summary lines"
     found = {
@@ -825,45 +923,13 @@ def main() -> int:
         f"this process's CPU {cpu[1] - cpu[0]:.1f} s"
     )
 
-    total = timeline.between("start", "end")
-    t = timeline.seconds
-    match = timeline.between("catch-up end", "discrepancies start")
-    fundflow = timeline.between("discrepancies end", "report saved start")
-    lookups = t["match: payment lookups"] + t["match: refund lookups"]
-    scan = t["match: the day's payments (missing_in_bill)"]
-    batches = f"{timeline.calls['match: payment lookups']} + {timeline.calls['match: refund lookups']}"
-    rows_phases = [
-        ("trade bill: apply", t["trade: apply"], "trade: fetch"),
-        ("trade bill: download (HTTP, gunzip, SHA-1, to disk)", t["trade: download"], None),
-        ("trade bill: keep (recompress, chunk events appended)", t["trade: keep"], "trade: keep"),
-        ("catch-up of the orders view", t["catch-up"], "catch-up"),
-        ("match (streamed)", match, "match"),
-        (f"  ledger lookups ({batches} batches)", lookups, None),
-        ("  the day's payments read back (missing_in_bill)", scan, None),
-        (f"  fee writes ({timeline.calls['match: fee writes']} batches)", t["match: fee writes"], None),
-        ("  parse + compare (the rest)", match - lookups - scan - t["match: fee writes"], None),
-        ("discrepancies recorded (events)", t["discrepancies"], "discrepancies"),
-        ("fund-flow bill: apply + download + keep + parse", fundflow, "fund-flow"),
-        ("report saved", t["report saved"], "save"),
-    ]
-    accounted = t["trade: apply"] + t["trade: download"] + t["trade: keep"] + t["catch-up"] + match
-    accounted += t["discrepancies"] + fundflow + t["report saved"]
-    print(f"reconcile (RSS before it: {rss_before:.0f} MB):")
-    for label, spent, memory in rows_phases:
-        shown = f"; peak RSS {peaks.peaks.get(memory, 0.0):.0f} MB" if memory else ""
-        print(f"  {label:<56} {spent:7.2f} s{shown}")
-    print(f"  {'(between the above)':<56} {total - accounted:7.2f} s")
-    peak = max(peaks.peaks.get(p, 0.0) for p in ("trade: fetch", "trade: keep", "catch-up", "match",
-                                                  "discrepancies", "fund-flow", "save"))  # fmt: skip
+    total, peak = print_reconcile(reconciled, peaks, args.store)
     print(
-        f"  report: {report.status}, {report.rows:,} rows ({report.payments:,} payments, {report.refunds:,} refunds), "
+        f"report: {report.status}, {report.rows:,} rows ({report.payments:,} payments, {report.refunds:,} refunds), "
         f"{len(report.discrepancies)} differences, exactly the planted ones; {kept_fees:,} fees kept"
     )
-    waiting = "the rest: waiting for a core" if args.store == "sqlite" else "the rest: the database, or no core free"
     print(
-        f"reconcile end to end: {total:.1f} s, {args.rows / total:,.0f} rows/s, peak RSS {peak:.0f} MB, "
-        f"this process's CPU {cpu[3] - cpu[2]:.1f} s ({waiting}); "
-        f"{total / fetch_parse:.2f}x fetch+parse, {total / seconds['baseline']:.1f}x the csv read"
+        f"reconcile / fetch+parse: {total / fetch_parse:.2f}x; reconcile / csv read: {total / seconds['baseline']:.1f}x"
     )
     print(f"verdict < {SECONDS:.0f} s: {'PASS' if total < SECONDS else 'FAIL'} ({total:.1f} s)")
     print(f"verdict < {MEGABYTES:.0f} MB: {'PASS' if peak < MEGABYTES else 'FAIL'} ({peak:.0f} MB)")
