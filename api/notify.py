@@ -15,9 +15,11 @@ import time
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from api.bootstrap import MerchantServices
 from api.errors import UNEXPECTED, ErrorAnswer, answer_for
 from api.metrics import NotifyMetrics
 from api.state import AppState, app_state
+from ledger.application import RecordResult
 from ledger.domain import Outcome
 from ledger.errors import (
     BodyTimeout,
@@ -30,6 +32,8 @@ from ledger.errors import (
     UnknownMerchant,
     UnknownSerial,
 )
+from ledger.evidence import Evidence
+from ledger.wechatpay.notification import VerifiedNotification
 
 __all__ = ["STORE_DEADLINE", "log_refusal", "notify", "read_body", "read_within_deadline"]
 
@@ -123,6 +127,76 @@ def _answered(metrics: NotifyMetrics, started: float, answer: ErrorAnswer, exc: 
     return answer.response(exc, notification=True)
 
 
+async def commit_delivery(
+    state: AppState,
+    merchant: MerchantServices,
+    delivery: VerifiedNotification | Evidence,
+    notification_id: str,
+    event_type: str,
+    *,
+    what: str,
+    status: int,
+    started: float,
+) -> RecordResult | tuple[ErrorAnswer, Exception]:
+    """Commit a verified delivery through the group committer within `STORE_DEADLINE`. Its result once it
+    is durable (counted and logged as accepted or duplicate, `status` being the answer about to be sent);
+    else the failure answer to send instead, and why, logged (`what` names the kind of notification;
+    `started`: when the request came in, for the answer's timing)."""
+    try:
+        # On timeout we stop waiting; if the commit still lands, WeChat's retry collapses
+        # into it. What matters is that no success answer precedes the commit.
+        async with asyncio.timeout(STORE_DEADLINE):
+            result = await state.committer.submit_async(
+                merchant.mchid, delivery, expected_appid=merchant.appid, sub_mchids=merchant.settings.sub_mchids
+            )
+    except (StoreUnavailable, TimeoutError) as exc:
+        why = "store unavailable" if isinstance(exc, StoreUnavailable) else f"no commit within {STORE_DEADLINE}s"
+        failure = exc if isinstance(exc, StoreUnavailable) else StoreUnavailable(why)
+        answer = answer_for(failure)
+        log.error(
+            "%s %s not stored (%s); answering %d so WeChat retries",
+            what,
+            notification_id,
+            why,
+            answer.status,
+            extra={"outcome": answer.outcome, "notification_id": notification_id},
+        )
+        return answer, failure
+    except Exception as exc:
+        # Not stored, for a reason of ours (a bug): logged with its traceback for us, answered
+        # with a fixed reason, counted and timed like every other answer. WeChat retries.
+        log.error(
+            "%s %s not stored: unexpected %s; answering %d so WeChat retries",
+            what,
+            notification_id,
+            type(exc).__name__,
+            UNEXPECTED.status,
+            exc_info=exc,
+            extra={"outcome": UNEXPECTED.outcome, "notification_id": notification_id},
+        )
+        return UNEXPECTED, exc
+    outcome = "accepted" if result.outcome is Outcome.RECORDED else "duplicate"
+    duration_ms = state.notify_metrics.answered(outcome, started) * 1000
+    log.info(
+        "%s %s %s mchid=%s %s stream_version=%d in %.1fms",
+        what,
+        notification_id,
+        event_type,
+        merchant.mchid,
+        result.outcome.value,
+        result.version,
+        duration_ms,
+        extra={
+            "mchid": merchant.mchid,
+            "notification_id": notification_id,
+            "outcome": outcome,
+            "status": status,
+            "duration_ms": round(duration_ms, 2),
+        },
+    )
+    return result
+
+
 async def notify(request: Request) -> Response:
     state = app_state(request)
     started = time.perf_counter()
@@ -145,53 +219,16 @@ async def notify(request: Request) -> Response:
             merchant.certificates.request_refresh(exc.serial)
         return _answered(metrics, started, answer, exc)
 
-    try:
-        # On timeout we stop waiting; if the commit still lands, WeChat's retry collapses
-        # into it. What matters is that no 2xx precedes the commit.
-        async with asyncio.timeout(STORE_DEADLINE):
-            result = await state.committer.submit_async(
-                merchant.mchid, notification, expected_appid=merchant.appid, sub_mchids=merchant.settings.sub_mchids
-            )
-    except (StoreUnavailable, TimeoutError) as exc:
-        why = "store unavailable" if isinstance(exc, StoreUnavailable) else f"no commit within {STORE_DEADLINE}s"
-        failure = exc if isinstance(exc, StoreUnavailable) else StoreUnavailable(why)
-        answer = answer_for(failure)
-        log.error(
-            "notification %s not stored (%s); answering %d so WeChat retries",
-            notification.id,
-            why,
-            answer.status,
-            extra={"outcome": answer.outcome, "notification_id": notification.id},
-        )
-        return _answered(metrics, started, answer, failure)
-    except Exception as exc:
-        # Not stored, for a reason of ours (a bug): logged with its traceback for us, answered
-        # with a fixed reason, counted and timed like every other answer. WeChat retries.
-        log.error(
-            "notification %s not stored: unexpected %s; answering %d so WeChat retries",
-            notification.id,
-            type(exc).__name__,
-            UNEXPECTED.status,
-            exc_info=exc,
-            extra={"outcome": UNEXPECTED.outcome, "notification_id": notification.id},
-        )
-        return _answered(metrics, started, UNEXPECTED, exc)
-    outcome = "accepted" if result.outcome is Outcome.RECORDED else "duplicate"
-    duration_ms = metrics.answered(outcome, started) * 1000
-    log.info(
-        "notification %s %s mchid=%s %s stream_version=%d in %.1fms",
+    committed = await commit_delivery(
+        state,
+        merchant,
+        notification,
         notification.id,
         notification.event_type,
-        merchant.mchid,
-        result.outcome.value,
-        result.version,
-        duration_ms,
-        extra={
-            "mchid": merchant.mchid,
-            "notification_id": notification.id,
-            "outcome": outcome,
-            "status": 204,
-            "duration_ms": round(duration_ms, 2),
-        },
+        what="notification",
+        status=204,
+        started=started,
     )
+    if isinstance(committed, tuple):
+        return _answered(metrics, started, *committed)
     return Response(status_code=204)

@@ -16,7 +16,6 @@ stays unconfirmed until the reconciler confirms it (`payledger reconcile`, docs/
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Any
@@ -26,16 +25,15 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.errors import UNEXPECTED, ErrorAnswer, answer_for
-from api.notify import STORE_DEADLINE, log_refusal, read_within_deadline
+from api.errors import ErrorAnswer, answer_for
+from api.notify import commit_delivery, log_refusal, read_within_deadline
 from api.state import AppState, app_state
 from ledger.application import v2_evidence
-from ledger.domain import Outcome, PaymentOrder
+from ledger.domain import PaymentOrder
 from ledger.errors import (
     LedgerError,
     NotificationRejected,
     OrderNotFound,
-    StoreUnavailable,
     UnknownMerchant,
     V2DecryptionFailed,
     V2SignInvalid,
@@ -100,54 +98,20 @@ async def notify_v2(request: Request) -> Response:
         return _refused(exc, mchid, state, started)
 
     evidence = v2_evidence(notification)
-    try:
-        # As for APIv3: on timeout we stop waiting, and no success answer precedes the commit.
-        async with asyncio.timeout(STORE_DEADLINE):
-            result = await state.committer.submit_async(
-                merchant.mchid, evidence, expected_appid=merchant.appid, sub_mchids=merchant.settings.sub_mchids
-            )
-    except (StoreUnavailable, TimeoutError) as exc:
-        why = "store unavailable" if isinstance(exc, StoreUnavailable) else f"no commit within {STORE_DEADLINE}s"
-        failure = exc if isinstance(exc, StoreUnavailable) else StoreUnavailable(why)
-        answer = answer_for(failure)
-        log.error(
-            "APIv2 notification %s not stored (%s); answering %d so WeChat retries",
-            evidence.notification_id,
-            why,
-            answer.status,
-            extra={"outcome": answer.outcome, "notification_id": evidence.notification_id},
-        )
-        state.notify_metrics.answered(answer.outcome, started)
-        return _xml(answer, failure)
-    except Exception as exc:
-        log.error(
-            "APIv2 notification %s not stored: unexpected %s; answering %d so WeChat retries",
-            evidence.notification_id,
-            type(exc).__name__,
-            UNEXPECTED.status,
-            exc_info=exc,
-            extra={"outcome": UNEXPECTED.outcome, "notification_id": evidence.notification_id},
-        )
-        state.notify_metrics.answered(UNEXPECTED.outcome, started)
-        return _xml(UNEXPECTED, exc)
-    outcome = "accepted" if result.outcome is Outcome.RECORDED else "duplicate"
-    duration_ms = state.notify_metrics.answered(outcome, started) * 1000
-    log.info(
-        "APIv2 notification %s %s mchid=%s %s stream_version=%d in %.1fms",
+    result = await commit_delivery(
+        state,
+        merchant,
+        evidence,
         evidence.notification_id,
         evidence.event_type,
-        merchant.mchid,
-        result.outcome.value,
-        result.version,
-        duration_ms,
-        extra={
-            "mchid": merchant.mchid,
-            "notification_id": evidence.notification_id,
-            "outcome": outcome,
-            "status": 200,
-            "duration_ms": round(duration_ms, 2),
-        },
+        what="APIv2 notification",
+        status=200,
+        started=started,
     )
+    if isinstance(result, tuple):
+        failure, why = result
+        state.notify_metrics.answered(failure.outcome, started)
+        return _xml(failure, why)
     confirm = None
     if notification.kind == "refund" and result.routed_to_order:
         confirm = BackgroundTask(_confirm_in_background, state, merchant.mchid, evidence.resource)
