@@ -175,7 +175,7 @@ class Ledger(Application[UUID]):
 
     def load_orders(self, keys: Sequence[OrderKey]) -> list[PaymentOrder]:
         """The orders `keys` name, current (opened, unsaved, for those never seen), in one read."""
-        ids = [order_id(key.mchid, key.out_trade_no, key.sub_mchid) for key in keys]
+        ids = [key.stream_id for key in keys]
         found = self.get_many(ids)
         return [
             found.get(i) or PaymentOrder.open(k.mchid, k.out_trade_no, k.sub_mchid)

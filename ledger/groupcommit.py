@@ -25,7 +25,7 @@ from uuid import UUID
 from eventsourcing.persistence import IntegrityError, PersistenceError
 
 from ledger.application import Ledger, RecordResult, evidence_from
-from ledger.domain import Evidence, NotificationInbox, Outcome, PaymentOrder, inbox_id, order_id
+from ledger.domain import Evidence, NotificationInbox, Outcome, PaymentOrder, inbox_id
 from ledger.errors import StoreUnavailable
 from ledger.identity import OrderKey, orders_named
 from ledger.wechatpay.notification import VerifiedNotification
@@ -65,7 +65,7 @@ class _Request:
     def stream_ids(self) -> list[UUID]:
         if not self.orders:
             return [inbox_id(self.mchid, self.evidence.notification_id)]
-        return [order_id(key.mchid, key.out_trade_no, key.sub_mchid) for key in self.orders]
+        return [key.stream_id for key in self.orders]
 
     def withdrawn(self) -> bool:
         """True when the caller gave up before the committer picked the request up."""

@@ -53,6 +53,10 @@ class OrderKey:
     out_trade_no: str
     sub_mchid: str | None = None
 
+    @property
+    def stream_id(self) -> uuid.UUID:
+        return order_id(self.mchid, self.out_trade_no, self.sub_mchid)
+
 
 def orders_named(mchid: str, resource: dict[str, Any]) -> list[OrderKey]:
     """The orders a verified resource of merchant `mchid` settles, in its order; empty when it names none.
