@@ -22,7 +22,8 @@ from api.params import bill_date_param, mchid_param
 from api.responses import LedgerJSONResponse, fail
 from api.state import AppState, app_state
 from ledger.errors import BillNotReady, WeChatPayError
-from projections.bills.reports import BillReport, BillReports, fen_text
+from projections.bills.lines import BillLines
+from projections.bills.reports import BillReport, fen_text
 
 __all__ = ["UNAVAILABLE", "bill_figures", "get_bill", "reconcile_bill", "run_reconciliation", "unavailable_answer"]
 
@@ -71,7 +72,7 @@ async def reconcile_bill(request: Request) -> Response:
     return LedgerJSONResponse(report.to_json())
 
 
-def bill_figures(reports: BillReports, mchid: str, order: Mapping[str, Any]) -> dict[str, str | None]:
+def bill_figures(lines: BillLines, mchid: str, order: Mapping[str, Any]) -> dict[str, str | None]:
     """The order's bill fee and net amount, exact decimal strings of fen; both None while never billed.
 
     A sub-merchant's order counts only the lines of its own payment and refunds: another
@@ -80,7 +81,7 @@ def bill_figures(reports: BillReports, mchid: str, order: Mapping[str, Any]) -> 
     if order.get("sub_mchid"):
         refunds = order.get("refunds") or []
         line_ids = {str(order.get("transaction_id"))} | {str(r.get("refund_id")) for r in refunds}
-    fee = reports.order_fee(mchid, str(order["out_trade_no"]), line_ids=line_ids)
+    fee = lines.order_fee(mchid, str(order["out_trade_no"]), line_ids=line_ids)
     if fee is None:
         return {"fee_fen": None, "net_fen": None}
     moved = (order.get("paid_total") or 0) - (order.get("refunded_total") or 0)

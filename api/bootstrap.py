@@ -33,7 +33,7 @@ from ledger.wechatpay.certificates import CertificateManager
 from ledger.wechatpay.client import WeChatPayClient
 from ledger.wechatpay.keys import KeyStore
 from ledger.wechatpay.notification import NotificationVerifier
-from projections.bills.facts import OrdersViewFacts
+from projections.bills.lines import BillLines
 from projections.bills.reports import BillReports
 from projections.bills.service import BillReconciler
 from projections.read_model.reader import LiveOrdersView
@@ -174,8 +174,13 @@ class Services:
 
     @cached_property
     def bill_reports(self) -> BillReports:
-        """Each day's bill report and the fee of every matched bill line (beside the events)."""
+        """Each day's bill report (beside the events)."""
         return BillReports(self.database)
+
+    @cached_property
+    def bill_lines(self) -> BillLines:
+        """Each kept trade bill's payment and refund lines, with their fees (beside the events)."""
+        return BillLines(self.database)
 
     @cached_property
     def bills(self) -> BillReconciler:
@@ -186,7 +191,8 @@ class Services:
             self.ledger,
             self.bill_reports,
             clients,
-            facts=lambda mchid: OrdersViewFacts(orders.current, mchid),
+            self.bill_lines,
+            orders.current,
             catch_up=lambda: catch_up_orders_view(self.database_url),
             query=self.query,
         )

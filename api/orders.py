@@ -157,7 +157,7 @@ async def get_order(request: Request) -> Response:
 
     def read_with_fees() -> dict[str, Any]:
         order = read()
-        return {**order, **bill_figures(state.services.bill_reports, mchid, order)}
+        return {**order, **bill_figures(state.services.bill_lines, mchid, order)}
 
     return LedgerJSONResponse(await anyio.to_thread.run_sync(read_with_fees, limiter=state.limiter))
 

@@ -1,44 +1,39 @@
-"""A day's trade bill matched against the ledger's decisions ([protocol: Daily bills]).
+"""A day's trade bill and the ledger's decisions: what matching means ([protocol: Daily bills]).
 
 WeChat's trade bill is its own account of a Beijing day; the ledger's books agree with it when
 every payment line is a payment the ledger decided, with the same amount, every refund line a
 refund it decided, with the same amount, and every payment the ledger decided that day is in the
-bill. Each difference is a `Discrepancy` of one of three kinds (a public contract). This module
-only compares: no I/O of its own, no events; the caller reads the bill, answers `LedgerFacts`
-from its store, and turns the report into events and answers.
+bill. Each difference is a `Discrepancy` of one of three kinds (a public contract).
 
-A bill can hold a million lines, so it is matched as it streams: lines are looked up in batches
-(one `payments` and one `refunds` call per batch), and only a compact trace of the payment
-lines seen is kept for the last step (the ledger's payments the bill lacks).
+This module holds the vocabulary and the rules that need no store: which bill lines take part
+(`staged_lines`, which also adds up the day's totals as the bill streams by), what each line is
+compared on, and which payments belong to a Beijing day (`on_day`). The comparison itself is a
+set operation that the store does (`projections.bills.lines`): a bill can hold a million lines,
+and a join in the database costs a fraction of looking each line up from Python.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
-from itertools import islice
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple
 
 from ledger.wechatpay.bills import BEIJING, TradeBillRow
 
 __all__ = [
-    "BATCH_SIZE",
+    "PAYMENT_STATE",
+    "REFUND_STATE",
     "BillMatch",
     "Discrepancy",
     "DiscrepancyKind",
-    "LedgerFacts",
-    "MatchCallback",
-    "PaymentFact",
-    "RefundFact",
+    "StagedLine",
     "beijing_day",
-    "match_trade_bill",
+    "on_day",
+    "staged_lines",
 ]
-
-BATCH_SIZE = 5_000
-"""Bill lines per lookup: a 1,000,000-line bill costs 200 `payments` and 200 `refunds` calls at most."""
 
 PAYMENT_STATE = "SUCCESS"
 REFUND_STATE = "REFUND"
@@ -50,50 +45,6 @@ class DiscrepancyKind(StrEnum):
     MISSING_IN_LEDGER = "missing_in_ledger"  # the bill has it, the ledger has no decision
     MISSING_IN_BILL = "missing_in_bill"  # the ledger decided a payment on the day, the bill lacks it
     AMOUNT_MISMATCH = "amount_mismatch"  # both have it, with different amounts
-
-
-@dataclass(frozen=True, slots=True)
-class PaymentFact:
-    """A `PaymentSucceeded` of the ledger, as matching needs it; `success_time` is timezone-aware."""
-
-    mchid: str
-    out_trade_no: str
-    transaction_id: str
-    amount_total_fen: int
-    success_time: datetime
-    sub_mchid: str | None = None  # a service provider's order: its sub-merchant
-
-
-@dataclass(frozen=True, slots=True)
-class RefundFact:
-    """A `RefundSucceeded` of the ledger, as matching needs it."""
-
-    mchid: str
-    out_trade_no: str
-    out_refund_no: str
-    refund_id: str
-    refund_fen: int
-    sub_mchid: str | None = None
-
-
-class LedgerFacts(Protocol):
-    """The ledger's decisions, looked up in batches so that a big bill costs few queries."""
-
-    def payments(self, keys: Sequence[tuple[str, str]]) -> Mapping[tuple[str, str], PaymentFact]:
-        """The payments among `keys` (transaction_id, out_trade_no) the ledger decided; absent ones are left out."""
-        ...
-
-    def refunds(self, refund_ids: Sequence[str]) -> Mapping[str, RefundFact]:
-        """The refunds among `refund_ids` the ledger decided; absent ones are left out."""
-        ...
-
-    def payments_on(self, day: date) -> Iterable[PaymentFact]:
-        """The payments whose success_time is on `day` in Beijing time (more may be given: they are filtered)."""
-        ...
-
-
-MatchCallback = Callable[[Literal["payment", "refund"], PaymentFact | RefundFact, Decimal], None]
-"""Told of every bill line the ledger has (amounts equal or not), with the line's fee (手续费)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +100,79 @@ class BillMatch:
             "discrepancies": [found.to_json() for found in self.discrepancies],
         }
 
+    def counts(self) -> dict[str, Any]:
+        """The bill's counts and totals without the differences (fees as the exact decimal string)."""
+        return {
+            "rows": self.rows,
+            "payments": self.payments,
+            "refunds": self.refunds,
+            "payments_fen": self.payments_fen,
+            "refunds_fen": self.refunds_fen,
+            "fees": str(self.fees),
+        }
+
+    @classmethod
+    def from_counts(cls, bill_date: date, counts: dict[str, Any]) -> BillMatch:
+        return cls(
+            bill_date,
+            rows=int(counts["rows"]),
+            payments=int(counts["payments"]),
+            refunds=int(counts["refunds"]),
+            payments_fen=int(counts["payments_fen"]),
+            refunds_fen=int(counts["refunds_fen"]),
+            fees=Decimal(counts["fees"]),
+        )
+
+
+class StagedLine(NamedTuple):
+    """A payment or refund line as matching compares it; '' for an id the line lacks.
+
+    `amount` is what the line is compared on: 订单金额 (amount_total) for a payment, 退款金额 for a
+    refund; `fee` is 手续费 as written (yuan, up to 5 decimals), so an order's fee is exact."""
+
+    seq: int  # the line's place among the bill's lines, from 0: differences are reported in bill order
+    kind: Literal["payment", "refund"]
+    transaction_id: str
+    out_trade_no: str
+    refund_id: str
+    out_refund_no: str
+    sub_mchid: str
+    amount: int
+    fee: str
+
+
+def staged_lines(rows: Iterable[TradeBillRow], report: BillMatch) -> Iterator[StagedLine]:
+    """The payment lines (交易状态 SUCCESS) and refund lines (REFUND) of a trade bill, as they stream by,
+    adding every line to `report`'s counts and totals; lines in any other state are counted only.
+
+    A refund line's 退款状态 is a snapshot, not compared. A `TradeBill` checks its summary as its last
+    line goes by, so a bad summary raises `BillMalformed` from here, after the last line."""
+    for seq, row in enumerate(rows):
+        report.rows += 1
+        report.fees += row.fee
+        if row.trade_state == PAYMENT_STATE:
+            report.payments += 1
+            report.payments_fen += row.amount_total_fen
+            kind: Literal["payment", "refund"] = "payment"
+            amount = row.amount_total_fen
+        elif row.trade_state == REFUND_STATE:
+            report.refunds += 1
+            report.refunds_fen += row.refund_fen
+            kind, amount = "refund", row.refund_fen
+        else:
+            continue
+        yield StagedLine(
+            seq,
+            kind,
+            row.transaction_id,
+            row.out_trade_no,
+            row.refund_id or "",
+            row.out_refund_no or "",
+            row.sub_mchid or "",
+            amount,
+            str(row.fee),
+        )
+
 
 def beijing_day(moment: datetime) -> date:
     """The Beijing day of an aware time: a bill's day turns over at 00:00 Beijing time."""
@@ -157,125 +181,14 @@ def beijing_day(moment: datetime) -> date:
     return moment.astimezone(BEIJING).date()
 
 
-class _SeenIds:
-    """The (transaction_id, out_trade_no) of the bill's payment lines, exactly.
-
-    A ledger of record may not miss a difference by chance, so the keys themselves are kept, as
-    bytes (about 95 MB for a million lines, measured with tracemalloc; a set of str costs about
-    110 MB). Hashing them to 8 bytes would cost 8 MB but could, rarely, hide a `missing_in_bill`.
-    """
-
-    def __init__(self) -> None:
-        self._keys: set[bytes] = set()
-
-    @staticmethod
-    def _key(transaction_id: str, out_trade_no: str) -> bytes:
-        # NUL occurs in neither id, so ("ab", "c") and ("a", "bc") differ.
-        return f"{transaction_id}\x00{out_trade_no}".encode()
-
-    def add(self, transaction_id: str, out_trade_no: str) -> None:
-        self._keys.add(self._key(transaction_id, out_trade_no))
-
-    def __contains__(self, key: tuple[str, str]) -> bool:
-        return self._key(*key) in self._keys
-
-
-def match_trade_bill(
-    rows: Iterable[TradeBillRow],
-    bill_date: date,
-    facts: LedgerFacts,
-    *,
-    on_match: MatchCallback | None = None,
-    batch_size: int = BATCH_SIZE,
-) -> BillMatch:
-    """Match a trade bill's lines for `bill_date` (a Beijing day) against the ledger's decisions.
-
-    Payment lines (交易状态 SUCCESS) are matched by transaction_id and out_trade_no on 订单金额;
-    refund lines (REFUND) by refund_id on 退款金额 (their 退款状态 is a snapshot, not compared);
-    lines in any other state are counted only. Then every payment of the ledger on `bill_date`
-    that no payment line named (by both ids) is `missing_in_bill`. A `TradeBill` checks its
-    summary as its last line goes by, so a bad summary raises `BillMalformed` from here.
-    """
-    if batch_size < 1:
-        raise ValueError("batch_size must be at least 1")
-    report = BillMatch(bill_date=bill_date)
-    seen = _SeenIds()
-    lines = iter(rows)
-    while batch := list(islice(lines, batch_size)):
-        _match_batch(batch, facts, report, seen, on_match)
-    for fact in facts.payments_on(bill_date):
-        if beijing_day(fact.success_time) == bill_date and (fact.transaction_id, fact.out_trade_no) not in seen:
-            report.discrepancies.append(
-                Discrepancy(
-                    DiscrepancyKind.MISSING_IN_BILL,
-                    out_trade_no=fact.out_trade_no,
-                    transaction_id=fact.transaction_id,
-                    ledger_amount=fact.amount_total_fen,
-                    sub_mchid=fact.sub_mchid,
-                )
-            )
-    return report
-
-
-def _match_batch(
-    batch: list[TradeBillRow],
-    facts: LedgerFacts,
-    report: BillMatch,
-    seen: _SeenIds,
-    on_match: MatchCallback | None,
-) -> None:
-    payment_keys = list(
-        dict.fromkeys((row.transaction_id, row.out_trade_no) for row in batch if row.trade_state == PAYMENT_STATE)
-    )
-    refund_ids = list(
-        dict.fromkeys(row.refund_id for row in batch if row.trade_state == REFUND_STATE and row.refund_id)
-    )
-    payments = facts.payments(payment_keys) if payment_keys else {}
-    refunds = facts.refunds(refund_ids) if refund_ids else {}
-    for row in batch:
-        report.rows += 1
-        report.fees += row.fee
-        if row.trade_state == PAYMENT_STATE:
-            report.payments += 1
-            report.payments_fen += row.amount_total_fen
-            seen.add(row.transaction_id, row.out_trade_no)
-            payment = payments.get((row.transaction_id, row.out_trade_no))
-            _compare(report, row, payment, row.amount_total_fen, "payment", on_match)
-        elif row.trade_state == REFUND_STATE:
-            report.refunds += 1
-            report.refunds_fen += row.refund_fen
-            refund = refunds.get(row.refund_id) if row.refund_id else None
-            _compare(report, row, refund, row.refund_fen, "refund", on_match)
-
-
-def _compare(
-    report: BillMatch,
-    row: TradeBillRow,
-    fact: PaymentFact | RefundFact | None,
-    bill_amount: int,
-    kind: Literal["payment", "refund"],
-    on_match: MatchCallback | None,
-) -> None:
-    refund = kind == "refund"
-    if fact is None:
-        ledger_amount = None
-        found = DiscrepancyKind.MISSING_IN_LEDGER
-    else:
-        if on_match is not None:
-            on_match(kind, fact, row.fee)
-        ledger_amount = fact.refund_fen if isinstance(fact, RefundFact) else fact.amount_total_fen
-        if ledger_amount == bill_amount:
-            return
-        found = DiscrepancyKind.AMOUNT_MISMATCH
-    report.discrepancies.append(
-        Discrepancy(
-            found,
-            out_trade_no=row.out_trade_no,
-            transaction_id=row.transaction_id,
-            out_refund_no=row.out_refund_no if refund else None,
-            refund_id=row.refund_id if refund else None,
-            bill_amount=bill_amount,
-            ledger_amount=ledger_amount,
-            sub_mchid=row.sub_mchid or (fact.sub_mchid if fact is not None else None),
-        )
-    )
+def on_day(success_time: str | None, day: date) -> bool:
+    """Whether a payment decided at `success_time` (WeChat's RFC 3339 text, as the ledger kept it)
+    falls on Beijing day `day`. A text written without an offset is Beijing time, as all of WeChat's
+    are; one that is no time at all (a payment decided on a resource without one) is on no day."""
+    try:
+        moment = datetime.fromisoformat(success_time or "")
+    except ValueError:
+        return False
+    if moment.utcoffset() is None:
+        moment = moment.replace(tzinfo=BEIJING)
+    return beijing_day(moment) == day

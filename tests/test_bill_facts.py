@@ -1,23 +1,23 @@
-"""The ledger's side of bill matching answered from the orders read model ([protocol: Daily bills]):
-a payment is the bill's only under the bill's transaction_id, only decided payments and succeeded
-refunds count, a day's payments are read in keyset pages across Beijing midnight, one merchant at a
-time, and the view's indexes for it exist on views made before them."""
+"""The ledger's side of bill matching answered from the orders read model ([protocol: Daily bills]),
+with decisions made by real notifications: a payment is the bill's only under the bill's
+transaction_id, only decided payments and succeeded refunds count, a day's payments are found
+across Beijing midnight whatever zone their time is written in, one merchant at a time, through
+the live version of the view, and the view's indexes for it exist on views made before them."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import date, datetime, timedelta
-from typing import Any
+from datetime import date, datetime
 
 import pytest
 
 from ledger.application import Ledger
-from ledger.bill_matching import DiscrepancyKind, PaymentFact, RefundFact, beijing_day, match_trade_bill
+from ledger.bill_matching import DiscrepancyKind
 from ledger.store.sql import Database
 from ledger.wechatpay.bills import BEIJING, read_trade_bill
 from ledger.wechatpay.notification import NotificationVerifier
 from ledger.wechatpay.sandbox.signer import NotificationFactory
-from projections.bills.facts import OrdersViewFacts
+from projections.bills.lines import BillLines
 from projections.read_model.reader import LiveOrdersView
 from projections.read_model.runner import open_orders_view
 from projections.read_model.view import OrdersView
@@ -115,85 +115,10 @@ def world(
         view.close()
 
 
-def _fact(out_trade_no: str, at: str) -> PaymentFact:
-    return PaymentFact(MCHID, out_trade_no, _tid(out_trade_no), _amount(out_trade_no), datetime.fromisoformat(at))
-
-
-def test_payments_are_the_decided_ones_under_the_bills_transaction_id(world: OrdersView) -> None:
-    facts = OrdersViewFacts(lambda: world, MCHID)
-    keys = [
-        (T_PAID, "ORD-PAID"),
-        (T_REAL, "ORD-OTHER-TID"),
-        (T_BILL, "ORD-OTHER-TID"),  # the order was paid under another transaction_id: not this one
-        (_tid("ORD-UNPAID"), "ORD-UNPAID"),  # registered, never paid
-        (REFUND_FIRST_TID, "ORD-REFUND-FIRST"),  # a transaction_id from a refund, no payment
-        (T_OTHER_MERCHANT, "ORD-PAID"),  # the other merchant's payment of the same out_trade_no
-        (T_PAID, "ORD-NEVER-HEARD-OF"),
-    ]
-    found = facts.payments(keys)
-    assert found == {
-        (T_PAID, "ORD-PAID"): _fact("ORD-PAID", ON_THE_DAY["ORD-PAID"]),
-        (T_REAL, "ORD-OTHER-TID"): _fact("ORD-OTHER-TID", ON_THE_DAY["ORD-OTHER-TID"]),
-    }
-    paid = found[(T_PAID, "ORD-PAID")].success_time
-    assert paid.utcoffset() == timedelta(hours=8) and paid == datetime(2026, 12, 2, 10, tzinfo=BEIJING)
-    assert OrdersViewFacts(lambda: world, OTHER_MCHID).payments(
-        [(T_OTHER_MERCHANT, "ORD-PAID"), (T_PAID, "ORD-PAID")]
-    ) == {
-        (T_OTHER_MERCHANT, "ORD-PAID"): PaymentFact(
-            OTHER_MCHID, "ORD-PAID", T_OTHER_MERCHANT, _amount("ORD-PAID"), datetime(2026, 12, 2, 10, tzinfo=BEIJING)
-        )
-    }
-
-
-def test_refunds_are_the_succeeded_ones(world: OrdersView) -> None:
-    found = OrdersViewFacts(lambda: world, MCHID).refunds(
-        [RID_OK, RID_CLOSED, RID_FIRST, "50300000000000000000000000099"]
-    )
-    assert found == {
-        RID_OK: RefundFact(MCHID, "ORD-PAID", "R-OK", RID_OK, 300),
-        RID_FIRST: RefundFact(MCHID, "ORD-REFUND-FIRST", "R-FIRST", RID_FIRST, 100),
-    }
-    assert OrdersViewFacts(lambda: world, OTHER_MCHID).refunds([RID_OK]) == {}
-
-
-def test_payments_on_a_day_hold_every_payment_of_its_beijing_day_and_no_other_merchants(world: OrdersView) -> None:
-    given = list(OrdersViewFacts(lambda: world, MCHID).payments_on(DAY))
-    on_the_day = {fact.out_trade_no: fact for fact in given if beijing_day(fact.success_time) == DAY}
-    assert on_the_day == {no: _fact(no, at) for no, at in ON_THE_DAY.items()}
-    # A superset around the day (what the matcher filters), never the far days nor the other merchant.
-    assert {fact.out_trade_no for fact in given} - on_the_day.keys() <= {"ORD-EVE", "ORD-NEXT"}
-    assert all(fact.mchid == MCHID for fact in given) and len(given) == len({f.out_trade_no for f in given})
-    assert [fact.out_trade_no for fact in OrdersViewFacts(lambda: world, OTHER_MCHID).payments_on(DAY)] == ["ORD-PAID"]
-    assert list(OrdersViewFacts(lambda: world, MCHID).payments_on(date(2026, 12, 6))) == []
-
-
-def test_payments_on_a_day_come_in_keyset_pages_lazily(world: OrdersView, monkeypatch: pytest.MonkeyPatch) -> None:
-    whole = list(OrdersViewFacts(lambda: world, MCHID).payments_on(DAY))
-    pages: list[int] = []
-    original = world.paid_between
-
-    def counted(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
-        page = original(*args, **kwargs)
-        assert len(page) <= kwargs["limit"] == 2
-        pages.append(len(page))
-        return page
-
-    monkeypatch.setattr(world, "paid_between", counted)
-    paged = OrdersViewFacts(lambda: world, MCHID, page_size=2).payments_on(DAY)
-    assert pages == []  # nothing read before the first payment is asked for
-    first = next(iter(paged))
-    assert pages == [2]
-    rest = [first, *paged]
-    # Three payments at the same second straddle a page boundary: none skipped, none twice.
-    assert rest == whole and len(whole) == 11
-    assert pages == [2, 2, 2, 2, 2, 1]
-    with pytest.raises(ValueError, match="page_size"):
-        OrdersViewFacts(lambda: world, MCHID, page_size=0)
-
-
 def test_a_trade_bill_matched_against_the_read_model(world: OrdersView, database_url: str) -> None:
-    """The facts as the matcher uses them, through the live version of the view."""
+    """Lines loaded and matched as a run does, through the live version of the view: an order paid
+    under another transaction, a closed refund, the day's edges (Beijing midnight, another zone,
+    milliseconds), a refund decided before its payment, the days around and another merchant."""
     at = datetime(2026, 12, 2, 10, tzinfo=BEIJING)
     bill = trade_bill(
         *(
@@ -205,13 +130,19 @@ def test_a_trade_bill_matched_against_the_read_model(world: OrdersView, database
         refund_line(T_PAID, "ORD-PAID", RID_OK, "R-OK", 300),
         refund_line(T_PAID, "ORD-PAID", RID_CLOSED, "R-CLOSED", 200),
     )
-    pointer = Database(database_url, pool_size=1)
-    live = LiveOrdersView(pointer)
+    database = Database(database_url)
+    live = LiveOrdersView(database)
     try:
-        report = match_trade_bill(read_trade_bill([bill]), DAY, OrdersViewFacts(live.current, MCHID), batch_size=3)
+        lines = BillLines(database)
+        report = lines.load(MCHID, DAY, "0" * 40, read_trade_bill([bill]))
+        report.discrepancies = lines.match(MCHID, DAY, live.current())
+        # The other merchant's order of the same number, paid the same day, is not in this merchant's bill.
+        assert [(d.kind, d.transaction_id) for d in lines.match(OTHER_MCHID, DAY, live.current())] == [
+            (DiscrepancyKind.MISSING_IN_BILL, T_OTHER_MERCHANT)
+        ]
     finally:
         live.close()
-        pointer.close()
+        database.close()
     found = {(d.kind, d.out_trade_no, d.transaction_id, d.refund_id) for d in report.discrepancies}
     assert found == {
         (DiscrepancyKind.MISSING_IN_LEDGER, "ORD-OTHER-TID", T_BILL, None),
@@ -241,6 +172,17 @@ def test_the_bill_indexes_are_made_also_on_a_view_made_before_them(world: Orders
     reopened = open_orders_view(database_url)
     try:
         assert wanted <= _indexes(reopened)
-        assert len(OrdersViewFacts(lambda: reopened, MCHID).refunds([RID_OK])) == 1
+        database = Database(database_url)
+        try:
+            lines = BillLines(database)
+            bill = trade_bill(refund_line(T_PAID, "ORD-PAID", RID_OK, "R-OK", 300))
+            lines.load(MCHID, DAY, "0" * 40, read_trade_bill([bill]))
+            found = lines.match(MCHID, DAY, reopened)
+            # The refund agrees; every payment of the day is missing from a bill that has none.
+            assert {(d.kind, d.out_trade_no) for d in found} == {
+                (DiscrepancyKind.MISSING_IN_BILL, no) for no in ON_THE_DAY
+            }
+        finally:
+            database.close()
     finally:
         reopened.close()

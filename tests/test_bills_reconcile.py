@@ -124,9 +124,9 @@ def test_a_day_that_agrees_is_kept_matched_and_reported_with_its_fees(w: World) 
         assert kept.state == "stored" and kept.sha1 is not None
     assert report.sha1 == w.services.ledger.bill_status(w.mchid, today(), "trade").sha1
     # The fee of each matched line, per order: the payment's, less the refund's.
-    reports = w.services.bill_reports
-    assert reports.order_fee(w.mchid, "BILL-A-1") == fee_yuan(8800) - fee_yuan(3000)
-    assert reports.order_fee(w.mchid, "BILL-A-2") == fee_yuan(10000)
+    lines = w.services.bill_lines
+    assert lines.order_fee(w.mchid, "BILL-A-1") == fee_yuan(8800) - fee_yuan(3000)
+    assert lines.order_fee(w.mchid, "BILL-A-2") == fee_yuan(10000)
     assert w.services.bills.report(w.mchid, today()) == report
 
 

@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -25,13 +24,14 @@ import httpx
 import pytest
 
 from ledger.application import Ledger
+from ledger.bill_matching import Discrepancy, DiscrepancyKind
 from ledger.domain import PaymentOrder
 from ledger.errors import ReadModelOutdated
 from ledger.identity import order_id
 from ledger.store.sql import Database
+from ledger.wechatpay.bills import BEIJING, read_trade_bill
 from ledger.wechatpay.sandbox.signer import NotificationFactory
-from projections.bills.facts import OrdersViewFacts
-from projections.bills.reports import BillReports, FeeLine
+from projections.bills.lines import BillLines
 from projections.read_model.live import live_view
 from projections.read_model.rebuild import rebuild_orders_view
 from projections.read_model.runner import catch_up_orders_view, open_orders_view, run_orders_projector
@@ -39,6 +39,7 @@ from projections.read_model.view import ORDERS_VIEW
 from projections.webhooks.outbox import Outbox
 from projections.webhooks.projection import message_data
 from projections.webhooks.schema import outbox_url
+from tests.support.bills import payment_line, refund_line, trade_bill
 from tests.support.cli import clean_env, payledger
 from tests.support.constants import APPID, MCHID
 from tests.support.fakes import FakeWeChat
@@ -415,39 +416,41 @@ def test_webhook_messages_name_the_sub_merchant_and_a_direct_merchants_keep_thei
 # -- bill facts ------------------------------------------------------------------------------------------
 
 
-def test_bill_facts_tell_two_sub_merchants_orders_of_one_number_apart(sp: Provider) -> None:
-    two_sub_merchants(sp)
+def _bill_of_the_day(sp: Provider) -> list[Discrepancy]:
+    """The provider's bill of the day (every sub-merchant's lines, 特约商户号 left empty: the ledger tells
+    the two orders of one number apart by their transactions) loaded and matched as a run does."""
+    at = dt.datetime(2026, 12, 2, 10, 34, 56, tzinfo=BEIJING)
+    refund_id = partner_refund(SUB_A, NO, 40, 100, TID_A)["refund_id"]
+    bill = trade_bill(
+        payment_line(TID_A, NO, 100, at=at, fee="0.60000"),
+        payment_line(TID_B, NO, 300, at=at, fee="1.80000"),
+        payment_line(TID_B, "PARTNER-0404", 300, at=at),
+        refund_line(TID_A, NO, refund_id, f"R-{NO}", 40, fee="0.00000"),
+    )
     sp.project()
+    database = Database(sp.database_url)
     view = open_orders_view(sp.database_url)
     try:
-        every = OrdersViewFacts(lambda: view, SP)
-        found = every.payments([(TID_A, NO), (TID_B, NO), (TID_B, "PARTNER-0404")])
-        assert {key: fact.amount_total_fen for key, fact in found.items()} == {(TID_A, NO): 100, (TID_B, NO): 300}
-        only_b = OrdersViewFacts(lambda: view, SP, sub_mchid=SUB_B)
-        assert list(only_b.payments([(TID_A, NO), (TID_B, NO)])) == [(TID_B, NO)]
-        refund_id = partner_refund(SUB_A, NO, 40, 100, TID_A)["refund_id"]
-        assert every.refunds([refund_id])[refund_id].refund_fen == 40
-        assert only_b.refunds([refund_id]) == {}
-        # Same second, same number: the keyset pages on the sub-merchant too, so neither is skipped.
+        lines = BillLines(database)
         day = dt.date(2026, 12, 2)
-        paged = OrdersViewFacts(lambda: view, SP, page_size=1).payments_on(day)
-        assert sorted(fact.transaction_id for fact in paged) == [TID_A, TID_B]
-        assert [fact.transaction_id for fact in only_b.payments_on(day)] == [TID_B]
+        lines.load(SP, day, "0" * 40, read_trade_bill([bill]))
+        return lines.match(SP, day, view)
     finally:
         view.close()
+        database.close()
+
+
+def test_bill_lines_tell_two_sub_merchants_orders_of_one_number_apart(sp: Provider) -> None:
+    two_sub_merchants(sp)
+    found = _bill_of_the_day(sp)
+    assert [(d.kind, d.out_trade_no, d.transaction_id) for d in found] == [
+        (DiscrepancyKind.MISSING_IN_LEDGER, "PARTNER-0404", TID_B)
+    ]
 
 
 def test_an_orders_bill_fee_is_its_own_lines_when_two_sub_merchants_share_its_number(sp: Provider) -> None:
     two_sub_merchants(sp)
-    database = Database(sp.database_url)
-    try:
-        BillReports(database).add_fees(
-            SP,
-            dt.date(2026, 12, 2),
-            [FeeLine(NO, "payment", TID_A, Decimal("0.60")), FeeLine(NO, "payment", TID_B, Decimal("1.80"))],
-        )
-    finally:
-        database.close()
+    _bill_of_the_day(sp)
     a, b = sp.order(NO, sub_mchid=SUB_A).json(), sp.order(NO, sub_mchid=SUB_B).json()
     assert (a["fee_fen"], a["net_fen"]) == ("60.000", "0.000")  # 100 paid, 40 refunded, 60 fee
     assert (b["fee_fen"], b["net_fen"]) == ("180.000", "120.000")

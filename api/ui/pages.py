@@ -264,7 +264,7 @@ class OperatorPages:
                     for row in view.combined(order["combine_out_trade_no"])
                     if (row["mchid"], row["sub_mchid"], row["out_trade_no"]) != (mchid, sub_mchid, no)
                 ]
-            return timeline, bill_figures(services.bill_reports, mchid, order), siblings
+            return timeline, bill_figures(services.bill_lines, mchid, order), siblings
 
         try:
             timeline, billed, siblings = await anyio.to_thread.run_sync(load, limiter=state.limiter)

@@ -54,6 +54,11 @@ class ViewRecorder:
         """The PostgreSQL schema the view's tables are in (None on SQLite)."""
         raise NotImplementedError
 
+    @property
+    def file(self) -> str | None:
+        """The SQLite file the view is kept in (None on PostgreSQL)."""
+        return None
+
     def transaction(self, *, commit: bool = True) -> AbstractContextManager[Cursor]:
         """A transaction on the view's store; rolled back when `commit` is false or it raises."""
         raise NotImplementedError
@@ -144,6 +149,10 @@ class SQLiteViewRecorder(SQLiteTrackingRecorder, ViewRecorder):
     @property
     def schema(self) -> str | None:
         return None
+
+    @property
+    def file(self) -> str | None:
+        return str(self.datastore.pool.db_name)
 
     @contextmanager
     def transaction(self, *, commit: bool = True) -> Iterator[Cursor]:

@@ -1,17 +1,15 @@
-"""Bill reports and fees: the outcome of each day's reconciliation, kept beside the events.
+"""Bill reports: the outcome of each day's reconciliation, kept beside the events.
 
 A report is what `payledger bills reconcile` prints and `GET /bills/{bill_date}` answers. It is
 derived: the bill is kept as evidence in the event store and every difference is an event in its
 order's stream, so a report can always be made again by reconciling the day once more (no fetch:
-the bill is kept). The fees table holds the fee (手续费) of every bill line the ledger has, so that
-an order's net amount and a day's can be read without opening the bill.
+the bill is kept). The fee (手续费) of each bill line is in the bill's lines (`projections.bills.lines`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
@@ -23,7 +21,6 @@ __all__ = [
     "REPORT_STATUSES",
     "BillReport",
     "BillReports",
-    "FeeLine",
     "ReportStatus",
     "fen_text",
 ]
@@ -32,23 +29,11 @@ ReportStatus = Literal["agreed", "discrepancies", "empty", "not_ready", "failed"
 REPORT_STATUSES: tuple[ReportStatus, ...] = ("agreed", "discrepancies", "empty", "not_ready", "failed")
 
 REPORTS = "payledger_bill_reports"
-FEES = "payledger_bill_fees"
-FEES_BY_ORDER = "payledger_bill_fees_order"
 
 
 def fen_text(yuan: Decimal) -> str:
     """A bill's yuan amount (a fee has 5 decimals) as fen, exactly: Decimal("0.00600") -> "0.600"."""
     return str((yuan * 100).quantize(Decimal("0.001")))
-
-
-@dataclass(frozen=True, slots=True)
-class FeeLine:
-    """The fee of one bill line the ledger has: a payment (by transaction_id) or a refund (by refund_id)."""
-
-    out_trade_no: str
-    line: Literal["payment", "refund"]
-    line_id: str
-    fee: Decimal  # yuan, exactly as the bill writes it
 
 
 @dataclass
@@ -123,11 +108,11 @@ def _discrepancy(data: dict[str, Any]) -> Discrepancy:
 
 
 class BillReports:
-    """The reports and fee tables on `database` (created if missing); the caller closes the database."""
+    """The reports table on `database` (created if missing); the caller closes the database."""
 
     def __init__(self, database: Database) -> None:
         self._db = database
-        self._slots = {"reports": database.qualify(REPORTS), "fees": database.qualify(FEES), "by_order": FEES_BY_ORDER}
+        self._slots = {"reports": database.qualify(REPORTS)}
         with self._db.ddl() as cur:  # every process creates them on start: they take turns
             cur.execute(
                 self._sql(
@@ -136,14 +121,6 @@ class BillReports:
                     " PRIMARY KEY (mchid, bill_date))"
                 )
             )
-            cur.execute(
-                self._sql(
-                    "CREATE TABLE IF NOT EXISTS {fees} (mchid TEXT NOT NULL, bill_date TEXT NOT NULL,"
-                    " line TEXT NOT NULL, line_id TEXT NOT NULL, out_trade_no TEXT NOT NULL, fee TEXT NOT NULL,"
-                    " PRIMARY KEY (mchid, bill_date, line, line_id))"
-                )
-            )
-            cur.execute(self._sql("CREATE INDEX IF NOT EXISTS {by_order} ON {fees} (mchid, out_trade_no)"))
 
     def _sql(self, template: str) -> str:
         return self._db.sql(template, **self._slots)
@@ -212,38 +189,3 @@ class BillReports:
                     key = (str(found["kind"]), bool(found.get("resolved")))
                     counts[key] = counts.get(key, 0) + 1
         return counts
-
-    # -- fees -------------------------------------------------------------------------------------
-
-    def add_fees(self, mchid: str, bill_date: dt.date, lines: Sequence[FeeLine]) -> None:
-        """The fees of matched bill lines; a line kept already is left as it is (a bill never changes)."""
-        if not lines:
-            return
-        day = bill_date.isoformat()
-        with self._db.transaction() as cur:
-            cur.executemany(
-                self._sql(
-                    "INSERT INTO {fees} (mchid, bill_date, line, line_id, out_trade_no, fee)"
-                    " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (mchid, bill_date, line, line_id) DO NOTHING"
-                ),
-                [(mchid, day, line.line, line.line_id, line.out_trade_no, str(line.fee)) for line in lines],
-            )
-
-    def drop_fees(self, mchid: str, bill_date: dt.date) -> None:
-        """Forget the fees of a day whose bill turned out unreadable half-way."""
-        with self._db.transaction() as cur:
-            cur.execute(
-                self._sql("DELETE FROM {fees} WHERE mchid = %s AND bill_date = %s"), (mchid, bill_date.isoformat())
-            )
-
-    def order_fee(self, mchid: str, out_trade_no: str, *, line_ids: Collection[str] | None = None) -> Decimal | None:
-        """The fees (yuan) of every bill line of the order (its payment and its refunds), or None if never
-        billed. `line_ids` (the order's transaction_id and refund_ids) keeps only the lines of those: two
-        sub-merchants of a service provider may have orders of one out_trade_no."""
-        with self._db.transaction(write=False) as cur:
-            cur.execute(
-                self._sql("SELECT fee, line_id FROM {fees} WHERE mchid = %s AND out_trade_no = %s"),
-                (mchid, out_trade_no),
-            )
-            fees = [Decimal(row[0]) for row in cur.fetchall() if line_ids is None or row[1] in line_ids]
-        return sum(fees, Decimal(0)) if fees else None

@@ -6,9 +6,10 @@ A run for (mchid, Beijing day D):
 1. the trade bill: kept already, or applied for and downloaded (the SHA-1 of the decompressed bytes
    checked against the announced one) and kept as evidence before anything is read from it;
    WeChat's "no bill that day" is kept as the day's emptiness (final), "not ready" keeps nothing;
-2. the orders read model is caught up with the log, then every line is matched against the
-   ledger's decisions (`ledger.bill_matching`); the fee of each line the ledger has goes to the
-   fees table as it streams by, so memory stays flat whatever the bill's size;
+2. the bill's payment and refund lines are read into the lines table as the bill streams by (once
+   per bill: a day matched again reads the lines kept), so memory stays flat whatever the bill's
+   size; the orders read model is caught up with the log, and the lines are matched against the
+   ledger's decisions by joins (`projections.bills.lines`);
 3. each difference becomes a `BillDiscrepancy` in its order's stream (once per bill however often
    the day is reconciled); a payment the ledger lacks is queried at once, and when the query
    decides it with the bill's amount the difference is reported resolved;
@@ -29,15 +30,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal, Protocol
 
 from ledger.application import Ledger
-from ledger.bill_matching import (
-    BillMatch,
-    Discrepancy,
-    DiscrepancyKind,
-    LedgerFacts,
-    PaymentFact,
-    RefundFact,
-    match_trade_bill,
-)
+from ledger.bill_matching import BillMatch, Discrepancy, DiscrepancyKind
 from ledger.domain import PaymentOrder
 from ledger.errors import (
     BillMalformed,
@@ -50,7 +43,9 @@ from ledger.errors import (
 )
 from ledger.wechatpay.bill_download import BillDownload, BillTicket, download_bill_to_temp
 from ledger.wechatpay.bills import BEIJING, read_fundflow_bill, read_trade_bill
-from projections.bills.reports import BillReport, BillReports, FeeLine, fen_text
+from projections.bills.lines import BillLines
+from projections.bills.reports import BillReport, BillReports, fen_text
+from projections.read_model.view import OrdersView
 
 __all__ = ["QUERY_LIMIT", "BillClient", "BillReconciler", "beijing_today"]
 
@@ -59,7 +54,6 @@ log = logging.getLogger("ledger.bills")
 QUERY_LIMIT = 100
 """Payments missing from the ledger queried per run (a bill that names thousands of unknown payments is
 a configuration problem, not a queue to drain at WeChat's rate limit): the rest on the next run."""
-_FEE_BATCH = 5_000
 _READ = 1 << 20
 
 Obtained = Literal["fetched", "kept", "empty"]
@@ -102,7 +96,8 @@ class BillReconciler:
         ledger: Ledger,
         reports: BillReports,
         clients: Mapping[str, BillClient],
-        facts: Callable[[str], LedgerFacts],
+        lines: BillLines,
+        view: Callable[[], OrdersView],
         catch_up: Callable[[], object],
         query: Callable[..., PaymentOrder] | None = None,  # OrderQuery: (mchid, out_trade_no, *, sub_mchid)
         *,
@@ -112,7 +107,8 @@ class BillReconciler:
         self._ledger = ledger
         self.reports = reports
         self._clients = clients
-        self._facts = facts
+        self.lines = lines
+        self._view = view  # the orders read model's live version, asked for on each run
         self._catch_up = catch_up
         self._query = query
         self._clock = clock
@@ -134,7 +130,8 @@ class BillReconciler:
             raise InvalidRequest("bill_date is in the future (Beijing time)")
         now = self._clock()
         try:
-            report = self._reconcile(client, mchid, bill_date, now)
+            with self.lines.exclusive(mchid):  # one run per merchant at a time, in any process
+                report = self._reconcile(client, mchid, bill_date, now)
         except _Unavailable as unavailable:
             log.warning("bills mchid=%s day=%s: %s", mchid, bill_date, unavailable.reason)
             report = BillReport(mchid, bill_date, unavailable.status, now, reason=unavailable.reason)
@@ -171,14 +168,14 @@ class BillReconciler:
     def _match(
         self, mchid: str, bill_date: dt.date, source: Iterable[bytes], sha1: str, now: dt.datetime
     ) -> BillReport:
+        match = self.lines.loaded(mchid, bill_date, sha1)
+        if match is None:
+            try:
+                match = self.lines.load(mchid, bill_date, sha1, read_trade_bill(source))
+            except BillMalformed as exc:
+                raise _Unavailable("failed", _reason("trade", exc)) from None
         self._catch_up()
-        fees = _Fees(self.reports, mchid, bill_date)
-        try:
-            match = match_trade_bill(read_trade_bill(source), bill_date, self._facts(mchid), on_match=fees)
-            fees.flush()
-        except BillMalformed as exc:
-            self.reports.drop_fees(mchid, bill_date)
-            raise _Unavailable("failed", _reason("trade", exc)) from None
+        match.discrepancies = self.lines.match(mchid, bill_date, self._view())
         evidence = f"bill:trade:{bill_date.isoformat()}:{sha1}"
         self._ledger.record_bill_discrepancies(mchid, bill_date, evidence, match.discrepancies)
         found = self._resolve(mchid, match.discrepancies)
@@ -309,24 +306,6 @@ def _file_chunks(path: Path) -> Iterator[bytes]:
     with path.open("rb") as file:
         while chunk := file.read(_READ):
             yield chunk
-
-
-class _Fees:
-    """The fee of every bill line the ledger has, written in batches as the bill streams by."""
-
-    def __init__(self, reports: BillReports, mchid: str, bill_date: dt.date) -> None:
-        self._reports, self._mchid, self._day = reports, mchid, bill_date
-        self._lines: list[FeeLine] = []
-
-    def __call__(self, kind: Literal["payment", "refund"], fact: PaymentFact | RefundFact, fee: Decimal) -> None:
-        line_id = fact.refund_id if isinstance(fact, RefundFact) else fact.transaction_id
-        self._lines.append(FeeLine(fact.out_trade_no, kind, line_id, fee))
-        if len(self._lines) >= _FEE_BATCH:
-            self.flush()
-
-    def flush(self) -> None:
-        self._reports.add_fees(self._mchid, self._day, self._lines)
-        self._lines = []
 
 
 def _identity(d: Discrepancy) -> tuple[str, str, str | None]:

@@ -37,7 +37,7 @@ __all__ = [
     "ORDERS_VIEW",
     "ORDER_FIELDS",
     "ORDER_KEY",
-    "PAYMENT_FIELDS",
+    "PAID",
     "REFUND_FIELDS",
     "OrdersProjection",
     "OrdersView",
@@ -68,11 +68,9 @@ ORDER_FIELDS = (
 )
 REFUND_KEY = ("mchid", "sub_mchid", "out_refund_no")
 REFUND_FIELDS = (*REFUND_KEY, "out_trade_no", "refund_id", "status", "refund", "success_time")
-PAYMENT_FIELDS = ("mchid", "sub_mchid", "out_trade_no", "transaction_id", "success_time", "paid_total")
-"""What a payment the ledger decided is, as bill matching reads it (not the whole `document`)."""
-# Set by PaymentSucceeded alone (a refund decided first sets transaction_id, never these two):
-# the order's payment is decided. `paid_total` stays NULL only if WeChat's resource had no total.
-_PAID = "success_time IS NOT NULL AND paid_total IS NOT NULL AND transaction_id IS NOT NULL"
+PAID = "{o}.success_time IS NOT NULL AND {o}.paid_total IS NOT NULL AND {o}.transaction_id IS NOT NULL"
+"""An order row `{o}` whose payment is decided: set by PaymentSucceeded alone (a refund decided first
+sets transaction_id, never the other two); `paid_total` stays NULL only if WeChat's resource had no total."""
 _TIME_FIELDS = {"created_at", "updated_at"}
 LAYOUT_COLUMN = "sub_mchid"
 """The column a view of the current layout has and one made by an earlier version lacks."""
@@ -192,8 +190,8 @@ class OrdersView(ViewRecorder):
                 "CREATE TABLE IF NOT EXISTS {refunds} (mchid TEXT NOT NULL, sub_mchid TEXT NOT NULL,"
                 " out_refund_no TEXT NOT NULL, out_trade_no TEXT NOT NULL, refund_id TEXT, status TEXT NOT NULL,"
                 " refund BIGINT NOT NULL, success_time TEXT, PRIMARY KEY (mchid, sub_mchid, out_refund_no))",
-                # A day's payments of one merchant in keyset order (`paid_between`); refunds by
-                # WeChat's id (`refunds_by_id`). Views built before them get them when opened.
+                # A day's payments of one merchant, and refunds by WeChat's id: a bill's lines are
+                # joined on them (`projections.bills.lines`). Views built before them get them when opened.
                 "CREATE INDEX IF NOT EXISTS {orders_paid} ON {orders} (mchid, success_time, out_trade_no, sub_mchid)",
                 "CREATE INDEX IF NOT EXISTS {refunds_id} ON {refunds} (mchid, refund_id)",
                 # An order number under any merchant or sub-merchant (the operator's search), and the
@@ -334,69 +332,15 @@ class OrdersView(ViewRecorder):
             [mchid, sub_mchid or "", out_trade_no],
         )
 
-    # -- bill matching: a merchant's payments and refunds in batches ([protocol: Daily bills]) --------
-
-    # A merchant's payments and refunds, every sub-merchant's with them, or with `sub_mchid` one
-    # sub-merchant's only ('' for the merchant's own orders): a provider's bill covers all of them.
-
-    @staticmethod
-    def _of_sub(sub_mchid: str | None) -> tuple[str, list[Any]]:
-        return ("", []) if sub_mchid is None else (" AND sub_mchid = %s", [sub_mchid])
-
-    def paid_orders(
-        self, mchid: str, out_trade_nos: Sequence[str], *, sub_mchid: str | None = None
-    ) -> list[dict[str, Any]]:
-        """The orders among `out_trade_nos` whose payment is decided (`PAYMENT_FIELDS`), any order;
-        two sub-merchants' orders of one number are both given."""
-        if not out_trade_nos:
-            return []
-        only, params = self._of_sub(sub_mchid)
-        return self._select(
-            PAYMENT_FIELDS,
-            f"SELECT {', '.join(PAYMENT_FIELDS)} FROM {{orders}}"
-            f" WHERE mchid = %s AND out_trade_no {{in_list}} AND {_PAID}{only}",
-            [mchid, self._list(out_trade_nos), *params],
-        )
-
-    def refunds_by_id(
-        self, mchid: str, refund_ids: Sequence[str], *, sub_mchid: str | None = None
-    ) -> list[dict[str, Any]]:
-        """The refunds among `refund_ids` (WeChat's ids) that succeeded (`REFUND_FIELDS`), any order."""
-        if not refund_ids:
-            return []
-        only, params = self._of_sub(sub_mchid)
-        return self._select(
-            REFUND_FIELDS,
-            f"SELECT {', '.join(REFUND_FIELDS)} FROM {{refunds}}"
-            f" WHERE mchid = %s AND refund_id {{in_list}} AND status = 'SUCCESS'{only}",
-            [mchid, self._list(refund_ids), *params],
-        )
-
-    def paid_between(
-        self,
-        mchid: str,
-        lo_text: str,
-        hi_text: str,
-        after: tuple[str, str, str] | None = None,
-        limit: int = 5000,
-        *,
-        sub_mchid: str | None = None,
-    ) -> list[dict[str, Any]]:
-        """Decided payments whose success_time, compared as the text WeChat wrote, is in
-        ``[lo_text, hi_text)``; ordered by (success_time, out_trade_no, sub_mchid), `after` the
-        last such triple of the page before, sub_mchid as stored ('' for a merchant's own order;
-        a keyset: each page costs the same however deep)."""
-        only, sub_params = self._of_sub(sub_mchid)
-        text = (
-            f"SELECT {', '.join(PAYMENT_FIELDS)} FROM {{orders}}"
-            f" WHERE mchid = %s AND success_time >= %s AND success_time < %s AND {_PAID}{only}"
-        )
-        params: list[Any] = [mchid, lo_text, hi_text, *sub_params]
-        if after is not None:
-            text += " AND (success_time, out_trade_no, sub_mchid) > (%s, %s, %s)"
-            params += [after[0], after[1], after[2]]
-        text += " ORDER BY success_time, out_trade_no, sub_mchid LIMIT %s"
-        return self._select(PAYMENT_FIELDS, text, [*params, limit])
+    def bill_tables(self) -> tuple[str, str, str | None]:
+        """The orders and refunds tables as a bill's lines join them (`projections.bills.lines`), and on
+        SQLite the view's file, attached beside the ledger's as ``view`` for that (None on PostgreSQL,
+        where the view's tables are in the ledger's database)."""
+        self._current()
+        names = _names(self.table_prefix)
+        if self.dialect == "postgres":
+            return self.qualify(names["orders"]), self.qualify(names["refunds"]), None
+        return f"view.{names['orders']}", f"view.{names['refunds']}", self.file
 
     def position(self, application_name: str = Ledger.name) -> int:
         return self.max_tracking_id(application_name) or 0
