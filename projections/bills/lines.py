@@ -50,7 +50,8 @@ _COLUMNS = ("mchid", "bill_date", *StagedLine._fields)
 _WECHAT_OFFSET = "%+08:00"  # how WeChat writes every time: such a text's day is its first ten characters
 
 _PAYMENTS = (
-    "SELECT l.seq, l.out_trade_no, l.transaction_id, l.sub_mchid, l.amount, o.paid_total, o.sub_mchid"
+    "SELECT l.seq, l.out_trade_no, l.transaction_id, l.sub_mchid, l.amount, o.paid_total, o.sub_mchid,"
+    " l.out_refund_no, l.refund_id"
     " FROM {lines} l LEFT JOIN {orders} o ON o.mchid = l.mchid AND o.out_trade_no = l.out_trade_no"
     " AND o.transaction_id = l.transaction_id AND o.success_time IS NOT NULL AND o.paid_total IS NOT NULL"
     " WHERE l.mchid = %s AND l.bill_date = %s AND l.kind = 'payment'"
@@ -183,34 +184,22 @@ class BillLines:
         following = (bill_date + dt.timedelta(days=1)).isoformat()
         by_line: dict[int, Discrepancy] = {}
         with self._db.reading_beside({"view": view_file} if view_file else {}) as cur:
-            cur.execute(self._sql(_PAYMENTS, orders=orders), (mchid, day))
-            for seq, out_trade_no, tid, bill_sub, bill_amount, ledger_amount, ledger_sub in cur.fetchall():
-                by_line.setdefault(
-                    seq,
-                    Discrepancy(
-                        _kind(ledger_amount),
-                        out_trade_no=out_trade_no,
-                        transaction_id=tid,
-                        bill_amount=bill_amount,
-                        ledger_amount=ledger_amount,
-                        sub_mchid=bill_sub or ledger_sub or None,
-                    ),
-                )
-            cur.execute(self._sql(_REFUNDS, refunds=refunds), (mchid, day))
-            for seq, out_trade_no, tid, bill_sub, bill_amount, ledger_amount, ledger_sub, ron, rid in cur.fetchall():
-                by_line.setdefault(
-                    seq,
-                    Discrepancy(
-                        _kind(ledger_amount),
-                        out_trade_no=out_trade_no,
-                        transaction_id=tid,
-                        out_refund_no=ron or None,
-                        refund_id=rid or None,
-                        bill_amount=bill_amount,
-                        ledger_amount=ledger_amount,
-                        sub_mchid=bill_sub or ledger_sub or None,
-                    ),
-                )
+            for query in (self._sql(_PAYMENTS, orders=orders), self._sql(_REFUNDS, refunds=refunds)):
+                cur.execute(query, (mchid, day))
+                for seq, otn, tid, bill_sub, bill_amount, ledger_amount, ledger_sub, ron, rid in cur.fetchall():
+                    by_line.setdefault(  # one per line: two orders could answer one (never in practice)
+                        seq,
+                        Discrepancy(
+                            _kind(ledger_amount),
+                            out_trade_no=otn,
+                            transaction_id=tid,
+                            out_refund_no=ron or None,  # a payment line has neither
+                            refund_id=rid or None,
+                            bill_amount=bill_amount,
+                            ledger_amount=ledger_amount,
+                            sub_mchid=bill_sub or ledger_sub or None,
+                        ),
+                    )
             cur.execute(
                 self._sql(_UNBILLED, orders=orders),
                 (mchid, day, following, _WECHAT_OFFSET, before, after, _WECHAT_OFFSET, day),
