@@ -32,6 +32,7 @@ from api.metrics import (
     metrics,
     new_registry,
 )
+from api.notifications import list_notifications, notification_events
 from api.notify import notify
 from api.notify_v2 import notify_v2
 from api.openapi import OPENAPI_PATH, openapi
@@ -43,6 +44,7 @@ from api.ui.pages import ui_mount
 from ledger.application import Ledger
 from ledger.settings import Settings
 from projections.log_counts import DecisionTally
+from projections.read_model.notifications import NOTIFICATIONS_VIEW, NotificationsProjection
 from projections.read_model.view import ORDERS_VIEW, OrdersProjection
 from projections.webhooks.projection import OUTBOX_PROJECTION, OutboxProjection
 
@@ -94,6 +96,7 @@ def create_app(
         committer = services.committer
         views = services.orders_view
         outbox_view = services.outbox_view
+        notifications_view = services.notifications_view
         outbox = services.outbox
         # Built here, not by the first request: two first requests at once would race to create its tables.
         bill_reports = services.bill_reports
@@ -106,8 +109,13 @@ def create_app(
             lambda: {
                 ORDERS_VIEW: views.current().position(),
                 OUTBOX_PROJECTION: outbox_view.max_tracking_id(Ledger.name) or 0,
+                NOTIFICATIONS_VIEW: notifications_view.current().position(),
             },
-            {ORDERS_VIEW: OrdersProjection.topics, OUTBOX_PROJECTION: OutboxProjection.topics},
+            {
+                ORDERS_VIEW: OrdersProjection.topics,
+                OUTBOX_PROJECTION: OutboxProjection.topics,
+                NOTIFICATIONS_VIEW: NotificationsProjection.topics,
+            },
             exact_up_to=max(100_000, settings.ready_max_lag + 1),
         )
         breaker = app.state.store_breaker = StoreBreaker()
@@ -142,6 +150,8 @@ def create_app(
         Route("/orders/{out_trade_no}", get_order, methods=["GET"]),
         Route("/orders/{out_trade_no}/events", order_events, methods=["GET"]),
         Route("/orders/{out_trade_no}/query", query_order, methods=["POST"]),
+        Route("/notifications", list_notifications, methods=["GET"]),
+        Route("/notifications/{notification_id}/events", notification_events, methods=["GET"]),
         Route("/bills/{bill_date}", get_bill, methods=["GET"]),
         Route("/bills/{bill_date}/reconcile", reconcile_bill, methods=["POST"]),
         Route(OPENAPI_PATH, openapi, methods=["GET"]),

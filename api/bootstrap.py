@@ -36,7 +36,15 @@ from ledger.wechatpay.notification import NotificationVerifier
 from projections.bills.lines import BillLines
 from projections.bills.reports import BillReports
 from projections.bills.service import BillReconciler
-from projections.read_model.reader import LiveOrdersView
+from projections.read_model.notifications import (
+    NOTIFICATIONS_VIEW,
+    NotificationsRebuild,
+    NotificationsView,
+    open_notifications_view,
+    rebuild_notifications_view,
+    run_notifications_projector,
+)
+from projections.read_model.reader import LiveOrdersView, LiveView
 from projections.read_model.rebuild import RebuildSummary, rebuild_orders_view
 from projections.read_model.runner import catch_up_orders_view, run_orders_projector
 from projections.reconcile.reconciler import Reconciler
@@ -140,6 +148,12 @@ class Services:
         return self._closing(view, view.close)
 
     @cached_property
+    def notifications_view(self) -> LiveView[NotificationsView]:
+        """The unrouted notifications (those that name no order) as the API reads them: the live version."""
+        view = LiveView(self.database, NOTIFICATIONS_VIEW, open_notifications_view)
+        return self._closing(view, view.close)
+
+    @cached_property
     def outbox_view(self) -> OutboxView:
         """The outbox projection's tracking position (for its lag in /readyz and /metrics)."""
         view = open_outbox_view(self.database_url)
@@ -214,11 +228,14 @@ class Services:
             sync_endpoints(self.outbox, self.settings.endpoints)
 
     def projector_threads(self, stop: threading.Event) -> list[threading.Thread]:
-        """Both projections (orders view, outbox), each exclusive by its own lock, until `stop`."""
-        return [
-            threading.Thread(target=run, args=(self.database_url, stop), name=name)
-            for name, run in (("orders-view", run_orders_projector), ("outbox", run_outbox_projector))
-        ]
+        """The projections (orders view, outbox, unrouted notifications), each exclusive by its own lock,
+        until `stop`."""
+        runs = (
+            ("orders-view", run_orders_projector),
+            ("outbox", run_outbox_projector),
+            ("notifications-view", run_notifications_projector),
+        )
+        return [threading.Thread(target=run, args=(self.database_url, stop), name=name) for name, run in runs]
 
     def dispatcher_thread(self, stop: threading.Event) -> threading.Thread:
         """The dispatcher inside `serve --with-workers` (claims rows like a separate `payledger dispatch`)."""
@@ -227,6 +244,10 @@ class Services:
     def rebuild_orders_view(self, progress: Callable[[int, int, float], None] | None = None) -> RebuildSummary:
         """`payledger rebuild`: the next version of the orders view from the log, then the switch."""
         return rebuild_orders_view(self.database_url, ledger=self.ledger, progress=progress)
+
+    def rebuild_notifications_view(self) -> NotificationsRebuild:
+        """`payledger rebuild notifications_view`: the next version from the log, then the switch."""
+        return rebuild_notifications_view(self.database_url)
 
     # -- audit ---------------------------------------------------------------------------------
 

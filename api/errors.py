@@ -37,6 +37,7 @@ from ledger.errors import (
     LedgerError,
     MalformedNotification,
     MessageNotFound,
+    NotificationNotFound,
     OrderConflict,
     OrderNotFound,
     ReadModelOutdated,
@@ -109,6 +110,7 @@ ANSWERS: Mapping[type[BaseException], ErrorAnswer] = {
     # Our own API.
     OrderConflict: ErrorAnswer(409, "CONFLICT"),
     OrderNotFound: ErrorAnswer(404, "NOT_FOUND"),
+    NotificationNotFound: ErrorAnswer(404, "NOT_FOUND"),
     InvalidRequest: ErrorAnswer(400, "INVALID_REQUEST", message=_own_sentence),
     StoreUnavailable: ErrorAnswer(503, "FAIL", "store_unavailable"),
     EndpointNotFound: ErrorAnswer(404, "NOT_FOUND"),

@@ -13,6 +13,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api.notifications import EVENT_TYPE
 from api.openapi_schemas import BILL_DATE, EVENT_NAMES, OUT_TRADE_NO, SCHEMAS, SUB_MCHID, TRADE_STATES, ref
 from api.responses import LedgerJSONResponse
 
@@ -335,6 +336,58 @@ def openapi_document() -> dict[str, Any]:
                     },
                 },
                 "400",
+            )
+        },
+        "/notifications": {
+            "get": _admin(
+                {
+                    "operationId": "listUnroutedNotifications",
+                    "summary": "Verified notifications that name no order (complaints, profit-sharing, payouts, "
+                    "coupons…), as they first came, oldest first",
+                    "parameters": [
+                        {
+                            "name": "routed",
+                            "in": "query",
+                            "schema": {"type": "string", "enum": ["false", "true", ""]},
+                            "description": "false (the default): the notifications that name no order. true is refused "
+                            "(400): a notification that names an order is in that order's history",
+                        },
+                        {**_MCHID_QUERY, "description": "only this merchant's"},
+                        {
+                            **_filter("event_type", {"pattern": f"^{EVENT_TYPE.pattern}$"}),
+                            "description": "only this event type, e.g. COMPLAINT.CREATE",
+                        },
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
+                        },
+                        {
+                            "name": "cursor",
+                            "in": "query",
+                            "schema": {"type": "string", "pattern": "^[0-9]{0,18}$"},
+                            "description": "the previous page's next_cursor (empty: the first page)",
+                        },
+                    ],
+                    "responses": {
+                        "200": _json(ref("NotificationList"), "a page of unrouted notifications"),
+                        "400": _error("invalid parameters, or routed=true"),
+                    },
+                },
+            ),
+        },
+        "/notifications/{notification_id}/events": {
+            "get": _admin(
+                {
+                    "operationId": "notificationEvents",
+                    "summary": "An unrouted notification's stream: every delivery, raw body and signature headers",
+                    "parameters": [_path_param("notification_id"), _MCHID_QUERY],
+                    "responses": {
+                        "200": _json(ref("NotificationEvents"), "the events in stream order"),
+                        "400": _error("invalid or unknown mchid"),
+                        "404": _error("that merchant has no unrouted notification of this id"),
+                    },
+                },
             )
         },
         "/bills/{bill_date}": {

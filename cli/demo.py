@@ -4,7 +4,10 @@ It registers orders, pays them, lets WeChat send duplicates and a probe, refunds
 order, drops one callback and lets reconciliation recover it by query, then prints each
 order's state and audit trail. Last, the day's bill: one payment the ledger never heard of is
 planted (paid at WeChat, never registered, its callback lost), and the bill reconciliation
-finds it and resolves it by query. Both services keep running until interrupted.
+finds it and resolves it by query. Then a combined payment (合单: one notification settles two
+sub-orders, each in its own history) and a refund made in the merchant console (an APIv2 XML
+notification, decided once a refund query confirms it). Both services keep running until
+interrupted.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from api.app import create_app
 from api.bootstrap import Services, bootstrap
 from cli.bills import render_report
 from ledger.settings import Settings
-from ledger.wechatpay.sandbox.server import Sandbox
+from ledger.wechatpay.sandbox.server import Sandbox, SubOrder
 from projections.bills.service import beijing_today
 from projections.timeline import facts
 
@@ -93,6 +96,66 @@ def _daily_bill(sandbox: Sandbox, services: Services, api: httpx.Client, out: Ca
     out(f"{no}'s history (`payledger history {no}`):")
     for line in _history_lines(api, no):
         out(line)
+
+
+COMBINED = "DEMO-COMBINE-01"
+SUB_ORDERS = [("DEMO-0006", 1200, "teapot"), ("DEMO-0007", 800, "cups")]
+"""A combined payment (合单): one notification settles both sub-orders, each in its own history."""
+CONSOLE_REFUND = ("DEMO-0002", "DEMO-R-0002", 300)
+"""Refunded in the merchant console: WeChat tells it in APIv2 XML, even to an APIv3 merchant."""
+
+
+def _combined_payment(sandbox: Sandbox, api: httpx.Client, out: Callable[[str], None]) -> None:
+    """Register two sub-orders of one combined payment, pay them together, show each order's own decision."""
+    for no, amount, description in SUB_ORDERS:
+        body = {"out_trade_no": no, "amount_total": amount, "description": description}
+        api.post("/orders", json={**body, "combine_out_trade_no": COMBINED})
+    sandbox.create_combined_order(COMBINED, [SubOrder(no, amount, description=d) for no, amount, d in SUB_ORDERS])
+    sandbox.pay_combined_order(COMBINED)
+    sandbox.wait_idle(10)
+    (told,) = [n for n in sandbox.notifications if n.combine_out_trade_no == COMBINED]
+    numbers = " and ".join(no for no, _, _ in SUB_ORDERS)
+    out(
+        f"\ncombined payment (合单) {COMBINED}: {numbers} registered as its sub-orders, paid together, "
+        f"told in ONE notification ({told.id}); each order's history holds that delivery and its own "
+        f"PaymentSucceeded with its own amount"
+    )
+    for no, _, _ in SUB_ORDERS:
+        order = api.get(f"/orders/{no}").json()
+        out(
+            f"{no}: {order['trade_state']:<7} amount_total={order['amount_total']} paid_total={order['paid_total']} "
+            f"combine_out_trade_no={order['combine_out_trade_no']}"
+        )
+        for line in _history_lines(api, no):
+            out(line)
+
+
+def _console_refund(sandbox: Sandbox, api: httpx.Client, out: Callable[[str], None]) -> None:
+    """A refund made in the merchant console: an APIv2 XML notification, decided once a refund query confirms it."""
+    no, out_refund_no, amount = CONSOLE_REFUND
+    sandbox.refund(no, out_refund_no, amount, api="v2", source="VENDOR_PLATFORM")
+    sandbox.wait_idle(10)
+    answers = [d.status for d in sandbox.deliveries if d.event_type.startswith("REFUND") and d.status != 204]
+    # The answer does not wait for WeChat: the refund query that confirms the refund runs just after it.
+    deadline = time.monotonic() + 10
+    while not _has_event(api, no, "RefundSucceeded") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    out(
+        f"\nrefunded {amount} of {no}'s fen in the merchant console: WeChat told it in APIv2 XML to "
+        f"/wechatpay/v2/notify (answered {answers}: 200 is the SUCCESS XML); its req_info carries no signature, so "
+        f"the ledger confirmed it by a refund query before deciding"
+    )
+    order = api.get(f"/orders/{no}").json()
+    out(
+        f"{no}: {order['trade_state']:<7} amount_total={order['amount_total']} refunded_total={order['refunded_total']}"
+    )
+    for line in _history_lines(api, no):
+        out(line)
+
+
+def _has_event(api: httpx.Client, out_trade_no: str, event_type: str) -> bool:
+    events = api.get(f"/orders/{out_trade_no}/events", params={"type": event_type}).json()["events"]
+    return bool(events)
 
 
 def run_demo(
@@ -175,6 +238,9 @@ def run_demo(
                         out(line)
 
                 _daily_bill(sandbox, services, api, out)
+                _combined_payment(sandbox, api, out)
+                sandbox.v2_notify_url = f"{ledger_url}/wechatpay/v2/notify"
+                _console_refund(sandbox, api, out)
             finally:
                 services.close()
             out(
@@ -184,6 +250,7 @@ def run_demo(
             out(f"open {ledger_url}/orders/DEMO-0003/events for the recovered order's audit trail")
             out(f"or {ledger_url}/ui/orders/DEMO-0003 for the same history as an operator's page")
             out(f"and {ledger_url}/orders/{PLANTED[0]}/events for the payment the daily bill found")
+            out(f"and {ledger_url}/ui/orders/{SUB_ORDERS[0][0]} for a sub-order of the combined payment")
             if not wait:
                 return 0
             out("the ledger and the sandbox keep running; press Ctrl-C to stop")

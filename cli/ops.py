@@ -9,9 +9,13 @@ import sys
 from api.bootstrap import bootstrap
 from cli.common import SubParsers, load_settings, order_of, print_json
 from ledger.store.reencrypt import reencrypt
+from projections.read_model.notifications import NOTIFICATIONS_VIEW
 from projections.read_model.rebuild import print_progress
+from projections.read_model.view import ORDERS_VIEW
 
 __all__ = ["register"]
+
+REBUILDABLE = (ORDERS_VIEW, NOTIFICATIONS_VIEW)
 
 
 def cmd_query(args: argparse.Namespace) -> int:
@@ -51,11 +55,14 @@ def cmd_certificates(args: argparse.Namespace) -> int:
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
-    if args.name not in ("orders_view",):
-        print(f"payledger: unknown projection {args.name!r} (known: orders_view)", file=sys.stderr)
+    if args.name not in REBUILDABLE:
+        print(f"payledger: unknown projection {args.name!r} (known: {', '.join(REBUILDABLE)})", file=sys.stderr)
         return 2
     services = bootstrap(load_settings(args, require_merchant=False))
     try:
+        if args.name == NOTIFICATIONS_VIEW:
+            print(services.rebuild_notifications_view())
+            return 0
         summary = services.rebuild_orders_view(progress=print_progress)
     finally:
         services.close()
@@ -109,7 +116,12 @@ def register(sub: SubParsers) -> None:
     query.set_defaults(func=cmd_query)
 
     rebuild = sub.add_parser("rebuild", help="rebuild a projection beside the live one, then switch (blue/green)")
-    rebuild.add_argument("name", nargs="?", default="orders_view", help="the projection (only orders_view)")
+    rebuild.add_argument(
+        "name",
+        nargs="?",
+        default=ORDERS_VIEW,
+        help=f"the projection: {' or '.join(REBUILDABLE)} (default {ORDERS_VIEW})",
+    )
     rebuild.set_defaults(func=cmd_rebuild)
 
     certificates = sub.add_parser("certificates", help="list verification keys and certificates with expiry")

@@ -14,7 +14,8 @@ __all__ = ["register"]
 
 
 def cmd_project(args: argparse.Namespace) -> int:
-    """Both projections, each exclusive by its own lock; SIGTERM stops them cleanly."""
+    """The projections (orders view, outbox, unrouted notifications), each exclusive by its own lock;
+    SIGTERM stops them cleanly."""
     settings = load_settings(args, require_merchant=False)
     configure_logging(settings.log_level, settings.log_format)
     services = bootstrap(settings)
@@ -28,7 +29,7 @@ def cmd_project(args: argparse.Namespace) -> int:
             for thread in threads:
                 thread.join(0.5)
             if not stop.is_set() and not all(t.is_alive() for t in threads):
-                stop.set()  # one projector failed: stop the other and exit, so a supervisor restarts both
+                stop.set()  # one projector failed: stop the others and exit, so a supervisor restarts them all
     finally:
         services.close()
     return 0

@@ -26,6 +26,7 @@ LedgerError
 │   └── ClientGone              the client disconnected before its body was read
 ├── OrderConflict               the order exists with different registration details
 ├── OrderNotFound               no such order, or no such version of it
+├── NotificationNotFound        no notification that names no order has this id (for this mchid)
 ├── InvalidRequest              a request to our own API is malformed
 ├── StoreUnavailable            the event store cannot be reached; nothing was stored
 ├── EventUndecryptable          a stored event's state cannot be decrypted: its key is not in
@@ -77,6 +78,7 @@ __all__ = [
     "LedgerError",
     "MalformedNotification",
     "MessageNotFound",
+    "NotificationNotFound",
     "NotificationRejected",
     "OrderConflict",
     "OrderNotFound",
@@ -211,6 +213,10 @@ class OrderConflict(LedgerError):
 
 class OrderNotFound(LedgerError):
     reason = "order not found"
+
+
+class NotificationNotFound(LedgerError):
+    reason = "notification not found"
 
 
 class InvalidRequest(LedgerError):

@@ -34,7 +34,12 @@ OPEN = {
     ("/openapi.json", "GET"),
     ("/openapi.json", "HEAD"),
 }
-SAMPLE_PARAMS = {"out_trade_no": "ORDER-9001", "mchid": MCHID, "bill_date": "2024-05-20"}
+SAMPLE_PARAMS = {
+    "out_trade_no": "ORDER-9001",
+    "mchid": MCHID,
+    "bill_date": "2024-05-20",
+    "notification_id": "11e20b8f-6b0d-449b-af03-675a1600a35a",
+}
 BAD_CREDENTIALS: list[list[tuple[bytes, bytes]]] = [
     [],
     [(b"authorization", b"")],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -27,9 +28,10 @@ def test_demo_finishes_its_script_in_under_30_seconds_and_shows_the_recovered_or
     assert "DEMO-0003: SUCCESS" in out and "StatusQueried" in out
     assert "DEMO-0001: REFUND  amount_total=2500 refunded_total=700" in out
     assert "answered 401" in out
+    combined = out[out.index("\ncombined payment (合单) DEMO-COMBINE-01: ") :]
     # DEMO-0001..0003, and DEMO-0005 (the difference planted in the day's bill, decided by the query it set off)
-    assert out.count("PaymentSucceeded") == 4
-    bill = out[out.index("\ndaily bill of ") :]
+    assert out[: -len(combined)].count("PaymentSucceeded") == 4
+    bill = out[out.index("\ndaily bill of ") : -len(combined)]
     assert "planted: DEMO-0005 paid at WeChat (3300 fen)" in bill
     assert "(Beijing day): agreed, 1 difference(s), all resolved" in bill
     assert "trade bill: 5 line(s), 4 payment(s), 1 refund(s)" in bill
@@ -38,6 +40,30 @@ def test_demo_finishes_its_script_in_under_30_seconds_and_shows_the_recovered_or
     assert "out_trade_no=DEMO-0005" in found and found.endswith("bill 3300 fen, ledger 3300 fen  resolved")
     history = bill[bill.index("DEMO-0005's history") :].splitlines()[1:5]
     assert [line.split()[1] for line in history] == ["Opened", "BillDiscrepancy", "StatusQueried", "PaymentSucceeded"]
+
+    # A combined payment: ONE notification, and each sub-order's history has it and its own decision.
+    refund = combined[combined.index("\nrefunded 300 of DEMO-0002's fen in the merchant console") :]
+    combined = combined[: -len(refund)]
+    notification_id = re.search(r"told in ONE notification \(([0-9a-f-]{36})\)", combined)
+    assert notification_id is not None
+    for no, amount in (("DEMO-0006", 1200), ("DEMO-0007", 800)):
+        header, *history = combined[combined.index(f"\n{no}: ") + 1 :].splitlines()[:5]
+        assert header == f"{no}: SUCCESS amount_total={amount} paid_total={amount} combine_out_trade_no=DEMO-COMBINE-01"
+        kinds = [line.split()[1] for line in history]
+        assert kinds == ["Opened", "Registered", "NotificationReceived", "PaymentSucceeded"]
+        assert f"id={notification_id.group(1)}" in history[2]
+        assert f"amount_total={amount} " in history[3] and history[3].endswith(f"evidence={notification_id.group(1)}")
+    assert len(re.findall(r"^ +v[0-9]+ +PaymentSucceeded ", combined, re.M)) == 2  # one each, no more
+
+    # A console refund: APIv2 XML, acknowledged with the SUCCESS XML, decided by the refund query that confirmed it.
+    assert "/wechatpay/v2/notify (answered [200]: 200 is the SUCCESS XML)" in refund
+    assert "\nDEMO-0002: REFUND  amount_total=999 refunded_total=300\n" in refund
+    events = [line.split() for line in refund.splitlines() if line.startswith("    v")]
+    assert [e[1] for e in events[4:]] == ["NotificationReceived", "StatusQueried", "RefundSucceeded"]
+    assert events[4][2] == "REFUND.V2" and "serial=APIv2" in events[4]
+    assert "by refund: HTTP 200 out_refund_no=DEMO-R-0002 status=SUCCESS" in " ".join(events[5])
+    assert "out_refund_no=DEMO-R-0002" in events[6] and "refund=300" in events[6]
+    assert events[6][-1] == f"evidence=query:{events[5][-1].removeprefix('request_id=')}"
 
 
 @pytest.fixture

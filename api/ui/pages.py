@@ -7,7 +7,7 @@ links to the other sub-orders registered with the same `combine_out_trade_no` (f
 Every page is behind `UISessions` (the admin token or a login session); without either a
 request gets the login form and a 401, never order data. Payload fields are untrusted text:
 the templates autoescape everything. The daily bills pages (api/ui/bills.py) are served through
-the same rendering and guard.
+the same rendering and guard, and so are the unrouted notifications (api/ui/notifications.py).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from api.responses import to_jsonable
 from api.state import app_state
 from api.ui.auth import COOKIE, SESSION_SECONDS, Access, UISessions
 from api.ui.bills import BillPages, bill_url
+from api.ui.notifications import NotificationPages
 from ledger.errors import BodyTooLarge, InvalidRequest, LedgerError, OrderNotFound, WeChatPayError
 from ledger.settings import Settings
 from projections.read_model.runner import orders_head
@@ -111,7 +112,7 @@ class OperatorPages:
         )
         self.templates.filters.update(pretty=_pretty, iso=iso, duration=duration)
         self.templates.globals.update(
-            attempt_text=attempt_text, order_url=_order_url, query_url=_query_url, bill_url=bill_url
+            attempt_text=attempt_text, order_url=_order_url, query_url=_query_url, bill_url=bill_url, payload=_payload
         )
 
     # -- rendering ------------------------------------------------------------------------
@@ -336,5 +337,6 @@ def ui_mount(settings: Settings) -> Mount:
             Route("/orders/{out_trade_no}", pages.order, methods=["GET"]),
             Route("/orders/{out_trade_no}/query", pages.requery, methods=["POST"]),
             *BillPages(pages).routes(),
+            *NotificationPages(pages).routes(),
         ],
     )

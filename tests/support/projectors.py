@@ -7,10 +7,11 @@ from typing import Any
 from eventsourcing.projection import BaseProjectionRunner
 
 from ledger.application import Ledger
+from projections.read_model.notifications import notifications_head, start_notifications_projector
 from projections.read_model.runner import orders_head, start_orders_projector, wake
 from projections.webhooks.projection import start_outbox_projector
 
-__all__ = ["project_until_caught_up", "run_outbox"]
+__all__ = ["project_until_caught_up", "run_notifications", "run_outbox"]
 
 
 def project_until_caught_up(database_url: str, ledger: Ledger) -> None:
@@ -21,6 +22,11 @@ def project_until_caught_up(database_url: str, ledger: Ledger) -> None:
 def run_outbox(database_url: str, ledger: Ledger) -> None:
     """The outbox projection, up to the newest event of `ledger`."""
     _run_once(start_outbox_projector(database_url), ledger.recorder.max_notification_id())
+
+
+def run_notifications(database_url: str, ledger: Ledger) -> None:
+    """The unrouted notifications view, up to the newest delivery to an inbox in `ledger`."""
+    _run_once(start_notifications_projector(database_url), notifications_head(ledger) or None)
 
 
 def _run_once(started: tuple[BaseProjectionRunner[Ledger], Any, Ledger], head: int | None) -> None:
