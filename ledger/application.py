@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import functools
+import itertools
 import logging
 import random
 import time
@@ -23,7 +24,7 @@ from uuid import UUID
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import IntegrityError, PersistenceError, StoredEvent, Transcoder
 
-from ledger.bill_evidence import BillInflater, BillStatus, compress_bill
+from ledger.bill_evidence import BillInflater, BillStatus, check_bill_file, compress_bill
 from ledger.bill_matching import Discrepancy
 from ledger.domain import (
     Evidence,
@@ -60,6 +61,10 @@ log = logging.getLogger("ledger.application")
 T = TypeVar("T")
 _BASE_FIELDS = {"originator_id", "originator_version", "timestamp", "originator_topic", "chain"}
 MAX_CONFLICT_RETRIES = 50
+KEEP_SLICE = 8
+"""A kept bill's chunk events appended per transaction: 1 MiB of gzip (`ledger.bill_evidence.STORED_CHUNK`
+each), which passes through about 19 MB of Python objects on its way to the store (encoded, chained,
+transcoded): the whole of a 37 MB bill at once peaked above 200 MB (docs/benchmarks.md, "Daily bills")."""
 _UNAVAILABLE: tuple[type[Exception], ...] = (PersistenceError, *STORE_UNAVAILABLE)
 
 
@@ -216,19 +221,34 @@ class Ledger(Application[UUID]):
 
     def store_bill(self, mchid: str, bill_date: dt.date, kind: str, path: Path, sha1: str, size: int) -> bool:
         """Keep a downloaded, verified bill (the file at `path`, its SHA-1 and size); False when
-        that bill, or the day's emptiness, is kept already. All its events go in one transaction."""
+        that bill, or the day's emptiness, is kept already.
+
+        Its chunk events are appended `KEEP_SLICE` at a time and its `Fetched` last, so memory stays
+        at a slice whatever the bill's size (one transaction for all held the chunks in several
+        copies at once: docs/benchmarks.md, "Daily bills"). The bill is kept only once `Fetched` is
+        appended; a keep that stopped half-way (a crash) is resumed by the next, after checking that
+        the chunks appended already are this bill's (`StoredBillCorrupt` if not)."""
         stream_id = bill_statement_id(mchid, bill_date, kind)
         if self._bill_head(stream_id) is not None:
             return False  # settled: do not even read the file
-        chunks = compress_bill(path, sha1=sha1, size=size)
+        check_bill_file(path, sha1=sha1, size=size)
         fetched_at = utcnow()
 
         def attempt() -> bool:
             statement = self._load_statement(mchid, bill_date, kind)
-            changed = statement is not None and statement.store(chunks, sha1=sha1, size=size, fetched_at=fetched_at)
-            if changed:
+            if statement is None:
+                return False
+            chunks = compress_bill(path)
+            if kept := statement.chunks:
+                pairs = zip(itertools.islice(chunks, kept), self._kept_chunks(stream_id, kept), strict=False)
+                if sum(1 for mine, theirs in pairs if mine == theirs) != kept:
+                    raise StoredBillCorrupt(f"bill stream {stream_id}: the chunks kept before are another bill's")
+            while part := list(itertools.islice(chunks, KEEP_SLICE)):
+                statement.add_chunks(part)
                 self.save(statement)
-            return changed
+            statement.store([], sha1=sha1, size=size, fetched_at=fetched_at)
+            self.save(statement)
+            return True
 
         return self._with_retries(attempt)
 
@@ -312,6 +332,12 @@ class Ledger(Application[UUID]):
 
     def _stored_bill(self, stream_id: UUID, chunks: int) -> Iterator[bytes]:
         inflater = BillInflater()
+        for data in self._kept_chunks(stream_id, chunks):
+            yield from inflater.feed(data)
+        yield from inflater.finish()
+
+    def _kept_chunks(self, stream_id: UUID, chunks: int) -> Iterator[str]:
+        """The data of a bill stream's first `chunks` chunk events, one event read at a time."""
         for index in range(chunks):
             version = index + 2  # after Opened
             with self._store():
@@ -319,11 +345,10 @@ class Ledger(Application[UUID]):
                 event = self.mapper.to_domain_event(found[0]) if found else None
             if not isinstance(event, BillStatement.ChunkStored) or event.index != index:
                 raise StoredBillCorrupt(f"bill stream {stream_id}: chunk {index} is missing")
-            yield from inflater.feed(event.data)
-        yield from inflater.finish()
+            yield event.data
 
     def _bill_head(self, stream_id: UUID) -> BillStatement.Fetched | BillStatement.FoundEmpty | None:
-        """The event that settles a bill's stream (its last, as all are appended at once), or None."""
+        """The event that settles a bill's stream (its last: `Fetched` is appended after every chunk), or None."""
         with self._store():
             last = self.recorder.select_events(stream_id, desc=True, limit=1)
             event = self.mapper.to_domain_event(last[0]) if last else None

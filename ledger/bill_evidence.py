@@ -20,7 +20,7 @@ from typing import Literal
 
 from ledger.errors import BillHashMismatch, StoredBillCorrupt
 
-__all__ = ["CHUNK", "STORED_CHUNK", "BillInflater", "BillState", "BillStatus", "compress_bill"]
+__all__ = ["CHUNK", "STORED_CHUNK", "BillInflater", "BillState", "BillStatus", "check_bill_file", "compress_bill"]
 
 CHUNK = 1 << 20
 """The most bytes read, or inflated, per step."""
@@ -32,31 +32,35 @@ _LEVEL = 6
 _GZIP = 16 + zlib.MAX_WBITS
 
 
-def compress_bill(path: Path, *, sha1: str, size: int) -> list[str]:
-    """The file's bytes as stored chunks (base64 of at most `STORED_CHUNK` gzip bytes each).
-
-    The file is hashed on the way: `BillHashMismatch` when it is not the bill that was downloaded
-    and verified (`sha1` and `size` are the download's), so what is stored always matches its `Fetched`.
-    """
-    compressor = zlib.compressobj(_LEVEL, zlib.DEFLATED, _GZIP)
+def check_bill_file(path: Path, *, sha1: str, size: int) -> None:
+    """`BillHashMismatch` unless the file is the bill that was downloaded and verified (`sha1` and
+    `size` are the download's): checked before any of it is stored, so what is stored always matches
+    its `Fetched`."""
     digest = hashlib.sha1(usedforsecurity=False)
     read = 0
-    pending = bytearray()
-    chunks: list[str] = []
     with path.open("rb") as file:
         while piece := file.read(CHUNK):
             digest.update(piece)
             read += len(piece)
+    if digest.hexdigest() != sha1.lower() or read != size:
+        raise BillHashMismatch(f"bill file: {read} bytes with SHA-1 {digest.hexdigest()}, not the downloaded bill")
+
+
+def compress_bill(path: Path) -> Iterator[str]:
+    """The file's bytes as stored chunks (base64 of at most `STORED_CHUNK` gzip bytes each), as they
+    are made: a few MiB in memory whatever the bill's size. The same file gives the same chunks (the
+    gzip header has no time in it), so a keep that stopped half-way can be checked and resumed."""
+    compressor = zlib.compressobj(_LEVEL, zlib.DEFLATED, _GZIP)
+    pending = bytearray()
+    with path.open("rb") as file:
+        while piece := file.read(CHUNK):
             pending += compressor.compress(piece)
             while len(pending) >= STORED_CHUNK:
-                chunks.append(base64.b64encode(pending[:STORED_CHUNK]).decode("ascii"))
+                yield base64.b64encode(pending[:STORED_CHUNK]).decode("ascii")
                 del pending[:STORED_CHUNK]
     pending += compressor.flush()
     for start in range(0, len(pending), STORED_CHUNK):
-        chunks.append(base64.b64encode(pending[start : start + STORED_CHUNK]).decode("ascii"))
-    if digest.hexdigest() != sha1.lower() or read != size:
-        raise BillHashMismatch(f"bill file: {read} bytes with SHA-1 {digest.hexdigest()}, not the downloaded bill")
-    return chunks
+        yield base64.b64encode(pending[start : start + STORED_CHUNK]).decode("ascii")
 
 
 class BillInflater:

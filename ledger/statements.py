@@ -125,12 +125,19 @@ class BillStatement(ChainedAggregate):
         """Record the bill's compressed chunks and then its hash; False when already settled."""
         if self.settled:
             return False
-        if not chunks:
+        if not chunks and not self.chunks:
             raise ValueError("a stored bill has at least one chunk (the gzip stream's header)")
-        for data in chunks:
-            self.trigger_event(self.ChunkStored, index=self.chunks, data=data)
+        self.add_chunks(chunks)
         self.trigger_event(self.Fetched, sha1=sha1.lower(), size=size, chunks=self.chunks, fetched_at=fetched_at)
         return True
+
+    def add_chunks(self, chunks: Sequence[str]) -> None:
+        """Record the next of the bill's compressed chunks: a large bill is kept a slice at a time,
+        and is kept (`settled`) only once `store` has recorded its hash after the last one."""
+        if self.settled:
+            raise ValueError("the bill is kept already: nothing is added to it")
+        for data in chunks:
+            self.trigger_event(self.ChunkStored, index=self.chunks, data=data)
 
     def record_empty(self, fetched_at: dt.datetime) -> bool:
         """Record that WeChat has no bill for the day (NO_STATEMENT_EXIST); False when already settled."""

@@ -19,7 +19,7 @@ import pytest
 from ledger.application import Ledger, build_ledger
 from ledger.audit.integrity import check_all
 from ledger.bill_evidence import CHUNK, STORED_CHUNK
-from ledger.errors import BillHashMismatch, BillNotStored, InvalidRequest
+from ledger.errors import BillHashMismatch, BillNotStored, InvalidRequest, StoredBillCorrupt
 from ledger.statements import BillStatement, bill_statement_id
 from ledger.store.cipher import SETTING
 from tests.support.audit import problems
@@ -173,11 +173,11 @@ def test_an_altered_chunk_in_an_encrypted_store_is_reported(database_url: str) -
         ledger.close()
 
 
-def _generated_bill(path: Path, size: int) -> None:
+def _generated_bill(path: Path, size: int, seed: int = 7) -> None:
     """A trade bill of `size` bytes or more: the sample's header and rows with random ids."""
     lines = SAMPLE.read_bytes().split(b"\r\n")
     rows = lines[1:4]
-    rng = random.Random(7)
+    rng = random.Random(seed)
     with path.open("wb") as out:
         out.write(lines[0] + b"\r\n")
         written = 0
@@ -225,3 +225,89 @@ def test_a_30_mb_bill_is_kept_and_read_back_streamed(ledger_factory: Callable[[]
     sizes = [len(base64.b64decode(ledger.mapper.to_domain_event(e).data)) for e in chunk_events]
     assert max(sizes) <= STORED_CHUNK and sum(sizes) > STORED_CHUNK
     assert check_all(ledger, {}).ok
+
+
+def _bill_file(tmp_path: Path, name: str, size: int, seed: int = 7) -> tuple[Path, str]:
+    path = tmp_path / name
+    _generated_bill(path, size, seed)
+    return path, hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+def test_a_bill_is_appended_a_slice_at_a_time_with_its_hash_last(
+    ledger_factory: Callable[[], Ledger], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("ledger.application.KEEP_SLICE", 3)
+    monkeypatch.setattr("ledger.bill_evidence.STORED_CHUNK", 16 << 10)  # more chunks of a small bill
+    path, sha1 = _bill_file(tmp_path, "bill.csv", 4 * CHUNK)
+    ledger = ledger_factory()
+    saves: list[int] = []
+    save = ledger.save
+    monkeypatch.setattr(ledger, "save", lambda *a: saves.append(1) or save(*a))
+    assert ledger.store_bill(MCHID, DAY, "trade", path, sha1, path.stat().st_size)
+
+    stored: Any = ledger.repository.get(bill_statement_id(MCHID, DAY, "trade"))
+    assert stored.chunks > 3
+    assert len(saves) == -(-stored.chunks // 3) + 1  # a transaction per slice of three, then Fetched
+    assert hashlib.sha1(read_back(ledger)).hexdigest() == sha1
+    assert check_all(ledger, {}).ok
+
+
+def test_a_keep_that_stopped_half_way_is_not_kept_and_the_next_resumes_it(
+    ledger_factory: Callable[[], Ledger], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("ledger.application.KEEP_SLICE", 2)
+    monkeypatch.setattr("ledger.bill_evidence.STORED_CHUNK", 16 << 10)
+    path, sha1 = _bill_file(tmp_path, "bill.csv", 4 * CHUNK)
+    size = path.stat().st_size
+    crashing = ledger_factory()
+    save = crashing.save
+    calls = iter(range(100))
+
+    def crash_on_the_third(*args: Any) -> Any:
+        if next(calls) == 2:
+            raise KeyboardInterrupt  # the process is stopped between two slices
+        return save(*args)
+
+    monkeypatch.setattr(crashing, "save", crash_on_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        crashing.store_bill(MCHID, DAY, "trade", path, sha1, size)
+    stream = bill_statement_id(MCHID, DAY, "trade")
+    half: Any = crashing.repository.get(stream)
+    assert half.chunks == 4 and not half.settled  # two slices of two appended, no Fetched
+    assert crashing.bill_status(MCHID, DAY, "trade").state == "absent"
+    with pytest.raises(BillNotStored):
+        read_back(crashing)
+    assert check_all(crashing, {}).ok  # a keep cut short is not a break in the record
+
+    # Another bill of that day cannot be grafted onto the chunks kept.
+    other, other_sha1 = _bill_file(tmp_path, "other.csv", 4 * CHUNK, seed=8)
+    restarted = ledger_factory()
+    with pytest.raises(StoredBillCorrupt, match="another bill's"):
+        restarted.store_bill(MCHID, DAY, "trade", other, other_sha1, other.stat().st_size)
+
+    assert restarted.store_bill(MCHID, DAY, "trade", path, sha1, size) is True
+    whole: Any = restarted.repository.get(stream)
+    events = restarted.recorder.select_events(stream)
+    indexes = [restarted.mapper.to_domain_event(e).index for e in events if e.topic.endswith(".ChunkStored")]
+    assert indexes == list(range(whole.chunks)) and whole.chunks > 4
+    assert hashlib.sha1(read_back(restarted)).hexdigest() == sha1
+    assert restarted.bill_status(MCHID, DAY, "trade").sha1 == sha1
+    assert check_all(restarted, {}).ok
+
+
+def test_keeping_a_bill_holds_a_slice_not_the_bill(ledger_factory: Callable[[], Ledger], tmp_path: Path) -> None:
+    path = tmp_path / "incompressible.bin"  # the store keeps bytes: gzip of random bytes is their size
+    path.write_bytes(random.Random(9).randbytes(24 * CHUNK))
+    sha1 = hashlib.sha1(path.read_bytes()).hexdigest()
+    ledger = ledger_factory()
+    tracemalloc.start()
+    try:
+        assert ledger.store_bill(MCHID, DAY, "trade", path, sha1, path.stat().st_size)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    stored: Any = ledger.repository.get(bill_statement_id(MCHID, DAY, "trade"))
+    # 24 MiB of gzip in 192 chunk events; a slice is 8 of them (1 MiB) in its many forms at a time
+    # (about 19 MiB). All the chunks at once held some 17 copies of the whole gzip bill (412 MiB here).
+    assert stored.chunks >= 192
+    assert peak < 24 * CHUNK, f"keeping held {peak} bytes for {stored.chunks} chunks"
