@@ -133,8 +133,9 @@ class Notices:
         url: str | None = None,
         drop: bool = False,
     ) -> str:
-        """Any other verified APIv3 notification ([next: Other notification types]); complaints on their own
-        retry schedule."""
+        """`Sandbox.notify_other`: a verified APIv3 notification of any type ([next: Other notification types]:
+        complaints, profit-sharing, payouts…) with `resource` encrypted; `url` defaults to the sandbox's
+        `notify_url`, complaints are retried on their own schedule. Returns the notification id."""
         sandbox = self._sandbox
         notification_id, seed, dropped = self._draw(drop)
         body = sandbox.factory.envelope(

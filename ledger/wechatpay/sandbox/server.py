@@ -11,7 +11,6 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -128,6 +127,7 @@ class Sandbox:
             answer_timeout=answer_timeout,
         )
         self._notices = Notices(self, self._notifier, self._rng, self._lock)
+        self.notify_other = self._notices.other  # any other APIv3 notification: see `Notices.other`
         self._api = WeChatApi(self)
         self.app = Starlette(routes=[*self._api.routes(), *control_routes(self)], lifespan=self._lifespan)
 
@@ -164,9 +164,8 @@ class Sandbox:
     ) -> Order:
         """A NOTPAY order; `notify_url` overrides the sandbox's for its notifications. A provider's order
         names its sub-merchant (and, if given, the sub-merchant's appid)."""
-        return self.orders.create(
-            out_trade_no, total, description, notify_url, sub_mchid=sub_mchid, sub_appid=sub_appid, attach=attach
-        )
+        asked = SubOrder(out_trade_no, total, sub_mchid, sub_appid, description=description, attach=attach)
+        return self.orders.create(asked, notify_url)
 
     def pay(
         self,
@@ -258,23 +257,6 @@ class Sandbox:
         self.orders.close_combined(combine_out_trade_no)
 
     # -- notifications -------------------------------------------------------------------------
-
-    def notify_other(
-        self,
-        event_type: str,
-        resource: dict[str, Any],
-        *,
-        original_type: str | None = None,
-        summary: str | None = None,
-        url: str | None = None,
-        drop: bool = False,
-    ) -> str:
-        """Send a verified APIv3 notification of any type ([next: Other notification types]: complaints,
-        profit-sharing, payouts…) with `resource` encrypted; `url` defaults to `notify_url`. Returns the
-        notification id."""
-        return self._notices.other(
-            event_type, resource, original_type=original_type, summary=summary, url=url, drop=drop
-        )
 
     def complain(
         self, action_type: str = "CREATE_COMPLAINT", *, complaint_id: str | None = None, drop: bool = False
