@@ -413,34 +413,11 @@ class Sandbox:
 
 
 def run_sandbox(
-    host: str = "127.0.0.1",
-    port: int = 8090,
-    folder: Path = Path("payledger-sandbox"),
-    notify_url: str | None = None,
-    time_scale: float = 1.0,
-    duplicate_rate: float = 0.0,
-    probe_rate: float = 0.0,
-    drop_rate: float = 0.0,
-    *,
-    seed: int | None = None,
-    signing: Signing = "public_key",
-    sub_mchids: Sequence[str] = (),
-    v2_notify_url: str | None = None,
+    sandbox: Sandbox, host: str = "127.0.0.1", port: int = 8090, folder: Path = Path("payledger-sandbox")
 ) -> None:
-    """Serve a new sandbox until interrupted, after writing the ledger's configuration."""
+    """Serve `sandbox` until interrupted, after writing the ledger's configuration into `folder`."""
     import uvicorn
 
-    sandbox = Sandbox(
-        notify_url=notify_url,
-        time_scale=time_scale,
-        duplicate_rate=duplicate_rate,
-        probe_rate=probe_rate,
-        drop_rate=drop_rate,
-        seed=seed,
-        signing=signing,
-        sub_mchids=sub_mchids,
-        v2_notify_url=v2_notify_url,
-    )
     base_url = f"http://{host}:{port}"
     sandbox.write_ledger_config(Path(folder), base_url)
     env_file = Path(folder).resolve() / "env"
@@ -448,11 +425,11 @@ def run_sandbox(
     key = sandbox.signing_key()
     print(
         f"payledger sandbox: fake WeChat Pay on {base_url} ({who if sandbox.partner else f'mchid {sandbox.mchid}'})\n"
-        f"payledger sandbox: signs with {key.serial} ({signing.replace('_', ' ')})\n"
+        f"payledger sandbox: signs with {key.serial} ({sandbox.signing.replace('_', ' ')})\n"
         f"payledger sandbox: ledger configuration in {env_file.parent}\n"
         f"payledger sandbox: environment file {env_file}  (e.g. set -a; . {env_file}; set +a)\n"
-        f"payledger sandbox: notifications to {notify_url or '(none: set notify_url per order)'}\n"
-        f"payledger sandbox: APIv2 notifications to {v2_notify_url or '(none)'}\n"
+        f"payledger sandbox: notifications to {sandbox.notify_url or '(none: set notify_url per order)'}\n"
+        f"payledger sandbox: APIv2 notifications to {sandbox.v2_notify_url or '(none)'}\n"
         f"payledger sandbox: control  POST {base_url}/sandbox/orders "
         '{"out_trade_no":"ORDER-0001","amount_total":100'
         + (f',"sub_mchid":"{sandbox.sub_mchids[0]}"' if sandbox.partner else "")
