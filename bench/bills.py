@@ -64,6 +64,7 @@ import psycopg
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric import rsa
 from memory import rss_mb  # bench/memory.py, beside this script
+from seeding import POSTGRES_URL, callback_evidence, drop_scratch_store, scratch_store  # bench/seeding.py
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
@@ -71,7 +72,7 @@ from starlette.routing import Route
 
 from ledger.application import build_ledger
 from ledger.bill_matching import DiscrepancyKind
-from ledger.domain import Evidence, PaymentOrder, QueryEvidence
+from ledger.domain import PaymentOrder, QueryEvidence
 from ledger.store.sql import Database
 from ledger.wechatpay.bill_download import BillDownload, BillTicket, download_bill_to_temp
 from ledger.wechatpay.bills import read_trade_bill
@@ -85,7 +86,6 @@ from projections.read_model.reader import LiveOrdersView
 from projections.read_model.rebuild import rebuild_orders_view
 from projections.read_model.runner import catch_up_orders_view
 
-POSTGRES_URL = os.environ.get("LEDGER_TEST_POSTGRES_URL", "postgresql://127.0.0.1:5432/test")
 MCHID, APPID = "1900000109", "wxd678efh567hg6787"
 MERCHANT_SERIAL = "5F1C72E2A8931B72A2E13AF8DEE92471EB397115"
 BILL_DATE = dt.date(2026, 12, 2)
@@ -300,41 +300,14 @@ def _refunded(order: PaymentOrder, line: Line, amount: int) -> None:
         "user_received_account": "支付用户零钱",
         "amount": {"total": line.total, "refund": amount, "payer_total": line.total, "payer_refund": amount},
     }
-    notification_id = str(uuid.UUID(int=line.number))
-    envelope: dict[str, Any] = {
-        "id": notification_id,
-        "create_time": success_time,
-        "resource_type": "encrypt-resource",
-        "event_type": "REFUND.SUCCESS",
-        "summary": "退款成功",
-        "resource": {
-            "original_type": "refund",
-            "algorithm": "AEAD_AES_256_GCM",
-            "associated_data": "refund",
-            "nonce": "fdasflkja484",
-        },
-    }
-    body = json.dumps({**envelope, "resource": {**envelope["resource"], "ciphertext": "x" * 600}}, ensure_ascii=False)
-    digest = hashlib.sha256(body.encode()).hexdigest()
-    order.receive(
-        Evidence(
-            notification_id=notification_id,
-            event_type="REFUND.SUCCESS",
-            delivery_key=digest,
-            key_serial="PUB_KEY_ID_0001",
-            raw_body=body,
-            signature_headers={
-                "Wechatpay-Timestamp": "1795000000",
-                "Wechatpay-Nonce": "n" * 32,
-                "Wechatpay-Signature": "s" * 344,
-                "Wechatpay-Serial": "PUB_KEY_ID_0001",
-            },
-            envelope=envelope,
-            resource=resource,
-            resource_digest=digest,
-            received_at=dt.datetime.fromisoformat(success_time),
-        )
+    evidence = callback_evidence(
+        str(uuid.UUID(int=line.number)),
+        "REFUND.SUCCESS",
+        resource,
+        create_time=success_time,
+        received_at=dt.datetime.fromisoformat(success_time),
     )
+    order.receive(evidence)
 
 
 def extra_no(k: int) -> tuple[str, str]:
@@ -787,13 +760,7 @@ def main() -> int:
             f"gzipped, {size:,} bytes decompressed, sha1 {sha1}; {gen.payments:,} payments, {gen.refunds:,} refunds"
         )
 
-        schema = f"bench_bills_{uuid.uuid4().hex[:8]}"
-        if args.store == "postgres":
-            with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-                conn.execute(f"CREATE SCHEMA {schema}")
-            url = f"{POSTGRES_URL}{'&' if '?' in POSTGRES_URL else '?'}schema={schema}"
-        else:
-            url = f"sqlite:///{folder}/ledger.sqlite3"
+        url, schema = scratch_store(args.store, folder, f"bench_bills_{uuid.uuid4().hex[:8]}")
         server = None
         try:
             seed_all(url, args.rows, args.refunds, args.seed, gen.plan)
@@ -847,9 +814,7 @@ def main() -> int:
             if server is not None:
                 server.terminate()
                 server.join()
-            if args.store == "postgres":
-                with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-                    conn.execute(f"DROP SCHEMA {schema} CASCADE")
+            drop_scratch_store(schema)
 
     # -- what the run must have done ---------------------------------------------------------------
     report, timeline = reconciled.report, reconciled.timeline

@@ -19,72 +19,41 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
-import json
-import os
 import sys
 import tempfile
 import threading
 import time
 import uuid
 
-import psycopg
 from memory import rss_mb  # bench/memory.py, beside this script
+from seeding import callback_evidence, drop_scratch_store, scratch_store  # bench/seeding.py, beside this script
 
 from ledger.application import build_ledger
 from ledger.domain import Evidence, PaymentOrder
+from ledger.wechatpay.sandbox import resources
+from ledger.wechatpay.sandbox.resources import Party
 from projections.read_model.rebuild import rebuild_orders_view
 from projections.read_model.runner import start_orders_projector, wake
 
-POSTGRES_URL = os.environ.get("LEDGER_TEST_POSTGRES_URL", "postgresql://127.0.0.1:5432/test")
 MCHID = "1900000109"
 TARGET = 20_000.0
 
 
 def evidence(no: str) -> Evidence:
-    resource = {
-        "mchid": MCHID,
-        "appid": "wxd678efh567hg6787",
-        "out_trade_no": no,
-        "transaction_id": "42" + hashlib.sha256(no.encode()).hexdigest()[:26],
-        "trade_type": "JSAPI",
-        "trade_state": "SUCCESS",
-        "trade_state_desc": "支付成功",
-        "bank_type": "OTHERS",
-        "attach": "",
-        "success_time": "2026-11-27T10:34:56+08:00",
-        "payer": {"openid": "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"},
-        "amount": {"total": 100, "payer_total": 100, "currency": "CNY", "payer_currency": "CNY"},
-    }
-    envelope = {
-        "id": str(uuid.uuid4()),
-        "create_time": "2026-11-27T10:34:56+08:00",
-        "resource_type": "encrypt-resource",
-        "event_type": "TRANSACTION.SUCCESS",
-        "summary": "支付成功",
-        "resource": {
-            "original_type": "transaction",
-            "algorithm": "AEAD_AES_256_GCM",
-            "associated_data": "transaction",
-            "nonce": "fdasflkja484",
-        },
-    }
-    body = json.dumps({**envelope, "resource": {**envelope["resource"], "ciphertext": "x" * 600}}, ensure_ascii=False)
-    return Evidence(
-        notification_id=envelope["id"],
-        event_type="TRANSACTION.SUCCESS",
-        delivery_key=hashlib.sha256(body.encode()).hexdigest(),
-        key_serial="PUB_KEY_ID_0001",
-        raw_body=body,
-        signature_headers={
-            "Wechatpay-Timestamp": "1795000000",
-            "Wechatpay-Nonce": "n" * 32,
-            "Wechatpay-Signature": "s" * 344,
-            "Wechatpay-Serial": "PUB_KEY_ID_0001",
-        },
-        envelope=envelope,
-        resource=resource,
-        resource_digest=hashlib.sha256(no.encode()).hexdigest(),
+    resource = resources.transaction(
+        Party(MCHID, "wxd678efh567hg6787"),
+        no,
+        100,
+        transaction_id="42" + hashlib.sha256(no.encode()).hexdigest()[:26],
+        success_time="2026-11-27T10:34:56+08:00",
+    )
+    return callback_evidence(
+        str(uuid.uuid4()),
+        "TRANSACTION.SUCCESS",
+        resource,
+        create_time="2026-11-27T10:34:56+08:00",
         received_at=dt.datetime.now(dt.UTC),
+        resource_digest=hashlib.sha256(no.encode()).hexdigest(),
     )
 
 
@@ -137,13 +106,7 @@ def main() -> int:
         f"{args.runner_events:,} events; 2 CPUs shared with the database; Python {sys.version.split()[0]}"
     )
     tmp = tempfile.mkdtemp(prefix="payledger-rebuild-")
-    schema = f"bench_{uuid.uuid4().hex[:8]}"
-    if args.store == "postgres":
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-            conn.execute(f"CREATE SCHEMA {schema}")
-        url = f"{POSTGRES_URL}{'&' if '?' in POSTGRES_URL else '?'}schema={schema}"
-    else:
-        url = f"sqlite:///{tmp}/ledger.sqlite3"
+    url, schema = scratch_store(args.store, tmp, f"bench_{uuid.uuid4().hex[:8]}")
     try:
         started = time.perf_counter()
         total = seed(url, args.events)
@@ -179,9 +142,7 @@ def main() -> int:
             met = summary.events_per_second >= TARGET
             print(f"target (>= {TARGET:,.0f} events/s on PostgreSQL): {'MET' if met else 'NOT MET'}")
     finally:
-        if args.store == "postgres":
-            with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-                conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        drop_scratch_store(schema)
     return 0
 
 

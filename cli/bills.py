@@ -14,8 +14,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from api.bootstrap import bootstrap
-from cli.common import SubParsers, configure_logging, load_settings, print_json, stop_on_signals
+from cli.common import SubParsers, configure_logging, load_settings, print_json, services_for, stop_on_signals
 from ledger.bill_matching import Discrepancy
 from ledger.errors import InvalidRequest
 from projections.bills.reports import BillReport
@@ -103,8 +102,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     """Exit 0 the books agree or the day is empty, 1 unresolved differences, 2 a bill not had (the worst)."""
     settings = load_settings(args)
     configure_logging(settings.log_level if args.follow else "WARNING", settings.log_format)
-    services = bootstrap(settings)
-    try:
+    with services_for(settings) as services:
         bills = services.bills
         configured = bills.merchants
         if args.mchid is not None and args.mchid not in configured:
@@ -121,8 +119,6 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
             return 0
         day = args.date or yesterday()
         reports = [bills.reconcile(mchid, day) for mchid in merchants]
-    finally:
-        services.close()
     _print(reports, args.json, several=len(merchants) > 1)
     return max(report.exit_code for report in reports)
 

@@ -7,15 +7,26 @@ import json
 import os
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from api.bootstrap import Services, bootstrap
 from api.params import order_sub_mchid, sub_mchid_value
 from api.responses import to_jsonable
 from cli.dev import dev_environment
 from ledger.logs import configure_logging
 from ledger.settings import Settings
 
-__all__ = ["SubParsers", "configure_logging", "load_settings", "order_of", "print_json", "stop_on_signals"]
+__all__ = [
+    "SubParsers",
+    "configure_logging",
+    "load_settings",
+    "order_of",
+    "print_json",
+    "services_for",
+    "stop_on_signals",
+]
 
 if TYPE_CHECKING:
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -29,6 +40,16 @@ def load_settings(args: argparse.Namespace, *, require_merchant: bool = True) ->
     if getattr(args, "dev", False) and not env.get("WECHATPAY_MCHID") and not env.get("LEDGER_CONFIG"):
         env.update(dev_environment())
     return Settings.load(env, require_merchant=require_merchant)
+
+
+@contextmanager
+def services_for(settings: Settings) -> Iterator[Services]:
+    """`bootstrap(settings)`, closed when the command is done with it."""
+    services = bootstrap(settings)
+    try:
+        yield services
+    finally:
+        services.close()
 
 
 def order_of(settings: Settings, mchid: str, sub_mchid: str | None) -> str | None:

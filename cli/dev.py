@@ -91,22 +91,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
     # The fake WeChat Pay (a web app) is imported only by the command that runs it.
-    from ledger.wechatpay.sandbox.server import run_sandbox
+    from ledger.wechatpay.sandbox.server import Sandbox, run_sandbox
 
-    run_sandbox(
-        args.host,
-        args.port,
-        Path(args.folder),
-        args.notify_url,
-        args.time_scale,
-        args.duplicate_rate,
-        args.probe_rate,
-        args.drop_rate,
+    sandbox = Sandbox(
+        notify_url=args.notify_url,
+        time_scale=args.time_scale,
+        duplicate_rate=args.duplicate_rate,
+        probe_rate=args.probe_rate,
+        drop_rate=args.drop_rate,
         seed=args.seed,
         signing="certificate" if args.sign_with == "certificate" else "public_key",
         sub_mchids=args.sub_mchid or (),
         v2_notify_url=args.v2_notify_url or None,
     )
+    run_sandbox(sandbox, args.host, args.port, Path(args.folder))
     return 0
 
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from api.bootstrap import bootstrap
-from cli.common import SubParsers, load_settings, order_of, print_json
+from cli.common import SubParsers, load_settings, order_of, print_json, services_for
 from projections.timeline import Timeline, attempt_text, iso, load_timeline, printable
 
 __all__ = ["register", "render_text", "to_json"]
@@ -21,11 +20,8 @@ def cmd_history(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     mchid = args.mchid or settings.merchants[0].mchid
     sub_mchid = order_of(settings, mchid, args.sub_mchid)
-    services = bootstrap(settings)
-    try:
+    with services_for(settings) as services:
         timeline = load_timeline(services.ledger, lambda: services.outbox, mchid, args.out_trade_no, sub_mchid)
-    finally:
-        services.close()
     if args.json:
         print_json(to_json(timeline))
     else:

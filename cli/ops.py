@@ -6,8 +6,7 @@ import argparse
 import datetime as dt
 import sys
 
-from api.bootstrap import bootstrap
-from cli.common import SubParsers, load_settings, order_of, print_json
+from cli.common import SubParsers, load_settings, order_of, print_json, services_for
 from ledger.store.reencrypt import reencrypt
 from projections.read_model.notifications import NOTIFICATIONS_VIEW
 from projections.read_model.rebuild import print_progress
@@ -22,18 +21,14 @@ def cmd_query(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     mchid = args.mchid or settings.merchants[0].mchid
     sub_mchid = order_of(settings, mchid, args.sub_mchid)
-    services = bootstrap(settings)
-    try:
+    with services_for(settings) as services:
         order = services.query_order(mchid, args.out_trade_no, sub_mchid)
-    finally:
-        services.close()
     print_json(order.summary())
     return 0
 
 
 def cmd_certificates(args: argparse.Namespace) -> int:
-    services = bootstrap(load_settings(args))
-    try:
+    with services_for(load_settings(args)) as services:
         for merchant in services.merchants.values():
             manager = merchant.certificates
             if args.refresh and manager is not None:
@@ -49,8 +44,6 @@ def cmd_certificates(args: argparse.Namespace) -> int:
                     f"{merchant.mchid}  certificate {cert.serial}  {cert.not_before:%Y-%m-%d} -> "
                     f"{cert.not_after:%Y-%m-%d}  {state}"
                 )
-    finally:
-        services.close()
     return 0
 
 
@@ -58,14 +51,11 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     if args.name not in REBUILDABLE:
         print(f"payledger: unknown projection {args.name!r} (known: {', '.join(REBUILDABLE)})", file=sys.stderr)
         return 2
-    services = bootstrap(load_settings(args, require_merchant=False))
-    try:
+    with services_for(load_settings(args, require_merchant=False)) as services:
         if args.name == NOTIFICATIONS_VIEW:
             print(services.rebuild_notifications_view())
             return 0
         summary = services.rebuild_orders_view(progress=print_progress)
-    finally:
-        services.close()
     print(file=sys.stderr)
     print(summary)
     return 0
@@ -83,11 +73,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return 2
     # Without --sub-mchid a provider's OUT_TRADE_NO may still be a notification id that names no order.
     sub_mchid = None if args.all or args.sub_mchid is None else order_of(settings, mchid, args.sub_mchid)
-    services = bootstrap(settings)
-    try:
+    with services_for(settings) as services:
         report = services.audit_all() if args.all else services.audit_order(mchid, args.out_trade_no, sub_mchid)
-    finally:
-        services.close()
     if args.json:
         print(report.to_json())
     else:
@@ -99,11 +86,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_reencrypt(args: argparse.Namespace) -> int:
     """Exit 0 when every stored state is now under the newest key."""
-    services = bootstrap(load_settings(args, require_merchant=False))
-    try:
+    with services_for(load_settings(args, require_merchant=False)) as services:
         summary = reencrypt(services.ledger)
-    finally:
-        services.close()
     print(summary)
     return 1 if summary.unreadable else 0
 

@@ -10,28 +10,17 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-from api.bootstrap import Services, bootstrap
-from cli.common import SubParsers, configure_logging, load_settings, print_json, stop_on_signals
+from cli.common import SubParsers, configure_logging, load_settings, print_json, services_for, stop_on_signals
 from ledger.settings import Settings
 from projections.webhooks.records import STATES, Endpoint, Message
 
 __all__ = ["register"]
 
 LoadSettings = Callable[[argparse.Namespace], Settings]
-
-
-@contextmanager
-def _services(load: LoadSettings, args: argparse.Namespace) -> Iterator[Services]:
-    services = bootstrap(load(args))
-    try:
-        yield services
-    finally:
-        services.close()
 
 
 def _iso(at: float | None) -> str | None:
@@ -76,7 +65,7 @@ def _message_dict(msg: Message) -> dict[str, Any]:
 
 
 def cmd_endpoints(load: LoadSettings, args: argparse.Namespace) -> int:
-    with _services(load, args) as services:
+    with services_for(load(args)) as services:
         outbox = services.outbox
         if args.action == "add":
             endpoint = outbox.endpoints.add(args.url, args.secret, args.events)
@@ -104,7 +93,7 @@ def cmd_endpoints(load: LoadSettings, args: argparse.Namespace) -> int:
 
 
 def cmd_deliveries(load: LoadSettings, args: argparse.Namespace) -> int:
-    with _services(load, args) as services:
+    with services_for(load(args)) as services:
         outbox = services.outbox
         if args.action == "resend":
             outbox.messages.resend(args.id)
@@ -128,7 +117,7 @@ def cmd_deliveries(load: LoadSettings, args: argparse.Namespace) -> int:
 
 
 def cmd_dispatch(load: LoadSettings, args: argparse.Namespace) -> int:
-    with _services(load, args) as services:
+    with services_for(load(args)) as services:
         configure_logging(services.settings.log_level, services.settings.log_format)
         services.sync_endpoints()
         dispatcher = services.dispatcher

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from api.bootstrap import bootstrap
-from cli.common import SubParsers, configure_logging, load_settings, stop_on_signals
+from cli.common import SubParsers, configure_logging, load_settings, services_for, stop_on_signals
 
 __all__ = ["register"]
 
@@ -18,8 +17,7 @@ def cmd_project(args: argparse.Namespace) -> int:
     SIGTERM stops them cleanly."""
     settings = load_settings(args, require_merchant=False)
     configure_logging(settings.log_level, settings.log_format)
-    services = bootstrap(settings)
-    try:
+    with services_for(settings) as services:
         services.sync_endpoints()
         stop = stop_on_signals()
         threads = services.projector_threads(stop)
@@ -30,16 +28,13 @@ def cmd_project(args: argparse.Namespace) -> int:
                 thread.join(0.5)
             if not stop.is_set() and not all(t.is_alive() for t in threads):
                 stop.set()  # one projector failed: stop the others and exit, so a supervisor restarts them all
-    finally:
-        services.close()
     return 0
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     configure_logging(settings.log_level if args.follow else "WARNING", settings.log_format)
-    services = bootstrap(settings)
-    try:
+    with services_for(settings) as services:
         reconciler = services.reconciler
         if args.follow:
             reconciler.follow(stop_on_signals(), idle=args.interval, report=lambda c: print(c, flush=True))
@@ -53,8 +48,6 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
             f"(retried later); open orders: {services.worklist.counts().get('open', 0)}"
         )
         return 0
-    finally:
-        services.close()
 
 
 def register(sub: SubParsers) -> None:

@@ -16,7 +16,6 @@ import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
@@ -28,8 +27,6 @@ from ledger.bill_evidence import BillInflater, BillStatus, check_bill_file, comp
 from ledger.bill_matching import Discrepancy
 from ledger.domain import (
     Evidence,
-    NotificationInbox,
-    Outcome,
     PaymentOrder,
     QueryEvidence,
     inbox_id,
@@ -44,15 +41,16 @@ from ledger.errors import (
     StoredBillCorrupt,
     StoreUnavailable,
 )
-from ledger.identity import OrderKey, orders_named
+from ledger.identity import OrderKey
+from ledger.routing import RecordResult, Route, evidence_from, v2_evidence
 from ledger.statements import BillStatement, bill_statement_id
 from ledger.store.backends import persistence_env, schema_lock
 from ledger.store.cipher import SETTING as ENCRYPTION_SETTING
 from ledger.store.eventlog import EventLog
 from ledger.store.sql import STORE_UNAVAILABLE
 from ledger.store.transcoder import FastJSONTranscoder
-from ledger.wechatpay.notification import VerifiedNotification, resource_digest
-from ledger.wechatpay.v2 import V2_KEY_SERIAL, V2Notification, v2_delivery
+from ledger.wechatpay.notification import VerifiedNotification
+from ledger.wechatpay.v2 import V2Notification
 
 __all__ = ["Ledger", "RecordResult", "build_ledger", "event_to_dict", "evidence_from", "v2_evidence"]
 
@@ -66,14 +64,6 @@ KEEP_SLICE = 8
 each), which passes through about 19 MB of Python objects on its way to the store (encoded, chained,
 transcoded): the whole of a 37 MB bill at once peaked above 200 MB (docs/benchmarks.md, "Daily bills")."""
 _UNAVAILABLE: tuple[type[Exception], ...] = (PersistenceError, *STORE_UNAVAILABLE)
-
-
-@dataclass(frozen=True)
-class RecordResult:
-    outcome: Outcome
-    stream_id: UUID
-    version: int
-    routed_to_order: bool
 
 
 def event_to_dict(event: Any) -> dict[str, Any]:
@@ -143,25 +133,13 @@ class Ledger(Application[UUID]):
         combined payment names several: all are written in one transaction), or to its inbox
         stream when it names none; durable on return. The result names the first stream. An APIv3
         notification is turned into evidence here; an APIv2 one comes as evidence (`v2_evidence`)."""
-        evidence = notification if isinstance(notification, Evidence) else evidence_from(notification)
-        keys = orders_named(mchid, evidence.resource)
+        route = Route(mchid, notification, expected_appid, sub_mchids)
 
         def attempt() -> RecordResult:
-            if not keys:
-                inbox = self._load_inbox(mchid, evidence.notification_id)
-                outcome = inbox.receive(evidence)
-                if outcome is Outcome.RECORDED:
-                    self.save(inbox)
-                return RecordResult(outcome, inbox.id, inbox.version, False)
-            orders = self.load_orders(keys)
-            recorded = [
-                order
-                for order in orders
-                if order.receive(evidence, expected_appid=expected_appid, sub_mchids=sub_mchids) is Outcome.RECORDED
-            ]
-            self.save_all(recorded)
-            outcome = Outcome.RECORDED if recorded else Outcome.DUPLICATE
-            return RecordResult(outcome, orders[0].id, orders[0].version, True)
+            streams = self.get_many(route.stream_ids)
+            outcome, first = route.decide(streams)
+            self.save_all(streams.values())
+            return RecordResult.of(outcome, first)
 
         return self._with_retries(attempt)
 
@@ -459,14 +437,6 @@ class Ledger(Application[UUID]):
         assert isinstance(order, PaymentOrder)
         return order
 
-    def _load_inbox(self, mchid: str, notification_id: str) -> NotificationInbox:
-        try:
-            inbox: NotificationInbox = self.repository.get(inbox_id(mchid, notification_id))
-        except AggregateNotFoundError:
-            return NotificationInbox.open(mchid, notification_id)
-        assert isinstance(inbox, NotificationInbox)
-        return inbox
-
     @contextmanager
     def _store(self) -> Iterator[None]:
         try:
@@ -487,48 +457,6 @@ class Ledger(Application[UUID]):
                 time.sleep(random.uniform(0, 0.002 * (n + 1)))
         log.error("gave up after %d version conflicts", MAX_CONFLICT_RETRIES)
         raise StoreUnavailable("too many concurrent writers on one stream")
-
-
-def evidence_from(notification: VerifiedNotification) -> Evidence:
-    return Evidence(
-        notification_id=notification.id,
-        event_type=notification.event_type,
-        delivery_key=notification.delivery_key,
-        key_serial=notification.key_serial,
-        raw_body=notification.body.decode("utf-8"),
-        signature_headers=notification.headers.as_dict(),
-        envelope=_envelope_metadata(notification.envelope),
-        resource=notification.resource,
-        resource_digest=notification.resource_digest,
-        received_at=notification.received_at,
-    )
-
-
-def v2_evidence(notification: V2Notification, received_at: dt.datetime | None = None) -> Evidence:
-    """A legacy APIv2 notification (sign verified, or `req_info` decrypted) as a delivery: its raw XML
-    kept for the auditor, no signature headers, the key serial `APIv2`, and the resource an APIv3
-    notification would carry (`ledger.wechatpay.v2.v2_delivery`)."""
-    delivery = v2_delivery(notification)
-    return Evidence(
-        notification_id=delivery.notification_id,
-        event_type=delivery.event_type,
-        delivery_key=delivery.delivery_key,
-        key_serial=V2_KEY_SERIAL,
-        raw_body=notification.raw.decode("utf-8"),
-        signature_headers={},
-        envelope={"id": delivery.notification_id, "event_type": delivery.event_type, "api": "v2"},
-        resource=delivery.resource,
-        resource_digest=resource_digest(delivery.resource),
-        received_at=received_at or utcnow(),
-    )
-
-
-def _envelope_metadata(envelope: dict[str, Any]) -> dict[str, Any]:
-    """The envelope as stored: the ciphertext is left out, the raw body already carries it."""
-    resource = envelope.get("resource")
-    if not isinstance(resource, dict):
-        return dict(envelope)
-    return {**envelope, "resource": {k: v for k, v in resource.items() if k != "ciphertext"}}
 
 
 def build_ledger(database_url: str, extra_env: Mapping[str, str] | None = None) -> Ledger:

@@ -12,7 +12,6 @@ delivery is retried on its own through the ordinary reload-and-retry path.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import queue
 import threading
@@ -24,10 +23,10 @@ from uuid import UUID
 
 from eventsourcing.persistence import IntegrityError, PersistenceError
 
-from ledger.application import Ledger, RecordResult, evidence_from
-from ledger.domain import Evidence, NotificationInbox, Outcome, PaymentOrder, inbox_id
+from ledger.application import Ledger
+from ledger.domain import Evidence
 from ledger.errors import StoreUnavailable
-from ledger.identity import OrderKey, orders_named
+from ledger.routing import RecordResult, Route
 from ledger.wechatpay.notification import VerifiedNotification
 
 __all__ = ["GroupCommitter"]
@@ -42,30 +41,11 @@ LINGER_TARGET = 12
 
 @dataclass
 class _Request:
-    mchid: str
-    notification: VerifiedNotification | Evidence  # an APIv3 notification, or an APIv2 one as evidence
-    expected_appid: str | None
-    sub_mchids: frozenset[str] | None = None
+    route: Route
     future: Future[RecordResult] | None = None
     loop: asyncio.AbstractEventLoop | None = None
     afuture: asyncio.Future[RecordResult] | None = None
     outcome: RecordResult | BaseException | None = None
-
-    @functools.cached_property
-    def evidence(self) -> Evidence:
-        notification = self.notification
-        return notification if isinstance(notification, Evidence) else evidence_from(notification)
-
-    @functools.cached_property
-    def orders(self) -> list[OrderKey]:
-        """The orders the notification names (several for a combined payment); none: its inbox."""
-        return orders_named(self.mchid, self.notification.resource)
-
-    @functools.cached_property
-    def stream_ids(self) -> list[UUID]:
-        if not self.orders:
-            return [inbox_id(self.mchid, self.evidence.notification_id)]
-        return [key.stream_id for key in self.orders]
 
     def withdrawn(self) -> bool:
         """True when the caller gave up before the committer picked the request up."""
@@ -112,7 +92,7 @@ class GroupCommitter:
 
         Cancelling the future before the committer picks it up withdraws the request.
         """
-        request = _Request(mchid, notification, expected_appid, sub_mchids, future=Future())
+        request = _Request(Route(mchid, notification, expected_appid, sub_mchids), future=Future())
         self._queue.put(request)
         assert request.future is not None
         return request.future
@@ -127,7 +107,8 @@ class GroupCommitter:
     ) -> asyncio.Future[RecordResult]:
         """Like `submit`, for a caller on an event loop: one loop wake-up per batch, not per request."""
         loop = asyncio.get_running_loop()
-        request = _Request(mchid, notification, expected_appid, sub_mchids, loop=loop, afuture=loop.create_future())
+        route = Route(mchid, notification, expected_appid, sub_mchids)
+        request = _Request(route, loop=loop, afuture=loop.create_future())
         self._queue.put(request)
         assert request.afuture is not None
         return request.afuture
@@ -210,11 +191,9 @@ class GroupCommitter:
 
     def _individually(self, request: _Request) -> None:
         try:
+            route = request.route
             request.outcome = self._ledger.record_notification(
-                request.mchid,
-                request.notification,
-                expected_appid=request.expected_appid,
-                sub_mchids=request.sub_mchids,
+                route.mchid, route.notification, expected_appid=route.expected_appid, sub_mchids=route.sub_mchids
             )
         except Exception as exc:
             request.outcome = exc
@@ -237,26 +216,8 @@ class GroupCommitter:
                 log.warning("%d commits finished after their event loop closed", len(requests))
 
     def _decide_and_save(self, batch: list[_Request]) -> list[RecordResult]:
-        streams: dict[UUID, Any] = self._ledger.get_many({i for r in batch for i in r.stream_ids})
-        results: list[tuple[Outcome, Any]] = []
-        for request in batch:
-            evidence = request.evidence
-            if not request.orders:
-                [stream_id] = request.stream_ids
-                inbox = streams.get(stream_id) or NotificationInbox.open(request.mchid, evidence.notification_id)
-                streams[stream_id] = inbox
-                results.append((inbox.receive(evidence), inbox))
-                continue
-            recorded = False
-            for key, stream_id in zip(request.orders, request.stream_ids, strict=True):
-                order = streams.get(stream_id) or PaymentOrder.open(key.mchid, key.out_trade_no, key.sub_mchid)
-                streams[stream_id] = order
-                outcome = order.receive(evidence, expected_appid=request.expected_appid, sub_mchids=request.sub_mchids)
-                recorded = recorded or outcome is Outcome.RECORDED
-            first = streams[request.stream_ids[0]]
-            results.append((Outcome.RECORDED if recorded else Outcome.DUPLICATE, first))
+        """Every delivery decided in arrival order on one read of their streams, all saved at once."""
+        streams: dict[UUID, Any] = self._ledger.get_many({i for r in batch for i in r.route.stream_ids})
+        decided = [request.route.decide(streams) for request in batch]
         self._ledger.save_all(streams.values())
-        return [
-            RecordResult(outcome, stream.id, stream.version, isinstance(stream, PaymentOrder))
-            for outcome, stream in results
-        ]
+        return [RecordResult.of(outcome, stream) for outcome, stream in decided]

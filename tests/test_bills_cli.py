@@ -29,7 +29,7 @@ from ledger.wechatpay.bills import BEIJING
 from ledger.wechatpay.sandbox.server import Sandbox
 from projections.bills.reports import BillReport
 from projections.bills.schedule import RETRY_AFTER, follow_bills, latest_due
-from tests.support.cli import CLI, clean_env, payledger
+from tests.support.cli import clean_env, following, payledger
 from tests.support.servers import running
 
 TRADE_BILL = "/v3/bill/tradebill"
@@ -273,17 +273,8 @@ def test_follow_command_prints_each_run_keeps_waiting_and_stops_cleanly_on_sigte
     day = world.day - dt.timedelta(days=2)
     world.sandbox.set_bill_fault(day, "not_ready")
     due = [day + dt.timedelta(days=n) for n in range((latest_due(dt.datetime.now(dt.UTC)) - day).days + 1)]
-    process = subprocess.Popen(
-        [*CLI, "bills", "reconcile", "--follow", "--json", "--date", day.isoformat()],
-        env=world.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(process.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
-    reader.start()
-    try:
+    command = ["bills", "reconcile", "--follow", "--json", "--date", day.isoformat()]
+    with following(*command, env=world.env) as (process, lines):
         deadline = time.monotonic() + 30
         while len(lines) < len(due) and time.monotonic() < deadline:
             assert process.poll() is None, "bills reconcile --follow exited"
@@ -292,13 +283,6 @@ def test_follow_command_prints_each_run_keeps_waiting_and_stops_cleanly_on_sigte
         assert process.poll() is None, "it waits for the retry"
         process.send_signal(signal.SIGTERM)
         assert process.wait(20) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        reader.join(10)
-        process.stdout.close()  # type: ignore[union-attr]
-        process.stderr.close()  # type: ignore[union-attr]
     reports = [json.loads(line) for line in lines]
     expected = [(day.isoformat(), "not_ready")] + [(later.isoformat(), "empty") for later in due[1:]]
     assert [(r["bill_date"], r["status"]) for r in reports] == expected

@@ -20,11 +20,11 @@ from ledger.wechatpay.sandbox.signer import NotificationFactory
 from projections.locks import ProjectorLock
 from projections.read_model.live import live_view
 from projections.read_model.rebuild import rebuild_orders_view
-from projections.read_model.runner import catch_up_orders_view, open_orders_view, orders_head, run_orders_projector
+from projections.read_model.runner import catch_up_orders_view, open_orders_view, orders_head
 from projections.read_model.view import ORDERS_VIEW, OrdersProjection
 from tests.support.constants import MCHID
 from tests.support.orders import fill
-from tests.support.projectors import project_until_caught_up
+from tests.support.projectors import orders_projector_running, project_until_caught_up
 
 BILL_DAY = date(2026, 11, 27)
 
@@ -133,10 +133,7 @@ def test_the_catch_up_follows_a_running_projector_past_a_bill_event(
     database_url: str, ledger_factory: Callable[[], Ledger], factory: NotificationFactory
 ) -> None:
     ledger = ledger_factory()
-    stop = threading.Event()
-    projector = threading.Thread(target=run_orders_projector, args=(database_url, stop, 0.1))
-    projector.start()
-    try:
+    with orders_projector_running(database_url):
         probe = ProjectorLock(database_url, ORDERS_VIEW)
         deadline = time.monotonic() + 20
         while probe.try_acquire():  # until the projector has it
@@ -146,9 +143,6 @@ def test_the_catch_up_follows_a_running_projector_past_a_bill_event(
         probe.release()
         head = _orders_then_a_bill(ledger, factory)
         assert catch_up_orders_view(database_url, timeout=30, ledger=ledger) == head
-    finally:
-        stop.set()
-        projector.join(20)
 
 
 def test_a_rebuild_reaches_a_head_that_is_a_bill_event(

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ledger.wechatpay.sandbox.server import Sandbox
-from tests.support.cli import CLI, clean_env, payledger
+from tests.support.cli import CLI, clean_env, following, payledger
 from tests.support.servers import free_port, running
 
 
@@ -125,22 +125,10 @@ def test_query_failure_exits_non_zero_with_a_reason(sandbox_env: tuple[Sandbox, 
 
 
 def test_reconcile_follow_keeps_running_and_reports_changes(sandbox_env: tuple[Sandbox, dict[str, str]]) -> None:
-    import threading
-
     from ledger.application import build_ledger
 
     sandbox, env = sandbox_env
-    process = subprocess.Popen(
-        [*CLI, "reconcile", "--follow", "--interval", "0.1"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(process.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
-    reader.start()
-    try:
+    with following("reconcile", "--follow", "--interval", "0.1", env=env) as (process, lines):
         sandbox.create_order("ORDER-7101", 100)
         sandbox.pay("ORDER-7101", notify=False)
         ledger = build_ledger(env["LEDGER_DATABASE_URL"])
@@ -150,11 +138,6 @@ def test_reconcile_follow_keeps_running_and_reports_changes(sandbox_env: tuple[S
         while not any("ORDER-7101: NOTPAY -> SUCCESS" in line for line in lines) and time.monotonic() < deadline:
             assert process.poll() is None, "reconcile --follow exited"
             time.sleep(0.05)
-    finally:
-        process.terminate()
-        process.wait(10)
-        reader.join(10)
-        process.stdout.close()  # type: ignore[union-attr]
     assert any("ORDER-7101: NOTPAY -> SUCCESS" in line for line in lines)
 
 

@@ -13,7 +13,6 @@ import datetime as dt
 import json
 import logging
 import re
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from ledger.wechatpay.sandbox.signer import NotificationFactory
 from projections.bills.lines import BillLines
 from projections.read_model.live import live_view
 from projections.read_model.rebuild import rebuild_orders_view
-from projections.read_model.runner import catch_up_orders_view, open_orders_view, run_orders_projector
+from projections.read_model.runner import catch_up_orders_view, open_orders_view
 from projections.read_model.view import ORDERS_VIEW
 from projections.webhooks.outbox import Outbox
 from projections.webhooks.projection import message_data
@@ -43,7 +42,7 @@ from tests.support.bills import payment_line, refund_line, trade_bill
 from tests.support.cli import clean_env, payledger
 from tests.support.constants import APPID, MCHID
 from tests.support.fakes import FakeWeChat
-from tests.support.projectors import project_until_caught_up, run_outbox
+from tests.support.projectors import orders_projector_running, project_until_caught_up, run_outbox
 from tests.support.servers import ledger_app, serve
 
 SP, SUB_A, SUB_B, OTHER = "1230000109", "1900000109", "1900000110", "1900000179"
@@ -506,12 +505,10 @@ def test_a_view_of_the_earlier_layout_is_refused_until_payledger_rebuild(
         with pytest.raises(ReadModelOutdated):
             catch_up_orders_view(database_url, timeout=5)
 
-        stop = threading.Event()
         caplog.set_level(logging.ERROR, logger="projections.runner")
-        projector = threading.Thread(target=run_orders_projector, args=(database_url, stop, 0.05))
-        projector.start()
-        try:
-            assert not stop.wait(0.5) and projector.is_alive()  # waiting, not crashing
+        with orders_projector_running(database_url, poll=0.05) as projector:
+            time.sleep(0.5)
+            assert projector.is_alive()  # waiting, not crashing
             refusals = [r.getMessage() for r in caplog.records if "not projecting" in r.getMessage()]
             assert len(refusals) == 1 and "payledger rebuild" in refusals[0] and ORDERS_VIEW in refusals[0]
 
@@ -523,9 +520,6 @@ def test_a_view_of_the_earlier_layout_is_refused_until_payledger_rebuild(
             time.sleep(1.1)
             rows = sp.client.get("/orders", params={"sub_mchid": SUB_A}).json()["orders"]
             assert sorted((o["out_trade_no"], o["paid_total"]) for o in rows) == [(NO, 100), ("PARTNER-0009", 900)]
-        finally:
-            stop.set()
-            projector.join(30)
         assert not projector.is_alive()
 
 

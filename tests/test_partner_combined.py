@@ -10,7 +10,6 @@ merchant's numbers.
 from __future__ import annotations
 
 import copy
-import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from ledger.identity import NAMESPACE, OrderKey, orders_named
 from ledger.wechatpay.notification import NotificationVerifier, VerifiedNotification
 from ledger.wechatpay.sandbox.signer import NotificationFactory
 from tests.support.builders import evidence
+from tests.support.threads import all_at_once
 
 SP, SUB_A, SUB_B, OTHER = "1230000109", "1900000109", "1900000110", "1900000179"
 SP_APPID = "wx8888888888888888"
@@ -240,23 +240,13 @@ def test_concurrent_deliveries_of_one_combined_notification_decide_once_per_sub_
     verifier = NotificationVerifier(factory.key_store(), factory.apiv3_key.encode())
     ledgers = [ledger_factory() for _ in range(3)]
     committers = [GroupCommitter(ledger) for ledger in ledgers]
-    start = threading.Barrier(12)
-    errors: list[BaseException] = []
+    retries = [factory.deliver(body) for _ in range(12)]  # WeChat re-signs each retry
+    notifications = [verifier.verify(retry.headers, retry.body) for retry in retries]
 
     def deliver(n: int) -> None:
-        retry = factory.deliver(body)  # WeChat re-signs each retry
-        notification = verifier.verify(retry.headers, retry.body)
-        start.wait()
-        try:
-            committers[n % 3].record_notification(SP, notification, expected_appid=SP_APPID)
-        except BaseException as exc:
-            errors.append(exc)
+        committers[n % 3].record_notification(SP, notifications[n], expected_appid=SP_APPID)
 
-    threads = [threading.Thread(target=deliver, args=(n,)) for n in range(12)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    errors = all_at_once(deliver, range(12))
     for committer in committers:
         committer.close()
     assert errors == []

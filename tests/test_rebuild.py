@@ -14,12 +14,12 @@ from ledger.wechatpay.sandbox.signer import NotificationFactory
 from projections.read_model import rebuild
 from projections.read_model.live import live_view
 from projections.read_model.rebuild import rebuild_orders_view
-from projections.read_model.runner import open_orders_view, run_orders_projector
+from projections.read_model.runner import open_orders_view
 from projections.read_model.view import ORDERS_VIEW
 from tests.support.cli import clean_env, payledger
 from tests.support.constants import MCHID
 from tests.support.orders import fill
-from tests.support.projectors import project_until_caught_up
+from tests.support.projectors import orders_projector_running, project_until_caught_up
 
 
 def snapshot(database_url: str, name: str) -> list[tuple[object, ...]]:
@@ -112,10 +112,7 @@ def test_rebuild_is_live_while_the_projector_runs_and_writes_continue(
 ) -> None:
     ledger = ledger_factory()
     fill(ledger, factory, 6)
-    stop = threading.Event()
-    projector = threading.Thread(target=run_orders_projector, args=(database_url, stop, 0.1))
-    projector.start()
-    try:
+    with orders_projector_running(database_url):
         writer_done = threading.Event()
 
         def keep_writing() -> None:
@@ -138,9 +135,6 @@ def test_rebuild_is_live_while_the_projector_runs_and_writes_continue(
                 assert view.get(MCHID, no)["document"] == ledger.get_order(MCHID, no).summary()  # type: ignore[index]
         finally:
             view.close()
-    finally:
-        stop.set()
-        projector.join(20)
 
 
 def test_the_rebuild_command_switches_to_a_view_equal_to_the_incremental_one(

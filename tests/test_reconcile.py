@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from projections.reconcile.worklist import Worklist
 from tests.support.builders import evidence
 from tests.support.constants import APPID, MCHID
 from tests.support.fakes import FakeWeChat
+from tests.support.threads import all_at_once
 from tests.support.v2_vectors import DOC_KEY
 
 
@@ -118,20 +118,15 @@ def test_two_reconcilers_never_query_the_same_order_at_once(
     databases = [Database(database_url), Database(database_url)]  # two processes
     lists = [Worklist(databases[0]), Worklist(databases[1])]
     reconcilers = [make(ledger_a, lists[0], fake, now, batch=5), make(ledger_b, lists[1], fake, now, batch=5)]
-    barrier = threading.Barrier(2)
 
     def work(r: Reconciler) -> None:
-        barrier.wait()
         while r.run_pass():
             pass
 
-    threads = [threading.Thread(target=work, args=(r,)) for r in reconcilers]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    errors = all_at_once(work, reconcilers)
     for database in databases:
         database.close()
+    assert errors == []
     assert fake.max_in_flight == 1
     assert fake.calls == Counter({f"ORDER-53{i:02d}": 1 for i in range(20)})
 

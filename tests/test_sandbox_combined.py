@@ -75,6 +75,19 @@ def delivered(receiver: NotifyReceiver, factory: NotificationFactory) -> list[Ve
     return [verifier.verify(headers, body) for headers, body, _ in receiver.received]
 
 
+def paid_combined(
+    sandbox: Sandbox, factory: NotificationFactory, receiving: Receiving, number: str, sub_orders: list[SubOrder]
+) -> tuple[VerifiedNotification, list[str]]:
+    """A combined order created and paid: the one notification it sent, verified, and its transaction_ids."""
+    receiver = NotifyReceiver()
+    with serve(sandbox.app), receiving(sandbox, receiver):
+        sandbox.create_combined_order(number, sub_orders)
+        transaction_ids = sandbox.pay_combined_order(number)
+        sandbox.wait_idle(5)
+    (notification,) = delivered(receiver, factory)
+    return notification, transaction_ids
+
+
 def test_d5_combined_plaintext_and_ciphertext_are_reproduced_byte_for_byte() -> None:
     """[next: Combined payment notification; Derived vectors] D5: 869 bytes, nonce Cb3nV8tE1qWz, AAD transaction."""
     success_time = "2015-05-20T13:29:35.120+08:00"
@@ -116,16 +129,8 @@ def test_d5_combined_plaintext_and_ciphertext_are_reproduced_byte_for_byte() -> 
 def test_paying_a_combined_order_sends_one_notification_for_every_sub_order(
     direct: Sandbox, factory: NotificationFactory, receiving: Receiving
 ) -> None:
-    receiver = NotifyReceiver()
-    with serve(direct.app), receiving(direct, receiver):
-        direct.create_combined_order(
-            "COMBINE-9001",
-            [SubOrder("ORDER-9001", 100, attach="深圳分店"), SubOrder("ORDER-9002", 250, description="伞")],
-        )
-        transaction_ids = direct.pay_combined_order("COMBINE-9001")
-        direct.wait_idle(5)
-
-    (notification,) = delivered(receiver, factory)
+    sub_orders = [SubOrder("ORDER-9001", 100, attach="深圳分店"), SubOrder("ORDER-9002", 250, description="伞")]
+    notification, transaction_ids = paid_combined(direct, factory, receiving, "COMBINE-9001", sub_orders)
     resource = notification.resource
     assert (notification.event_type, notification.envelope["resource"]["original_type"]) == (
         "TRANSACTION.SUCCESS",
@@ -155,19 +160,11 @@ def test_paying_a_combined_order_sends_one_notification_for_every_sub_order(
 def test_a_providers_combined_order_names_each_sub_merchant(
     partner: Sandbox, factory: NotificationFactory, receiving: Receiving
 ) -> None:
-    receiver = NotifyReceiver()
-    with serve(partner.app), receiving(partner, receiver):
-        partner.create_combined_order(
-            "COMBINE-9011",
-            [
-                SubOrder("ORDER-9011", 100, sub_mchid=SUB_A, sub_appid="wxd678efh567hg6999"),
-                SubOrder("ORDER-9011", 300, sub_mchid=SUB_B),  # the same number, another sub-merchant
-            ],
-        )
-        partner.pay_combined_order("COMBINE-9011")
-        partner.wait_idle(5)
-
-    (notification,) = delivered(receiver, factory)
+    sub_orders = [
+        SubOrder("ORDER-9011", 100, sub_mchid=SUB_A, sub_appid="wxd678efh567hg6999"),
+        SubOrder("ORDER-9011", 300, sub_mchid=SUB_B),  # the same number, another sub-merchant
+    ]
+    notification, _ = paid_combined(partner, factory, receiving, "COMBINE-9011", sub_orders)
     resource = notification.resource
     assert (resource["combine_mchid"], resource["combine_appid"]) == (SP_MCHID, SP_APPID)
     with_appid, plain = resource["sub_orders"]

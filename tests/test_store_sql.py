@@ -13,6 +13,7 @@ import pytest
 
 from ledger.store.sql import STORE_ERRORS, Database
 from tests.support.constants import POSTGRES_URL
+from tests.support.threads import all_at_once
 
 TABLE = "store_contract"
 
@@ -236,22 +237,12 @@ def test_processes_starting_together_create_our_tables_without_colliding(postgre
     from projections.reconcile.worklist import Worklist
 
     databases = [Database(postgres_url, pool_size=1) for _ in range(8)]
-    start = threading.Barrier(len(databases))
-    errors: list[BaseException] = []
 
     def create(database: Database) -> None:
-        start.wait()
-        try:
-            BillReports(database)
-            Worklist(database)
-        except BaseException as exc:
-            errors.append(exc)
+        BillReports(database)
+        Worklist(database)
 
-    threads = [threading.Thread(target=create, args=(database,)) for database in databases]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    errors = all_at_once(create, databases)
     for database in databases:
         database.close()
     assert errors == []

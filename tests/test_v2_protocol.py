@@ -47,10 +47,8 @@ from tests.support.v2_vectors import (
     D6_MD5,
     D7_PLAINTEXT,
     DOC_KEY,
-    EXTERNAL_DTD,
+    HOSTILE_XML,
     PAYMENT,
-    PUBLIC_DTD,
-    QUADRATIC_BLOWUP,
     T1_KEY,
     T1_PLAINTEXT,
     T1_REQ_INFO,
@@ -58,8 +56,6 @@ from tests.support.v2_vectors import (
     T2_PLAINTEXT,
     T2_REQ_INFO,
     T8_SIGN,
-    XXE_FILE,
-    XXE_PARAMETER,
     ecb_without_padding,
     payment,
     refund,
@@ -316,15 +312,8 @@ def test_req_info_that_does_not_decrypt_to_a_root_is_refused(req_info: str) -> N
 
 @pytest.mark.parametrize(
     "body",
-    [
-        pytest.param(XXE_FILE, id="xxe-file-read"),
-        pytest.param(XXE_PARAMETER, id="xxe-parameter-entity"),
-        pytest.param(EXTERNAL_DTD, id="external-dtd"),
-        pytest.param(PUBLIC_DTD, id="public-dtd"),
-        pytest.param(BILLION_LAUGHS, id="billion-laughs"),
-        pytest.param(QUADRATIC_BLOWUP, id="quadratic-blowup"),
-        pytest.param(b"<!DOCTYPE xml><xml><return_code>SUCCESS</return_code></xml>", id="bare-doctype"),
-    ],
+    [*HOSTILE_XML.values(), b"<!DOCTYPE xml><xml><return_code>SUCCESS</return_code></xml>"],
+    ids=[*HOSTILE_XML, "bare-doctype"],
 )
 def test_dtds_and_entities_are_refused_before_they_cost_anything(body: bytes) -> None:
     """[protocol: Hostile XML] refused at the DTD's start: no file read, no request, no expansion."""

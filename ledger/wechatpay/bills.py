@@ -25,7 +25,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from functools import partial
 from types import MappingProxyType
-from typing import TypeVar, cast
+from typing import Generic, TypeVar, cast
 
 from ledger.errors import BillMalformed
 
@@ -58,6 +58,7 @@ _WIDE = str.maketrans({"：": ":", "\u3000": " ", "（": "(", "）": ")"})
 _DIGITS = 26
 """An amount of up to this many characters times 100 fits in Decimal's 28 digits: integer arithmetic gives the same."""
 _Row = TypeVar("_Row")
+_Summary = TypeVar("_Summary")
 _ABSENT = ("", "0.00")
 """Read in place of a column a layout does not have: each converts to that field's default."""
 _EMPTY, _ZERO = range(-len(_ABSENT), 0)  # their positions, counted from the end of a row's values
@@ -344,15 +345,28 @@ def _stated_if_any(line: int, summary: Mapping[str, str], column: str | None, to
     return None if column is None else _stated(line, summary, column, total)
 
 
-class _OnceIterable:
-    """Rows can be read once (they are not kept); the summary exists once they all have been."""
+class _BillReader(Generic[_Summary]):
+    """A bill whose rows (after the header, which names the columns) can be read once (they are not kept);
+    the summary, counted in `count_column`, exists once they all have been."""
 
     _started = False
+
+    def __init__(self, source: Iterable[bytes], count_column: str) -> None:
+        self._sections = _Sections(source, count_column)
+        self.header = self._sections.header
+        self._summary: _Summary | None = None
 
     def _start(self) -> None:
         if self._started:
             raise RuntimeError("a bill's rows can be read only once")
         self._started = True
+
+    @property
+    def summary(self) -> _Summary:
+        """Available once every row has been read (and only if the summary matched them)."""
+        if self._summary is None:
+            raise RuntimeError("read every row of the bill before its summary")
+        return self._summary
 
 
 # -- the trade bill ----------------------------------------------------------------------------
@@ -526,15 +540,13 @@ class _TradeColumns:
         return row
 
 
-class TradeBill(_OnceIterable):
+class TradeBill(_BillReader[TradeBillSummary]):
     """A trade bill being read: iterate it once for its rows, then read `summary` (checked against them)."""
 
     def __init__(self, source: Iterable[bytes]) -> None:
-        self._sections = _Sections(source, "总交易单数")
-        self.header = self._sections.header
+        super().__init__(source, "总交易单数")
         self._columns = _TradeColumns(self.header)
         self.layout: str = self._columns.layout
-        self._summary: TradeBillSummary | None = None
 
     def __iter__(self) -> Iterator[TradeBillRow]:
         self._start()
@@ -577,13 +589,6 @@ class TradeBill(_OnceIterable):
             refund_requested_fen=_stated_if_any(line, summary, _optional(summary, "申请退款总金额"), requested),
             raw=MappingProxyType(summary),
         )
-
-    @property
-    def summary(self) -> TradeBillSummary:
-        """Available once every row has been read (and only if the summary matched them)."""
-        if self._summary is None:
-            raise RuntimeError("read every row of the bill before its summary")
-        return self._summary
 
 
 def read_trade_bill(source: Iterable[bytes]) -> TradeBill:
@@ -678,14 +683,12 @@ def _fundflow_row(header: tuple[str, ...]) -> Callable[[int, list[str]], FundFlo
     return row
 
 
-class FundFlowBill(_OnceIterable):
+class FundFlowBill(_BillReader[FundFlowSummary]):
     """A fund-flow bill being read: iterate it once for its rows, then read `summary` (checked against them)."""
 
     def __init__(self, source: Iterable[bytes]) -> None:
-        self._sections = _Sections(source, "资金流水总笔数")
-        self.header = self._sections.header
+        super().__init__(source, "资金流水总笔数")
         self._row = _fundflow_row(self.header)
-        self._summary: FundFlowSummary | None = None
 
     def __iter__(self) -> Iterator[FundFlowRow]:
         self._start()
@@ -711,13 +714,6 @@ class FundFlowBill(_OnceIterable):
             expense_fen=_stated(line, summary, "支出金额", sums["支出"]),
             raw=MappingProxyType(summary),
         )
-
-    @property
-    def summary(self) -> FundFlowSummary:
-        """Available once every row has been read (and only if the summary matched them)."""
-        if self._summary is None:
-            raise RuntimeError("read every row of the bill before its summary")
-        return self._summary
 
 
 def read_fundflow_bill(source: Iterable[bytes]) -> FundFlowBill:

@@ -299,29 +299,24 @@ class OrdersView(ViewRecorder):
 
     def by_transaction_id(self, transaction_id: str, limit: int = 20) -> list[dict[str, Any]]:
         """Orders paid (or refunded) under WeChat's `transaction_id`; normally one."""
-        return self._select(
-            ORDER_FIELDS,
-            f"SELECT {', '.join(ORDER_FIELDS)} FROM {{orders}} WHERE transaction_id = %s"
-            " ORDER BY mchid, sub_mchid, out_trade_no LIMIT %s",
-            [transaction_id, limit],
-        )
+        return self._orders_where("transaction_id", transaction_id, limit)
 
     def by_out_trade_no(self, out_trade_no: str, limit: int = 20) -> list[dict[str, Any]]:
         """Orders of that number under any merchant or sub-merchant (two sub-merchants may share one)."""
-        return self._select(
-            ORDER_FIELDS,
-            f"SELECT {', '.join(ORDER_FIELDS)} FROM {{orders}} WHERE out_trade_no = %s"
-            " ORDER BY mchid, sub_mchid LIMIT %s",
-            [out_trade_no, limit],
-        )
+        return self._orders_where("out_trade_no", out_trade_no, limit, order="mchid, sub_mchid")
 
     def combined(self, combine_out_trade_no: str, limit: int = 50) -> list[dict[str, Any]]:
         """The sub-orders registered with that combined payment's `combine_out_trade_no`."""
+        return self._orders_where("combine_out_trade_no", combine_out_trade_no, limit)
+
+    def _orders_where(
+        self, column: str, value: str, limit: int, order: str = "mchid, sub_mchid, out_trade_no"
+    ) -> list[dict[str, Any]]:
+        """Up to `limit` orders whose `column` is `value`, in `order`."""
         return self._select(
             ORDER_FIELDS,
-            f"SELECT {', '.join(ORDER_FIELDS)} FROM {{orders}} WHERE combine_out_trade_no = %s"
-            " ORDER BY mchid, sub_mchid, out_trade_no LIMIT %s",
-            [combine_out_trade_no, limit],
+            f"SELECT {', '.join(ORDER_FIELDS)} FROM {{orders}} WHERE {column} = %s ORDER BY {order} LIMIT %s",
+            [value, limit],
         )
 
     def refunds(self, mchid: str, out_trade_no: str, sub_mchid: str | None = None) -> list[dict[str, Any]]:

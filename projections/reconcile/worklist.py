@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from ledger.store.sql import Cursor, Database
 
@@ -158,30 +159,39 @@ class Worklist:
 
     def claim(self, owner: str, now: float, lease: float, limit: int) -> list[Due]:
         """Lease up to `limit` due orders; an order leased by another reconciler is never returned."""
+        columns = "stream_id, mchid, out_trade_no, registered_at, expires_at, attempts"
+        rows = self._lease("{table}", ("stream_id",), columns, owner, now, lease, limit)
+        return [Due(str(row[0]), row[1], row[2], float(row[3]), float(row[4]), int(row[5])) for row in rows]
+
+    def _lease(
+        self, table: str, key: tuple[str, ...], returning: str, owner: str, now: float, lease: float, limit: int
+    ) -> list[tuple[Any, ...]]:
+        """Lease up to `limit` due rows of `table` (a slot: "{table}", "{refunds}"), each named by its `key`
+        columns; the `returning` columns of those this call leased."""
         with self.transaction() as cur:
             cur.execute(
                 self._sql(
-                    "SELECT stream_id FROM {table} WHERE state = 'open' AND next_due_at <= %s"
+                    f"SELECT {', '.join(key)} FROM {table} WHERE state = 'open' AND next_due_at <= %s"
                     " AND (lease_until IS NULL OR lease_until < %s) ORDER BY next_due_at LIMIT %s"
                 ),
                 (now, now, limit),
             )
-            candidates = [row[0] for row in cur.fetchall()]
-            claimed: list[Due] = []
-            for stream_id in candidates:
+            candidates = cur.fetchall()
+            named = " AND ".join(f"{column} = %s" for column in key)
+            leased: list[tuple[Any, ...]] = []
+            for candidate in candidates:
                 # Re-checked in the UPDATE itself: whoever updates first owns the lease.
                 cur.execute(
                     self._sql(
-                        "UPDATE {table} SET lease_owner = %s, lease_until = %s WHERE stream_id = %s"
-                        " AND state = 'open' AND (lease_until IS NULL OR lease_until < %s)"
-                        " RETURNING stream_id, mchid, out_trade_no, registered_at, expires_at, attempts"
+                        f"UPDATE {table} SET lease_owner = %s, lease_until = %s WHERE {named}"
+                        f" AND state = 'open' AND (lease_until IS NULL OR lease_until < %s) RETURNING {returning}"
                     ),
-                    (owner, now + lease, stream_id, now),
+                    (owner, now + lease, *candidate, now),
                 )
                 row = cur.fetchone()
                 if row is not None:
-                    claimed.append(Due(str(row[0]), row[1], row[2], float(row[3]), float(row[4]), int(row[5])))
-            return claimed
+                    leased.append(tuple(row))
+            return leased
 
     def reschedule(self, owner: str, stream_id: str, next_due_at: float, error: str | None) -> None:
         with self.transaction() as cur:
@@ -205,28 +215,9 @@ class Worklist:
 
     def claim_refunds(self, owner: str, now: float, lease: float, limit: int) -> list[DueRefund]:
         """Lease up to `limit` due refunds, as `claim` leases orders."""
-        with self.transaction() as cur:
-            cur.execute(
-                self._sql(
-                    "SELECT stream_id, out_refund_no FROM {refunds} WHERE state = 'open' AND next_due_at <= %s"
-                    " AND (lease_until IS NULL OR lease_until < %s) ORDER BY next_due_at LIMIT %s"
-                ),
-                (now, now, limit),
-            )
-            claimed: list[DueRefund] = []
-            for stream_id, out_refund_no in cur.fetchall():
-                cur.execute(
-                    self._sql(
-                        "UPDATE {refunds} SET lease_owner = %s, lease_until = %s WHERE stream_id = %s"
-                        " AND out_refund_no = %s AND state = 'open' AND (lease_until IS NULL OR lease_until < %s)"
-                        " RETURNING stream_id, out_refund_no, mchid, out_trade_no, expires_at, attempts"
-                    ),
-                    (owner, now + lease, stream_id, out_refund_no, now),
-                )
-                row = cur.fetchone()
-                if row is not None:
-                    claimed.append(DueRefund(str(row[0]), row[1], row[2], row[3], float(row[4]), int(row[5])))
-            return claimed
+        columns = "stream_id, out_refund_no, mchid, out_trade_no, expires_at, attempts"
+        rows = self._lease("{refunds}", ("stream_id", "out_refund_no"), columns, owner, now, lease, limit)
+        return [DueRefund(str(row[0]), row[1], row[2], row[3], float(row[4]), int(row[5])) for row in rows]
 
     def release_refund(
         self,

@@ -92,33 +92,10 @@ class Messages:
     def __init__(self, database: Database) -> None:
         self._db = database
 
-    def enqueue(
-        self,
-        *,
-        source_id: str,
-        event_type: str,
-        mchid: str,
-        out_trade_no: str,
-        stream_version: int,
-        data: Mapping[str, Any],
-        occurred_at: dt.datetime,
-        created_at: float | None = None,
-    ) -> int:
-        """`enqueue` in a transaction of its own, for every endpoint."""
+    def enqueue(self, **message: Any) -> int:
+        """`enqueue` in a transaction of its own, for every endpoint: the same keywords but `endpoints`."""
         with self._db.transaction() as cur:
-            return enqueue(
-                cur,
-                self._db,
-                source_id=source_id,
-                event_type=event_type,
-                mchid=mchid,
-                out_trade_no=out_trade_no,
-                stream_version=stream_version,
-                data=data,
-                occurred_at=occurred_at,
-                endpoints=load_endpoints(cur, self._db),
-                created_at=created_at,
-            )
+            return enqueue(cur, self._db, endpoints=load_endpoints(cur, self._db), **message)
 
     def newest(
         self, state: str | None = None, limit: int = 50, *, endpoint_id: str | None = None, message: str | None = None

@@ -13,6 +13,7 @@
     tamper       edit the event table behind the ledger's back
     webhooks     a webhook receiver's verifier from the specification; a decision put in the outbox
     deploy       reading deploy/nginx.conf
+    threads      work in many threads let go at the same moment
 
 Fixtures (keys, stores, the vectors, a served Receiver) are in tests/conftest.py.
 """

@@ -1,17 +1,21 @@
-"""Run a projection over the whole log once and stop, so a test can read a caught-up view."""
+"""Run a projection over the whole log once and stop, so a test can read a caught-up view; or keep the
+orders projector running in the background as `payledger project` does."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 from eventsourcing.projection import BaseProjectionRunner
 
 from ledger.application import Ledger
 from projections.read_model.notifications import notifications_head, start_notifications_projector
-from projections.read_model.runner import orders_head, start_orders_projector, wake
+from projections.read_model.runner import orders_head, run_orders_projector, start_orders_projector, wake
 from projections.webhooks.projection import start_outbox_projector
 
-__all__ = ["project_until_caught_up", "run_notifications", "run_outbox"]
+__all__ = ["orders_projector_running", "project_until_caught_up", "run_notifications", "run_outbox"]
 
 
 def project_until_caught_up(database_url: str, ledger: Ledger) -> None:
@@ -38,3 +42,16 @@ def _run_once(started: tuple[BaseProjectionRunner[Ledger], Any, Ledger], head: i
         wake(loader)
     loader.close()
     view.close()
+
+
+@contextlib.contextmanager
+def orders_projector_running(database_url: str, poll: float = 0.1) -> Iterator[threading.Thread]:
+    """`payledger project` in a thread (`run_orders_projector`, asking every `poll` seconds), stopped on exit."""
+    stop = threading.Event()
+    projector = threading.Thread(target=run_orders_projector, args=(database_url, stop, poll))
+    projector.start()
+    try:
+        yield projector
+    finally:
+        stop.set()
+        projector.join(30)

@@ -16,6 +16,7 @@ __all__ = [
     "D7_PLAINTEXT",
     "DOC_KEY",
     "EXTERNAL_DTD",
+    "HOSTILE_XML",
     "PAYMENT",
     "PUBLIC_DTD",
     "QUADRATIC_BLOWUP",
@@ -162,6 +163,15 @@ BILLION_LAUGHS = (
     + b"]>\n<xml><return_code>&lol9;</return_code></xml>"
 )
 QUADRATIC_BLOWUP = b'<!DOCTYPE xml [<!ENTITY a "' + b"x" * 20_000 + b'">]><xml><a>' + b"&a;" * 10_000 + b"</a></xml>"
+HOSTILE_XML = {
+    "xxe-file-read": XXE_FILE,
+    "xxe-parameter-entity": XXE_PARAMETER,
+    "external-dtd": EXTERNAL_DTD,
+    "public-dtd": PUBLIC_DTD,
+    "billion-laughs": BILLION_LAUGHS,
+    "quadratic-blowup": QUADRATIC_BLOWUP,
+}
+"""Every hostile body above, by its test case's id: `parametrize("body", HOSTILE_XML.values(), ids=HOSTILE_XML)`."""
 
 
 def ecb_without_padding(key: bytes, data: bytes) -> str:

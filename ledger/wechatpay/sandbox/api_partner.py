@@ -22,13 +22,18 @@ if TYPE_CHECKING:
 __all__ = ["PartnerEndpoints", "json_object", "not_combined"]
 
 
-def json_object(body: bytes) -> dict[str, Any]:
+WECHAT_BODY_ERRORS = ("请求体不是合法的JSON", "请求体不是JSON对象")
+
+
+def json_object(body: bytes, *, messages: tuple[str, str] = WECHAT_BODY_ERRORS) -> dict[str, Any]:
+    """A request body that must be a JSON object; else PARAM_ERROR with `messages` (not JSON, not an object),
+    WeChat's own by default."""
     try:
         data = json.loads(body)
     except ValueError:
-        raise SandboxError(400, "PARAM_ERROR", "请求体不是合法的JSON") from None
+        raise SandboxError(400, "PARAM_ERROR", messages[0]) from None
     if not isinstance(data, dict):
-        raise SandboxError(400, "PARAM_ERROR", "请求体不是JSON对象")
+        raise SandboxError(400, "PARAM_ERROR", messages[1])
     return data
 
 

@@ -8,7 +8,6 @@ query string). Errors are ``{"code","message"}`` like WeChat's.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -17,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ledger.wechatpay.sandbox import views
+from ledger.wechatpay.sandbox.api_partner import json_object
 from ledger.wechatpay.sandbox.bills import parse_bill_date
 from ledger.wechatpay.sandbox.orders import SandboxError, SubOrder
 
@@ -39,15 +39,7 @@ def _field(data: dict[str, Any], name: str, kind: type[T], default: T | None = N
 
 async def _body(request: Request) -> dict[str, Any]:
     raw = await request.body()
-    if not raw.strip():
-        return {}
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        raise SandboxError(400, "PARAM_ERROR", "body is not JSON") from None
-    if not isinstance(data, dict):
-        raise SandboxError(400, "PARAM_ERROR", "body must be a JSON object")
-    return data
+    return json_object(raw, messages=("body is not JSON", "body must be a JSON object")) if raw.strip() else {}
 
 
 def _endpoint(handler: Endpoint) -> Callable[[Request], Awaitable[Response]]:
@@ -70,34 +62,28 @@ def _sub_mchid(request: Request, data: dict[str, Any]) -> str | None:
     return _optional(data, "sub_mchid", str) or request.query_params.get("sub_mchid")
 
 
+def _asked(data: dict[str, Any], sub_mchid: str | None) -> SubOrder:
+    """An order asked for, alone or as a sub-order, by `sub_mchid` in partner mode."""
+    return SubOrder(
+        _field(data, "out_trade_no", str),
+        _field(data, "amount_total", int),
+        sub_mchid=sub_mchid,
+        sub_appid=_optional(data, "sub_appid", str),
+        description=_field(data, "description", str, ""),
+        attach=_field(data, "attach", str, ""),
+    )
+
+
 def _sub_orders(data: dict[str, Any]) -> list[SubOrder]:
     items = _field(data, "sub_orders", list)
     if not all(isinstance(item, dict) for item in items):
         raise SandboxError(400, "PARAM_ERROR", "sub_orders must be a list of objects")
-    return [
-        SubOrder(
-            _field(item, "out_trade_no", str),
-            _field(item, "amount_total", int),
-            sub_mchid=_optional(item, "sub_mchid", str),
-            sub_appid=_optional(item, "sub_appid", str),
-            description=_field(item, "description", str, ""),
-            attach=_field(item, "attach", str, ""),
-        )
-        for item in items
-    ]
+    return [_asked(item, _optional(item, "sub_mchid", str)) for item in items]
 
 
 def control_routes(sandbox: Sandbox) -> list[Route]:
     def create(request: Request, data: dict[str, Any]) -> tuple[int, Any]:
-        order = sandbox.create_order(
-            _field(data, "out_trade_no", str),
-            _field(data, "amount_total", int),
-            _field(data, "description", str, ""),
-            notify_url=_optional(data, "notify_url", str),
-            sub_mchid=_sub_mchid(request, data),
-            sub_appid=_optional(data, "sub_appid", str),
-            attach=_field(data, "attach", str, ""),
-        )
+        order = sandbox.orders.create(_asked(data, _sub_mchid(request, data)), _optional(data, "notify_url", str))
         return 201, views.transaction(sandbox.merchant, order)
 
     def show(request: Request, data: dict[str, Any]) -> tuple[int, Any]:

@@ -60,18 +60,7 @@ class Notices:
             body = sandbox.factory.envelope(views.transaction(merchant, order), notification_id=notification_id)
         else:
             assert order.transaction_id is not None and order.success_time is not None
-            fields = legacy.payment_fields(
-                merchant.party(order),
-                order.out_trade_no,
-                order.total,
-                transaction_id=order.transaction_id,
-                success_time=order.success_time,
-                nonce=legacy.nonce_str(),
-                payer_total=order.payer_total,
-                promotions=order.promotions,
-                attach=order.attach,
-                sign_type=sign_type,
-            )
+            fields = views.v2_payment_fields(merchant, order, sign_type)
             body = legacy.signed_xml(fields, sandbox.v2_key)
         self._schedule(
             Notification(notification_id, "TRANSACTION.SUCCESS", body, self._url(api, order), seed, dropped),
@@ -91,18 +80,7 @@ class Notices:
             resource = views.refund_resource(merchant, order, refund)
             body = sandbox.factory.envelope(resource, event_type, notification_id=notification_id)
         else:
-            fields = legacy.refund_fields(
-                order.out_trade_no,
-                refund.out_refund_no,
-                refund.amount,
-                order.total,
-                transaction_id=order.transaction_id or "",
-                refund_id=refund.refund_id,
-                refund_status=refund.status,
-                success_time=refund.success_time,
-                settlement_total_fee=order.settlement_total,
-                refund_request_source=source,
-            )
+            fields = views.v2_refund_fields(order, refund, source)
             plaintext = legacy.req_info_plaintext(fields)
             body = legacy.refund_xml(merchant.party(order), plaintext, sandbox.v2_key, nonce=legacy.nonce_str())
         notification = Notification(notification_id, event_type, body, self._url(api, order), seed, dropped)
@@ -133,8 +111,9 @@ class Notices:
         url: str | None = None,
         drop: bool = False,
     ) -> str:
-        """Any other verified APIv3 notification ([next: Other notification types]); complaints on their own
-        retry schedule."""
+        """`Sandbox.notify_other`: a verified APIv3 notification of any type ([next: Other notification types]:
+        complaints, profit-sharing, payouts…) with `resource` encrypted; `url` defaults to the sandbox's
+        `notify_url`, complaints are retried on their own schedule. Returns the notification id."""
         sandbox = self._sandbox
         notification_id, seed, dropped = self._draw(drop)
         body = sandbox.factory.envelope(

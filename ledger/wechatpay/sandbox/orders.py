@@ -118,8 +118,8 @@ class Order:
 
 @dataclass(frozen=True)
 class SubOrder:
-    """One sub-order asked for in a combined order: its own number and amount, and in partner mode
-    the sub-merchant paid."""
+    """An order asked for: on its own, or as one sub-order of a combined order. Its own number and amount,
+    and in partner mode the sub-merchant paid (and, if given, the sub-merchant's appid)."""
 
     out_trade_no: str
     amount_total: int
@@ -172,42 +172,30 @@ class OrderBook:
 
     # -- changes -----------------------------------------------------------------------------
 
-    def create(
-        self,
-        out_trade_no: str,
-        total: int,
-        description: str = "",
-        notify_url: str | None = None,
-        *,
-        sub_mchid: str | None = None,
-        sub_appid: str | None = None,
-        attach: str = "",
-    ) -> Order:
+    def create(self, asked: SubOrder, notify_url: str | None = None) -> Order:
+        """A NOTPAY order as `asked`; `notify_url` overrides the sandbox's for its notifications."""
         with self._lock:
-            order = self._new(out_trade_no, total, description, notify_url, sub_mchid, sub_appid, attach)
-            self._orders[(order.sub_mchid or "", out_trade_no)] = order
+            order = self._new(asked, notify_url)
+            self._orders[(order.sub_mchid or "", order.out_trade_no)] = order
             return copy.deepcopy(order)
 
-    def _new(
-        self,
-        out_trade_no: str,
-        total: int,
-        description: str,
-        notify_url: str | None,
-        sub_mchid: str | None,
-        sub_appid: str | None,
-        attach: str,
-    ) -> Order:
-        scope = self._serves(sub_mchid)
-        if not _OUT_TRADE_NO.fullmatch(out_trade_no):
+    def _new(self, asked: SubOrder, notify_url: str | None) -> Order:
+        scope = self._serves(asked.sub_mchid)
+        if not _OUT_TRADE_NO.fullmatch(asked.out_trade_no):
             raise SandboxError(400, "PARAM_ERROR", "out_trade_no must be 6-32 of [0-9A-Za-z_-|*]")
-        _check_amount(total)
-        if sub_appid is not None and not self.merchant.partner:
+        _check_amount(asked.amount_total)
+        if asked.sub_appid is not None and not self.merchant.partner:
             raise SandboxError(400, "PARAM_ERROR", "a direct merchant's orders have no sub_appid")
-        if (scope, out_trade_no) in self._orders:
+        if (scope, asked.out_trade_no) in self._orders:
             raise SandboxError(400, "OUT_TRADE_NO_USED", "商户订单号重复")
         return Order(
-            out_trade_no, total, description, notify_url, sub_mchid=sub_mchid, sub_appid=sub_appid, attach=attach
+            asked.out_trade_no,
+            asked.amount_total,
+            asked.description,
+            notify_url,
+            sub_mchid=asked.sub_mchid,
+            sub_appid=asked.sub_appid,
+            attach=asked.attach,
         )
 
     def create_combined(
@@ -222,10 +210,7 @@ class OrderBook:
         with self._lock:
             if combine_out_trade_no in self._combined:
                 raise SandboxError(400, "OUT_TRADE_NO_USED", "合单商户订单号重复")
-            orders = [
-                self._new(s.out_trade_no, s.amount_total, s.description, notify_url, s.sub_mchid, s.sub_appid, s.attach)
-                for s in sub_orders
-            ]
+            orders = [self._new(asked, notify_url) for asked in sub_orders]
             keys = [(o.sub_mchid or "", o.out_trade_no) for o in orders]
             if len(set(keys)) != len(keys):
                 raise SandboxError(400, "PARAM_ERROR", "two sub-orders have the same out_trade_no")

@@ -11,7 +11,6 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -128,6 +127,7 @@ class Sandbox:
             answer_timeout=answer_timeout,
         )
         self._notices = Notices(self, self._notifier, self._rng, self._lock)
+        self.notify_other = self._notices.other  # any other APIv3 notification: see `Notices.other`
         self._api = WeChatApi(self)
         self.app = Starlette(routes=[*self._api.routes(), *control_routes(self)], lifespan=self._lifespan)
 
@@ -164,9 +164,8 @@ class Sandbox:
     ) -> Order:
         """A NOTPAY order; `notify_url` overrides the sandbox's for its notifications. A provider's order
         names its sub-merchant (and, if given, the sub-merchant's appid)."""
-        return self.orders.create(
-            out_trade_no, total, description, notify_url, sub_mchid=sub_mchid, sub_appid=sub_appid, attach=attach
-        )
+        asked = SubOrder(out_trade_no, total, sub_mchid, sub_appid, description=description, attach=attach)
+        return self.orders.create(asked, notify_url)
 
     def pay(
         self,
@@ -258,23 +257,6 @@ class Sandbox:
         self.orders.close_combined(combine_out_trade_no)
 
     # -- notifications -------------------------------------------------------------------------
-
-    def notify_other(
-        self,
-        event_type: str,
-        resource: dict[str, Any],
-        *,
-        original_type: str | None = None,
-        summary: str | None = None,
-        url: str | None = None,
-        drop: bool = False,
-    ) -> str:
-        """Send a verified APIv3 notification of any type ([next: Other notification types]: complaints,
-        profit-sharing, payouts…) with `resource` encrypted; `url` defaults to `notify_url`. Returns the
-        notification id."""
-        return self._notices.other(
-            event_type, resource, original_type=original_type, summary=summary, url=url, drop=drop
-        )
 
     def complain(
         self, action_type: str = "CREATE_COMPLAINT", *, complaint_id: str | None = None, drop: bool = False
@@ -431,34 +413,11 @@ class Sandbox:
 
 
 def run_sandbox(
-    host: str = "127.0.0.1",
-    port: int = 8090,
-    folder: Path = Path("payledger-sandbox"),
-    notify_url: str | None = None,
-    time_scale: float = 1.0,
-    duplicate_rate: float = 0.0,
-    probe_rate: float = 0.0,
-    drop_rate: float = 0.0,
-    *,
-    seed: int | None = None,
-    signing: Signing = "public_key",
-    sub_mchids: Sequence[str] = (),
-    v2_notify_url: str | None = None,
+    sandbox: Sandbox, host: str = "127.0.0.1", port: int = 8090, folder: Path = Path("payledger-sandbox")
 ) -> None:
-    """Serve a new sandbox until interrupted, after writing the ledger's configuration."""
+    """Serve `sandbox` until interrupted, after writing the ledger's configuration into `folder`."""
     import uvicorn
 
-    sandbox = Sandbox(
-        notify_url=notify_url,
-        time_scale=time_scale,
-        duplicate_rate=duplicate_rate,
-        probe_rate=probe_rate,
-        drop_rate=drop_rate,
-        seed=seed,
-        signing=signing,
-        sub_mchids=sub_mchids,
-        v2_notify_url=v2_notify_url,
-    )
     base_url = f"http://{host}:{port}"
     sandbox.write_ledger_config(Path(folder), base_url)
     env_file = Path(folder).resolve() / "env"
@@ -466,11 +425,11 @@ def run_sandbox(
     key = sandbox.signing_key()
     print(
         f"payledger sandbox: fake WeChat Pay on {base_url} ({who if sandbox.partner else f'mchid {sandbox.mchid}'})\n"
-        f"payledger sandbox: signs with {key.serial} ({signing.replace('_', ' ')})\n"
+        f"payledger sandbox: signs with {key.serial} ({sandbox.signing.replace('_', ' ')})\n"
         f"payledger sandbox: ledger configuration in {env_file.parent}\n"
         f"payledger sandbox: environment file {env_file}  (e.g. set -a; . {env_file}; set +a)\n"
-        f"payledger sandbox: notifications to {notify_url or '(none: set notify_url per order)'}\n"
-        f"payledger sandbox: APIv2 notifications to {v2_notify_url or '(none)'}\n"
+        f"payledger sandbox: notifications to {sandbox.notify_url or '(none: set notify_url per order)'}\n"
+        f"payledger sandbox: APIv2 notifications to {sandbox.v2_notify_url or '(none)'}\n"
         f"payledger sandbox: control  POST {base_url}/sandbox/orders "
         '{"out_trade_no":"ORDER-0001","amount_total":100'
         + (f',"sub_mchid":"{sandbox.sub_mchids[0]}"' if sandbox.partner else "")

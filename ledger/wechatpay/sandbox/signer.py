@@ -24,7 +24,7 @@ from cryptography.x509.oid import NameOID
 from ledger.wechatpay import aead
 from ledger.wechatpay.keys import PUBLIC_KEY_ID_PREFIX, KeyStore, PlatformCertificate
 from ledger.wechatpay.sandbox import resources
-from ledger.wechatpay.sandbox.resources import Party, Promotion
+from ledger.wechatpay.sandbox.resources import Party
 from ledger.wechatpay.signature import SIGNATURE_TYPE, build_message, new_nonce, sign
 
 __all__ = [
@@ -182,29 +182,22 @@ class NotificationFactory:
         total: int,
         *,
         transaction_id: str | None = None,
-        trade_state: str = "SUCCESS",
         success_time: str = "2026-11-27T10:34:56+08:00",
         mchid: str | None = None,
         appid: str | None = None,
-        payer_total: int | None = None,
         sub_mchid: str | None = None,
         sub_appid: str | None = None,
-        bank_type: str = "OTHERS",
-        attach: str = "",
-        promotions: tuple[Promotion, ...] = (),
+        **fields: Any,
     ) -> dict[str, Any]:
-        """A paid transaction; with `sub_mchid`, the partner shape (`mchid`/`appid` are then the provider's)."""
+        """A paid transaction (`fields`: any other keyword of `resources.transaction`); with `sub_mchid`, the
+        partner shape (`mchid`/`appid` are then the provider's)."""
         return resources.transaction(
             Party(mchid or self.mchid, appid or self.appid, sub_mchid, sub_appid),
             out_trade_no,
             total,
             transaction_id=transaction_id or f"42000{secrets.randbelow(10**23):023d}",
             success_time=success_time,
-            trade_state=trade_state,
-            payer_total=payer_total,
-            bank_type=bank_type,
-            attach=attach,
-            promotions=promotions,
+            **fields,
         )
 
     def refund(
@@ -220,12 +213,10 @@ class NotificationFactory:
         mchid: str | None = None,
         sub_mchid: str | None = None,
         success_time: str | None = None,
-        user_received_account: str = "支付用户零钱",
-        payer_total: int | None = None,
-        payer_refund: int | None = None,
+        **fields: Any,
     ) -> dict[str, Any]:
-        """A refund resource; `success_time` (a fixed one unless given) only when SUCCESS; with
-        `sub_mchid`, the partner shape."""
+        """A refund resource (`fields`: any other keyword of `resources.refund`); `success_time` (a fixed one
+        unless given) only when SUCCESS; with `sub_mchid`, the partner shape."""
         if refund_status == "SUCCESS" and success_time is None:
             success_time = "2026-11-27T11:00:00+08:00"
         return resources.refund(
@@ -238,9 +229,7 @@ class NotificationFactory:
             refund_id=refund_id or f"5030{secrets.randbelow(10**25):025d}",
             refund_status=refund_status,
             success_time=success_time if refund_status == "SUCCESS" else None,
-            user_received_account=user_received_account,
-            payer_total=payer_total,
-            payer_refund=payer_refund,
+            **fields,
         )
 
     # -- envelopes and deliveries ([protocol: The envelope; The signed message]) -----------------------------

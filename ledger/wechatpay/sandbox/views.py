@@ -1,17 +1,26 @@
 """What WeChat Pay says about the sandbox's orders, as JSON: [protocol: The payment resource] (transactions,
 direct or partner), [protocol: The refund resource] (refund notifications), [protocol: Querying a refund]
 (refund queries, where the state is `status`), and the combined transaction ([next: Combined payment
-notification])."""
+notification]); and in APIv2's fields, a payment notification's and a refund's `req_info` ([protocol: Legacy
+APIv2 XML])."""
 
 from __future__ import annotations
 
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from ledger.wechatpay.sandbox import resources
+from ledger.wechatpay.sandbox import legacy, resources
 from ledger.wechatpay.sandbox.orders import Merchant, Order, Refund, SandboxError
 
-__all__ = ["combined_transaction", "payer_refund", "refund_query", "refund_resource", "transaction"]
+__all__ = [
+    "combined_transaction",
+    "payer_refund",
+    "refund_query",
+    "refund_resource",
+    "transaction",
+    "v2_payment_fields",
+    "v2_refund_fields",
+]
 
 _TRADE_STATE_DESC = {
     "NOTPAY": "订单未支付",
@@ -19,6 +28,28 @@ _TRADE_STATE_DESC = {
     "REFUND": "订单发生过退款",
     "CLOSED": "订单已关闭",
 }
+
+
+def _payment(order: Order) -> dict[str, Any]:
+    """A paid order's payment, as the keywords `resources.transaction`, `resources.combine_sub_order` and
+    `legacy.payment_fields` take it (an unpaid one's transaction_id and success_time are None)."""
+    return dict(
+        transaction_id=order.transaction_id,
+        success_time=order.success_time,
+        payer_total=order.payer_total,
+        attach=order.attach,
+        promotions=order.promotions,
+    )
+
+
+def _refund(order: Order, refund: Refund) -> dict[str, Any]:
+    """A refund of `order`, as the keywords `resources.refund` and `legacy.refund_fields` take it."""
+    return dict(
+        transaction_id=order.transaction_id or "",
+        refund_id=refund.refund_id,
+        refund_status=refund.status,
+        success_time=refund.success_time,
+    )
 
 
 def transaction(merchant: Merchant, order: Order) -> dict[str, Any]:
@@ -29,16 +60,7 @@ def transaction(merchant: Merchant, order: Order) -> dict[str, Any]:
     if order.transaction_id is None or order.success_time is None:
         return resources.unpaid_transaction(party, order.out_trade_no, order.total, order.trade_state, desc)
     return resources.transaction(
-        party,
-        order.out_trade_no,
-        order.total,
-        transaction_id=order.transaction_id,
-        success_time=order.success_time,
-        trade_state=order.trade_state,
-        trade_state_desc=desc,
-        payer_total=order.payer_total,
-        attach=order.attach,
-        promotions=order.promotions,
+        party, order.out_trade_no, order.total, trade_state=order.trade_state, trade_state_desc=desc, **_payment(order)
     )
 
 
@@ -57,12 +79,9 @@ def refund_resource(merchant: Merchant, order: Order, refund: Refund) -> dict[st
         refund.out_refund_no,
         refund.amount,
         order.total,
-        transaction_id=order.transaction_id or "",
-        refund_id=refund.refund_id,
-        refund_status=refund.status,
-        success_time=refund.success_time,
         payer_total=order.paid_by_payer,
         payer_refund=payer_refund(order, refund.amount),
+        **_refund(order, refund),
     )
 
 
@@ -105,15 +124,7 @@ def combined_transaction(merchant: Merchant, orders: list[Order]) -> dict[str, A
         raise SandboxError(404, "ORDER_NOT_EXIST", "订单不存在")
     sub_orders = [
         resources.combine_sub_order(
-            merchant.party(order),
-            order.out_trade_no,
-            order.total,
-            trade_state=order.trade_state,
-            transaction_id=order.transaction_id,
-            success_time=order.success_time,
-            payer_total=order.payer_total,
-            attach=order.attach,
-            promotions=order.promotions,
+            merchant.party(order), order.out_trade_no, order.total, trade_state=order.trade_state, **_payment(order)
         )
         for order in orders
     ]
@@ -122,4 +133,29 @@ def combined_transaction(merchant: Merchant, orders: list[Order]) -> dict[str, A
         combine_mchid=merchant.mchid,
         combine_out_trade_no=orders[0].combine_out_trade_no,
         sub_orders=sub_orders,
+    )
+
+
+def v2_payment_fields(merchant: Merchant, order: Order, sign_type: str) -> dict[str, str]:
+    """[protocol: APIv2 payment notifications]: a paid order's notification fields but `sign`."""
+    return legacy.payment_fields(
+        merchant.party(order),
+        order.out_trade_no,
+        order.total,
+        nonce=legacy.nonce_str(),
+        sign_type=sign_type,
+        **_payment(order),
+    )
+
+
+def v2_refund_fields(order: Order, refund: Refund, source: str) -> dict[str, str]:
+    """[protocol: APIv2 refund notifications]: the decrypted `req_info` of a refund of `order`."""
+    return legacy.refund_fields(
+        order.out_trade_no,
+        refund.out_refund_no,
+        refund.amount,
+        order.total,
+        settlement_total_fee=order.settlement_total,
+        refund_request_source=source,
+        **_refund(order, refund),
     )
