@@ -37,6 +37,7 @@ from api.notify import notify
 from api.notify_v2 import notify_v2
 from api.openapi import OPENAPI_PATH, openapi
 from api.orders import get_order, order_events, orders, query_order
+from api.refunds import close_order, refund_order
 from api.request_id import RequestIdMiddleware
 from api.responses import LedgerJSONResponse, fail
 from api.state import AppState, app_state
@@ -150,6 +151,8 @@ def create_app(
         Route("/orders/{out_trade_no}", get_order, methods=["GET"]),
         Route("/orders/{out_trade_no}/events", order_events, methods=["GET"]),
         Route("/orders/{out_trade_no}/query", query_order, methods=["POST"]),
+        Route("/orders/{out_trade_no}/refunds", refund_order, methods=["POST"]),
+        Route("/orders/{out_trade_no}/close", close_order, methods=["POST"]),
         Route("/notifications", list_notifications, methods=["GET"]),
         Route("/notifications/{notification_id}/events", notification_events, methods=["GET"]),
         Route("/bills/{bill_date}", get_bill, methods=["GET"]),

@@ -24,8 +24,9 @@ import httpx
 from ledger.application import Ledger, build_ledger
 from ledger.audit.integrity import Report, check_all, check_order
 from ledger.domain import PaymentOrder
-from ledger.errors import OrderNotFound
+from ledger.errors import InvalidRequest, OrderNotFound
 from ledger.groupcommit import GroupCommitter
+from ledger.refunding import OrderRequester, RequestClient
 from ledger.settings import MerchantSettings, Settings
 from ledger.status_query import OrderQuery
 from ledger.store.sql import Database
@@ -128,6 +129,18 @@ class Services:
         except OrderNotFound:
             combine_out_trade_no = None
         return self.query(mchid, out_trade_no, sub_mchid=sub_mchid, combine_out_trade_no=combine_out_trade_no)
+
+    @cached_property
+    def requester(self) -> OrderRequester:
+        """Refunds and closes asked through the ledger: decided, recorded write-ahead, sent once."""
+
+        def client_for(mchid: str) -> RequestClient:
+            merchant = self.merchants.get(mchid)
+            if merchant is None or merchant.client is None:
+                raise InvalidRequest(f"merchant {mchid} is not configured to call WeChat Pay (it needs its API key)")
+            return merchant.client
+
+        return OrderRequester(self.ledger, client_for, notify_url=self.settings.notify_url)
 
     @cached_property
     def database(self) -> Database:

@@ -84,6 +84,8 @@ __all__ = [
     "OrderNotFound",
     "ReadModelBehind",
     "ReadModelOutdated",
+    "RequestConflict",
+    "RequestRefused",
     "ResponseUntrusted",
     "SignatureProbe",
     "StaleTimestamp",
@@ -359,3 +361,15 @@ class ReadModelOutdated(LedgerError):
     def __init__(self, view: str) -> None:
         super().__init__(f"orders view {view} has the table layout of an earlier version; run `payledger rebuild`")
         self.view = view
+
+
+class RequestRefused(LedgerError):
+    """A refund or close the order's state does not allow (not paid, more than is left, paid already)."""
+
+    reason = "request refused by the order's state"
+
+
+class RequestConflict(LedgerError):
+    """An out_refund_no asked again with another amount or reason (or known from elsewhere)."""
+
+    reason = "request conflicts with one recorded"
