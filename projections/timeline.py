@@ -125,6 +125,20 @@ def facts(event_type: str, data: Mapping[str, Any]) -> str:
             f"transaction_id={get('transaction_id')} amount_total={get('amount_total')}"
             f" payer_total={get('payer_total')} {get('currency')} evidence={get('evidence')}"
         )
+    if event_type == "RefundRequested":
+        reason = f" reason={_compact(get('reason'))}" if get("reason") else ""
+        return f"out_refund_no={get('out_refund_no')} refund={get('refund')} asked by {get('requested_by')}{reason}"
+    if event_type == "RefundAnswered":
+        if get("outcome") == "accepted":
+            return (
+                f"out_refund_no={get('out_refund_no')} accepted: HTTP {get('status_code')} status={get('status')}"
+                f" refund_id={get('refund_id')} request_id={get('request_id')}"
+            )
+        return f"out_refund_no={get('out_refund_no')} outcome unknown ({get('detail')}): a refund query will tell"
+    if event_type == "RefundRejected":
+        return f"out_refund_no={get('out_refund_no')} refused: HTTP {get('status_code')} {get('code')}"
+    if event_type == "OrderClosed":
+        return f"closed at WeChat Pay (HTTP {get('status_code')}) asked by {get('requested_by')}"
     if event_type.startswith("Refund"):
         return (
             f"out_refund_no={get('out_refund_no')} refund={get('refund')} refund_id={get('refund_id')}"

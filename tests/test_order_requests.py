@@ -14,6 +14,7 @@ import pytest
 from ledger.audit.rederive import Rederiver
 from ledger.domain import PaymentOrder
 from ledger.errors import RequestConflict, RequestRefused
+from projections.timeline import facts
 from tests.support.builders import event_types, evidence, replay
 from tests.support.constants import MCHID
 from tests.test_domain import new_order, pay, refund
@@ -205,3 +206,23 @@ def test_requests_replay_to_the_same_state_and_verify_takes_them_as_recorded() -
     assert problems([e for e in events if type(e).__name__ != "RefundSucceeded"]) == [
         "decision RefundSucceeded is missing"
     ]
+
+
+def test_the_history_says_who_asked_and_what_wechat_answered() -> None:
+    assert facts(
+        "RefundRequested", {"out_refund_no": "R1", "refund": 60, "requested_by": "alice", "reason": "破损"}
+    ) == ('out_refund_no=R1 refund=60 asked by alice reason="破损"')
+    accepted = {"out_refund_no": "R1", "outcome": "accepted", "status_code": 200, "status": "PROCESSING"}
+    assert facts("RefundAnswered", {**accepted, "refund_id": "RID", "request_id": "Q"}) == (
+        "out_refund_no=R1 accepted: HTTP 200 status=PROCESSING refund_id=RID request_id=Q"
+    )
+    unknown = {"out_refund_no": "R1", "outcome": "unknown", "detail": "WeChat Pay unavailable"}
+    assert facts("RefundAnswered", unknown) == (
+        "out_refund_no=R1 outcome unknown (WeChat Pay unavailable): a refund query will tell"
+    )
+    assert facts("RefundRejected", {"out_refund_no": "R1", "status_code": 403, "code": "NOT_ENOUGH"}) == (
+        "out_refund_no=R1 refused: HTTP 403 NOT_ENOUGH"
+    )
+    assert facts("OrderClosed", {"status_code": 204, "requested_by": "bob"}) == (
+        "closed at WeChat Pay (HTTP 204) asked by bob"
+    )

@@ -24,6 +24,7 @@ from ledger.store.sql import Database
 from ledger.wechatpay.sandbox.server import Sandbox
 from projections.reconcile.reconciler import Reconciler
 from projections.reconcile.worklist import Worklist
+from tests.support.cli import clean_env, payledger
 from tests.support.servers import running
 
 
@@ -32,6 +33,7 @@ class World:
     sandbox: Sandbox
     client: httpx.Client
     settings: Settings
+    env: dict[str, str]
 
     def paid(self, out_trade_no: str, total: int = 100) -> None:
         self.sandbox.create_order(out_trade_no, total)
@@ -75,7 +77,7 @@ def world(tmp_path: Path, database_url: str) -> Iterator[World]:
         with running(create_app(settings, background=False)) as ledger_url:
             sandbox.notify_url = f"{ledger_url}/wechatpay/notify"
             with httpx.Client(base_url=ledger_url, timeout=30) as client:
-                yield World(sandbox, client, settings)
+                yield World(sandbox, client, settings, {**clean_env(), **env})
 
 
 def test_partial_refunds_up_to_the_paid_amount_and_409_beyond_with_nothing_sent(
@@ -227,3 +229,34 @@ def test_close_then_a_late_payment_is_paid_and_flagged_and_a_paid_order_is_not_c
         assert [a["kind"] for a in order["anomalies"]] == ["paid_after_close"]
         paid_closed = w.client.post("/orders/RFD-0006/close")
         assert paid_closed.status_code == 409 and paid_closed.json()["code"] == "REFUSED"
+
+
+def test_the_cli_refunds_and_closes_with_the_exit_codes_it_documents(tmp_path: Path, database_url: str) -> None:
+    with world(tmp_path, database_url) as w:
+        w.paid("RFD-0007", 100)
+        asked = payledger(
+            "refund", "RFD-0007", "--amount", "30", "--out-refund-no", "RFD-0007-R1", "--requested-by", "carol",
+            env=w.env,
+        )  # fmt: skip
+        assert asked.returncode == 0, asked.stderr
+        assert '"outcome": "accepted"' in asked.stdout and '"requested_by": "carol"' in asked.stdout
+        beyond = payledger("refund", "RFD-0007", "--amount", "71", "--out-refund-no", "RFD-0007-R2", env=w.env)
+        assert beyond.returncode == 1
+        assert beyond.stderr.strip() == "payledger: amount 71 is more than the 70 fen still refundable"
+        w.sandbox.fail_next_refund("not_enough")
+        refused = payledger("refund", "RFD-0007", "--amount", "5", "--out-refund-no", "RFD-0007-R3", env=w.env)
+        assert (refused.returncode, refused.stderr.splitlines()[-1]) == (
+            1,
+            "payledger: WeChat Pay refused the refund (NOT_ENOUGH)",
+        )
+        w.sandbox.create_order("RFD-0008", 100)
+        assert w.client.post("/orders", json={"out_trade_no": "RFD-0008", "amount_total": 100}).status_code == 201
+        closed = payledger("close", "RFD-0008", env=w.env)
+        assert closed.returncode == 0, closed.stderr
+        assert '"trade_state": "CLOSED"' in closed.stdout
+        paid_close = payledger("close", "RFD-0007", env=w.env)
+        assert (paid_close.returncode, paid_close.stderr.strip()) == (
+            1,
+            "payledger: order RFD-0007 is paid: refund it instead of closing it",
+        )
+        assert w.seen("RFD-0007-R1") == 1 and w.seen("RFD-0007-R2") == 0
