@@ -107,6 +107,8 @@ def _mapping(value: Any) -> Mapping[str, Any]:
 def facts(event_type: str, data: Mapping[str, Any]) -> str:
     """The key facts of one event on one line (the full payload is in `data`)."""
     get = data.get
+    if event_type == "Opened" and "notification_id" in data:  # a notification inbox's
+        return f"mchid={get('mchid')} notification_id={get('notification_id')}"
     if event_type == "Opened":
         text = f"mchid={get('mchid')} out_trade_no={get('out_trade_no')}"
         return f"{text} sub_mchid={get('sub_mchid')}" if get("sub_mchid") else text

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlencode
@@ -56,6 +57,8 @@ _HEADERS = {
     "Referrer-Policy": "same-origin",
     "X-Content-Type-Options": "nosniff",
 }
+# A page's handler, called once the request is let in (`OperatorPages.guarded`).
+Page = Callable[[Request, Access], Awaitable[Response]]
 # Shown in a "raw" fold of their own: what an auditor re-verifies, not what they read first.
 _RAW_FIELDS = ("raw_body", "signature_headers", "response_headers")
 
@@ -135,14 +138,42 @@ class OperatorPages:
         wanted = next_path or request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return self.page(request, "login.html", 401, error=error, next_path=_next_path(wanted))
 
-    def guard(self, request: Request) -> Access | HTMLResponse:
-        """How the request got in, or the login form (401) to answer instead."""
-        access = self.sessions.access(request)
-        return access if access is not None else self.login_form(request)
+    def guarded(self, page: Page) -> Callable[[Request], Awaitable[Response]]:
+        """The endpoint of `page`: called with how the request got in, or the login form (401) instead."""
 
-    async def form(self, request: Request) -> dict[str, str]:
-        """A POSTed form, small and read as it streams (see `_form`)."""
-        return await _form(request)
+        async def endpoint(request: Request) -> Response:
+            access = self.sessions.access(request)
+            if access is None:
+                return self.login_form(request)
+            return await page(request, access)
+
+        return endpoint
+
+    async def form(self, request: Request, access: Access) -> dict[str, str] | HTMLResponse:
+        """A POSTed form (small, read as it streams: see `_form`), or the page (403) to answer when it
+        does not carry the session's CSRF token."""
+        form = await _form(request)
+        if not self.sessions.csrf_ok(request, access, form.get("csrf", "")):
+            return self.page(request, "message.html", 403, access=access, message="This form has expired.")
+        return form
+
+    def merchant(self, request: Request, access: Access) -> str | HTMLResponse:
+        """The merchant `?mchid=` names (see `mchid_param`), or the page to answer when it names none."""
+        try:
+            return mchid_param(app_state(request), request.query_params.get("mchid"))
+        except InvalidRequest as exc:
+            return self.failure(request, access, exc, "Unknown or missing mchid.")
+
+    def _order_named(self, request: Request, access: Access) -> tuple[str, str, str | None] | HTMLResponse:
+        """The order a page is about (out_trade_no, mchid, sub_mchid), or the page to answer instead."""
+        mchid = self.merchant(request, access)
+        if isinstance(mchid, Response):
+            return mchid
+        try:
+            sub_mchid = sub_mchid_param(app_state(request), mchid, request.query_params.get("sub_mchid"))
+        except InvalidRequest as exc:
+            return self.failure(request, access, exc, f"{exc}.")
+        return request.path_params["out_trade_no"], mchid, sub_mchid
 
     def redirect(self, url: str) -> RedirectResponse:
         return RedirectResponse(url, status_code=303, headers=_HEADERS)
@@ -172,12 +203,10 @@ class OperatorPages:
         )
         return response
 
-    async def logout(self, request: Request) -> Response:
-        access = self.guard(request)
-        if isinstance(access, Response):
-            return access
-        if not self.sessions.csrf_ok(request, access, (await _form(request)).get("csrf", "")):
-            return self.page(request, "message.html", 403, access=access, message="This form has expired.")
+    async def logout(self, request: Request, access: Access) -> Response:
+        form = await self.form(request, access)
+        if isinstance(form, Response):
+            return form
         response = RedirectResponse("/ui/login", status_code=303, headers=_HEADERS)
         response.delete_cookie(COOKIE, path="/", secure=True, httponly=True, samesite="strict")
         return response
@@ -188,10 +217,7 @@ class OperatorPages:
         css = (_HERE / "static" / "ui.css").read_bytes()
         return Response(css, media_type="text/css", headers={"Cache-Control": "max-age=3600"})
 
-    async def search(self, request: Request) -> Response:
-        access = self.guard(request)
-        if isinstance(access, Response):
-            return access
+    async def search(self, request: Request, access: Access) -> Response:
         state = app_state(request)
         q = request.query_params.get("q", "").strip()[:64]
         given = request.query_params.get("sub_mchid", "").strip()[:32]
@@ -233,25 +259,12 @@ class OperatorPages:
         context["behind"] = behind
         return self.page(request, "search.html", status, access=access, matches=matches, **context)
 
-    async def order(self, request: Request) -> Response:
-        access = self.guard(request)
-        if isinstance(access, Response):
-            return access
-        return await self._order_page(request, access)
-
-    async def _order_page(
-        self, request: Request, access: Access, *, error: str | None = None, status: int = 200
-    ) -> Response:
+    async def order(self, request: Request, access: Access, *, error: str | None = None, status: int = 200) -> Response:
         state = app_state(request)
-        no = request.path_params["out_trade_no"]
-        try:
-            mchid = mchid_param(state, request.query_params.get("mchid"))
-        except InvalidRequest as exc:
-            return self.failure(request, access, exc, "Unknown or missing mchid.")
-        try:
-            sub_mchid = sub_mchid_param(state, mchid, request.query_params.get("sub_mchid"))
-        except InvalidRequest as exc:
-            return self.failure(request, access, exc, f"{exc}.")
+        named = self._order_named(request, access)
+        if isinstance(named, Response):
+            return named
+        no, mchid, sub_mchid = named
         services = state.services
 
         def load() -> tuple[Timeline, dict[str, str | None], list[dict[str, Any]]]:
@@ -283,27 +296,18 @@ class OperatorPages:
             siblings=siblings,
             error=error,
             queried=int(queried) if queried.isdigit() else None,
-            payload=_payload,
         )
 
-    async def requery(self, request: Request) -> Response:
+    async def requery(self, request: Request, access: Access) -> Response:
         """Ask WeChat Pay now; the answer is recorded as a StatusQueried event like any query."""
-        access = self.guard(request)
-        if isinstance(access, Response):
-            return access
         state = app_state(request)
-        form = await _form(request)
-        if not self.sessions.csrf_ok(request, access, form.get("csrf", "")):
-            return self.page(request, "message.html", 403, access=access, message="This form has expired.")
-        no = request.path_params["out_trade_no"]
-        try:
-            mchid = mchid_param(state, request.query_params.get("mchid"))
-        except InvalidRequest as exc:
-            return self.failure(request, access, exc, "Unknown or missing mchid.")
-        try:
-            sub_mchid = sub_mchid_param(state, mchid, request.query_params.get("sub_mchid"))
-        except InvalidRequest as exc:
-            return self.failure(request, access, exc, f"{exc}.")
+        form = await self.form(request, access)
+        if isinstance(form, Response):
+            return form
+        named = self._order_named(request, access)
+        if isinstance(named, Response):
+            return named
+        no, mchid, sub_mchid = named
         if not OUT_TRADE_NO.fullmatch(no):
             return self.page(request, "message.html", 400, access=access, message="Not an out_trade_no.")
         try:
@@ -313,7 +317,7 @@ class OperatorPages:
         except WeChatPayError as exc:
             answer = answer_for(exc)
             error = f"WeChat Pay query failed ({answer.message(exc)})."
-            return await self._order_page(request, access, error=error, status=answer.status)
+            return await self.order(request, access, error=error, status=answer.status)
         log.info("operator re-queried %s mchid=%s sub_mchid=%s -> %s", no, mchid, sub_mchid, order.trade_state)
         return self.redirect(_order_url(no, mchid, sub_mchid, queried=str(order.version)))
 
@@ -330,12 +334,12 @@ def ui_mount(settings: Settings) -> Mount:
     return Mount(
         "/ui",
         routes=[
-            Route("/", pages.search, methods=["GET"]),
+            Route("/", pages.guarded(pages.search), methods=["GET"]),
             Route("/login", pages.login, methods=["GET", "POST"]),
-            Route("/logout", pages.logout, methods=["POST"]),
+            Route("/logout", pages.guarded(pages.logout), methods=["POST"]),
             Route("/static/ui.css", pages.stylesheet, methods=["GET"]),
-            Route("/orders/{out_trade_no}", pages.order, methods=["GET"]),
-            Route("/orders/{out_trade_no}/query", pages.requery, methods=["POST"]),
+            Route("/orders/{out_trade_no}", pages.guarded(pages.order), methods=["GET"]),
+            Route("/orders/{out_trade_no}/query", pages.guarded(pages.requery), methods=["POST"]),
             *BillPages(pages).routes(),
             *NotificationPages(pages).routes(),
         ],
