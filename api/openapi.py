@@ -340,6 +340,38 @@ def openapi_document() -> dict[str, Any]:
                 "400",
             )
         },
+        "/orders/{out_trade_no}/refunds": {
+            "post": _admin(
+                "refundOrder",
+                "Refund a paid order: decided against its events, recorded before it is sent, sent once",
+                _order_params({"type": "string", "pattern": OUT_TRADE_NO}),
+                {
+                    "201": _json(ref("RefundAsked"), "WeChat Pay accepted it (or accepted it before: nothing sent)"),
+                    "202": _json(ref("RefundAsked"), "recorded, the outcome unknown: reconciliation asks WeChat"),
+                    "409": _error(
+                        "refused before any call (REFUSED), or the number asked with another body (CONFLICT)"
+                    ),
+                    "502": _json(ref("RefundAsked"), "WeChat Pay refused it (wechat_code): recorded as RefundRejected"),
+                },
+                "400",
+                "404",
+                body="AskRefund",
+            )
+        },
+        "/orders/{out_trade_no}/close": {
+            "post": _admin(
+                "closeOrder",
+                "Close an unpaid order at WeChat Pay",
+                _order_params({"type": "string", "pattern": OUT_TRADE_NO}),
+                {
+                    "200": _json(ref("Order"), "closed (now, or by the ledger before: nothing sent)"),
+                    "409": _error("the order is paid (refund it instead), or a combined payment's sub-order"),
+                    "502": _error("WeChat Pay refused the close or its answer failed"),
+                },
+                "400",
+                "404",
+            )
+        },
         "/notifications": {
             "get": _admin(
                 "listUnroutedNotifications",

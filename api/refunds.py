@@ -1,4 +1,4 @@
-"""Refunds and closes asked through the ledger ([protocol: Refunds], [protocol: Closing an order]).
+"""Refunds and closes asked through the ledger ([protocol: Creating a refund], [protocol: Closing an order]).
 
 `POST /orders/{out_trade_no}/refunds` decides against the order's replayed state, records the request
 before anything is sent, sends it once and records WeChat's answer (`ledger.refunding`):

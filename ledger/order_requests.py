@@ -1,4 +1,4 @@
-"""What the ledger asks WeChat Pay about an order: refunds and closing ([protocol: Refunds], [protocol:
+"""What the ledger asks WeChat Pay about an order: refunds and closing ([protocol: Creating a refund], [protocol:
 Closing an order]). A mixin of `ledger.domain.PaymentOrder`: its events are the order's own
 (``ledger.domain:PaymentOrder.RefundRequested``, ...), named in the domain's lists.
 
@@ -41,7 +41,7 @@ from ledger.hashchain import ChainedAggregate
 __all__ = ["REFUND_REASON_LIMIT", "OrderRequests"]
 
 REFUND_REASON_LIMIT = 80
-"""[protocol: Refunds]: `reason` is at most 80 characters; it shows in the payer's refund message."""
+"""[protocol: Creating a refund]: `reason` is at most 80 characters; it shows in the payer's refund message."""
 
 
 class OrderRequests(ChainedAggregate):

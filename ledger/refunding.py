@@ -1,4 +1,4 @@
-"""Refunds and closes asked through the ledger: decided, recorded, sent once ([protocol: Refunds],
+"""Refunds and closes asked through the ledger: decided, recorded, sent once ([protocol: Creating a refund],
 [protocol: Closing an order]).
 
 `OrderRequests` (`ledger.order_requests`) decides and records; this sends. A refund:
@@ -175,7 +175,7 @@ class OrderRequester:
 
 
 def _check_refund_fields(out_refund_no: str, reason: str) -> None:
-    """[protocol: Refunds]: out_refund_no is 1-64 of [A-Za-z0-9_-|*@]; reason at most 80 characters."""
+    """[protocol: Creating a refund]: out_refund_no is 1-64 of [A-Za-z0-9_-|*@]; reason at most 80 characters."""
     allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-|*@")
     if not 1 <= len(out_refund_no) <= 64 or not set(out_refund_no) <= allowed:
         raise InvalidRequest("out_refund_no must be 1 to 64 letters, digits or _-|*@")

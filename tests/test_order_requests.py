@@ -1,4 +1,4 @@
-"""Refunds and closes asked through the ledger, as the order decides them ([protocol: Refunds],
+"""Refunds and closes asked through the ledger, as the order decides them ([protocol: Creating a refund],
 [protocol: Closing an order]; issue 4/8): only a paid order is refunded, never beyond what is left
 (succeeded and in-flight refunds count), the same out_refund_no is idempotent or refused, a refusal
 frees the amount, a close is refused once paid, and a payment after the ledger's close is decided

@@ -6,6 +6,7 @@ what WeChat's side says, not what the ledger believes."""
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 import time
 from collections import Counter
@@ -260,3 +261,40 @@ def test_the_cli_refunds_and_closes_with_the_exit_codes_it_documents(tmp_path: P
             "payledger: order RFD-0007 is paid: refund it instead of closing it",
         )
         assert w.seen("RFD-0007-R1") == 1 and w.seen("RFD-0007-R2") == 0
+
+
+def test_the_order_page_refunds_and_closes_after_a_confirmation(tmp_path: Path, database_url: str) -> None:
+    with world(tmp_path, database_url) as w:
+        w.paid("RFD-0009", 100)
+        page = w.client.get("/ui/orders/RFD-0009")
+        match = re.search(r'name="csrf" value="([0-9a-f]{64})"', page.text)
+        assert match is not None and 'id="refund-form"' in page.text and "100 fen still refundable" in page.text
+        form = {"csrf": match.group(1), "out_refund_no": "RFD-0009-R1", "amount": "40", "reason": "破损"}
+        confirm = w.client.post("/ui/orders/RFD-0009/refund", data=form)
+        assert confirm.status_code == 200 and 'id="confirm"' in confirm.text
+        assert "<strong>40 fen</strong>" in confirm.text and "RFD-0009-R1" in confirm.text
+        assert w.seen("RFD-0009-R1") == 0  # a confirmation first: nothing asked yet
+        forged = w.client.post("/ui/orders/RFD-0009/refund", data={**form, "confirm": "yes", "csrf": "0" * 64})
+        assert forged.status_code == 403 and w.seen("RFD-0009-R1") == 0
+        done = w.client.post("/ui/orders/RFD-0009/refund", data={**form, "confirm": "yes"}, follow_redirects=False)
+        assert done.status_code == 303, done.text
+        assert w.seen("RFD-0009-R1") == 1
+        shown = w.client.get(done.headers["location"])
+        assert 'id="asked"' in shown.text and "refund RFD-0009-R1: accepted" in shown.text
+        assert 'id="refund-requests"' in shown.text and "<td>ui</td>" in shown.text
+        beyond = {**form, "out_refund_no": "RFD-0009-R2", "amount": "61", "confirm": "yes"}
+        refused = w.client.post("/ui/orders/RFD-0009/refund", data=beyond)
+        assert refused.status_code == 409 and "more than the 60 fen still refundable" in refused.text
+        assert w.seen("RFD-0009-R2") == 0
+
+        w.sandbox.create_order("RFD-0010", 100)
+        assert w.client.post("/orders", json={"out_trade_no": "RFD-0010", "amount_total": 100}).status_code == 201
+        unpaid = w.client.get("/ui/orders/RFD-0010")
+        assert 'id="close-form"' in unpaid.text and 'id="refund-form"' not in unpaid.text
+        closing = {"csrf": match.group(1)}
+        assert 'id="confirm"' in w.client.post("/ui/orders/RFD-0010/close", data=closing).text
+        assert w.order("RFD-0010")["trade_state"] == "NOTPAY"
+        closed = w.client.post("/ui/orders/RFD-0010/close", data={**closing, "confirm": "yes"}, follow_redirects=False)
+        assert closed.status_code == 303
+        assert w.order("RFD-0010")["trade_state"] == "CLOSED"
+        assert "closed at WeChat Pay (HTTP 204) asked by ui" in w.client.get("/ui/orders/RFD-0010").text

@@ -34,7 +34,16 @@ from api.state import app_state
 from api.ui.auth import COOKIE, SESSION_SECONDS, Access, UISessions
 from api.ui.bills import BillPages, bill_url
 from api.ui.notifications import NotificationPages
-from ledger.errors import BodyTooLarge, InvalidRequest, LedgerError, OrderNotFound, WeChatPayError
+from ledger.errors import (
+    BodyTooLarge,
+    InvalidRequest,
+    LedgerError,
+    OrderNotFound,
+    RequestConflict,
+    RequestRefused,
+    WeChatPayError,
+)
+from ledger.identity import OrderKey
 from ledger.settings import Settings
 from projections.read_model.runner import orders_head
 from projections.read_model.view import OrdersView
@@ -43,6 +52,7 @@ from projections.timeline import Entry, Timeline, attempt_text, duration, iso, l
 __all__ = ["ui_mount"]
 
 log = logging.getLogger("api.ui")
+UI_CALLER = "ui"  # who asked a refund or close from the pages, in the order's history
 
 _HERE = Path(__file__).parent
 MAX_FORM_BYTES = 4096
@@ -75,8 +85,13 @@ def _order_url(out_trade_no: str, mchid: str, sub_mchid: str | None = None, **pa
     return f"/ui/orders/{quote(out_trade_no, safe='')}?{urlencode({**_who(mchid, sub_mchid), **params})}"
 
 
+def _action_url(action: str, out_trade_no: str, mchid: str, sub_mchid: str | None = None) -> str:
+    """Where the order page's `action` form posts: query, refund or close."""
+    return f"/ui/orders/{quote(out_trade_no, safe='')}/{action}?{urlencode(_who(mchid, sub_mchid))}"
+
+
 def _query_url(out_trade_no: str, mchid: str, sub_mchid: str | None = None) -> str:
-    return f"/ui/orders/{quote(out_trade_no, safe='')}/query?{urlencode(_who(mchid, sub_mchid))}"
+    return _action_url("query", out_trade_no, mchid, sub_mchid)
 
 
 def _usable(view: OrdersView | None) -> OrdersView | None:
@@ -115,7 +130,12 @@ class OperatorPages:
         )
         self.templates.filters.update(pretty=_pretty, iso=iso, duration=duration)
         self.templates.globals.update(
-            attempt_text=attempt_text, order_url=_order_url, query_url=_query_url, bill_url=bill_url, payload=_payload
+            attempt_text=attempt_text,
+            order_url=_order_url,
+            query_url=_query_url,
+            action_url=_action_url,
+            bill_url=bill_url,
+            payload=_payload,
         )
 
     # -- rendering ------------------------------------------------------------------------
@@ -296,6 +316,7 @@ class OperatorPages:
             siblings=siblings,
             error=error,
             queried=int(queried) if queried.isdigit() else None,
+            asked=request.query_params.get("asked", "")[:100],
         )
 
     async def requery(self, request: Request, access: Access) -> Response:
@@ -321,6 +342,65 @@ class OperatorPages:
         log.info("operator re-queried %s mchid=%s sub_mchid=%s -> %s", no, mchid, sub_mchid, order.trade_state)
         return self.redirect(_order_url(no, mchid, sub_mchid, queried=str(order.version)))
 
+    # -- refunds and closes, asked from the order page (a confirmation first) ---------------------
+
+    async def refund(self, request: Request, access: Access) -> Response:
+        return await self._ask(request, access, "refund")
+
+    async def close(self, request: Request, access: Access) -> Response:
+        return await self._ask(request, access, "close")
+
+    async def _ask(self, request: Request, access: Access, action: str) -> Response:
+        """The order page's refund or close: the first POST shows what will be asked (nothing is sent),
+        the confirmed one asks it through the ledger (`ledger.refunding`), like the API and the CLI."""
+        state = app_state(request)
+        form = await self.form(request, access)
+        if isinstance(form, Response):
+            return form
+        named = self._order_named(request, access)
+        if isinstance(named, Response):
+            return named
+        no, mchid, sub_mchid = named
+        if not OUT_TRADE_NO.fullmatch(no):
+            return self.page(request, "message.html", 400, access=access, message="Not an out_trade_no.")
+        key = OrderKey(mchid, no, sub_mchid)
+        fields = {name: form.get(name, "").strip() for name in ("out_refund_no", "amount", "reason")}
+        if action == "refund" and not (fields["amount"].isascii() and fields["amount"].isdigit()):
+            return await self.order(request, access, error="The amount must be a whole number of fen.", status=400)
+        if form.get("confirm") != "yes":
+            order = await anyio.to_thread.run_sync(
+                lambda: state.services.ledger.get_order_by_id(key.stream_id, no), limiter=state.limiter
+            )
+            return self.page(
+                request, "confirm.html", access=access, action=action, o=order.summary(), mchid=mchid, fields=fields
+            )
+        requester = state.services.requester
+        try:
+            if action == "refund":
+                asked = await anyio.to_thread.run_sync(
+                    lambda: requester.refund(
+                        key,
+                        out_refund_no=fields["out_refund_no"],
+                        amount=int(fields["amount"]),
+                        reason=fields["reason"],
+                        requested_by=UI_CALLER,
+                    ),
+                    limiter=state.limiter,
+                )
+                done = f"refund {fields['out_refund_no']}: {asked.outcome}"
+            else:
+                await anyio.to_thread.run_sync(
+                    lambda: requester.close(key, requested_by=UI_CALLER), limiter=state.limiter
+                )
+                done = "closed"
+        except (InvalidRequest, RequestRefused, RequestConflict) as exc:
+            return await self.order(request, access, error=f"{exc}.", status=answer_for(exc).status)
+        except WeChatPayError as exc:
+            answer = answer_for(exc)
+            return await self.order(request, access, error=f"WeChat Pay: {answer.message(exc)}.", status=answer.status)
+        log.info("operator asked %s of %s mchid=%s sub_mchid=%s: %s", action, no, mchid, sub_mchid, done)
+        return self.redirect(_order_url(no, mchid, sub_mchid, asked=done))
+
 
 def _payload(entry: Entry) -> dict[str, Any]:
     """The decoded payload: everything but the raw evidence."""
@@ -340,6 +420,8 @@ def ui_mount(settings: Settings) -> Mount:
             Route("/static/ui.css", pages.stylesheet, methods=["GET"]),
             Route("/orders/{out_trade_no}", pages.guarded(pages.order), methods=["GET"]),
             Route("/orders/{out_trade_no}/query", pages.guarded(pages.requery), methods=["POST"]),
+            Route("/orders/{out_trade_no}/refund", pages.guarded(pages.refund), methods=["POST"]),
+            Route("/orders/{out_trade_no}/close", pages.guarded(pages.close), methods=["POST"]),
             *BillPages(pages).routes(),
             *NotificationPages(pages).routes(),
         ],
