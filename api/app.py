@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import anyio
@@ -37,6 +37,7 @@ from api.notify import notify
 from api.notify_v2 import notify_v2
 from api.openapi import OPENAPI_PATH, openapi
 from api.orders import get_order, order_events, orders, query_order
+from api.refunds import close_order, refund_order
 from api.request_id import RequestIdMiddleware
 from api.responses import LedgerJSONResponse, fail
 from api.state import AppState, app_state
@@ -77,6 +78,11 @@ async def readyz(request: Request) -> Response:
     # Open to load balancers, so it says ready or not and nothing else: positions and lags are
     # data (the business's volume), at /metrics behind the token.
     return LedgerJSONResponse({"status": "ready"})
+
+
+def _notification_routes(path: str, endpoint: Callable[[Request], Awaitable[Response]]) -> list[Route]:
+    """A notification endpoint: for the only merchant configured, and for each by its mchid."""
+    return [Route(path, endpoint, methods=["POST"]), Route(f"{path}/{{mchid}}", endpoint, methods=["POST"])]
 
 
 def create_app(
@@ -120,10 +126,13 @@ def create_app(
         )
         breaker = app.state.store_breaker = StoreBreaker()
         registry.register(QueryOutcomes(services.query))
-        registry.register(Guarded("projection lag", app.state.projection_lag, breaker))
-        registry.register(Guarded("decisions", DecisionMetrics(DecisionTally(services.ledger)), breaker))
-        registry.register(Guarded("outbox", OutboxMetrics(outbox), breaker))
-        registry.register(Guarded("bills", BillMetrics(bill_reports, sorted(services.merchants)), breaker))
+        for name, collector in (
+            ("projection lag", app.state.projection_lag),
+            ("decisions", DecisionMetrics(DecisionTally(services.ledger))),
+            ("outbox", OutboxMetrics(outbox)),
+            ("bills", BillMetrics(bill_reports, sorted(services.merchants))),
+        ):
+            registry.register(Guarded(name, collector, breaker))  # read from the store: skipped while it is down
         app.state.metrics = registry
         if background:
             services.start_background()
@@ -139,10 +148,8 @@ def create_app(
         middleware.append(Middleware(AdminTokenMiddleware, token=settings.admin_token.value))
     # The notification routes first: they take nearly all the traffic.
     routes = [
-        Route("/wechatpay/notify", notify, methods=["POST"]),
-        Route("/wechatpay/notify/{mchid}", notify, methods=["POST"]),
-        Route("/wechatpay/v2/notify", notify_v2, methods=["POST"]),
-        Route("/wechatpay/v2/notify/{mchid}", notify_v2, methods=["POST"]),
+        *_notification_routes("/wechatpay/notify", notify),
+        *_notification_routes("/wechatpay/v2/notify", notify_v2),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
@@ -150,6 +157,8 @@ def create_app(
         Route("/orders/{out_trade_no}", get_order, methods=["GET"]),
         Route("/orders/{out_trade_no}/events", order_events, methods=["GET"]),
         Route("/orders/{out_trade_no}/query", query_order, methods=["POST"]),
+        Route("/orders/{out_trade_no}/refunds", refund_order, methods=["POST"]),
+        Route("/orders/{out_trade_no}/close", close_order, methods=["POST"]),
         Route("/notifications", list_notifications, methods=["GET"]),
         Route("/notifications/{notification_id}/events", notification_events, methods=["GET"]),
         Route("/bills/{bill_date}", get_bill, methods=["GET"]),

@@ -17,15 +17,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import httpx
 
 from ledger.application import Ledger, build_ledger
 from ledger.audit.integrity import Report, check_all, check_order
 from ledger.domain import PaymentOrder
-from ledger.errors import OrderNotFound
+from ledger.errors import InvalidRequest, OrderNotFound
 from ledger.groupcommit import GroupCommitter
+from ledger.refunding import OrderRequester, RequestClient
 from ledger.settings import MerchantSettings, Settings
 from ledger.status_query import OrderQuery
 from ledger.store.sql import Database
@@ -56,7 +57,12 @@ from projections.webhooks.schema import outbox_url
 
 __all__ = ["MerchantServices", "Services", "bootstrap"]
 
-_T = TypeVar("_T")
+
+class _Closes(Protocol):
+    def close(self) -> None: ...
+
+
+_Closeable = TypeVar("_Closeable", bound=_Closes)
 
 
 @dataclass
@@ -99,9 +105,14 @@ class Services:
     def database_url(self) -> str:
         return self.settings.database_url.value
 
-    def _closing(self, built: _T, close: Callable[[], None]) -> _T:
-        self._closers.append(close)
+    def _closing(self, built: _Closeable) -> _Closeable:
+        """`built`, to be closed by `close()`."""
+        self._closers.append(built.close)
         return built
+
+    def _clients(self) -> dict[str, WeChatPayClient]:
+        """The WeChat Pay client of each merchant that can call WeChat Pay (has its API key)."""
+        return {mchid: m.client for mchid, m in self.merchants.items() if m.client is not None}
 
     # -- built on first use --------------------------------------------------------------------
 
@@ -110,14 +121,12 @@ class Services:
         """The event store and the commands on it."""
         if self.given_ledger is not None:
             return self.given_ledger
-        ledger = build_ledger(self.database_url)
-        return self._closing(ledger, ledger.close)
+        return self._closing(build_ledger(self.database_url))
 
     @cached_property
     def query(self) -> OrderQuery:
         """Ask WeChat Pay about an order now and record the answer as evidence."""
-        clients = {mchid: m.client for mchid, m in self.merchants.items() if m.client is not None}
-        return OrderQuery(self.ledger, clients, {mchid: m.appid for mchid, m in self.merchants.items()})
+        return OrderQuery(self.ledger, self._clients(), {mchid: m.appid for mchid, m in self.merchants.items()})
 
     def query_order(self, mchid: str, out_trade_no: str, sub_mchid: str | None = None) -> PaymentOrder:
         """`POST /orders/{no}/query`, the operator's re-query, `payledger query`: ask about the order as it
@@ -130,34 +139,41 @@ class Services:
         return self.query(mchid, out_trade_no, sub_mchid=sub_mchid, combine_out_trade_no=combine_out_trade_no)
 
     @cached_property
+    def requester(self) -> OrderRequester:
+        """Refunds and closes asked through the ledger: decided, recorded write-ahead, sent once."""
+
+        def client_for(mchid: str) -> RequestClient:
+            merchant = self.merchants.get(mchid)
+            if merchant is None or merchant.client is None:
+                raise InvalidRequest(f"merchant {mchid} is not configured to call WeChat Pay (it needs its API key)")
+            return merchant.client
+
+        return OrderRequester(self.ledger, client_for, notify_url=self.settings.notify_url)
+
+    @cached_property
     def database(self) -> Database:
         """The project's own tables (outbox, worklist, live-view pointers) on the ledger's store."""
-        database = Database(self.database_url)
-        return self._closing(database, database.close)
+        return self._closing(Database(self.database_url))
 
     @cached_property
     def committer(self) -> GroupCommitter:
         """The HTTP service's write path: notifications from many requests, one transaction."""
-        committer = GroupCommitter(self.ledger)
-        return self._closing(committer, committer.close)
+        return self._closing(GroupCommitter(self.ledger))
 
     @cached_property
     def orders_view(self) -> LiveOrdersView:
         """The orders read model as the API reads it: whichever version is live."""
-        view = LiveOrdersView(self.database)
-        return self._closing(view, view.close)
+        return self._closing(LiveOrdersView(self.database))
 
     @cached_property
     def notifications_view(self) -> LiveView[NotificationsView]:
         """The unrouted notifications (those that name no order) as the API reads them: the live version."""
-        view = LiveView(self.database, NOTIFICATIONS_VIEW, open_notifications_view)
-        return self._closing(view, view.close)
+        return self._closing(LiveView(self.database, NOTIFICATIONS_VIEW, open_notifications_view))
 
     @cached_property
     def outbox_view(self) -> OutboxView:
         """The outbox projection's tracking position (for its lag in /readyz and /metrics)."""
-        view = open_outbox_view(self.database_url)
-        return self._closing(view, view.close)
+        return self._closing(open_outbox_view(self.database_url))
 
     @cached_property
     def outbox(self) -> Outbox:
@@ -165,8 +181,7 @@ class Services:
         url = outbox_url(self.database_url)
         if url == self.database_url:
             return Outbox(self.database)
-        database = Database(url)
-        return Outbox(self._closing(database, database.close))
+        return Outbox(self._closing(Database(url)))
 
     @cached_property
     def worklist(self) -> Worklist:
@@ -199,14 +214,12 @@ class Services:
     @cached_property
     def bills(self) -> BillReconciler:
         """Daily bills: fetched, kept as evidence, matched against the orders read model."""
-        clients = {mchid: m.client for mchid, m in self.merchants.items() if m.client is not None}
-        orders = self.orders_view
         return BillReconciler(
             self.ledger,
             self.bill_reports,
-            clients,
+            self._clients(),
             self.bill_lines,
-            orders.current,
+            self.orders_view.current,
             catch_up=lambda: catch_up_orders_view(self.database_url),
             query=self.query,
         )
@@ -214,13 +227,14 @@ class Services:
     @cached_property
     def dispatcher(self) -> Dispatcher:
         settings = self.settings
-        dispatcher = Dispatcher(
-            self.outbox,
-            schedule=settings.webhook_retry_schedule,
-            timeout=settings.webhook_timeout,
-            disable_after=settings.webhook_disable_after,
+        return self._closing(
+            Dispatcher(
+                self.outbox,
+                schedule=settings.webhook_retry_schedule,
+                timeout=settings.webhook_timeout,
+                disable_after=settings.webhook_disable_after,
+            )
         )
-        return self._closing(dispatcher, dispatcher.close)
 
     def sync_endpoints(self) -> None:
         """The `[[endpoints]]` of the configuration file into the outbox (an operator's disable stays)."""

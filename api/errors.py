@@ -41,6 +41,8 @@ from ledger.errors import (
     OrderConflict,
     OrderNotFound,
     ReadModelOutdated,
+    RequestConflict,
+    RequestRefused,
     SignatureProbe,
     StaleTimestamp,
     StoredBillCorrupt,
@@ -109,6 +111,8 @@ ANSWERS: Mapping[type[BaseException], ErrorAnswer] = {
     ClientGone: ErrorAnswer(400, "INVALID_REQUEST", "disconnected"),
     # Our own API.
     OrderConflict: ErrorAnswer(409, "CONFLICT"),
+    RequestRefused: ErrorAnswer(409, "REFUSED", message=_own_sentence),
+    RequestConflict: ErrorAnswer(409, "CONFLICT", message=_own_sentence),
     OrderNotFound: ErrorAnswer(404, "NOT_FOUND"),
     NotificationNotFound: ErrorAnswer(404, "NOT_FOUND"),
     InvalidRequest: ErrorAnswer(400, "INVALID_REQUEST", message=_own_sentence),

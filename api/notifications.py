@@ -26,7 +26,12 @@ from api.responses import LedgerJSONResponse
 from api.state import app_state
 from ledger.application import Ledger
 from ledger.errors import InvalidRequest, NotificationNotFound
-from projections.read_model.notifications import NotificationsProjection, NotificationsView, notifications_head
+from projections.read_model.notifications import (
+    LISTED_FIELDS,
+    NotificationsProjection,
+    NotificationsView,
+    notifications_head,
+)
 
 __all__ = [
     "EVENT_TYPE",
@@ -67,15 +72,7 @@ def notifications_url(mchid: str, notification_id: str) -> str:
 def notification_item(row: dict[str, Any]) -> dict[str, Any]:
     """One row of the view as the list shows it."""
     return {
-        "mchid": row["mchid"],
-        "notification_id": row["notification_id"],
-        "event_type": row["event_type"],
-        "resource_type": row["resource_type"],
-        "original_type": row["original_type"],
-        "summary": row["summary"],
-        "received_at": row["received_at"],
-        "last_received_at": row["last_received_at"],
-        "deliveries": row["deliveries"],
+        **{name: row[name] for name in LISTED_FIELDS},
         "routed": False,
         "events_url": notifications_url(row["mchid"], row["notification_id"]),
     }

@@ -35,7 +35,16 @@ from ledger.errors import (
 from ledger.evidence import Evidence
 from ledger.wechatpay.notification import VerifiedNotification
 
-__all__ = ["STORE_DEADLINE", "log_refusal", "notify", "read_body", "read_within_deadline"]
+__all__ = [
+    "STORE_DEADLINE",
+    "commit_delivery",
+    "log_refusal",
+    "notified_mchid",
+    "notify",
+    "read_body",
+    "read_within_deadline",
+    "receive",
+]
 
 log = logging.getLogger("api.notify")
 # WeChat counts an answer after 5 s as a failure; leave room for the network.
@@ -90,6 +99,20 @@ async def read_within_deadline(request: Request, state: AppState) -> bytes:
         raise ClientGone() from None
 
 
+def notified_mchid(request: Request, state: AppState) -> str | None:
+    """The merchant a notification is for: the one its path names, else the only one configured."""
+    return request.path_params.get("mchid") or state.default_mchid
+
+
+async def receive(request: Request, state: AppState, mchid: str | None) -> tuple[MerchantServices, bytes]:
+    """Merchant `mchid`'s services and the raw body, read within the deadline; `UnknownMerchant` first
+    when no such merchant is configured."""
+    merchant = state.merchants.get(mchid or "")
+    if merchant is None:
+        raise UnknownMerchant(f"no merchant {(mchid or '')[:32]!r}")
+    return merchant, await read_within_deadline(request, state)
+
+
 def log_refusal(exc: NotificationRejected, answer: ErrorAnswer, mchid: str | None, state: AppState) -> None:
     """One line for each refusal, at the level it deserves, with the outcome it is counted under."""
     outcome = {"outcome": answer.outcome}
@@ -131,8 +154,6 @@ async def commit_delivery(
     state: AppState,
     merchant: MerchantServices,
     delivery: VerifiedNotification | Evidence,
-    notification_id: str,
-    event_type: str,
     *,
     what: str,
     status: int,
@@ -142,6 +163,9 @@ async def commit_delivery(
     is durable (counted and logged as accepted or duplicate, `status` being the answer about to be sent);
     else the failure answer to send instead, and why, logged (`what` names the kind of notification;
     `started`: when the request came in, for the answer's timing)."""
+    # An APIv3 notification as verified, or an APIv2 one already as evidence: each names its id its way.
+    notification_id = delivery.notification_id if isinstance(delivery, Evidence) else delivery.id
+    event_type = delivery.event_type
     try:
         # On timeout we stop waiting; if the commit still lands, WeChat's retry collapses
         # into it. What matters is that no success answer precedes the commit.
@@ -201,34 +225,25 @@ async def notify(request: Request) -> Response:
     state = app_state(request)
     started = time.perf_counter()
     metrics = state.notify_metrics
-    mchid = request.path_params.get("mchid") or state.default_mchid
-    merchant = state.merchants.get(mchid or "")
+    mchid = notified_mchid(request, state)
     try:
-        if merchant is None:
-            raise UnknownMerchant(f"no merchant {(mchid or '')[:32]!r}")
-        body = await read_within_deadline(request, state)
+        merchant, body = await receive(request, state, mchid)
         if _repeated_signature_header(request.headers.raw):
             raise DuplicateSignatureHeader("a signature header is repeated")
         notification = merchant.verifier.verify(request.headers, body)
     except NotificationRejected as exc:
         answer = answer_for(exc)
         log_refusal(exc, answer, mchid, state)
-        if isinstance(exc, UnknownSerial) and merchant is not None and merchant.certificates is not None:
-            # Perhaps a rotation we have not seen yet: refresh in the background, rate-limited.
-            # This answer stays a failure; WeChat's retry will find the new certificate.
-            merchant.certificates.request_refresh(exc.serial)
+        if isinstance(exc, UnknownSerial):
+            # Perhaps a rotation we have not seen yet (of a merchant we have: its verifier refused):
+            # refresh in the background, rate-limited. This answer stays a failure; WeChat's retry
+            # will find the new certificate.
+            certificates = state.merchants[mchid or ""].certificates
+            if certificates is not None:
+                certificates.request_refresh(exc.serial)
         return _answered(metrics, started, answer, exc)
 
-    committed = await commit_delivery(
-        state,
-        merchant,
-        notification,
-        notification.id,
-        notification.event_type,
-        what="notification",
-        status=204,
-        started=started,
-    )
+    committed = await commit_delivery(state, merchant, notification, what="notification", status=204, started=started)
     if isinstance(committed, tuple):
         return _answered(metrics, started, *committed)
     return Response(status_code=204)

@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.errors import ErrorAnswer, answer_for
-from api.notify import commit_delivery, log_refusal, read_within_deadline
+from api.notify import commit_delivery, log_refusal, notified_mchid, receive
 from api.state import AppState, app_state
 from ledger.application import v2_evidence
 from ledger.domain import PaymentOrder
@@ -34,7 +34,6 @@ from ledger.errors import (
     LedgerError,
     NotificationRejected,
     OrderNotFound,
-    UnknownMerchant,
     V2DecryptionFailed,
     V2SignInvalid,
     WeChatPayError,
@@ -76,12 +75,9 @@ def _refused(exc: NotificationRejected, mchid: str | None, state: AppState, star
 async def notify_v2(request: Request) -> Response:
     state = app_state(request)
     started = time.perf_counter()
-    mchid = request.path_params.get("mchid") or state.default_mchid
-    merchant = state.merchants.get(mchid or "")
+    mchid = notified_mchid(request, state)
     try:
-        if merchant is None:
-            raise UnknownMerchant(f"no merchant {(mchid or '')[:32]!r}")
-        body = await read_within_deadline(request, state)
+        merchant, body = await receive(request, state, mchid)
         key = merchant.settings.v2_key
         if key is None:  # nothing can be verified: answered as a sign that does not verify
             unverifiable = V2SignInvalid("no APIv2 key configured for this merchant")
@@ -98,16 +94,7 @@ async def notify_v2(request: Request) -> Response:
         return _refused(exc, mchid, state, started)
 
     evidence = v2_evidence(notification)
-    result = await commit_delivery(
-        state,
-        merchant,
-        evidence,
-        evidence.notification_id,
-        evidence.event_type,
-        what="APIv2 notification",
-        status=200,
-        started=started,
-    )
+    result = await commit_delivery(state, merchant, evidence, what="APIv2 notification", status=200, started=started)
     if isinstance(result, tuple):
         failure, why = result
         state.notify_metrics.answered(failure.outcome, started)

@@ -11,6 +11,7 @@ from api.params import SUB_MCHID as _SUB_MCHID
 from ledger.bill_matching import DiscrepancyKind
 from ledger.domain import ALL_EVENTS, FINAL_TRADE_STATES, OPEN_TRADE_STATES
 from projections.bills.reports import REPORT_STATUSES
+from projections.read_model.notifications import LISTED_FIELDS
 
 __all__ = ["BILL_DATE", "EVENT_NAMES", "OUT_TRADE_NO", "SCHEMAS", "SUB_MCHID", "TRADE_STATES", "ref"]
 
@@ -31,6 +32,39 @@ _NULLABLE_STR = {"type": ["string", "null"]}
 _COUNT = {"type": "integer", "minimum": 0}
 # Fen with the bill's fee precision: a fee has 5 decimals of yuan, so 3 of fen ("0.600", "-18.000").
 _FEN_TEXT = {"type": "string", "pattern": "^-?[0-9]+\\.[0-9]{3}$"}
+_DISCREPANCY_KIND = {"type": "string", "enum": DISCREPANCY_KINDS}
+# What a bill difference says, in an order's document and in the day's report alike.
+_DIFFERENCE: dict[str, Any] = {
+    "transaction_id": {"type": "string"},
+    "out_refund_no": _NULLABLE_STR,
+    "refund_id": _NULLABLE_STR,
+    "bill_amount": {**_NULLABLE_INT, "description": "fen; null when the bill lacks it"},
+    "ledger_amount": {**_NULLABLE_INT, "description": "fen; null when the ledger lacks it"},
+}
+
+
+def _strings(*names: str) -> dict[str, Any]:
+    """Properties that are any string."""
+    return {name: {"type": "string"} for name in names}
+
+
+def _page(items: str, item: str, view_description: str | None = None) -> dict[str, Any]:
+    """A page of a list from a read model: its `items`, the next page's cursor, how far the view is."""
+    view: dict[str, Any] = {"type": "object"}
+    if view_description is not None:
+        view["description"] = view_description
+    view |= {
+        "required": ["position", "log_position", "behind"],
+        "additionalProperties": False,
+        "properties": {name: {"type": "integer", "minimum": 0} for name in ("position", "log_position", "behind")},
+    }
+    return {
+        "type": "object",
+        "required": [items, "next_cursor", "view"],
+        "additionalProperties": False,
+        "properties": {items: {"type": "array", "items": ref(item)}, "next_cursor": _NULLABLE_STR, "view": view},
+    }
+
 
 SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -41,7 +75,15 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "code": {
                 "type": "string",
-                "enum": ["INVALID_REQUEST", "UNAUTHORIZED", "NOT_FOUND", "CONFLICT", "METHOD_NOT_ALLOWED", "FAIL"],
+                "enum": [
+                    "INVALID_REQUEST",
+                    "UNAUTHORIZED",
+                    "NOT_FOUND",
+                    "CONFLICT",
+                    "REFUSED",
+                    "METHOD_NOT_ALLOWED",
+                    "FAIL",
+                ],
             },
             # Short, but room for a list of what is valid (the event types an unknown `type` names).
             "message": {"type": "string", "maxLength": 400},
@@ -73,20 +115,13 @@ SCHEMAS: dict[str, Any] = {
         "description": "WeChat Pay's notification envelope; signed as raw bytes, so sent exactly as WeChat sent it.",
         "required": ["id", "event_type", "resource"],
         "properties": {
-            "id": {"type": "string"},
-            "create_time": {"type": "string"},
-            "event_type": {"type": "string"},
-            "resource_type": {"type": "string"},
-            "summary": {"type": "string"},
+            **_strings("id", "create_time", "event_type", "resource_type", "summary"),
             "resource": {
                 "type": "object",
                 "required": ["algorithm", "ciphertext", "nonce"],
                 "properties": {
                     "algorithm": {"const": "AEAD_AES_256_GCM"},
-                    "ciphertext": {"type": "string"},
-                    "nonce": {"type": "string"},
-                    "associated_data": {"type": "string"},
-                    "original_type": {"type": "string"},
+                    **_strings("ciphertext", "nonce", "associated_data", "original_type"),
                 },
             },
         },
@@ -152,6 +187,9 @@ SCHEMAS: dict[str, Any] = {
             "refunds",
             "anomalies",
             "deliveries",
+            "refund_requests",
+            "refundable",
+            "closed_at",
             "version",
         ],
         "additionalProperties": False,
@@ -179,7 +217,71 @@ SCHEMAS: dict[str, Any] = {
                 "description": "what WeChat's daily bills showed differently (one per bill and difference)",
             },
             "deliveries": {"type": "integer", "minimum": 0},
+            "refund_requests": {
+                "type": "array",
+                "items": ref("RefundRequest"),
+                "description": "the refunds asked through the ledger (POST /orders/{out_trade_no}/refunds)",
+            },
+            "refundable": {"type": "integer", "minimum": 0, "description": "fen that may still be refunded"},
+            "closed_at": {**_NULLABLE_STR, "description": "when the ledger's close was accepted by WeChat Pay"},
             "version": {"type": "integer", "minimum": 1},
+        },
+    },
+    "AskRefund": {
+        "type": "object",
+        "required": ["out_refund_no", "amount"],
+        "additionalProperties": False,
+        "properties": {
+            "out_refund_no": {
+                "type": "string",
+                "pattern": "^[0-9A-Za-z_\\-|*@]{1,64}$",
+                "description": "your refund number: the same with the same amount and reason is idempotent",
+            },
+            "amount": {"type": "integer", "minimum": 1, "description": "fen; at most what is still refundable"},
+            "reason": {"type": "string", "maxLength": 80, "description": "shown to the payer"},
+            "mchid": {"type": "string", "description": "optional when one merchant is configured"},
+            "sub_mchid": {"type": ["string", "null"], "pattern": SUB_MCHID, "description": "a provider's order"},
+        },
+    },
+    "RefundRequest": {
+        "type": "object",
+        "required": [
+            "out_refund_no",
+            "refund",
+            "reason",
+            "requested_by",
+            "requested_at",
+            "outcome",
+            "refund_id",
+            "status",
+            "code",
+        ],
+        "properties": {
+            "out_refund_no": {"type": "string"},
+            "refund": {"type": "integer", "minimum": 1, "description": "fen"},
+            "reason": {"type": "string"},
+            "requested_by": {"type": "string", "description": "api, cli, or the operator's name"},
+            "requested_at": {"type": "string", "format": "date-time"},
+            "outcome": {
+                "type": "string",
+                "enum": ["requested", "accepted", "unknown", "rejected"],
+                "description": "WeChat's answer to the request: none yet, accepted, none to trust, refused",
+            },
+            "refund_id": _NULLABLE_STR,
+            "status": {**_NULLABLE_STR, "description": "the refund's status in WeChat's answer (PROCESSING, ...)"},
+            "code": {**_NULLABLE_STR, "description": "WeChat's code when it refused (NOT_ENOUGH, ...)"},
+            "decided": {**_NULLABLE_STR, "description": "the refund's decided status (SUCCESS, CLOSED, ABNORMAL)"},
+        },
+    },
+    "RefundAsked": {
+        "type": "object",
+        "required": ["refund", "order"],
+        "properties": {
+            "code": {"const": "FAIL"},
+            "message": {"type": "string"},
+            "wechat_code": {"type": "string"},
+            "refund": ref("RefundRequest"),
+            "order": ref("Order"),
         },
     },
     "OrderBillDiscrepancy": {
@@ -187,12 +289,8 @@ SCHEMAS: dict[str, Any] = {
         "required": ["bill_date", "kind", "transaction_id", "bill_amount", "ledger_amount", "evidence"],
         "properties": {
             "bill_date": {"type": "string", "format": "date"},
-            "kind": {"type": "string", "enum": DISCREPANCY_KINDS},
-            "transaction_id": {"type": "string"},
-            "out_refund_no": _NULLABLE_STR,
-            "refund_id": _NULLABLE_STR,
-            "bill_amount": {**_NULLABLE_INT, "description": "fen; null when the bill lacks it"},
-            "ledger_amount": {**_NULLABLE_INT, "description": "fen; null when the ledger lacks it"},
+            "kind": _DISCREPANCY_KIND,
+            **_DIFFERENCE,
             "evidence": {"type": "string", "description": "the kept bill: bill:<kind>:<bill_date>:<sha1>"},
         },
     },
@@ -210,14 +308,10 @@ SCHEMAS: dict[str, Any] = {
         ],
         "additionalProperties": False,
         "properties": {
-            "kind": {"type": "string", "enum": DISCREPANCY_KINDS},
+            "kind": _DISCREPANCY_KIND,
             "out_trade_no": {"type": "string"},
             "sub_mchid": {**_NULLABLE_STR, "description": "a service provider's order: its sub-merchant"},
-            "transaction_id": {"type": "string"},
-            "out_refund_no": _NULLABLE_STR,
-            "refund_id": _NULLABLE_STR,
-            "bill_amount": {**_NULLABLE_INT, "description": "fen; null when the bill lacks it"},
-            "ledger_amount": {**_NULLABLE_INT, "description": "fen; null when the ledger lacks it"},
+            **_DIFFERENCE,
             "resolved": {"type": "boolean", "description": "a query since decided it as the bill says"},
         },
     },
@@ -278,25 +372,7 @@ SCHEMAS: dict[str, Any] = {
             "report": ref("BillReport"),
         },
     },
-    "OrderList": {
-        "type": "object",
-        "required": ["orders", "next_cursor", "view"],
-        "additionalProperties": False,
-        "properties": {
-            "orders": {"type": "array", "items": ref("Order")},
-            "next_cursor": _NULLABLE_STR,
-            "view": {
-                "type": "object",
-                "required": ["position", "log_position", "behind"],
-                "additionalProperties": False,
-                "properties": {
-                    "position": {"type": "integer", "minimum": 0},
-                    "log_position": {"type": "integer", "minimum": 0},
-                    "behind": {"type": "integer", "minimum": 0},
-                },
-            },
-        },
-    },
+    "OrderList": _page("orders", "Order"),
     "Event": {
         "type": "object",
         "required": ["version", "type", "recorded_at", "data", "chain"],
@@ -317,19 +393,7 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "description": "A verified notification that names no order (a complaint, profit-sharing, a payout, a "
         "coupon…), recorded raw in a stream of its own and acknowledged; the facts of its first delivery.",
-        "required": [
-            "mchid",
-            "notification_id",
-            "event_type",
-            "resource_type",
-            "original_type",
-            "summary",
-            "received_at",
-            "last_received_at",
-            "deliveries",
-            "routed",
-            "events_url",
-        ],
+        "required": [*LISTED_FIELDS, "routed", "events_url"],
         "additionalProperties": False,
         "properties": {
             "mchid": {"type": "string", "description": "the merchant it was for (a service provider's sp_mchid)"},
@@ -345,27 +409,12 @@ SCHEMAS: dict[str, Any] = {
             "events_url": {"type": "string", "description": "its raw history: GET /notifications/{id}/events"},
         },
     },
-    "NotificationList": {
-        "type": "object",
-        "required": ["notifications", "next_cursor", "view"],
-        "additionalProperties": False,
-        "properties": {
-            "notifications": {"type": "array", "items": ref("UnroutedNotification")},
-            "next_cursor": _NULLABLE_STR,
-            "view": {
-                "type": "object",
-                "description": "the view's position, the log position of the newest notification that names no "
-                "order, and how many deliveries of such notifications the view has still to list",
-                "required": ["position", "log_position", "behind"],
-                "additionalProperties": False,
-                "properties": {
-                    "position": {"type": "integer", "minimum": 0},
-                    "log_position": {"type": "integer", "minimum": 0},
-                    "behind": {"type": "integer", "minimum": 0},
-                },
-            },
-        },
-    },
+    "NotificationList": _page(
+        "notifications",
+        "UnroutedNotification",
+        "the view's position, the log position of the newest notification that names no order, and how many "
+        "deliveries of such notifications the view has still to list",
+    ),
     "NotificationEvents": {
         "type": "object",
         "required": ["mchid", "notification_id", "routed", "events"],

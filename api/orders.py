@@ -20,6 +20,7 @@ from api.bills import bill_figures
 from api.params import (
     combine_out_trade_no_param,
     mchid_param,
+    order_merchant,
     out_trade_no_param,
     sub_mchid_param,
     sub_mchid_value,
@@ -139,8 +140,7 @@ async def get_order(request: Request) -> Response:
     """
     state = app_state(request)
     out_trade_no = request.path_params["out_trade_no"]
-    mchid = mchid_param(state, request.query_params.get("mchid"))
-    sub_mchid = sub_mchid_param(state, mchid, request.query_params.get("sub_mchid"))
+    mchid, sub_mchid = order_merchant(state, request.query_params)
     as_of = _version_param(request, "as_of_version", minimum=1)
 
     def read() -> dict[str, Any]:
@@ -226,8 +226,7 @@ async def order_events(request: Request) -> Response:
     """`?type=A,B` keeps those event types; `?since_version=N` keeps versions above N (exclusive)."""
     state = app_state(request)
     out_trade_no = request.path_params["out_trade_no"]
-    mchid = mchid_param(state, request.query_params.get("mchid"))
-    sub_mchid = sub_mchid_param(state, mchid, request.query_params.get("sub_mchid"))
+    mchid, sub_mchid = order_merchant(state, request.query_params)
     since = _version_param(request, "since_version", minimum=0) or 0
     types = _types_param(request)
     events = await anyio.to_thread.run_sync(
@@ -249,8 +248,7 @@ async def query_order(request: Request) -> Response:
     """Ask WeChat Pay now; 200 with the updated order, 502 when its answer failed or is untrusted."""
     state = app_state(request)
     out_trade_no = out_trade_no_param(request.path_params["out_trade_no"])
-    mchid = mchid_param(state, request.query_params.get("mchid"))
-    sub_mchid = sub_mchid_param(state, mchid, request.query_params.get("sub_mchid"))
+    mchid, sub_mchid = order_merchant(state, request.query_params)
     order = await anyio.to_thread.run_sync(
         lambda: state.services.query_order(mchid, out_trade_no, sub_mchid), limiter=state.limiter
     )

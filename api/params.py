@@ -21,6 +21,7 @@ __all__ = [
     "bill_date_param",
     "combine_out_trade_no_param",
     "mchid_param",
+    "order_merchant",
     "order_sub_mchid",
     "out_trade_no_param",
     "sub_mchid_param",
@@ -103,3 +104,9 @@ def bill_date_param(value: Any) -> dt.date:
         except ValueError:
             pass
     raise InvalidRequest("bill_date must be a calendar day written YYYY-MM-DD")
+
+
+def order_merchant(state: AppState, params: Any) -> tuple[str, str | None]:
+    """The merchant and sub-merchant of the order a request is about (`?mchid=&sub_mchid=`)."""
+    mchid = mchid_param(state, params.get("mchid"))
+    return mchid, sub_mchid_param(state, mchid, params.get("sub_mchid"))

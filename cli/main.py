@@ -8,6 +8,7 @@ Each command group lives in a module of its own and adds its subcommands here:
     history.py   history
     bills.py     bills reconcile (WeChat's daily bills)
     ops.py       query, certificates, rebuild, verify, reencrypt
+    requests.py  refund, close (asked of WeChat Pay through the ledger)
     dev.py       demo, sandbox, dev-notify (and the --dev merchant)
 
 Every command builds what it runs on through `api.bootstrap.bootstrap(settings)`.
@@ -22,7 +23,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from cli import bills, dev, history, ops, serve, webhooks, workers
+from cli import bills, dev, history, ops, requests, serve, webhooks, workers
 from cli.common import load_settings
 from ledger.errors import (
     ConfigurationError,
@@ -31,6 +32,8 @@ from ledger.errors import (
     InvalidRequest,
     LedgerError,
     MessageNotFound,
+    RequestConflict,
+    RequestRefused,
 )
 
 __all__ = ["build_parser", "main"]
@@ -43,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     history.register(sub)
     dev.register(sub)
     ops.register(sub)
+    requests.register(sub)
     workers.register(sub)
     bills.register(sub)
     webhooks.register(sub, lambda a: load_settings(a, require_merchant=False))
@@ -51,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Errors whose text is our own sentence about what the operator typed (never a secret, never
 # an exception from below): printed as they are. Every other LedgerError prints its fixed reason.
-_OWN_SENTENCE = (InvalidRequest, InvalidEndpoint, EndpointNotFound, MessageNotFound)
+_OWN_SENTENCE = (InvalidRequest, InvalidEndpoint, EndpointNotFound, MessageNotFound, RequestRefused, RequestConflict)
 # The operator's input is wrong (like a bad configuration): exit 2.
 _USAGE = (ConfigurationError, InvalidEndpoint)
 

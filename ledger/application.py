@@ -184,6 +184,19 @@ class Ledger(Application[UUID]):
 
         return self._with_retries(attempt)
 
+    def change_order(self, key: OrderKey, change: Callable[[PaymentOrder], T]) -> tuple[PaymentOrder, T]:
+        """Apply `change` (the order's own commands) to the order as it stands and append what they
+        triggered; on a version conflict the order is loaded again and `change` decides again, so a
+        decision is always taken against the latest state. `OrderNotFound` when there is no such order."""
+
+        def attempt() -> tuple[PaymentOrder, T]:
+            order = self.get_order_by_id(key.stream_id, key.out_trade_no)
+            result = change(order)
+            self.save(order)
+            return order, result
+
+        return self._with_retries(attempt)
+
     def save_all(self, aggregates: Iterable[Any]) -> None:
         """`save()` for aggregates only, in one transaction.
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from eventsourcing.domain import Aggregate
 
+from ledger.anomalies import AnomalyKind
 from ledger.errors import OrderConflict
 from ledger.evidence import Evidence, QueryEvidence
 from ledger.evidence import amount_object as _amount_object
@@ -25,6 +26,7 @@ from ledger.evidence import resource_fen as _fen
 from ledger.evidence import text_field as _str
 from ledger.hashchain import ChainedAggregate
 from ledger.identity import OrderKey, inbox_id, order_id, own_transaction, refund_answer_as_resource
+from ledger.order_requests import OrderRequests
 
 __all__ = [
     "ALL_EVENTS",
@@ -34,6 +36,7 @@ __all__ = [
     "FINAL_TRADE_STATES",
     "OPEN_TRADE_STATES",
     "PAYMENT_LIFECYCLE_EVENTS",
+    "REQUEST_EVENTS",
     "WEBHOOK_EVENTS",
     "AnomalyKind",
     "Evidence",
@@ -55,21 +58,6 @@ class Outcome(StrEnum):
 
     RECORDED = "recorded"
     DUPLICATE = "duplicate"
-
-
-class AnomalyKind(StrEnum):
-    """What an `AnomalyDetected` found; its value is the event's stored `kind`."""
-
-    AMOUNT_MISMATCH = "amount_mismatch"
-    # Stored as kind "amount_mismatch" (detail field "amount.currency", key "currency_mismatch:…"):
-    # the name says what it is, the stored events keep their spelling.
-    CURRENCY_MISMATCH = "amount_mismatch"
-    MCHID_MISMATCH = "mchid_mismatch"
-    APPID_MISMATCH = "appid_mismatch"
-    NOTIFICATION_CONFLICT = "notification_conflict"
-    TRANSACTION_CONFLICT = "transaction_conflict"
-    OVER_REFUND = "over_refund"
-    SUB_MCHID_UNKNOWN = "sub_mchid_unknown"  # a service provider's sub-merchant not in WECHATPAY_SUB_MCHIDS
 
 
 class _DeliveryLog(ChainedAggregate):
@@ -142,7 +130,7 @@ class NotificationInbox(_DeliveryLog):
         return Outcome.RECORDED if self._record_delivery(evidence) else Outcome.DUPLICATE
 
 
-class PaymentOrder(_DeliveryLog):
+class PaymentOrder(OrderRequests, _DeliveryLog):
     """One merchant order (mchid, out_trade_no) and everything WeChat told us about it."""
 
     FINAL_REFUND_STATES = frozenset({"SUCCESS", "CLOSED"})
@@ -176,6 +164,7 @@ class PaymentOrder(_DeliveryLog):
         self.bill_discrepancies: list[dict[str, Any]] = []
         self.bill_discrepancy_keys: set[str] = set()
         self._init_log()
+        self._init_requests()
 
     @classmethod
     def open(cls, mchid: str, out_trade_no: str, sub_mchid: str | None = None) -> PaymentOrder:
@@ -209,6 +198,7 @@ class PaymentOrder(_DeliveryLog):
             "anomalies": self.anomalies,
             "bill_discrepancies": self.bill_discrepancies,
             "deliveries": self.deliveries,
+            **self.requests_summary(),
             "version": self.version,
         }
 
@@ -516,6 +506,7 @@ class PaymentOrder(_DeliveryLog):
             trade_type=_str(resource, "trade_type"),
             evidence=source,
         )
+        self._after_payment(source)
 
     def _decide_refund(self, resource: dict[str, Any], source: str, event_status: str) -> None:
         out_refund_no = _str(resource, "out_refund_no")
@@ -554,13 +545,18 @@ class PaymentOrder(_DeliveryLog):
 
 # What an order's decisions are derived from: the order's identity (Opened: the mchid every
 # identity check is against), the merchant's registration (the amount a payment is checked
-# against), each verified delivery and each verified query answer.
+# against), each verified delivery and query answer, and what the ledger asked (refunds, a close:
+# `ledger.order_requests`) with WeChat's answers.
 EVIDENCE_EVENTS: tuple[type[Aggregate.Event], ...] = (
     PaymentOrder.Opened,
     PaymentOrder.Registered,
     PaymentOrder.NotificationReceived,
     PaymentOrder.StatusQueried,
+    *(PaymentOrder.RefundRequested, PaymentOrder.RefundAnswered, PaymentOrder.RefundRejected),
+    PaymentOrder.OrderClosed,
 )
+# What the ledger asked, and WeChat's answers to it: replayed as recorded when decisions are re-derived.
+REQUEST_EVENTS: tuple[type[Aggregate.Event], ...] = EVIDENCE_EVENTS[4:]
 
 # What the ledger concluded from its evidence; `payledger verify` re-derives each of them, the metrics
 # count them by type. TradeStateChanged is one too: a query found a trade state the ledger had not
@@ -582,11 +578,12 @@ BILL_DECISION_EVENTS: tuple[type[Aggregate.Event], ...] = (PaymentOrder.BillDisc
 
 ALL_EVENTS: tuple[type[Aggregate.Event], ...] = EVIDENCE_EVENTS + DECISION_EVENTS
 
-# The decisions sent to business endpoints as outbound notifications: payments, refunds and anomalies.
-# A trade state a query found is read from the orders API, a bill's differences from the bills API
-# (finance's work list, not a business event); either would be a new message type for "*" endpoints.
-WEBHOOK_EVENTS: tuple[type[Aggregate.Event], ...] = tuple(
-    cls for cls in DECISION_EVENTS if cls not in (PaymentOrder.TradeStateChanged, PaymentOrder.BillDiscrepancy)
+# The events sent to business endpoints as outbound notifications: payments, refunds and anomalies,
+# and refunds asked, refused and closes. A trade state a query found is read from the orders API, a
+# bill's differences from the bills API (finance's work list, not a business event).
+WEBHOOK_EVENTS: tuple[type[Aggregate.Event], ...] = (
+    *(cls for cls in DECISION_EVENTS if cls not in (PaymentOrder.TradeStateChanged, PaymentOrder.BillDiscrepancy)),
+    *(PaymentOrder.RefundRequested, PaymentOrder.RefundRejected, PaymentOrder.OrderClosed),
 )
 
 # What opens and closes an order's payment question: a registration says a payment is expected,

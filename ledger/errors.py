@@ -43,6 +43,8 @@ LedgerError
 └── WeChatPayError              an outbound call to WeChat Pay did not give a trusted answer
     ├── WeChatPayUnavailable    network error, timeout, 429 or 5xx, still failing at the deadline
     ├── WeChatPayRejected       a 4xx answer (not retried); carries WeChat's code and message
+    ├── OutcomeUnknown          a request that changes something (a refund) got no trusted answer:
+    │                                WeChat may or may not have acted on it; ask by query
     ├── ResponseUntrusted       a 2xx whose signature, serial, timestamp or body cannot be trusted
     ├── BillNotFound            NO_STATEMENT_EXIST: no bill for that day (final: an empty day)
     ├── BillNotReady            STATEMENT_CREATING: the bill is being made; apply again later
@@ -82,8 +84,11 @@ __all__ = [
     "NotificationRejected",
     "OrderConflict",
     "OrderNotFound",
+    "OutcomeUnknown",
     "ReadModelBehind",
     "ReadModelOutdated",
+    "RequestConflict",
+    "RequestRefused",
     "ResponseUntrusted",
     "SignatureProbe",
     "StaleTimestamp",
@@ -242,7 +247,17 @@ class WeChatPayError(LedgerError):
 
 
 class WeChatPayUnavailable(WeChatPayError):
+    """`status` and `code` are the last attempt's answer when there was one (None and "" after a network
+    error or a timeout)."""
+
     reason = "WeChat Pay unavailable"
+
+    def __init__(
+        self, detail: str = "", *, status: int | None = None, code: str = "", reason: str | None = None
+    ) -> None:
+        super().__init__(detail, reason=reason)
+        self.status = status
+        self.code = code
 
 
 class WeChatPayRejected(WeChatPayError):
@@ -259,6 +274,21 @@ class WeChatPayRejected(WeChatPayError):
 
 class ResponseUntrusted(WeChatPayError):
     reason = "WeChat Pay answer could not be verified"
+
+
+class OutcomeUnknown(WeChatPayError):
+    """A request that changes something at WeChat Pay (a refund) was sent, or may have been, and no trusted
+    answer came back: a timeout or a connection lost after sending, a 429 or 5xx, a 2xx that does not verify
+    or is not about that request. WeChat may have acted on it or not; only a query tells. Not a
+    `WeChatPayUnavailable`, whose callers take it to mean that nothing happened. `status` and `code` are
+    the answer's when there was one (None and "" after a network error or a timeout)."""
+
+    reason = "WeChat Pay's answer is unknown; the outcome is settled by query"
+
+    def __init__(self, detail: str, *, status: int | None = None, code: str = "") -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
 
 
 # Daily bills ([protocol: Daily bills]): WeChat's 400 codes that are answers, not failures, and a
@@ -359,3 +389,15 @@ class ReadModelOutdated(LedgerError):
     def __init__(self, view: str) -> None:
         super().__init__(f"orders view {view} has the table layout of an earlier version; run `payledger rebuild`")
         self.view = view
+
+
+class RequestRefused(LedgerError):
+    """A refund or close the order's state does not allow (not paid, more than is left, paid already)."""
+
+    reason = "request refused by the order's state"
+
+
+class RequestConflict(LedgerError):
+    """An out_refund_no asked again with another amount or reason (or known from elsewhere)."""
+
+    reason = "request conflicts with one recorded"

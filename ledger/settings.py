@@ -78,6 +78,7 @@ _LEDGER_KEYS = {
     "LEDGER_WEBHOOK_RETRY_SCHEDULE",
     "LEDGER_WEBHOOK_TIMEOUT",
     "LEDGER_WEBHOOK_DISABLE_AFTER",
+    "LEDGER_PUBLIC_URL",
 }
 # Seconds between reconciliation queries: a few seconds, then minutes, then hours; the last repeats.
 RECONCILE_SCHEDULE = (5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0)
@@ -354,6 +355,14 @@ class Settings:
     webhook_retry_schedule: tuple[float, ...] = WEBHOOK_RETRY_SCHEDULE
     webhook_timeout: float = 10.0
     webhook_disable_after: float = 5 * DAY
+    # Where WeChat Pay reaches this service (https://host[:port][/prefix]): refunds asked through the
+    # ledger name `<public_url>/wechatpay/notify/<mchid>` as their notify_url. None: none is named, and
+    # WeChat notifies the merchant's configured refund URL (or none; a refund query decides it then).
+    public_url: str | None = None
+
+    def notify_url(self, mchid: str) -> str | None:
+        """The notify_url a refund of merchant `mchid` names (see `public_url`)."""
+        return None if self.public_url is None else f"{self.public_url}/wechatpay/notify/{mchid}"
 
     @property
     def default_merchant(self) -> MerchantSettings | None:
@@ -401,6 +410,7 @@ class Settings:
         if log_format not in {None, "json", "text"}:
             raise ConfigurationError("LEDGER_LOG_FORMAT", "must be json or text")
         return cls(
+            public_url=_public_url(top.get("LEDGER_PUBLIC_URL", "")),
             database_url=Secret(database_url),
             merchants=tuple(merchants),
             admin_token=Secret(token) if token else None,
@@ -412,6 +422,20 @@ class Settings:
             reconcile_schedule=_schedule_setting(top, "LEDGER_RECONCILE_SCHEDULE", RECONCILE_SCHEDULE),
             webhook_retry_schedule=_schedule_setting(top, "LEDGER_WEBHOOK_RETRY_SCHEDULE", WEBHOOK_RETRY_SCHEDULE),
         )
+
+
+def _public_url(value: str) -> str | None:
+    """LEDGER_PUBLIC_URL: an https URL (http only for 127.0.0.1 / localhost, for tests and the sandbox)."""
+    value = value.strip().rstrip("/")
+    if not value:
+        return None
+    parts = urlsplit(value)
+    local = parts.hostname in {"127.0.0.1", "localhost"}
+    if parts.scheme not in ({"https", "http"} if local else {"https"}) or not parts.netloc:
+        raise ConfigurationError("LEDGER_PUBLIC_URL", "must be an https URL (WeChat Pay notifies only https)")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ConfigurationError("LEDGER_PUBLIC_URL", "must have no query, fragment or credentials")
+    return value
 
 
 # Numeric settings: field -> (setting, lowest, highest); the default is the field's.

@@ -107,6 +107,8 @@ def _mapping(value: Any) -> Mapping[str, Any]:
 def facts(event_type: str, data: Mapping[str, Any]) -> str:
     """The key facts of one event on one line (the full payload is in `data`)."""
     get = data.get
+    if event_type == "Opened" and "notification_id" in data:  # a notification inbox's
+        return f"mchid={get('mchid')} notification_id={get('notification_id')}"
     if event_type == "Opened":
         text = f"mchid={get('mchid')} out_trade_no={get('out_trade_no')}"
         return f"{text} sub_mchid={get('sub_mchid')}" if get("sub_mchid") else text
@@ -125,6 +127,20 @@ def facts(event_type: str, data: Mapping[str, Any]) -> str:
             f"transaction_id={get('transaction_id')} amount_total={get('amount_total')}"
             f" payer_total={get('payer_total')} {get('currency')} evidence={get('evidence')}"
         )
+    if event_type == "RefundRequested":
+        reason = f" reason={_compact(get('reason'))}" if get("reason") else ""
+        return f"out_refund_no={get('out_refund_no')} refund={get('refund')} asked by {get('requested_by')}{reason}"
+    if event_type == "RefundAnswered":
+        if get("outcome") == "accepted":
+            return (
+                f"out_refund_no={get('out_refund_no')} accepted: HTTP {get('status_code')} status={get('status')}"
+                f" refund_id={get('refund_id')} request_id={get('request_id')}"
+            )
+        return f"out_refund_no={get('out_refund_no')} outcome unknown ({get('detail')}): a refund query will tell"
+    if event_type == "RefundRejected":
+        return f"out_refund_no={get('out_refund_no')} refused: HTTP {get('status_code')} {get('code')}"
+    if event_type == "OrderClosed":
+        return f"closed at WeChat Pay (HTTP {get('status_code')}) asked by {get('requested_by')}"
     if event_type.startswith("Refund"):
         return (
             f"out_refund_no={get('out_refund_no')} refund={get('refund')} refund_id={get('refund_id')}"

@@ -5,6 +5,7 @@ head too."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from projections.read_model.rebuild import rebuild_orders_view
 from projections.read_model.runner import catch_up_orders_view, open_orders_view, orders_head
 from projections.read_model.view import ORDERS_VIEW, OrdersProjection
 from tests.support.constants import MCHID
-from tests.support.orders import fill
+from tests.support.orders import as_replayed, fill
 from tests.support.projectors import orders_projector_running, project_until_caught_up
 
 BILL_DAY = date(2026, 11, 27)
@@ -66,11 +67,8 @@ def test_with_no_projector_running_the_catch_up_projects_up_to_the_last_order_ev
     started = time.monotonic()
     assert catch_up_orders_view(database_url, timeout=30) == head
     assert time.monotonic() - started < 20, "it waited for the bill event, which the view never tracks"
-    view = open_orders_view(database_url)
-    try:
-        assert view.get(MCHID, "ORDER-8003")["document"] == ledger.get_order(MCHID, "ORDER-8003").summary()  # type: ignore[index]
-    finally:
-        view.close()
+    with contextlib.closing(open_orders_view(database_url)) as view:
+        as_replayed(view, ledger, ["ORDER-8003"])
     lock = ProjectorLock(database_url, ORDERS_VIEW)
     assert lock.try_acquire(), "the catch-up let the lock go"
     try:

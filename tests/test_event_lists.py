@@ -19,6 +19,7 @@ from ledger.domain import (
     DECISION_EVENTS,
     EVIDENCE_EVENTS,
     PAYMENT_LIFECYCLE_EVENTS,
+    REQUEST_EVENTS,
     WEBHOOK_EVENTS,
     PaymentOrder,
 )
@@ -51,7 +52,19 @@ def test_every_order_event_is_either_evidence_or_a_decision() -> None:
 
 
 def test_the_lists_say_what_each_event_is() -> None:
-    assert names(EVIDENCE_EVENTS) == {"Opened", "Registered", "NotificationReceived", "StatusQueried"}
+    assert names(EVIDENCE_EVENTS) == {
+        "Opened",
+        "Registered",
+        "NotificationReceived",
+        "StatusQueried",
+        "RefundRequested",
+        "RefundAnswered",
+        "RefundRejected",
+        "OrderClosed",
+    }
+    # What the ledger asked WeChat (refunds, a close) and the answers: evidence that verify takes as recorded.
+    assert names(REQUEST_EVENTS) == {"RefundRequested", "RefundAnswered", "RefundRejected", "OrderClosed"}
+    assert set(REQUEST_EVENTS) <= set(EVIDENCE_EVENTS)
     assert names(DECISION_EVENTS) == {
         "PaymentSucceeded",
         "RefundSucceeded",
@@ -64,9 +77,13 @@ def test_the_lists_say_what_each_event_is() -> None:
     assert set(BILL_DECISION_EVENTS) == {PaymentOrder.BillDiscrepancy} <= set(DECISION_EVENTS)
 
 
-def test_webhooks_get_every_decision_but_a_trade_state_change_and_a_bill_difference() -> None:
-    assert set(WEBHOOK_EVENTS) <= set(DECISION_EVENTS)
+def test_webhooks_get_every_decision_but_a_trade_state_change_and_a_bill_difference_and_the_requests() -> None:
     assert set(DECISION_EVENTS) - set(WEBHOOK_EVENTS) == {PaymentOrder.TradeStateChanged, PaymentOrder.BillDiscrepancy}
+    assert set(WEBHOOK_EVENTS) - set(DECISION_EVENTS) == {
+        PaymentOrder.RefundRequested,
+        PaymentOrder.RefundRejected,
+        PaymentOrder.OrderClosed,
+    }
 
 
 def test_the_payment_lifecycle_is_a_registration_and_what_answers_it() -> None:

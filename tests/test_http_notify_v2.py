@@ -12,7 +12,6 @@ import hashlib
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import pytest
 
 from api.app import create_app
 from api.bootstrap import bootstrap
-from ledger.application import Ledger, build_ledger
+from ledger.application import build_ledger
 from ledger.domain import order_id
 from ledger.settings import Settings
 from ledger.store.sql import Database
@@ -34,7 +33,8 @@ from projections.reconcile.reconciler import Reconciler
 from projections.reconcile.worklist import Worklist
 from tests.support.audit import problems
 from tests.support.constants import APPID, MCHID
-from tests.support.servers import running, service, through_proxy
+from tests.support.sandbox_ledger import SandboxLedger, sandbox_ledger
+from tests.support.servers import running, through_proxy
 from tests.support.tamper import edit_json, rechain
 from tests.support.v2_vectors import (
     D6_HMAC,
@@ -58,14 +58,7 @@ DOC_MCHID, DOC_APPID = "10000100", "wx2421b1c4370ec43b"  # the merchant of the o
 SP, SP_APPID, SUB_A, SUB_B = "1230000109", "wx8888888888888888", "1900000109", "1900000209"
 
 
-@dataclass
-class World:
-    sandbox: Sandbox
-    client: httpx.Client
-    ledger: Ledger
-    env: dict[str, str]
-    database_url: str
-
+class World(SandboxLedger):
     @property
     def mchid(self) -> str:
         return self.sandbox.mchid
@@ -133,17 +126,9 @@ def world(
 
     @contextlib.contextmanager
     def build(ledger_v2_key: str | None = None, **options: Any) -> Iterator[World]:
-        sandbox = make_sandbox(**options)
-        with running(sandbox.app) as sandbox_url:
-            env = sandbox.write_ledger_config(tmp_path / "keys", sandbox_url)
-            if ledger_v2_key == "":
-                env.pop("WECHATPAY_V2_KEY")
-            elif ledger_v2_key is not None:
-                env["WECHATPAY_V2_KEY"] = ledger_v2_key
-            with service(env, database_url) as (client, ledger):
-                base = str(client.base_url).rstrip("/")
-                sandbox.notify_url, sandbox.v2_notify_url = f"{base}/wechatpay/notify", f"{base}/wechatpay/v2/notify"
-                yield World(sandbox, client, ledger, env, database_url)
+        v2_key = {} if ledger_v2_key is None else {"WECHATPAY_V2_KEY": ledger_v2_key}
+        with sandbox_ledger(World, make_sandbox(**options), tmp_path / "keys", database_url, **v2_key) as w:
+            yield w
 
     return build
 

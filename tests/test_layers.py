@@ -22,6 +22,8 @@ SANDBOX = "ledger.wechatpay.sandbox"
 DRIVERS = ("psycopg", "psycopg_pool", "sqlite3", "eventsourcing.postgres", "eventsourcing.sqlite")
 DOMAIN = ("ledger.domain", "ledger.statements")  # the aggregates: orders and inboxes, daily bills
 DOMAIN_IMPORTS = ("ledger.hashchain", "ledger.evidence", "ledger.identity", "ledger.errors")
+DOMAIN_RULE = f"the domain imports only {', '.join(DOMAIN_IMPORTS[:-1])} and {DOMAIN_IMPORTS[-1]} of ours"
+DRIVER_RULE = "only ledger/store/ knows the database drivers and the library's backends"
 
 
 def _module(path: Path) -> str:
@@ -69,19 +71,14 @@ def violations(module: str, imported: str) -> str | None:
         return "the identities import only ledger.evidence of ours"
     if module in DOMAIN and top == "ledger":
         if not any(_within(imported, allowed) for allowed in DOMAIN_IMPORTS):
-            return (
-                "the domain imports only ledger.hashchain, ledger.evidence, ledger.identity and ledger.errors of ours"
-            )
+            return DOMAIN_RULE
     if any(_within(imported, driver) for driver in DRIVERS) and not _within(module, "ledger.store"):
-        return "only ledger/store/ knows the database drivers and the library's backends"
+        return DRIVER_RULE
     return None
 
 
 def package_files() -> list[Path]:
     return sorted(p for package in PACKAGES for p in (ROOT / package).rglob("*.py"))
-
-
-DRIVER_RULE = "only ledger/store/ knows the database drivers and the library's backends"
 
 
 def broken_imports() -> list[str]:
@@ -111,29 +108,13 @@ def test_only_the_store_imports_database_drivers() -> None:
         ("api.app", "ledger.wechatpay.sandbox.signer", "the sandbox is imported only by cli/, tests and benches"),
         ("ledger.wechatpay.client", "ledger.domain", "the protocol package imports only ledger.errors and itself"),
         ("ledger.wechatpay.notification", "starlette.requests", "the protocol package knows no web framework"),
-        (
-            "ledger.domain",
-            "ledger.settings",
-            "the domain imports only ledger.hashchain, ledger.evidence, ledger.identity and ledger.errors of ours",
-        ),
-        (
-            "ledger.statements",
-            "ledger.domain",
-            "the domain imports only ledger.hashchain, ledger.evidence, ledger.identity and ledger.errors of ours",
-        ),
-        (
-            "ledger.statements",
-            "ledger.bill_evidence",
-            "the domain imports only ledger.hashchain, ledger.evidence, ledger.identity and ledger.errors of ours",
-        ),
+        ("ledger.domain", "ledger.settings", DOMAIN_RULE),
+        ("ledger.statements", "ledger.domain", DOMAIN_RULE),
+        ("ledger.statements", "ledger.bill_evidence", DOMAIN_RULE),
         ("ledger.errors", "ledger.settings", "the error tree and the evidence import nothing of ours"),
         ("ledger.evidence", "ledger.hashchain", "the error tree and the evidence import nothing of ours"),
         ("ledger.identity", "ledger.domain", "the identities import only ledger.evidence of ours"),
-        (
-            "projections.read_model.view",
-            "psycopg.sql",
-            "only ledger/store/ knows the database drivers and the library's backends",
-        ),
+        ("projections.read_model.view", "psycopg.sql", DRIVER_RULE),
     ],
 )
 def test_the_rules_catch_what_they_forbid(module: str, imported: str, rule: str) -> None:

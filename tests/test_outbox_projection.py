@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -121,3 +122,33 @@ def test_endpoints_from_the_configuration_file_are_synced(
     with pytest.raises(ConfigurationError) as error:
         Settings.load({**merchant_env, "LEDGER_CONFIG": str(config), "LEDGER_DATABASE_URL": sqlite_url})
     assert error.value.setting == "LEDGER_CONFIG endpoints[0].url"
+
+
+def test_refunds_asked_refused_and_closes_become_messages_for_business_systems(
+    database_url: str, ledger_factory: Callable[[], Ledger], factory: NotificationFactory, outbox: Outbox
+) -> None:
+    """Issue 4/8: business systems hear of the refunds the ledger asked (and WeChat's refusals) and of its
+    closes, not only of WeChat's decisions; WeChat's bare answers (RefundAnswered) stay in the history."""
+    ledger = ledger_factory()
+    everything = outbox.endpoints.add("http://127.0.0.1:9/all")
+    pay_and_refund(ledger, factory, "ORDER-9402")
+    at = dt.datetime(2026, 12, 3, tzinfo=dt.UTC)
+    key = ledger.get_order(MCHID, "ORDER-9402").key
+    ask = {"refund": 10, "reason": "", "requested_by": "alice", "notify_url": None, "requested_at": at}
+    ledger.change_order(key, lambda o: o.ask_refund(out_refund_no="R-ASKED", **ask))
+    refusal = {"status_code": 403, "code": "NOT_ENOUGH", "message": "", "raw_body": "", "request_id": ""}
+    ledger.change_order(key, lambda o: o.record_refund_rejection("R-ASKED", **refusal, answered_at=at))
+    ledger.register_order(MCHID, "ORDER-9403", 100)
+    closing = ledger.get_order(MCHID, "ORDER-9403").key
+    ledger.change_order(closing, lambda o: o.close(requested_by="bob", status_code=204, request_id="", closed_at=at))
+    run_outbox(database_url, ledger)
+    sent = sorted(
+        (m.out_trade_no, m.event_type) for m in outbox.messages.newest(limit=100) if m.endpoint_id == everything.id
+    )
+    assert sent == [
+        ("ORDER-9402", "PaymentSucceeded"),
+        ("ORDER-9402", "RefundRejected"),
+        ("ORDER-9402", "RefundRequested"),
+        ("ORDER-9402", "RefundSucceeded"),
+        ("ORDER-9403", "OrderClosed"),
+    ]

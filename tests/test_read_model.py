@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from projections.locks import ProjectorLock
 from projections.read_model.runner import open_orders_view, start_orders_projector
 from projections.read_model.view import ORDERS_VIEW, OrdersProjection
 from tests.support.constants import MCHID
-from tests.support.orders import fill
+from tests.support.orders import as_replayed, fill
 from tests.support.projectors import project_until_caught_up
 from tests.support.servers import running
 
@@ -31,17 +32,11 @@ def test_view_matches_the_aggregates(
     ledger = ledger_factory()
     numbers = fill(ledger, factory, 12)
     project_until_caught_up(database_url, ledger)
-    view = open_orders_view(database_url)
-    try:
+    with contextlib.closing(open_orders_view(database_url)) as view:
         assert view.position() == ledger.recorder.max_notification_id()
-        for no in numbers:
-            row = view.get(MCHID, no)
-            assert row is not None
-            assert row["document"] == ledger.get_order(MCHID, no).summary()
+        as_replayed(view, ledger, numbers)
         assert [r["out_trade_no"] for r in view.list_orders(trade_state="NOTPAY")] == numbers[2::3]
         assert len(view.refunds(MCHID, numbers[0])) == 1
-    finally:
-        view.datastore.close()  # type: ignore[attr-defined]
 
 
 def test_a_crash_mid_way_repeats_nothing_and_skips_nothing(
@@ -81,13 +76,9 @@ def test_a_crash_mid_way_repeats_nothing_and_skips_nothing(
     assert 0 < crashed_at < (ledger.recorder.max_notification_id() or 0)
     monkeypatch.setattr(OrdersProjection, "process_event", original)
     project_until_caught_up(database_url, ledger)
-    view = open_orders_view(database_url)
-    try:
+    with contextlib.closing(open_orders_view(database_url)) as view:
         assert view.position() == ledger.recorder.max_notification_id()
-        for no in numbers:
-            assert view.get(MCHID, no)["document"] == ledger.get_order(MCHID, no).summary()  # type: ignore[index]
-    finally:
-        view.datastore.close()  # type: ignore[attr-defined]
+        as_replayed(view, ledger, numbers)
 
 
 def test_two_projectors_never_both_run(database_url: str, ledger_factory: Callable[[], Ledger]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from projections.read_model.runner import open_orders_view
 from projections.read_model.view import ORDERS_VIEW
 from tests.support.cli import clean_env, payledger
 from tests.support.constants import MCHID
-from tests.support.orders import fill
+from tests.support.orders import as_replayed, fill
 from tests.support.projectors import orders_projector_running, project_until_caught_up
 
 
@@ -125,16 +126,12 @@ def test_rebuild_is_live_while_the_projector_runs_and_writes_continue(
         writer.join(30)
         assert writer_done.is_set()
         fill(ledger, factory, 2, offset=200)  # after the switch: the projector must follow the new version
-        view = open_orders_view(database_url, summary.new)
-        try:
+        with contextlib.closing(open_orders_view(database_url, summary.new)) as view:
             deadline = time.monotonic() + 20
             while view.position() < (ledger.recorder.max_notification_id() or 0) and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert view.position() == ledger.recorder.max_notification_id()
-            for no in ("ORDER-8000", "ORDER-8105", "ORDER-8201"):
-                assert view.get(MCHID, no)["document"] == ledger.get_order(MCHID, no).summary()  # type: ignore[index]
-        finally:
-            view.close()
+            as_replayed(view, ledger, ("ORDER-8000", "ORDER-8105", "ORDER-8201"))
 
 
 def test_the_rebuild_command_switches_to_a_view_equal_to_the_incremental_one(

@@ -9,16 +9,13 @@ import datetime as dt
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from markupsafe import escape
 
 from api.bootstrap import bootstrap
-from ledger.application import Ledger
 from ledger.settings import Settings
 from ledger.wechatpay.sandbox.server import Sandbox
 from ledger.wechatpay.sandbox.signer import NotificationFactory
@@ -30,20 +27,14 @@ from projections.read_model.notifications import (
 )
 from tests.support.constants import MCHID
 from tests.support.projectors import run_notifications
-from tests.support.servers import post, running, service
+from tests.support.sandbox_ledger import SandboxLedger, sandbox_ledger
+from tests.support.servers import post, service
 
 TOKEN = "unrouted-t0ken-for-the-tests-only-0123"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 
 
-@dataclass
-class World:
-    sandbox: Sandbox
-    client: httpx.Client
-    ledger: Ledger
-    env: dict[str, str]
-    database_url: str
-
+class World(SandboxLedger):
     def unrouted(self, **params: str) -> dict[str, Any]:
         response = self.client.get("/notifications", params={"routed": "false", **params}, headers=BEARER)
         assert response.status_code == 200, response.text
@@ -54,13 +45,8 @@ class World:
 @pytest.fixture
 def w(make_sandbox: Callable[..., Sandbox], tmp_path: Path, database_url: str) -> Iterator[World]:
     """The sandbox as WeChat Pay, notifying the ledger's app on `database_url` (behind the admin token)."""
-    sandbox = make_sandbox()
-    with running(sandbox.app) as sandbox_url:
-        env = sandbox.write_ledger_config(tmp_path / "keys", sandbox_url)
-        with service(env, database_url, LEDGER_ADMIN_TOKEN=TOKEN) as (client, ledger):
-            base = str(client.base_url).rstrip("/")
-            sandbox.notify_url, sandbox.v2_notify_url = f"{base}/wechatpay/notify", f"{base}/wechatpay/v2/notify"
-            yield World(sandbox, client, ledger, {**env, "LEDGER_ADMIN_TOKEN": TOKEN}, database_url)
+    with sandbox_ledger(World, make_sandbox(), tmp_path / "keys", database_url, LEDGER_ADMIN_TOKEN=TOKEN) as world:
+        yield world
 
 
 def test_a_complaint_is_acknowledged_listed_and_linked_to_its_raw_history_and_a_payment_is_not(w: World) -> None:

@@ -53,15 +53,12 @@ class BillPages:
 
     def routes(self) -> list[Route]:
         return [
-            Route("/bills", self.index, methods=["GET"]),
-            Route("/bills/reconcile", self.reconcile, methods=["POST"]),
-            Route("/bills/{bill_date}", self.day, methods=["GET"]),
+            Route("/bills", self._pages.guarded(self.index), methods=["GET"]),
+            Route("/bills/reconcile", self._pages.guarded(self.reconcile), methods=["POST"]),
+            Route("/bills/{bill_date}", self._pages.guarded(self.day), methods=["GET"]),
         ]
 
-    async def index(self, request: Request) -> Response:
-        access = self._pages.guard(request)
-        if isinstance(access, Response):
-            return access
+    async def index(self, request: Request, access: Access) -> Response:
         state = app_state(request)
         reports = state.services.bill_reports
         merchants = sorted(state.merchants)
@@ -73,10 +70,7 @@ class BillPages:
         yesterday = beijing_today() - dt.timedelta(days=1)
         return self._pages.page(request, "bills.html", access=access, merchants=found, default_day=yesterday)
 
-    async def day(self, request: Request) -> Response:
-        access = self._pages.guard(request)
-        if isinstance(access, Response):
-            return access
+    async def day(self, request: Request, access: Access) -> Response:
         state = app_state(request)
         try:
             bill_date = bill_date_param(request.path_params["bill_date"])
@@ -110,15 +104,12 @@ class BillPages:
             ran=request.query_params.get("ran") == "1",
         )
 
-    async def reconcile(self, request: Request) -> Response:
+    async def reconcile(self, request: Request, access: Access) -> Response:
         """Run the day now; back to its page, with the reason when the bill could not be had (502)."""
-        access = self._pages.guard(request)
-        if isinstance(access, Response):
-            return access
         state = app_state(request)
-        form = await self._pages.form(request)
-        if not self._pages.sessions.csrf_ok(request, access, form.get("csrf", "")):
-            return self._pages.page(request, "message.html", 403, access=access, message="This form has expired.")
+        form = await self._pages.form(request, access)
+        if isinstance(form, Response):
+            return form
         try:
             bill_date = bill_date_param(form.get("bill_date"))
             mchid = mchid_param(state, form.get("mchid"))

@@ -18,8 +18,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from api.notifications import event_type_param, inbox_events, view_position
-from api.params import mchid_param
 from api.state import app_state
+from api.ui.auth import Access
 from ledger.errors import InvalidRequest, NotificationNotFound
 from projections.timeline import Timeline, build_timeline
 
@@ -47,14 +47,11 @@ class NotificationPages:
 
     def routes(self) -> list[Route]:
         return [
-            Route("/notifications", self.index, methods=["GET"]),
-            Route("/notifications/{notification_id}", self.history, methods=["GET"]),
+            Route("/notifications", self._pages.guarded(self.index), methods=["GET"]),
+            Route("/notifications/{notification_id}", self._pages.guarded(self.history), methods=["GET"]),
         ]
 
-    async def index(self, request: Request) -> Response:
-        access = self._pages.guard(request)
-        if isinstance(access, Response):
-            return access
+    async def index(self, request: Request, access: Access) -> Response:
         state = app_state(request)
         params = request.query_params
         mchid = params.get("mchid") or None
@@ -87,16 +84,12 @@ class NotificationPages:
             first_page=before is None,
         )
 
-    async def history(self, request: Request) -> Response:
-        access = self._pages.guard(request)
-        if isinstance(access, Response):
-            return access
+    async def history(self, request: Request, access: Access) -> Response:
         state = app_state(request)
         notification_id = request.path_params["notification_id"]
-        try:
-            mchid = mchid_param(state, request.query_params.get("mchid"))
-        except InvalidRequest as exc:
-            return self._pages.failure(request, access, exc, "Unknown or missing mchid.")
+        mchid = self._pages.merchant(request, access)
+        if isinstance(mchid, Response):
+            return mchid
 
         def load() -> Timeline:
             events = inbox_events(state.ledger, mchid, notification_id)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlencode
@@ -33,7 +34,16 @@ from api.state import app_state
 from api.ui.auth import COOKIE, SESSION_SECONDS, Access, UISessions
 from api.ui.bills import BillPages, bill_url
 from api.ui.notifications import NotificationPages
-from ledger.errors import BodyTooLarge, InvalidRequest, LedgerError, OrderNotFound, WeChatPayError
+from ledger.errors import (
+    BodyTooLarge,
+    InvalidRequest,
+    LedgerError,
+    OrderNotFound,
+    RequestConflict,
+    RequestRefused,
+    WeChatPayError,
+)
+from ledger.identity import OrderKey
 from ledger.settings import Settings
 from projections.read_model.runner import orders_head
 from projections.read_model.view import OrdersView
@@ -42,6 +52,7 @@ from projections.timeline import Entry, Timeline, attempt_text, duration, iso, l
 __all__ = ["ui_mount"]
 
 log = logging.getLogger("api.ui")
+UI_CALLER = "ui"  # who asked a refund or close from the pages, in the order's history
 
 _HERE = Path(__file__).parent
 MAX_FORM_BYTES = 4096
@@ -56,6 +67,8 @@ _HEADERS = {
     "Referrer-Policy": "same-origin",
     "X-Content-Type-Options": "nosniff",
 }
+# A page's handler, called once the request is let in (`OperatorPages.guarded`).
+Page = Callable[[Request, Access], Awaitable[Response]]
 # Shown in a "raw" fold of their own: what an auditor re-verifies, not what they read first.
 _RAW_FIELDS = ("raw_body", "signature_headers", "response_headers")
 
@@ -72,8 +85,13 @@ def _order_url(out_trade_no: str, mchid: str, sub_mchid: str | None = None, **pa
     return f"/ui/orders/{quote(out_trade_no, safe='')}?{urlencode({**_who(mchid, sub_mchid), **params})}"
 
 
+def _action_url(action: str, out_trade_no: str, mchid: str, sub_mchid: str | None = None) -> str:
+    """Where the order page's `action` form posts: query, refund or close."""
+    return f"/ui/orders/{quote(out_trade_no, safe='')}/{action}?{urlencode(_who(mchid, sub_mchid))}"
+
+
 def _query_url(out_trade_no: str, mchid: str, sub_mchid: str | None = None) -> str:
-    return f"/ui/orders/{quote(out_trade_no, safe='')}/query?{urlencode(_who(mchid, sub_mchid))}"
+    return _action_url("query", out_trade_no, mchid, sub_mchid)
 
 
 def _usable(view: OrdersView | None) -> OrdersView | None:
@@ -112,7 +130,12 @@ class OperatorPages:
         )
         self.templates.filters.update(pretty=_pretty, iso=iso, duration=duration)
         self.templates.globals.update(
-            attempt_text=attempt_text, order_url=_order_url, query_url=_query_url, bill_url=bill_url, payload=_payload
+            attempt_text=attempt_text,
+            order_url=_order_url,
+            query_url=_query_url,
+            action_url=_action_url,
+            bill_url=bill_url,
+            payload=_payload,
         )
 
     # -- rendering ------------------------------------------------------------------------
@@ -135,14 +158,42 @@ class OperatorPages:
         wanted = next_path or request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return self.page(request, "login.html", 401, error=error, next_path=_next_path(wanted))
 
-    def guard(self, request: Request) -> Access | HTMLResponse:
-        """How the request got in, or the login form (401) to answer instead."""
-        access = self.sessions.access(request)
-        return access if access is not None else self.login_form(request)
+    def guarded(self, page: Page) -> Callable[[Request], Awaitable[Response]]:
+        """The endpoint of `page`: called with how the request got in, or the login form (401) instead."""
 
-    async def form(self, request: Request) -> dict[str, str]:
-        """A POSTed form, small and read as it streams (see `_form`)."""
-        return await _form(request)
+        async def endpoint(request: Request) -> Response:
+            access = self.sessions.access(request)
+            if access is None:
+                return self.login_form(request)
+            return await page(request, access)
+
+        return endpoint
+
+    async def form(self, request: Request, access: Access) -> dict[str, str] | HTMLResponse:
+        """A POSTed form (small, read as it streams: see `_form`), or the page (403) to answer when it
+        does not carry the session's CSRF token."""
+        form = await _form(request)
+        if not self.sessions.csrf_ok(request, access, form.get("csrf", "")):
+            return self.page(request, "message.html", 403, access=access, message="This form has expired.")
+        return form
+
+    def merchant(self, request: Request, access: Access) -> str | HTMLResponse:
+        """The merchant `?mchid=` names (see `mchid_param`), or the page to answer when it names none."""
+        try:
+            return mchid_param(app_state(request), request.query_params.get("mchid"))
+        except InvalidRequest as exc:
+            return self.failure(request, access, exc, "Unknown or missing mchid.")
+
+    def _order_named(self, request: Request, access: Access) -> tuple[str, str, str | None] | HTMLResponse:
+        """The order a page is about (out_trade_no, mchid, sub_mchid), or the page to answer instead."""
+        mchid = self.merchant(request, access)
+        if isinstance(mchid, Response):
+            return mchid
+        try:
+            sub_mchid = sub_mchid_param(app_state(request), mchid, request.query_params.get("sub_mchid"))
+        except InvalidRequest as exc:
+            return self.failure(request, access, exc, f"{exc}.")
+        return request.path_params["out_trade_no"], mchid, sub_mchid
 
     def redirect(self, url: str) -> RedirectResponse:
         return RedirectResponse(url, status_code=303, headers=_HEADERS)
@@ -172,12 +223,10 @@ class OperatorPages:
         )
         return response
 
-    async def logout(self, request: Request) -> Response:
-        access = self.guard(request)
-        if isinstance(access, Response):
-            return access
-        if not self.sessions.csrf_ok(request, access, (await _form(request)).get("csrf", "")):
-            return self.page(request, "message.html", 403, access=access, message="This form has expired.")
+    async def logout(self, request: Request, access: Access) -> Response:
+        form = await self.form(request, access)
+        if isinstance(form, Response):
+            return form
         response = RedirectResponse("/ui/login", status_code=303, headers=_HEADERS)
         response.delete_cookie(COOKIE, path="/", secure=True, httponly=True, samesite="strict")
         return response
@@ -188,10 +237,7 @@ class OperatorPages:
         css = (_HERE / "static" / "ui.css").read_bytes()
         return Response(css, media_type="text/css", headers={"Cache-Control": "max-age=3600"})
 
-    async def search(self, request: Request) -> Response:
-        access = self.guard(request)
-        if isinstance(access, Response):
-            return access
+    async def search(self, request: Request, access: Access) -> Response:
         state = app_state(request)
         q = request.query_params.get("q", "").strip()[:64]
         given = request.query_params.get("sub_mchid", "").strip()[:32]
@@ -233,25 +279,12 @@ class OperatorPages:
         context["behind"] = behind
         return self.page(request, "search.html", status, access=access, matches=matches, **context)
 
-    async def order(self, request: Request) -> Response:
-        access = self.guard(request)
-        if isinstance(access, Response):
-            return access
-        return await self._order_page(request, access)
-
-    async def _order_page(
-        self, request: Request, access: Access, *, error: str | None = None, status: int = 200
-    ) -> Response:
+    async def order(self, request: Request, access: Access, *, error: str | None = None, status: int = 200) -> Response:
         state = app_state(request)
-        no = request.path_params["out_trade_no"]
-        try:
-            mchid = mchid_param(state, request.query_params.get("mchid"))
-        except InvalidRequest as exc:
-            return self.failure(request, access, exc, "Unknown or missing mchid.")
-        try:
-            sub_mchid = sub_mchid_param(state, mchid, request.query_params.get("sub_mchid"))
-        except InvalidRequest as exc:
-            return self.failure(request, access, exc, f"{exc}.")
+        named = self._order_named(request, access)
+        if isinstance(named, Response):
+            return named
+        no, mchid, sub_mchid = named
         services = state.services
 
         def load() -> tuple[Timeline, dict[str, str | None], list[dict[str, Any]]]:
@@ -283,27 +316,19 @@ class OperatorPages:
             siblings=siblings,
             error=error,
             queried=int(queried) if queried.isdigit() else None,
-            payload=_payload,
+            asked=request.query_params.get("asked", "")[:100],
         )
 
-    async def requery(self, request: Request) -> Response:
+    async def requery(self, request: Request, access: Access) -> Response:
         """Ask WeChat Pay now; the answer is recorded as a StatusQueried event like any query."""
-        access = self.guard(request)
-        if isinstance(access, Response):
-            return access
         state = app_state(request)
-        form = await _form(request)
-        if not self.sessions.csrf_ok(request, access, form.get("csrf", "")):
-            return self.page(request, "message.html", 403, access=access, message="This form has expired.")
-        no = request.path_params["out_trade_no"]
-        try:
-            mchid = mchid_param(state, request.query_params.get("mchid"))
-        except InvalidRequest as exc:
-            return self.failure(request, access, exc, "Unknown or missing mchid.")
-        try:
-            sub_mchid = sub_mchid_param(state, mchid, request.query_params.get("sub_mchid"))
-        except InvalidRequest as exc:
-            return self.failure(request, access, exc, f"{exc}.")
+        form = await self.form(request, access)
+        if isinstance(form, Response):
+            return form
+        named = self._order_named(request, access)
+        if isinstance(named, Response):
+            return named
+        no, mchid, sub_mchid = named
         if not OUT_TRADE_NO.fullmatch(no):
             return self.page(request, "message.html", 400, access=access, message="Not an out_trade_no.")
         try:
@@ -313,9 +338,68 @@ class OperatorPages:
         except WeChatPayError as exc:
             answer = answer_for(exc)
             error = f"WeChat Pay query failed ({answer.message(exc)})."
-            return await self._order_page(request, access, error=error, status=answer.status)
+            return await self.order(request, access, error=error, status=answer.status)
         log.info("operator re-queried %s mchid=%s sub_mchid=%s -> %s", no, mchid, sub_mchid, order.trade_state)
         return self.redirect(_order_url(no, mchid, sub_mchid, queried=str(order.version)))
+
+    # -- refunds and closes, asked from the order page (a confirmation first) ---------------------
+
+    async def refund(self, request: Request, access: Access) -> Response:
+        return await self._ask(request, access, "refund")
+
+    async def close(self, request: Request, access: Access) -> Response:
+        return await self._ask(request, access, "close")
+
+    async def _ask(self, request: Request, access: Access, action: str) -> Response:
+        """The order page's refund or close: the first POST shows what will be asked (nothing is sent),
+        the confirmed one asks it through the ledger (`ledger.refunding`), like the API and the CLI."""
+        state = app_state(request)
+        form = await self.form(request, access)
+        if isinstance(form, Response):
+            return form
+        named = self._order_named(request, access)
+        if isinstance(named, Response):
+            return named
+        no, mchid, sub_mchid = named
+        if not OUT_TRADE_NO.fullmatch(no):
+            return self.page(request, "message.html", 400, access=access, message="Not an out_trade_no.")
+        key = OrderKey(mchid, no, sub_mchid)
+        fields = {name: form.get(name, "").strip() for name in ("out_refund_no", "amount", "reason")}
+        if action == "refund" and not (fields["amount"].isascii() and fields["amount"].isdigit()):
+            return await self.order(request, access, error="The amount must be a whole number of fen.", status=400)
+        if form.get("confirm") != "yes":
+            order = await anyio.to_thread.run_sync(
+                lambda: state.services.ledger.get_order_by_id(key.stream_id, no), limiter=state.limiter
+            )
+            return self.page(
+                request, "confirm.html", access=access, action=action, o=order.summary(), mchid=mchid, fields=fields
+            )
+        requester = state.services.requester
+        try:
+            if action == "refund":
+                asked = await anyio.to_thread.run_sync(
+                    lambda: requester.refund(
+                        key,
+                        out_refund_no=fields["out_refund_no"],
+                        amount=int(fields["amount"]),
+                        reason=fields["reason"],
+                        requested_by=UI_CALLER,
+                    ),
+                    limiter=state.limiter,
+                )
+                done = f"refund {fields['out_refund_no']}: {asked.outcome}"
+            else:
+                await anyio.to_thread.run_sync(
+                    lambda: requester.close(key, requested_by=UI_CALLER), limiter=state.limiter
+                )
+                done = "closed"
+        except (InvalidRequest, RequestRefused, RequestConflict) as exc:
+            return await self.order(request, access, error=f"{exc}.", status=answer_for(exc).status)
+        except WeChatPayError as exc:
+            answer = answer_for(exc)
+            return await self.order(request, access, error=f"WeChat Pay: {answer.message(exc)}.", status=answer.status)
+        log.info("operator asked %s of %s mchid=%s sub_mchid=%s: %s", action, no, mchid, sub_mchid, done)
+        return self.redirect(_order_url(no, mchid, sub_mchid, asked=done))
 
 
 def _payload(entry: Entry) -> dict[str, Any]:
@@ -330,12 +414,14 @@ def ui_mount(settings: Settings) -> Mount:
     return Mount(
         "/ui",
         routes=[
-            Route("/", pages.search, methods=["GET"]),
+            Route("/", pages.guarded(pages.search), methods=["GET"]),
             Route("/login", pages.login, methods=["GET", "POST"]),
-            Route("/logout", pages.logout, methods=["POST"]),
+            Route("/logout", pages.guarded(pages.logout), methods=["POST"]),
             Route("/static/ui.css", pages.stylesheet, methods=["GET"]),
-            Route("/orders/{out_trade_no}", pages.order, methods=["GET"]),
-            Route("/orders/{out_trade_no}/query", pages.requery, methods=["POST"]),
+            Route("/orders/{out_trade_no}", pages.guarded(pages.order), methods=["GET"]),
+            Route("/orders/{out_trade_no}/query", pages.guarded(pages.requery), methods=["POST"]),
+            Route("/orders/{out_trade_no}/refund", pages.guarded(pages.refund), methods=["POST"]),
+            Route("/orders/{out_trade_no}/close", pages.guarded(pages.close), methods=["POST"]),
             *BillPages(pages).routes(),
             *NotificationPages(pages).routes(),
         ],

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
-from ledger.domain import BILL_DECISION_EVENTS, EVIDENCE_EVENTS, Evidence, PaymentOrder, QueryEvidence
+from ledger.domain import BILL_DECISION_EVENTS, EVIDENCE_EVENTS, REQUEST_EVENTS, Evidence, PaymentOrder, QueryEvidence
 from ledger.errors import OrderConflict
 
 __all__ = ["EVIDENCE", "Rederiver"]
@@ -30,6 +30,9 @@ EVIDENCE = frozenset(cls.__name__ for cls in EVIDENCE_EVENTS)
 # Decisions taken from a kept daily bill, not from the stream's evidence: checked against the bill
 # they name by `ledger.audit.integrity`, not re-derived here.
 FROM_BILLS = frozenset(cls.__name__ for cls in BILL_DECISION_EVENTS)
+# What the ledger asked WeChat and what WeChat answered: taken as recorded (they follow from an
+# operator's request, not from earlier events), so that what comes after is derived in their light.
+REQUESTS = frozenset(cls.__name__ for cls in REQUEST_EVENTS)
 
 SHADOWS = 20_000
 _IGNORED = {"originator_id", "originator_version", "timestamp", "chain"}
@@ -100,6 +103,9 @@ class Rederiver:
         order = shadow.order
         if order is None:
             return [f"{name} before the order was opened"]
+        if name in REQUESTS:
+            event.mutate(order)
+            return []
         appid = self._appids.get(order.mchid)
         try:
             if name == "Registered":

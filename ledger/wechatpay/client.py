@@ -6,7 +6,11 @@ are retried within a deadline, any other 4xx is final, and an untrusted 2xx is n
 reconciler re-queries later).
 
 Daily bills ([protocol: Daily bills]) are applied for like any call; the file itself is the one answer not
-verified by signature (WeChat does not sign it), only by its SHA-1 (ledger/wechatpay/bill_download.py)."""
+verified by signature (WeChat does not sign it), only by its SHA-1 (ledger/wechatpay/bill_download.py).
+
+A refund ([protocol: Creating a refund]) is the one call that moves money, and is sent once: never retried
+here, whatever happens. A clear refusal is `WeChatPayRejected`; anything else short of a trusted answer
+about that refund is `OutcomeUnknown`, which the caller settles by querying the refund."""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import IO, Any, BinaryIO, Literal
@@ -28,6 +32,7 @@ from ledger.errors import (
     BillNotFound,
     BillNotReady,
     MalformedNotification,
+    OutcomeUnknown,
     ResponseUntrusted,
     VerificationFailed,
     WeChatPayRejected,
@@ -36,6 +41,7 @@ from ledger.errors import (
 from ledger.wechatpay.bill_download import BillDownload, BillTicket, BillWriter, ticket_from_answer
 from ledger.wechatpay.keys import KeyStore, normalise_serial
 from ledger.wechatpay.notification import parse_json_object
+from ledger.wechatpay.refunds import REFUND_PATH, RefundAnswer, RefundRequest, refund_answer
 from ledger.wechatpay.signature import (
     SignatureHeaders,
     authorization_header,
@@ -98,6 +104,11 @@ class WeChatPayResponse:
     received_at: dt.datetime
 
 
+def _compact(value: dict[str, Any]) -> bytes:
+    """Compact JSON, as WeChat's own SDKs send it; these exact bytes are signed and sent."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def _segment(value: str) -> str:
     # "." and ".." would be folded away by URL normalisation and change the signed target.
     if value.strip(".") == "":
@@ -121,8 +132,8 @@ def _retry_after(response: httpx.Response | None) -> float | None:
 
 
 class WeChatPayClient:
-    """Synchronous, thread-safe client for the query, close and certificate APIs ([protocol: Querying an order
-    … Downloading platform certificates])."""
+    """Synchronous, thread-safe client for the query, refund, close and certificate APIs ([protocol: Querying
+    an order … Downloading platform certificates])."""
 
     def __init__(
         self,
@@ -212,11 +223,66 @@ class WeChatPayClient:
         target = f"/v3/refund/domestic/refunds/{_segment(out_refund_no)}"
         return self._call("GET", target if sub_mchid is None else f"{target}?sub_mchid={quote(sub_mchid, safe='')}")
 
-    def close_order(self, out_trade_no: str) -> WeChatPayResponse:
-        """[protocol: Closing an order]: close an unpaid order; success is a signed 204 with an empty body."""
-        # Compact, as WeChat's own SDKs send it; these exact bytes are signed and sent.
-        body = json.dumps({"mchid": self.mchid}, separators=(",", ":"), ensure_ascii=False).encode()
-        return self._call("POST", f"/v3/pay/transactions/out-trade-no/{_segment(out_trade_no)}/close", body)
+    def create_refund(self, request: RefundRequest) -> RefundAnswer:
+        """[protocol: Creating a refund]: ask for one refund, sent ONCE (no retry here: the caller settles an
+        unknown outcome by `query_refund`, and may send the very same request again, which WeChat refunds
+        at most once). `request.body()` is the exact bytes sent.
+
+        Returns WeChat's verified answer about that refund. Raises `WeChatPayRejected` for a clear refusal
+        (a 4xx but 429: NOT_ENOUGH, INVALID_REQUEST, PARAM_ERROR, RESOURCE_NOT_EXISTS, NO_AUTH, SIGN_ERROR…;
+        nothing was refunded), `OutcomeUnknown` for everything else: a timeout or a connection lost, a 429 or
+        a 5xx, a 2xx that does not verify or is not about this refund."""
+        body = request.body()
+        try:
+            # A 429 or 5xx is classified "retry", so one attempt ends in WeChatPayUnavailable; another 4xx
+            # is WeChatPayRejected and goes to the caller as it is.
+            response = self._call("POST", REFUND_PATH, body, max_attempts=1)
+        except WeChatPayRejected as exc:
+            if 400 <= exc.status < 500:
+                raise
+            # A 3xx is no answer of WeChat's: a proxy's, and what became of the request nobody knows.
+            raise OutcomeUnknown(f"POST {REFUND_PATH}: HTTP {exc.status}", status=exc.status) from None
+        except WeChatPayUnavailable as exc:
+            raise OutcomeUnknown(str(exc), status=exc.status, code=exc.code) from None
+        except ResponseUntrusted as exc:
+            raise OutcomeUnknown(f"{exc} (HTTP 2xx, untrusted)") from None
+        try:
+            return refund_answer(
+                request,
+                status_code=response.status_code,
+                body=response.body,
+                headers=response.headers,
+                key_serial=response.key_serial,
+                request_id=response.request_id,
+                received_at=response.received_at,
+                data=response.data,
+            )
+        except ResponseUntrusted as exc:
+            raise OutcomeUnknown(str(exc), status=response.status_code) from None
+
+    def close_order(self, out_trade_no: str, *, sub_mchid: str | None = None) -> WeChatPayResponse:
+        """[protocol: Closing an order]: close an unpaid order; success is a signed 204 with an empty body.
+        With `sub_mchid`, a provider's ([protocol: Service providers]: `sp_mchid` and `sub_mchid` in the
+        body). Closing again is harmless, so it is retried like a query."""
+        number = _segment(out_trade_no)
+        if sub_mchid is None:
+            body = _compact({"mchid": self.mchid})
+            return self._call("POST", f"/v3/pay/transactions/out-trade-no/{number}/close", body)
+        body = _compact({"sp_mchid": self.mchid, "sub_mchid": sub_mchid})
+        return self._call("POST", f"/v3/pay/partner/transactions/out-trade-no/{number}/close", body)
+
+    def close_combined(
+        self, combine_out_trade_no: str, *, combine_appid: str, sub_orders: Sequence[tuple[str, str | None]]
+    ) -> WeChatPayResponse:
+        """[protocol: Combined payments]: close a whole combined payment, naming every sub-order as
+        (out_trade_no, sub_mchid or None); each sub-order's `mchid` is this merchant's (a provider's
+        for its sub-merchants). A signed 204 like any close."""
+        named: list[dict[str, str]] = []
+        for out_trade_no, sub_mchid in sub_orders:
+            entry = {"mchid": self.mchid, "out_trade_no": out_trade_no}
+            named.append(entry if sub_mchid is None else {**entry, "sub_mchid": sub_mchid})
+        body = _compact({"combine_appid": combine_appid, "sub_orders": named})
+        return self._call("POST", f"/v3/combine-transactions/out-trade-no/{_segment(combine_out_trade_no)}/close", body)
 
     def download_certificates(self, *, verify: bool = True) -> WeChatPayResponse:
         """[protocol: Downloading platform certificates]: platform certificates. verify=False is only
@@ -305,12 +371,17 @@ class WeChatPayClient:
 
     # -- one call: attempts, retries, deadline -----------------------------------------------
 
-    def _call(self, method: str, target: str, body: bytes = b"", *, verify: bool = True) -> WeChatPayResponse:
+    def _call(
+        self, method: str, target: str, body: bytes = b"", *, verify: bool = True, max_attempts: int | None = None
+    ) -> WeChatPayResponse:
         path = self._prefix + target
         started = self._clock()
         last = "no attempt within the deadline"
+        last_status: int | None = None
+        last_code = ""
         attempts = 0
-        while attempts < self._max_attempts:
+        max_attempts = self._max_attempts if max_attempts is None else max_attempts
+        while attempts < max_attempts:
             remaining = self._deadline - (self._clock() - started)
             if remaining <= 0:
                 break
@@ -332,9 +403,12 @@ class WeChatPayClient:
                 if verdict == "reject":
                     raise WeChatPayRejected(response.status_code, code, message)
                 last = f"{last} {code}".rstrip()
+                last_status, last_code = response.status_code, code
             elif verdict == "reject":
                 raise WeChatPayUnavailable(f"{method} {path}: {last}")
-            if attempts >= self._max_attempts:
+            else:
+                last_status, last_code = None, ""
+            if attempts >= max_attempts:
                 break
             delay = _retry_after(response)
             if delay is None:
@@ -343,7 +417,9 @@ class WeChatPayClient:
             if self._clock() - started + delay >= self._deadline:
                 break
             self._sleep(delay)
-        raise WeChatPayUnavailable(f"{method} {path}: gave up after {attempts} attempt(s), last {last}")
+        raise WeChatPayUnavailable(
+            f"{method} {path}: gave up after {attempts} attempt(s), last {last}", status=last_status, code=last_code
+        )
 
     def _request(
         self,

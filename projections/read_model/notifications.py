@@ -40,8 +40,10 @@ from ledger.store.views import PostgresViewRecorder, SQLiteViewRecorder, ViewRec
 from projections.locks import ProjectorLock
 from projections.read_model.live import live_view, next_version, set_live_view
 from projections.read_model.runner import follow, projection_runner, wake
+from projections.read_model.sql import filters, upsert, where
 
 __all__ = [
+    "LISTED_FIELDS",
     "NOTIFICATIONS_VIEW",
     "NOTIFICATION_FIELDS",
     "NotificationsProjection",
@@ -58,19 +60,10 @@ log = logging.getLogger("projections.runner")
 
 NOTIFICATIONS_VIEW = "notifications_view"
 NOTIFICATION_KEY = ("mchid", "notification_id")
-NOTIFICATION_FIELDS = (
-    *NOTIFICATION_KEY,
-    "stream_id",
-    "position",
-    "event_type",
-    "resource_type",
-    "original_type",
-    "summary",
-    "received_at",
-    "last_received_at",
-    "deliveries",
-    "version",
-)
+# What a row tells of its notification; the rest of it places the row in the log.
+_FACTS = ("event_type", "resource_type", "original_type", "summary", "received_at", "last_received_at", "deliveries")
+NOTIFICATION_FIELDS = (*NOTIFICATION_KEY, "stream_id", "position", *_FACTS, "version")
+LISTED_FIELDS = (*NOTIFICATION_KEY, *_FACTS)  # what a list of the notifications shows of each
 # What a later delivery of the same notification changes; the rest is the first delivery's.
 _LATEST = ("last_received_at", "deliveries", "version")
 _TIMES = ("received_at", "last_received_at")
@@ -140,14 +133,9 @@ class NotificationsView(ViewRecorder):
     def record(self, row: dict[str, Any], tracking: Tracking) -> None:
         """The notification's row (the first delivery inserts it, a later one updates `_LATEST`) and
         the tracking position, in one transaction."""
-        updates = ", ".join(f"{name} = excluded.{name}" for name in _LATEST)
         with self.transaction() as curs:
             curs.execute(
-                self._sql(
-                    f"INSERT INTO {{notifications}} ({', '.join(NOTIFICATION_FIELDS)})"
-                    f" VALUES ({', '.join(['%s'] * len(NOTIFICATION_FIELDS))})"
-                    f" ON CONFLICT ({', '.join(NOTIFICATION_KEY)}) DO UPDATE SET {updates}"
-                ),
+                self._sql(upsert("notifications", NOTIFICATION_FIELDS, NOTIFICATION_KEY, _LATEST)),
                 [row[name] for name in NOTIFICATION_FIELDS],
             )
             self.write_tracking(curs, tracking)
@@ -164,19 +152,13 @@ class NotificationsView(ViewRecorder):
     ) -> list[dict[str, Any]]:
         """Notifications in the order they first came (the newest first with `newest_first`), filtered;
         `after`/`before`: the `position` of the last row of the page before (a keyset)."""
-        where, params = [], []
-        for clause, value in (
+        clauses, params = filters(
             ("mchid = %s", mchid),
             ("event_type = %s", event_type),
             ("position > %s", after),
             ("position < %s", before),
-        ):
-            if value is not None:
-                where.append(clause)
-                params.append(value)
-        text = f"SELECT {', '.join(NOTIFICATION_FIELDS)} FROM {{notifications}}"
-        if where:
-            text += " WHERE " + " AND ".join(where)
+        )
+        text = f"SELECT {', '.join(NOTIFICATION_FIELDS)} FROM {{notifications}}{where(clauses)}"
         text += f" ORDER BY position {'DESC' if newest_first else 'ASC'} LIMIT %s"
         with self.transaction(commit=False) as curs:
             curs.execute(self._sql(text), [*params, limit])

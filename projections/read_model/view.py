@@ -31,6 +31,7 @@ from ledger.domain import ALL_EVENTS, PaymentOrder
 from ledger.errors import ReadModelOutdated
 from ledger.store.sql import Cursor
 from ledger.store.views import PostgresViewRecorder, SQLiteViewRecorder, ViewRecorder
+from projections.read_model.sql import filters, upsert, where
 
 __all__ = [
     "LAYOUT_COLUMN",
@@ -216,26 +217,13 @@ class OrdersView(ViewRecorder):
     def upsert_many(self, curs: Cursor, orders: list[dict[str, Any]], refunds: list[dict[str, Any]]) -> None:
         """Orders and refunds by key, inserted or replaced, in the caller's transaction."""
         self._current()
-        columns = ", ".join(ORDER_FIELDS)
-        updates = ", ".join(f"{c} = excluded.{c}" for c in ORDER_FIELDS[len(ORDER_KEY) :])
-        if orders:
-            curs.executemany(
-                self._sql(
-                    f"INSERT INTO {{orders}} ({columns}) VALUES ({', '.join(['%s'] * len(ORDER_FIELDS))})"
-                    f" ON CONFLICT ({', '.join(ORDER_KEY)}) DO UPDATE SET {updates}"
-                ),
-                [[o[c] for c in ORDER_FIELDS] for o in orders],
-            )
-        if refunds:
-            updates = ", ".join(f"{c} = excluded.{c}" for c in REFUND_FIELDS[len(REFUND_KEY) :])
-            curs.executemany(
-                self._sql(
-                    f"INSERT INTO {{refunds}} ({', '.join(REFUND_FIELDS)})"
-                    f" VALUES ({', '.join(['%s'] * len(REFUND_FIELDS))})"
-                    f" ON CONFLICT ({', '.join(REFUND_KEY)}) DO UPDATE SET {updates}"
-                ),
-                [[r[c] for c in REFUND_FIELDS] for r in refunds],
-            )
+        for table, fields, key, rows in (
+            ("orders", ORDER_FIELDS, ORDER_KEY, orders),
+            ("refunds", REFUND_FIELDS, REFUND_KEY, refunds),
+        ):
+            if rows:
+                statement = upsert(table, fields, key, fields[len(key) :])
+                curs.executemany(self._sql(statement), [[row[c] for c in fields] for row in rows])
 
     def record(self, order: PaymentOrder, at: dt.datetime, tracking: Tracking) -> None:
         """The order's rows and the tracking position, in one transaction."""
@@ -273,27 +261,21 @@ class OrdersView(ViewRecorder):
     ) -> list[dict[str, Any]]:
         """Orders by last change (oldest first), filtered; `after` is the keyset cursor
         (updated_at, mchid, out_trade_no, sub_mchid), see `cursor_decode`."""
-        where, params = [], []
-        for clause, value in (
+        clauses, params = filters(
             ("mchid = %s", mchid),
             ("sub_mchid = %s", sub_mchid),
             ("trade_state = %s", trade_state),
             ("updated_at >= %s", since),
             ("updated_at < %s", until),
-        ):
-            if value is not None:
-                where.append(clause)
-                params.append(value)
+        )
         if after is not None:
             updated_at, after_mchid, after_no, after_sub = after
-            where.append(
+            clauses.append(
                 "(updated_at > %s OR (updated_at = %s AND (mchid > %s OR (mchid = %s AND"
                 " (sub_mchid > %s OR (sub_mchid = %s AND out_trade_no > %s))))))"
             )
             params += [updated_at, updated_at, after_mchid, after_mchid, after_sub, after_sub, after_no]
-        text = f"SELECT {', '.join(ORDER_FIELDS)} FROM {{orders}}"
-        if where:
-            text += " WHERE " + " AND ".join(where)
+        text = f"SELECT {', '.join(ORDER_FIELDS)} FROM {{orders}}{where(clauses)}"
         text += " ORDER BY updated_at, mchid, sub_mchid, out_trade_no LIMIT %s"
         return self._select(ORDER_FIELDS, text, [*params, limit])
 

@@ -39,8 +39,15 @@ log = logging.getLogger("ledger.reconcile")
 # WeChat suggests querying a few seconds after a late callback; like Kill Bill's janitor we
 # then back off to minutes and hours. [protocol: Querying an order]: unpaid orders are auto-closed after 7 days.
 _PAGE = 500
-# What adds a refund to confirm (an APIv2 refund delivery) and what settles it (a final refund decision).
-_REFUND_EVENTS = (PaymentOrder.NotificationReceived, PaymentOrder.RefundSucceeded, PaymentOrder.RefundClosed)
+# What adds a refund to confirm (an APIv2 refund delivery, a refund asked through the ledger) and what
+# settles it (a final refund decision, WeChat's refusal of the request).
+_REFUND_EVENTS = (
+    PaymentOrder.NotificationReceived,
+    PaymentOrder.RefundRequested,
+    PaymentOrder.RefundSucceeded,
+    PaymentOrder.RefundClosed,
+    PaymentOrder.RefundRejected,
+)
 V2_REFUND = "REFUND.V2"
 
 
@@ -150,17 +157,27 @@ class Reconciler:
         return applied
 
     def _refund_event(self, cur: Any, event: Any) -> bool:
-        """An APIv2 refund delivery adds its refund, a final refund decision settles it; False for other events."""
+        """An APIv2 refund delivery or a refund asked through the ledger adds its refund, a final refund
+        decision or WeChat's refusal settles it; False for other events."""
         stream_id = str(event.originator_id)
         if isinstance(event, PaymentOrder.RefundSucceeded | PaymentOrder.RefundClosed):
             self._worklist.settle_refund(cur, stream_id, event.out_refund_no, event.status)
             return True
-        out_refund_no = event.resource.get("out_refund_no") if event.event_type == V2_REFUND else None
+        if isinstance(event, PaymentOrder.RefundRejected):
+            self._worklist.settle_refund(cur, stream_id, event.out_refund_no, "REJECTED")
+            return True
+        if isinstance(event, PaymentOrder.RefundRequested):
+            order: PaymentOrder = self._ledger.repository.get(event.originator_id, version=event.originator_version)
+            out_refund_no, mchid, out_trade_no = event.out_refund_no, order.mchid, order.out_trade_no
+        elif event.event_type == V2_REFUND:
+            out_refund_no = event.resource.get("out_refund_no")
+            mchid = event.resource.get("sp_mchid") or event.resource.get("mchid") or ""
+            out_trade_no = event.resource.get("out_trade_no") or ""
+        else:
+            return False
         if not isinstance(out_refund_no, str) or not out_refund_no:
             return False
         received_at = event.timestamp.timestamp()
-        mchid = event.resource.get("sp_mchid") or event.resource.get("mchid") or ""
-        out_trade_no = event.resource.get("out_trade_no") or ""
         due = DueRefund(stream_id, out_refund_no, str(mchid), str(out_trade_no), received_at + self._expiry, 0)
         self._worklist.add_refund(cur, due, received_at + self._schedule[0])
         return True
@@ -217,14 +234,17 @@ class Reconciler:
         return Change(due.mchid, due.out_trade_no, before.trade_state, after.trade_state, True)
 
     def _reconcile_refund(self, due: DueRefund, confirm: Callable[..., PaymentOrder]) -> Change:
-        """Ask about a refund an APIv2 notification told, unless a final decision about it came meanwhile."""
+        """Ask about a refund an APIv2 notification told or the ledger asked, unless a final decision about it
+        (or WeChat's refusal of the request) came meanwhile."""
         try:
             order = self._ledger.get_order_by_id(uuid.UUID(due.stream_id))
         except OrderNotFound:
             self._worklist.release_refund(self.owner, due, state="done", refund_status="UNKNOWN")
             return Change(due.mchid, due.out_trade_no, "UNKNOWN", "UNKNOWN", False, out_refund_no=due.out_refund_no)
         before = order.refunds.get(due.out_refund_no, {}).get("status") or "UNCONFIRMED"
-        if before in PaymentOrder.FINAL_REFUND_STATES:
+        if order.refund_requests.get(due.out_refund_no, {}).get("outcome") == "rejected":
+            before = "REJECTED"
+        if before in {*PaymentOrder.FINAL_REFUND_STATES, "REJECTED"}:
             self._worklist.release_refund(self.owner, due, state="done", refund_status=before)
             return Change(order.mchid, order.out_trade_no, before, before, False, out_refund_no=due.out_refund_no)
         self._limiter.acquire()

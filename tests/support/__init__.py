@@ -4,6 +4,7 @@
     builders     domain values by hand: evidence, a status-query answer, replay
     fakes        FakeClock, FakeWeChatPay, FakeWeChat, Receiver (a webhook endpoint)
     servers      an app under uvicorn on loopback, the ledger's app with a client, a TCP proxy to cut
+    sandbox_ledger  the sandbox as WeChat Pay and the ledger's app, each knowing the other
     inprocess    the app in-process, requests as raw ASGI scopes
     cli          `payledger` as a subprocess with a clean environment
     orders       a ledger filled with many orders (read model, rebuild)

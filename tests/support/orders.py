@@ -1,13 +1,17 @@
-"""Ledgers filled with orders through the real verifier: the realistic content tests read back."""
+"""Ledgers filled with orders through the real verifier: the realistic content tests read back, and
+the check that the orders view holds them as the ledger replays them."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from ledger.application import Ledger
 from ledger.wechatpay.notification import NotificationVerifier
 from ledger.wechatpay.sandbox.signer import NotificationFactory
+from projections.read_model.view import OrdersView
 from tests.support.constants import MCHID
 
-__all__ = ["fill"]
+__all__ = ["as_replayed", "fill"]
 
 
 def fill(ledger: Ledger, factory: NotificationFactory, count: int, offset: int = 0) -> list[str]:
@@ -25,3 +29,11 @@ def fill(ledger: Ledger, factory: NotificationFactory, count: int, offset: int =
             ledger.record_notification(MCHID, verifier.verify(d.headers, d.body))
         numbers.append(no)
     return numbers
+
+
+def as_replayed(view: OrdersView, ledger: Ledger, numbers: Iterable[str]) -> None:
+    """Each of the orders `numbers` is in `view` with the document its stream replays to."""
+    for no in numbers:
+        row = view.get(MCHID, no)
+        assert row is not None, f"{no} is not in the view"
+        assert row["document"] == ledger.get_order(MCHID, no).summary(), no

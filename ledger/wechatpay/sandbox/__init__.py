@@ -2,8 +2,8 @@
 
 It has keys of its own (WeChat's public key and platform certificates, the merchant's API key pair
 it verifies requests with, and an APIv2 key), holds orders of a direct merchant or of a service
-provider's sub-merchants, combined orders among them, serves the query, close and certificate APIs
-and daily bills, and delivers signed, encrypted notifications (APIv3, APIv2 XML, and other types
+provider's sub-merchants, combined orders among them, serves the query, refund, close and certificate
+APIs and daily bills, and delivers signed, encrypted notifications (APIv3, APIv2 XML, and other types
 such as complaints) on WeChat's retry schedule, with probes, duplicates and drops.
 `write_ledger_config` writes the settings that point a ledger at it.
 
@@ -14,6 +14,7 @@ such as complaints) on WeChat's retry schedule, with probes, duplicates and drop
     legacy.py            APIv2 XML notifications: signed payments, refunds with an encrypted req_info
     api.py               WeChat's endpoints: Authorization check, response signing, faults
     api_partner.py       the service-provider and combined-payment endpoints
+    refunds.py           refund creation: idempotent by out_refund_no, faults, every request as received
     bills.py             daily bills of its orders: trade and fund-flow files, download tokens, bill faults
     keys.py              which key signs: public key or platform certificates, rotation
     notices.py           the notifications it sends, built and scheduled

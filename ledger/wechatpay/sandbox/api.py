@@ -1,6 +1,6 @@
 """WeChat Pay's merchant APIs as the sandbox serves them ([protocol: Querying an order … Downloading platform
 certificates; Daily bills]): query, close, certificates, and applying for and downloading daily bills;
-the service-provider and combined-payment paths are in `api_partner.py`.
+the service-provider and combined-payment paths are in `api_partner.py`, refund creation in `refunds.py`.
 
 A request needs a valid merchant ``Authorization`` ([protocol: Signing a request]) or it is answered 401 SIGN_ERROR;
 every 2xx is signed as WeChat signs it ([protocol: Verifying an answer]), error answers and bill files
@@ -10,10 +10,12 @@ faults can be injected: failures, probe signatures ([protocol: Signature probes]
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -29,6 +31,7 @@ from ledger.wechatpay.sandbox import views
 from ledger.wechatpay.sandbox.api_partner import PartnerEndpoints, json_object, not_combined
 from ledger.wechatpay.sandbox.bills import parse_bill_date
 from ledger.wechatpay.sandbox.orders import Order, SandboxError, rfc3339
+from ledger.wechatpay.sandbox.refunds import REFUND_PATH, Held, RefundDesk
 from ledger.wechatpay.sandbox.signer import serial_hex
 from ledger.wechatpay.signature import (
     PROBE_PREFIX,
@@ -53,6 +56,7 @@ _DEFAULT_FAILURES = {
 _BAD_FORMAT = "Http头Authorization值格式错误，请参考《微信支付商户REST API签名规则》"
 
 Handler = Callable[[Request, bytes], tuple[int, Any]]
+Observer = Callable[[bytes], None]
 
 
 def parse_authorization(value: str) -> dict[str, str] | None:
@@ -100,6 +104,13 @@ def _tampered(body: bytes) -> bytes:
     return body
 
 
+async def _hold(request: Request, seconds: float) -> None:
+    """Answer nothing for `seconds`, or until the client hangs up (as a client that timed out does)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not await request.is_disconnected():
+        await asyncio.sleep(0.02)
+
+
 def _check_count(n: int) -> None:
     if n < 0:
         raise SandboxError(400, "PARAM_ERROR", "a count of responses cannot be negative")
@@ -131,11 +142,12 @@ class WeChatApi:
         self._probes = 0
         self._tampers = 0
         self._requests: list[ApiRequest] = []
+        self.refunds = RefundDesk(sandbox)
 
     def routes(self) -> list[Route]:
-        def route(path: str, handler: Handler, method: str) -> Route:
+        def route(path: str, handler: Handler, method: str, observe: Observer | None = None) -> Route:
             async def endpoint(request: Request) -> Response:
-                return await self._serve(request, handler)
+                return await self._serve(request, handler, observe)
 
             return Route(path, endpoint, methods=[method])
 
@@ -144,6 +156,7 @@ class WeChatApi:
             route("/v3/pay/transactions/id/{transaction_id}", self._query_transaction_id, "GET"),
             route("/v3/pay/transactions/out-trade-no/{out_trade_no}/close", self._close, "POST"),
             route("/v3/refund/domestic/refunds/{out_refund_no}", self._query_refund, "GET"),
+            route(REFUND_PATH, self.refunds.create, "POST", self.refunds.observe),
             route("/v3/certificates", self._certificates, "GET"),
             route("/v3/bill/tradebill", self._trade_bill, "GET"),
             route("/v3/bill/fundflowbill", self._fundflow_bill, "GET"),
@@ -179,8 +192,10 @@ class WeChatApi:
 
     # -- one request -----------------------------------------------------------------------------
 
-    async def _serve(self, request: Request, handler: Handler) -> Response:
+    async def _serve(self, request: Request, handler: Handler, observe: Observer | None = None) -> Response:
         body = await request.body()
+        if observe is not None:
+            observe(body)
         target: bytes = request.scope.get("raw_path") or request.url.path.encode()
         if request.scope.get("query_string"):
             target += b"?" + request.scope["query_string"]
@@ -196,6 +211,9 @@ class WeChatApi:
             except SandboxError as exc:
                 response = _error(exc.status, exc.code, exc.message)
             else:
+                if isinstance(payload, Held):
+                    await _hold(request, payload.seconds)
+                    payload = payload.payload
                 if isinstance(payload, RawBody):
                     headers = {"Request-ID": _request_id()}
                     response = Response(payload.content, status, headers=headers, media_type=payload.media_type)

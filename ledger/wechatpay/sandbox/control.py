@@ -1,5 +1,6 @@
-"""The sandbox's own control endpoints under ``/sandbox/``: make orders (combined ones too), pay, refund,
-send other notifications, look.
+"""The sandbox's own control endpoints under ``/sandbox/``: make orders (combined ones too), pay (a closed
+order too: `after_close`), refund, send other notifications, inject faults, look (what refund requests
+WeChat received).
 
 These are not WeChat's: they need no Authorization, so a shell, a demo or a test in another
 process can drive the fake WeChat Pay. A provider's orders take `sub_mchid` (in the body or the
@@ -19,6 +20,7 @@ from ledger.wechatpay.sandbox import views
 from ledger.wechatpay.sandbox.api_partner import json_object
 from ledger.wechatpay.sandbox.bills import parse_bill_date
 from ledger.wechatpay.sandbox.orders import SandboxError, SubOrder
+from ledger.wechatpay.sandbox.refunds import REFUND_FAULTS
 
 if TYPE_CHECKING:
     from ledger.wechatpay.sandbox.server import Sandbox
@@ -101,6 +103,7 @@ def control_routes(sandbox: Sandbox) -> list[Route]:
             coupon_type=_field(data, "coupon_type", str, "CASH"),
             api=_field(data, "api", str, "v3"),
             sign_type=_field(data, "sign_type", str, "MD5"),
+            after_close=_field(data, "after_close", bool, False),
         )
         return 200, {"transaction_id": transaction_id}
 
@@ -149,6 +152,7 @@ def control_routes(sandbox: Sandbox) -> list[Route]:
             request.path_params["combine_out_trade_no"],
             notify=_field(data, "notify", bool, True),
             drop=_field(data, "drop", bool, False),
+            after_close=_field(data, "after_close", bool, False),
         )
         return 200, {"transaction_ids": transaction_ids}
 
@@ -182,6 +186,7 @@ def control_routes(sandbox: Sandbox) -> list[Route]:
         return 200, {"serial_no": serial}
 
     def faults(request: Request, data: dict[str, Any]) -> tuple[int, Any]:
+        apply_refund_settings = _refund_settings(data)  # checked before anything changes
         failures = _field(data, "fail_next", int, 0)
         if failures:
             code, message = data.get("code"), data.get("message")
@@ -198,7 +203,47 @@ def control_routes(sandbox: Sandbox) -> list[Route]:
             if fault is not None and not isinstance(fault, str):
                 raise SandboxError(400, "PARAM_ERROR", "a bill fault is a string or null")
             sandbox.set_bill_fault(parse_bill_date(day), fault)
-        return 200, {"bill_faults": {day.isoformat(): f for day, f in sorted(sandbox.bill_faults.items())}}
+        apply_refund_settings()
+        return 200, {
+            "bill_faults": {day.isoformat(): f for day, f in sorted(sandbox.bill_faults.items())},
+            "refund_faults": sandbox.refund_faults,
+            "refund_delay": sandbox.refund_delay,
+            "refund_hold": sandbox.refund_hold,
+        }
+
+    def _refund_settings(data: dict[str, Any]) -> Callable[[], None]:
+        """[protocol: Creating a refund]: the coming refund requests' faults, in order; how long an accepted
+        refund stays PROCESSING (null: until completed by hand); how long a held answer is held. Checked
+        now, applied by the function returned."""
+        refund_faults = _field(data, "refund_faults", list, [])
+        if not all(isinstance(fault, str) and fault in REFUND_FAULTS for fault in refund_faults):
+            raise SandboxError(400, "PARAM_ERROR", f"a refund fault is one of {', '.join(REFUND_FAULTS)}")
+        delay = data.get("refund_delay", sandbox.refund_delay)
+        hold = data.get("refund_hold", sandbox.refund_hold)
+        for name, value in (("refund_delay", delay), ("refund_hold", hold)):
+            if value is None and name == "refund_delay":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise SandboxError(400, "PARAM_ERROR", f"{name} must be a number of seconds")
+
+        def apply() -> None:
+            for fault in refund_faults:
+                sandbox.fail_next_refund(fault)
+            sandbox.refund_delay, sandbox.refund_hold = delay, hold
+
+        return apply
+
+    def refund_requests(request: Request, data: dict[str, Any]) -> tuple[int, Any]:
+        out_refund_no = request.path_params["out_refund_no"]
+        sub_mchid = _sub_mchid(request, data)
+        bodies = sandbox.refund_requests(out_refund_no, sub_mchid=sub_mchid)
+        return 200, {
+            "out_refund_no": out_refund_no,
+            "sub_mchid": sub_mchid,
+            "count": len(bodies),
+            "distinct_bodies": len(set(bodies)),
+            "bodies": [body.decode("utf-8", "replace") for body in bodies],
+        }
 
     def deliveries(request: Request, data: dict[str, Any]) -> tuple[int, Any]:
         return 200, {"deliveries": [a.as_dict() for a in sandbox.deliveries]}
@@ -213,6 +258,7 @@ def control_routes(sandbox: Sandbox) -> list[Route]:
         Route("/sandbox/orders/{out_trade_no}/refunds", _endpoint(refund), methods=["POST"]),
         Route("/sandbox/orders/{out_trade_no}/close", _endpoint(close), methods=["POST"]),
         Route("/sandbox/refunds/{out_refund_no}/complete", _endpoint(complete_refund), methods=["POST"]),
+        Route("/sandbox/refunds/{out_refund_no}/requests", _endpoint(refund_requests), methods=["GET"]),
         Route("/sandbox/combined-orders", _endpoint(create_combined), methods=["POST"]),
         Route("/sandbox/combined-orders/{combine_out_trade_no}", _endpoint(show_combined), methods=["GET"]),
         Route("/sandbox/combined-orders/{combine_out_trade_no}/pay", _endpoint(pay_combined), methods=["POST"]),

@@ -83,7 +83,9 @@ class Notices:
             fields = views.v2_refund_fields(order, refund, source)
             plaintext = legacy.req_info_plaintext(fields)
             body = legacy.refund_xml(merchant.party(order), plaintext, sandbox.v2_key, nonce=legacy.nonce_str())
-        notification = Notification(notification_id, event_type, body, self._url(api, order), seed, dropped)
+        # [protocol: Creating a refund]: a notify_url given with the refund request wins for its notifications.
+        url = refund.notify_url if api == "v3" and refund.notify_url else self._url(api, order)
+        notification = Notification(notification_id, event_type, body, url, seed, dropped)
         notification.out_refund_no = refund.out_refund_no
         self._schedule(notification, api=api, order=order)
         return notification_id

@@ -25,6 +25,7 @@ __all__ = [
     "Order",
     "OrderBook",
     "Refund",
+    "RefundAsk",
     "SandboxError",
     "SubOrder",
     "rfc3339",
@@ -82,6 +83,21 @@ class Refund:
     status: str
     create_time: str
     success_time: str | None = None
+    notify_url: str | None = None  # the refund request's own, which wins over the order's and the sandbox's
+
+
+@dataclass(frozen=True)
+class RefundAsk:
+    """A refund asked for through WeChat's API ([protocol: Creating a refund]): of the order named by
+    `transaction_id` or `out_trade_no` (a sub-merchant's: `sub_mchid`), `refund` fen of its `total`."""
+
+    out_refund_no: str
+    refund: int
+    total: int
+    transaction_id: str | None = None
+    out_trade_no: str | None = None
+    sub_mchid: str | None = None
+    notify_url: str | None = None
 
 
 @dataclass
@@ -227,10 +243,13 @@ class OrderBook:
         *,
         sub_mchid: str | None = None,
         promotions: tuple[Promotion, ...] = (),
+        after_close: bool = False,
     ) -> Order:
+        """`after_close`: the payer pays a CLOSED order, the race WeChat allows when a close and a payment
+        cross ([protocol: Closing an order])."""
         with self._lock:
             order = self._single(out_trade_no, sub_mchid)
-            self._check_payable(order)
+            self._check_payable(order, after_close)
             discount = sum(p.amount for p in promotions)
             if discount >= order.total:
                 raise SandboxError(400, "PARAM_ERROR", "coupons must leave the payer something to pay")
@@ -239,23 +258,25 @@ class OrderBook:
             order.payer_total = order.total - discount if promotions and payer_total is None else payer_total
             return copy.deepcopy(order)
 
-    def pay_combined(self, combine_out_trade_no: str) -> list[Order]:
+    def pay_combined(self, combine_out_trade_no: str, *, after_close: bool = False) -> list[Order]:
         """Every sub-order succeeds together, at one time ([next: Combined payment notification])."""
         with self._lock:
             orders = self._combined_orders(combine_out_trade_no)
             for order in orders:
-                self._check_payable(order)
+                self._check_payable(order, after_close)
             success_time = rfc3339(self._clock())
             for order in orders:
                 self._paid(order, success_time)
             return copy.deepcopy(orders)
 
     @staticmethod
-    def _check_payable(order: Order) -> None:
+    def _check_payable(order: Order, after_close: bool = False) -> None:
         if order.trade_state in {"SUCCESS", "REFUND"}:
             raise SandboxError(400, "ORDER_PAID", "订单已支付")
-        if order.trade_state == "CLOSED":
+        if order.trade_state == "CLOSED" and not after_close:
             raise SandboxError(400, "ORDER_CLOSED", "订单已关闭")
+        if order.trade_state != "CLOSED" and after_close:
+            raise SandboxError(400, "INVALID_REQUEST", "a payment after close needs a closed order")
 
     def _paid(self, order: Order, success_time: str) -> None:
         order.trade_state = "SUCCESS"
@@ -290,6 +311,57 @@ class OrderBook:
             order.refunds[out_refund_no] = refund
             self._settle(order, refund, status)
             return copy.deepcopy(order), copy.deepcopy(refund)
+
+    def request_refund(self, ask: RefundAsk) -> tuple[Order, Refund, bool]:
+        """[protocol: Creating a refund], atomically: the refund `ask` names, and whether it is new. The same
+        out_refund_no asked again of the same order for the same amounts is the refund already made, as it
+        now is; of another order or amount, INVALID_REQUEST. An order unknown or unpaid is RESOURCE_NOT_EXISTS
+        (WeChat's table: "未支付的订单不能发起退款"); more than is left, NOT_ENOUGH."""
+        with self._lock:
+            scope = self._scope(ask.sub_mchid)
+            known = next(
+                ((o, o.refunds[ask.out_refund_no]) for (s, _), o in self._orders.items()
+                 if s == scope and ask.out_refund_no in o.refunds),
+                None,
+            )  # fmt: skip
+            order = self._refunded_order(ask, scope)
+            if known is not None:
+                same = known[0] is order and known[1].amount == ask.refund and order.total == ask.total
+                if not same:
+                    raise SandboxError(400, "INVALID_REQUEST", "同一退款单号的退款信息与之前的请求不一致")
+                return copy.deepcopy(order), copy.deepcopy(known[1]), False
+            if order.trade_state not in {"SUCCESS", "REFUND"}:
+                raise SandboxError(404, "RESOURCE_NOT_EXISTS", "订单不存在或未支付")
+            if ask.total != order.total:
+                raise SandboxError(400, "INVALID_REQUEST", "订单金额与原订单金额不一致")
+            if ask.refund > order.refundable:
+                raise SandboxError(403, "NOT_ENOUGH", "退款金额超过订单可退金额")
+            refund = Refund(
+                out_refund_no=ask.out_refund_no,
+                refund_id=f"50300{self._rng.randrange(10**24):024d}",
+                amount=ask.refund,
+                status="PROCESSING",
+                create_time=rfc3339(self._clock()),
+                notify_url=ask.notify_url,
+            )
+            order.refunds[ask.out_refund_no] = refund
+            self._settle(order, refund, "PROCESSING")
+            return copy.deepcopy(order), copy.deepcopy(refund), True
+
+    def _refunded_order(self, ask: RefundAsk, scope: str) -> Order:
+        """The order a refund names: by transaction_id (and then its out_trade_no must agree) or out_trade_no;
+        a combined payment's sub-order by its own ([next: Refunds of sub-orders])."""
+        if ask.transaction_id is not None:
+            found = [o for (s, _), o in self._orders.items() if s == scope and o.transaction_id == ask.transaction_id]
+            if not found:
+                raise SandboxError(404, "RESOURCE_NOT_EXISTS", "订单不存在")
+            if ask.out_trade_no is not None and found[0].out_trade_no != ask.out_trade_no:
+                raise SandboxError(400, "INVALID_REQUEST", "transaction_id与out_trade_no不匹配")
+            return found[0]
+        order = self._orders.get((scope, ask.out_trade_no or ""))
+        if order is None:
+            raise SandboxError(404, "RESOURCE_NOT_EXISTS", "订单不存在")
+        return order
 
     def complete_refund(self, out_refund_no: str, status: str, *, sub_mchid: str | None = None) -> tuple[Order, Refund]:
         if status not in REFUND_STATUSES[:3]:

@@ -32,12 +32,14 @@ from ledger.wechatpay.sandbox.keys import Signing, SigningKey, WeChatKeys
 from ledger.wechatpay.sandbox.legacy import random_v2_key
 from ledger.wechatpay.sandbox.notices import APIS, Notices
 from ledger.wechatpay.sandbox.orders import Merchant, Order, OrderBook, SandboxError, SubOrder, rfc3339
+from ledger.wechatpay.sandbox.refunds import REFUND_FAULTS
 from ledger.wechatpay.sandbox.resources import Promotion
 from ledger.wechatpay.sandbox.signer import Delivery, NotificationFactory, serial_hex
 from ledger.wechatpay.v2 import MD5, SIGN_TYPES, check_v2_key
 
 __all__ = [
     "BILL_FAULTS",
+    "REFUND_FAULTS",
     "RETRY_SCHEDULE",
     "ApiRequest",
     "DeliveryAttempt",
@@ -52,6 +54,10 @@ __all__ = [
 ]
 
 COUPON_TYPES = ("CASH", "NOCASH")
+REFUND_DELAY = 60.0
+"""Seconds of WeChat's time an API refund stays PROCESSING ([protocol: Querying a refund]: "about a minute")."""
+REFUND_HOLD = 30.0
+"""Seconds the `timeout_after_accept` fault holds an answer back, at most: longer than any client waits."""
 REFUND_SOURCES = ("API", "VENDOR_PLATFORM")
 
 
@@ -90,6 +96,8 @@ class Sandbox:
         v2_key: str | None = None,
         v2_notify_url: str | None = None,
         answer_timeout: float = ANSWER_TIMEOUT,
+        refund_delay: float | None = REFUND_DELAY,
+        refund_hold: float = REFUND_HOLD,
     ) -> None:
         for name, rate in (
             ("duplicate_rate", duplicate_rate),
@@ -110,6 +118,11 @@ class Sandbox:
         self.notify_url = notify_url
         self.v2_notify_url = v2_notify_url
         self.drop_rate = drop_rate
+        # [protocol: Creating a refund]: how long a refund asked through the API stays PROCESSING (seconds of
+        # WeChat's time, divided by the time scale; None: until `complete_refund`), and how long the
+        # `timeout_after_accept` fault holds its answer back (real seconds, or until the client hangs up).
+        self.refund_delay = refund_delay
+        self.refund_hold = refund_hold
         self.clock = clock
         self.signing: Signing = signing
         self._lock = threading.RLock()
@@ -137,6 +150,11 @@ class Sandbox:
     @property
     def sub_mchids(self) -> tuple[str, ...]:
         return self.merchant.sub_mchids
+
+    @property
+    def time_scale(self) -> float:
+        """What WeChat's waits (retries, a refund's processing) are divided by."""
+        return self._notifier.time_scale
 
     @property
     def partner(self) -> bool:
@@ -179,10 +197,13 @@ class Sandbox:
         coupon_type: str = "CASH",
         api: str = "v3",
         sign_type: str = MD5,
+        after_close: bool = False,
     ) -> str:
         """The user pays: SUCCESS, a new transaction_id, and a TRANSACTION.SUCCESS notification (APIv3, or
         APIv2 XML to `v2_notify_url` signed with `sign_type`). A `discount` (fen) is a coupon of
-        `coupon_type` ([protocol: The payment resource] `promotion_detail`): the payer pays the total less it."""
+        `coupon_type` ([protocol: The payment resource] `promotion_detail`): the payer pays the total less it.
+        `after_close`: the order was CLOSED and is paid all the same, the race between a close and a payment
+        that WeChat allows ([protocol: Closing an order]); without it a closed order is ORDER_CLOSED."""
         _check_notification(api, sign_type)
         promotions: tuple[Promotion, ...] = ()
         if discount:
@@ -193,7 +214,9 @@ class Sandbox:
             with self._lock:
                 coupon_id = f"{self._rng.randrange(10**10):010d}"
             promotions = (Promotion(discount, coupon_type, coupon_id=coupon_id),)
-        order = self.orders.pay(out_trade_no, payer_total, sub_mchid=sub_mchid, promotions=promotions)
+        order = self.orders.pay(
+            out_trade_no, payer_total, sub_mchid=sub_mchid, promotions=promotions, after_close=after_close
+        )
         if notify:
             self._notices.payment(order, drop=drop, api=api, sign_type=sign_type)
         assert order.transaction_id is not None
@@ -246,9 +269,12 @@ class Sandbox:
         """A NOTPAY combined order: each sub-order an order of its own (under its `sub_mchid` for a provider)."""
         return self.orders.create_combined(combine_out_trade_no, sub_orders, notify_url)
 
-    def pay_combined_order(self, combine_out_trade_no: str, *, notify: bool = True, drop: bool = False) -> list[str]:
-        """Every sub-order paid together, told in ONE notification; their transaction_ids, in order."""
-        orders = self.orders.pay_combined(combine_out_trade_no)
+    def pay_combined_order(
+        self, combine_out_trade_no: str, *, notify: bool = True, drop: bool = False, after_close: bool = False
+    ) -> list[str]:
+        """Every sub-order paid together, told in ONE notification; their transaction_ids, in order.
+        `after_close`: paid although closed, as `pay`'s."""
+        orders = self.orders.pay_combined(combine_out_trade_no, after_close=after_close)
         if notify:
             self._notices.combined(orders, drop=drop)
         return [order.transaction_id or "" for order in orders]
@@ -335,6 +361,23 @@ class Sandbox:
     def tamper_next_response(self, n: int = 1) -> None:
         """The next `n` signed answers with a body have one byte changed after signing."""
         self._api.tamper_next_response(n)
+
+    def fail_next_refund(self, fault: str, n: int = 1) -> None:
+        """The next `n` refund requests ([protocol: Creating a refund]) meet `fault`: "timeout_after_accept"
+        (accepted, the answer held back `refund_hold` seconds or until the client hangs up), "error_5xx"
+        (500 SYSTEM_ERROR, nothing accepted), "error_5xx_after_accept" (accepted, then 500 SYSTEM_ERROR),
+        "not_enough" (403 NOT_ENOUGH, nothing accepted)."""
+        self._api.refunds.fail_next(fault, n)
+
+    @property
+    def refund_faults(self) -> list[str]:
+        """The refund faults still to come, in order."""
+        return self._api.refunds.faults
+
+    def refund_requests(self, out_refund_no: str, *, sub_mchid: str | None = None) -> list[bytes]:
+        """The body of every refund request that named `out_refund_no` (and `sub_mchid`), as received and in
+        order, whatever was answered: what WeChat saw."""
+        return self._api.refunds.received(out_refund_no, sub_mchid)
 
     def set_bill_fault(self, bill_date: dt.date, fault: str | None) -> None:
         """The bills of `bill_date` ([protocol: Daily bills]) from now on: "not_ready" (STATEMENT_CREATING),
