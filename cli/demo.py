@@ -1,13 +1,13 @@
 """`payledger demo`: the ledger and the sandbox on loopback, a scripted day of payments.
 
 It registers orders, pays them, lets WeChat send duplicates and a probe, refunds part of one
-order, drops one callback and lets reconciliation recover it by query, then prints each
-order's state and audit trail. Last, the day's bill: one payment the ledger never heard of is
-planted (paid at WeChat, never registered, its callback lost), and the bill reconciliation
-finds it and resolves it by query. Then a combined payment (合单: one notification settles two
-sub-orders, each in its own history) and a refund made in the merchant console (an APIv2 XML
-notification, decided once a refund query confirms it). Both services keep running until
-interrupted.
+order and closes an unpaid one through the ledger, drops one callback and lets reconciliation
+recover it by query, then prints each order's state and audit trail. Last, the day's bill: one
+payment the ledger never heard of is planted (paid at WeChat, never registered, its callback
+lost), and the bill reconciliation finds it and resolves it by query. Then a combined payment
+(合单: one notification settles two sub-orders, each in its own history) and a refund made in the
+merchant console (an APIv2 XML notification, decided once a refund query confirms it). Both
+services keep running until interrupted.
 """
 
 from __future__ import annotations
@@ -103,6 +103,24 @@ SUB_ORDERS = [("DEMO-0006", 1200, "teapot"), ("DEMO-0007", 800, "cups")]
 """A combined payment (合单): one notification settles both sub-orders, each in its own history."""
 CONSOLE_REFUND = ("DEMO-0002", "DEMO-R-0002", 300)
 """Refunded in the merchant console: WeChat tells it in APIv2 XML, even to an APIv3 merchant."""
+
+
+def _refund_and_close(api: httpx.Client, out: Callable[[str], None]) -> None:
+    """A refund and a close asked through the ledger: decided against the order, recorded before they are sent."""
+    asked = api.post(
+        "/orders/DEMO-0001/refunds", json={"out_refund_no": "DEMO-R-0001", "amount": 700, "reason": "破损"}
+    )
+    beyond = api.post("/orders/DEMO-0001/refunds", json={"out_refund_no": "DEMO-R-0009", "amount": 1801})
+    deadline = time.monotonic() + 10  # WeChat takes a moment to pay it back, then says so
+    while api.get("/orders/DEMO-0001").json()["refunded_total"] != 700 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    out(
+        f"asked the ledger to refund 700 of DEMO-0001's 2500 fen: answered {asked.status_code} "
+        f"({asked.json()['refund']['outcome']}; recorded before it was sent), WeChat's REFUND.SUCCESS decided it; "
+        f"1801 more answered {beyond.status_code} ({beyond.json()['message']}), nothing sent"
+    )
+    closed = api.post("/orders/DEMO-0004/close")
+    out(f"closed unpaid DEMO-0004 through the ledger: answered {closed.status_code}, {closed.json()['trade_state']}")
 
 
 def _combined_payment(sandbox: Sandbox, api: httpx.Client, out: Callable[[str], None]) -> None:
@@ -215,9 +233,7 @@ def run_demo(
                 f"{probed.json()['message']!r}, nothing stored"
             )
 
-            sandbox.refund("DEMO-0001", "DEMO-R-0001", 700)
-            sandbox.wait_idle(10)
-            out("refunded 700 of DEMO-0001's 2500 fen")
+            _refund_and_close(api, out)
 
             services = bootstrap(settings)
             try:

@@ -27,6 +27,10 @@ def test_demo_finishes_its_script_in_under_30_seconds_and_shows_the_recovered_or
     assert "DEMO-0003: NOTPAY -> SUCCESS" in out
     assert "DEMO-0003: SUCCESS" in out and "StatusQueried" in out
     assert "DEMO-0001: REFUND  amount_total=2500 refunded_total=700" in out
+    assert "refund 700 of DEMO-0001's 2500 fen: answered 201 (accepted; recorded before it was sent)" in out
+    assert "1801 more answered 409 (amount 1801 is more than the 1800 fen still refundable), nothing sent" in out
+    assert "closed unpaid DEMO-0004 through the ledger: answered 200, CLOSED" in out
+    assert "DEMO-0004: CLOSED" in out and "OrderClosed" in out and "RefundRequested" in out
     assert "answered 401" in out
     combined = out[out.index("\ncombined payment (合单) DEMO-COMBINE-01: ") :]
     # DEMO-0001..0003, and DEMO-0005 (the difference planted in the day's bill, decided by the query it set off)
