@@ -26,6 +26,7 @@ from ledger.audit.integrity import Report, check_all, check_order
 from ledger.domain import PaymentOrder
 from ledger.errors import InvalidRequest, OrderNotFound
 from ledger.groupcommit import GroupCommitter
+from ledger.identity import OrderKey
 from ledger.refunding import OrderRequester, RequestClient
 from ledger.settings import MerchantSettings, Settings
 from ledger.status_query import OrderQuery
@@ -148,7 +149,18 @@ class Services:
                 raise InvalidRequest(f"merchant {mchid} is not configured to call WeChat Pay (it needs its API key)")
             return merchant.client
 
-        return OrderRequester(self.ledger, client_for, notify_url=self.settings.notify_url)
+        def combined(mchid: str, combine_out_trade_no: str) -> list[OrderKey]:
+            catch_up_orders_view(self.database_url)  # a sub-order registered a moment ago is listed too
+            rows = self.orders_view.current().combined(combine_out_trade_no)
+            return [OrderKey(r["mchid"], r["out_trade_no"], r["sub_mchid"]) for r in rows if r["mchid"] == mchid]
+
+        return OrderRequester(
+            self.ledger,
+            client_for,
+            notify_url=self.settings.notify_url,
+            combined=combined,
+            appid=lambda mchid: merchant.settings.appid if (merchant := self.merchants.get(mchid)) else None,
+        )
 
     @cached_property
     def database(self) -> Database:

@@ -361,11 +361,11 @@ def openapi_document() -> dict[str, Any]:
         "/orders/{out_trade_no}/close": {
             "post": _admin(
                 "closeOrder",
-                "Close an unpaid order at WeChat Pay",
+                "Close an unpaid order at WeChat Pay (a combined payment's sub-order: its whole combination)",
                 _order_params({"type": "string", "pattern": OUT_TRADE_NO}),
                 {
                     "200": _json(ref("Order"), "closed (now, or by the ledger before: nothing sent)"),
-                    "409": _error("the order is paid (refund it instead), or a combined payment's sub-order"),
+                    "409": _error("the order (or another sub-order of its combined payment) is paid: refund it instead"),
                     "502": _error("WeChat Pay refused the close or its answer failed"),
                 },
                 "400",

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -44,6 +44,10 @@ class RequestClient(Protocol):
     def create_refund(self, request: RefundRequest) -> RefundAnswer: ...
 
     def close_order(self, out_trade_no: str, *, sub_mchid: str | None = None) -> WeChatPayResponse: ...
+
+    def close_combined(
+        self, combine_out_trade_no: str, *, combine_appid: str, sub_orders: Sequence[tuple[str, str | None]]
+    ) -> WeChatPayResponse: ...
 
 
 @dataclass(frozen=True)
@@ -75,11 +79,15 @@ class OrderRequester:
         client_for: Callable[[str], RequestClient],
         *,
         notify_url: Callable[[str], str | None] = lambda mchid: None,
+        combined: Callable[[str, str], list[OrderKey]] = lambda mchid, combine_out_trade_no: [],
+        appid: Callable[[str], str | None] = lambda mchid: None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self._ledger = ledger
         self._client_for = client_for
         self._notify_url = notify_url
+        self._combined = combined  # (mchid, combine_out_trade_no) -> the sub-orders registered with it
+        self._appid = appid
         self._clock = clock
 
     def refund(
@@ -152,26 +160,39 @@ class OrderRequester:
 
     def close(self, key: OrderKey, *, requested_by: str) -> tuple[PaymentOrder, bool]:
         """Close the unpaid order `key`: (the order, whether a close was sent now). `RequestRefused` when
-        it is paid (or a sub-order of a combined payment, which WeChat closes as a whole);
-        `WeChatPayRejected` as WeChat answers."""
+        it is paid; `WeChatPayRejected` as WeChat answers. A sub-order of a combined payment is closed
+        with its whole combination, as WeChat closes one: every sub-order registered with it must be
+        unpaid, and each records the close."""
         order = self._ledger.get_order_by_id(key.stream_id, key.out_trade_no)
-        if order.combine_out_trade_no is not None:
-            raise RequestRefused("a sub-order of a combined payment is closed with its combination, not alone")
         if not order.check_closable():
             return order, False
         client = self._client_for(key.mchid)
-        response = client.close_order(key.out_trade_no, sub_mchid=key.sub_mchid)
-        order, _ = self._ledger.change_order(
-            key,
-            lambda o: o.close(
-                requested_by=requested_by,
-                status_code=response.status_code,
-                request_id=response.request_id or "",
-                closed_at=response.received_at,
-            ),
-        )
-        log.info("closed %s mchid=%s (asked by %s)", key.out_trade_no, key.mchid, requested_by)
-        return order, True
+        combination = order.combine_out_trade_no
+        if combination is None:
+            response = client.close_order(key.out_trade_no, sub_mchid=key.sub_mchid)
+            closing = [key]
+        else:
+            siblings = [k for k in self._combined(key.mchid, combination) if k != key]
+            closing = [key, *dict.fromkeys(siblings)]
+            for sibling in closing:  # refused before any call when one of them is paid
+                self._ledger.get_order_by_id(sibling.stream_id, sibling.out_trade_no).check_closable()
+            appid = self._appid(key.mchid)
+            if not appid:
+                raise RequestRefused("closing a combined payment needs the merchant's WECHATPAY_APPID (combine_appid)")
+            sub_orders = [(sibling.out_trade_no, sibling.sub_mchid) for sibling in closing]
+            response = client.close_combined(combination, combine_appid=appid, sub_orders=sub_orders)
+        for closed in closing:
+            order, _ = self._ledger.change_order(
+                closed,
+                lambda o: o.close(
+                    requested_by=requested_by,
+                    status_code=response.status_code,
+                    request_id=response.request_id or "",
+                    closed_at=response.received_at,
+                ),
+            )
+            log.info("closed %s mchid=%s (asked by %s)", closed.out_trade_no, closed.mchid, requested_by)
+        return self._ledger.get_order_by_id(key.stream_id, key.out_trade_no), True
 
 
 def _check_refund_fields(out_refund_no: str, reason: str) -> None:

@@ -22,7 +22,7 @@ from api.app import create_app
 from api.bootstrap import bootstrap
 from ledger.settings import Settings
 from ledger.store.sql import Database
-from ledger.wechatpay.sandbox.server import Sandbox
+from ledger.wechatpay.sandbox.server import Sandbox, SubOrder
 from projections.reconcile.reconciler import Reconciler
 from projections.reconcile.worklist import Worklist
 from tests.support.cli import clean_env, payledger
@@ -298,3 +298,31 @@ def test_the_order_page_refunds_and_closes_after_a_confirmation(tmp_path: Path, 
         assert closed.status_code == 303
         assert w.order("RFD-0010")["trade_state"] == "CLOSED"
         assert "closed at WeChat Pay (HTTP 204) asked by ui" in w.client.get("/ui/orders/RFD-0010").text
+
+
+def test_closing_a_combined_payments_sub_order_closes_the_combination_in_every_sub_orders_history(
+    tmp_path: Path, database_url: str
+) -> None:
+    with world(tmp_path, database_url) as w:
+        parts = [("RFD-C-A", 300), ("RFD-C-B", 500)]
+        w.sandbox.create_combined_order("RFD-COMBINED", [SubOrder(no, fen) for no, fen in parts])
+        for no, fen in parts:
+            body = {"out_trade_no": no, "amount_total": fen, "combine_out_trade_no": "RFD-COMBINED"}
+            assert w.client.post("/orders", json=body).status_code == 201
+        closed = w.client.post("/orders/RFD-C-A/close")
+        assert closed.status_code == 200, closed.text
+        for no, _ in parts:
+            assert w.order(no)["trade_state"] == "CLOSED"
+            assert w.types(no)["OrderClosed"] == 1
+        closes = [r for r in w.sandbox.requests if r.path.endswith("/close")]
+        assert [r.path for r in closes] == ["/v3/combine-transactions/out-trade-no/RFD-COMBINED/close"]
+        # A sub-order paid meanwhile keeps the others open: refused before any call.
+        parts = [("RFD-D-A", 300), ("RFD-D-B", 500)]
+        w.sandbox.create_combined_order("RFD-COMBINED-2", [SubOrder(no, fen) for no, fen in parts])
+        for no, fen in parts:
+            body = {"out_trade_no": no, "amount_total": fen, "combine_out_trade_no": "RFD-COMBINED-2"}
+            assert w.client.post("/orders", json=body).status_code == 201
+        w.sandbox.pay_combined_order("RFD-COMBINED-2")
+        w.wait(lambda: w.order("RFD-D-B")["trade_state"] == "SUCCESS")
+        refused = w.client.post("/orders/RFD-D-A/close")
+        assert refused.status_code == 409 and refused.json()["code"] == "REFUSED"
