@@ -365,7 +365,9 @@ def openapi_document() -> dict[str, Any]:
                 _order_params({"type": "string", "pattern": OUT_TRADE_NO}),
                 {
                     "200": _json(ref("Order"), "closed (now, or by the ledger before: nothing sent)"),
-                    "409": _error("the order (or another sub-order of its combined payment) is paid: refund it instead"),
+                    "409": _error(
+                        "the order (or another sub-order of its combined payment) is paid: refund it instead"
+                    ),
                     "502": _error("WeChat Pay refused the close or its answer failed"),
                 },
                 "400",

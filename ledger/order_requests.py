@@ -212,16 +212,16 @@ class OrderRequests(ChainedAggregate):
     def record_refund_answer(self, out_refund_no: str, **answer: Any) -> bool:
         """WeChat's answer to the request (`RefundAnswered` fields); False when one is recorded already
         (only an unknown outcome can be followed by another answer)."""
-        if self.refund_requests[out_refund_no]["outcome"] not in ("requested", "unknown"):
-            return False
-        self.trigger_event(self.RefundAnswered, out_refund_no=out_refund_no, **answer)
-        return True
+        return self._answered(self.RefundAnswered, out_refund_no, answer)
 
     def record_refund_rejection(self, out_refund_no: str, **answer: Any) -> bool:
         """WeChat refused the request (`RefundRejected` fields): the amount is free again."""
+        return self._answered(self.RefundRejected, out_refund_no, answer)
+
+    def _answered(self, event: type[Aggregate.Event], out_refund_no: str, answer: dict[str, Any]) -> bool:
         if self.refund_requests[out_refund_no]["outcome"] not in ("requested", "unknown"):
             return False
-        self.trigger_event(self.RefundRejected, out_refund_no=out_refund_no, **answer)
+        self.trigger_event(event, out_refund_no=out_refund_no, **answer)
         return True
 
     # -- closing ---------------------------------------------------------------------------

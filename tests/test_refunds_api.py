@@ -18,7 +18,6 @@ from typing import Any
 import httpx
 import pytest
 
-from api.app import create_app
 from api.bootstrap import bootstrap
 from ledger.settings import Settings
 from ledger.store.sql import Database
@@ -26,15 +25,14 @@ from ledger.wechatpay.sandbox.server import Sandbox, SubOrder
 from projections.reconcile.reconciler import Reconciler
 from projections.reconcile.worklist import Worklist
 from tests.support.cli import clean_env, payledger
-from tests.support.servers import running
+from tests.support.sandbox_ledger import SandboxLedger, sandbox_ledger
 
 
 @dataclass
-class World:
-    sandbox: Sandbox
-    client: httpx.Client
-    settings: Settings
-    env: dict[str, str]
+class World(SandboxLedger):
+    @property
+    def settings(self) -> Settings:
+        return Settings.load({**self.env, "LEDGER_DATABASE_URL": self.database_url})
 
     def paid(self, out_trade_no: str, total: int = 100) -> None:
         self.sandbox.create_order(out_trade_no, total)
@@ -70,15 +68,9 @@ class World:
 
 @contextlib.contextmanager
 def world(tmp_path: Path, database_url: str) -> Iterator[World]:
-    sandbox = Sandbox(seed=7, time_scale=1000)
-    with running(sandbox.app) as sandbox_url:
-        env = sandbox.write_ledger_config(tmp_path / "keys", sandbox_url)
-        env["LEDGER_DATABASE_URL"] = database_url
-        settings = Settings.load(env)
-        with running(create_app(settings, background=False)) as ledger_url:
-            sandbox.notify_url = f"{ledger_url}/wechatpay/notify"
-            with httpx.Client(base_url=ledger_url, timeout=30) as client:
-                yield World(sandbox, client, settings, {**clean_env(), **env})
+    with sandbox_ledger(World, Sandbox(seed=7, time_scale=1000), tmp_path / "keys", database_url) as made:
+        made.env = {**clean_env(), **made.env, "LEDGER_DATABASE_URL": database_url}
+        yield made
 
 
 def test_partial_refunds_up_to_the_paid_amount_and_409_beyond_with_nothing_sent(

@@ -319,18 +319,28 @@ class OperatorPages:
             asked=request.query_params.get("asked", "")[:100],
         )
 
-    async def requery(self, request: Request, access: Access) -> Response:
-        """Ask WeChat Pay now; the answer is recorded as a StatusQueried event like any query."""
-        state = app_state(request)
+    async def _order_form(
+        self, request: Request, access: Access
+    ) -> tuple[dict[str, str], tuple[str, str, str | None]] | Response:
+        """A form POSTed to one order's page (see `form`), and the order (out_trade_no, mchid, sub_mchid);
+        or the page to answer instead."""
         form = await self.form(request, access)
         if isinstance(form, Response):
             return form
         named = self._order_named(request, access)
         if isinstance(named, Response):
             return named
-        no, mchid, sub_mchid = named
-        if not OUT_TRADE_NO.fullmatch(no):
+        if not OUT_TRADE_NO.fullmatch(named[0]):
             return self.page(request, "message.html", 400, access=access, message="Not an out_trade_no.")
+        return form, named
+
+    async def requery(self, request: Request, access: Access) -> Response:
+        """Ask WeChat Pay now; the answer is recorded as a StatusQueried event like any query."""
+        state = app_state(request)
+        posted = await self._order_form(request, access)
+        if isinstance(posted, Response):
+            return posted
+        _, (no, mchid, sub_mchid) = posted
         try:
             order = await anyio.to_thread.run_sync(
                 lambda: state.services.query_order(mchid, no, sub_mchid), limiter=state.limiter
@@ -354,15 +364,10 @@ class OperatorPages:
         """The order page's refund or close: the first POST shows what will be asked (nothing is sent),
         the confirmed one asks it through the ledger (`ledger.refunding`), like the API and the CLI."""
         state = app_state(request)
-        form = await self.form(request, access)
-        if isinstance(form, Response):
-            return form
-        named = self._order_named(request, access)
-        if isinstance(named, Response):
-            return named
-        no, mchid, sub_mchid = named
-        if not OUT_TRADE_NO.fullmatch(no):
-            return self.page(request, "message.html", 400, access=access, message="Not an out_trade_no.")
+        posted = await self._order_form(request, access)
+        if isinstance(posted, Response):
+            return posted
+        form, (no, mchid, sub_mchid) = posted
         key = OrderKey(mchid, no, sub_mchid)
         fields = {name: form.get(name, "").strip() for name in ("out_refund_no", "amount", "reason")}
         if action == "refund" and not (fields["amount"].isascii() and fields["amount"].isdigit()):
