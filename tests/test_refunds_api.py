@@ -318,3 +318,32 @@ def test_closing_a_combined_payments_sub_order_closes_the_combination_in_every_s
         w.wait(lambda: w.order("RFD-D-B")["trade_state"] == "SUCCESS")
         refused = w.client.post("/orders/RFD-D-A/close")
         assert refused.status_code == 409 and refused.json()["code"] == "REFUSED"
+
+
+def test_a_service_providers_sub_merchant_order_is_refunded_and_closed_by_the_partner_paths(
+    tmp_path: Path, database_url: str
+) -> None:
+    """[protocol: Service providers]: the same out_trade_no under two sub-merchants is two orders; the
+    refund names its sub_mchid in the body, the close goes by the partner path."""
+    sub_a, sub_b = "1900000201", "1900000202"
+    sandbox = Sandbox(seed=7, time_scale=1000, sub_mchids=(sub_a, sub_b))
+    with sandbox_ledger(World, sandbox, tmp_path / "keys", database_url) as w:
+        for sub_mchid, fen in ((sub_a, 100), (sub_b, 300)):
+            w.sandbox.create_order("RFD-P-1", fen, sub_mchid=sub_mchid)
+            body = {"out_trade_no": "RFD-P-1", "amount_total": fen, "sub_mchid": sub_mchid}
+            assert w.client.post("/orders", json=body).status_code == 201
+        w.sandbox.pay("RFD-P-1", sub_mchid=sub_b)
+        w.wait(lambda: w.client.get("/orders/RFD-P-1", params={"sub_mchid": sub_b}).json()["trade_state"] == "SUCCESS")
+        refund = {"out_refund_no": "RFD-P-1-R1", "amount": 250, "sub_mchid": sub_b}
+        asked = w.client.post("/orders/RFD-P-1/refunds", json=refund)
+        assert asked.status_code == 201, asked.text
+        [sent] = w.sandbox.refund_requests("RFD-P-1-R1", sub_mchid=sub_b)
+        assert b'"sub_mchid":"1900000202"' in sent
+        # The other sub-merchant's order of that number is unpaid: refused, and closed by the partner path.
+        refused = w.client.post("/orders/RFD-P-1/refunds", json={**refund, "out_refund_no": "X-2", "sub_mchid": sub_a})
+        assert refused.status_code == 409
+        assert w.client.post("/orders/RFD-P-1/close", params={"sub_mchid": sub_a}).status_code == 200
+        assert w.client.get("/orders/RFD-P-1", params={"sub_mchid": sub_a}).json()["trade_state"] == "CLOSED"
+        assert w.client.get("/orders/RFD-P-1", params={"sub_mchid": sub_b}).json()["trade_state"] == "SUCCESS"
+        [close] = [r for r in w.sandbox.requests if r.path.endswith("/close")]
+        assert close.path == "/v3/pay/partner/transactions/out-trade-no/RFD-P-1/close"
