@@ -49,7 +49,7 @@ from projections.read_model.notifications import (
 from projections.read_model.reader import LiveOrdersView, LiveView
 from projections.read_model.rebuild import RebuildSummary, rebuild_orders_view
 from projections.read_model.runner import catch_up_orders_view, run_orders_projector
-from projections.reconcile.reconciler import Reconciler
+from projections.reconcile.reconciler import RECONCILER, Reconciler
 from projections.reconcile.worklist import Worklist
 from projections.webhooks.dispatcher import Dispatcher
 from projections.webhooks.outbox import Outbox
@@ -211,6 +211,8 @@ class Services:
             schedule=settings.reconcile_schedule,
             expiry=settings.reconcile_expiry,
             rate=settings.reconcile_qps,
+            close_after=settings.close_after,
+            close=lambda key: self.requester.close(key, requested_by=RECONCILER)[0],
         )
 
     @cached_property

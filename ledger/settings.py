@@ -79,6 +79,7 @@ _LEDGER_KEYS = {
     "LEDGER_WEBHOOK_TIMEOUT",
     "LEDGER_WEBHOOK_DISABLE_AFTER",
     "LEDGER_PUBLIC_URL",
+    "LEDGER_CLOSE_AFTER",
 }
 # Seconds between reconciliation queries: a few seconds, then minutes, then hours; the last repeats.
 RECONCILE_SCHEDULE = (5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0)
@@ -359,6 +360,9 @@ class Settings:
     # ledger name `<public_url>/wechatpay/notify/<mchid>` as their notify_url. None: none is named, and
     # WeChat notifies the merchant's configured refund URL (or none; a refund query decides it then).
     public_url: str | None = None
+    # Seconds after registration when the reconciler closes an order still unpaid (NOTPAY) after a last
+    # query, so that a payer can no longer pay it late; None (the default): never.
+    close_after: int | None = None
 
     def notify_url(self, mchid: str) -> str | None:
         """The notify_url a refund of merchant `mchid` names (see `public_url`)."""
@@ -411,6 +415,7 @@ class Settings:
             raise ConfigurationError("LEDGER_LOG_FORMAT", "must be json or text")
         return cls(
             public_url=_public_url(top.get("LEDGER_PUBLIC_URL", "")),
+            close_after=_number_setting(top, "LEDGER_CLOSE_AFTER", 0, 60, 400 * DAY) or None,
             database_url=Secret(database_url),
             merchants=tuple(merchants),
             admin_token=Secret(token) if token else None,

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from api.bootstrap import bootstrap
+from ledger.errors import ConfigurationError
 from ledger.settings import Settings
 from ledger.store.sql import Database
 from ledger.wechatpay.sandbox.server import Sandbox, SubOrder
@@ -347,3 +348,46 @@ def test_a_service_providers_sub_merchant_order_is_refunded_and_closed_by_the_pa
         assert w.client.get("/orders/RFD-P-1", params={"sub_mchid": sub_b}).json()["trade_state"] == "SUCCESS"
         [close] = [r for r in w.sandbox.requests if r.path.endswith("/close")]
         assert close.path == "/v3/pay/partner/transactions/out-trade-no/RFD-P-1/close"
+
+
+def test_close_after_closes_an_old_unpaid_order_after_a_last_query_and_nothing_else(
+    tmp_path: Path, database_url: str
+) -> None:
+    """LEDGER_CLOSE_AFTER: the reconciler closes an order still NOTPAY that long after its registration,
+    after the query it makes anyway; a paid one, and a young one, are left as they are."""
+    with world(tmp_path, database_url) as w:
+        for no in ("RFD-0011", "RFD-0012"):
+            w.sandbox.create_order(no, 100)
+            assert w.client.post("/orders", json={"out_trade_no": no, "amount_total": 100}).status_code == 201
+        w.paid("RFD-0013", 100)
+        settings = Settings.load({**w.env, "LEDGER_CLOSE_AFTER": "600"})
+        assert settings.close_after == 600
+        services = bootstrap(settings)
+        database = Database(w.database_url)
+        try:
+
+            def reconciler(ahead: float) -> Reconciler:
+                return Reconciler(
+                    services.ledger,
+                    Worklist(database),
+                    services.query,
+                    schedule=(0.0,),
+                    clock=lambda: time.time() + ahead,
+                    close_after=settings.close_after,
+                    close=lambda key: services.requester.close(key, requested_by="reconciler")[0],
+                )
+
+            reconciler(60).run_pass()
+            assert w.order("RFD-0011")["trade_state"] == "NOTPAY"  # queried, too young to close
+            changes = {c.out_trade_no: (c.before, c.after) for c in reconciler(700).run_pass()}
+        finally:
+            database.close()
+            services.close()
+        assert changes["RFD-0011"] == ("NOTPAY", "CLOSED") and changes["RFD-0012"] == ("NOTPAY", "CLOSED")
+        assert "RFD-0013" not in changes  # paid: not in the worklist any more
+        history = w.client.get("/orders/RFD-0011/events").json()["events"]
+        assert [e["type"] for e in history][-2:] == ["StatusQueried", "OrderClosed"]
+        assert history[-1]["data"]["requested_by"] == "reconciler"
+        assert w.sandbox.orders.order("RFD-0011").trade_state == "CLOSED"
+    with pytest.raises(ConfigurationError, match="LEDGER_CLOSE_AFTER"):
+        Settings.load({**w.env, "LEDGER_CLOSE_AFTER": "5"})

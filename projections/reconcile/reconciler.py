@@ -28,11 +28,12 @@ from eventsourcing.utils import get_topic
 
 from ledger.application import Ledger
 from ledger.domain import FINAL_TRADE_STATES, PAYMENT_LIFECYCLE_EVENTS, PaymentOrder
-from ledger.errors import OrderNotFound, WeChatPayError
+from ledger.errors import LedgerError, OrderNotFound, WeChatPayError
+from ledger.identity import OrderKey
 from ledger.settings import RECONCILE_EXPIRY, RECONCILE_SCHEDULE
 from projections.reconcile.worklist import Due, DueRefund, Worklist
 
-__all__ = ["Change", "RateLimiter", "Reconciler"]
+__all__ = ["RECONCILER", "Change", "RateLimiter", "Reconciler"]
 
 log = logging.getLogger("ledger.reconcile")
 
@@ -49,6 +50,7 @@ _REFUND_EVENTS = (
     PaymentOrder.RefundRejected,
 )
 V2_REFUND = "REFUND.V2"
+RECONCILER = "reconciler"  # who asked a close after LEDGER_CLOSE_AFTER, in the order's history
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,8 @@ class Reconciler:
         lease: float = 60.0,
         batch: int = 100,
         clock: Callable[[], float] = time.time,
+        close_after: float | None = None,
+        close: Callable[[OrderKey], PaymentOrder] | None = None,  # OrderRequester.close, by the reconciler
     ) -> None:
         self._ledger = ledger
         self._worklist = worklist
@@ -112,6 +116,8 @@ class Reconciler:
         self._lease = lease
         self._batch = batch
         self._clock = clock
+        self._close_after = close_after
+        self._close = close
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     # -- the worklist follows the log ------------------------------------------------------------
@@ -222,6 +228,7 @@ class Reconciler:
                 self.owner, due.stream_id, self._next_due(due.attempts, due.expires_at, now), exc.reason
             )
             return Change(due.mchid, due.out_trade_no, before.trade_state, before.trade_state, True, exc.reason)
+        after = self._close_if_old(due, after, now)
         if after.is_final:
             self._worklist.finish(self.owner, due.stream_id, "done", after.trade_state)
         elif now >= due.expires_at:
@@ -232,6 +239,26 @@ class Reconciler:
                 self.owner, due.stream_id, self._next_due(due.attempts, due.expires_at, now), None
             )
         return Change(due.mchid, due.out_trade_no, before.trade_state, after.trade_state, True)
+
+    def _close_if_old(self, due: Due, order: PaymentOrder, now: float) -> PaymentOrder:
+        """`LEDGER_CLOSE_AFTER`: an order still NOTPAY that long after its registration, after the query just
+        made, is closed at WeChat Pay (a payer mid-payment, USERPAYING, is left alone)."""
+        if self._close is None or self._close_after is None or order.trade_state != "NOTPAY":
+            return order
+        if now < due.registered_at + self._close_after:
+            return order
+        try:
+            closed = self._close(order.key)
+        except (WeChatPayError, LedgerError) as exc:
+            log.warning("closing %s mchid=%s failed: %s", order.out_trade_no, order.mchid, exc.reason)
+            return order
+        log.info(
+            "closed %s mchid=%s: unpaid %.0f s after registration",
+            order.out_trade_no,
+            order.mchid,
+            now - due.registered_at,
+        )
+        return closed
 
     def _reconcile_refund(self, due: DueRefund, confirm: Callable[..., PaymentOrder]) -> Change:
         """Ask about a refund an APIv2 notification told or the ledger asked, unless a final decision about it
