@@ -167,27 +167,36 @@ def test_a_timeout_after_wechat_accepted_is_202_then_reconciliation_decides_it_o
         assert w.order("RFD-0004")["refundable"] == 50  # the amount stays reserved
         assert w.refund("RFD-0004", "RFD-0004-R2", 51).status_code == 409
         services = bootstrap(w.settings)
-        database = Database(str(w.settings.database_url.value))
+        database = Database(w.database_url)
         try:
-            reconciler = Reconciler(
-                services.ledger,
-                Worklist(database),
-                services.query,
-                confirm_refund=services.query.refund,
-                schedule=(0.0, 0.0),
-                clock=lambda: time.time() + 60,
-            )
-            changes = [c for c in reconciler.run_pass() if c.out_refund_no == "RFD-0004-R1"]
-            assert [(c.before, c.queried) for c in changes] == [("UNCONFIRMED", True)]
+            ahead = [60.0]
+
+            def reconcile() -> list[Any]:
+                reconciler = Reconciler(
+                    services.ledger,
+                    Worklist(database),
+                    services.query,
+                    confirm_refund=services.query.refund,
+                    schedule=(0.0, 0.0),
+                    clock=lambda: time.time() + ahead[0],
+                )
+                return [(c.before, c.after) for c in reconciler.run_pass() if c.out_refund_no == "RFD-0004-R1"]
+
+            # WeChat accepted it and is still paying it back: the refund query finds it PROCESSING.
+            assert reconcile() == [("UNCONFIRMED", "UNCONFIRMED")]
+            # WeChat is done (its notification is lost): the next pass's query decides it, once.
+            w.sandbox.complete_refund("RFD-0004-R1", notify=False)
+            ahead[0] = 3600.0
+            assert reconcile() == [("UNCONFIRMED", "SUCCESS")]
+            ahead[0] = 7200.0
+            assert reconcile() == []  # settled: no more queries
         finally:
             database.close()
             services.close()
         types = w.types("RFD-0004")
-        assert types["StatusQueried"] == 1 and types["RefundRequested"] == 1
-        status = w.order("RFD-0004")
-        # WeChat accepted it, so the refund query finds it (PROCESSING, or SUCCESS once WeChat is done).
-        decided = {r["out_refund_no"]: r["status"] for r in status["refunds"]}
-        assert decided.get("RFD-0004-R1") in (None, "SUCCESS")
+        assert (types["RefundRequested"], types["StatusQueried"], types["RefundSucceeded"]) == (1, 2, 1)
+        order = w.order("RFD-0004")
+        assert (order["refunded_total"], order["refundable"], order["trade_state"]) == (50, 50, "REFUND")
         assert w.seen("RFD-0004-R1") == 1  # WeChat saw exactly one request for it
 
 
