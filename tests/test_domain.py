@@ -12,35 +12,8 @@ from hypothesis import strategies as st
 
 from ledger.domain import AnomalyKind, Outcome, PaymentOrder, QueryEvidence, inbox_id, order_id
 from ledger.errors import OrderConflict
-from ledger.wechatpay.sandbox.signer import NotificationFactory
-from tests.support.builders import event_types, evidence, replay
+from tests.support.builders import event_types, evidence, new_order, pay, refund, replay
 from tests.support.constants import APPID, MCHID
-
-WECHAT = NotificationFactory(mchid=MCHID, appid=APPID)
-
-
-def pay(total: int = 100, **kwargs: Any) -> dict[str, Any]:
-    return WECHAT.transaction("ORDER-0001", total, transaction_id="4200000000000000000000000001", **kwargs)
-
-
-def refund(no: str, amount: int, status: str = "SUCCESS") -> dict[str, Any]:
-    return WECHAT.refund(
-        "ORDER-0001",
-        no,
-        amount,
-        100,
-        refund_status=status,
-        refund_id=f"RID-{no}",
-        transaction_id="4200000000000000000000000001",
-    )
-
-
-def new_order(registered: int | None = 100) -> PaymentOrder:
-    order = PaymentOrder.open(MCHID, "ORDER-0001")
-    if registered is not None:
-        order.register(registered, "CNY", "")
-    order.collect_events()
-    return order
 
 
 def test_stream_ids_are_uuid5_of_mchid_and_out_trade_no_without_ambiguity() -> None:
@@ -102,6 +75,7 @@ def test_anomaly_kinds_keep_the_strings_stored_in_the_log() -> None:
         "transaction_conflict",
         "over_refund",
         "sub_mchid_unknown",
+        "paid_after_close",
     }
 
 

@@ -20,8 +20,16 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("ledger", "projections", "api", "cli")
 SANDBOX = "ledger.wechatpay.sandbox"
 DRIVERS = ("psycopg", "psycopg_pool", "sqlite3", "eventsourcing.postgres", "eventsourcing.sqlite")
-DOMAIN = ("ledger.domain", "ledger.statements")  # the aggregates: orders and inboxes, daily bills
-DOMAIN_IMPORTS = ("ledger.hashchain", "ledger.evidence", "ledger.identity", "ledger.errors")
+# The aggregates: orders and inboxes (with what an order asks of WeChat), daily bills.
+DOMAIN = ("ledger.domain", "ledger.order_requests", "ledger.statements")
+DOMAIN_IMPORTS = (
+    "ledger.hashchain",
+    "ledger.evidence",
+    "ledger.identity",
+    "ledger.anomalies",
+    "ledger.order_requests",
+    "ledger.errors",
+)
 DOMAIN_RULE = f"the domain imports only {', '.join(DOMAIN_IMPORTS[:-1])} and {DOMAIN_IMPORTS[-1]} of ours"
 DRIVER_RULE = "only ledger/store/ knows the database drivers and the library's backends"
 

@@ -15,9 +15,8 @@ from ledger.audit.rederive import Rederiver
 from ledger.domain import PaymentOrder
 from ledger.errors import RequestConflict, RequestRefused
 from projections.timeline import facts
-from tests.support.builders import event_types, evidence, replay
+from tests.support.builders import event_types, evidence, new_order, pay, refund, replay
 from tests.support.constants import MCHID
-from tests.test_domain import new_order, pay, refund
 
 AT = dt.datetime(2026, 12, 3, 10, tzinfo=dt.UTC)
 NOTIFY = "https://ledger.example.com/wechatpay/notify"

@@ -11,8 +11,10 @@ import json
 from typing import Any
 
 from ledger.domain import Evidence, PaymentOrder, QueryEvidence
+from ledger.wechatpay.sandbox.signer import NotificationFactory
+from tests.support.constants import APPID, MCHID
 
-__all__ = ["event_types", "evidence", "query_answer", "replay"]
+__all__ = ["event_types", "evidence", "new_order", "pay", "query_answer", "refund", "replay"]
 
 
 def evidence(
@@ -64,3 +66,32 @@ def query_answer(transaction: dict[str, Any]) -> QueryEvidence:
         transaction=transaction,
         queried_at=dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC),
     )
+
+
+# One order, ORDER-0001 of MCHID, as the domain's tests build it: its payment and refund resources
+# as WeChat sends them (transaction 4200000000000000000000000001), and the order registered for 100 fen.
+WECHAT = NotificationFactory(mchid=MCHID, appid=APPID)
+
+
+def pay(total: int = 100, **kwargs: Any) -> dict[str, Any]:
+    return WECHAT.transaction("ORDER-0001", total, transaction_id="4200000000000000000000000001", **kwargs)
+
+
+def refund(no: str, amount: int, status: str = "SUCCESS") -> dict[str, Any]:
+    return WECHAT.refund(
+        "ORDER-0001",
+        no,
+        amount,
+        100,
+        refund_status=status,
+        refund_id=f"RID-{no}",
+        transaction_id="4200000000000000000000000001",
+    )
+
+
+def new_order(registered: int | None = 100) -> PaymentOrder:
+    order = PaymentOrder.open(MCHID, "ORDER-0001")
+    if registered is not None:
+        order.register(registered, "CNY", "")
+    order.collect_events()
+    return order
