@@ -2,7 +2,9 @@
 
 Several dispatchers may run against one store. A dispatcher leases a message for a while
 (`Leases.claim_due`); whoever updates the row first owns it, so a message is never sent by
-two at once. Each attempt is recorded in the same transaction as the message's new state:
+two at once. One order's messages to one endpoint go in stream order: a message is not due
+while an earlier one of its order is still pending or failing (a dead one no longer holds
+the others back). Each attempt is recorded in the same transaction as the message's new state:
 delivered, failing until its next attempt, or dead. If the lease was lost meanwhile (it ran
 out and another dispatcher took the message), the attempt is still recorded but the state is
 left to the new owner.
@@ -22,6 +24,10 @@ _DUE = (
     "SELECT o.id FROM {outbox} o JOIN {endpoints} e ON e.id = o.endpoint_id"
     " WHERE o.state IN ('pending', 'failing') AND o.next_attempt_at <= %s"
     " AND (o.lease_until IS NULL OR o.lease_until < %s) AND e.enabled = TRUE"
+    # Per order and endpoint, in stream order: not while an earlier message of the order waits.
+    " AND NOT EXISTS (SELECT 1 FROM {outbox} p WHERE p.endpoint_id = o.endpoint_id AND p.mchid = o.mchid"
+    " AND p.out_trade_no = o.out_trade_no AND p.stream_version < o.stream_version"
+    " AND p.state IN ('pending', 'failing'))"
     " ORDER BY o.created_at, o.stream_version, o.id LIMIT %s {skip_locked}"
 )
 # Re-checked in the UPDATE itself: whoever updates first owns the lease.
