@@ -19,15 +19,20 @@ import pytest
 
 from cli.main import run
 from cli.webhooks import register
+from ledger.application import Ledger
 from ledger.errors import ConfigurationError, InvalidEndpoint
 from ledger.settings import EndpointSettings, Secret, Settings
 from ledger.store.sql import Database
+from ledger.wechatpay.notification import NotificationVerifier
+from ledger.wechatpay.sandbox.signer import NotificationFactory
 from projections.webhooks.dispatcher import Dispatcher
 from projections.webhooks.outbox import Outbox
 from projections.webhooks.schema import outbox_url
+from projections.webhooks.stats import AttemptTally
 from tests.support.brokers import AMQP_URL, NATS_URL, AmqpQueue, Got, NatsStream, reachable
 from tests.support.constants import MCHID
 from tests.support.fakes import T0, FakeClock, Receiver
+from tests.support.projectors import run_outbox
 from tests.support.servers import free_port
 from tests.support.webhooks import STREAM, decide
 
@@ -217,6 +222,35 @@ def test_a_paid_order_gives_one_message_per_broker_endpoint_with_the_contracts_h
     assert json.loads(got.body)["data"]["out_trade_no"] == "ORDER-0001"
     assert dispatchers(outbox, clock=FakeClock()).run_once() == 0  # exactly one each
     assert len(stream.messages()) == 1 and queue.messages() == []
+    assert AttemptTally(outbox).read()["delivered"] == 2  # the metrics count a broker's ack
+
+
+def test_an_order_paid_through_the_ledger_reaches_both_brokers_once_through_the_projection(
+    database_url: str,
+    ledger_factory: Callable[[], Ledger],
+    factory: NotificationFactory,
+    outbox: Outbox,
+    dispatchers: Callable[..., Dispatcher],
+    nats_stream: Callable[..., NatsStream],
+    amqp_queue: Callable[..., AmqpQueue],
+) -> None:
+    stream, queue = nats_stream(), amqp_queue()
+    outbox.endpoints.add(stream.endpoint_url)
+    outbox.endpoints.add(queue.endpoint_url)
+    ledger = ledger_factory()
+    verifier = NotificationVerifier(factory.key_store(), factory.apiv3_key.encode())
+    ledger.register_order(MCHID, "ORDER-BROKER-1", 100)
+    delivery = factory.paid("ORDER-BROKER-1", 100)
+    for _ in range(2):  # WeChat Pay delivers twice: one decision
+        ledger.record_notification(MCHID, verifier.verify(delivery.headers, delivery.body))
+    run_outbox(database_url, ledger)
+    run_outbox(database_url, ledger)  # a replay queues nothing again
+    dispatchers(outbox).run_once()
+    for got_all in (stream.messages(), queue.messages()):
+        [got] = got_all
+        document = json.loads(got.body)
+        assert document["type"] == "PaymentSucceeded" and document["data"]["out_trade_no"] == "ORDER-BROKER-1"
+        assert got.headers["ce-type"] == "PaymentSucceeded" and got.headers["ce-subject"] == "ORDER-BROKER-1"
 
 
 def test_brokers_down_while_payments_arrive_get_every_message_after_they_return_in_order_per_order(
@@ -323,6 +357,7 @@ def test_rabbitmq_nacks_and_unroutable_messages_are_retried_then_dead_lettered(
     drain(dispatcher, clock, outbox)
     [msg] = outbox.messages.newest()
     assert msg.state == "dead" and [a.error for a in msg.history] == [error] * 3
+    assert AttemptTally(outbox).read()["broker_refused"] == 3
     assert outbox.endpoints.get(endpoint.id).failing_since is not None
     assert (
         outbox.messages.recover(dt.datetime.fromtimestamp(0, dt.UTC), dt.datetime.fromtimestamp(T0 + 60, dt.UTC)) == 1
