@@ -12,7 +12,6 @@ import datetime as dt
 import json
 import os
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,6 +26,7 @@ from ledger.wechatpay.notification import NotificationVerifier
 from ledger.wechatpay.sandbox.signer import NotificationFactory
 from projections.webhooks.dispatcher import Dispatcher
 from projections.webhooks.outbox import Outbox
+from projections.webhooks.projection import sync_endpoints
 from projections.webhooks.schema import outbox_url
 from projections.webhooks.stats import AttemptTally
 from tests.support.brokers import AMQP_URL, NATS_URL, AmqpQueue, Got, NatsStream, reachable
@@ -158,10 +158,16 @@ def test_broker_urls_choose_the_transport_and_bad_ones_are_refused_without_quoti
     assert len(outbox.endpoints.all()) == 3
 
 
-def test_configured_broker_endpoints_need_no_secret_and_never_show_their_password(tmp_path: Path) -> None:
+def test_configured_broker_endpoints_need_no_secret_and_never_show_their_password(outbox: Outbox) -> None:
     table = {"id": "orders", "url": f"amqp://ledger:{PASSWORD}@rabbit:5672/shop?exchange=payments"}
     endpoint = EndpointSettings.from_table(table, "endpoints[0].")
     assert endpoint.secrets == () and PASSWORD not in repr(endpoint)
+    sync_endpoints(outbox, [endpoint])
+    sync_endpoints(outbox, [endpoint])  # a restart changes nothing
+    [stored] = outbox.endpoints.all()
+    assert (stored.id, stored.url, stored.transport, stored.secrets) == ("orders", table["url"], "amqp", ())
+    [configured] = outbox.endpoints.operator_events()
+    assert configured.detail == {"url": "amqp://ledger:***@rabbit:5672/shop?exchange=payments"}
     with pytest.raises(ConfigurationError) as caught:
         EndpointSettings.from_table({**table, "url": f"nats://ledger:{PASSWORD}@nats:4222/"}, "endpoints[0].")
     assert "subject prefix" in str(caught.value.problem) and PASSWORD not in str(caught.value)
