@@ -393,3 +393,15 @@ def test_webhook_nats_and_rabbitmq_endpoints_each_get_their_share(
         "ORDER-0005",
     ]
     assert [g.subject for g in queue.messages()] == ["RefundSucceeded"] * 3
+
+
+def test_with_ci_set_an_unreachable_broker_fails_its_tests_rather_than_skipping(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    closed = f"nats://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("CI", "1")
+    with pytest.raises(pytest.fail.Exception, match="CI is set but NATS"):
+        _broker(closed, "NATS")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        _broker(closed, "NATS")
