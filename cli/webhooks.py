@@ -42,7 +42,7 @@ def _events(text: str) -> list[str]:
 
 def _print_endpoint(ep: Endpoint) -> None:
     state = "enabled " if ep.enabled else "disabled"
-    line = f"{ep.id}  {state}  {','.join(ep.event_types)}  {ep.url}  ({len(ep.secrets)} secret(s))"
+    line = f"{ep.id}  {state}  {','.join(ep.event_types)}  {ep.shown_url}  ({len(ep.secrets)} secret(s))"
     if ep.disabled_reason:
         line += f"  - {ep.disabled_reason}"
     print(line)
@@ -70,7 +70,7 @@ def cmd_endpoints(load: LoadSettings, args: argparse.Namespace) -> int:
         if args.action == "add":
             endpoint = outbox.endpoints.add(args.url, args.secret, args.events)
             print(f"endpoint {endpoint.id}")
-            if args.secret is None:
+            if args.secret is None and endpoint.secrets:
                 print(f"secret {endpoint.secrets[0]}")
         elif args.action == "list":
             for endpoint in outbox.endpoints.all():
@@ -145,8 +145,12 @@ def register(subparsers: SubParsers, load: LoadSettings = _without_merchant) -> 
     endpoints.set_defaults(func=_bound(cmd_endpoints, load))
     actions = endpoints.add_subparsers(dest="action", required=True)
     add = actions.add_parser("add", help="add an endpoint (prints its id, and the secret when generated)")
-    add.add_argument("url", help="where to POST the signed messages (http or https)")
-    add.add_argument("--secret", help="whsec_... (generated when omitted)")
+    add.add_argument(
+        "url",
+        help="http(s):// (signed webhooks), nats://host:4222/<subject-prefix> (JetStream)"
+        " or amqp://user:pass@host:5672/<vhost>?exchange=<name> (RabbitMQ)",
+    )
+    add.add_argument("--secret", help="whsec_... (generated for a webhook when omitted)")
     add.add_argument("--events", type=_events, metavar="TYPE,...", help="event types to send (default: all)")
     actions.add_parser("list", help="list endpoints (secrets are not shown)")
     for name, text in (("disable", "stop delivering (messages wait)"), ("enable", "deliver again, backlog first")):

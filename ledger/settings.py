@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+from ledger.endpoint_urls import BROKER_SCHEMES, url_problem
 from ledger.errors import ConfigurationError
 from ledger.store.backends import persistence_env
 from ledger.store.cipher import SETTING as ENCRYPTION_KEYS_SETTING
@@ -305,7 +306,7 @@ class EndpointSettings:
     """A business system that receives outbound notifications, configured in the file."""
 
     id: str
-    url: str
+    url: str = field(repr=False)  # a broker's URL may hold its password
     secrets: tuple[Secret, ...] = field(repr=False)
     events: tuple[str, ...] | None = None
 
@@ -318,11 +319,12 @@ class EndpointSettings:
         if not _ENDPOINT_ID.fullmatch(endpoint_id):
             raise ConfigurationError(f"{where}id", "is required: 1-64 letters, digits, '_', '-', '.'")
         url = str(table.get("url", ""))
-        parts = urlsplit(url)
-        if parts.scheme not in {"http", "https"} or not parts.netloc:
-            raise ConfigurationError(f"{where}url", "must be an http(s) URL")
+        problem = url_problem(url)
+        if problem is not None:  # never quoting the URL: it may hold a broker's password
+            raise ConfigurationError(f"{where}url", problem)
         secrets = table.get("secrets", [table["secret"]] if "secret" in table else [])
-        if not isinstance(secrets, list) or not secrets or not all(isinstance(x, str) for x in secrets):
+        broker = urlsplit(url).scheme.lower() in BROKER_SCHEMES  # a broker's messages are not signed
+        if not isinstance(secrets, list) or not (secrets or broker) or not all(isinstance(x, str) for x in secrets):
             raise ConfigurationError(f"{where}secret", "is required: whsec_<base64 key> (or a list, secrets)")
         for secret in secrets:
             if not _WHSEC.fullmatch(secret):

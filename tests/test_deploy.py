@@ -11,6 +11,7 @@ import argparse
 import json
 import re
 import shlex
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import pytest
 import yaml
 
 from cli.main import build_parser
+from ledger.settings import EndpointSettings
 from tests.support.constants import ROOT
 from tests.support.deploy import DEPLOY, nginx_block, nginx_conf, nginx_seconds
 
@@ -338,6 +340,30 @@ def test_compose_proxy_load_balances_the_api_replicas() -> None:
     upstream = nginx_block(nginx_conf(), "upstream payledger_api")
     servers = set(re.findall(r"^\s*server\s+(\S+)", upstream, re.M))
     assert servers == {f"{name}:{API_PORT}" for name in api}
+
+
+def test_compose_runs_nats_with_jetstream_and_rabbitmq_and_configures_the_ledger_for_both() -> None:
+    doc = compose()
+    nats, rabbit = doc["services"]["nats"], doc["services"]["rabbitmq"]
+    assert "--jetstream" in nats["command"] and "healthcheck" in nats
+    assert "stream add PAYMENTS --subjects 'payments.>'" in " ".join(doc["services"]["nats-streams"]["command"])
+    assert rabbit["environment"]["RABBITMQ_DEFAULT_PASS"].startswith("${RABBITMQ_PASSWORD:?")
+    content = doc["configs"]["payledger-brokers"]["content"].replace(
+        "${RABBITMQ_PASSWORD:?set RABBITMQ_PASSWORD in deploy/.env}", "pw"
+    )
+    tables = tomllib.loads(content)["endpoints"]
+    endpoints = [EndpointSettings.from_table(t, "endpoints.") for t in tables]
+    assert [(e.id, e.url) for e in endpoints] == [
+        ("nats-payments", "nats://nats:4222/payments"),
+        ("rabbitmq-payments", "amqp://ledger:pw@rabbitmq:5672/payledger?exchange=payments"),
+    ]
+    assert rabbit["environment"]["RABBITMQ_DEFAULT_VHOST"] == "payledger"
+    for name, service in ledger_services().items():
+        assert service["environment"]["LEDGER_CONFIG"] == "${LEDGER_CONFIG:-/etc/payledger/brokers.toml}", name
+        assert {"source": "payledger-brokers", "target": "/etc/payledger/brokers.toml"} in service["configs"], name
+    dispatchers = [s for s in ledger_services().values() if service_argv(s)[1] == "dispatch"]
+    assert all({"nats", "rabbitmq"} <= set(s["depends_on"]) for s in dispatchers)
+    assert {"natsdata", "rabbitdata"} <= set(doc["volumes"])
 
 
 # -- nginx ---------------------------------------------------------------------------------------

@@ -123,5 +123,7 @@ def test_the_configuration_file_example_loads_as_settings(tmp_path: Path) -> Non
     assert first.keys.serials == ["PUB_KEY_ID_0119000001092025000000000000"]
     assert (second.mchid, second.platform_cert_dir) == ("1900000222", keys / "1900000222" / "certs")
     assert [(e.id, e.url, e.events) for e in settings.endpoints] == [
-        ("erp", "https://erp.internal/wechatpay/events", ("PaymentSucceeded", "RefundSucceeded"))
+        ("erp", "https://erp.internal/wechatpay/events", ("PaymentSucceeded", "RefundSucceeded")),
+        ("warehouse", "amqp://ledger:change-me@rabbitmq:5672/shop?exchange=payments", None),
     ]
+    assert "change-me" not in repr(settings.endpoints)

@@ -1,6 +1,7 @@
-"""Delivery: lease due messages, POST them signed, log every attempt, retry on a schedule.
+"""Delivery: lease due messages, POST them signed (or publish them to a broker: `brokers`), log
+every attempt, retry on a schedule.
 
-Success is a 2xx answer and nothing else; redirects are not followed. A failed attempt is
+Success is a 2xx answer (a broker's acknowledgement) and nothing else; redirects are not followed. A failed attempt is
 tried again after the next step of the schedule (±20 % jitter, or the receiver's
 ``Retry-After`` within bounds); when the schedule is exhausted the message is dead until an
 operator re-queues it. An endpoint failing without a single success for `disable_after`
@@ -25,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 from ledger.store.sql import STORE_ERRORS
+from projections.webhooks.brokers import Brokers, Published
 from projections.webhooks.outbox import Outbox
 from projections.webhooks.records import BODY_LIMIT, Attempt, Endpoint, Message
 from projections.webhooks.signing import headers
@@ -73,6 +75,7 @@ class Dispatcher:
             transport=transport, timeout=timeout, follow_redirects=False, headers={"user-agent": USER_AGENT}
         )
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="webhook") if workers > 1 else None
+        self._brokers = Brokers(timeout=timeout)
         self._stop = threading.Event()
 
     def run_once(self, limit: int = 100) -> int:
@@ -115,6 +118,7 @@ class Dispatcher:
         if self._pool is not None:
             self._pool.shutdown()
         self._client.close()
+        self._brokers.close()
 
     def _deliver_all(self, endpoint: Endpoint | None, messages: list[Message]) -> int:
         for done, msg in enumerate(messages):
@@ -127,6 +131,8 @@ class Dispatcher:
 
     def _deliver(self, endpoint: Endpoint, msg: Message) -> bool:
         """One attempt; True when it succeeded."""
+        if endpoint.transport != "webhook":
+            return self._publish(endpoint, msg)
         at = self._clock()
         sent = headers(endpoint.secrets, msg.id, int(at), msg.body) | {"content-type": "application/json"}
         status: int | None = None
@@ -160,6 +166,32 @@ class Dispatcher:
         self._failed(endpoint, msg, attempt, retry_after)
         return False
 
+    def _publish(self, endpoint: Endpoint, msg: Message) -> bool:
+        """One attempt to a broker endpoint; True when the broker took the message."""
+        at = self._clock()
+        started = time.perf_counter()
+        try:
+            published = self._brokers.send(endpoint, msg)
+        except TimeoutError:
+            published = Published("timeout")
+        duration_ms = (time.perf_counter() - started) * 1000
+        attempt = Attempt(at, None, duration_ms, published.response[:BODY_LIMIT], published.error)
+        outcome = published.response if published.error is None else published.error
+        log.info(
+            "%s %s to %s (%s): %s in %.0f ms",
+            endpoint.transport,
+            msg.id,
+            endpoint.id,
+            msg.event_type,
+            outcome,
+            duration_ms,
+        )
+        if published.error is None:
+            self._leases.mark_delivered(self.owner, msg.id, attempt)
+            return True
+        self._failed(endpoint, msg, attempt, None)
+        return False
+
     def _read_some(self, response: httpx.Response, started: float) -> str:
         data = b""
         for chunk in response.iter_bytes():
@@ -175,7 +207,7 @@ class Dispatcher:
         number = msg.attempts + 1
         if number > len(self._schedule):
             self._leases.mark_dead(self.owner, msg.id, attempt)
-            log.warning("webhook %s to %s is dead after %d attempts", msg.id, endpoint.id, number)
+            log.warning("%s %s to %s is dead after %d attempts", endpoint.transport, msg.id, endpoint.id, number)
         else:
             step = self._schedule[number - 1]
             delay = (

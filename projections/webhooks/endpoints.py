@@ -1,9 +1,10 @@
 """The endpoint registry and the operator log that records every change made to it.
 
 Endpoints are the operator's own configuration: any http(s) host, loopback and private
-included. Secrets are Standard Webhooks ``whsec_`` secrets; several are kept while one is
-rotated, the newest first. A disabled endpoint keeps its messages: they wait until it is
-enabled again, and then they are due at once.
+included, or a broker (``nats://``, ``amqp://``: see `ledger.endpoint_urls`). Secrets are
+Standard Webhooks ``whsec_`` secrets; several are kept while one is rotated, the newest first;
+a broker endpoint may have none (its messages are not signed). A disabled endpoint keeps its
+messages: they wait until it is enabled again, and then they are due at once.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
+from ledger.endpoint_urls import BROKER_SCHEMES, masked, url_problem
 from ledger.errors import EndpointNotFound, InvalidEndpoint
 from ledger.store.sql import Cursor, Database
 from projections.webhooks.records import (
@@ -68,10 +70,14 @@ def log_operator_event(
 
 
 def _checked_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise InvalidEndpoint("an endpoint URL must be http:// or https:// with a host")
+    problem = url_problem(url)
+    if problem is not None:  # its words never quote the URL, which may hold a password
+        raise InvalidEndpoint(problem)
     return url
+
+
+def _is_broker(url: str) -> bool:
+    return urlsplit(url).scheme.lower() in BROKER_SCHEMES
 
 
 def _checked_secret(secret: str) -> str:
@@ -89,7 +95,10 @@ class Endpoints:
         self._db = database
 
     def add(self, url: str, secret: str | None = None, events: Sequence[str] | None = None) -> Endpoint:
-        """Register an endpoint; a secret is generated when none is given."""
+        """Register an endpoint; a webhook's secret is generated when none is given (a broker's needs none)."""
+        _checked_url(url)
+        if secret is None and _is_broker(url):
+            return self.upsert("ep_" + _random.token_hex(12), url, [], events)
         secret = generate_secret() if secret is None else _checked_secret(secret)
         return self.upsert("ep_" + _random.token_hex(12), url, [secret], events)
 
@@ -97,11 +106,11 @@ class Endpoints:
         self, endpoint_id: str, url: str, secrets: Sequence[str], events: Sequence[str] | None = None
     ) -> Endpoint:
         """Create or update an endpoint by id (configured endpoints); leaves it enabled or disabled as it was."""
-        if not secrets:
-            raise InvalidEndpoint("an endpoint needs at least one secret")
+        _checked_url(url)
+        if not secrets and not _is_broker(url):
+            raise InvalidEndpoint("a webhook endpoint needs at least one secret")
         for secret in secrets:
             _checked_secret(secret)
-        _checked_url(url)
         stored_types = encode_event_types(events)
         with self._db.transaction() as cur:
             before = self._find(cur, endpoint_id)
@@ -114,7 +123,7 @@ class Endpoints:
                 return before
             now = time.time()
             cur.execute(sql(self._db, _UPSERT), (endpoint_id, url, json.dumps(list(secrets)), stored_types, now))
-            log_operator_event(cur, self._db, now, "endpoint_configured", endpoint_id, url=url)
+            log_operator_event(cur, self._db, now, "endpoint_configured", endpoint_id, url=masked(url))
             return self._fetch(cur, endpoint_id)
 
     def all(self) -> list[Endpoint]:

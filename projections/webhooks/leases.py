@@ -2,10 +2,12 @@
 
 Several dispatchers may run against one store. A dispatcher leases a message for a while
 (`Leases.claim_due`); whoever updates the row first owns it, so a message is never sent by
-two at once. Each attempt is recorded in the same transaction as the message's new state:
-delivered, failing until its next attempt, or dead. If the lease was lost meanwhile (it ran
-out and another dispatcher took the message), the attempt is still recorded but the state is
-left to the new owner.
+two at once. One order's messages to one endpoint go in stream order: a message due while an
+earlier one of its order is still pending or failing is not leased but made due when that one
+is (a dead one no longer holds the others back). Each attempt is recorded in the same
+transaction as the message's new state: delivered, failing until its next attempt, or dead.
+If the lease was lost meanwhile (it ran out and another dispatcher took the message), the
+attempt is still recorded but the state is left to the new owner.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from projections.webhooks.schema import sql
 __all__ = ["Leases"]
 
 _DUE = (
-    "SELECT o.id FROM {outbox} o JOIN {endpoints} e ON e.id = o.endpoint_id"
+    "SELECT o.id, o.endpoint_id, o.mchid, o.out_trade_no, o.stream_version"
+    " FROM {outbox} o {waiting_index} JOIN {endpoints} e ON e.id = o.endpoint_id"
     " WHERE o.state IN ('pending', 'failing') AND o.next_attempt_at <= %s"
     " AND (o.lease_until IS NULL OR o.lease_until < %s) AND e.enabled = TRUE"
     " ORDER BY o.created_at, o.stream_version, o.id LIMIT %s {skip_locked}"
@@ -30,6 +33,12 @@ _LEASE = (
     " AND state IN ('pending', 'failing') AND (lease_until IS NULL OR lease_until < %s)"
     " RETURNING {mcols}"
 )
+# Per order and endpoint, in stream order: a message waits while an earlier one of its order does.
+_EARLIER = (
+    "SELECT MAX(next_attempt_at) FROM {outbox} WHERE endpoint_id = %s AND mchid = %s AND out_trade_no = %s"
+    " AND stream_version < %s AND state IN ('pending', 'failing')"
+)
+_DEFER = "UPDATE {outbox} SET next_attempt_at = %s WHERE id = %s AND (lease_until IS NULL OR lease_until < %s)"
 _RELEASE = "UPDATE {outbox} SET lease_owner = NULL, lease_until = NULL WHERE id = %s AND lease_owner = %s"
 _ATTEMPT = "INSERT INTO {attempts} ({acols}) VALUES (%s, %s, %s, %s, %s, %s)"
 # The three ways a leased message is settled; each ends the lease and counts the attempt.
@@ -62,7 +71,12 @@ class Leases:
         with self._db.transaction() as cur:
             cur.execute(sql(self._db, _DUE), (now, now, limit))
             claimed: list[Message] = []
-            for (candidate,) in cur.fetchall():
+            for candidate, endpoint_id, mchid, out_trade_no, version in cur.fetchall():
+                cur.execute(sql(self._db, _EARLIER), (endpoint_id, mchid, out_trade_no, version))
+                earlier = cur.fetchone()
+                if earlier is not None and earlier[0] is not None:  # due again when that one is
+                    cur.execute(sql(self._db, _DEFER), (float(earlier[0]), candidate, now))
+                    continue
                 cur.execute(sql(self._db, _LEASE), (owner, now + lease, candidate, now))
                 row = cur.fetchone()
                 if row is not None:

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ledger.endpoint_urls import WEBHOOK_SCHEMES, masked
+
 __all__ = [
     "ATTEMPT_COLUMNS",
     "BODY_LIMIT",
@@ -56,13 +58,24 @@ OPERATOR_EVENT_COLUMNS = ("at", "kind", "endpoint_id", "detail")
 @dataclass(frozen=True)
 class Endpoint:
     id: str
-    url: str
+    url: str = field(repr=False)  # a broker's URL may hold its password: `shown_url` masks it
     secrets: tuple[str, ...] = field(repr=False)
     event_types: tuple[str, ...] = ("*",)
     enabled: bool = True
     disabled_reason: str | None = None
     failing_since: float | None = None
     created_at: float = 0.0
+
+    @property
+    def shown_url(self) -> str:
+        """The URL as listings and logs show it: a password masked."""
+        return masked(self.url)
+
+    @property
+    def transport(self) -> str:
+        """``webhook``, ``nats`` or ``amqp``: what the URL's scheme chooses."""
+        scheme = self.url.partition("://")[0].lower()
+        return "webhook" if scheme in WEBHOOK_SCHEMES else "amqp" if scheme == "amqps" else scheme
 
     def accepts(self, event_type: str) -> bool:
         return "*" in self.event_types or event_type in self.event_types

@@ -16,12 +16,25 @@ from projections.webhooks.schema import sql
 
 __all__ = ["ATTEMPT_RESULTS", "BACKLOG_STATES", "AttemptTally", "backlog"]
 
-ATTEMPT_RESULTS = ("delivered", "http_4xx", "http_5xx", "redirect", "timeout", "network_error", "other")
+ATTEMPT_RESULTS = (
+    "delivered",
+    "http_4xx",
+    "http_5xx",
+    "redirect",
+    "timeout",
+    "broker_refused",
+    "network_error",
+    "other",
+)
 BACKLOG_STATES = ("pending", "failing", "dead")
-# Mirrors how the dispatcher judges an attempt: success is a 2xx without an error, nothing else.
+# Mirrors how the dispatcher judges an attempt: success is a 2xx without an error, or a broker's
+# acknowledgement (no status, no error), nothing else. A broker refuses with a nack, a returned
+# (unroutable) message or a subject no stream captures (projections.webhooks.brokers words them).
 _RESULT = (
-    "CASE WHEN error IS NULL AND status >= 200 AND status < 300 THEN 'delivered'"
+    "CASE WHEN error IS NULL AND (status IS NULL OR (status >= 200 AND status < 300)) THEN 'delivered'"
     " WHEN error = 'timeout' THEN 'timeout'"
+    " WHEN status IS NULL AND (error LIKE 'nack:%%' OR error LIKE 'unroutable:%%'"
+    " OR error LIKE 'no JetStream stream%%') THEN 'broker_refused'"
     " WHEN status IS NULL THEN 'network_error'"
     " WHEN status >= 500 THEN 'http_5xx'"
     " WHEN status >= 400 THEN 'http_4xx'"
