@@ -26,6 +26,7 @@ from ledger.wechatpay.sandbox.server import Sandbox
 from ledger.wechatpay.sandbox.signer import NotificationFactory
 from tests.support.constants import APPID, MCHID, POSTGRES_URL, VECTORS_PATH
 from tests.support.fakes import Receiver
+from tests.support.lifetimes import making
 from tests.support.sandbox import MERCHANT_SERIAL, NotifyEndpoint, NotifyReceiver
 from tests.support.servers import running
 
@@ -181,3 +182,23 @@ def receiving(
             endpoint.receiver = NotifyReceiver()
 
     return plug
+
+
+@pytest.fixture
+def outbox(database_url: str) -> Iterator[Any]:
+    """The outbox on `database_url`'s store, as the dispatcher and the admin API see it."""
+    from ledger.store.sql import Database
+    from projections.webhooks.outbox import Outbox
+    from projections.webhooks.schema import outbox_url
+
+    database = Database(outbox_url(database_url))
+    yield Outbox(database)
+    database.close()
+
+
+@pytest.fixture
+def dispatchers() -> Iterator[Callable[..., Any]]:
+    """Build dispatchers (`outbox`, options) closed after the test."""
+    from projections.webhooks.dispatcher import Dispatcher
+
+    yield from making(Dispatcher, Dispatcher.close)

@@ -21,17 +21,16 @@ from cli.webhooks import register
 from ledger.application import Ledger
 from ledger.errors import ConfigurationError, InvalidEndpoint
 from ledger.settings import EndpointSettings, Secret, Settings
-from ledger.store.sql import Database
 from ledger.wechatpay.notification import NotificationVerifier
 from ledger.wechatpay.sandbox.signer import NotificationFactory
 from projections.webhooks.dispatcher import Dispatcher
 from projections.webhooks.outbox import Outbox
 from projections.webhooks.projection import sync_endpoints
-from projections.webhooks.schema import outbox_url
 from projections.webhooks.stats import AttemptTally
 from tests.support.brokers import AMQP_URL, NATS_URL, AmqpQueue, Got, NatsStream, reachable
 from tests.support.constants import MCHID
 from tests.support.fakes import T0, FakeClock, Receiver
+from tests.support.lifetimes import making
 from tests.support.projectors import run_outbox
 from tests.support.servers import free_port
 from tests.support.webhooks import STREAM, decide
@@ -50,49 +49,19 @@ def _broker(url: str, name: str) -> None:
 @pytest.fixture
 def nats_stream() -> Iterator[Callable[..., NatsStream]]:
     _broker(NATS_URL, "NATS")
-    made: list[NatsStream] = []
-
-    def make(**options: Any) -> NatsStream:
-        made.append(NatsStream(**options))
-        return made[-1]
-
-    yield make
-    for stream in made:
-        stream.delete()
+    yield from making(NatsStream, NatsStream.delete)
 
 
 @pytest.fixture
 def amqp_queue() -> Iterator[Callable[..., AmqpQueue]]:
     _broker(AMQP_URL, "RabbitMQ")
-    made: list[AmqpQueue] = []
-
-    def make(**options: Any) -> AmqpQueue:
-        made.append(AmqpQueue(**options))
-        return made[-1]
-
-    yield make
-    for queue in made:
-        queue.delete()
-
-
-@pytest.fixture
-def outbox(database_url: str) -> Iterator[Outbox]:
-    box = Outbox(Database(outbox_url(database_url)))
-    yield box
-    box.database.close()
+    yield from making(AmqpQueue, AmqpQueue.delete)
 
 
 @pytest.fixture
 def dispatchers() -> Iterator[Callable[..., Dispatcher]]:
-    made: list[Dispatcher] = []
-
-    def make(outbox: Outbox, **options: Any) -> Dispatcher:
-        made.append(Dispatcher(outbox, **{"timeout": 3.0, **options}))
-        return made[-1]
-
-    yield make
-    for d in made:
-        d.close()
+    """Dispatchers that give up on an attempt after 3 s (a broker that does not answer)."""
+    yield from making(lambda outbox, **options: Dispatcher(outbox, **{"timeout": 3.0, **options}), Dispatcher.close)
 
 
 def event(box: Outbox, order: str, version: int, event_type: str = "PaymentSucceeded") -> int:

@@ -19,7 +19,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -40,30 +39,10 @@ from tests.support.webhooks import STREAM, InvalidWebhook, decide, verify
 
 
 @pytest.fixture
-def outbox(database_url: str) -> Iterator[Outbox]:
-    box = Outbox(Database(outbox_url(database_url)))
-    yield box
-    box.database.close()
-
-
-@pytest.fixture
 def sqlite_outbox(sqlite_url: str) -> Iterator[Outbox]:
     box = Outbox(Database(outbox_url(sqlite_url)))
     yield box
     box.database.close()
-
-
-@pytest.fixture
-def dispatchers() -> Iterator[Callable[..., Dispatcher]]:
-    made: list[Dispatcher] = []
-
-    def make(outbox: Outbox, **options: Any) -> Dispatcher:
-        made.append(Dispatcher(outbox, **options))
-        return made[-1]
-
-    yield make
-    for d in made:
-        d.close()
 
 
 def statuses(outbox: Outbox, msg: str) -> list[int | None]:

@@ -4,25 +4,13 @@ and what each way of settling it leaves behind."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 
-import pytest
-
-from ledger.store.sql import Database
 from projections.webhooks.outbox import Outbox
 from projections.webhooks.records import Attempt, Message
-from projections.webhooks.schema import outbox_url
 from tests.support.constants import MCHID
 
 T0 = 1_800_000_000.0
 LEASE = 60.0
-
-
-@pytest.fixture
-def outbox(database_url: str) -> Iterator[Outbox]:
-    database = Database(outbox_url(database_url))
-    yield Outbox(database)
-    database.close()
 
 
 def decided(outbox: Outbox, *orders: int) -> list[str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,14 +25,6 @@ def pay_and_refund(ledger: Ledger, factory: NotificationFactory, no: str) -> Non
     ledger.register_order(MCHID, no, 100)
     for delivery in (factory.paid(no, 100), factory.refunded(no, f"R-{no}", 40, 100)):
         ledger.record_notification(MCHID, verifier.verify(delivery.headers, delivery.body))
-
-
-@pytest.fixture
-def outbox(database_url: str) -> Iterator[Outbox]:
-    """The outbox on `database_url`'s store, as the dispatcher and the admin API see it."""
-    outbox = Outbox(Database(outbox_url(database_url)))
-    yield outbox
-    outbox.database.close()
 
 
 def test_decisions_become_one_message_per_matching_endpoint(
