@@ -8,7 +8,6 @@ An order is (mchid, sub_mchid, out_trade_no) ([protocol: Service providers]): a 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 from typing import Any
 
@@ -19,6 +18,7 @@ from starlette.responses import Response
 from api.bills import bill_figures
 from api.params import (
     combine_out_trade_no_param,
+    json_object_body,
     mchid_param,
     order_merchant,
     out_trade_no_param,
@@ -83,18 +83,7 @@ def _types_param(request: Request) -> list[str] | None:
 
 async def register_order(request: Request) -> Response:
     state = app_state(request)
-    raw = await request.body()
-    if len(raw) > MAX_REGISTER_BODY:
-        raise InvalidRequest("body too large")
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        raise InvalidRequest("body must be JSON") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("body must be a JSON object")
-    unknown = sorted(set(body) - _REGISTER_FIELDS)
-    if unknown:
-        raise InvalidRequest(f"unknown field {unknown[0][:40]!r}")
+    body = await json_object_body(request, MAX_REGISTER_BODY, _REGISTER_FIELDS)
     out_trade_no = out_trade_no_param(body.get("out_trade_no"))
     amount = body.get("amount_total")
     if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:

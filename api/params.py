@@ -7,8 +7,12 @@ A bad value raises `InvalidRequest` with our own sentence, which the JSON API an
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
+from collections.abc import Collection
 from typing import Any
+
+from starlette.requests import Request
 
 from api.state import AppState
 from ledger.errors import InvalidRequest
@@ -20,6 +24,7 @@ __all__ = [
     "SUB_MCHID",
     "bill_date_param",
     "combine_out_trade_no_param",
+    "json_object_body",
     "mchid_param",
     "order_merchant",
     "order_sub_mchid",
@@ -110,3 +115,23 @@ def order_merchant(state: AppState, params: Any) -> tuple[str, str | None]:
     """The merchant and sub-merchant of the order a request is about (`?mchid=&sub_mchid=`)."""
     mchid = mchid_param(state, params.get("mchid"))
     return mchid, sub_mchid_param(state, mchid, params.get("sub_mchid"))
+
+
+async def json_object_body(
+    request: Request, limit: int, allowed: Collection[str] | None, *, empty_is_none: bool = False
+) -> dict[str, Any]:
+    """A request's JSON object of at most `limit` bytes, with only `allowed` fields when those are given
+    (`empty_is_none`: an empty body is ``{}``)."""
+    raw = await request.body()
+    if len(raw) > limit:
+        raise InvalidRequest("body too large")
+    try:
+        body = json.loads(b"{}" if empty_is_none and not raw else raw)
+    except ValueError:
+        raise InvalidRequest("body must be JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("body must be a JSON object")
+    unknown = sorted(set(body) - set(allowed)) if allowed is not None else []
+    if unknown:
+        raise InvalidRequest(f"unknown field {unknown[0][:40]!r}")
+    return body

@@ -14,14 +14,13 @@ closes an unpaid order (409 once it is paid).
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.params import mchid_param, out_trade_no_param, sub_mchid_param
+from api.params import json_object_body, mchid_param, out_trade_no_param, sub_mchid_param
 from api.responses import LedgerJSONResponse
 from api.state import app_state
 from ledger.errors import InvalidRequest
@@ -35,19 +34,6 @@ _STATUS = {"accepted": 201, "unknown": 202, "rejected": 502}
 API_CALLER = "api"  # who asked, in the order's history, when the admin token's holder asked
 
 
-async def _json_object(request: Request, limit: int) -> dict[str, Any]:
-    raw = await request.body()
-    if len(raw) > limit:
-        raise InvalidRequest("body too large")
-    try:
-        body = json.loads(raw or b"{}")
-    except ValueError:
-        raise InvalidRequest("body must be JSON") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("body must be a JSON object")
-    return body
-
-
 def _order_key(request: Request, body: dict[str, Any]) -> OrderKey:
     state = app_state(request)
     out_trade_no = out_trade_no_param(request.path_params["out_trade_no"])
@@ -58,10 +44,7 @@ def _order_key(request: Request, body: dict[str, Any]) -> OrderKey:
 
 async def refund_order(request: Request) -> Response:
     state = app_state(request)
-    body = await _json_object(request, MAX_REFUND_BODY)
-    unknown = sorted(set(body) - _REFUND_FIELDS)
-    if unknown:
-        raise InvalidRequest(f"unknown field {unknown[0][:40]!r}")
+    body = await json_object_body(request, MAX_REFUND_BODY, _REFUND_FIELDS, empty_is_none=True)
     out_refund_no, amount, reason = body.get("out_refund_no"), body.get("amount"), body.get("reason", "")
     if not isinstance(out_refund_no, str):
         raise InvalidRequest("out_refund_no is required: your refund number")
@@ -85,7 +68,8 @@ async def refund_order(request: Request) -> Response:
 
 async def close_order(request: Request) -> Response:
     state = app_state(request)
-    key = _order_key(request, await _json_object(request, MAX_REFUND_BODY))
+    body = await json_object_body(request, MAX_REFUND_BODY, None, empty_is_none=True)
+    key = _order_key(request, body)
     order, _ = await anyio.to_thread.run_sync(
         lambda: state.services.requester.close(key, requested_by=API_CALLER), limiter=state.limiter
     )

@@ -200,9 +200,13 @@ class OrderRequests(ChainedAggregate):
         """The body recorded for `out_refund_no`: the only one ever sent for it."""
         return dict(self.refund_requests[out_refund_no]["request"])
 
+    def refund_record(self, out_refund_no: str) -> dict[str, Any]:
+        """A refund asked through the ledger as the order shows it: without the body sent."""
+        return {k: v for k, v in self.refund_requests[out_refund_no].items() if k != "request"}
+
     def requests_summary(self) -> dict[str, Any]:
         """The refunds asked through the ledger (without the bodies sent) and when it closed the order."""
-        asked = [{k: v for k, v in r.items() if k != "request"} for r in self.refund_requests.values()]
+        asked = [self.refund_record(no) for no in self.refund_requests]
         return {
             "refund_requests": sorted(asked, key=lambda r: r["out_refund_no"]),
             "refundable": self.refundable,

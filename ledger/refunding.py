@@ -29,7 +29,7 @@ from ledger.errors import InvalidRequest, RequestRefused, WeChatPayError, WeChat
 from ledger.identity import OrderKey
 from ledger.order_requests import REFUND_REASON_LIMIT
 from ledger.wechatpay.client import WeChatPayResponse
-from ledger.wechatpay.refunds import RefundAnswer, RefundRequest
+from ledger.wechatpay.refunds import OUT_REFUND_NO, RefundAnswer, RefundRequest
 
 __all__ = ["OrderRequester", "RefundOutcome", "RequestClient"]
 
@@ -60,7 +60,7 @@ class RefundAsked:
 
     @property
     def record(self) -> dict[str, Any]:
-        asked = {k: v for k, v in self.order.refund_requests[self.out_refund_no].items() if k != "request"}
+        asked = self.order.refund_record(self.out_refund_no)
         decided = self.order.refunds.get(self.out_refund_no)
         return {**asked, "decided": decided["status"] if decided else None}
 
@@ -119,18 +119,7 @@ class OrderRequester:
             return RefundAsked(order, out_refund_no, sent=False)
         # New, or asked before with no answer to trust: the recorded body is sent, the same bytes' content
         # every time (WeChat answers a repeated out_refund_no with the refund it made, never a second one).
-        recorded = order.refund_request(out_refund_no)
-        amount_asked = recorded["amount"]
-        request = RefundRequest(
-            out_refund_no=out_refund_no,
-            refund=amount_asked["refund"],
-            total=amount_asked["total"],
-            currency=amount_asked["currency"],
-            transaction_id=recorded["transaction_id"],
-            reason=recorded.get("reason"),
-            notify_url=recorded.get("notify_url"),
-            sub_mchid=recorded.get("sub_mchid"),
-        )
+        request = RefundRequest.from_fields(order.refund_request(out_refund_no))
         answer: dict[str, Any]
         try:
             response = client.create_refund(request)
@@ -197,8 +186,7 @@ class OrderRequester:
 
 def _check_refund_fields(out_refund_no: str, reason: str) -> None:
     """[protocol: Creating a refund]: out_refund_no is 1-64 of [A-Za-z0-9_-|*@]; reason at most 80 characters."""
-    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-|*@")
-    if not 1 <= len(out_refund_no) <= 64 or not set(out_refund_no) <= allowed:
+    if not OUT_REFUND_NO.fullmatch(out_refund_no):
         raise InvalidRequest("out_refund_no must be 1 to 64 letters, digits or _-|*@")
     if len(reason) > REFUND_REASON_LIMIT:
         raise InvalidRequest(f"reason must be at most {REFUND_REASON_LIMIT} characters")

@@ -16,10 +16,10 @@ from typing import Any
 
 from ledger.errors import ResponseUntrusted
 
-__all__ = ["REFUND_PATH", "RefundAnswer", "RefundRequest", "refund_answer"]
+__all__ = ["OUT_REFUND_NO", "REFUND_PATH", "RefundAnswer", "RefundRequest", "refund_answer"]
 
 REFUND_PATH = "/v3/refund/domestic/refunds"
-_OUT_REFUND_NO = re.compile(r"[0-9A-Za-z_\-|*@]{1,64}")
+OUT_REFUND_NO = re.compile(r"[0-9A-Za-z_\-|*@]{1,64}")
 _NUMBER = re.compile(r"[0-9A-Za-z_\-|*@]{1,32}")
 
 
@@ -48,7 +48,7 @@ class RefundRequest:
     currency: str = "CNY"
 
     def __post_init__(self) -> None:
-        if not _OUT_REFUND_NO.fullmatch(self.out_refund_no):
+        if not OUT_REFUND_NO.fullmatch(self.out_refund_no):
             raise ValueError("out_refund_no must be 1-64 of [0-9A-Za-z_-|*@]")
         if (self.transaction_id is None) == (self.out_trade_no is None):
             raise ValueError("name the order by exactly one of transaction_id and out_trade_no")
@@ -67,6 +67,19 @@ class RefundRequest:
             raise ValueError("sub_mchid must be digits")
         if self.currency != "CNY":
             raise ValueError("currency must be CNY")
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, Any]) -> RefundRequest:
+        """The request whose `fields()` are `fields` (as recorded in the order's `RefundRequested`)."""
+        amount = fields["amount"]
+        named = {k: fields.get(k) for k in ("sub_mchid", "transaction_id", "out_trade_no", "reason", "notify_url")}
+        return cls(
+            out_refund_no=fields["out_refund_no"],
+            refund=amount["refund"],
+            total=amount["total"],
+            currency=amount["currency"],
+            **named,
+        )
 
     def fields(self) -> dict[str, Any]:
         """The body as a dict, keys in the order WeChat documents them; absent options left out."""
