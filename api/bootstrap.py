@@ -21,6 +21,7 @@ from typing import Protocol, TypeVar
 
 import httpx
 
+from api.actions import OperatorActions
 from ledger.application import Ledger, build_ledger
 from ledger.audit.integrity import Report, check_all, check_order
 from ledger.domain import PaymentOrder
@@ -161,6 +162,11 @@ class Services:
             combined=combined,
             appid=lambda mchid: merchant.settings.appid if (merchant := self.merchants.get(mchid)) else None,
         )
+
+    @cached_property
+    def actions(self) -> OperatorActions:
+        """What operators do (re-query, acknowledge, resend, recover, endpoints), each recorded naming them."""
+        return OperatorActions(self)
 
     @cached_property
     def database(self) -> Database:

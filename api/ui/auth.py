@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 
 from starlette.requests import Request
 
+from ledger.operators import ADMIN_TOKEN_OPERATOR, Role
+
 __all__ = ["COOKIE", "SESSION_SECONDS", "Access", "UISessions"]
 
 COOKIE = "payledger_session"
@@ -28,10 +30,23 @@ _CLOCK_SKEW = 60  # replicas' clocks differ a little; a session "from the future
 
 @dataclass(frozen=True)
 class Access:
-    """How a request got in: "bearer" (scripts), "session" (a browser after login) or "open"."""
+    """How a request got in: "bearer" (scripts), "session" (a browser after login) or "open"; as whom
+    (`operator`, named in the events of what they do) and with which `role` (what they may do)."""
 
     via: str
     session: str = ""
+    operator: str = ADMIN_TOKEN_OPERATOR
+    role: Role = Role.ADMIN
+
+    @property
+    def can_act(self) -> bool:
+        """May press the action buttons (re-query, refund, close, acknowledge, resend, recover)."""
+        return self.role.can_act
+
+    @property
+    def can_administer(self) -> bool:
+        """May enable and disable endpoints."""
+        return self.role.can_administer
 
 
 class UISessions:
