@@ -22,6 +22,11 @@ class Role(StrEnum):
     OPERATOR = "operator"
     ADMIN = "admin"
 
+    def allows(self, needed: Role) -> bool:
+        """This role may do what `needed` may (viewer < operator < admin)."""
+        order = (Role.VIEWER, Role.OPERATOR, Role.ADMIN)
+        return order.index(self) >= order.index(needed)
+
     @property
     def can_act(self) -> bool:
         """May act on orders and deliveries."""

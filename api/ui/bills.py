@@ -23,6 +23,7 @@ from api.params import bill_date_param, mchid_param
 from api.state import AppState, app_state
 from api.ui.auth import Access
 from ledger.errors import InvalidRequest
+from ledger.operators import Role
 from projections.bills.reports import BillReport
 from projections.bills.service import beijing_today
 
@@ -54,7 +55,7 @@ class BillPages:
     def routes(self) -> list[Route]:
         return [
             Route("/bills", self._pages.guarded(self.index), methods=["GET"]),
-            Route("/bills/reconcile", self._pages.guarded(self.reconcile), methods=["POST"]),
+            Route("/bills/reconcile", self._pages.guarded(self.reconcile, Role.OPERATOR), methods=["POST"]),
             Route("/bills/{bill_date}", self._pages.guarded(self.day), methods=["GET"]),
         ]
 

@@ -44,6 +44,7 @@ from ledger.errors import (
     WeChatPayError,
 )
 from ledger.identity import OrderKey
+from ledger.operators import Role
 from ledger.settings import Settings
 from projections.read_model.runner import orders_head
 from projections.read_model.view import OrdersView
@@ -158,13 +159,18 @@ class OperatorPages:
         wanted = next_path or request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return self.page(request, "login.html", 401, error=error, next_path=_next_path(wanted))
 
-    def guarded(self, page: Page) -> Callable[[Request], Awaitable[Response]]:
-        """The endpoint of `page`: called with how the request got in, or the login form (401) instead."""
+    def guarded(self, page: Page, needs: Role = Role.VIEWER) -> Callable[[Request], Awaitable[Response]]:
+        """The endpoint of `page`: called with how the request got in, or the login form (401) instead;
+        a page (or action) that `needs` more than the operator's role answers 403 (and shows no button)."""
 
         async def endpoint(request: Request) -> Response:
             access = self.sessions.access(request)
             if access is None:
                 return self.login_form(request)
+            if not access.role.allows(needs):
+                log.warning("operator %s (%s) refused %s", access.operator, access.role, request.url.path)
+                message = f"Your role ({access.role}) may not do this."
+                return self.page(request, "message.html", 403, access=access, message=message)
             return await page(request, access)
 
         return endpoint
@@ -424,9 +430,9 @@ def ui_mount(settings: Settings) -> Mount:
             Route("/logout", pages.guarded(pages.logout), methods=["POST"]),
             Route("/static/ui.css", pages.stylesheet, methods=["GET"]),
             Route("/orders/{out_trade_no}", pages.guarded(pages.order), methods=["GET"]),
-            Route("/orders/{out_trade_no}/query", pages.guarded(pages.requery), methods=["POST"]),
-            Route("/orders/{out_trade_no}/refund", pages.guarded(pages.refund), methods=["POST"]),
-            Route("/orders/{out_trade_no}/close", pages.guarded(pages.close), methods=["POST"]),
+            Route("/orders/{out_trade_no}/query", pages.guarded(pages.requery, Role.OPERATOR), methods=["POST"]),
+            Route("/orders/{out_trade_no}/refund", pages.guarded(pages.refund, Role.OPERATOR), methods=["POST"]),
+            Route("/orders/{out_trade_no}/close", pages.guarded(pages.close, Role.OPERATOR), methods=["POST"]),
             *BillPages(pages).routes(),
             *NotificationPages(pages).routes(),
         ],
