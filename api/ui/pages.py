@@ -53,7 +53,6 @@ from projections.timeline import Entry, Timeline, attempt_text, duration, iso, l
 __all__ = ["ui_mount"]
 
 log = logging.getLogger("api.ui")
-UI_CALLER = "ui"  # who asked a refund or close from the pages, in the order's history
 
 _HERE = Path(__file__).parent
 MAX_FORM_BYTES = 4096
@@ -349,14 +348,17 @@ class OperatorPages:
         _, (no, mchid, sub_mchid) = posted
         try:
             order = await anyio.to_thread.run_sync(
-                lambda: state.services.query_order(mchid, no, sub_mchid), limiter=state.limiter
+                lambda: state.services.actions.requery(OrderKey(mchid, no, sub_mchid), operator=access.operator),
+                limiter=state.limiter,
             )
         except WeChatPayError as exc:
             answer = answer_for(exc)
             error = f"WeChat Pay query failed ({answer.message(exc)})."
             return await self.order(request, access, error=error, status=answer.status)
-        log.info("operator re-queried %s mchid=%s sub_mchid=%s -> %s", no, mchid, sub_mchid, order.trade_state)
-        return self.redirect(_order_url(no, mchid, sub_mchid, queried=str(order.version)))
+        answer = order.operator_actions[-1]["detail"][
+            "answer_version"
+        ]  # the StatusQueried, before the note of who asked
+        return self.redirect(_order_url(no, mchid, sub_mchid, queried=str(answer)))
 
     # -- refunds and closes, asked from the order page (a confirmation first) ---------------------
 
@@ -394,14 +396,14 @@ class OperatorPages:
                         out_refund_no=fields["out_refund_no"],
                         amount=int(fields["amount"]),
                         reason=fields["reason"],
-                        requested_by=UI_CALLER,
+                        requested_by=access.operator,
                     ),
                     limiter=state.limiter,
                 )
                 done = f"refund {fields['out_refund_no']}: {asked.outcome}"
             else:
                 await anyio.to_thread.run_sync(
-                    lambda: requester.close(key, requested_by=UI_CALLER), limiter=state.limiter
+                    lambda: requester.close(key, requested_by=access.operator), limiter=state.limiter
                 )
                 done = "closed"
         except (InvalidRequest, RequestRefused, RequestConflict) as exc:

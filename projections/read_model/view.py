@@ -61,6 +61,7 @@ ORDER_FIELDS = (
     "paid_total",
     "refunded_total",
     "anomalies",
+    "open_anomalies",
     "version",
     "created_at",
     "updated_at",
@@ -73,7 +74,7 @@ PAID = "{o}.success_time IS NOT NULL AND {o}.paid_total IS NOT NULL AND {o}.tran
 """An order row `{o}` whose payment is decided: set by PaymentSucceeded alone (a refund decided first
 sets transaction_id, never the other two); `paid_total` stays NULL only if WeChat's resource had no total."""
 _TIME_FIELDS = {"created_at", "updated_at"}
-LAYOUT_COLUMN = "sub_mchid"
+LAYOUT_COLUMN = "open_anomalies"
 """The column a view of the current layout has and one made by an earlier version lacks."""
 
 
@@ -92,6 +93,7 @@ def order_row(order: PaymentOrder, at: dt.datetime) -> dict[str, Any]:
         "paid_total": order.paid_total,
         "refunded_total": order.refunded_total,
         "anomalies": len(order.anomalies),
+        "open_anomalies": order.open_anomalies,
         "version": order.version,
         "created_at": order.created_on.timestamp(),
         "updated_at": at.timestamp(),
@@ -182,7 +184,7 @@ class OrdersView(ViewRecorder):
                 " out_trade_no TEXT NOT NULL, stream_id TEXT NOT NULL, registered BOOLEAN NOT NULL,"
                 " trade_state TEXT NOT NULL, amount_total BIGINT, currency TEXT, transaction_id TEXT,"
                 " success_time TEXT, paid_total BIGINT, refunded_total BIGINT NOT NULL, anomalies INTEGER NOT NULL,"
-                " version INTEGER NOT NULL, created_at DOUBLE PRECISION NOT NULL,"
+                " open_anomalies INTEGER NOT NULL, version INTEGER NOT NULL, created_at DOUBLE PRECISION NOT NULL,"
                 " updated_at DOUBLE PRECISION NOT NULL, combine_out_trade_no TEXT, document TEXT NOT NULL,"
                 " PRIMARY KEY (mchid, sub_mchid, out_trade_no))",
                 "CREATE INDEX IF NOT EXISTS {orders_state} ON {orders} (trade_state, updated_at)",
