@@ -28,6 +28,7 @@ from ledger.domain import PaymentOrder
 from ledger.errors import InvalidRequest, OrderNotFound
 from ledger.groupcommit import GroupCommitter
 from ledger.identity import OrderKey
+from ledger.operators import Operators
 from ledger.refunding import OrderRequester, RequestClient
 from ledger.settings import MerchantSettings, Settings
 from ledger.status_query import OrderQuery
@@ -162,6 +163,11 @@ class Services:
             combined=combined,
             appid=lambda mchid: merchant.settings.appid if (merchant := self.merchants.get(mchid)) else None,
         )
+
+    @cached_property
+    def operators(self) -> Operators:
+        """The named operators of the console, with their roles and password hashes (beside the events)."""
+        return Operators(self.database)
 
     @cached_property
     def actions(self) -> OperatorActions:

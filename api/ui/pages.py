@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -145,7 +146,8 @@ class OperatorPages:
         html = self.templates.get_template(name).render(
             access=access,
             csrf=self.sessions.csrf_token(access) if access is not None else "",
-            open_mode=not self.sessions.required,
+            open_mode=access is not None and access.via == "open",
+            operator=access.operator if access is not None and access.via != "open" else None,
             **context,
         )
         return HTMLResponse(html, status_code=status, headers=_HEADERS)
@@ -206,25 +208,52 @@ class OperatorPages:
     # -- login ----------------------------------------------------------------------------
 
     async def login(self, request: Request) -> Response:
-        if not self.sessions.required:
+        """An operator's name and password (or the admin token): a session cookie, or the form again.
+        Failed logins are limited per client address and per account; the answer is then 429."""
+        sessions = self.sessions
+        if not sessions.required(request):
             return RedirectResponse("/ui/", status_code=303)
         if request.method == "GET":
             return self.login_form(request, next_path=request.query_params.get("next", "/ui/"))
+        address = request.client.host if request.client is not None else "-"
         form = await _form(request)
         target = _next_path(form.get("next", "/ui/"))
-        if not self.sessions.token_matches(form.get("token", "")):
-            log.warning("operator login refused")
-            return self.login_form(request, error="That token is not right.", next_path=target)
-        log.info("operator logged in")
+        wait = sessions.limiter.wait(address)
+        if wait > 0:
+            log.warning("operator login refused: too many failures from this address")
+            return self._too_many(request, target, wait)
+        if "token" in form:
+            if not sessions.token_matches(form["token"]):
+                sessions.limiter.failed(address)
+                log.warning("operator login refused: not the admin token")
+                return self.login_form(request, error="That token is not right.", next_path=target)
+            log.info("operator logged in with the admin token")
+            return self._logged_in(target, sessions.issue())
+        name, password = form.get("name", "").strip().lower(), form.get("password", "")
+        operators = app_state(request).services.operators
+        result = await anyio.to_thread.run_sync(lambda: operators.authenticate(name, password))
+        if result.operator is None:
+            sessions.limiter.failed(address)
+            log.warning("operator login refused for %r", name[:32])
+            if result.locked_for > 0:
+                return self._too_many(request, target, result.locked_for)
+            return self.login_form(request, error="That name and password do not match.", next_path=target)
+        log.info("operator %s (%s) logged in", result.operator.name, result.operator.role)
+        return self._logged_in(target, sessions.issue_for(request, result.operator))
+
+    def _too_many(self, request: Request, target: str, wait: float) -> HTMLResponse:
+        seconds = max(1, math.ceil(wait))
+        response = self.login_form(
+            request, error=f"Too many failed logins: try again in {seconds} s.", next_path=target
+        )
+        response.status_code = 429
+        response.headers["Retry-After"] = str(seconds)
+        return response
+
+    def _logged_in(self, target: str, session: str) -> Response:
         response = RedirectResponse(target, status_code=303, headers=_HEADERS)
         response.set_cookie(
-            COOKIE,
-            self.sessions.issue(),
-            max_age=SESSION_SECONDS,
-            path="/",
-            secure=True,
-            httponly=True,
-            samesite="strict",
+            COOKIE, session, max_age=SESSION_SECONDS, path="/", secure=True, httponly=True, samesite="strict"
         )
         return response
 
@@ -423,7 +452,7 @@ def _payload(entry: Entry) -> dict[str, Any]:
 def ui_mount(settings: Settings) -> Mount:
     """The /ui routes; the admin token (if any) comes from `settings`."""
     token = settings.admin_token.value if settings.admin_token is not None else None
-    pages = OperatorPages(UISessions(token))
+    pages = OperatorPages(UISessions(token, operators=lambda request: app_state(request).services.operators))
     return Mount(
         "/ui",
         routes=[
