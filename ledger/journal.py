@@ -51,6 +51,7 @@ class OperatorJournal(ChainedAggregate):
         return cls._create(cls.Opened, id=journal_id(operator, day), operator=operator, day=day.isoformat())
 
     class Acted(Aggregate.Event):
+        operator: str  # the journal's own (so that an event read alone says who)
         action: str  # one of JOURNAL_ACTIONS
         target: str  # what it was done to: an endpoint id, "" for every endpoint
         detail: dict[str, Any]
@@ -62,7 +63,7 @@ class OperatorJournal(ChainedAggregate):
     def act(self, action: str, *, target: str, detail: dict[str, Any], at: dt.datetime) -> None:
         if action not in JOURNAL_ACTIONS:
             raise ValueError(f"not a journal action: {action}")
-        self.trigger_event(self.Acted, action=action, target=target, detail=detail, acted_at=at)
+        self.trigger_event(self.Acted, operator=self.operator, action=action, target=target, detail=detail, acted_at=at)
 
 
 # Every event of an OperatorJournal stream, named once (tests/test_event_lists.py keeps it so).
