@@ -32,6 +32,7 @@ from api.notify import read_body
 from api.params import OUT_TRADE_NO, mchid_param, sub_mchid_param, sub_mchid_value
 from api.responses import to_jsonable
 from api.state import app_state
+from api.ui.activity import ActivityPages
 from api.ui.auth import COOKIE, SESSION_SECONDS, Access, UISessions
 from api.ui.bills import BillPages, bill_url
 from api.ui.notifications import NotificationPages
@@ -466,5 +467,6 @@ def ui_mount(settings: Settings) -> Mount:
             Route("/orders/{out_trade_no}/close", pages.guarded(pages.close, Role.OPERATOR), methods=["POST"]),
             *BillPages(pages).routes(),
             *NotificationPages(pages).routes(),
+            *ActivityPages(pages).routes(),
         ],
     )
