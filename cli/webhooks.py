@@ -14,7 +14,8 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-from cli.common import SubParsers, configure_logging, load_settings, print_json, services_for, stop_on_signals
+from api.bootstrap import Services
+from cli.common import SubParsers, configure_logging, each_shard, load_settings, load_shards, print_json, services_for
 from ledger.settings import Settings
 from projections.webhooks.records import STATES, Endpoint, Message
 
@@ -117,8 +118,11 @@ def cmd_deliveries(load: LoadSettings, args: argparse.Namespace) -> int:
 
 
 def cmd_dispatch(load: LoadSettings, args: argparse.Namespace) -> int:
-    with services_for(load(args)) as services:
-        configure_logging(services.settings.log_level, services.settings.log_format)
+    """The dispatcher of every shard (`LEDGER_SHARD`'s alone when set); `--once` one pass each."""
+    shards = load_shards(args, require_merchant=False)
+    configure_logging(shards[0].log_level, shards[0].log_format)
+
+    def dispatch(services: Services, stop: threading.Event) -> int:
         services.sync_endpoints()
         dispatcher = services.dispatcher
         if args.once:
@@ -126,9 +130,10 @@ def cmd_dispatch(load: LoadSettings, args: argparse.Namespace) -> int:
             counts = ", ".join(f"{n} {state}" for state, n in services.outbox.messages.counts().items())
             print(f"attempted {attempted} message(s); {counts}")
             return 0
-        stop: threading.Event = stop_on_signals()
         dispatcher.run_forever(stop, idle=args.interval)
         return 0
+
+    return each_shard(shards, dispatch, follow=not args.once)
 
 
 def _without_merchant(args: argparse.Namespace) -> Settings:

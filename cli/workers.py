@@ -6,20 +6,22 @@
 from __future__ import annotations
 
 import argparse
+import threading
 
-from cli.common import SubParsers, configure_logging, load_settings, services_for, stop_on_signals
+from api.bootstrap import Services
+from cli.common import SubParsers, configure_logging, each_shard, load_shards
 
 __all__ = ["register"]
 
 
 def cmd_project(args: argparse.Namespace) -> int:
-    """The projections (orders view, outbox, unrouted notifications), each exclusive by its own lock;
-    SIGTERM stops them cleanly."""
-    settings = load_settings(args, require_merchant=False)
-    configure_logging(settings.log_level, settings.log_format)
-    with services_for(settings) as services:
+    """The projections (orders view, outbox, unrouted notifications, activity), each exclusive by its own
+    lock, for every shard; SIGTERM stops them cleanly."""
+    shards = load_shards(args, require_merchant=False)
+    configure_logging(shards[0].log_level, shards[0].log_format)
+
+    def project(services: Services, stop: threading.Event) -> int:
         services.sync_endpoints()
-        stop = stop_on_signals()
         threads = services.projector_threads(stop)
         for thread in threads:
             thread.start()
@@ -28,16 +30,19 @@ def cmd_project(args: argparse.Namespace) -> int:
                 thread.join(0.5)
             if not stop.is_set() and not all(t.is_alive() for t in threads):
                 stop.set()  # one projector failed: stop the others and exit, so a supervisor restarts them all
-    return 0
+        return 0
+
+    return each_shard(shards, project, follow=True)
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
-    settings = load_settings(args)
-    configure_logging(settings.log_level if args.follow else "WARNING", settings.log_format)
-    with services_for(settings) as services:
+    shards = load_shards(args)
+    configure_logging(shards[0].log_level if args.follow else "WARNING", shards[0].log_format)
+
+    def reconcile(services: Services, stop: threading.Event) -> int:
         reconciler = services.reconciler
         if args.follow:
-            reconciler.follow(stop_on_signals(), idle=args.interval, report=lambda c: print(c, flush=True))
+            reconciler.follow(stop, idle=args.interval, report=lambda c: print(c, flush=True))
             return 0
         changes = reconciler.run_pass()
         for change in changes:
@@ -48,6 +53,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
             f"(retried later); open orders: {services.worklist.counts().get('open', 0)}"
         )
         return 0
+
+    return each_shard(shards, reconcile, follow=args.follow)
 
 
 def register(sub: SubParsers) -> None:
