@@ -22,7 +22,6 @@ from ledger.errors import ConfigurationError, OrderNotFound
 from ledger.settings import Settings
 from ledger.wechatpay.sandbox.signer import NotificationFactory
 from projections.read_model.runner import open_orders_view
-
 from tests.support.cli import CLI, clean_env
 from tests.support.constants import APPID, POSTGRES_URL
 from tests.support.fakes import Receiver
