@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import os
 import re
+import subprocess
 from collections.abc import Iterator
 from dataclasses import fields
 from importlib.metadata import version
@@ -27,7 +28,7 @@ from ledger.store.cipher import SETTING
 from projections.bills.reports import BillReport
 from projections.reconcile.reconciler import Change
 from tests.support.audit_world import NO, audit_world
-from tests.support.cli import clean_env, payledger
+from tests.support.cli import CLI, clean_env, payledger
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 
@@ -281,3 +282,19 @@ def test_tables_of_the_commands_are_plain_when_piped_and_drawn_on_a_terminal(tmp
     assert "\x1b[" in drawn.stdout and endpoint in drawn.stdout, "an id is never folded, however narrow"
     empty = payledger("deliveries", "list", env=env)
     assert empty.stdout.split() == ["webhook", "id", "endpoint", "type", "order", "state", "attempts"]
+
+    password = "correct horse battery staple\n"
+    added = subprocess.run(
+        [*CLI, "operators", "add", "mei", "--role", "viewer"], env=env, input=password, text=True, capture_output=True
+    )
+    assert added.returncode == 0
+    operators = payledger("operators", "list", env=env)
+    assert [line.split() for line in operators.stdout.splitlines()] == [
+        ["name", "role", "state"],
+        ["mei", "viewer", "enabled"],
+    ]
+    check_shape(
+        json.loads(payledger("operators", "list", "--json", env=env).stdout),
+        documented_shapes()["operators list --json"],
+        set(),
+    )
