@@ -222,6 +222,7 @@ def test_json_documents_have_the_documented_keys_and_long_work_shows_progress_on
             ("verify --json", ["verify", "--all", "--json"]),
             ("rebuild --json", ["rebuild", "--json"]),
             ("rebuild notifications_view --json", ["rebuild", "notifications_view", "--json"]),
+            ("rebuild activity_view --json", ["rebuild", "activity_view", "--json"]),
             ("reencrypt --json", ["reencrypt", "--json"]),
             ("certificates --json", ["certificates", "--json"]),
             ("reconcile --json", ["reconcile", "--json"]),
