@@ -1,19 +1,17 @@
-"""What every command shares: settings (with `--dev`), logging, signals, JSON output."""
+"""What every command shares: settings (with `--dev`), logging, signals. (Printing: `cli.output`.)"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from api.bootstrap import Services, bootstrap
 from api.params import order_sub_mchid, sub_mchid_value
-from api.responses import to_jsonable
 from cli.dev import dev_environment
 from ledger.logs import configure_logging
 from ledger.settings import Settings
@@ -26,7 +24,6 @@ __all__ = [
     "load_settings",
     "load_shards",
     "order_of",
-    "print_json",
     "services_for",
     "stop_on_signals",
 ]
@@ -111,7 +108,3 @@ def stop_on_signals() -> threading.Event:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     return stop
-
-
-def print_json(value: Any) -> None:
-    print(json.dumps(to_jsonable(value), ensure_ascii=False, indent=2))

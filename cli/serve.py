@@ -9,6 +9,7 @@ import threading
 
 from api.bootstrap import Services, bootstrap
 from cli.common import SubParsers, configure_logging, load_all_settings, load_shards
+from cli.exits import FAILED, exit_codes
 from ledger.store.backends import redact_url
 
 __all__ = ["register"]
@@ -64,7 +65,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def register(sub: SubParsers) -> None:
-    serve = sub.add_parser("serve", help="run the HTTP service")
+    serve = sub.add_parser(
+        "serve", help="run the HTTP service", epilog=exit_codes((0, "stopped by SIGTERM or ctrl-C"), FAILED)
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     serve.add_argument("--dev", action="store_true", help="use a generated local test merchant (./payledger-dev)")

@@ -118,7 +118,8 @@ def test_query_reconcile_and_certificates_commands(sandbox_env: tuple[Sandbox, d
     listed = payledger("certificates", env=env)
     assert listed.returncode == 0
     serial = sandbox.listed_certificates()[0].serial_number
-    assert f"certificate {serial:X}" in listed.stdout and "valid" in listed.stdout
+    (row,) = [line.split() for line in listed.stdout.splitlines() if f"{serial:X}" in line]
+    assert row[1:3] == ["certificate", f"{serial:X}"] and row[-1] == "valid"
 
 
 def test_query_failure_exits_non_zero_with_a_reason(sandbox_env: tuple[Sandbox, dict[str, str]]) -> None:
