@@ -1,0 +1,174 @@
+"""The anomalies page, `GET /ui/anomalies`, and acknowledging one, `POST /ui/anomalies/ack`.
+
+Anomalies are listed from the orders view (the orders with any, each order's `anomalies` as its
+summary has them): open ones first, then those an operator acknowledged, each linking to its
+order. Acknowledging asks `Services.actions.acknowledge` (an event on the order's stream naming
+the operator and their note); a viewer sees no form and is refused the POST (403).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from api.params import OUT_TRADE_NO, mchid_param, sub_mchid_param
+from api.state import app_state
+from api.ui.auth import Access
+from ledger.errors import InvalidRequest, LedgerError, OrderNotFound
+from ledger.identity import OrderKey
+from ledger.operators import Role
+
+if TYPE_CHECKING:
+    from api.ui.pages import OperatorPages
+
+__all__ = ["AnomalyEntry", "AnomalyPages", "anomaly_entries"]
+
+log = logging.getLogger("api.ui")
+
+LISTED = 500  # orders with anomalies read for the page, the most recently changed first
+MAX_NOTE = 500
+MAX_KEY = 300
+
+
+@dataclass(frozen=True)
+class AnomalyEntry:
+    """One anomaly of one order, as the pages show it."""
+
+    mchid: str
+    sub_mchid: str | None
+    out_trade_no: str
+    kind: str
+    key: str | None  # what acknowledging names it by (None: the summary does not say)
+    detail: dict[str, Any]
+    evidence: str
+    detected_at: Any  # when it was detected, or (when the summary does not say) the order's last change
+    detected_exact: bool
+    acknowledged: dict[str, Any] | None  # who, when, with which note; None while open
+
+    @property
+    def open(self) -> bool:
+        return self.acknowledged is None
+
+
+def _acknowledged(document: dict[str, Any], anomaly: dict[str, Any]) -> dict[str, Any] | None:
+    """The acknowledgement of `anomaly`, from the anomaly itself or from the order's map of them by key."""
+    own = anomaly.get("acknowledged")
+    if own:
+        return own if isinstance(own, dict) else {}
+    key = anomaly.get("key")
+    by_key = document.get("acknowledged_anomalies") or document.get("acknowledged") or {}
+    if key is None or not by_key:
+        return None
+    if isinstance(by_key, dict):
+        found = by_key.get(key)
+        return (found if isinstance(found, dict) else {}) if found is not None else None
+    return {} if key in by_key else None
+
+
+def anomaly_entries(rows: list[dict[str, Any]]) -> list[AnomalyEntry]:
+    """The anomalies of the orders view's `rows`: open ones first, each group newest first."""
+    entries: list[AnomalyEntry] = []
+    for row in rows:
+        document = row["document"]
+        for anomaly in reversed(document.get("anomalies") or []):
+            detected = anomaly.get("detected_at")
+            entries.append(
+                AnomalyEntry(
+                    mchid=row["mchid"],
+                    sub_mchid=row["sub_mchid"],
+                    out_trade_no=row["out_trade_no"],
+                    kind=str(anomaly.get("kind", "")),
+                    key=anomaly.get("key"),
+                    detail=anomaly.get("detail") or {},
+                    evidence=str(anomaly.get("evidence", "")),
+                    detected_at=detected if detected is not None else row["updated_at"],
+                    detected_exact=detected is not None,
+                    acknowledged=_acknowledged(document, anomaly),
+                )
+            )
+    # Stable: each group keeps the rows' order (the most recently changed order first).
+    return sorted(entries, key=lambda e: not e.open)
+
+
+class AnomalyPages:
+    def __init__(self, pages: OperatorPages) -> None:
+        self._pages = pages
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/anomalies", self._pages.guarded(self.index), methods=["GET"]),
+            Route("/anomalies/ack", self._pages.guarded(self.acknowledge, Role.OPERATOR), methods=["POST"]),
+        ]
+
+    async def index(self, request: Request, access: Access, *, error: str | None = None, status: int = 200) -> Response:
+        state = app_state(request)
+        view = state.orders_view
+        if view is None or view.outdated:
+            entries: list[AnomalyEntry] = []
+            capped = False
+        else:
+            rows = await anyio.to_thread.run_sync(lambda: view.with_anomalies(LISTED), limiter=state.limiter)
+            entries, capped = anomaly_entries(rows), len(rows) == LISTED
+        return self._pages.page(
+            request,
+            "anomalies.html",
+            status,
+            access=access,
+            entries=entries,
+            open_count=sum(1 for e in entries if e.open),
+            capped=capped,
+            view_missing=view is None or view.outdated,
+            error=error,
+            acked=request.query_params.get("acked", "")[:80],
+        )
+
+    async def acknowledge(self, request: Request, access: Access) -> Response:
+        state = app_state(request)
+        form = await self._pages.form(request, access)
+        if isinstance(form, Response):
+            return form
+        out_trade_no, key, note = (
+            form.get("out_trade_no", ""),
+            form.get("key", "").strip(),
+            form.get("note", "").strip(),
+        )
+        try:
+            mchid = mchid_param(state, form.get("mchid"))
+            sub_mchid = sub_mchid_param(state, mchid, form.get("sub_mchid") or None)
+            if not OUT_TRADE_NO.fullmatch(out_trade_no):
+                raise InvalidRequest("not an out_trade_no")
+            if not key or len(key) > MAX_KEY:
+                raise InvalidRequest("no anomaly named")
+            if len(note) > MAX_NOTE:
+                raise InvalidRequest(f"the note is longer than {MAX_NOTE} characters")
+        except InvalidRequest as exc:
+            return await self.index(request, access, error=f"{exc}.", status=400)
+        order = OrderKey(mchid, out_trade_no, sub_mchid)
+        actions = state.services.actions
+        try:
+            done = await anyio.to_thread.run_sync(
+                lambda: actions.acknowledge(order, key, note=note, operator=access.operator), limiter=state.limiter
+            )
+        except OrderNotFound as exc:
+            return self._pages.failure(request, access, exc, "No such order.")
+        except InvalidRequest as exc:
+            return await self.index(request, access, error=f"{exc}.", status=400)
+        except LedgerError as exc:
+            return self._pages.failure(request, access, exc, "The anomaly could not be acknowledged.")
+        log.info(
+            "operator %s acknowledged %s of %s mchid=%s sub_mchid=%s",
+            access.operator,
+            key,
+            out_trade_no,
+            mchid,
+            sub_mchid,
+        )
+        said = f"{out_trade_no}: " + ("acknowledged" if done else "already acknowledged")
+        return self._pages.redirect("/ui/anomalies?" + urlencode({"acked": said}))

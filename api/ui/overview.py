@@ -1,0 +1,116 @@
+"""The console's home, `GET /ui/`: what an operator asks every morning, on one page.
+
+Today's and yesterday's payments and refunds (Beijing days, from the orders view's day indexes),
+callbacks per minute over 24 hours by outcome (`api.callback_minutes`), open anomalies, dead
+letters and failing endpoints (the outbox), the reconciliation worklist, projection lag (as
+/readyz and /metrics count it) and each merchant's last bill reconciliation. Every figure is an
+indexed read or a small table, so the page answers fast whatever the number of orders.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from api.metrics import ProjectionLag
+from api.state import AppState, app_state
+from api.ui.anomalies import AnomalyEntry, anomaly_entries
+from api.ui.auth import Access
+from api.ui.chart import HEIGHT, MINUTES, CallbackChart, callback_chart
+from api.ui.formatting import beijing_day
+from projections.bills.reports import BillReport
+from projections.webhooks.records import Endpoint
+from projections.webhooks.stats import backlog
+
+if TYPE_CHECKING:
+    from api.ui.pages import OperatorPages
+
+__all__ = ["Day", "Overview", "OverviewPages", "read_overview"]
+
+LATEST_ANOMALIES = 5
+ANOMALY_SCAN = 1000  # orders with anomalies read to count the open ones; more is shown as "at least"
+
+
+@dataclass(frozen=True)
+class Day:
+    day: dt.date
+    payments: int
+    paid: int  # fen
+    refunds: int
+    refunded: int  # fen
+
+
+@dataclass
+class Overview:
+    days: list[Day] = field(default_factory=list)  # today, then yesterday; empty without an orders view
+    chart: CallbackChart | None = None
+    open_anomalies: int = 0
+    anomalies_capped: bool = False  # more orders with anomalies than were read: `open_anomalies` is a floor
+    latest_anomalies: list[AnomalyEntry] = field(default_factory=list)
+    backlog: dict[str, int] = field(default_factory=dict)
+    failing_endpoints: list[Endpoint] = field(default_factory=list)
+    worklist: tuple[int, int] = (0, 0)
+    log_head: int = 0
+    lags: dict[str, int] = field(default_factory=dict)
+    bills: list[tuple[str, BillReport | None]] = field(default_factory=list)
+    view_missing: bool = False
+
+
+def _day_bounds(day: dt.date) -> tuple[str, str]:
+    """The Beijing day as `success_time` texts bound it (see `OrdersView.day_totals`)."""
+    return f"{day.isoformat()}T00:00:00+08:00", f"{(day + dt.timedelta(days=1)).isoformat()}T00:00:00+08:00"
+
+
+def read_overview(state: AppState, lag: ProjectionLag, now: float) -> Overview:
+    """Every figure of the overview at `now` (Unix time); blocking reads, run in a worker thread."""
+    services = state.services
+    found = Overview()
+    view = state.orders_view
+    if view is None or view.outdated:
+        found.view_missing = True
+    else:
+        today = beijing_day(now)
+        for day in (today, today - dt.timedelta(days=1)):
+            found.days.append(Day(day, **view.day_totals(*_day_bounds(day))))
+        rows = view.with_anomalies(ANOMALY_SCAN)
+        entries = anomaly_entries(rows)
+        found.open_anomalies = sum(1 for e in entries if e.open)
+        found.anomalies_capped = len(rows) == ANOMALY_SCAN
+        found.latest_anomalies = [e for e in entries if e.open][:LATEST_ANOMALIES]
+    minutes = state.notify_metrics.minutes
+    if minutes is not None:
+        minutes.flush()  # this replica's latest minute too
+        found.chart = callback_chart(minutes.since(int(now // 60) - MINUTES + 1), now)
+    outbox = services.outbox
+    found.backlog = backlog(outbox)
+    found.failing_endpoints = [e for e in outbox.endpoints.all() if not e.enabled or e.failing_since is not None]
+    found.worklist = services.worklist.open_sizes()
+    found.log_head, found.lags = lag.lags()
+    last = services.bill_reports.last_reconciled()
+    found.bills = [(mchid, last.get(mchid)) for mchid in sorted({*state.merchants, *last})]
+    return found
+
+
+class OverviewPages:
+    def __init__(self, pages: OperatorPages, clock: Callable[[], float] = time.time) -> None:
+        self._pages = pages
+        self._clock = clock
+
+    def routes(self) -> list[Route]:
+        return [Route("/", self._pages.guarded(self.overview), methods=["GET"])]
+
+    async def overview(self, request: Request, access: Access) -> Response:
+        state = app_state(request)
+        lag: ProjectionLag = request.app.state.projection_lag
+        now = self._clock()
+        found = await anyio.to_thread.run_sync(lambda: read_overview(state, lag, now), limiter=state.limiter)
+        context: dict[str, Any] = {"o": found, "chart_height": HEIGHT, "chart_width": MINUTES}
+        return self._pages.page(request, "overview.html", access=access, **context)
