@@ -22,6 +22,7 @@ from api.callback_minutes import CallbackMinutes
 from api.ui.auth import COOKIE, Access, UISessions
 from api.ui.chart import HEIGHT, callback_chart
 from api.ui.formatting import beijing, yuan
+from api.ui.overview import LAG_FRESH_SECONDS
 from api.ui.pages import ui_mount
 from ledger.application import build_ledger
 from ledger.operators import Role
@@ -202,7 +203,8 @@ def test_chart_buckets_are_minutes_and_replicas_add_up(database_url: str) -> Non
 
 
 def test_projection_lag_and_the_other_figures(merchant_env: dict[str, str], database_url: str) -> None:
-    with _app(merchant_env, database_url) as client:
+    now = [time.time()]
+    with _app(merchant_env, database_url, clock=lambda: now[0]) as client:
         body = {"out_trade_no": "ORDER-LAG1", "amount_total": 100, "description": "茶"}
         assert client.post("/orders", json=body, headers=BEARER).status_code == 201
         html = client.get("/ui/", headers=BEARER).text
@@ -211,6 +213,12 @@ def test_projection_lag_and_the_other_figures(merchant_env: dict[str, str], data
         project_until_caught_up(database_url, ledger)
         ledger.close()
         html = client.get("/ui/", headers=BEARER).text
+        assert re.search(r'data-projection="orders_view">2<', html)  # counted a moment ago: not again yet
+        now[0] += LAG_FRESH_SECONDS + 1  # older than that: counted again, in the background
+        deadline = time.monotonic() + 10
+        while not re.search(r'data-projection="orders_view">0<', html) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            html = client.get("/ui/", headers=BEARER).text
     assert re.search(r'data-projection="orders_view">0<', html)
     assert _text(html, "dead-letters", "dd") == "0" and _text(html, "failing-endpoints") == "0"
     assert f'data-mchid="{MCHID}"' in html and "never reconciled" in html

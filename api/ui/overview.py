@@ -10,6 +10,7 @@ indexed read or a small table, so the page answers fast whatever the number of o
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = ["Day", "Overview", "OverviewPages", "read_overview"]
 
 LATEST_ANOMALIES = 5
+LAG_FRESH_SECONDS = 5.0
 ANOMALY_SCAN = 1000  # orders with anomalies read to count the open ones; more is shown as "at least"
 
 
@@ -69,7 +71,48 @@ def _day_bounds(day: dt.date) -> tuple[str, str]:
     return f"{day.isoformat()}T00:00:00+08:00", f"{(day + dt.timedelta(days=1)).isoformat()}T00:00:00+08:00"
 
 
-def read_overview(state: AppState, lag: ProjectionLag, now: float) -> Overview:
+class LagCache:
+    """Projection lag as /readyz counts it, counted at most every `LAG_FRESH_SECONDS` and never while a
+    page waits once it has been counted: a projection far behind (or one whose kinds of event are rare,
+    so that everything since its last one is scanned) costs a count of up to 100,000 events, which
+    belongs in the background, not in an operator's request."""
+
+    def __init__(self, lag: ProjectionLag, clock: Callable[[], float]) -> None:
+        self._lag = lag
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._counting = False
+        self._found: tuple[float, int, dict[str, int]] | None = None
+
+    def read(self) -> tuple[float, int, dict[str, int]]:
+        """(when counted, log head, lag per projection): counted now the first time, else the last count,
+        a new one started in the background when it is older than `LAG_FRESH_SECONDS`."""
+        with self._lock:
+            found = self._found
+            stale = found is None or self._clock() - found[0] > LAG_FRESH_SECONDS
+            start = stale and found is not None and not self._counting
+            if start:
+                self._counting = True
+        if found is None:
+            return self._count()
+        if start:
+            threading.Thread(target=self._count, name="overview-lag", daemon=True).start()
+        return found
+
+    def _count(self) -> tuple[float, int, dict[str, int]]:
+        try:
+            at = self._clock()
+            head, lags = self._lag.lags()
+            found = (at, head, lags)
+            with self._lock:
+                self._found = found
+            return found
+        finally:
+            with self._lock:
+                self._counting = False
+
+
+def read_overview(state: AppState, lag: LagCache, now: float) -> Overview:
     """Every figure of the overview at `now` (Unix time); blocking reads, run in a worker thread."""
     services = state.services
     found = Overview()
@@ -93,7 +136,7 @@ def read_overview(state: AppState, lag: ProjectionLag, now: float) -> Overview:
     found.backlog = backlog(outbox)
     found.failing_endpoints = [e for e in outbox.endpoints.all() if not e.enabled or e.failing_since is not None]
     found.worklist = services.worklist.open_sizes()
-    found.log_head, found.lags = lag.lags()
+    _, found.log_head, found.lags = lag.read()
     last = services.bill_reports.last_reconciled()
     found.bills = [(mchid, last.get(mchid)) for mchid in sorted({*state.merchants, *last})]
     return found
@@ -103,13 +146,16 @@ class OverviewPages:
     def __init__(self, pages: OperatorPages, clock: Callable[[], float] = time.time) -> None:
         self._pages = pages
         self._clock = clock
+        self._lag: LagCache | None = None  # built on the first request: the app's ProjectionLag is made at start
 
     def routes(self) -> list[Route]:
         return [Route("/", self._pages.guarded(self.overview), methods=["GET"])]
 
     async def overview(self, request: Request, access: Access) -> Response:
         state = app_state(request)
-        lag: ProjectionLag = request.app.state.projection_lag
+        if self._lag is None:
+            self._lag = LagCache(request.app.state.projection_lag, self._clock)
+        lag = self._lag
         now = self._clock()
         found = await anyio.to_thread.run_sync(lambda: read_overview(state, lag, now), limiter=state.limiter)
         context: dict[str, Any] = {"o": found, "chart_height": HEIGHT, "chart_width": MINUTES}
