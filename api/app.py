@@ -47,6 +47,7 @@ from api.ui.pages import ui_mount
 from ledger.application import Ledger
 from ledger.settings import Settings
 from projections.log_counts import DecisionTally
+from projections.read_model.activity import ACTIVITY_VIEW, ActivityProjection
 from projections.read_model.notifications import NOTIFICATIONS_VIEW, NotificationsProjection
 from projections.read_model.view import ORDERS_VIEW, OrdersProjection
 from projections.webhooks.projection import OUTBOX_PROJECTION, OutboxProjection
@@ -105,6 +106,7 @@ def create_app(
         views = services.orders_view
         outbox_view = services.outbox_view
         notifications_view = services.notifications_view
+        activity_view = services.activity_view
         outbox = services.outbox
         # Built here, not by the first request: two first requests at once would race to create its tables.
         bill_reports = services.bill_reports
@@ -123,11 +125,13 @@ def create_app(
                 ORDERS_VIEW: views.current().position(),
                 OUTBOX_PROJECTION: outbox_view.max_tracking_id(Ledger.name) or 0,
                 NOTIFICATIONS_VIEW: notifications_view.current().position(),
+                ACTIVITY_VIEW: activity_view.current().position(),
             },
             {
                 ORDERS_VIEW: OrdersProjection.topics,
                 OUTBOX_PROJECTION: OutboxProjection.topics,
                 NOTIFICATIONS_VIEW: NotificationsProjection.topics,
+                ACTIVITY_VIEW: ActivityProjection.topics,
             },
             exact_up_to=max(100_000, settings.ready_max_lag + 1),
         )

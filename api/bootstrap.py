@@ -28,6 +28,7 @@ from ledger.domain import PaymentOrder
 from ledger.errors import InvalidRequest, OrderNotFound
 from ledger.groupcommit import GroupCommitter
 from ledger.identity import OrderKey
+from ledger.operators import Operators
 from ledger.refunding import OrderRequester, RequestClient
 from ledger.settings import MerchantSettings, Settings
 from ledger.status_query import OrderQuery
@@ -39,6 +40,14 @@ from ledger.wechatpay.notification import NotificationVerifier
 from projections.bills.lines import BillLines
 from projections.bills.reports import BillReports
 from projections.bills.service import BillReconciler
+from projections.read_model.activity import (
+    ACTIVITY_VIEW,
+    ActivityView,
+    open_activity_view,
+    rebuild_activity_view,
+    run_activity_projector,
+)
+from projections.read_model.followed import Rebuilt
 from projections.read_model.notifications import (
     NOTIFICATIONS_VIEW,
     NotificationsRebuild,
@@ -164,6 +173,11 @@ class Services:
         )
 
     @cached_property
+    def operators(self) -> Operators:
+        """The named operators of the console, with their roles and password hashes (beside the events)."""
+        return Operators(self.database)
+
+    @cached_property
     def actions(self) -> OperatorActions:
         """What operators do (re-query, acknowledge, resend, recover, endpoints), each recorded naming them."""
         return OperatorActions(self)
@@ -187,6 +201,11 @@ class Services:
     def notifications_view(self) -> LiveView[NotificationsView]:
         """The unrouted notifications (those that name no order) as the API reads them: the live version."""
         return self._closing(LiveView(self.database, NOTIFICATIONS_VIEW, open_notifications_view))
+
+    @cached_property
+    def activity_view(self) -> LiveView[ActivityView]:
+        """What operators (and the ledger's automation) did, newest first: the live version."""
+        return self._closing(LiveView(self.database, ACTIVITY_VIEW, open_activity_view))
 
     @cached_property
     def outbox_view(self) -> OutboxView:
@@ -262,12 +281,13 @@ class Services:
             sync_endpoints(self.outbox, self.settings.endpoints)
 
     def projector_threads(self, stop: threading.Event) -> list[threading.Thread]:
-        """The projections (orders view, outbox, unrouted notifications), each exclusive by its own lock,
+        """The projections (orders view, outbox, unrouted notifications, activity), each exclusive by its own lock,
         until `stop`."""
         runs = (
             ("orders-view", run_orders_projector),
             ("outbox", run_outbox_projector),
             ("notifications-view", run_notifications_projector),
+            ("activity-view", run_activity_projector),
         )
         return [threading.Thread(target=run, args=(self.database_url, stop), name=name) for name, run in runs]
 
@@ -282,6 +302,10 @@ class Services:
     def rebuild_notifications_view(self) -> NotificationsRebuild:
         """`payledger rebuild notifications_view`: the next version from the log, then the switch."""
         return rebuild_notifications_view(self.database_url)
+
+    def rebuild_activity_view(self) -> Rebuilt:
+        """`payledger rebuild activity_view`: the next version from the log, then the switch."""
+        return rebuild_activity_view(self.database_url)
 
     # -- audit ---------------------------------------------------------------------------------
 

@@ -164,7 +164,26 @@ SCHEMAS: dict[str, Any] = {
     "Anomaly": {
         "type": "object",
         "required": ["kind", "detail"],
-        "properties": {"kind": {"type": "string"}, "detail": {}, "evidence": {}},
+        "properties": {
+            "kind": {"type": "string"},
+            "key": {"type": "string"},
+            "detail": {},
+            "evidence": {},
+            "acknowledged": {
+                "description": "null while the anomaly is open; who acknowledged it, when, with which note",
+                "oneOf": [
+                    {"type": "null"},
+                    {
+                        "type": "object",
+                        "properties": {
+                            "operator": {"type": "string"},
+                            "note": {"type": "string"},
+                            "at": {"type": "string"},
+                        },
+                    },
+                ],
+            },
+        },
     },
     "Order": {
         "type": "object",
@@ -224,6 +243,20 @@ SCHEMAS: dict[str, Any] = {
             },
             "refundable": {"type": "integer", "minimum": 0, "description": "fen that may still be refunded"},
             "closed_at": {**_NULLABLE_STR, "description": "when the ledger's close was accepted by WeChat Pay"},
+            "open_anomalies": {"type": "integer", "minimum": 0, "description": "anomalies not yet acknowledged"},
+            "operator_actions": {
+                "type": "array",
+                "description": "re-queries and resends operators asked for this order, oldest first",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "action": {"type": "string", "enum": ["requery", "resend"]},
+                        "operator": {"type": "string"},
+                        "detail": {"type": "object"},
+                        "at": {"type": "string"},
+                    },
+                },
+            },
             "version": {"type": "integer", "minimum": 1},
         },
     },

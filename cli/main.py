@@ -9,6 +9,7 @@ Each command group lives in a module of its own and adds its subcommands here:
     bills.py     bills reconcile (WeChat's daily bills)
     ops.py       query, certificates, rebuild, verify, reencrypt
     requests.py  refund, close (asked of WeChat Pay through the ledger)
+    operators.py operators (the console's named operators)
     dev.py       demo, sandbox, dev-notify (and the --dev merchant)
 
 Every command builds what it runs on through `api.bootstrap.bootstrap(settings)`.
@@ -23,7 +24,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from cli import bills, dev, history, ops, requests, serve, webhooks, workers
+from cli import bills, dev, history, operators, ops, requests, serve, webhooks, workers
 from cli.common import load_settings
 from ledger.errors import (
     ConfigurationError,
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     requests.register(sub)
     workers.register(sub)
     bills.register(sub)
+    operators.register(sub)
     webhooks.register(sub, lambda a: load_settings(a, require_merchant=False))
     return parser
 

@@ -8,13 +8,14 @@ import sys
 
 from cli.common import SubParsers, load_settings, order_of, print_json, services_for
 from ledger.store.reencrypt import reencrypt
+from projections.read_model.activity import ACTIVITY_VIEW
 from projections.read_model.notifications import NOTIFICATIONS_VIEW
 from projections.read_model.rebuild import print_progress
 from projections.read_model.view import ORDERS_VIEW
 
 __all__ = ["register"]
 
-REBUILDABLE = (ORDERS_VIEW, NOTIFICATIONS_VIEW)
+REBUILDABLE = (ORDERS_VIEW, NOTIFICATIONS_VIEW, ACTIVITY_VIEW)
 
 
 def cmd_query(args: argparse.Namespace) -> int:
@@ -54,6 +55,10 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     with services_for(load_settings(args, require_merchant=False)) as services:
         if args.name == NOTIFICATIONS_VIEW:
             print(services.rebuild_notifications_view())
+            return 0
+        if args.name == ACTIVITY_VIEW:
+            done = services.rebuild_activity_view()
+            print(f"rebuilt {done.new} (was {done.old}): {done.rows:,} action(s) in {done.seconds:.1f} s; now live")
             return 0
         summary = services.rebuild_orders_view(progress=print_progress)
     print(file=sys.stderr)

@@ -42,6 +42,7 @@ from ledger.errors import (
     StoreUnavailable,
 )
 from ledger.identity import OrderKey
+from ledger.journal import OperatorJournal, beijing_day, journal_id
 from ledger.routing import RecordResult, Route, evidence_from, v2_evidence
 from ledger.statements import BillStatement, bill_statement_id
 from ledger.store.backends import persistence_env, schema_lock
@@ -194,6 +195,26 @@ class Ledger(Application[UUID]):
             result = change(order)
             self.save(order)
             return order, result
+
+        return self._with_retries(attempt)
+
+    def record_journal(
+        self, operator: str, action: str, *, target: str, detail: dict[str, Any], at: dt.datetime | None = None
+    ) -> OperatorJournal:
+        """Append an operator's action that is about no single order to their journal of the day."""
+        at = at or dt.datetime.now(dt.UTC)
+
+        def attempt() -> OperatorJournal:
+            day = beijing_day(at)
+            with self._store():
+                try:
+                    journal: Any = self.repository.get(journal_id(operator, day))
+                except AggregateNotFoundError:
+                    journal = OperatorJournal.open(operator, day)
+            journal.act(action, target=target, detail=detail, at=at)
+            self.save(journal)
+            assert isinstance(journal, OperatorJournal)
+            return journal
 
         return self._with_retries(attempt)
 

@@ -26,6 +26,7 @@ from ledger.evidence import resource_fen as _fen
 from ledger.evidence import text_field as _str
 from ledger.hashchain import ChainedAggregate
 from ledger.identity import OrderKey, inbox_id, order_id, own_transaction, refund_answer_as_resource
+from ledger.order_actions import OrderActions
 from ledger.order_requests import OrderRequests
 
 __all__ = [
@@ -130,7 +131,7 @@ class NotificationInbox(_DeliveryLog):
         return Outcome.RECORDED if self._record_delivery(evidence) else Outcome.DUPLICATE
 
 
-class PaymentOrder(OrderRequests, _DeliveryLog):
+class PaymentOrder(OrderActions, OrderRequests, _DeliveryLog):
     """One merchant order (mchid, out_trade_no) and everything WeChat told us about it."""
 
     FINAL_REFUND_STATES = frozenset({"SUCCESS", "CLOSED"})
@@ -165,6 +166,7 @@ class PaymentOrder(OrderRequests, _DeliveryLog):
         self.bill_discrepancy_keys: set[str] = set()
         self._init_log()
         self._init_requests()
+        self._init_actions()
 
     @classmethod
     def open(cls, mchid: str, out_trade_no: str, sub_mchid: str | None = None) -> PaymentOrder:
@@ -195,7 +197,9 @@ class PaymentOrder(OrderRequests, _DeliveryLog):
             "payer_total": self.payer_total,
             "refunded_total": self.refunded_total,
             "refunds": sorted(self.refunds.values(), key=lambda r: r["out_refund_no"]),
-            "anomalies": self.anomalies,
+            "anomalies": [{**a, "acknowledged": self.acknowledged.get(a["key"])} for a in self.anomalies],
+            "open_anomalies": self.open_anomalies,
+            "operator_actions": self.operator_actions,
             "bill_discrepancies": self.bill_discrepancies,
             "deliveries": self.deliveries,
             **self.requests_summary(),
@@ -304,7 +308,9 @@ class PaymentOrder(OrderRequests, _DeliveryLog):
 
         def apply(self, order: PaymentOrder) -> None:
             order.anomaly_keys.add(self.key)
-            order.anomalies.append({"kind": self.kind, "detail": self.detail, "evidence": self.evidence})
+            order.anomalies.append(
+                {"kind": self.kind, "key": self.key, "detail": self.detail, "evidence": self.evidence}
+            )
 
     class BillDiscrepancy(Aggregate.Event):
         """WeChat's daily bill and the ledger disagree about this order ([protocol: Daily bills])."""
@@ -554,8 +560,9 @@ EVIDENCE_EVENTS: tuple[type[Aggregate.Event], ...] = (
     PaymentOrder.StatusQueried,
     *(PaymentOrder.RefundRequested, PaymentOrder.RefundAnswered, PaymentOrder.RefundRejected),
     PaymentOrder.OrderClosed,
+    *(PaymentOrder.AnomalyAcknowledged, PaymentOrder.OperatorActed),
 )
-# What the ledger asked, and WeChat's answers to it: replayed as recorded when decisions are re-derived.
+# What the ledger asked, WeChat's answers, what operators did: replayed as recorded when decisions are re-derived.
 REQUEST_EVENTS: tuple[type[Aggregate.Event], ...] = EVIDENCE_EVENTS[4:]
 
 # What the ledger concluded from its evidence; `payledger verify` re-derives each of them, the metrics

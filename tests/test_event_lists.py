@@ -61,9 +61,15 @@ def test_the_lists_say_what_each_event_is() -> None:
         "RefundAnswered",
         "RefundRejected",
         "OrderClosed",
+        "AnomalyAcknowledged",
+        "OperatorActed",
     }
-    # What the ledger asked WeChat (refunds, a close) and the answers: evidence that verify takes as recorded.
-    assert names(REQUEST_EVENTS) == {"RefundRequested", "RefundAnswered", "RefundRejected", "OrderClosed"}
+    # What the ledger asked WeChat (refunds, a close) and the answers, and what operators did (an
+    # anomaly acknowledged, a re-query or resend asked): evidence that verify takes as recorded.
+    assert names(REQUEST_EVENTS) == {
+        *("RefundRequested", "RefundAnswered", "RefundRejected", "OrderClosed"),
+        *("AnomalyAcknowledged", "OperatorActed"),
+    }
     assert set(REQUEST_EVENTS) <= set(EVIDENCE_EVENTS)
     assert names(DECISION_EVENTS) == {
         "PaymentSucceeded",

@@ -21,13 +21,14 @@ PACKAGES = ("ledger", "projections", "api", "cli")
 SANDBOX = "ledger.wechatpay.sandbox"
 DRIVERS = ("psycopg", "psycopg_pool", "sqlite3", "eventsourcing.postgres", "eventsourcing.sqlite")
 # The aggregates: orders and inboxes (with what an order asks of WeChat), daily bills.
-DOMAIN = ("ledger.domain", "ledger.order_requests", "ledger.statements")
+DOMAIN = ("ledger.domain", "ledger.order_requests", "ledger.order_actions", "ledger.statements", "ledger.journal")
 DOMAIN_IMPORTS = (
     "ledger.hashchain",
     "ledger.evidence",
     "ledger.identity",
     "ledger.anomalies",
     "ledger.order_requests",
+    "ledger.order_actions",
     "ledger.errors",
 )
 DOMAIN_RULE = f"the domain imports only {', '.join(DOMAIN_IMPORTS[:-1])} and {DOMAIN_IMPORTS[-1]} of ours"

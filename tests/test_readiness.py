@@ -52,7 +52,7 @@ def test_readyz_names_the_projection_that_lags_beyond_the_bound_until_it_catches
         assert ready(client) == (503, {"code": "NOT_READY", "message": "projection outbox is lagging"})
         run_outbox(database_url, ledger)
         assert ready(client) == (200, {"status": "ready"})
-        assert lags(client) == {"orders_view": 0, "outbox": 0, "notifications_view": 0}
+        assert lags(client) == {"orders_view": 0, "outbox": 0, "notifications_view": 0, "activity_view": 0}
 
 
 @pytest.fixture
@@ -69,7 +69,7 @@ def backlog(
 def test_the_default_bound_tolerates_an_ordinary_backlog(backlog: tuple[httpx.Client, Ledger]) -> None:
     client, _ = backlog
     assert ready(client) == (200, {"status": "ready"})
-    assert lags(client) == {"orders_view": 9, "outbox": 3, "notifications_view": 0}
+    assert lags(client) == {"orders_view": 9, "outbox": 3, "notifications_view": 0, "activity_view": 0}
 
 
 def test_lag_is_counted_exactly_up_to_a_cap_and_bounded_above_beyond_it(backlog: tuple[httpx.Client, Ledger]) -> None:

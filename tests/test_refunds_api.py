@@ -283,7 +283,7 @@ def test_the_order_page_refunds_and_closes_after_a_confirmation(tmp_path: Path, 
         assert w.seen("RFD-0009-R1") == 1
         shown = w.client.get(done.headers["location"])
         assert 'id="asked"' in shown.text and "refund RFD-0009-R1: accepted" in shown.text
-        assert 'id="refund-requests"' in shown.text and "<td>ui</td>" in shown.text
+        assert 'id="refund-requests"' in shown.text and "<td>admin-token</td>" in shown.text
         beyond = {**form, "out_refund_no": "RFD-0009-R2", "amount": "61", "confirm": "yes"}
         refused = w.client.post("/ui/orders/RFD-0009/refund", data=beyond)
         assert refused.status_code == 409 and "more than the 60 fen still refundable" in refused.text
@@ -299,7 +299,7 @@ def test_the_order_page_refunds_and_closes_after_a_confirmation(tmp_path: Path, 
         closed = w.client.post("/ui/orders/RFD-0010/close", data={**closing, "confirm": "yes"}, follow_redirects=False)
         assert closed.status_code == 303
         assert w.order("RFD-0010")["trade_state"] == "CLOSED"
-        assert "closed at WeChat Pay (HTTP 204) asked by ui" in w.client.get("/ui/orders/RFD-0010").text
+        assert "closed at WeChat Pay (HTTP 204) asked by admin-token" in w.client.get("/ui/orders/RFD-0010").text
 
 
 def test_closing_a_combined_payments_sub_order_closes_the_combination_in_every_sub_orders_history(

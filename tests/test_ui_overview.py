@@ -4,7 +4,6 @@ the callbacks chart, projection lag, open anomalies first, and what a viewer may
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime as dt
 import json
 import re
@@ -13,19 +12,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.routing import Mount
 
 from api.app import create_app
 from api.callback_minutes import CallbackMinutes
-from api.ui.auth import COOKIE, Access, UISessions
+from api.ui.auth import COOKIE
 from api.ui.chart import HEIGHT, callback_chart
 from api.ui.formatting import beijing, yuan
 from api.ui.overview import LAG_FRESH_SECONDS
-from api.ui.pages import ui_mount
 from ledger.application import build_ledger
-from ledger.operators import Role
+from ledger.operators import Operators, Role
 from ledger.settings import Settings
 from ledger.store.sql import Database
 from ledger.wechatpay.sandbox.signer import NotificationFactory
@@ -36,50 +31,41 @@ from tests.support.projectors import project_until_caught_up
 from tests.support.servers import running
 
 TOKEN = "overview-t0ken-for-the-tests-only-0123456789"
+PASSWORD = "correct horse battery"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 BEIJING = dt.timezone(dt.timedelta(hours=8))
 # 01:30 on 4 December in Beijing, still 3 December in UTC: "today" must be Beijing's.
 NOW = dt.datetime(2026, 12, 4, 1, 30, tzinfo=BEIJING).timestamp()
 
 
-class RoleSessions(UISessions):
-    """The token's sessions, logged in as `operator` with `role` (named operators are a page of their own)."""
-
-    def __init__(self, token: str, role: Role, operator: str = "vera") -> None:
-        super().__init__(token)
-        self.role, self.operator = role, operator
-
-    def access(self, request: Request) -> Access | None:
-        found = super().access(request)
-        if found is None or found.via != "session":
-            return found
-        return dataclasses.replace(found, role=self.role, operator=self.operator)
-
-
 @contextlib.contextmanager
-def _app(
-    merchant_env: dict[str, str], url: str, *, clock: Any = time.time, role: Role | None = None
-) -> Iterator[httpx.Client]:
+def _app(merchant_env: dict[str, str], url: str, *, clock: Any = time.time) -> Iterator[httpx.Client]:
     settings = Settings.load({**merchant_env, "LEDGER_DATABASE_URL": url, "LEDGER_ADMIN_TOKEN": TOKEN})
-    app: Starlette = create_app(settings, background=False, clock=clock)
-    if role is not None:
-        routes = app.router.routes
-        at = next(i for i, r in enumerate(routes) if isinstance(r, Mount) and r.path == "/ui")
-        routes[at] = ui_mount(settings, clock=clock, sessions=RoleSessions(TOKEN, role))
-    with running(app) as base, httpx.Client(base_url=base, timeout=10) as client:
-        yield client
+    database = Database(url)
+    try:
+        operators = Operators(database)
+        operators.add("vera", Role.VIEWER, PASSWORD)
+        operators.add("olga", Role.OPERATOR, PASSWORD)
+    finally:
+        database.close()
+    with running(create_app(settings, background=False, clock=clock)) as base:
+        with httpx.Client(base_url=base, timeout=10) as client:
+            yield client
 
 
-def _login(client: httpx.Client) -> str:
-    response = client.post("/ui/login", data={"token": TOKEN, "next": "/ui/"}, follow_redirects=False)
-    assert response.status_code == 303
+def _login(client: httpx.Client, name: str) -> dict[str, str]:
+    """The headers of `name`'s session."""
+    form = {"name": name, "password": PASSWORD, "next": "/ui/"}
+    response = client.post("/ui/login", data=form, follow_redirects=False)
+    assert response.status_code == 303, response.text
     match = re.search(rf"{COOKIE}=([^;]+)", response.headers["set-cookie"])
     assert match is not None
-    return match.group(1)
+    return {"Cookie": f"{COOKIE}={match.group(1)}"}
 
 
 def _order(no: str, *, success_time: str | None = None, paid: int | None = None, **more: Any) -> dict[str, Any]:
-    document = {"out_trade_no": no, "mchid": MCHID, "sub_mchid": None, "anomalies": more.pop("anomalies", [])}
+    anomalies = more.pop("anomalies", [])
+    document = {"out_trade_no": no, "mchid": MCHID, "sub_mchid": None, "anomalies": anomalies}
     row = {
         "mchid": MCHID,
         "sub_mchid": "",
@@ -93,7 +79,8 @@ def _order(no: str, *, success_time: str | None = None, paid: int | None = None,
         "success_time": success_time,
         "paid_total": paid,
         "refunded_total": 0,
-        "anomalies": len(document["anomalies"]),
+        "anomalies": len(anomalies),
+        "open_anomalies": sum(1 for a in anomalies if not a.get("acknowledged")),
         "version": 3,
         "created_at": NOW - 86400,
         "updated_at": more.pop("updated_at", NOW - 3600),
@@ -224,61 +211,103 @@ def test_projection_lag_and_the_other_figures(merchant_env: dict[str, str], data
     assert f'data-mchid="{MCHID}"' in html and "never reconciled" in html
 
 
-ANOMALIES = {
-    "OLD-OPEN": [{"kind": "over_refund", "key": "over_refund:R1", "detail": {"paid": 1}, "evidence": "n-1"}],
-    "ACKED": [
-        {
-            "kind": "amount_mismatch",
-            "key": "amount_mismatch:payment:42",
-            "detail": {"expected": 100, "actual": 90},
-            "evidence": "n-2",
-            "acknowledged": {"operator": "olga", "note": "客户已确认", "at": NOW - 60},
-        }
-    ],
-    "NEW-OPEN": [{"kind": "mchid_mismatch", "key": "mchid_mismatch:n-3", "detail": {}, "evidence": "n-3"}],
+def _anomaly(kind: str, key: str, acknowledged: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"kind": kind, "key": key, "detail": {"expected": 100}, "evidence": "n-1", "acknowledged": acknowledged}
+
+
+ANOMALIES = {  # as the orders' summaries have them, each order changed at its own time
+    "OLD-OPEN": ([_anomaly("over_refund", "over_refund:R1")], NOW - 7200),
+    "ACKED": ([_anomaly("amount_mismatch", "amount_mismatch:p", {"operator": "olga", "note": "客户已确认"})], NOW - 60),
+    "HALF": (
+        [
+            _anomaly("mchid_mismatch", "mchid_mismatch:n-4", {"operator": "olga", "note": "seen"}),
+            _anomaly("appid_mismatch", "appid_mismatch:n-4"),
+        ],
+        NOW - 30,
+    ),
+    "NEW-OPEN": ([_anomaly("mchid_mismatch", "mchid_mismatch:n-3")], NOW - 600),
 }
 
 
 def _seed_anomalies(url: str) -> None:
-    changed = {"OLD-OPEN": NOW - 7200, "ACKED": NOW - 60, "NEW-OPEN": NOW - 600}
-    _seed(url, [_order(no, anomalies=found, updated_at=changed[no]) for no, found in ANOMALIES.items()])
+    _seed(url, [_order(no, anomalies=found, updated_at=at) for no, (found, at) in ANOMALIES.items()])
     _seed(url, [_order(f"CLEAN-{i}") for i in range(3)])
 
 
 def test_anomalies_page_lists_open_ones_first_and_the_overview_counts_them(
     merchant_env: dict[str, str], database_url: str
 ) -> None:
-    with _app(merchant_env, database_url, clock=lambda: NOW, role=Role.OPERATOR) as client:
+    with _app(merchant_env, database_url, clock=lambda: NOW) as client:
         _seed_anomalies(database_url)
-        session = {"Cookie": f"{COOKIE}={_login(client)}"}
-        page = client.get("/ui/anomalies", headers=session)
-        overview = client.get("/ui/", headers=session).text
+        olga = _login(client, "olga")
+        page = client.get("/ui/anomalies", headers=olga)
+        overview = client.get("/ui/", headers=olga).text
     assert page.status_code == 200
-    rows = re.findall(r'<tr class="(open|acknowledged)" data-kind="[a-z_]+" data-order="([A-Z-]+)"', page.text)
-    assert rows == [("open", "NEW-OPEN"), ("open", "OLD-OPEN"), ("acknowledged", "ACKED")]
+    rows = re.findall(r'<tr class="(open|acknowledged)" data-kind="([a-z_]+)" data-order="([A-Z-]+)"', page.text)
+    assert rows == [
+        ("open", "appid_mismatch", "HALF"),
+        ("open", "mchid_mismatch", "NEW-OPEN"),
+        ("open", "over_refund", "OLD-OPEN"),
+        ("acknowledged", "mchid_mismatch", "HALF"),
+        ("acknowledged", "amount_mismatch", "ACKED"),
+    ]
+    assert _text(page.text, "open-count") == "3" and "open of 5" in page.text
     assert "客户已确认" in page.text and "by olga" in page.text
-    assert page.text.count('action="/ui/anomalies/ack"') == 2  # an operator may acknowledge the open ones
+    assert page.text.count('action="/ui/anomalies/ack"') == 3  # an operator may acknowledge the open ones
     assert 'name="key" value="over_refund:R1"' in page.text
     assert "/ui/orders/NEW-OPEN?mchid=" in page.text
-    assert _text(overview, "open-anomalies") == "2"
-    assert overview.index("NEW-OPEN") < overview.index("OLD-OPEN") and "ACKED" not in overview
+    assert _text(overview, "open-anomalies") == "3"
+    latest = re.findall(r"<li><strong>([a-z_]+)</strong> <a href=\"/ui/orders/([A-Z-]+)", overview)
+    assert latest == [("appid_mismatch", "HALF"), ("mchid_mismatch", "NEW-OPEN"), ("over_refund", "OLD-OPEN")]
 
 
 def test_a_viewer_sees_no_acknowledge_form_and_a_forged_post_is_refused(
     merchant_env: dict[str, str], database_url: str
 ) -> None:
-    with _app(merchant_env, database_url, clock=lambda: NOW, role=Role.VIEWER) as client:
+    with _app(merchant_env, database_url, clock=lambda: NOW) as client:
         _seed_anomalies(database_url)
-        session = {"Cookie": f"{COOKIE}={_login(client)}"}
-        page = client.get("/ui/anomalies", headers=session)
+        vera = _login(client, "vera")
+        page = client.get("/ui/anomalies", headers=vera)
         assert page.status_code == 200 and "NEW-OPEN" in page.text
         assert "/ui/anomalies/ack" not in page.text and "Acknowledge" not in page.text
         csrf = re.search(r'name="csrf" value="([0-9a-f]{64})"', page.text)
         assert csrf is not None  # the logout form's: the session's own token
         form = {"csrf": csrf.group(1), "mchid": MCHID, "out_trade_no": "NEW-OPEN", "key": "mchid_mismatch:n-3"}
-        forged = client.post("/ui/anomalies/ack", data=form, headers=session)
+        forged = client.post("/ui/anomalies/ack", data=form, headers=vera)
     assert forged.status_code == 403
     assert "may not do this" in forged.text
+
+
+def test_an_operator_acknowledges_a_real_anomaly_with_a_note(
+    merchant_env: dict[str, str], database_url: str, factory: NotificationFactory
+) -> None:
+    no = "ORDER-ACK1"
+    with _app(merchant_env, database_url) as client:
+        body = {"out_trade_no": no, "amount_total": 100, "description": "茶"}
+        assert client.post("/orders", json=body, headers=BEARER).status_code == 201
+        paid = factory.paid(no, 90, transaction_id="4200000000002104083200002222")  # 10 fen short
+        assert client.post("/wechatpay/notify", content=paid.body, headers=paid.headers).status_code == 204
+        ledger = build_ledger(database_url)
+        project_until_caught_up(database_url, ledger)
+        olga = _login(client, "olga")
+        page = client.get("/ui/anomalies", headers=olga).text
+        key = re.search(r'name="key" value="([^"]+)"', page)
+        csrf = re.search(r'name="csrf" value="([0-9a-f]{64})"', page)
+        assert key is not None and csrf is not None and key.group(1).startswith("amount_mismatch:")
+        form = {"csrf": csrf.group(1), "mchid": MCHID, "sub_mchid": "", "out_trade_no": no, "key": key.group(1)}
+        too_long = client.post("/ui/anomalies/ack", data={**form, "note": "x" * 501}, headers=olga)
+        assert too_long.status_code == 400 and "longer than 500" in too_long.text
+        acked = client.post("/ui/anomalies/ack", data={**form, "note": "已电话确认"}, headers=olga)
+        assert acked.status_code == 303 and acked.headers["location"].startswith("/ui/anomalies?acked=")
+        again = client.post("/ui/anomalies/ack", data={**form, "note": "again"}, headers=olga)
+        assert "already+acknowledged" in again.headers["location"]
+        project_until_caught_up(database_url, ledger)
+        ledger.close()
+        page = client.get("/ui/anomalies", headers=olga).text
+        overview = client.get("/ui/", headers=olga).text
+    assert re.findall(r'<tr class="(open|acknowledged)"', page) == ["acknowledged"]
+    assert "by olga" in page and "已电话确认" in page and "again" not in page
+    assert _text(overview, "open-anomalies") == "0"
 
 
 def test_formatting_beijing_time_with_its_offset_and_yuan() -> None:

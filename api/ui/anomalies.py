@@ -24,6 +24,7 @@ from api.ui.auth import Access
 from ledger.errors import InvalidRequest, LedgerError, OrderNotFound
 from ledger.identity import OrderKey
 from ledger.operators import Role
+from ledger.order_actions import NOTE_LIMIT
 
 if TYPE_CHECKING:
     from api.ui.pages import OperatorPages
@@ -33,7 +34,6 @@ __all__ = ["AnomalyEntry", "AnomalyPages", "anomaly_entries"]
 log = logging.getLogger("api.ui")
 
 LISTED = 500  # orders with anomalies read for the page, the most recently changed first
-MAX_NOTE = 500
 MAX_KEY = 300
 
 
@@ -45,10 +45,10 @@ class AnomalyEntry:
     sub_mchid: str | None
     out_trade_no: str
     kind: str
-    key: str | None  # what acknowledging names it by (None: the summary does not say)
+    key: str | None  # what acknowledging names it by (None: an order summarised before anomalies had keys)
     detail: dict[str, Any]
     evidence: str
-    detected_at: Any  # when it was detected, or (when the summary does not say) the order's last change
+    detected_at: Any  # when it was detected, or (the summary does not say when) the order's last change
     detected_exact: bool
     acknowledged: dict[str, Any] | None  # who, when, with which note; None while open
 
@@ -57,23 +57,15 @@ class AnomalyEntry:
         return self.acknowledged is None
 
 
-def _acknowledged(document: dict[str, Any], anomaly: dict[str, Any]) -> dict[str, Any] | None:
-    """The acknowledgement of `anomaly`, from the anomaly itself or from the order's map of them by key."""
-    own = anomaly.get("acknowledged")
-    if own:
-        return own if isinstance(own, dict) else {}
-    key = anomaly.get("key")
-    by_key = document.get("acknowledged_anomalies") or document.get("acknowledged") or {}
-    if key is None or not by_key:
-        return None
-    if isinstance(by_key, dict):
-        found = by_key.get(key)
-        return (found if isinstance(found, dict) else {}) if found is not None else None
-    return {} if key in by_key else None
+def _acknowledged(anomaly: dict[str, Any]) -> dict[str, Any] | None:
+    """Who acknowledged `anomaly`, when, with which note (the order's summary says); None while open."""
+    found = anomaly.get("acknowledged")
+    return found if isinstance(found, dict) else None
 
 
 def anomaly_entries(rows: list[dict[str, Any]]) -> list[AnomalyEntry]:
-    """The anomalies of the orders view's `rows`: open ones first, each group newest first."""
+    """The anomalies of the orders view's `rows` (see `OrdersView.with_anomalies`): open ones first, each
+    group in the rows' order, an order's newest anomaly first."""
     entries: list[AnomalyEntry] = []
     for row in rows:
         document = row["document"]
@@ -90,11 +82,10 @@ def anomaly_entries(rows: list[dict[str, Any]]) -> list[AnomalyEntry]:
                     evidence=str(anomaly.get("evidence", "")),
                     detected_at=detected if detected is not None else row["updated_at"],
                     detected_exact=detected is not None,
-                    acknowledged=_acknowledged(document, anomaly),
+                    acknowledged=_acknowledged(anomaly),
                 )
             )
-    # Stable: each group keeps the rows' order (the most recently changed order first).
-    return sorted(entries, key=lambda e: not e.open)
+    return sorted(entries, key=lambda e: not e.open)  # stable: each group keeps the rows' order
 
 
 class AnomalyPages:
@@ -110,21 +101,26 @@ class AnomalyPages:
     async def index(self, request: Request, access: Access, *, error: str | None = None, status: int = 200) -> Response:
         state = app_state(request)
         view = state.orders_view
-        if view is None or view.outdated:
-            entries: list[AnomalyEntry] = []
-            capped = False
-        else:
-            rows = await anyio.to_thread.run_sync(lambda: view.with_anomalies(LISTED), limiter=state.limiter)
-            entries, capped = anomaly_entries(rows), len(rows) == LISTED
+        missing = view is None or view.outdated
+        rows: list[dict[str, Any]] = []
+        open_count = total = 0
+        if view is not None and not missing:
+
+            def read() -> tuple[list[dict[str, Any]], tuple[int, int]]:
+                return view.with_anomalies(LISTED), view.anomaly_totals()
+
+            rows, (open_count, total) = await anyio.to_thread.run_sync(read, limiter=state.limiter)
         return self._pages.page(
             request,
             "anomalies.html",
             status,
             access=access,
-            entries=entries,
-            open_count=sum(1 for e in entries if e.open),
-            capped=capped,
-            view_missing=view is None or view.outdated,
+            entries=anomaly_entries(rows),
+            open_count=open_count,
+            total=total,
+            capped=len(rows) == LISTED,
+            listed=LISTED,
+            view_missing=missing,
             error=error,
             acked=request.query_params.get("acked", "")[:80],
         )
@@ -146,8 +142,8 @@ class AnomalyPages:
                 raise InvalidRequest("not an out_trade_no")
             if not key or len(key) > MAX_KEY:
                 raise InvalidRequest("no anomaly named")
-            if len(note) > MAX_NOTE:
-                raise InvalidRequest(f"the note is longer than {MAX_NOTE} characters")
+            if len(note) > NOTE_LIMIT:
+                raise InvalidRequest(f"the note is longer than {NOTE_LIMIT} characters")
         except InvalidRequest as exc:
             return await self.index(request, access, error=f"{exc}.", status=400)
         order = OrderKey(mchid, out_trade_no, sub_mchid)

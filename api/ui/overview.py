@@ -38,7 +38,6 @@ __all__ = ["Day", "Overview", "OverviewPages", "read_overview"]
 
 LATEST_ANOMALIES = 5
 LAG_FRESH_SECONDS = 5.0
-ANOMALY_SCAN = 1000  # orders with anomalies read to count the open ones; more is shown as "at least"
 
 
 @dataclass(frozen=True)
@@ -55,7 +54,6 @@ class Overview:
     days: list[Day] = field(default_factory=list)  # today, then yesterday; empty without an orders view
     chart: CallbackChart | None = None
     open_anomalies: int = 0
-    anomalies_capped: bool = False  # more orders with anomalies than were read: `open_anomalies` is a floor
     latest_anomalies: list[AnomalyEntry] = field(default_factory=list)
     backlog: dict[str, int] = field(default_factory=dict)
     failing_endpoints: list[Endpoint] = field(default_factory=list)
@@ -123,11 +121,9 @@ def read_overview(state: AppState, lag: LagCache, now: float) -> Overview:
         today = beijing_day(now)
         for day in (today, today - dt.timedelta(days=1)):
             found.days.append(Day(day, **view.day_totals(*_day_bounds(day))))
-        rows = view.with_anomalies(ANOMALY_SCAN)
-        entries = anomaly_entries(rows)
-        found.open_anomalies = sum(1 for e in entries if e.open)
-        found.anomalies_capped = len(rows) == ANOMALY_SCAN
-        found.latest_anomalies = [e for e in entries if e.open][:LATEST_ANOMALIES]
+        found.open_anomalies, _ = view.anomaly_totals()
+        latest = anomaly_entries(view.with_anomalies(LATEST_ANOMALIES, open_only=True))
+        found.latest_anomalies = [e for e in latest if e.open][:LATEST_ANOMALIES]
     minutes = state.notify_metrics.minutes
     if minutes is not None:
         minutes.flush()  # this replica's latest minute too

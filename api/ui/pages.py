@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -58,7 +59,6 @@ from projections.timeline import Entry, Timeline, attempt_text, duration, iso, l
 __all__ = ["ui_mount"]
 
 log = logging.getLogger("api.ui")
-UI_CALLER = "ui"  # who asked a refund or close from the pages, in the order's history
 
 _HERE = Path(__file__).parent
 MAX_FORM_BYTES = 4096
@@ -151,7 +151,8 @@ class OperatorPages:
         html = self.templates.get_template(name).render(
             access=access,
             csrf=self.sessions.csrf_token(access) if access is not None else "",
-            open_mode=not self.sessions.required,
+            open_mode=access is not None and access.via == "open",
+            operator=access.operator if access is not None and access.via != "open" else None,
             **context,
         )
         return HTMLResponse(html, status_code=status, headers=_HEADERS)
@@ -212,25 +213,52 @@ class OperatorPages:
     # -- login ----------------------------------------------------------------------------
 
     async def login(self, request: Request) -> Response:
-        if not self.sessions.required:
+        """An operator's name and password (or the admin token): a session cookie, or the form again.
+        Failed logins are limited per client address and per account; the answer is then 429."""
+        sessions = self.sessions
+        if not sessions.required(request):
             return RedirectResponse("/ui/", status_code=303)
         if request.method == "GET":
             return self.login_form(request, next_path=request.query_params.get("next", "/ui/"))
+        address = request.client.host if request.client is not None else "-"
         form = await _form(request)
         target = _next_path(form.get("next", "/ui/"))
-        if not self.sessions.token_matches(form.get("token", "")):
-            log.warning("operator login refused")
-            return self.login_form(request, error="That token is not right.", next_path=target)
-        log.info("operator logged in")
+        wait = sessions.limiter.wait(address)
+        if wait > 0:
+            log.warning("operator login refused: too many failures from this address")
+            return self._too_many(request, target, wait)
+        if "token" in form:
+            if not sessions.token_matches(form["token"]):
+                sessions.limiter.failed(address)
+                log.warning("operator login refused: not the admin token")
+                return self.login_form(request, error="That token is not right.", next_path=target)
+            log.info("operator logged in with the admin token")
+            return self._logged_in(target, sessions.issue())
+        name, password = form.get("name", "").strip().lower(), form.get("password", "")
+        operators = app_state(request).services.operators
+        result = await anyio.to_thread.run_sync(lambda: operators.authenticate(name, password))
+        if result.operator is None:
+            sessions.limiter.failed(address)
+            log.warning("operator login refused for %r", name[:32])
+            if result.locked_for > 0:
+                return self._too_many(request, target, result.locked_for)
+            return self.login_form(request, error="That name and password do not match.", next_path=target)
+        log.info("operator %s (%s) logged in", result.operator.name, result.operator.role)
+        return self._logged_in(target, sessions.issue_for(request, result.operator))
+
+    def _too_many(self, request: Request, target: str, wait: float) -> HTMLResponse:
+        seconds = max(1, math.ceil(wait))
+        response = self.login_form(
+            request, error=f"Too many failed logins: try again in {seconds} s.", next_path=target
+        )
+        response.status_code = 429
+        response.headers["Retry-After"] = str(seconds)
+        return response
+
+    def _logged_in(self, target: str, session: str) -> Response:
         response = RedirectResponse(target, status_code=303, headers=_HEADERS)
         response.set_cookie(
-            COOKIE,
-            self.sessions.issue(),
-            max_age=SESSION_SECONDS,
-            path="/",
-            secure=True,
-            httponly=True,
-            samesite="strict",
+            COOKIE, session, max_age=SESSION_SECONDS, path="/", secure=True, httponly=True, samesite="strict"
         )
         return response
 
@@ -354,14 +382,17 @@ class OperatorPages:
         _, (no, mchid, sub_mchid) = posted
         try:
             order = await anyio.to_thread.run_sync(
-                lambda: state.services.query_order(mchid, no, sub_mchid), limiter=state.limiter
+                lambda: state.services.actions.requery(OrderKey(mchid, no, sub_mchid), operator=access.operator),
+                limiter=state.limiter,
             )
         except WeChatPayError as exc:
             answer = answer_for(exc)
             error = f"WeChat Pay query failed ({answer.message(exc)})."
             return await self.order(request, access, error=error, status=answer.status)
-        log.info("operator re-queried %s mchid=%s sub_mchid=%s -> %s", no, mchid, sub_mchid, order.trade_state)
-        return self.redirect(_order_url(no, mchid, sub_mchid, queried=str(order.version)))
+        answer = order.operator_actions[-1]["detail"][
+            "answer_version"
+        ]  # the StatusQueried, before the note of who asked
+        return self.redirect(_order_url(no, mchid, sub_mchid, queried=str(answer)))
 
     # -- refunds and closes, asked from the order page (a confirmation first) ---------------------
 
@@ -399,14 +430,14 @@ class OperatorPages:
                         out_refund_no=fields["out_refund_no"],
                         amount=int(fields["amount"]),
                         reason=fields["reason"],
-                        requested_by=UI_CALLER,
+                        requested_by=access.operator,
                     ),
                     limiter=state.limiter,
                 )
                 done = f"refund {fields['out_refund_no']}: {asked.outcome}"
             else:
                 await anyio.to_thread.run_sync(
-                    lambda: requester.close(key, requested_by=UI_CALLER), limiter=state.limiter
+                    lambda: requester.close(key, requested_by=access.operator), limiter=state.limiter
                 )
                 done = "closed"
         except (InvalidRequest, RequestRefused, RequestConflict) as exc:
@@ -423,12 +454,10 @@ def _payload(entry: Entry) -> dict[str, Any]:
     return {k: v for k, v in entry.data.items() if k not in _RAW_FIELDS}
 
 
-def ui_mount(
-    settings: Settings, *, clock: Callable[[], float] = time.time, sessions: UISessions | None = None
-) -> Mount:
+def ui_mount(settings: Settings, *, clock: Callable[[], float] = time.time) -> Mount:
     """The /ui routes; the admin token (if any) comes from `settings`, "now" from `clock`."""
     token = settings.admin_token.value if settings.admin_token is not None else None
-    pages = OperatorPages(sessions if sessions is not None else UISessions(token))
+    pages = OperatorPages(UISessions(token, operators=lambda request: app_state(request).services.operators))
     return Mount(
         "/ui",
         routes=[

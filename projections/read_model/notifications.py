@@ -20,12 +20,10 @@ from the start of the log beside the live one, then switches the live pointer to
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import functools
 import logging
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,11 +33,9 @@ from eventsourcing.utils import get_topic
 
 from ledger.application import Ledger
 from ledger.domain import NotificationInbox
-from ledger.store.sql import Database
-from ledger.store.views import PostgresViewRecorder, SQLiteViewRecorder, ViewRecorder, drop_view, open_view, view_env
-from projections.locks import ProjectorLock
-from projections.read_model.live import live_view, next_version, set_live_view
-from projections.read_model.runner import follow, projection_runner, wake
+from ledger.store.views import PostgresViewRecorder, SQLiteViewRecorder, ViewRecorder, open_view, view_env
+from projections.read_model.followed import REBUILD_TIMEOUT, rebuild_live_view, run_live_projector
+from projections.read_model.runner import projection_runner
 from projections.read_model.sql import filters, upsert, where
 
 __all__ = [
@@ -67,7 +63,6 @@ LISTED_FIELDS = (*NOTIFICATION_KEY, *_FACTS)  # what a list of the notifications
 # What a later delivery of the same notification changes; the rest is the first delivery's.
 _LATEST = ("last_received_at", "deliveries", "version")
 _TIMES = ("received_at", "last_received_at")
-REBUILD_TIMEOUT = 3600.0  # seconds: the new version reads the whole log once
 
 
 def _text(value: Any) -> str | None:
@@ -226,26 +221,9 @@ def notifications_head(ledger: Ledger) -> int:
     return ledger.event_log.last_id(NotificationsProjection.topics)
 
 
-def _is_live(database: Database, name: str) -> bool:
-    return live_view(database, NOTIFICATIONS_VIEW) == name
-
-
 def run_notifications_projector(database_url: str, stop: threading.Event, poll: float = 1.0) -> None:
     """Part of `payledger project`: wait for the lock, follow the log and the live version until `stop`."""
-    lock = ProjectorLock(database_url, NOTIFICATIONS_VIEW)
-    if not lock.acquire(stop, poll):
-        return
-    pointer = Database(database_url, pool_size=1)  # asked once per `poll`
-    try:
-        while not stop.is_set():
-            name = live_view(pointer, NOTIFICATIONS_VIEW)
-            runner, view, loader = start_notifications_projector(database_url, name)
-            log.info("projecting %s from position %d", name, view.position())
-            # A rebuild moves the pointer: then follow the new version from its position.
-            follow(runner, view, loader, stop, poll, functools.partial(_is_live, pointer, name))
-    finally:
-        lock.release()
-        pointer.close()
+    run_live_projector(database_url, NOTIFICATIONS_VIEW, start_notifications_projector, stop, poll)
 
 
 @dataclass(frozen=True)
@@ -265,20 +243,12 @@ class NotificationsRebuild:
 def rebuild_notifications_view(database_url: str, *, timeout: float = REBUILD_TIMEOUT) -> NotificationsRebuild:
     """Project the next version of the view from the start of the log beside the live one, up to the
     newest inbox delivery, then switch to it (the projector follows the switch)."""
-    started = time.perf_counter()
-    old = live_view(database_url, NOTIFICATIONS_VIEW)
-    new = next_version(old)
-    drop_view(database_url, new, (f"{new}_notifications",))  # what a crashed rebuild left
-    runner, view, loader = start_notifications_projector(database_url, new)
-    try:
-        with runner:
-            runner.wait(notifications_head(loader) or None, timeout=timeout)
-            runner.stop()
-            wake(loader)
-        count = view.count()
-    finally:
-        loader.close()
-        with contextlib.suppress(Exception):
-            view.close()
-    set_live_view(database_url, NOTIFICATIONS_VIEW, new)
-    return NotificationsRebuild(old, new, count, time.perf_counter() - started)
+    done = rebuild_live_view(
+        database_url,
+        NOTIFICATIONS_VIEW,
+        start_notifications_projector,
+        notifications_head,
+        lambda new: (f"{new}_notifications",),
+        timeout=timeout,
+    )
+    return NotificationsRebuild(done.old, done.new, done.rows, done.seconds)

@@ -61,6 +61,7 @@ ORDER_FIELDS = (
     "paid_total",
     "refunded_total",
     "anomalies",
+    "open_anomalies",
     "version",
     "created_at",
     "updated_at",
@@ -74,7 +75,7 @@ PAID = "{o}.success_time IS NOT NULL AND {o}.paid_total IS NOT NULL AND {o}.tran
 sets transaction_id, never the other two); `paid_total` stays NULL only if WeChat's resource had no total."""
 _TIME_FIELDS = {"created_at", "updated_at"}
 _CONSOLE_INDEXES = ("orders_day", "refunds_day", "orders_anomalous")
-LAYOUT_COLUMN = "sub_mchid"
+LAYOUT_COLUMN = "open_anomalies"
 """The column a view of the current layout has and one made by an earlier version lacks."""
 
 
@@ -93,6 +94,7 @@ def order_row(order: PaymentOrder, at: dt.datetime) -> dict[str, Any]:
         "paid_total": order.paid_total,
         "refunded_total": order.refunded_total,
         "anomalies": len(order.anomalies),
+        "open_anomalies": order.open_anomalies,
         "version": order.version,
         "created_at": order.created_on.timestamp(),
         "updated_at": at.timestamp(),
@@ -184,7 +186,7 @@ class OrdersView(ViewRecorder):
                 " out_trade_no TEXT NOT NULL, stream_id TEXT NOT NULL, registered BOOLEAN NOT NULL,"
                 " trade_state TEXT NOT NULL, amount_total BIGINT, currency TEXT, transaction_id TEXT,"
                 " success_time TEXT, paid_total BIGINT, refunded_total BIGINT NOT NULL, anomalies INTEGER NOT NULL,"
-                " version INTEGER NOT NULL, created_at DOUBLE PRECISION NOT NULL,"
+                " open_anomalies INTEGER NOT NULL, version INTEGER NOT NULL, created_at DOUBLE PRECISION NOT NULL,"
                 " updated_at DOUBLE PRECISION NOT NULL, combine_out_trade_no TEXT, document TEXT NOT NULL,"
                 " PRIMARY KEY (mchid, sub_mchid, out_trade_no))",
                 "CREATE INDEX IF NOT EXISTS {orders_state} ON {orders} (trade_state, updated_at)",
@@ -347,21 +349,24 @@ class OrdersView(ViewRecorder):
             "refunded": int(refunded or 0),
         }
 
-    def with_anomalies(self, limit: int) -> list[dict[str, Any]]:
-        """Up to `limit` orders with an anomaly, the most recently changed first."""
+    def with_anomalies(self, limit: int, *, open_only: bool = False) -> list[dict[str, Any]]:
+        """Up to `limit` orders with an anomaly (`open_only`: one not acknowledged), those with an open one
+        first, each group the most recently changed first."""
+        where = "anomalies > 0 AND open_anomalies > 0" if open_only else "anomalies > 0"
         return self._select(
             ORDER_FIELDS,
-            f"SELECT {', '.join(ORDER_FIELDS)} FROM {{orders}} WHERE anomalies > 0 ORDER BY updated_at DESC LIMIT %s",
+            f"SELECT {', '.join(ORDER_FIELDS)} FROM {{orders}} WHERE {where}"
+            " ORDER BY CASE WHEN open_anomalies > 0 THEN 0 ELSE 1 END, updated_at DESC LIMIT %s",
             [limit],
         )
 
     def anomaly_totals(self) -> tuple[int, int]:
-        """(orders with an anomaly, anomalies on them)."""
+        """(anomalies not acknowledged yet, anomalies), over every order."""
         self._current()
         with self.transaction(commit=False) as curs:
-            curs.execute(self._sql("SELECT COUNT(*), SUM(anomalies) FROM {orders} WHERE anomalies > 0"))
-            orders, anomalies = curs.fetchone()
-        return int(orders), int(anomalies or 0)
+            curs.execute(self._sql("SELECT SUM(open_anomalies), SUM(anomalies) FROM {orders} WHERE anomalies > 0"))
+            open_anomalies, anomalies = curs.fetchone()
+        return int(open_anomalies or 0), int(anomalies or 0)
 
     def bill_tables(self) -> tuple[str, str, str | None]:
         """The orders and refunds tables as a bill's lines join them (`projections.bills.lines`), and on
