@@ -33,7 +33,8 @@ __all__ = ["AnomalyEntry", "AnomalyPages", "anomaly_entries"]
 
 log = logging.getLogger("api.ui")
 
-LISTED = 500  # orders with anomalies read for the page, the most recently changed first
+LISTED_OPEN = 100  # orders with an open anomaly listed, the most recently changed first
+LISTED_ACKNOWLEDGED = 50  # and orders with an acknowledged one, after them
 MAX_KEY = 300
 
 
@@ -102,24 +103,34 @@ class AnomalyPages:
         state = app_state(request)
         view = state.orders_view
         missing = view is None or view.outdated
-        rows: list[dict[str, Any]] = []
+        open_rows: list[dict[str, Any]] = []
+        acknowledged_rows: list[dict[str, Any]] = []
         open_count = total = 0
         if view is not None and not missing:
 
-            def read() -> tuple[list[dict[str, Any]], tuple[int, int]]:
-                return view.with_anomalies(LISTED), view.anomaly_totals()
+            def read() -> tuple[list[dict[str, Any]], list[dict[str, Any]], tuple[int, int]]:
+                return (
+                    view.with_anomalies(LISTED_OPEN),
+                    view.with_anomalies(LISTED_ACKNOWLEDGED, acknowledged=True),
+                    view.anomaly_totals(),
+                )
 
-            rows, (open_count, total) = await anyio.to_thread.run_sync(read, limiter=state.limiter)
+            open_rows, acknowledged_rows, (open_count, total) = await anyio.to_thread.run_sync(
+                read, limiter=state.limiter
+            )
+        # An order with open and acknowledged anomalies is in both lists: each keeps its own kind.
+        entries = [e for e in anomaly_entries(open_rows) if e.open]
+        entries += [e for e in anomaly_entries(acknowledged_rows) if not e.open]
         return self._pages.page(
             request,
             "anomalies.html",
             status,
             access=access,
-            entries=anomaly_entries(rows),
+            entries=entries,
             open_count=open_count,
             total=total,
-            capped=len(rows) == LISTED,
-            listed=LISTED,
+            capped=len(open_rows) == LISTED_OPEN or len(acknowledged_rows) == LISTED_ACKNOWLEDGED,
+            listed=(LISTED_OPEN, LISTED_ACKNOWLEDGED),
             view_missing=missing,
             error=error,
             acked=request.query_params.get("acked", "")[:80],

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 __all__ = ["Day", "Overview", "OverviewPages", "read_overview"]
 
 LATEST_ANOMALIES = 5
-LAG_FRESH_SECONDS = 5.0
+LAG_FRESH_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ def read_overview(state: AppState, lag: LagCache, now: float) -> Overview:
         for day in (today, today - dt.timedelta(days=1)):
             found.days.append(Day(day, **view.day_totals(*_day_bounds(day))))
         found.open_anomalies, _ = view.anomaly_totals()
-        latest = anomaly_entries(view.with_anomalies(LATEST_ANOMALIES, open_only=True))
+        latest = anomaly_entries(view.with_anomalies(LATEST_ANOMALIES))
         found.latest_anomalies = [e for e in latest if e.open][:LATEST_ANOMALIES]
     minutes = state.notify_metrics.minutes
     if minutes is not None:

@@ -349,14 +349,14 @@ class OrdersView(ViewRecorder):
             "refunded": int(refunded or 0),
         }
 
-    def with_anomalies(self, limit: int, *, open_only: bool = False) -> list[dict[str, Any]]:
-        """Up to `limit` orders with an anomaly (`open_only`: one not acknowledged), those with an open one
-        first, each group the most recently changed first."""
-        where = "anomalies > 0 AND open_anomalies > 0" if open_only else "anomalies > 0"
+    def with_anomalies(self, limit: int, *, acknowledged: bool = False) -> list[dict[str, Any]]:
+        """Up to `limit` orders with an anomaly not acknowledged yet (`acknowledged`: with one acknowledged),
+        the most recently changed first: a walk down the index of the orders with anomalies."""
+        which = "open_anomalies < anomalies" if acknowledged else "open_anomalies > 0"
         return self._select(
             ORDER_FIELDS,
-            f"SELECT {', '.join(ORDER_FIELDS)} FROM {{orders}} WHERE {where}"
-            " ORDER BY CASE WHEN open_anomalies > 0 THEN 0 ELSE 1 END, updated_at DESC LIMIT %s",
+            f"SELECT {', '.join(ORDER_FIELDS)} FROM {{orders}} WHERE anomalies > 0 AND {which}"
+            " ORDER BY updated_at DESC LIMIT %s",
             [limit],
         )
 
