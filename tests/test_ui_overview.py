@@ -18,7 +18,7 @@ from api.callback_minutes import CallbackMinutes
 from api.ui.auth import COOKIE
 from api.ui.chart import HEIGHT, callback_chart
 from api.ui.formatting import beijing, yuan
-from api.ui.overview import LAG_FRESH_SECONDS
+from api.ui.overview import CHART_FRESH_SECONDS, LAG_FRESH_SECONDS, ChartCache
 from ledger.application import build_ledger
 from ledger.operators import Operators, Role
 from ledger.settings import Settings
@@ -187,6 +187,23 @@ def test_chart_buckets_are_minutes_and_replicas_add_up(database_url: str) -> Non
     # The last two minutes of the day drawn: 2 callbacks at the peak (y 0), then 1 at half height.
     assert accepted[-2:] == ["1438,0.0", f"1439,{HEIGHT / 2:.1f}"]
     assert chart.peak == 2 and all(label.endswith(":00") for _, label in chart.ticks)
+
+
+def test_the_chart_is_drawn_again_once_its_counts_may_have_changed(sqlite_url: str) -> None:
+    now = [NOW]
+    database = Database(sqlite_url)
+    try:
+        minutes = CallbackMinutes(database, lambda: now[0])
+        chart = ChartCache(minutes)
+        minutes.count("accepted")
+        assert chart.read(now[0]).total == 1  # this replica's counts flushed first
+        minutes.count("accepted")
+        now[0] += CHART_FRESH_SECONDS
+        assert chart.read(now[0]).total == 1  # drawn a moment ago
+        now[0] += 1
+        assert chart.read(now[0]).total == 2
+    finally:
+        database.close()
 
 
 def test_projection_lag_and_the_other_figures(merchant_env: dict[str, str], database_url: str) -> None:

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from api.callback_minutes import CallbackMinutes
 from api.metrics import ProjectionLag
 from api.state import AppState, app_state
 from api.ui.anomalies import AnomalyEntry, anomaly_entries
@@ -38,6 +39,7 @@ __all__ = ["Day", "Overview", "OverviewPages", "read_overview"]
 
 LATEST_ANOMALIES = 5
 LAG_FRESH_SECONDS = 30.0
+CHART_FRESH_SECONDS = 10.0  # as often as replicas add their counts (api.callback_minutes.FLUSH_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,28 @@ class LagCache:
                 self._counting = False
 
 
-def read_overview(state: AppState, lag: LagCache, now: float) -> Overview:
+class ChartCache:
+    """The callbacks chart, drawn again when it is older than `CHART_FRESH_SECONDS`: its counts change
+    only as often as the replicas add theirs, and drawing 1,440 minutes of each outcome is most of
+    the overview's work."""
+
+    def __init__(self, minutes: CallbackMinutes) -> None:
+        self._minutes = minutes
+        self._lock = threading.Lock()
+        self._drawn: tuple[float, CallbackChart] | None = None
+
+    def read(self, now: float) -> CallbackChart:
+        with self._lock:
+            drawn = self._drawn
+            if drawn is not None and 0 <= now - drawn[0] <= CHART_FRESH_SECONDS:
+                return drawn[1]
+            self._minutes.flush()  # this replica's latest counts too
+            chart = callback_chart(self._minutes.since(int(now // 60) - MINUTES + 1), now)
+            self._drawn = (now, chart)
+            return chart
+
+
+def read_overview(state: AppState, lag: LagCache, now: float, chart: ChartCache | None = None) -> Overview:
     """Every figure of the overview at `now` (Unix time); blocking reads, run in a worker thread."""
     services = state.services
     found = Overview()
@@ -125,9 +148,10 @@ def read_overview(state: AppState, lag: LagCache, now: float) -> Overview:
         latest = anomaly_entries(view.with_anomalies(LATEST_ANOMALIES))
         found.latest_anomalies = [e for e in latest if e.open][:LATEST_ANOMALIES]
     minutes = state.notify_metrics.minutes
-    if minutes is not None:
-        minutes.flush()  # this replica's latest minute too
-        found.chart = callback_chart(minutes.since(int(now // 60) - MINUTES + 1), now)
+    if chart is not None:
+        found.chart = chart.read(now)
+    elif minutes is not None:
+        found.chart = ChartCache(minutes).read(now)
     outbox = services.outbox
     found.backlog = backlog(outbox)
     found.failing_endpoints = [e for e in outbox.endpoints.all() if not e.enabled or e.failing_since is not None]
@@ -142,7 +166,9 @@ class OverviewPages:
     def __init__(self, pages: OperatorPages, clock: Callable[[], float] = time.time) -> None:
         self._pages = pages
         self._clock = clock
-        self._lag: LagCache | None = None  # built on the first request: the app's ProjectionLag is made at start
+        # Built on the first request: what they read is made by the app's start.
+        self._lag: LagCache | None = None
+        self._chart: ChartCache | None = None
 
     def routes(self) -> list[Route]:
         return [Route("/", self._pages.guarded(self.overview), methods=["GET"])]
@@ -151,8 +177,10 @@ class OverviewPages:
         state = app_state(request)
         if self._lag is None:
             self._lag = LagCache(request.app.state.projection_lag, self._clock)
-        lag = self._lag
+        if self._chart is None and state.notify_metrics.minutes is not None:
+            self._chart = ChartCache(state.notify_metrics.minutes)
+        lag, chart = self._lag, self._chart
         now = self._clock()
-        found = await anyio.to_thread.run_sync(lambda: read_overview(state, lag, now), limiter=state.limiter)
+        found = await anyio.to_thread.run_sync(lambda: read_overview(state, lag, now, chart), limiter=state.limiter)
         context: dict[str, Any] = {"o": found, "chart_height": HEIGHT, "chart_width": MINUTES}
         return self._pages.page(request, "overview.html", access=access, **context)
