@@ -15,8 +15,8 @@ from ledger.application import build_ledger
 from ledger.operators import Operators, Role
 from ledger.store.sql import Database
 from tests.support.audit_world import NO, audit_world
+from tests.support.browser import CHROMIUM, playwright
 from tests.support.projectors import project_until_caught_up
-from tests.test_ui_browser import CHROMIUM, _playwright
 
 TOKEN = "overview-browser-t0ken-0123456789abcdef"
 PASSWORD = "correct horse battery"
@@ -31,7 +31,7 @@ def _fits(page: object) -> bool:
 
 
 def test_the_overview_and_anomalies_read_on_a_desktop_and_a_phone(tmp_path: Path, sqlite_url: str) -> None:
-    sync_playwright = _playwright()
+    sync_playwright = playwright()
     with audit_world(tmp_path, sqlite_url, LEDGER_ADMIN_TOKEN=TOKEN) as w, sync_playwright() as p:
         base = w.base_url.replace("127.0.0.1", "localhost")  # Secure cookies stay on localhost
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True)
