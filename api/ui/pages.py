@@ -33,7 +33,9 @@ from api.responses import to_jsonable
 from api.state import app_state
 from api.ui.auth import COOKIE, SESSION_SECONDS, Access, UISessions
 from api.ui.bills import BillPages, bill_url
+from api.ui.deliveries import DeliveryPages
 from api.ui.notifications import NotificationPages
+from api.ui.orders_list import OrderListPages
 from ledger.errors import (
     BodyTooLarge,
     InvalidRequest,
@@ -435,5 +437,7 @@ def ui_mount(settings: Settings) -> Mount:
             Route("/orders/{out_trade_no}/close", pages.guarded(pages.close, Role.OPERATOR), methods=["POST"]),
             *BillPages(pages).routes(),
             *NotificationPages(pages).routes(),
+            *OrderListPages(pages).routes(),
+            *DeliveryPages(pages).routes(),
         ],
     )

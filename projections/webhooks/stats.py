@@ -10,11 +10,12 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from projections.webhooks.outbox import Outbox
 from projections.webhooks.schema import sql
 
-__all__ = ["ATTEMPT_RESULTS", "BACKLOG_STATES", "AttemptTally", "backlog"]
+__all__ = ["ATTEMPT_RESULTS", "BACKLOG_STATES", "AttemptTally", "EndpointActivity", "backlog", "endpoint_activity"]
 
 ATTEMPT_RESULTS = (
     "delivered",
@@ -43,6 +44,14 @@ _RESULT = (
 )
 _BOUNDARY = "SELECT MIN(CASE WHEN attempted_at >= %s THEN id END), MAX(id) FROM {attempts} WHERE id > %s"
 _BY_RESULT = "SELECT " + _RESULT + ", id <= %s, COUNT(*) FROM {attempts} WHERE id > %s GROUP BY 1, 2"
+# Per endpoint: its attempts since a time, delivered or not (by the attempts' time index), and its backlog.
+_RECENT_BY_ENDPOINT = (
+    "SELECT o.endpoint_id, " + _RESULT + " = 'delivered', COUNT(*) FROM {attempts} a"
+    " JOIN {outbox} o ON o.id = a.message_id WHERE a.attempted_at >= %s GROUP BY 1, 2"
+)
+_BACKLOG_BY_ENDPOINT = (
+    "SELECT endpoint_id, state, COUNT(*) FROM {outbox} WHERE state IN ('pending', 'failing', 'dead') GROUP BY 1, 2"
+)
 # An attempt row is written when its HTTP call ends, so ids come in roughly, not strictly, in
 # order of time across dispatchers. Rows older than this are taken as final and remembered;
 # newer ones are counted afresh at every scrape.
@@ -78,3 +87,30 @@ def backlog(outbox: Outbox) -> dict[str, int]:
     """Messages not delivered yet, by state; `dead` are the dead letters (delivered ones are not counted)."""
     counts = outbox.messages.counts()
     return {state: counts[state] for state in BACKLOG_STATES}
+
+
+@dataclass
+class EndpointActivity:
+    """One endpoint's attempts since a time (delivered, failed) and its messages not delivered yet by state."""
+
+    delivered: int = 0
+    failed: int = 0
+    backlog: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BACKLOG_STATES, 0))
+
+
+def endpoint_activity(outbox: Outbox, since: float) -> dict[str, EndpointActivity]:
+    """Each endpoint's `EndpointActivity` (attempts from `since`, epoch seconds); an endpoint with none is absent."""
+    database = outbox.database
+    found: dict[str, EndpointActivity] = {}
+    with database.transaction() as cur:
+        cur.execute(sql(database, _RECENT_BY_ENDPOINT), (since,))
+        for endpoint_id, delivered, n in cur.fetchall():
+            activity = found.setdefault(str(endpoint_id), EndpointActivity())
+            if delivered:
+                activity.delivered += int(n)
+            else:
+                activity.failed += int(n)
+        cur.execute(sql(database, _BACKLOG_BY_ENDPOINT))
+        for endpoint_id, state, n in cur.fetchall():
+            found.setdefault(str(endpoint_id), EndpointActivity()).backlog[str(state)] = int(n)
+    return found
