@@ -26,6 +26,7 @@ from ledger.application import Ledger
 from ledger.operators import Role
 from ledger.wechatpay.bills import BEIJING
 from ledger.wechatpay.sandbox.signer import NotificationFactory
+from projections.read_model import order_list
 from projections.read_model.live import live_view
 from projections.read_model.runner import open_orders_view
 from projections.read_model.view import ORDERS_VIEW
@@ -215,6 +216,17 @@ def test_each_filter_narrows_the_list_and_its_pages_visit_every_order_once(world
         f"{r['mchid']}/{r['sub_mchid']}/{r['out_trade_no'].removeprefix(QUOTE)}" for r in world.exported(**params)
     ]
     assert sorted(exported) == sorted(expected)
+
+
+def test_number_and_amount_ranges_matching_many_orders_list_the_same_orders(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Past NARROW orders in its range, a number prefix or an amount range is read another way.
+    monkeypatch.setattr(order_list, "NARROW", 2)
+    for params, keep in FILTERS:
+        if {"q", "min", "max"} & set(params):
+            listed = world.listed(**params)
+            assert len(listed) == len(set(listed)) and sorted(listed) == sorted(_expected(keep)), params
 
 
 def test_each_next_link_starts_after_the_last_row_shown(world: World) -> None:

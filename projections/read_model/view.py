@@ -77,7 +77,9 @@ LIST_INDEXES = (
     "orders_created",
     "orders_state_created",
     "orders_merchant_created",
+    "orders_provider_created",
     "orders_anomalous",
+    "orders_amount",
     "orders_number_prefix",
     "orders_transaction_prefix",
 )
@@ -218,8 +220,11 @@ class OrdersView(ViewRecorder):
                 " (trade_state, created_at, mchid, sub_mchid, out_trade_no)",
                 "CREATE INDEX IF NOT EXISTS {orders_merchant_created} ON {orders}"
                 " (mchid, sub_mchid, created_at, out_trade_no)",
+                "CREATE INDEX IF NOT EXISTS {orders_provider_created} ON {orders}"
+                " (mchid, created_at, sub_mchid, out_trade_no)",
                 "CREATE INDEX IF NOT EXISTS {orders_anomalous} ON {orders}"
                 " (created_at, mchid, sub_mchid, out_trade_no) WHERE anomalies > 0",
+                "CREATE INDEX IF NOT EXISTS {orders_amount} ON {orders} (amount_total)",
                 "CREATE INDEX IF NOT EXISTS {orders_number_prefix} ON {orders} (out_trade_no{bytewise})",
                 "CREATE INDEX IF NOT EXISTS {orders_transaction_prefix} ON {orders} (transaction_id{bytewise})",
             )
