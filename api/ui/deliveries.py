@@ -29,7 +29,7 @@ from ledger.errors import EndpointNotFound, InvalidRequest, MessageNotFound
 from ledger.operators import Role
 from ledger.wechatpay.bills import BEIJING
 from projections.webhooks.records import STATES, Endpoint, Message
-from projections.webhooks.stats import EndpointActivity, endpoint_activity
+from projections.webhooks.stats import BACKLOG_STATES, EndpointActivity, backlog_by_endpoint, endpoint_activity
 
 if TYPE_CHECKING:
     from api.ui.pages import OperatorPages
@@ -106,7 +106,9 @@ class DeliveryPages:
             shown: list[Message] = []
             for each in (wanted,) if wanted else SHOWN_ORDER:
                 shown += outbox.messages.newest(each, PER_STATE, endpoint_id=endpoint_id)
-            return endpoints, shown, outbox.messages.counts()
+            waiting = backlog_by_endpoint(outbox)
+            counts = {state: sum(by_state[state] for by_state in waiting.values()) for state in BACKLOG_STATES}
+            return endpoints, shown, counts
 
         try:
             endpoints, messages, counts = await anyio.to_thread.run_sync(read, limiter=state.limiter)

@@ -15,7 +15,15 @@ from dataclasses import dataclass, field
 from projections.webhooks.outbox import Outbox
 from projections.webhooks.schema import sql
 
-__all__ = ["ATTEMPT_RESULTS", "BACKLOG_STATES", "AttemptTally", "EndpointActivity", "backlog", "endpoint_activity"]
+__all__ = [
+    "ATTEMPT_RESULTS",
+    "BACKLOG_STATES",
+    "AttemptTally",
+    "EndpointActivity",
+    "backlog",
+    "backlog_by_endpoint",
+    "endpoint_activity",
+]
 
 ATTEMPT_RESULTS = (
     "delivered",
@@ -98,6 +106,18 @@ class EndpointActivity:
     backlog: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BACKLOG_STATES, 0))
 
 
+def backlog_by_endpoint(outbox: Outbox) -> dict[str, dict[str, int]]:
+    """Each endpoint's messages not delivered yet, by state (read from the state index: delivered ones are not
+    counted); an endpoint with none is absent."""
+    database = outbox.database
+    found: dict[str, dict[str, int]] = {}
+    with database.transaction() as cur:
+        cur.execute(sql(database, _BACKLOG_BY_ENDPOINT))
+        for endpoint_id, state, n in cur.fetchall():
+            found.setdefault(str(endpoint_id), dict.fromkeys(BACKLOG_STATES, 0))[str(state)] = int(n)
+    return found
+
+
 def endpoint_activity(outbox: Outbox, since: float) -> dict[str, EndpointActivity]:
     """Each endpoint's `EndpointActivity` (attempts from `since`, epoch seconds); an endpoint with none is absent."""
     database = outbox.database
@@ -110,7 +130,6 @@ def endpoint_activity(outbox: Outbox, since: float) -> dict[str, EndpointActivit
                 activity.delivered += int(n)
             else:
                 activity.failed += int(n)
-        cur.execute(sql(database, _BACKLOG_BY_ENDPOINT))
-        for endpoint_id, state, n in cur.fetchall():
-            found.setdefault(str(endpoint_id), EndpointActivity()).backlog[str(state)] = int(n)
+    for endpoint_id, waiting in backlog_by_endpoint(outbox).items():
+        found.setdefault(endpoint_id, EndpointActivity()).backlog = waiting
     return found
