@@ -1,9 +1,11 @@
-"""The operator's orders list at scale: each filter's first page and a deep page, timed, with its plan.
+"""The operator's lists at scale: each orders filter timed with its plan, then the pages themselves.
 
 Seeds N orders straight into a fresh orders view (as the projection writes them: one direct merchant,
 a service provider with 50 sub-merchants, WeChat-like states, 90 days of orders, 0.5% with an
-anomaly), then times `list_orders` for each filter (p50 and p99 of --repeat runs, first page and the
-page after row 2,000 by its keyset) and prints the plan each store chose.
+anomaly) and N outbound messages to three endpoints (1 in 500 not delivered, attempts in the last
+hour); times `list_orders` for each filter (p50 and p99 of --repeat runs, first page and the page
+after row 2,000 by its keyset) and prints the plan each store chose; then serves the app and times
+`GET /ui/orders` (a few filters), `/ui/deliveries`, `/ui/endpoints` and the CSV of every order.
 
     .venv/bin/python bench/order_list.py                 # both stores, 100,000 orders
     .venv/bin/python bench/order_list.py --store sqlite --orders 20000
@@ -23,10 +25,18 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from starlette.testclient import TestClient
+
+from api.app import create_app
 from bench.seeding import drop_scratch_store, scratch_store
+from ledger.settings import Settings
+from ledger.store.sql import Database
+from ledger.wechatpay.sandbox.signer import NotificationFactory
 from projections.read_model.order_list import OrderFilter, list_key, list_orders
 from projections.read_model.runner import open_orders_view
 from projections.read_model.view import OrdersView
+from projections.webhooks.outbox import Outbox
+from projections.webhooks.schema import outbox_url, sql
 
 DIRECT, PROVIDER = "1900000109", "1900000200"
 SUBS = [f"19100{n:05d}" for n in range(50)]
@@ -143,6 +153,89 @@ def bench(url: str, orders: int, repeat: int) -> None:
     view.close()
 
 
+def _seed_outbox(url: str, n: int) -> None:
+    """`n` messages to three endpoints, 1 in 500 dead, failing or pending, each with an attempt or two."""
+    database = Database(outbox_url(url))
+    outbox = Outbox(database)
+    endpoints = [outbox.endpoints.add(f"http://127.0.0.1:9/hook{i}").id for i in range(3)]
+    now, rng = time.time(), random.Random(2)
+    messages, attempts = [], []
+    for i in range(n):
+        state = "delivered" if i % 500 else rng.choice(["dead", "failing", "pending"])
+        created = now - (n - i) * 0.03
+        message = f"msg_{i:032x}"
+        messages.append(
+            (
+                message,
+                f"s{i}",
+                endpoints[i % 3],
+                "PaymentSucceeded",
+                DIRECT,
+                f"O{i}",
+                1,
+                "{}",
+                state,
+                1,
+                created,
+                created,
+            )
+        )
+        attempts.append((message, created + 1, 200 if state == "delivered" else 500, 12.0, "", None))
+        if i % 7 == 0:
+            attempts.append((message, created + 0.5, 503, 30.0, "", None))
+    with database.transaction() as cur:
+        cur.executemany(
+            sql(
+                database,
+                "INSERT INTO {outbox} (id, source_id, endpoint_id, event_type, mchid, out_trade_no, stream_version,"
+                " body, state, attempts, next_attempt_at, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+                " %s, %s)",
+            ),
+            messages,
+        )
+        cur.executemany(
+            sql(
+                database,
+                "INSERT INTO {attempts} (message_id, attempted_at, status, duration_ms, response_body, error)"
+                " VALUES (%s, %s, %s, %s, %s, %s)",
+            ),
+            attempts,
+        )
+        if database.dialect == "postgres":
+            cur.execute(sql(database, "ANALYZE {outbox}"))
+            cur.execute(sql(database, "ANALYZE {attempts}"))
+    database.close()
+
+
+PAGES = {
+    "/ui/orders": {},
+    "/ui/orders?state=PAYERROR": {},
+    f"/ui/orders?mchid={PROVIDER}&sub_mchid={SUBS[7]}&from=2026-11-01": {},
+    "/ui/orders?min=9000": {},
+    "/ui/orders?q=T1795": {},
+    "/ui/deliveries": {},
+    "/ui/deliveries?state=dead": {},
+    "/ui/endpoints": {},
+}
+
+
+def _pages(url: str, scratch: str, repeat: int) -> None:
+    keys = NotificationFactory(mchid=DIRECT).write_keys(Path(scratch) / "keys")
+    settings = Settings.load({**keys, "LEDGER_DATABASE_URL": url, "LEDGER_ADMIN_TOKEN": "bench-" + "t" * 32})
+    bearer = {"Authorization": "Bearer bench-" + "t" * 32}
+    with TestClient(create_app(settings, background=False), base_url="https://testserver") as client:
+        print(f"{'page':60} {'p50':>7} {'p99':>7}")
+        for path in PAGES:
+            assert client.get(path, headers=bearer).status_code == 200, path
+            p50, p99 = _time(lambda p=path: client.get(p, headers=bearer), repeat)
+            print(f"{path:60} {p50:7.2f} {p99:7.2f}")
+        started = time.perf_counter()
+        exported = client.get("/ui/orders.csv", headers=bearer)
+        took = time.perf_counter() - started
+        rows = exported.text.count("\n") - 1
+        print(f"/ui/orders.csv: {rows:,} rows, {len(exported.content) / 1e6:.1f} MB in {took:.2f}s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--store", choices=["sqlite", "postgres", "both"], default="both")
@@ -154,6 +247,8 @@ def main() -> None:
             url, schema = scratch_store(store, scratch, f"bench_list_{uuid.uuid4().hex[:8]}")
             try:
                 bench(url, args.orders, args.repeat)
+                _seed_outbox(url, args.orders)
+                _pages(url, scratch, args.repeat)
             finally:
                 drop_scratch_store(schema)
 

@@ -29,7 +29,13 @@ from ledger.errors import EndpointNotFound, InvalidRequest, MessageNotFound
 from ledger.operators import Role
 from ledger.wechatpay.bills import BEIJING
 from projections.webhooks.records import STATES, Endpoint, Message
-from projections.webhooks.stats import BACKLOG_STATES, EndpointActivity, backlog_by_endpoint, endpoint_activity
+from projections.webhooks.stats import (
+    BACKLOG_STATES,
+    RECENT_ATTEMPTS,
+    EndpointActivity,
+    backlog_by_endpoint,
+    endpoint_activity,
+)
 
 if TYPE_CHECKING:
     from api.ui.pages import OperatorPages
@@ -188,6 +194,7 @@ class DeliveryPages:
             endpoints=endpoints,
             activity=activity,
             idle=EndpointActivity(),
+            recent_attempts=f"{RECENT_ATTEMPTS:,}",
             switched=switched if switched in ("enabled", "disabled", "unchanged") else None,
         )
 

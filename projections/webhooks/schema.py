@@ -50,8 +50,6 @@ _DDL = (
     " attempted_at DOUBLE PRECISION NOT NULL, status INTEGER, duration_ms DOUBLE PRECISION NOT NULL,"
     " response_body TEXT NOT NULL, error TEXT)",
     "CREATE INDEX IF NOT EXISTS payledger_attempts_message ON {attempts} (message_id)",
-    # The last hour's attempts of each endpoint (the operator's endpoints page, `stats.endpoint_activity`).
-    "CREATE INDEX IF NOT EXISTS payledger_attempts_at ON {attempts} (attempted_at)",
     "CREATE TABLE IF NOT EXISTS {events} (id {serial}, at DOUBLE PRECISION NOT NULL, kind TEXT NOT NULL,"
     " endpoint_id TEXT, detail TEXT NOT NULL)",
 )

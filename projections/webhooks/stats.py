@@ -18,6 +18,7 @@ from projections.webhooks.schema import sql
 __all__ = [
     "ATTEMPT_RESULTS",
     "BACKLOG_STATES",
+    "RECENT_ATTEMPTS",
     "AttemptTally",
     "EndpointActivity",
     "backlog",
@@ -52,9 +53,13 @@ _RESULT = (
 )
 _BOUNDARY = "SELECT MIN(CASE WHEN attempted_at >= %s THEN id END), MAX(id) FROM {attempts} WHERE id > %s"
 _BY_RESULT = "SELECT " + _RESULT + ", id <= %s, COUNT(*) FROM {attempts} WHERE id > %s GROUP BY 1, 2"
-# Per endpoint: its attempts since a time, delivered or not (by the attempts' time index), and its backlog.
+RECENT_ATTEMPTS = 5000
+"""The newest attempts `endpoint_activity` reads at most: a page's cost stays the same at any volume."""
+# Per endpoint: its attempts since a time among the newest ones (by id: the order they were written in,
+# near enough the order of time), delivered or not; and its backlog.
 _RECENT_BY_ENDPOINT = (
-    "SELECT o.endpoint_id, " + _RESULT + " = 'delivered', COUNT(*) FROM {attempts} a"
+    "SELECT o.endpoint_id, " + _RESULT + " = 'delivered', COUNT(*)"
+    " FROM (SELECT message_id, attempted_at, status, error FROM {attempts} ORDER BY id DESC LIMIT %s) a"
     " JOIN {outbox} o ON o.id = a.message_id WHERE a.attempted_at >= %s GROUP BY 1, 2"
 )
 _BACKLOG_BY_ENDPOINT = (
@@ -119,11 +124,12 @@ def backlog_by_endpoint(outbox: Outbox) -> dict[str, dict[str, int]]:
 
 
 def endpoint_activity(outbox: Outbox, since: float) -> dict[str, EndpointActivity]:
-    """Each endpoint's `EndpointActivity` (attempts from `since`, epoch seconds); an endpoint with none is absent."""
+    """Each endpoint's `EndpointActivity`: its attempts from `since` (epoch seconds) among the newest
+    `RECENT_ATTEMPTS` of all endpoints, and its backlog; an endpoint with neither is absent."""
     database = outbox.database
     found: dict[str, EndpointActivity] = {}
     with database.transaction() as cur:
-        cur.execute(sql(database, _RECENT_BY_ENDPOINT), (since,))
+        cur.execute(sql(database, _RECENT_BY_ENDPOINT), (RECENT_ATTEMPTS, since))
         for endpoint_id, delivered, n in cur.fetchall():
             activity = found.setdefault(str(endpoint_id), EndpointActivity())
             if delivered:
