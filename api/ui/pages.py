@@ -7,7 +7,8 @@ links to the other sub-orders registered with the same `combine_out_trade_no` (f
 Every page is behind `UISessions` (the admin token or a login session); without either a
 request gets the login form and a 401, never order data. Payload fields are untrusted text:
 the templates autoescape everything. The daily bills pages (api/ui/bills.py) are served through
-the same rendering and guard, and so are the unrouted notifications (api/ui/notifications.py).
+the same rendering and guard, and so are the unrouted notifications (api/ui/notifications.py), the
+orders list (api/ui/orders_list.py) and the deliveries and endpoints pages (api/ui/deliveries.py).
 """
 
 from __future__ import annotations
