@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ledger.domain import PaymentOrder
+from ledger.errors import OrderNotFound
 from ledger.identity import OrderKey
 
 if TYPE_CHECKING:
@@ -60,16 +61,20 @@ class OperatorActions:
         return changed
 
     def resend(self, message_id: str, *, operator: str) -> None:
-        """Queue one outbound message again, whatever its state; recorded in its order's stream."""
+        """Queue one outbound message again, whatever its state; recorded in its order's stream (in the
+        operator's journal when the order is not in this ledger, as for a message of an old store)."""
         messages = self.services.outbox.messages
         message = messages.get(message_id)  # MessageNotFound before anything is done
         messages.resend(message_id)
-        stream_id = message.source_id.partition(":")[0]
         detail = {"message_id": message.id, "endpoint_id": message.endpoint_id, "event_type": message.event_type}
-        order = self.services.ledger.get_order_by_id(uuid.UUID(stream_id), message.out_trade_no)
-        self.services.ledger.change_order(
-            order.key, lambda o: o.note_operator_action("resend", operator=operator, detail=detail, at=_now())
-        )
+        try:
+            order = self.services.ledger.get_order_by_id(uuid.UUID(message.source_id.partition(":")[0]))
+        except (OrderNotFound, ValueError):
+            self.services.ledger.record_journal(operator, "message_resent", target=message.id, detail=detail)
+        else:
+            self.services.ledger.change_order(
+                order.key, lambda o: o.note_operator_action("resend", operator=operator, detail=detail, at=_now())
+            )
         log.info("%s resent %s", operator, message_id)
 
     def recover(self, since: dt.datetime, until: dt.datetime, *, endpoint_id: str | None = None, operator: str) -> int:

@@ -15,7 +15,7 @@ from dataclasses import asdict
 from typing import Any
 
 from api.bootstrap import Services
-from cli.common import SubParsers, configure_logging, each_shard, load_settings, load_shards, services_for
+from cli.common import SubParsers, configure_logging, each_shard, load_all_settings, services_for
 from cli.exits import FAILED, OK, exit_codes
 from cli.output import BAD, GOOD, WARN, Column, add_json_flag, emit_json, table
 from ledger.settings import Settings
@@ -110,8 +110,13 @@ def _message_dict(msg: Message) -> dict[str, Any]:
     }
 
 
+def _one_store(settings: Settings) -> Settings:
+    """The shard `LEDGER_SHARD` names (the first merchant's when unset; a ledger of one store: all of it)."""
+    return settings.shard_of(settings.shard)
+
+
 def cmd_endpoints(load: LoadSettings, args: argparse.Namespace) -> int:
-    with services_for(load(args)) as services:
+    with services_for(_one_store(load(args))) as services:
         outbox = services.outbox
         if args.action == "add":
             endpoint = outbox.endpoints.add(args.url, args.secret, args.events)
@@ -146,7 +151,7 @@ def cmd_endpoints(load: LoadSettings, args: argparse.Namespace) -> int:
 
 
 def cmd_deliveries(load: LoadSettings, args: argparse.Namespace) -> int:
-    with services_for(load(args)) as services:
+    with services_for(_one_store(load(args))) as services:
         outbox = services.outbox
         if args.action == "resend":
             outbox.messages.resend(args.id)
@@ -166,7 +171,8 @@ def cmd_deliveries(load: LoadSettings, args: argparse.Namespace) -> int:
 
 def cmd_dispatch(load: LoadSettings, args: argparse.Namespace) -> int:
     """The dispatcher of every shard (`LEDGER_SHARD`'s alone when set); `--once` one pass each."""
-    shards = load_shards(args, require_merchant=False)
+    settings = load(args)
+    shards = settings.shards() if settings.shard is None else (_one_store(settings),)
     configure_logging(shards[0].log_level, shards[0].log_format)
 
     def dispatch(services: Services, stop: threading.Event) -> int:
@@ -188,7 +194,7 @@ def cmd_dispatch(load: LoadSettings, args: argparse.Namespace) -> int:
 
 
 def _without_merchant(args: argparse.Namespace) -> Settings:
-    return load_settings(args, require_merchant=False)
+    return load_all_settings(args, require_merchant=False)
 
 
 def _bound(command: Callable[[LoadSettings, argparse.Namespace], int], load: LoadSettings) -> Any:

@@ -23,7 +23,7 @@ __all__ = ["JOURNAL_ACTIONS", "JOURNAL_EVENTS", "JOURNAL_NAMESPACE", "OperatorJo
 JOURNAL_NAMESPACE = uuid.UUID("0c6f0f7e-3d7c-4a53-b1a2-5a2f8f9d3e11")
 _SEP = "\x00"
 BEIJING = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")  # the day an action is filed under
-JOURNAL_ACTIONS = frozenset({"endpoint_enabled", "endpoint_disabled", "messages_recovered"})
+JOURNAL_ACTIONS = frozenset({"endpoint_enabled", "endpoint_disabled", "messages_recovered", "message_resent"})
 
 
 def journal_id(operator: str, day: dt.date) -> uuid.UUID:

@@ -150,5 +150,5 @@ def test_the_rebuild_command_switches_to_a_view_equal_to_the_incremental_one(
     unknown = payledger("rebuild", "refunds_view", env={**clean_env(), "LEDGER_DATABASE_URL": database_url})
     assert (unknown.returncode, unknown.stderr.strip()) == (
         2,
-        "payledger: unknown projection 'refunds_view' (known: orders_view, notifications_view)",
+        "payledger: unknown projection 'refunds_view' (known: orders_view, notifications_view, activity_view)",
     )

@@ -33,6 +33,7 @@ ACTIONS = (
     "endpoint_enabled",
     "endpoint_disabled",
     "messages_recovered",
+    "message_resent",
 )
 
 

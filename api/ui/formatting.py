@@ -6,7 +6,7 @@ import datetime as dt
 
 from ledger.wechatpay.bills import BEIJING
 
-__all__ = ["BEIJING", "beijing", "beijing_day", "yuan"]
+__all__ = ["BEIJING", "beijing", "beijing_day", "day_start", "yuan"]
 
 
 def _moment(at: float | dt.datetime | str | None) -> dt.datetime | None:
@@ -34,6 +34,11 @@ def beijing(at: float | dt.datetime | str | None) -> str:
 def beijing_day(at: float) -> dt.date:
     """The Beijing day of the Unix time `at`."""
     return dt.datetime.fromtimestamp(at, BEIJING).date()
+
+
+def day_start(day: dt.date) -> float:
+    """Epoch seconds of the midnight that begins `day` in Beijing."""
+    return dt.datetime.combine(day, dt.time(), BEIJING).timestamp()
 
 
 def yuan(fen: int | None) -> str:

@@ -8,7 +8,9 @@ Every page is behind `UISessions` (the admin token or a login session); without 
 request gets the login form and a 401, never order data. Payload fields are untrusted text:
 the templates autoescape everything. The daily bills pages (api/ui/bills.py) are served through
 the same rendering and guard, and so are the unrouted notifications (api/ui/notifications.py), the
-overview at /ui/ (api/ui/overview.py) and the anomalies (api/ui/anomalies.py).
+overview at /ui/ (api/ui/overview.py), the anomalies (api/ui/anomalies.py), the orders list
+(api/ui/orders_list.py), the deliveries and endpoints pages (api/ui/deliveries.py) and the activity
+(api/ui/activity.py).
 """
 
 from __future__ import annotations
@@ -38,8 +40,10 @@ from api.ui.activity import ActivityPages
 from api.ui.anomalies import AnomalyPages
 from api.ui.auth import COOKIE, SESSION_SECONDS, Access, UISessions
 from api.ui.bills import BillPages, bill_url
+from api.ui.deliveries import DeliveryPages
 from api.ui.formatting import beijing, yuan
 from api.ui.notifications import NotificationPages
+from api.ui.orders_list import OrderListPages
 from api.ui.overview import OverviewPages
 from ledger.errors import (
     BodyTooLarge,
@@ -475,5 +479,7 @@ def ui_mount(settings: Settings, *, clock: Callable[[], float] = time.time) -> M
             *NotificationPages(pages).routes(),
             *ActivityPages(pages).routes(),
             *AnomalyPages(pages).routes(),
+            *OrderListPages(pages).routes(),
+            *DeliveryPages(pages).routes(),
         ],
     )

@@ -74,6 +74,16 @@ PAID = "{o}.success_time IS NOT NULL AND {o}.paid_total IS NOT NULL AND {o}.tran
 """An order row `{o}` whose payment is decided: set by PaymentSucceeded alone (a refund decided first
 sets transaction_id, never the other two); `paid_total` stays NULL only if WeChat's resource had no total."""
 _TIME_FIELDS = {"created_at", "updated_at"}
+LIST_INDEXES = (
+    "orders_created",
+    "orders_state_created",
+    "orders_merchant_created",
+    "orders_provider_created",
+    "orders_anomalous_created",
+    "orders_amount",
+    "orders_number_prefix",
+    "orders_transaction_prefix",
+)
 _CONSOLE_INDEXES = ("orders_day", "refunds_day", "orders_anomalous")
 LAYOUT_COLUMN = "open_anomalies"
 """The column a view of the current layout has and one made by an earlier version lacks."""
@@ -157,8 +167,12 @@ class OrdersView(ViewRecorder):
                     "orders_combined",
                     "refunds_id",
                     *_CONSOLE_INDEXES,
+                    *LIST_INDEXES,
                 )
             },
+            # Text compared by code point (as SQLite's BINARY does), whatever the database's collation:
+            # an order number's prefix is then a range of one index (`projections.read_model.order_list`).
+            "bytewise": ' COLLATE "C"' if self.dialect == "postgres" else "",
             # A list parameter (see `_list`): an array on PostgreSQL, a JSON array on SQLite.
             "in_list": "= ANY(%s::text[])" if self.dialect == "postgres" else "IN (SELECT value FROM json_each(%s))",
         }
@@ -208,6 +222,20 @@ class OrdersView(ViewRecorder):
                 "CREATE INDEX IF NOT EXISTS {orders_day} ON {orders} (success_time, paid_total)",
                 "CREATE INDEX IF NOT EXISTS {refunds_day} ON {refunds} (status, success_time, refund)",
                 "CREATE INDEX IF NOT EXISTS {orders_anomalous} ON {orders} (updated_at) WHERE anomalies > 0",
+                # The operator's orders list, newest first, alone or by state, merchant or anomaly, and
+                # its search by number prefix (`projections.read_model.order_list`).
+                "CREATE INDEX IF NOT EXISTS {orders_created} ON {orders} (created_at, mchid, sub_mchid, out_trade_no)",
+                "CREATE INDEX IF NOT EXISTS {orders_state_created} ON {orders}"
+                " (trade_state, created_at, mchid, sub_mchid, out_trade_no)",
+                "CREATE INDEX IF NOT EXISTS {orders_merchant_created} ON {orders}"
+                " (mchid, sub_mchid, created_at, out_trade_no)",
+                "CREATE INDEX IF NOT EXISTS {orders_provider_created} ON {orders}"
+                " (mchid, created_at, sub_mchid, out_trade_no)",
+                "CREATE INDEX IF NOT EXISTS {orders_anomalous_created} ON {orders}"
+                " (created_at, mchid, sub_mchid, out_trade_no) WHERE anomalies > 0",
+                "CREATE INDEX IF NOT EXISTS {orders_amount} ON {orders} (amount_total)",
+                "CREATE INDEX IF NOT EXISTS {orders_number_prefix} ON {orders} (out_trade_no{bytewise})",
+                "CREATE INDEX IF NOT EXISTS {orders_transaction_prefix} ON {orders} (transaction_id{bytewise})",
             )
         ]
 
@@ -239,6 +267,10 @@ class OrdersView(ViewRecorder):
         with self.transaction() as curs:
             self.upsert_many(curs, [order_row(order, at)], refund_rows(order))
             self.write_tracking(curs, tracking)
+
+    def select(self, names: tuple[str, ...], text: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        """Rows of `names` by `text` (written with the view's {slots} and %s), read back."""
+        return self._select(names, text, params)
 
     def _select(self, names: tuple[str, ...], text: str, params: Sequence[Any]) -> list[dict[str, Any]]:
         """Rows of `names` by `text` (written with {orders}, {refunds} and %s), read back."""
@@ -394,6 +426,7 @@ def _names(prefix: str) -> dict[str, str]:
         "orders_combined": f"{prefix}_orders_combined",
         "refunds_id": f"{prefix}_refunds_id",
         **{index: f"{prefix}_{index}" for index in _CONSOLE_INDEXES},
+        **{index: f"{prefix}_{index}" for index in LIST_INDEXES},
     }
 
 

@@ -31,10 +31,8 @@ _INSERT = (
     " ON CONFLICT (source_id, endpoint_id) DO NOTHING"
 )
 # Selections: a WHERE clause with its ORDER BY (and LIMIT), for the messages and for their attempts.
-_NEWEST = (
-    "(CAST(%s AS TEXT) IS NULL OR state = %s) AND (CAST(%s AS TEXT) IS NULL OR endpoint_id = %s)"
-    " AND (CAST(%s AS TEXT) IS NULL OR id = %s) ORDER BY created_at DESC, id LIMIT %s"
-)
+# Only the filters given are written: "(%s IS NULL OR state = %s)" would keep SQLite from any index.
+_NEWEST = " ORDER BY created_at DESC, id LIMIT %s"
 _OF_ORDER = "mchid = %s AND out_trade_no = %s ORDER BY stream_version, endpoint_id"
 _RESEND = (
     "UPDATE {outbox} SET state = 'pending', attempts = 0, next_attempt_at = %s,"
@@ -101,7 +99,10 @@ class Messages:
         self, state: str | None = None, limit: int = 50, *, endpoint_id: str | None = None, message: str | None = None
     ) -> list[Message]:
         """The newest messages first, each with its attempts oldest first."""
-        return self._select(_NEWEST, (state, state, endpoint_id, endpoint_id, message, message, limit))
+        given = [(column, value) for column, value in (("state", state), ("endpoint_id", endpoint_id), ("id", message))]
+        clauses = [f"{column} = %s" for column, value in given if value is not None] or ["1 = 1"]
+        params = [value for _, value in given if value is not None]
+        return self._select(" AND ".join(clauses) + _NEWEST, (*params, limit))
 
     def for_order(self, mchid: str, out_trade_no: str, *, stream_id: str | None = None) -> list[Message]:
         """One order's messages in the order of its events, each with its attempts oldest first.

@@ -37,6 +37,8 @@ _DDL = (
     " lease_until DOUBLE PRECISION, UNIQUE (source_id, endpoint_id))",
     "CREATE INDEX IF NOT EXISTS payledger_outbox_due ON {outbox} (state, next_attempt_at)",
     "CREATE INDEX IF NOT EXISTS payledger_outbox_created ON {outbox} (created_at)",
+    # The newest messages in one state (the operator's deliveries page: dead letters first).
+    "CREATE INDEX IF NOT EXISTS payledger_outbox_state_created ON {outbox} (state, created_at)",
     "CREATE INDEX IF NOT EXISTS payledger_outbox_order ON {outbox} (mchid, out_trade_no)",
     # The messages still to deliver, oldest first: a dispatcher leases the first due ones.
     "CREATE INDEX IF NOT EXISTS payledger_outbox_waiting ON {outbox} (created_at, stream_version, id)"

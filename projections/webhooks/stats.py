@@ -10,11 +10,21 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from projections.webhooks.outbox import Outbox
 from projections.webhooks.schema import sql
 
-__all__ = ["ATTEMPT_RESULTS", "BACKLOG_STATES", "AttemptTally", "backlog"]
+__all__ = [
+    "ATTEMPT_RESULTS",
+    "BACKLOG_STATES",
+    "RECENT_ATTEMPTS",
+    "AttemptTally",
+    "EndpointActivity",
+    "backlog",
+    "backlog_by_endpoint",
+    "endpoint_activity",
+]
 
 ATTEMPT_RESULTS = (
     "delivered",
@@ -43,6 +53,18 @@ _RESULT = (
 )
 _BOUNDARY = "SELECT MIN(CASE WHEN attempted_at >= %s THEN id END), MAX(id) FROM {attempts} WHERE id > %s"
 _BY_RESULT = "SELECT " + _RESULT + ", id <= %s, COUNT(*) FROM {attempts} WHERE id > %s GROUP BY 1, 2"
+RECENT_ATTEMPTS = 5000
+"""The newest attempts `endpoint_activity` reads at most: a page's cost stays the same at any volume."""
+# Per endpoint: its attempts since a time among the newest ones (by id: the order they were written in,
+# near enough the order of time), delivered or not; and its backlog.
+_RECENT_BY_ENDPOINT = (
+    "SELECT o.endpoint_id, " + _RESULT + " = 'delivered', COUNT(*)"
+    " FROM (SELECT message_id, attempted_at, status, error FROM {attempts} ORDER BY id DESC LIMIT %s) a"
+    " JOIN {outbox} o ON o.id = a.message_id WHERE a.attempted_at >= %s GROUP BY 1, 2"
+)
+_BACKLOG_BY_ENDPOINT = (
+    "SELECT endpoint_id, state, COUNT(*) FROM {outbox} WHERE state IN ('pending', 'failing', 'dead') GROUP BY 1, 2"
+)
 # An attempt row is written when its HTTP call ends, so ids come in roughly, not strictly, in
 # order of time across dispatchers. Rows older than this are taken as final and remembered;
 # newer ones are counted afresh at every scrape.
@@ -85,3 +107,42 @@ def backlog(outbox: Outbox) -> dict[str, int]:
         cur.execute(sql(database, _BACKLOG))
         found = {str(state): int(n) for state, n in cur.fetchall()}
     return {state: found.get(state, 0) for state in BACKLOG_STATES}
+
+
+@dataclass
+class EndpointActivity:
+    """One endpoint's attempts since a time (delivered, failed) and its messages not delivered yet by state."""
+
+    delivered: int = 0
+    failed: int = 0
+    backlog: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BACKLOG_STATES, 0))
+
+
+def backlog_by_endpoint(outbox: Outbox) -> dict[str, dict[str, int]]:
+    """Each endpoint's messages not delivered yet, by state (read from the state index: delivered ones are not
+    counted); an endpoint with none is absent."""
+    database = outbox.database
+    found: dict[str, dict[str, int]] = {}
+    with database.transaction() as cur:
+        cur.execute(sql(database, _BACKLOG_BY_ENDPOINT))
+        for endpoint_id, state, n in cur.fetchall():
+            found.setdefault(str(endpoint_id), dict.fromkeys(BACKLOG_STATES, 0))[str(state)] = int(n)
+    return found
+
+
+def endpoint_activity(outbox: Outbox, since: float) -> dict[str, EndpointActivity]:
+    """Each endpoint's `EndpointActivity`: its attempts from `since` (epoch seconds) among the newest
+    `RECENT_ATTEMPTS` of all endpoints, and its backlog; an endpoint with neither is absent."""
+    database = outbox.database
+    found: dict[str, EndpointActivity] = {}
+    with database.transaction() as cur:
+        cur.execute(sql(database, _RECENT_BY_ENDPOINT), (RECENT_ATTEMPTS, since))
+        for endpoint_id, delivered, n in cur.fetchall():
+            activity = found.setdefault(str(endpoint_id), EndpointActivity())
+            if delivered:
+                activity.delivered += int(n)
+            else:
+                activity.failed += int(n)
+    for endpoint_id, waiting in backlog_by_endpoint(outbox).items():
+        found.setdefault(endpoint_id, EndpointActivity()).backlog = waiting
+    return found
