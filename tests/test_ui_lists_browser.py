@@ -70,6 +70,7 @@ def _orders(n: int) -> list[dict[str, Any]]:
                 "paid_total": 100 + i if state == "SUCCESS" else None,
                 "refunded_total": 0,
                 "anomalies": 1 if i == 7 else 0,
+                "open_anomalies": 1 if i == 7 else 0,
                 "version": 2,
                 "created_at": created,
                 "updated_at": created,
