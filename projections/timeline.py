@@ -141,6 +141,14 @@ def facts(event_type: str, data: Mapping[str, Any]) -> str:
         return f"out_refund_no={get('out_refund_no')} refused: HTTP {get('status_code')} {get('code')}"
     if event_type == "OrderClosed":
         return f"closed at WeChat Pay (HTTP {get('status_code')}) asked by {get('requested_by')}"
+    if event_type == "OperatorActed":
+        detail = _mapping(get("detail"))
+        if get("action") == "requery":
+            return f"{get('operator')} re-queried WeChat Pay: trade_state={detail.get('trade_state')}"
+        return f"{get('operator')} {get('action')} {detail.get('message_id', '')} to {detail.get('endpoint_id', '')}"
+    if event_type == "AnomalyAcknowledged":
+        note = f": {_compact(get('note'))}" if get("note") else ""
+        return f"{get('operator')} acknowledged anomaly {get('key')}{note}"
     if event_type.startswith("Refund"):
         return (
             f"out_refund_no={get('out_refund_no')} refund={get('refund')} refund_id={get('refund_id')}"
