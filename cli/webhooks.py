@@ -110,6 +110,9 @@ def _message_dict(msg: Message) -> dict[str, Any]:
     }
 
 
+CLI_OPERATOR = "cli"  # who acted, in the history, unless --operator names someone
+
+
 def _one_store(settings: Settings) -> Settings:
     """The shard `LEDGER_SHARD` names (the first merchant's when unset; a ledger of one store: all of it)."""
     return settings.shard_of(settings.shard)
@@ -133,12 +136,12 @@ def cmd_endpoints(load: LoadSettings, args: argparse.Namespace) -> int:
                 emit_json([_endpoint_dict(ep) for ep in endpoints])
             else:
                 _print_endpoints(list(endpoints))
-        elif args.action == "disable":
-            changed = outbox.endpoints.disable(args.id, args.reason)
-            print(f"endpoint {args.id} {'disabled' if changed else 'was already disabled'}")
-        elif args.action == "enable":
-            changed = outbox.endpoints.enable(args.id)
-            print(f"endpoint {args.id} {'enabled' if changed else 'was already enabled'}")
+        elif args.action in ("disable", "enable"):
+            enabled = args.action == "enable"
+            changed = services.actions.set_endpoint(
+                args.id, enabled=enabled, operator=args.operator, reason=args.reason
+            )
+            print(f"endpoint {args.id} {args.action}d" if changed else f"endpoint {args.id} was already {args.action}d")
         elif args.finish:
             outbox.endpoints.drop_old_secrets(args.id)
             print(f"endpoint {args.id}: signing with the newest secret only")
@@ -154,11 +157,11 @@ def cmd_deliveries(load: LoadSettings, args: argparse.Namespace) -> int:
     with services_for(_one_store(load(args))) as services:
         outbox = services.outbox
         if args.action == "resend":
-            outbox.messages.resend(args.id)
+            services.actions.resend(args.id, operator=args.operator)
             print(f"message {args.id} queued again")
         elif args.action == "recover":
             until = args.until or dt.datetime.now(dt.UTC)
-            count = outbox.messages.recover(args.since, until, endpoint_id=args.endpoint)
+            count = services.actions.recover(args.since, until, endpoint_id=args.endpoint, operator=args.operator)
             print(f"{count} message(s) queued again")
         else:
             messages = outbox.messages.newest(args.state, args.limit, endpoint_id=args.endpoint)
@@ -193,6 +196,12 @@ def cmd_dispatch(load: LoadSettings, args: argparse.Namespace) -> int:
     return each_shard(shards, dispatch, follow=not args.once)
 
 
+def _operator_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--operator", default=CLI_OPERATOR, help="your name, recorded in the event of this action (default: cli)"
+    )
+
+
 def _without_merchant(args: argparse.Namespace) -> Settings:
     return load_all_settings(args, require_merchant=False)
 
@@ -225,6 +234,7 @@ def register(subparsers: SubParsers, load: LoadSettings = _without_merchant) -> 
         action = actions.add_parser(name, help=text, epilog=exit_codes(OK, (1, "no such endpoint, or failed")))
         action.add_argument("id", help="the endpoint's id")
         action.add_argument("--reason", default="disabled by operator", help=argparse.SUPPRESS)
+        _operator_option(action)
     rotate = actions.add_parser(
         "rotate",
         help="sign with a new secret too; --finish drops the old ones",
@@ -251,6 +261,7 @@ def register(subparsers: SubParsers, load: LoadSettings = _without_merchant) -> 
         epilog=exit_codes(OK, (1, "no such message, or failed")),
     )
     resend.add_argument("id", help="the message's webhook-id (msg_...)")
+    _operator_option(resend)
     recover = actions.add_parser(
         "recover",
         help="queue again dead and failing messages created in a window",
@@ -259,6 +270,7 @@ def register(subparsers: SubParsers, load: LoadSettings = _without_merchant) -> 
     recover.add_argument("--since", type=_when, required=True, help="ISO 8601 (UTC when no offset)")
     recover.add_argument("--until", type=_when, help="ISO 8601 (default: now)")
     recover.add_argument("--endpoint", help="only messages for this endpoint id")
+    _operator_option(recover)
 
     dispatch = subparsers.add_parser(
         "dispatch",

@@ -26,6 +26,7 @@ from ledger.operators import FAILURES_BEFORE_LOCK, LOCK_SECONDS, Operators, Role
 from ledger.settings import Settings
 from ledger.store.sql import Database
 from ledger.wechatpay.sandbox.signer import NotificationFactory
+from projections.read_model.activity import open_activity_view
 from tests.support.cli import CLI, clean_env
 from tests.support.constants import MCHID
 from tests.support.projectors import project_until_caught_up, run_activity
@@ -318,3 +319,33 @@ def test_the_history_keeps_every_operator_event_through_a_replay(database_url: s
         assert [e["type"] for e in ledger.order_history(MCHID, "OPS-0002")][-1] == "OperatorActed"
     finally:
         ledger.close()
+
+
+def test_the_command_lines_actions_are_recorded_naming_the_operator(database_url: str) -> None:
+    env = {**clean_env(), "LEDGER_DATABASE_URL": database_url}
+    added = _payledger(env, "endpoints", "add", "https://erp.example.com/hooks", "--json")
+    assert added.returncode == 0, added.stderr
+    endpoint = json.loads(added.stdout)["id"]
+    assert _payledger(env, "endpoints", "disable", endpoint, "--operator", "mei").returncode == 0
+    assert _payledger(env, "endpoints", "enable", endpoint).returncode == 0  # the default: "cli"
+    assert (
+        _payledger(env, "deliveries", "recover", "--since", "2026-01-01T00:00:00Z", "--operator", "mei").returncode == 0
+    )
+    ledger = build_ledger(database_url)
+    try:
+        today = beijing_day(dt.datetime.now(dt.UTC))
+        mei: Any = ledger.repository.get(journal_id("mei", today))
+        cli: Any = ledger.repository.get(journal_id("cli", today))
+        assert (mei.actions, cli.actions) == (2, 1)
+        run_activity(database_url, ledger)
+    finally:
+        ledger.close()
+    view = open_activity_view(database_url)
+    try:
+        assert [(r["operator"], r["action"]) for r in view.recent()] == [
+            ("mei", "messages_recovered"),
+            ("cli", "endpoint_enabled"),
+            ("mei", "endpoint_disabled"),
+        ]
+    finally:
+        view.close()
