@@ -10,6 +10,7 @@ indexed read or a small table, so the page answers fast whatever the number of o
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -35,7 +36,9 @@ from projections.webhooks.stats import backlog
 if TYPE_CHECKING:
     from api.ui.pages import OperatorPages
 
-__all__ = ["Day", "Overview", "OverviewPages", "read_overview"]
+__all__ = ["ChartCache", "Day", "LagCache", "Overview", "OverviewPages", "read_overview"]
+
+log = logging.getLogger("api.ui")
 
 LATEST_ANOMALIES = 5
 LAG_FRESH_SECONDS = 30.0
@@ -96,8 +99,14 @@ class LagCache:
         if found is None:
             return self._count()
         if start:
-            threading.Thread(target=self._count, name="overview-lag", daemon=True).start()
+            threading.Thread(target=self._count_aside, name="overview-lag", daemon=True).start()
         return found
+
+    def _count_aside(self) -> None:
+        try:
+            self._count()
+        except Exception as exc:  # the store is away: the last count is shown until one succeeds
+            log.warning("overview: projection lag not counted (%s)", type(exc).__name__)
 
     def _count(self) -> tuple[float, int, dict[str, int]]:
         try:
