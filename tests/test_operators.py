@@ -28,7 +28,7 @@ from ledger.store.sql import Database
 from ledger.wechatpay.sandbox.signer import NotificationFactory
 from tests.support.cli import CLI, clean_env
 from tests.support.constants import MCHID
-from tests.support.projectors import project_until_caught_up
+from tests.support.projectors import project_until_caught_up, run_activity
 from tests.support.servers import running
 
 TOKEN = "operators-t0ken-for-the-tests-0123456789"
@@ -215,6 +215,31 @@ def test_operator_actions_on_no_single_order_go_to_their_journal_of_the_day(ops:
         assert report.ok, report.summary()
     finally:
         services.close()
+
+
+def test_the_activity_page_lists_who_did_what_newest_first(ops: Console) -> None:
+    services = bootstrap(ops.settings)
+    try:
+        key = OrderKey(MCHID, NO)
+        anomaly = services.ledger.get_order(MCHID, NO).anomalies[0]["key"]
+        services.actions.acknowledge(key, anomaly, note="checked with finance", operator="otto")
+        endpoint = services.outbox.endpoints.add("https://erp.example.com/hooks")
+        services.actions.set_endpoint(endpoint.id, enabled=False, operator="ada", reason="maintenance")
+        run_activity(ops.url, services.ledger)
+    finally:
+        services.close()
+    vera = ops.session("vera")
+    page = ops.get("/ui/activity", vera)
+    assert page.status_code == 200
+    rows = re.findall(
+        r'<tr data-action="([a-z_]+)">\s*<td><time datetime="[^"]+">[^<]+ \+08:00</time></td>\s*<td><strong>([a-z-]+)</strong>',
+        page.text,
+    )
+    assert rows == [("endpoint_disabled", "ada"), ("anomaly_acknowledged", "otto")]
+    assert "checked with finance" in page.text and f"/ui/orders/{NO}?mchid={MCHID}" in page.text
+    only = ops.get("/ui/activity?operator=otto", vera).text
+    assert "anomaly_acknowledged" in only and 'data-action="endpoint_disabled"' not in only
+    assert ops.get("/ui/activity?action=drop_tables", vera).status_code == 400
 
 
 def test_disabling_or_a_new_password_ends_the_operators_sessions(ops: Console) -> None:

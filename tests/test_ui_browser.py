@@ -51,18 +51,21 @@ def test_operator_logs_in_searches_reads_the_timeline_and_requeries(
             # Not logged in: the login form, a 401, and nothing about the order.
             response = page.goto(f"{base}/ui/orders/{NO}")
             assert response is not None and response.status == 401
+            assert page.locator("#name").is_visible() and page.locator("#password").is_visible()
+            page.click("details.token-login summary")  # the admin token's own login, folded away
             assert page.locator("#token").is_visible()
             html = page.content()
             assert w.transaction_id not in html and "PaymentSucceeded" not in html and "REFUND" not in html
 
             page.fill("#token", "not-the-token")
-            page.click("form[action='/ui/login'] button")
+            page.click("details.token-login button")
             assert page.locator("[role=alert]").inner_text() == "That token is not right."
             assert w.transaction_id not in page.content()
 
             # Logging in returns to the page asked for.
+            page.click("details.token-login summary")
             page.fill("#token", TOKEN)
-            page.click("form[action='/ui/login'] button")
+            page.click("details.token-login button")
             page.wait_for_url(f"**/ui/orders/{NO}")
             assert page.locator("#trade-state").inner_text() == "REFUND"
             cookie = next(c for c in page.context.cookies() if c["name"] == "payledger_session")

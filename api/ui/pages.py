@@ -34,6 +34,7 @@ from api.notify import read_body
 from api.params import OUT_TRADE_NO, mchid_param, sub_mchid_param, sub_mchid_value
 from api.responses import to_jsonable
 from api.state import app_state
+from api.ui.activity import ActivityPages
 from api.ui.anomalies import AnomalyPages
 from api.ui.auth import COOKIE, SESSION_SECONDS, Access, UISessions
 from api.ui.bills import BillPages, bill_url
@@ -472,6 +473,7 @@ def ui_mount(settings: Settings, *, clock: Callable[[], float] = time.time) -> M
             Route("/orders/{out_trade_no}/close", pages.guarded(pages.close, Role.OPERATOR), methods=["POST"]),
             *BillPages(pages).routes(),
             *NotificationPages(pages).routes(),
+            *ActivityPages(pages).routes(),
             *AnomalyPages(pages).routes(),
         ],
     )

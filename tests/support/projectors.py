@@ -11,11 +11,18 @@ from typing import Any
 from eventsourcing.projection import BaseProjectionRunner
 
 from ledger.application import Ledger
+from projections.read_model.activity import activity_head, start_activity_projector
 from projections.read_model.notifications import notifications_head, start_notifications_projector
 from projections.read_model.runner import orders_head, run_orders_projector, start_orders_projector, wake
 from projections.webhooks.projection import start_outbox_projector
 
-__all__ = ["orders_projector_running", "project_until_caught_up", "run_notifications", "run_outbox"]
+__all__ = [
+    "orders_projector_running",
+    "project_until_caught_up",
+    "run_activity",
+    "run_notifications",
+    "run_outbox",
+]
 
 
 def project_until_caught_up(database_url: str, ledger: Ledger) -> None:
@@ -31,6 +38,11 @@ def run_outbox(database_url: str, ledger: Ledger) -> None:
 def run_notifications(database_url: str, ledger: Ledger) -> None:
     """The unrouted notifications view, up to the newest delivery to an inbox in `ledger`."""
     _run_once(start_notifications_projector(database_url), notifications_head(ledger) or None)
+
+
+def run_activity(database_url: str, ledger: Ledger) -> None:
+    """The activity view, up to the newest event in `ledger` that names who acted."""
+    _run_once(start_activity_projector(database_url), activity_head(ledger) or None)
 
 
 def _run_once(started: tuple[BaseProjectionRunner[Ledger], Any, Ledger], head: int | None) -> None:
