@@ -151,11 +151,11 @@ def read_overview(state: AppState, lag: LagCache, now: float, chart: ChartCache 
         found.view_missing = True
     else:
         today = beijing_day(now)
-        for day in (today, today - dt.timedelta(days=1)):
-            found.days.append(Day(day, **view.day_totals(*_day_bounds(day))))
-        found.open_anomalies, _ = view.anomaly_totals()
-        latest = anomaly_entries(view.with_anomalies(LATEST_ANOMALIES))
-        found.latest_anomalies = [e for e in latest if e.open][:LATEST_ANOMALIES]
+        days = (today, today - dt.timedelta(days=1))
+        totals = view.day_totals(*(_day_bounds(day) for day in days))
+        found.days = [Day(day, **figures) for day, figures in zip(days, totals, strict=True)]
+        found.open_anomalies, _, latest = view.anomaly_totals(LATEST_ANOMALIES)
+        found.latest_anomalies = [e for e in anomaly_entries(latest) if e.open][:LATEST_ANOMALIES]
     minutes = state.notify_metrics.minutes
     if chart is not None:
         found.chart = chart.read(now)
