@@ -247,6 +247,7 @@ def main() -> int:
                 "GET /ui/anomalies": "/ui/anomalies",
                 "GET /ui/bills": "/ui/bills",
                 "GET /ui/notifications": "/ui/notifications",
+                "GET /ui/activity": "/ui/activity",
             }
             timings = asyncio.run(measure(url, keys_env, pages, args.requests))
         finally:

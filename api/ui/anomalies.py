@@ -108,14 +108,11 @@ class AnomalyPages:
         open_count = total = 0
         if view is not None and not missing:
 
-            def read() -> tuple[list[dict[str, Any]], list[dict[str, Any]], tuple[int, int]]:
-                return (
-                    view.with_anomalies(LISTED_OPEN),
-                    view.with_anomalies(LISTED_ACKNOWLEDGED, acknowledged=True),
-                    view.anomaly_totals(),
-                )
+            def read() -> tuple[list[dict[str, Any]], list[dict[str, Any]], int, int]:
+                open_count, total, open_rows = view.anomaly_totals(LISTED_OPEN)
+                return open_rows, view.with_anomalies(LISTED_ACKNOWLEDGED, acknowledged=True), open_count, total
 
-            open_rows, acknowledged_rows, (open_count, total) = await anyio.to_thread.run_sync(
+            open_rows, acknowledged_rows, open_count, total = await anyio.to_thread.run_sync(
                 read, limiter=state.limiter
             )
         # An order with open and acknowledged anomalies is in both lists: each keeps its own kind.

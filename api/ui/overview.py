@@ -10,6 +10,7 @@ indexed read or a small table, so the page answers fast whatever the number of o
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -35,7 +36,9 @@ from projections.webhooks.stats import backlog
 if TYPE_CHECKING:
     from api.ui.pages import OperatorPages
 
-__all__ = ["Day", "Overview", "OverviewPages", "read_overview"]
+__all__ = ["ChartCache", "Day", "LagCache", "Overview", "OverviewPages", "read_overview"]
+
+log = logging.getLogger("api.ui")
 
 LATEST_ANOMALIES = 5
 LAG_FRESH_SECONDS = 30.0
@@ -96,8 +99,14 @@ class LagCache:
         if found is None:
             return self._count()
         if start:
-            threading.Thread(target=self._count, name="overview-lag", daemon=True).start()
+            threading.Thread(target=self._count_aside, name="overview-lag", daemon=True).start()
         return found
+
+    def _count_aside(self) -> None:
+        try:
+            self._count()
+        except Exception as exc:  # the store is away: the last count is shown until one succeeds
+            log.warning("overview: projection lag not counted (%s)", type(exc).__name__)
 
     def _count(self) -> tuple[float, int, dict[str, int]]:
         try:
@@ -142,11 +151,11 @@ def read_overview(state: AppState, lag: LagCache, now: float, chart: ChartCache 
         found.view_missing = True
     else:
         today = beijing_day(now)
-        for day in (today, today - dt.timedelta(days=1)):
-            found.days.append(Day(day, **view.day_totals(*_day_bounds(day))))
-        found.open_anomalies, _ = view.anomaly_totals()
-        latest = anomaly_entries(view.with_anomalies(LATEST_ANOMALIES))
-        found.latest_anomalies = [e for e in latest if e.open][:LATEST_ANOMALIES]
+        days = (today, today - dt.timedelta(days=1))
+        totals = view.day_totals(*(_day_bounds(day) for day in days))
+        found.days = [Day(day, **figures) for day, figures in zip(days, totals, strict=True)]
+        found.open_anomalies, _, latest = view.anomaly_totals(LATEST_ANOMALIES)
+        found.latest_anomalies = [e for e in anomaly_entries(latest) if e.open][:LATEST_ANOMALIES]
     minutes = state.notify_metrics.minutes
     if chart is not None:
         found.chart = chart.read(now)

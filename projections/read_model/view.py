@@ -352,34 +352,40 @@ class OrdersView(ViewRecorder):
 
     # -- the console's overview ----------------------------------------------------------------
 
-    def day_totals(self, start: str, end: str) -> dict[str, int]:
-        """Payments and refunds decided with a `success_time` in [start, end): counts and sums in fen.
+    def day_totals(self, *ranges: tuple[str, str]) -> list[dict[str, int]]:
+        """For each [start, end) of `ranges`, the payments and refunds decided with a `success_time` in it:
+        counts and sums in fen; one transaction, each figure read from an index alone.
 
         WeChat writes `success_time` in Beijing time with its offset ("2026-12-03T10:00:00+08:00"),
         so a Beijing day is a range of the text, bounds written the same way."""
         self._current()
+        found = []
         with self.transaction(commit=False) as curs:
-            curs.execute(
-                self._sql(
-                    "SELECT COUNT(*), SUM(paid_total) FROM {orders} WHERE success_time >= %s AND success_time < %s"
-                ),
-                [start, end],
-            )
-            payments, paid = curs.fetchone()
-            curs.execute(
-                self._sql(
-                    "SELECT COUNT(*), SUM(refund) FROM {refunds}"
-                    " WHERE status = 'SUCCESS' AND success_time >= %s AND success_time < %s"
-                ),
-                [start, end],
-            )
-            refunds, refunded = curs.fetchone()
-        return {
-            "payments": int(payments),
-            "paid": int(paid or 0),
-            "refunds": int(refunds),
-            "refunded": int(refunded or 0),
-        }
+            for start, end in ranges:
+                curs.execute(
+                    self._sql(
+                        "SELECT COUNT(*), SUM(paid_total) FROM {orders} WHERE success_time >= %s AND success_time < %s"
+                    ),
+                    [start, end],
+                )
+                payments, paid = curs.fetchone()
+                curs.execute(
+                    self._sql(
+                        "SELECT COUNT(*), SUM(refund) FROM {refunds}"
+                        " WHERE status = 'SUCCESS' AND success_time >= %s AND success_time < %s"
+                    ),
+                    [start, end],
+                )
+                refunds, refunded = curs.fetchone()
+                found.append(
+                    {
+                        "payments": int(payments),
+                        "paid": int(paid or 0),
+                        "refunds": int(refunds),
+                        "refunded": int(refunded or 0),
+                    }
+                )
+        return found
 
     def with_anomalies(self, limit: int, *, acknowledged: bool = False) -> list[dict[str, Any]]:
         """Up to `limit` orders with an anomaly not acknowledged yet (`acknowledged`: with one acknowledged),
@@ -392,13 +398,24 @@ class OrdersView(ViewRecorder):
             [limit],
         )
 
-    def anomaly_totals(self) -> tuple[int, int]:
-        """(anomalies not acknowledged yet, anomalies), over every order."""
+    def anomaly_totals(self, latest: int = 0) -> tuple[int, int, list[dict[str, Any]]]:
+        """(anomalies not acknowledged yet, anomalies, over every order; the `latest` orders with an open
+        one, as `with_anomalies` lists them), in one transaction."""
         self._current()
         with self.transaction(commit=False) as curs:
             curs.execute(self._sql("SELECT SUM(open_anomalies), SUM(anomalies) FROM {orders} WHERE anomalies > 0"))
             open_anomalies, anomalies = curs.fetchone()
-        return int(open_anomalies or 0), int(anomalies or 0)
+            rows = []
+            if latest:
+                curs.execute(
+                    self._sql(
+                        f"SELECT {', '.join(ORDER_FIELDS)} FROM {{orders}} WHERE anomalies > 0 AND open_anomalies > 0"
+                        " ORDER BY updated_at DESC LIMIT %s"
+                    ),
+                    [latest],
+                )
+                rows = [_row_out(ORDER_FIELDS, row) for row in curs.fetchall()]
+        return int(open_anomalies or 0), int(anomalies or 0), rows
 
     def bill_tables(self) -> tuple[str, str, str | None]:
         """The orders and refunds tables as a bill's lines join them (`projections.bills.lines`), and on
