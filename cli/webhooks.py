@@ -165,9 +165,11 @@ def cmd_deliveries(load: LoadSettings, args: argparse.Namespace) -> int:
 
 
 def cmd_dispatch(load: LoadSettings, args: argparse.Namespace) -> int:
-    """The dispatcher of every shard (`LEDGER_SHARD`'s alone when set); `--once` one pass each."""
-    shards = load_shards(args, require_merchant=False)
+    """The dispatcher of every shard (`LEDGER_SHARD`'s alone when set); `--once` one pass each. Settings
+    handed to `register` (tests) are one store's: its dispatcher alone."""
+    shards = load_shards(args, require_merchant=False) if load is _without_merchant else (load(args),)
     configure_logging(shards[0].log_level, shards[0].log_format)
+    passes: list[tuple[int, dict[str, int]]] = []  # with --json: every shard's pass, printed as one document
 
     def dispatch(services: Services, stop: threading.Event) -> int:
         services.sync_endpoints()
@@ -176,7 +178,7 @@ def cmd_dispatch(load: LoadSettings, args: argparse.Namespace) -> int:
             attempted = dispatcher.run_once(limit=args.limit)
             states = services.outbox.messages.counts()
             if args.json:
-                emit_json({"attempted": attempted, "states": states})
+                passes.append((attempted, states))
                 return 0
             counts = ", ".join(f"{n} {state}" for state, n in states.items())
             print(f"attempted {attempted} message(s); {counts}")
@@ -184,7 +186,14 @@ def cmd_dispatch(load: LoadSettings, args: argparse.Namespace) -> int:
         dispatcher.run_forever(stop, idle=args.interval)
         return 0
 
-    return each_shard(shards, dispatch, follow=not args.once)
+    code = each_shard(shards, dispatch, follow=not args.once)
+    if args.json and args.once:
+        states: dict[str, int] = {}
+        for _, counted in passes:
+            for state, n in counted.items():
+                states[state] = states.get(state, 0) + n
+        emit_json({"attempted": sum(attempted for attempted, _ in passes), "states": states})
+    return code
 
 
 def _without_merchant(args: argparse.Namespace) -> Settings:
@@ -262,5 +271,5 @@ def register(subparsers: SubParsers, load: LoadSettings = _without_merchant) -> 
     dispatch.add_argument("--once", action="store_true", help="one pass, then exit")
     dispatch.add_argument("--limit", type=int, default=1000, help="messages per pass (--once)")
     dispatch.add_argument("--interval", type=float, default=1.0, help="idle wait between passes")
-    add_json_flag(dispatch, 'with --once: print {"attempted", "states"} (messages by state)')
+    add_json_flag(dispatch, 'with --once: print {"attempted", "states"} (messages by state, every shard together)')
     dispatch.set_defaults(func=_bound(cmd_dispatch, load))
