@@ -6,11 +6,23 @@ reason on stderr) or 2 (the command line or the configuration is wrong).
 
 from __future__ import annotations
 
-__all__ = ["FAILED", "OK", "USAGE", "exit_codes"]
+import argparse
+
+__all__ = ["FAILED", "OK", "USAGE", "HelpFormatter", "exit_codes"]
 
 OK = (0, "done")
 FAILED = (1, "the command failed (the reason on stderr)")
 USAGE = (2, "the command line or the configuration is wrong (named on stderr)")
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's own, except that a text written in lines (an epilog of exit codes) keeps them;
+    a description written as one paragraph is still wrapped to the terminal."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
 
 
 def exit_codes(*codes: tuple[int, str], note: str | None = None) -> str:

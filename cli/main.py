@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from importlib.metadata import PackageNotFoundError, version
 
 from cli import bills, dev, history, operators, ops, requests, serve, webhooks, workers
-from cli.common import load_all_settings
+from cli.exits import HelpFormatter
 from ledger.errors import (
     ConfigurationError,
     EndpointNotFound,
@@ -65,9 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     workers.register(sub)
     bills.register(sub)
     operators.register(sub)
-    webhooks.register(sub, lambda a: load_all_settings(a, require_merchant=False))
+    webhooks.register(sub)
     for command in walk(parser):
-        command.formatter_class = argparse.RawDescriptionHelpFormatter  # the epilog's lines as written
+        command.formatter_class = HelpFormatter  # the exit codes' lines as written
     return parser
 
 

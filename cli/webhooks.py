@@ -177,6 +177,7 @@ def cmd_dispatch(load: LoadSettings, args: argparse.Namespace) -> int:
     settings = load(args)
     shards = settings.shards() if settings.shard is None else (_one_store(settings),)
     configure_logging(shards[0].log_level, shards[0].log_format)
+    passes: list[tuple[int, dict[str, int]]] = []  # with --json: every shard's pass, printed as one document
 
     def dispatch(services: Services, stop: threading.Event) -> int:
         services.sync_endpoints()
@@ -185,7 +186,7 @@ def cmd_dispatch(load: LoadSettings, args: argparse.Namespace) -> int:
             attempted = dispatcher.run_once(limit=args.limit)
             states = services.outbox.messages.counts()
             if args.json:
-                emit_json({"attempted": attempted, "states": states})
+                passes.append((attempted, states))
                 return 0
             counts = ", ".join(f"{n} {state}" for state, n in states.items())
             print(f"attempted {attempted} message(s); {counts}")
@@ -193,7 +194,14 @@ def cmd_dispatch(load: LoadSettings, args: argparse.Namespace) -> int:
         dispatcher.run_forever(stop, idle=args.interval)
         return 0
 
-    return each_shard(shards, dispatch, follow=not args.once)
+    code = each_shard(shards, dispatch, follow=not args.once)
+    if args.json and args.once:
+        states: dict[str, int] = {}
+        for _, counted in passes:
+            for state, n in counted.items():
+                states[state] = states.get(state, 0) + n
+        emit_json({"attempted": sum(attempted for attempted, _ in passes), "states": states})
+    return code
 
 
 def _operator_option(parser: argparse.ArgumentParser) -> None:
@@ -280,5 +288,5 @@ def register(subparsers: SubParsers, load: LoadSettings = _without_merchant) -> 
     dispatch.add_argument("--once", action="store_true", help="one pass, then exit")
     dispatch.add_argument("--limit", type=int, default=1000, help="messages per pass (--once)")
     dispatch.add_argument("--interval", type=float, default=1.0, help="idle wait between passes")
-    add_json_flag(dispatch, 'with --once: print {"attempted", "states"} (messages by state)')
+    add_json_flag(dispatch, 'with --once: print {"attempted", "states"} (messages by state, every shard together)')
     dispatch.set_defaults(func=_bound(cmd_dispatch, load))

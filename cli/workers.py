@@ -47,6 +47,7 @@ def _line(change: Change, as_json: bool) -> str:
 def cmd_reconcile(args: argparse.Namespace) -> int:
     shards = load_shards(args)
     configure_logging(shards[0].log_level if args.follow else "WARNING", shards[0].log_format)
+    passes: list[tuple[list[Change], int]] = []  # with --json: every shard's pass, printed as one document
 
     def reconcile(services: Services, stop: threading.Event) -> int:
         reconciler = services.reconciler
@@ -54,27 +55,30 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
             reconciler.follow(stop, idle=args.interval, report=lambda c: print(_line(c, args.json), flush=True))
             return 0
         changes = reconciler.run_pass()
-        failed = sum(1 for c in changes if c.error)
         still_open = services.worklist.counts().get("open", 0)
         if args.json:
-            emit_json(
-                {
-                    "changes": [dataclasses.asdict(c) for c in changes],
-                    "reconciled": len(changes),
-                    "failed": failed,
-                    "open": still_open,
-                }
-            )
+            passes.append((changes, still_open))
             return 0
         for change in changes:
             print(change)
+        failed = sum(1 for c in changes if c.error)
         print(
             f"reconciled {len(changes)} order(s): {len(changes) - failed} queried or settled, {failed} failed "
             f"(retried later); open orders: {still_open}"
         )
         return 0
 
-    return each_shard(shards, reconcile, follow=args.follow)
+    code = each_shard(shards, reconcile, follow=args.follow)
+    if args.json and not args.follow:
+        changes = [change for done, _ in passes for change in done]
+        document = {
+            "changes": [dataclasses.asdict(c) for c in changes],
+            "reconciled": len(changes),
+            "failed": sum(1 for c in changes if c.error),
+            "open": sum(still_open for _, still_open in passes),
+        }
+        emit_json(document)
+    return code
 
 
 def register(sub: SubParsers) -> None:
@@ -86,7 +90,9 @@ def register(sub: SubParsers) -> None:
     reconcile.add_argument("--follow", action="store_true", help="keep running")
     reconcile.add_argument("--interval", type=float, default=1.0, help="idle wait between passes (--follow)")
     add_json_flag(
-        reconcile, 'print {"changes", "reconciled", "failed", "open"}; with --follow, one JSON line per change'
+        reconcile,
+        'print {"changes", "reconciled", "failed", "open"} (every shard together); with --follow, one JSON line'
+        " per change",
     )
     reconcile.set_defaults(func=cmd_reconcile)
 

@@ -25,6 +25,7 @@ from cli.output import Column, progress, table
 from ledger.audit.integrity import Break
 from ledger.bill_matching import Discrepancy, DiscrepancyKind
 from ledger.store.cipher import SETTING
+from ledger.wechatpay.sandbox.signer import NotificationFactory
 from projections.bills.reports import BillReport
 from projections.reconcile.reconciler import Change
 from tests.support.audit_world import NO, audit_world
@@ -299,3 +300,33 @@ def test_tables_of_the_commands_are_plain_when_piped_and_drawn_on_a_terminal(tmp
         documented_shapes()["operators list --json"],
         set(),
     )
+
+
+def test_workers_print_one_json_document_for_every_shard(tmp_path: Path) -> None:
+    """Two merchants on two stores: `dispatch --once` and `reconcile` run a pass on each (in threads),
+    and `--json` still prints one document, the shards' passes together (the workers' output is the
+    same on every store, so SQLite files suffice)."""
+    stores = [f"sqlite:///{tmp_path / name}" for name in ("a.sqlite3", "b.sqlite3")]
+    tables = [f'database_url = "{stores[0]}"']
+    for n, (mchid, store) in enumerate(zip(("1900000109", "1900000222"), stores, strict=True)):
+        keys = NotificationFactory(mchid=mchid, appid="wx8888888888888888").write_keys(tmp_path / f"keys-{n}")
+        lines = ["[[merchants]]", *(f'{k.removeprefix("WECHATPAY_").lower()} = "{v}"' for k, v in keys.items())]
+        tables.append("\n".join([*lines, *([f'database_url = "{store}"'] if n else [])]))
+    config = tmp_path / "ledger.toml"
+    config.write_text("\n\n".join(tables) + "\n")
+    env = {**clean_env(), "LEDGER_CONFIG": str(config)}
+    text = payledger("dispatch", "--once", env=env)
+    assert len(text.stdout.splitlines()) == 2, "a pass for each shard"
+    shapes = documented_shapes()
+    for command, argv in (
+        ("dispatch --once --json", ["dispatch", "--once", "--json"]),
+        ("reconcile --json", ["reconcile", "--json"]),
+    ):
+        ran = payledger(*argv, env=env)
+        assert ran.returncode == 0, ran.stderr
+        document = json.loads(ran.stdout)  # one document, not one per shard
+        check_shape(document, shapes[command], set())
+    assert json.loads(payledger("dispatch", "--once", "--json", env=env).stdout) == {
+        "attempted": 0,
+        "states": {"pending": 0, "delivered": 0, "failing": 0, "dead": 0},
+    }
