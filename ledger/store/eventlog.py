@@ -43,7 +43,27 @@ class EventLog:
 
         What a projection that follows only `topics` must reach to have seen the whole log: its
         tracking position never passes the last event it follows, so `max_notification_id()`,
-        which counts every topic (bills, the inbox), can stay out of its reach for ever."""
+        which counts every topic (bills, the inbox), can stay out of its reach for ever.
+
+        Remembered per set of topics, and later only the events appended since are read: for a
+        rare topic (an unrouted notification, an operator's action) the first answer reads the whole
+        log backwards, every later one only what is new. Ids are committed in order on both stores
+        (the table lock; SQLite's one writer), so nothing can appear below an id already read past."""
+        key = tuple(sorted(topics))
+        heads: dict[tuple[str, ...], tuple[int, int]] = self.__dict__.setdefault("_last_ids", {})
+        scanned, found = heads.get(key, (0, 0))
+        top = self.max_notification_id() or 0
+        if top > scanned:
+            found = max(found, self._newest(topics, scanned, top))
+            if top > heads.get(key, (0, 0))[0]:  # another thread may have read further meanwhile
+                heads[key] = (top, found)
+        return found
+
+    def max_notification_id(self) -> int | None:
+        raise NotImplementedError  # the library's recorders have it
+
+    def _newest(self, topics: Sequence[str], after: int, upto: int) -> int:
+        """The notification id of the newest event of `topics` in ``(after, upto]`` (0: none)."""
         raise NotImplementedError
 
     def count_by_topic(self, after: int, upto: int, topics: Sequence[str]) -> dict[str, int]:

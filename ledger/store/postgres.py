@@ -149,14 +149,14 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder, EventLog):
                 if rows:
                     yield rows
 
-    def last_id(self, topics: Sequence[str]) -> int:
-        # Backwards along the primary key, skipping other topics: the newest events are nearly
-        # always orders, so few rows are read.
+    def _newest(self, topics: Sequence[str], after: int, upto: int) -> int:
+        # Backwards along the primary key from `upto`, skipping other topics, no further than `after`.
         statement = SQL(
-            "SELECT notification_id FROM {events} WHERE topic = ANY(%s) ORDER BY notification_id DESC LIMIT 1"
+            "SELECT notification_id FROM {events} WHERE topic = ANY(%s) AND notification_id > %s"
+            " AND notification_id <= %s ORDER BY notification_id DESC LIMIT 1"
         ).format(events=self._events)
         with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as curs:
-            curs.execute(statement, (list(topics),))
+            curs.execute(statement, (list(topics), after, upto))
             row = curs.fetchone()
         return int(row[0]) if row else 0
 

@@ -59,14 +59,14 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder, EventLog):
             if found:
                 yield [(n.originator_id, n.originator_version, n.topic, n.state) for n in found]
 
-    def last_id(self, topics: Sequence[str]) -> int:
+    def _newest(self, topics: Sequence[str], after: int, upto: int) -> int:
         if not topics:
             return 0
         # The library's own table name; one placeholder per topic.
-        where = f"topic IN ({', '.join('?' * len(topics))})"
+        where = f"topic IN ({', '.join('?' * len(topics))}) AND rowid > ? AND rowid <= ?"
         statement = f"SELECT rowid FROM {self.events_table_name} WHERE {where} ORDER BY rowid DESC LIMIT 1"  # noqa: S608
         with self.datastore.transaction(commit=False) as cur:
-            cur.execute(statement, tuple(topics))
+            cur.execute(statement, (*topics, after, upto))
             row = cur.fetchone()
         return int(row[0]) if row else 0
 
