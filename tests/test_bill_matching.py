@@ -44,7 +44,7 @@ class Books:
         order.update(
             mchid=MCHID, sub_mchid=sub_mchid, out_trade_no=otn, stream_id=otn, registered=True, trade_state="SUCCESS",
             amount_total=fen, transaction_id=tid, success_time=when, paid_total=fen, refunded_total=0,
-            anomalies=0, version=3, created_at=0.0, updated_at=0.0, document=json.dumps({}),
+            anomalies=0, open_anomalies=0, version=3, created_at=0.0, updated_at=0.0, document=json.dumps({}),
         )  # fmt: skip
         with self.view.transaction() as cur:
             self.view.upsert_many(cur, [order], [])
