@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+from eventsourcing.persistence import StoredEvent
 
 from ledger.application import Ledger
 from ledger.domain import PaymentOrder
@@ -18,7 +19,7 @@ from projections.read_model import bulk
 from projections.read_model.live import live_view
 from projections.read_model.rebuild import rebuild_orders_view
 from projections.read_model.runner import open_orders_view
-from projections.read_model.view import ORDERS_VIEW
+from projections.read_model.view import ORDERS_VIEW, OrdersProjection
 from tests.support.builders import WECHAT, evidence, query_answer
 from tests.support.cli import clean_env, payledger
 from tests.support.constants import APPID, MCHID
@@ -182,6 +183,21 @@ def test_rebuild_of_long_histories_through_a_small_cache_equals_the_projection(
     with contextlib.closing(open_orders_view(database_url, summary.new)) as view:
         assert view.get(MCHID, "ORDER-H4", "1900000110") is not None
         assert [r["status"] for r in view.refunds(MCHID, "ORDER-H0")] == ["SUCCESS"]
+
+
+def test_the_bulk_phase_reads_events_as_the_mapper_does(
+    database_url: str, ledger_factory: Callable[[], Ledger]
+) -> None:
+    """Every stored event of every kind an order has, read the short way, is the mapper's event."""
+    ledger = ledger_factory()
+    _long_histories(ledger)
+    read = bulk.event_reader(ledger)
+    stored = [e for page in ledger.event_log.select_pages(10**6, OrdersProjection.topics, page=1000) for e in page]
+    assert len({topic for _, _, topic, _ in stored}) >= 12
+    for originator_id, version, topic, state in stored:
+        event = read(originator_id, version, topic, state)
+        expected = ledger.mapper.to_domain_event(StoredEvent(originator_id, version, topic, bytes(state)))
+        assert type(event) is type(expected) and vars(event) == vars(expected), topic
 
 
 def _layout(database_url: str, name: str) -> list[str]:

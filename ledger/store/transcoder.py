@@ -60,15 +60,24 @@ class FastJSONTranscoder(JSONTranscoder):
         """`value` with every tagged object decoded, innermost first (as `object_hook` is called)."""
         if type(value) is dict:
             for key, item in value.items():
-                if type(item) is dict or type(item) is list:
+                kind = type(item)
+                if kind is dict:
+                    if len(item) == 2 and type(data := item.get("_data_")) is str and "_type_" in item:
+                        value[key] = self._decoded(item["_type_"], data)  # the usual tag: a value as text
+                    else:
+                        value[key] = self._untagged(item)
+                elif kind is list:
                     value[key] = self._untagged(item)
             if len(value) == 2 and "_type_" in value and "_data_" in value:
-                transcoding = self.names.get(value["_type_"])
-                if transcoding is None:
-                    raise _LeftToTheLibrary
-                return transcoding.decode(value["_data_"])
+                return self._decoded(value["_type_"], value["_data_"])
             return value
         for index, item in enumerate(value):
             if type(item) is dict or type(item) is list:
                 value[index] = self._untagged(item)
         return value
+
+    def _decoded(self, name: Any, data: Any) -> Any:
+        transcoding = self.names.get(name)
+        if transcoding is None:
+            raise _LeftToTheLibrary
+        return transcoding.decode(data)
