@@ -14,7 +14,7 @@ into the orders view's rows, written in bulk into a new version's tables.
   which are built once at the end (far cheaper than maintaining seven indexes row by row); the
   rows of a reloaded order, written twice, are deduplicated first (the higher version wins for an
   order, the later write for its refunds). On SQLite by upserts, in batches. Either way the
-  tracking position is committed with the last write.
+  tracking position is committed last, once every row is in.
 
 The fold allocates hundreds of thousands of small objects that live until their order leaves
 the cache; the cyclic garbage collector would walk the whole cache again and again (a quarter
