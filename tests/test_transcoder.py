@@ -115,3 +115,29 @@ def test_the_ledger_uses_it(sqlite_url: str, factory: NotificationFactory) -> No
     assert len(states) >= len(stored) >= 7
     for state in states:
         assert library.encode(library.decode(state)) == state
+
+
+def test_what_it_reads_is_what_the_library_reads(factory: NotificationFactory) -> None:
+    """msgspec parses, the tags are decoded as the library's `object_hook` decodes them; what msgspec
+    refuses (NaN, infinities, lone surrogates) and unknown tags are left to the library, errors alike."""
+    library, fast = transcoders()
+    for _, state in event_states(factory):
+        written = library.encode(state)
+        assert fast.decode(written) == library.decode(written) == state
+    tagged = library.encode({"at": [{"when": dt.datetime(2026, 11, 27, tzinfo=dt.UTC)}], "id": uuid.uuid4()})
+    odd = [
+        tagged,
+        b'{"big": 123456789012345678901234567890, "neg": -98765432109876543210987654321}',  # orjson: floats
+        b'{"x": 1E400, "y": -1e999}',
+        b'{"x": NaN}',
+        b'{"x": "\\ud800"}',
+        b'{"x": {"_type_": "decimal_str", "_data_": "1.20", "other": 1}}',  # three keys: not a tag
+        b'{"x": {"_type_": "decimal_str", "_data_": "1.20"}, "a": 1, "a": 2}',
+    ]
+    for data in odd:
+        assert repr(fast.decode(data)) == repr(library.decode(data)), data
+    for bad in (b'{"x": {"_type_": "unknown", "_data_": 1}}', b'{"x": {"_type_": [1], "_data_": 1}}', b"{", b"\xff"):
+        with pytest.raises(Exception) as by_library:
+            library.decode(bad)
+        with pytest.raises(by_library.type):
+            fast.decode(bad)
