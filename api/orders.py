@@ -29,7 +29,7 @@ from api.responses import LedgerJSONResponse
 from api.state import app_state
 from ledger.domain import ALL_EVENTS, FINAL_TRADE_STATES, OPEN_TRADE_STATES
 from ledger.errors import InvalidRequest, OrderNotFound, ReadModelOutdated
-from projections.read_model.runner import orders_head
+from ledger.identity import order_id
 from projections.read_model.view import cursor_decode, cursor_encode
 
 __all__ = [
@@ -122,7 +122,8 @@ async def orders(request: Request) -> Response:
 
 
 async def get_order(request: Request) -> Response:
-    """Read-your-writes: from the read model only once it has caught up with the log.
+    """Read-your-writes: from the read model when its copy of the order has every event of the
+    order's stream, else from the stream.
 
     `?as_of_version=N` replays the stream up to event N instead (404 beyond the current version).
     Either way the order carries its bill fee and net amount as the bills kept today say them.
@@ -135,13 +136,17 @@ async def get_order(request: Request) -> Response:
     def read() -> dict[str, Any]:
         if as_of is not None:
             return state.ledger.order_as_of(mchid, out_trade_no, as_of, sub_mchid).summary()
+        # The stream's newest version first, then the view's copy: a copy at that version or past
+        # it holds every event committed before this read, whatever the view's place in the rest
+        # of the log. (A view of an earlier layout, until `payledger rebuild`, is not read.)
+        newest = state.ledger.event_log.stream_version(order_id(mchid, out_trade_no, sub_mchid))
+        if newest is None:
+            raise OrderNotFound(out_trade_no)
         view = state.orders_view
-        # A view of an earlier layout (until `payledger rebuild`) is not read: the stream is.
-        if view is not None and not view.outdated and view.position() >= orders_head(state.ledger):
-            row = view.get(mchid, out_trade_no, sub_mchid)
-            if row is None:
-                raise OrderNotFound(out_trade_no)
-            return dict(row["document"])
+        if view is not None and not view.outdated:
+            found = view.document(mchid, out_trade_no, sub_mchid)
+            if found is not None and found[0] >= newest:
+                return dict(found[1])
         return state.ledger.get_order(mchid, out_trade_no, sub_mchid).summary()
 
     def read_with_fees() -> dict[str, Any]:

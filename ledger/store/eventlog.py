@@ -3,7 +3,8 @@
 The library offers reads by stream and by notification id. The ledger and its projections
 also need one read of many streams (the group committer), a sequential bulk read (a
 rebuild), counts over a range of the log (metrics, readiness), the newest event of some topics
-(how far a projection must get) and a nudge for waiting subscribers. `EventLog` declares them
+(how far a projection must get), a stream's newest version (how far a view's
+copy of it must get) and a nudge for waiting subscribers. `EventLog` declares them
 once; each of our recorders (`ledger.store.postgres`, `ledger.store.sqlite`) implements them
 in its own SQL, so no code outside the store writes any against the library's tables.
 """
@@ -44,6 +45,11 @@ class EventLog:
         What a projection that follows only `topics` must reach to have seen the whole log: its
         tracking position never passes the last event it follows, so `max_notification_id()`,
         which counts every topic (bills, the inbox), can stay out of its reach for ever."""
+        raise NotImplementedError
+
+    def stream_version(self, stream_id: UUID) -> int | None:
+        """The version of the newest event of stream `stream_id` (None: no such stream), read
+        without the events themselves: what a view's copy of the stream must have reached."""
         raise NotImplementedError
 
     def count_by_topic(self, after: int, upto: int, topics: Sequence[str]) -> dict[str, int]:
