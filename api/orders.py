@@ -29,7 +29,7 @@ from api.responses import LedgerJSONResponse
 from api.state import app_state
 from ledger.domain import ALL_EVENTS, FINAL_TRADE_STATES, OPEN_TRADE_STATES
 from ledger.errors import InvalidRequest, OrderNotFound, ReadModelOutdated
-from ledger.identity import order_id
+from projections.read_model.current import current_copy
 from projections.read_model.view import cursor_decode, cursor_encode
 
 __all__ = [
@@ -136,17 +136,12 @@ async def get_order(request: Request) -> Response:
     def read() -> dict[str, Any]:
         if as_of is not None:
             return state.ledger.order_as_of(mchid, out_trade_no, as_of, sub_mchid).summary()
-        # The stream's newest version first, then the view's copy: a copy at that version or past
-        # it holds every event committed before this read, whatever the view's place in the rest
-        # of the log. (A view of an earlier layout, until `payledger rebuild`, is not read.)
-        newest = state.ledger.event_log.stream_version(order_id(mchid, out_trade_no, sub_mchid))
+        # The view's copy when it has every event of the order's stream, else the stream replayed.
+        newest, document = current_copy(state.orders_view, state.ledger, mchid, out_trade_no, sub_mchid)
         if newest is None:
             raise OrderNotFound(out_trade_no)
-        view = state.orders_view
-        if view is not None and not view.outdated:
-            found = view.document(mchid, out_trade_no, sub_mchid)
-            if found is not None and found[0] >= newest:
-                return dict(found[1])
+        if document is not None:
+            return document
         return state.ledger.get_order(mchid, out_trade_no, sub_mchid).summary()
 
     def read_with_fees() -> dict[str, Any]:

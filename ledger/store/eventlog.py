@@ -25,6 +25,9 @@ class EventLog:
 
     # Whether `select_pages` honours `heads` (PostgreSQL does; SQLite reads whole rows anyway).
     cuts_heads: ClassVar[bool]
+    # The events table, as the library's recorder names it (unqualified): a view beside the events
+    # may read a stream's version in its own statement (`projections.read_model.current`).
+    events_table_name: str
 
     def select_streams(self, ids: Sequence[UUID]) -> list[Row]:
         """Every event of the streams `ids`, by stream and version."""
