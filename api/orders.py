@@ -29,7 +29,7 @@ from api.responses import LedgerJSONResponse
 from api.state import app_state
 from ledger.domain import ALL_EVENTS, FINAL_TRADE_STATES, OPEN_TRADE_STATES
 from ledger.errors import InvalidRequest, OrderNotFound, ReadModelOutdated
-from projections.read_model.runner import orders_head
+from projections.read_model.current import current_copy
 from projections.read_model.view import cursor_decode, cursor_encode
 
 __all__ = [
@@ -122,7 +122,8 @@ async def orders(request: Request) -> Response:
 
 
 async def get_order(request: Request) -> Response:
-    """Read-your-writes: from the read model only once it has caught up with the log.
+    """Read-your-writes: from the read model when its copy of the order has every event of the
+    order's stream, else from the stream.
 
     `?as_of_version=N` replays the stream up to event N instead (404 beyond the current version).
     Either way the order carries its bill fee and net amount as the bills kept today say them.
@@ -135,13 +136,12 @@ async def get_order(request: Request) -> Response:
     def read() -> dict[str, Any]:
         if as_of is not None:
             return state.ledger.order_as_of(mchid, out_trade_no, as_of, sub_mchid).summary()
-        view = state.orders_view
-        # A view of an earlier layout (until `payledger rebuild`) is not read: the stream is.
-        if view is not None and not view.outdated and view.position() >= orders_head(state.ledger):
-            row = view.get(mchid, out_trade_no, sub_mchid)
-            if row is None:
-                raise OrderNotFound(out_trade_no)
-            return dict(row["document"])
+        # The view's copy when it has every event of the order's stream, else the stream replayed.
+        newest, document = current_copy(state.orders_view, state.ledger, mchid, out_trade_no, sub_mchid)
+        if newest is None:
+            raise OrderNotFound(out_trade_no)
+        if document is not None:
+            return document
         return state.ledger.get_order(mchid, out_trade_no, sub_mchid).summary()
 
     def read_with_fees() -> dict[str, Any]:

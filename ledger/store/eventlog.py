@@ -3,7 +3,8 @@
 The library offers reads by stream and by notification id. The ledger and its projections
 also need one read of many streams (the group committer), a sequential bulk read (a
 rebuild), counts over a range of the log (metrics, readiness), the newest event of some topics
-(how far a projection must get) and a nudge for waiting subscribers. `EventLog` declares them
+(how far a projection must get), a stream's newest version (how far a view's
+copy of it must get) and a nudge for waiting subscribers. `EventLog` declares them
 once; each of our recorders (`ledger.store.postgres`, `ledger.store.sqlite`) implements them
 in its own SQL, so no code outside the store writes any against the library's tables.
 """
@@ -24,6 +25,9 @@ class EventLog:
 
     # Whether `select_pages` honours `heads` (PostgreSQL does; SQLite reads whole rows anyway).
     cuts_heads: ClassVar[bool]
+    # The events table, as the library's recorder names it (unqualified): a view beside the events
+    # may read a stream's version in its own statement (`projections.read_model.current`).
+    events_table_name: str
 
     def select_streams(self, ids: Sequence[UUID]) -> list[Row]:
         """Every event of the streams `ids`, by stream and version."""
@@ -64,6 +68,11 @@ class EventLog:
 
     def _newest(self, topics: Sequence[str], after: int, upto: int) -> int:
         """The notification id of the newest event of `topics` in ``(after, upto]`` (0: none)."""
+        raise NotImplementedError
+
+    def stream_version(self, stream_id: UUID) -> int | None:
+        """The version of the newest event of stream `stream_id` (None: no such stream), read
+        without the events themselves: what a view's copy of the stream must have reached."""
         raise NotImplementedError
 
     def count_by_topic(self, after: int, upto: int, topics: Sequence[str]) -> dict[str, int]:

@@ -96,6 +96,10 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder, EventLog):
             "SELECT * FROM {schema}.{function}(%s::{id_type}[], %s::int[], %s::text[], %b::bytea[])"
         ).format(**names)
         self._events = Identifier(datastore.schema, self.events_table_name)
+        self._stream_version_statement = SQL(
+            "SELECT originator_version FROM {schema}.{table} WHERE originator_id = %s"
+            " ORDER BY originator_version DESC LIMIT 1"
+        ).format(**names)
         self._select_streams_statement = SQL(
             "SELECT originator_id, originator_version, topic, state FROM {schema}.{table}"
             " WHERE originator_id = ANY(%s::uuid[]) ORDER BY originator_id, originator_version"
@@ -159,6 +163,13 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder, EventLog):
             curs.execute(statement, (list(topics), after, upto))
             row = curs.fetchone()
         return int(row[0]) if row else 0
+
+    def stream_version(self, stream_id: UUID) -> int | None:
+        # The last entry of the primary key's range: no state read, one round trip (autocommit).
+        with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as curs:
+            curs.execute(self._stream_version_statement, (stream_id,), prepare=True)
+            row = curs.fetchone()
+        return int(row[0]) if row else None
 
     def wake_subscribers(self) -> None:
         # The library's subscription waits for a NOTIFY without a timeout (upstream #305).

@@ -220,6 +220,17 @@ class Database:
                     cur.execute("ROLLBACK")
                 raise
 
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """The rows of one read-only statement, a transaction of its own: on PostgreSQL (whose
+        connections autocommit) without the two round trips of BEGIN and COMMIT around it."""
+        if self._pool is not None:
+            with self._pool.connection() as conn, conn.cursor() as pg_cursor:
+                pg_cursor.execute(sql, params)
+                return pg_cursor.fetchall()
+        with self.transaction(write=False) as cur:
+            cur.execute(sql, params)
+            return list(cur.fetchall())
+
     def insert_rows(self, cur: Cursor, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
         """Many rows into `table` (as `qualify` writes it) in the caller's transaction: PostgreSQL's
         ``COPY`` (several times faster than INSERTs for a large batch), SQLite's ``executemany``."""

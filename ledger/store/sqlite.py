@@ -70,6 +70,16 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder, EventLog):
             row = cur.fetchone()
         return int(row[0]) if row else 0
 
+    def stream_version(self, stream_id: UUID) -> int | None:
+        statement = (
+            f"SELECT originator_version FROM {self.events_table_name}"  # noqa: S608 - the library's own table name
+            " WHERE originator_id = ? ORDER BY originator_version DESC LIMIT 1"
+        )
+        with self.datastore.transaction(commit=False) as cur:
+            cur.execute(statement, (stream_id.hex,))  # as the library stores it
+            row = cur.fetchone()
+        return int(row[0]) if row else None
+
     def wake_subscribers(self) -> None:
         pass  # the polling subscription wakes itself
 

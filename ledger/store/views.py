@@ -67,6 +67,12 @@ class ViewRecorder:
         """Record the projection's position in the caller's transaction."""
         raise NotImplementedError
 
+    def query(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """The rows of one read-only statement (written by `sql`), a transaction of its own."""
+        with self.transaction(commit=False) as curs:
+            curs.execute(sql, list(params))
+            return list(curs.fetchall())
+
     def max_tracking_id(self, application_name: str) -> int | None:
         raise NotImplementedError
 
@@ -128,6 +134,13 @@ class PostgresViewRecorder(PostgresTrackingRecorder, ViewRecorder):
 
     def write_tracking(self, cursor: Cursor, tracking: Tracking) -> None:
         self._insert_tracking(cast(Any, cursor), tracking)
+
+    def query(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        # The pool's connections are in autocommit mode: one statement is one transaction, and
+        # BEGIN and ROLLBACK around it would be two more round trips.
+        with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as curs:
+            curs.execute(sql, list(params), prepare=True)
+            return curs.fetchall()
 
     def qualify(self, table: str) -> str:
         return f"{_quoted(self.datastore.schema)}.{_quoted(table)}"

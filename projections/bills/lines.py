@@ -224,20 +224,19 @@ class BillLines:
         billed. `line_ids` (the order's transaction_id and refund_ids) keeps only the lines of those: two
         sub-merchants of a service provider may have orders of one out_trade_no, and a bill line naming
         a payment the ledger does not have is not the order's."""
-        with self._db.transaction(write=False) as cur:
-            cur.execute(
-                self._sql(
-                    "SELECT l.kind, l.transaction_id, l.refund_id, l.fee FROM {lines} l"
-                    " JOIN {loads} d ON d.mchid = l.mchid AND d.bill_date = l.bill_date AND d.state = 'loaded'"
-                    " WHERE l.mchid = %s AND l.out_trade_no = %s"
-                ),
-                (mchid, out_trade_no),
-            )
-            fees = [
-                Decimal(fee)
-                for kind, tid, rid, fee in cur.fetchall()
-                if line_ids is None or (rid if kind == "refund" else tid) in line_ids
-            ]
+        rows = self._db.query(
+            self._sql(
+                "SELECT l.kind, l.transaction_id, l.refund_id, l.fee FROM {lines} l"
+                " JOIN {loads} d ON d.mchid = l.mchid AND d.bill_date = l.bill_date AND d.state = 'loaded'"
+                " WHERE l.mchid = %s AND l.out_trade_no = %s"
+            ),
+            (mchid, out_trade_no),
+        )
+        fees = [
+            Decimal(fee)
+            for kind, tid, rid, fee in rows
+            if line_ids is None or (rid if kind == "refund" else tid) in line_ids
+        ]
         return sum(fees, Decimal(0)) if fees else None
 
 
