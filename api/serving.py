@@ -1,0 +1,125 @@
+"""Serving the app with uvicorn: one process, or a pre-fork of several on one listening socket.
+
+`payledger serve --workers N` runs N copies of the app, each a process of its own with its own
+event loop, group committer and store connections, all accepting from one socket the supervisor
+bound. Nothing is shared between them but the store: a notification's decision rests on the
+per-order stream's optimistic concurrency (two processes appending to one stream: one commit
+wins, the other's batch fails on the unique version key and each of its deliveries is reloaded
+and decided again, so it sees the winner's events), never on anything held in memory.
+
+Before forking, the supervisor builds the app once and runs its start-up and shut-down
+(`prepare`): every table, index and function is created by one process, so N processes starting
+at once never race on `CREATE ... IF NOT EXISTS` (not safe under concurrency on PostgreSQL), and a
+store that cannot be opened stops the command before any worker starts. A worker that dies is
+started again; SIGTERM or SIGINT stops them all, each finishing what it has in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from starlette.applications import Starlette
+
+__all__ = ["SERVER_OPTIONS", "prepare", "run_workers"]
+
+log = logging.getLogger("api.serving")
+
+# The options of every `payledger serve` process (and of the benchmark's baseline).
+SERVER_OPTIONS: dict[str, Any] = {"log_level": "warning", "timeout_keep_alive": 30}
+# A worker that dies this soon after it started is not restarted again and again: the command stops.
+_CRASH_WINDOW = 5.0
+
+
+def prepare(app: Starlette) -> None:
+    """Run `app`'s start-up and shut-down once: what it creates in the store exists afterwards."""
+
+    async def cycle() -> None:
+        async with app.router.lifespan_context(app):
+            pass
+
+    asyncio.run(cycle())
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _worker(make_app: Callable[[], Starlette], sock: socket.socket) -> int:
+    """In a forked child: build the app and serve the shared socket until told to stop."""
+    import uvicorn
+
+    # uvicorn stops gracefully on SIGTERM/SIGINT, then re-raises the signal to the handler it
+    # found: this one, so the worker exits 0 instead of being killed by its own signal.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    signal.signal(signal.SIGINT, lambda *_: None)
+    uvicorn.Server(uvicorn.Config(make_app(), **SERVER_OPTIONS)).run(sockets=[sock])
+    return 0
+
+
+def run_workers(make_app: Callable[[], Starlette], host: str, port: int, workers: int) -> int:
+    """Serve `make_app()` from `workers` forked processes; returns the command's exit code."""
+    if threading.active_count() > 1:
+        # A thread would not survive the fork, and a lock it held would stay held in every child.
+        raise RuntimeError("run_workers must start before any thread")
+    sock = bind(host, port)
+    children: dict[int, float] = {}
+    stopping = False
+
+    def spawn() -> None:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                code = _worker(make_app, sock)
+            except BaseException:
+                log.exception("worker %d failed", os.getpid())
+            finally:
+                logging.shutdown()
+                sys.stderr.flush()
+                os._exit(code)
+        children[pid] = time.monotonic()
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for _ in range(workers):
+        spawn()
+    code = 0
+    while children:
+        pid, status = os.wait()
+        started = children.pop(pid, None)
+        if started is None or stopping:
+            continue
+        code = os.waitstatus_to_exitcode(status)
+        if time.monotonic() - started < _CRASH_WINDOW:
+            log.error("worker %d exited with %d right after it started; stopping", pid, code)
+            stop()
+            code = code or 1
+        else:
+            log.error("worker %d exited with %d; starting another", pid, code)
+            spawn()
+    sock.close()
+    return code
