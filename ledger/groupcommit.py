@@ -7,6 +7,13 @@ other to the same aggregate), and saves all of them with one ``save()``. On Post
 insert transaction takes the events table lock, so amortising it is what lets an event
 store keep up with a plain UPDATE. If the batch conflicts with another process, each
 delivery is retried on its own through the ordinary reload-and-retry path.
+
+With several lanes (threads), one batch is read and decided while the one before it is being
+written: a lane spends most of a commit waiting on the database (the round trips and the WAL
+flush), and with one lane every callback waited for the whole cycle of the batch ahead of it.
+Batches are taken in arrival order, and a batch that names a stream an earlier batch is still
+writing waits for that write to end before it reads, so no lane ever decides on a stale stream
+(the appends themselves queue on the table lock, in the same order).
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from ledger.errors import StoreUnavailable
 from ledger.routing import RecordResult, Route
 from ledger.wechatpay.notification import VerifiedNotification
 
-__all__ = ["GroupCommitter"]
+__all__ = ["LANES", "GroupCommitter"]
 
 log = logging.getLogger("ledger.groupcommit")
 
@@ -37,6 +44,8 @@ log = logging.getLogger("ledger.groupcommit")
 # processes per callback without moving p99 (measured: docs/benchmarks.md, "Group commit").
 LINGER = 0.001
 LINGER_TARGET = 12
+# The HTTP service's lanes: one batch read and decided while one is written (docs/benchmarks.md).
+LANES = 2
 
 
 @dataclass
@@ -54,6 +63,15 @@ class _Request:
         return self.afuture is not None and self.afuture.cancelled()
 
 
+def _streams_of(request: _Request) -> list[UUID]:
+    """The streams a request writes to; none when its notification names them wrongly (its commit
+    then fails on its own, as it would alone)."""
+    try:
+        return request.route.stream_ids
+    except Exception:
+        return []
+
+
 def _resolve(requests: list[_Request]) -> None:
     for request in requests:
         assert request.afuture is not None
@@ -67,7 +85,13 @@ def _resolve(requests: list[_Request]) -> None:
 
 class GroupCommitter:
     def __init__(
-        self, ledger: Ledger, max_batch: int = 64, *, linger: float = LINGER, linger_target: int = LINGER_TARGET
+        self,
+        ledger: Ledger,
+        max_batch: int = 64,
+        *,
+        linger: float = LINGER,
+        linger_target: int = LINGER_TARGET,
+        lanes: int = 1,
     ) -> None:
         self._ledger = ledger
         self._max_batch = max_batch
@@ -75,10 +99,18 @@ class GroupCommitter:
         self._linger_target = linger_target
         self._last_batch = 0
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
-        self._thread.start()
+        # Held while a lane takes its batch and claims its streams: batches are claimed in order.
+        self._taking = threading.Lock()
+        # Streams being written, each with the event its batch sets once the write has ended.
+        self._writing: dict[UUID, threading.Event] = {}
+        self._writing_lock = threading.Lock()
         self.batches = 0
         self.requests = 0
+        self._threads = [
+            threading.Thread(target=self._run, name=f"group-commit-{n}", daemon=True) for n in range(max(1, lanes))
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def submit(
         self,
@@ -125,20 +157,47 @@ class GroupCommitter:
         return self.submit(mchid, notification, expected_appid=expected_appid, sub_mchids=sub_mchids).result()
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(10)
+        self._queue.put(None)  # each lane leaving puts it back for the next
+        for thread in self._threads:
+            thread.join(10)
 
     def _run(self) -> None:
         while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = self._gather(first)
-            self._last_batch = len(batch)
-            batch = [r for r in batch if not r.withdrawn()]
-            if batch:
-                self._commit(batch)
-                self._deliver(batch)
+            with self._taking:
+                first = self._queue.get()
+                if first is None:
+                    self._queue.put(None)
+                    return
+                batch = self._gather(first)
+                self._last_batch = len(batch)
+                batch = [r for r in batch if not r.withdrawn()]
+                self.batches += 1 if batch else 0
+                self.requests += len(batch)
+                written, earlier = self._claim(batch)
+            try:
+                for event in earlier:
+                    event.wait()
+                if batch:
+                    self._commit(batch)
+                    self._deliver(batch)
+            finally:
+                self._release(written)
+
+    def _claim(self, batch: list[_Request]) -> tuple[threading.Event, set[threading.Event]]:
+        """Mark the batch's streams as being written; the writes of earlier batches to wait for."""
+        written = threading.Event()
+        streams = {stream_id for request in batch for stream_id in _streams_of(request)}
+        with self._writing_lock:
+            earlier = {self._writing[s] for s in streams if s in self._writing}
+            for stream_id in streams:
+                self._writing[stream_id] = written
+        return written, earlier
+
+    def _release(self, written: threading.Event) -> None:
+        with self._writing_lock:
+            for stream_id in [s for s, event in self._writing.items() if event is written]:
+                del self._writing[stream_id]
+        written.set()
 
     def _gather(self, first: _Request) -> list[_Request]:
         """`first` and whatever waits behind it; while busy, linger briefly for more.
@@ -167,8 +226,6 @@ class GroupCommitter:
         return batch
 
     def _commit(self, batch: list[_Request]) -> None:
-        self.batches += 1
-        self.requests += len(batch)
         try:
             results = self._decide_and_save(batch)
         except IntegrityError:
