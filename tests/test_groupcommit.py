@@ -177,7 +177,6 @@ def test_store_failure_answers_every_request_and_the_committer_recovers(
         ledger.order_history(MCHID, "GC-DOWN-1")
 
 
-
 @pytest.mark.parametrize(("lanes", "overlaps"), [(1, False), (2, True)])
 def test_with_two_lanes_the_next_batch_is_read_while_one_is_written(
     ledger_factory: Callable[[], Any], factory: NotificationFactory, verify: Any, lanes: int, overlaps: bool
