@@ -8,12 +8,13 @@ insert transaction takes the events table lock, so amortising it is what lets an
 store keep up with a plain UPDATE. If the batch conflicts with another process, each
 delivery is retried on its own through the ordinary reload-and-retry path.
 
-With several lanes (threads), one batch is read and decided while the one before it is being
-written: a lane spends most of a commit waiting on the database (the round trips and the WAL
-flush), and with one lane every callback waited for the whole cycle of the batch ahead of it.
-Batches are taken in arrival order, and a batch that names a stream an earlier batch is still
-writing waits for that write to end before it reads, so no lane ever decides on a stale stream
-(the appends themselves queue on the table lock, in the same order).
+With two lanes (threads), the next batch is taken, read and decided while the one before it is
+being written: a lane spends most of a commit waiting on the database (the round trips and the WAL
+flush), and with one lane every callback waited for the whole cycle of the batch ahead of it. One
+lane at a time takes and decides (the next lane starts taking once the one before has decided), so
+batches stay as full as with one lane. Batches are taken in arrival order, and a batch that names a
+stream an earlier batch is still writing waits for that write to end before it reads, so no lane
+ever decides on a stale stream (the appends themselves queue on the table lock, in the same order).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +63,19 @@ class _Request:
         if self.future is not None:
             return not self.future.set_running_or_notify_cancel()
         return self.afuture is not None and self.afuture.cancelled()
+
+
+class _Once:
+    """`lock`, acquired now and released by the first `release()` only."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        lock.acquire()
+        self._lock: threading.Lock | None = lock
+
+    def release(self) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()
 
 
 def _streams_of(request: _Request) -> list[UUID]:
@@ -162,26 +177,36 @@ class GroupCommitter:
             thread.join(10)
 
     def _run(self) -> None:
-        while True:
-            with self._taking:
-                first = self._queue.get()
-                if first is None:
-                    self._queue.put(None)
-                    return
-                batch = self._gather(first)
-                self._last_batch = len(batch)
-                batch = [r for r in batch if not r.withdrawn()]
-                self.batches += 1 if batch else 0
-                self.requests += len(batch)
-                written, earlier = self._claim(batch)
+        while self._lane():
+            pass
+
+    def _lane(self) -> bool:
+        """Take, read and decide one batch, then let the next lane take its own while this one saves
+        and answers. False when the committer is closing."""
+        taking = _Once(self._taking)
+        try:
+            first = self._queue.get()
+            if first is None:
+                self._queue.put(None)
+                return False
+            batch = self._gather(first)
+            self._last_batch = len(batch)
+            batch = [r for r in batch if not r.withdrawn()]
+            self.batches += 1 if batch else 0
+            self.requests += len(batch)
+            written, earlier = self._claim(batch)
             try:
                 for event in earlier:
                     event.wait()
                 if batch:
-                    self._commit(batch)
+                    self._commit(batch, taking.release)
+                    taking.release()
                     self._deliver(batch)
             finally:
                 self._release(written)
+        finally:
+            taking.release()
+        return True
 
     def _claim(self, batch: list[_Request]) -> tuple[threading.Event, set[threading.Event]]:
         """Mark the batch's streams as being written; the writes of earlier batches to wait for."""
@@ -225,20 +250,24 @@ class GroupCommitter:
             batch.append(item)
         return batch
 
-    def _commit(self, batch: list[_Request]) -> None:
+    def _commit(self, batch: list[_Request], decided: Callable[[], None]) -> None:
+        """Decide and save `batch`, calling `decided` between the two (or on failure, before the retries)."""
         try:
-            results = self._decide_and_save(batch)
+            results = self._decide_and_save(batch, decided)
         except IntegrityError:
+            decided()
             # Another process appended to one of these streams: retry each on its own.
             for request in batch:
                 self._individually(request)
             return
         except PersistenceError as exc:
+            decided()
             log.error("event store unavailable: %s", type(exc).__name__)
             for request in batch:
                 request.outcome = StoreUnavailable(type(exc).__name__)
             return
         except Exception:  # never strand a waiting request
+            decided()
             log.exception("group commit failed; retrying individually")
             for request in batch:
                 self._individually(request)
@@ -272,9 +301,10 @@ class GroupCommitter:
             except RuntimeError:  # that event loop has closed (shutdown): nobody is waiting
                 log.warning("%d commits finished after their event loop closed", len(requests))
 
-    def _decide_and_save(self, batch: list[_Request]) -> list[RecordResult]:
+    def _decide_and_save(self, batch: list[_Request], decided: Callable[[], None]) -> list[RecordResult]:
         """Every delivery decided in arrival order on one read of their streams, all saved at once."""
         streams: dict[UUID, Any] = self._ledger.get_many({i for r in batch for i in r.route.stream_ids})
-        decided = [request.route.decide(streams) for request in batch]
+        outcomes = [request.route.decide(streams) for request in batch]
+        decided()
         self._ledger.save_all(streams.values())
-        return [RecordResult.of(outcome, stream) for outcome, stream in decided]
+        return [RecordResult.of(outcome, stream) for outcome, stream in outcomes]
