@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -19,6 +20,7 @@ from starlette.routing import Route
 from api.auth import AdminTokenMiddleware
 from api.bills import get_bill, reconcile_bill
 from api.bootstrap import bootstrap
+from api.callback_minutes import CallbackMinutes
 from api.errors import EXCEPTION_HANDLERS
 from api.metrics import (
     BillMetrics,
@@ -108,9 +110,14 @@ def create_app(
         outbox = services.outbox
         # Built here, not by the first request: two first requests at once would race to create its tables.
         bill_reports = services.bill_reports
+        callbacks = CallbackMinutes(services.database, clock)
         registry = new_registry()
         app.state.app_state = AppState(
-            services, committer, anyio.CapacityLimiter(settings.worker_threads), views, NotifyMetrics(registry)
+            services,
+            committer,
+            anyio.CapacityLimiter(settings.worker_threads),
+            views,
+            NotifyMetrics(registry, callbacks),
         )
         app.state.projection_lag = ProjectionLag(
             services.ledger,
@@ -140,11 +147,16 @@ def create_app(
         app.state.metrics = registry
         if background:
             services.start_background()
+        stop_flushing = threading.Event()
+        flusher = threading.Thread(target=callbacks.run, args=(stop_flushing,), name="callback-minutes", daemon=True)
+        flusher.start()
         # Everything built so far lives as long as the process: keep it out of the cyclic
         # collector's full passes, which otherwise rescan it on every one of them.
         gc.collect()
         gc.freeze()
         yield
+        stop_flushing.set()
+        flusher.join(timeout=30)
         services.close()
 
     middleware = [Middleware(RequestIdMiddleware)]
@@ -168,7 +180,7 @@ def create_app(
         Route("/bills/{bill_date}", get_bill, methods=["GET"]),
         Route("/bills/{bill_date}/reconcile", reconcile_bill, methods=["POST"]),
         Route(OPENAPI_PATH, openapi, methods=["GET"]),
-        ui_mount(settings),
+        ui_mount(settings, clock=clock),
     ]
     return Starlette(
         routes=routes,

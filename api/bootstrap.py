@@ -309,8 +309,9 @@ class Services:
 
     # -- audit ---------------------------------------------------------------------------------
 
-    def audit_all(self) -> Report:
-        """`payledger verify --all`: every chain, every stored signature, every decision re-derived."""
+    def audit_all(self, progress: Callable[[int, int], None] | None = None) -> Report:
+        """`payledger verify --all`: every chain, every stored signature, every decision re-derived;
+        `progress(position, head)` after each page of the log."""
         inputs = self._audit_inputs()
         return check_all(
             self.ledger,
@@ -319,6 +320,7 @@ class Services:
             appids=inputs.appids,
             sub_mchids=self._sub_mchids(),
             v2_keys=inputs.v2_keys,
+            progress=progress,
         )
 
     def audit_order(self, mchid: str, out_trade_no: str, sub_mchid: str | None = None) -> Report:

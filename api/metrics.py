@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api.callback_minutes import CallbackMinutes
 from ledger.application import Ledger
 from ledger.bill_matching import DiscrepancyKind
 from ledger.status_query import OrderQuery
@@ -70,7 +71,8 @@ ANSWER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 
 class NotifyMetrics:
     """Notification outcomes and answer latency of this replica."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, minutes: CallbackMinutes | None = None) -> None:
+        self.minutes = minutes  # the same outcomes per minute, for the overview's chart
         total = Counter(
             "payledger_notifications",
             "Notifications answered by this replica, by outcome",
@@ -90,6 +92,8 @@ class NotifyMetrics:
         elapsed = time.perf_counter() - started
         self.outcomes[outcome].inc()
         self.answer_seconds.observe(elapsed)
+        if self.minutes is not None:
+            self.minutes.count(outcome)
         return elapsed
 
 

@@ -24,10 +24,10 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
-from starlette.applications import Starlette
+from starlette.types import ASGIApp
 
 __all__ = ["SERVER_OPTIONS", "prepare", "run_workers"]
 
@@ -39,12 +39,35 @@ SERVER_OPTIONS: dict[str, Any] = {"log_level": "warning", "timeout_keep_alive": 
 _CRASH_WINDOW = 5.0
 
 
-def prepare(app: Starlette) -> None:
-    """Run `app`'s start-up and shut-down once: what it creates in the store exists afterwards."""
+def prepare(app: ASGIApp) -> None:
+    """Run `app`'s start-up and shut-down once (the ASGI lifespan): what it creates in the stores
+    exists afterwards. Raises when it does not start."""
 
     async def cycle() -> None:
-        async with app.router.lifespan_context(app):
-            pass
+        inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        outbox: asyncio.Queue[MutableMapping[str, Any]] = asyncio.Queue()
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            await outbox.put(message)
+
+        scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": {}}
+
+        async def receive() -> MutableMapping[str, Any]:
+            return await inbox.get()
+
+        running: asyncio.Future[None] = asyncio.ensure_future(app(scope, receive, send))
+        for step in ("startup", "shutdown"):
+            await inbox.put({"type": f"lifespan.{step}"})
+            answer = asyncio.create_task(outbox.get())
+            pending: set[asyncio.Future[Any]] = {answer, running}
+            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if not answer.done():
+                answer.cancel()
+                running.result()  # the app's own exception, if it raised one
+                raise RuntimeError(f"the app ended during its {step}")
+            if answer.result()["type"] != f"lifespan.{step}.complete":
+                raise RuntimeError(f"the app's {step} failed")
+        await running
 
     asyncio.run(cycle())
 
@@ -59,7 +82,7 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _worker(make_app: Callable[[], Starlette], sock: socket.socket) -> int:
+def _worker(make_app: Callable[[], ASGIApp], sock: socket.socket) -> int:
     """In a forked child: build the app and serve the shared socket until told to stop."""
     import uvicorn
 
@@ -71,7 +94,7 @@ def _worker(make_app: Callable[[], Starlette], sock: socket.socket) -> int:
     return 0
 
 
-def run_workers(make_app: Callable[[], Starlette], host: str, port: int, workers: int) -> int:
+def run_workers(make_app: Callable[[], ASGIApp], host: str, port: int, workers: int) -> int:
     """Serve `make_app()` from `workers` forked processes; returns the command's exit code."""
     if threading.active_count() > 1:
         # A thread would not survive the fork, and a lock it held would stay held in every child.

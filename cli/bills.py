@@ -2,8 +2,9 @@
 
 One run (`projections.bills.service.BillReconciler`) per merchant; the exit code is the worst of
 the merchants': 0 the books agree (or the day is empty), 1 unresolved differences remain, 2 the
-bill could not be had (its reason printed). `--follow` runs the loop of
-`projections.bills.schedule` until SIGTERM or ctrl-C.
+bill could not be had (its reason printed). `--until` runs every day from `--date` to it (with a
+progress bar on a terminal); `--follow` runs the loop of `projections.bills.schedule` until SIGTERM
+or ctrl-C.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from cli.common import SubParsers, configure_logging, load_settings, print_json, services_for, stop_on_signals
+from cli.common import SubParsers, configure_logging, load_settings, services_for, stop_on_signals
+from cli.exits import exit_codes
+from cli.output import emit_json, progress
 from ledger.bill_matching import Discrepancy
 from ledger.errors import InvalidRequest
 from projections.bills.reports import BillReport
@@ -93,7 +96,7 @@ def _compact(report: BillReport) -> str:
 def _print(reports: Sequence[BillReport], as_json: bool, several: bool) -> None:
     if as_json:
         documents: Any = [r.to_json() for r in reports]
-        print_json(documents if several else documents[0])
+        emit_json(documents if several else documents[0])
         return
     print("\n\n".join(render_report(r) for r in reports))
 
@@ -117,17 +120,37 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
             follow_bills(bills, merchants, stop_on_signals(), on_report=show, first=args.date)
             return 0
-        day = args.date or yesterday()
-        reports = [bills.reconcile(mchid, day) for mchid in merchants]
-    _print(reports, args.json, several=len(merchants) > 1)
+        first = args.date or yesterday()
+        last = args.until or first
+        if last < first:
+            raise InvalidRequest("--until is before --date")
+        if last > beijing_today():
+            raise InvalidRequest("--until is in the future (Beijing time)")
+        days = [first + dt.timedelta(days=n) for n in range((last - first).days + 1)]
+        runs = len(days) * len(merchants)
+        reports = []
+        # A bar only for several runs: one day of one merchant is one request.
+        with progress(runs, "reconciling bills", unit="runs", terminal=None if runs > 1 else False) as bar:
+            for day in days:
+                for mchid in merchants:
+                    reports.append(bills.reconcile(mchid, day))
+                    bar.advance()
+    _print(reports, args.json, several=len(merchants) > 1 or args.until is not None)
     return max(report.exit_code for report in reports)
 
 
 def register(sub: SubParsers) -> None:
     bills = sub.add_parser("bills", help="WeChat Pay's daily bills matched against the ledger")
-    actions = bills.add_subparsers(dest="action", required=True)
+    actions = bills.add_subparsers(dest="action", required=True, metavar="ACTION", help="what to do")
     reconcile = actions.add_parser(
-        "reconcile", help="fetch a day's bills (if not kept yet), match them, print the report"
+        "reconcile",
+        help="fetch a day's bills (if not kept yet), match them, print the report",
+        epilog=exit_codes(
+            (0, "the books agree (every difference resolved) or the day is empty"),
+            (1, "unresolved differences remain; or an unknown merchant, a day in the future"),
+            (2, "a bill could not be had (its reason printed), or a usage or configuration error"),
+            note="with several merchants or days, the worst of their codes",
+        ),
     )
     reconcile.add_argument(
         "--date",
@@ -139,9 +162,16 @@ def register(sub: SubParsers) -> None:
     reconcile.add_argument(
         "--json",
         action="store_true",
-        help="the report as JSON (a list for several merchants; a line per run with --follow)",
+        help="the report as JSON (a list for several merchants or with --until; a line per run with --follow)",
     )
-    reconcile.add_argument(
+    how_long = reconcile.add_mutually_exclusive_group()
+    how_long.add_argument(
+        "--until",
+        type=_day,
+        metavar="YYYY-MM-DD",
+        help="reconcile every day from --date to this one (included), with a progress bar on a terminal",
+    )
+    how_long.add_argument(
         "--follow",
         action="store_true",
         help="keep running: each day after 10:00 Beijing time for the day before; a bill not had retried every 30 min",

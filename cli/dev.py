@@ -18,6 +18,7 @@ import httpx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+from cli.exits import FAILED, exit_codes
 from ledger.wechatpay.sandbox.signer import NotificationFactory
 
 if TYPE_CHECKING:
@@ -109,14 +110,24 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
 
 def register(sub: SubParsers) -> None:
-    demo = sub.add_parser("demo", help="run the ledger against the sandbox with a scripted scenario")
+    demo = sub.add_parser(
+        "demo",
+        help="run the ledger against the sandbox with a scripted scenario",
+        epilog=exit_codes(
+            (0, "the script ran (with --no-wait), or stopped by ctrl-C"), (1, "a step of the script failed")
+        ),
+    )
     demo.add_argument("--host", default="127.0.0.1", help="address of both services (default 127.0.0.1)")
     demo.add_argument("--port", type=int, default=8000, help="the ledger's port (default 8000)")
     demo.add_argument("--sandbox-port", type=int, default=8090, help="the sandbox's port (default 8090)")
     demo.add_argument("--no-wait", action="store_true", help="exit after the scripted part")
     demo.set_defaults(func=cmd_demo)
 
-    sandbox = sub.add_parser("sandbox", help="run a local fake WeChat Pay (writes the ledger configuration)")
+    sandbox = sub.add_parser(
+        "sandbox",
+        help="run a local fake WeChat Pay (writes the ledger configuration)",
+        epilog=exit_codes((0, "stopped by SIGTERM or ctrl-C"), FAILED),
+    )
     sandbox.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     sandbox.add_argument("--port", type=int, default=8090, help="port to listen on (default 8090)")
     sandbox.add_argument("--folder", default="payledger-sandbox", help="where keys and the ledger's env file go")
@@ -152,8 +163,12 @@ def register(sub: SubParsers) -> None:
     sandbox.add_argument("--seed", type=int, help="random seed, for a repeatable run")
     sandbox.set_defaults(func=cmd_sandbox)
 
-    dev = sub.add_parser("dev-notify", help="send a signed test notification (development merchant only)")
-    dev.add_argument("out_trade_no")
+    dev = sub.add_parser(
+        "dev-notify",
+        help="send a signed test notification (development merchant only)",
+        epilog=exit_codes((0, "the ledger answered 200 or 204"), (1, "it answered anything else")),
+    )
+    dev.add_argument("out_trade_no", help="the order's number")
     dev.add_argument("--amount", type=int, required=True, help="order total in fen")
     dev.add_argument("--refund", metavar="OUT_REFUND_NO:FEN", help="send a refund notification instead")
     dev.add_argument("--url", default="http://127.0.0.1:8000", help="the ledger (default http://127.0.0.1:8000)")

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from cli.common import SubParsers, load_settings, order_of, print_json, services_for
+from cli.common import SubParsers, load_settings, order_of, services_for
+from cli.exits import OK, exit_codes
+from cli.output import add_json_flag, emit_json
 from projections.timeline import Timeline, attempt_text, iso, load_timeline, printable
 
 __all__ = ["register", "render_text", "to_json"]
@@ -23,18 +25,22 @@ def cmd_history(args: argparse.Namespace) -> int:
     with services_for(settings) as services:
         timeline = load_timeline(services.ledger, lambda: services.outbox, mchid, args.out_trade_no, sub_mchid)
     if args.json:
-        print_json(to_json(timeline))
+        emit_json(to_json(timeline))
     else:
         print(render_text(timeline))
     return 0
 
 
 def register(sub: SubParsers) -> None:
-    history = sub.add_parser("history", help="print an order's timeline: events, retries, anomalies, webhooks")
-    history.add_argument("out_trade_no")
+    history = sub.add_parser(
+        "history",
+        help="print an order's timeline: events, retries, anomalies, webhooks",
+        epilog=exit_codes(OK, (1, "no such order, or failed")),
+    )
+    history.add_argument("out_trade_no", help="the merchant's order number")
     history.add_argument("--mchid", help="the merchant (default: the first configured)")
     history.add_argument("--sub-mchid", help="the sub-merchant (required for a service provider's order)")
-    history.add_argument("--json", action="store_true", help="one JSON document instead of text")
+    add_json_flag(history, 'one JSON document: {"order", "events", "outbound", "outbound_error"}')
     history.add_argument("--dev", action="store_true", help="read the development merchant's ledger (serve --dev)")
     history.set_defaults(func=cmd_history)
 

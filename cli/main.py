@@ -12,17 +12,19 @@ Each command group lives in a module of its own and adds its subcommands here:
     operators.py operators (the console's named operators)
     dev.py       demo, sandbox, dev-notify (and the --dev merchant)
 
-Every command builds what it runs on through `api.bootstrap.bootstrap(settings)`.
-Exit codes: 0 done; 1 the command failed (a `LedgerError`: its fixed reason is printed, or
-for the errors whose message is our own sentence about the operator's input, that sentence);
-2 the configuration or the command line is wrong.
+Every command builds what it runs on through `api.bootstrap.bootstrap(settings)` and prints
+through `cli.output` (tables, `--json`, progress bars). Exit codes: 0 done; 1 the command failed
+(a `LedgerError`: its fixed reason is printed, or for the errors whose message is our own sentence
+about the operator's input, that sentence); 2 the configuration or the command line is wrong.
+Each command's `--help` ends with its own (`cli.exits`).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from importlib.metadata import PackageNotFoundError, version
 
 from cli import bills, dev, history, operators, ops, requests, serve, webhooks, workers
 from cli.common import load_settings
@@ -40,9 +42,21 @@ from ledger.errors import (
 __all__ = ["build_parser", "main"]
 
 
+def package_version() -> str:
+    try:
+        return version("wechatpay-ledger")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="payledger", description="Event-sourced WeChat Pay ledger")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="payledger",
+        description="Event-sourced WeChat Pay ledger",
+        epilog="payledger COMMAND --help: its options and exit codes",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="what to do")
     serve.register(sub)
     history.register(sub)
     dev.register(sub)
@@ -52,7 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
     bills.register(sub)
     operators.register(sub)
     webhooks.register(sub, lambda a: load_settings(a, require_merchant=False))
+    for command in walk(parser):
+        command.formatter_class = argparse.RawDescriptionHelpFormatter  # the epilog's lines as written
     return parser
+
+
+def walk(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """`parser` and every (sub)command under it."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in dict.fromkeys(action.choices.values()):
+                yield from walk(command)
 
 
 # Errors whose text is our own sentence about what the operator typed (never a secret, never

@@ -11,7 +11,9 @@ import argparse
 import getpass
 import sys
 
-from cli.common import SubParsers, load_settings, print_json, services_for
+from cli.common import SubParsers, load_settings, services_for
+from cli.exits import OK, exit_codes
+from cli.output import BAD, GOOD, Column, add_json_flag, emit_json, table
 from ledger.errors import InvalidRequest
 from ledger.operators import Operator, Role, checked_password
 
@@ -41,10 +43,13 @@ def cmd_operators(args: argparse.Namespace) -> int:
         elif args.action == "list":
             found = operators.all()
             if args.json:
-                print_json([_row(op) for op in found])
+                emit_json([_row(op) for op in found])
             else:
-                for op in found:
-                    print(f"{op.name:<32} {op.role.value:<8} {'disabled' if op.disabled else 'enabled'}")
+                rows = [(op.name, op.role.value, "disabled" if op.disabled else "enabled") for op in found]
+                table(
+                    rows,
+                    [Column("name", fold=False), "role", Column("state", styles={"enabled": GOOD, "disabled": BAD})],
+                )
         elif args.action == "passwd":
             operators.get(args.name)
             operators.set_password(args.name, _password(f"new password for {args.name}: "))
@@ -64,21 +69,23 @@ def register(sub: SubParsers) -> None:
         "operators",
         help="the console's named operators and their roles",
         description="Roles: viewer (reads), operator (also re-queries, refunds, closes, acknowledges anomalies, "
-        "resends and recovers messages), admin (also enables and disables endpoints). "
-        "Exit 0 done, 1 refused (e.g. the name exists), 2 usage error.",
+        "resends and recovers messages), admin (also enables and disables endpoints).",
     )
-    actions = parser.add_subparsers(dest="action", required=True)
-    add = actions.add_parser("add", help="add an operator (password from stdin, or asked twice on a terminal)")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION", help="what to do")
+    refused = exit_codes(OK, (1, "refused: the name exists, a password too short, no such operator"))
+    add = actions.add_parser(
+        "add", help="add an operator (password from stdin, or asked twice on a terminal)", epilog=refused
+    )
     add.add_argument("name", help="1-32 of a-z, 0-9, '.', '_', '-': the name the history records")
     add.add_argument("--role", choices=[r.value for r in Role], required=True, help="what the operator may do")
-    listing = actions.add_parser("list", help="every operator with role and status")
-    listing.add_argument("--json", action="store_true", help="print JSON: [{name, role, disabled, created_at}]")
-    passwd = actions.add_parser("passwd", help="set a new password (ends the operator's sessions)")
+    listing = actions.add_parser("list", help="every operator with role and status", epilog=refused)
+    add_json_flag(listing, "print JSON: [{name, role, disabled, created_at}]")
+    passwd = actions.add_parser("passwd", help="set a new password (ends the operator's sessions)", epilog=refused)
     passwd.add_argument("name", help="the operator")
-    role = actions.add_parser("role", help="change an operator's role (ends their sessions)")
+    role = actions.add_parser("role", help="change an operator's role (ends their sessions)", epilog=refused)
     role.add_argument("name", help="the operator")
     role.add_argument("role", choices=[r.value for r in Role], help="the new role")
     for name, text in (("disable", "no more logins; their sessions end at once"), ("enable", "may log in again")):
-        switch = actions.add_parser(name, help=text)
+        switch = actions.add_parser(name, help=text, epilog=refused)
         switch.add_argument("name", help="the operator")
     parser.set_defaults(func=cmd_operators)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cli.common import SubParsers, load_settings, order_of, print_json, services_for
+from cli.common import SubParsers, load_settings, order_of, services_for
+from cli.exits import exit_codes
+from cli.output import emit_json
 from ledger.identity import OrderKey
 from ledger.settings import Settings
 
@@ -35,7 +37,7 @@ def cmd_refund(args: argparse.Namespace) -> int:
             reason=args.reason or "",
             requested_by=args.requested_by or CLI_CALLER,
         )
-    print_json(asked.record)
+    emit_json(asked.record)
     if asked.outcome == "unknown":
         print("payledger: the outcome is unknown; reconciliation will ask WeChat Pay", file=sys.stderr)
     elif asked.outcome == "rejected":
@@ -47,7 +49,7 @@ def cmd_close(args: argparse.Namespace) -> int:
     key, settings = _key(args)
     with services_for(settings) as services:
         order, sent = services.requester.close(key, requested_by=args.requested_by or CLI_CALLER)
-    print_json(order.summary())
+    emit_json(order.summary())
     if not sent:
         print("payledger: the ledger had closed this order already; nothing was sent", file=sys.stderr)
     return 0
@@ -64,7 +66,12 @@ def register(sub: SubParsers) -> None:
     refund = sub.add_parser(
         "refund",
         help="refund a paid order through the ledger: decided, recorded, sent once",
-        description="Exit 0 accepted, 3 outcome unknown (reconciliation asks), 1 refused, 2 usage error.",
+        description="Print the refund as recorded (JSON).",
+        epilog=exit_codes(
+            (0, "accepted by WeChat Pay"),
+            (1, "refused: by the order's state (nothing sent) or by WeChat Pay (its code printed)"),
+            (3, "the outcome is unknown (recorded; payledger reconcile asks WeChat Pay)"),
+        ),
     )
     _order_arguments(refund)
     refund.add_argument("--amount", type=int, required=True, help="the refund in fen (at most what is left)")
@@ -72,6 +79,14 @@ def register(sub: SubParsers) -> None:
     refund.add_argument("--reason", help="shown to the payer (at most 80 characters)")
     refund.set_defaults(func=cmd_refund)
 
-    close = sub.add_parser("close", help="close an unpaid order at WeChat Pay (refused once it is paid)")
+    close = sub.add_parser(
+        "close",
+        help="close an unpaid order at WeChat Pay (refused once it is paid)",
+        description="Print the order as recorded (JSON).",
+        epilog=exit_codes(
+            (0, "closed (or the ledger had closed it already)"),
+            (1, "refused: the order is paid, or WeChat Pay refused (its code printed)"),
+        ),
+    )
     _order_arguments(close)
     close.set_defaults(func=cmd_close)

@@ -7,8 +7,9 @@ import signal
 import sys
 import threading
 
-from api.bootstrap import bootstrap
-from cli.common import SubParsers, configure_logging, load_settings
+from api.bootstrap import Services, bootstrap
+from cli.common import SubParsers, configure_logging, load_all_settings, load_shards
+from cli.exits import FAILED, exit_codes
 from ledger.store.backends import redact_url
 
 __all__ = ["register"]
@@ -18,23 +19,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # The HTTP stack is imported here, not at the top: every other command starts without it.
     import uvicorn
 
-    from api.app import create_app
     from api.serving import SERVER_OPTIONS
+    from api.shards import create_service
 
-    settings = load_settings(args)
+    shards = load_shards(args)
+    settings = shards[0]
     configure_logging(settings.log_level, settings.log_format)
     if args.workers > 1 and args.with_workers:
         print("payledger: --with-workers runs in one process; run payledger project beside --workers", file=sys.stderr)
         return 2
-    # Several processes: the store is prepared once here, then each forked worker builds its own app.
-    app = create_app(settings, background=args.workers == 1)
-    merchants = ", ".join(m.mchid for m in settings.merchants)
-    processes = f"; {args.workers} processes" if args.workers > 1 else ""
-    print(
-        f"payledger: serving on http://{args.host}:{args.port} "
-        f"(store {redact_url(settings.database_url.value)}; merchants {merchants}{processes})",
-        file=sys.stderr,
-    )
+    every_setting = load_all_settings(args)
+    # Several processes: the stores are prepared once here, then each forked worker builds its own app.
+    app = create_service(every_setting, background=args.workers == 1)
+    for shard in shards:
+        print(
+            f"payledger: serving on http://{args.host}:{args.port} "
+            f"(store {redact_url(shard.database_url.value)}; merchants {', '.join(m.mchid for m in shard.merchants)}"
+            f"{f'; {args.workers} processes' if args.workers > 1 else ''})",
+            file=sys.stderr,
+        )
     if args.dev:
         print(
             f"payledger: development merchant; notify URL http://{args.host}:{args.port}/wechatpay/notify\n"
@@ -47,14 +50,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from api.serving import prepare, run_workers
 
         prepare(app)
-        return run_workers(lambda: create_app(settings), args.host, args.port, args.workers)
+        return run_workers(lambda: create_service(every_setting), args.host, args.port, args.workers)
     stop = threading.Event()
     workers: list[threading.Thread] = []
-    services = None
+    every: list[Services] = []
     if args.with_workers:
-        services = bootstrap(settings)
-        services.sync_endpoints()
-        workers = [*services.projector_threads(stop), services.dispatcher_thread(stop)]
+        for shard in shards:
+            services = bootstrap(shard)
+            every.append(services)
+            services.sync_endpoints()
+            workers += [*services.projector_threads(stop), services.dispatcher_thread(stop)]
     for worker in workers:
         worker.start()
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal to the handler it
@@ -66,7 +71,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         stop.set()
         for worker in workers:
             worker.join(10)
-        if services is not None:
+        for services in every:
             services.close()
     return 0
 
@@ -79,7 +84,9 @@ def _count(text: str) -> int:
 
 
 def register(sub: SubParsers) -> None:
-    serve = sub.add_parser("serve", help="run the HTTP service")
+    serve = sub.add_parser(
+        "serve", help="run the HTTP service", epilog=exit_codes((0, "stopped by SIGTERM or ctrl-C"), FAILED)
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     serve.add_argument(

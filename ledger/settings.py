@@ -17,7 +17,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -65,6 +65,7 @@ _MERCHANT_KEYS = {
 }
 _LEDGER_KEYS = {
     "LEDGER_DATABASE_URL",
+    "LEDGER_SHARD",
     "LEDGER_ADMIN_TOKEN",
     "LEDGER_MAX_BODY_BYTES",
     "LEDGER_WORKER_THREADS",
@@ -120,6 +121,9 @@ class MerchantSettings:
     mode: str = "direct"  # "partner": `mchid` is a service provider's sp_mchid, every key is the provider's
     sub_mchids: frozenset[str] | None = None  # partner mode: the sub-merchants served (None: not listed)
     v2_key: Secret | None = None  # the APIv2 key, for legacy XML notifications
+    # The store of this merchant's events, views and workers ([[merchants]] `database_url`); None: the
+    # ledger's (LEDGER_DATABASE_URL). Merchants on different stores are shards (`Settings.shards`).
+    database_url: Secret | None = field(default=None, compare=False)
 
     @property
     def partner(self) -> bool:
@@ -365,6 +369,26 @@ class Settings:
     # Seconds after registration when the reconciler closes an order still unpaid (NOTPAY) after a last
     # query, so that a payer can no longer pay it late; None (the default): never.
     close_after: int | None = None
+    # A sharded ledger (merchants on several stores): the mchid whose store the commands that act on
+    # one store (verify --all, rebuild, the workers when set) use; None: every store, or the first
+    # merchant's for a command that acts on one.
+    shard: str | None = None
+
+    def shards(self) -> tuple[Settings, ...]:
+        """The ledger split by store: one Settings per database, with the merchants whose events it
+        holds (the first merchant's store first). A ledger on one store is its own only shard."""
+        groups: dict[str, list[MerchantSettings]] = {}
+        for merchant in self.merchants:
+            url = merchant.database_url.value if merchant.database_url is not None else self.database_url.value
+            groups.setdefault(url, []).append(merchant)
+        if len(groups) <= 1:
+            return (self,)
+        return tuple(replace(self, database_url=Secret(url), merchants=tuple(m)) for url, m in groups.items())
+
+    def shard_of(self, mchid: str | None) -> Settings:
+        """The shard that holds merchant `mchid` (an unknown or no mchid: the first merchant's)."""
+        shards = self.shards()
+        return next((s for s in shards if s.merchant(mchid or "") is not None), shards[0])
 
     def notify_url(self, mchid: str) -> str | None:
         """The notify_url a refund of merchant `mchid` names (see `public_url`)."""
@@ -415,7 +439,11 @@ class Settings:
         log_format = top.get("LEDGER_LOG_FORMAT", "").strip().lower() or None
         if log_format not in {None, "json", "text"}:
             raise ConfigurationError("LEDGER_LOG_FORMAT", "must be json or text")
+        shard = top.get("LEDGER_SHARD", "").strip() or None
+        if shard is not None and shard not in seen:
+            raise ConfigurationError("LEDGER_SHARD", "must be the mchid of a configured merchant")
         return cls(
+            shard=shard,
             public_url=_public_url(top.get("LEDGER_PUBLIC_URL", "")),
             close_after=_number_setting(top, "LEDGER_CLOSE_AFTER", 0, 60, 400 * DAY) or None,
             database_url=Secret(database_url),
@@ -500,11 +528,21 @@ def _read_config_file(path: Path) -> tuple[dict[str, str], list[MerchantSettings
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
         raise ConfigurationError("LEDGER_CONFIG", "merchants must be an array of tables ([[merchants]])")
     top = _normalise_keys(data, "LEDGER_", _LEDGER_KEYS, "LEDGER_CONFIG: ")
-    merchants = [
-        MerchantSettings.from_mapping(
-            _normalise_keys(t, "WECHATPAY_", _MERCHANT_KEYS, f"LEDGER_CONFIG merchants[{i}]."),
-            where=f"LEDGER_CONFIG merchants[{i}].",
-        )
-        for i, t in enumerate(tables)
-    ]
+    merchants = [_merchant_table(t, f"LEDGER_CONFIG merchants[{i}].") for i, t in enumerate(tables)]
     return top, merchants, endpoints
+
+
+def _merchant_table(table: Mapping[str, Any], where: str) -> MerchantSettings:
+    """A [[merchants]] table: the WECHATPAY_* settings, and the merchant's own store (`database_url`)."""
+    fields_ = dict(table)
+    url = fields_.pop("database_url", None)
+    merchant = MerchantSettings.from_mapping(_normalise_keys(fields_, "WECHATPAY_", _MERCHANT_KEYS, where), where=where)
+    if url is None:
+        return merchant
+    if not isinstance(url, str) or not url.strip():
+        raise ConfigurationError(f"{where}database_url", "must be a database URL")
+    try:
+        persistence_env(url.strip())
+    except ConfigurationError:
+        raise ConfigurationError(f"{where}database_url", "is not a sqlite:/// or postgresql:// URL") from None
+    return replace(merchant, database_url=Secret(url.strip()))

@@ -1,6 +1,6 @@
 """`payledger bills reconcile` as an operator runs it, against the sandbox on loopback, on SQLite and
 PostgreSQL ([protocol: Daily bills]): the report, each kind of difference, the exit codes, several
-merchants, and `--follow` retrying a bill that is not ready.
+days (`--until`), several merchants, and `--follow` retrying a bill that is not ready.
 
 The ledger learns of the day's payments and refund as it does in production: the sandbox delivers
 signed notifications to the ledger's app. The expected figures are worked out here from the orders.
@@ -199,6 +199,43 @@ def test_the_default_day_is_yesterday_in_beijing(world: World) -> None:
     yesterday = dt.datetime.now(BEIJING).date() - dt.timedelta(days=1)
     assert json.loads(result.stdout)["bill_date"] == yesterday.isoformat()
     assert json.loads(result.stdout)["status"] == "empty"  # the sandbox sold nothing yesterday
+
+
+# -- several days --------------------------------------------------------------------------------------------
+
+
+def test_until_reconciles_every_day_in_order_with_a_progress_bar_only_on_a_terminal(world: World) -> None:
+    world.a_day()
+    days = [world.day - dt.timedelta(days=n) for n in (2, 1, 0)]
+    span = ("--date", days[0].isoformat(), "--until", world.day.isoformat())
+    piped = world.bills(*span, "--json")
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stderr == "", "no progress bar when stderr is not a terminal"
+    reports = json.loads(piped.stdout)
+    assert [(r["bill_date"], r["status"]) for r in reports] == [
+        (days[0].isoformat(), "empty"),
+        (days[1].isoformat(), "empty"),
+        (world.day.isoformat(), "agreed"),
+    ]
+    on_terminal = payledger("bills", "reconcile", *span, env={**world.env, "FORCE_COLOR": "1"})
+    assert on_terminal.returncode == 0, on_terminal.stderr
+    bar = on_terminal.stderr
+    assert "reconciling bills" in bar and "3/3" in bar and "runs/s" in bar and "ETA" in bar, bar
+    heads = [line for line in on_terminal.stdout.splitlines() if line.startswith("bills ")]
+    assert heads == [
+        f"bills {world.mchid} {days[0]} (Beijing day): empty",
+        f"bills {world.mchid} {days[1]} (Beijing day): empty",
+        f"bills {world.mchid} {world.day} (Beijing day): agreed",
+    ]
+    one = world.bills("--date", world.day.isoformat(), "--until", world.day.isoformat(), "--json")
+    assert [r["status"] for r in json.loads(one.stdout)] == ["agreed"], "with --until, always a list"
+
+    backwards = world.bills("--date", world.day.isoformat(), "--until", days[0].isoformat())
+    assert backwards.returncode == 1 and "--until is before --date" in backwards.stderr
+    tomorrow = (world.day + dt.timedelta(days=1)).isoformat()
+    future = world.bills("--date", world.day.isoformat(), "--until", tomorrow)
+    assert future.returncode == 1 and "in the future" in future.stderr and future.stdout == ""
+    assert world.bills("--until", world.day.isoformat(), "--follow").returncode == 2
 
 
 # -- several merchants ------------------------------------------------------------------------------------

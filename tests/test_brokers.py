@@ -156,7 +156,8 @@ def test_endpoints_list_masks_a_brokers_password(
     assert out.startswith("endpoint ep_") and "secret" not in out
     assert run(parser.parse_args(["endpoints", "list"])) == 0
     out, _ = capsys.readouterr()
-    assert "amqp://ledger:***@127.0.0.1:5672/?exchange=payments  (0 secret(s))" in out and PASSWORD not in out
+    (row,) = out.splitlines()[1:]  # under the header: url, then the number of secrets
+    assert row.split()[3:] == ["amqp://ledger:***@127.0.0.1:5672/?exchange=payments", "0"] and PASSWORD not in out
     assert run(parser.parse_args(["endpoints", "add", f"nats://u:{PASSWORD}@h/"])) == 2
     _, err = capsys.readouterr()
     assert "subject prefix" in err and PASSWORD not in err

@@ -232,7 +232,8 @@ def test_the_activity_page_lists_who_did_what_newest_first(ops: Console) -> None
     page = ops.get("/ui/activity", vera)
     assert page.status_code == 200
     rows = re.findall(
-        r'<tr data-action="([a-z_]+)">\s*<td><time>[^<]+</time></td>\s*<td><strong>([a-z-]+)</strong>', page.text
+        r'<tr data-action="([a-z_]+)">\s*<td><time datetime="[^"]+">[^<]+ \+08:00</time></td>\s*<td><strong>([a-z-]+)</strong>',
+        page.text,
     )
     assert rows == [("endpoint_disabled", "ada"), ("anomaly_acknowledged", "otto")]
     assert "checked with finance" in page.text and f"/ui/orders/{NO}?mchid={MCHID}" in page.text

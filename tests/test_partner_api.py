@@ -325,16 +325,16 @@ def test_the_operator_pages_take_the_sub_merchant(sp: Provider) -> None:
     assert page.status_code == 200 and TID_B in page.text and TID_A not in page.text
     assert 'id="siblings"' not in page.text
 
-    found = sp.client.get("/ui/", params={"q": NO})  # both sub-merchants' orders of that number
+    found = sp.client.get("/ui/search", params={"q": NO})  # both sub-merchants' orders of that number
     assert found.status_code == 200
     for sub_mchid in (SUB_A, SUB_B):
         assert f"/ui/orders/{NO}?mchid={SP}&amp;sub_mchid={sub_mchid}" in found.text
-    one = sp.client.get("/ui/", params={"q": NO, "sub_mchid": SUB_A}, follow_redirects=False)
+    one = sp.client.get("/ui/search", params={"q": NO, "sub_mchid": SUB_A}, follow_redirects=False)
     assert one.status_code == 303
     assert parse_qs(urlsplit(one.headers["location"]).query) == {"mchid": [SP], "sub_mchid": [SUB_A]}
-    by_transaction = sp.client.get("/ui/", params={"q": TID_B}, follow_redirects=False)
+    by_transaction = sp.client.get("/ui/search", params={"q": TID_B}, follow_redirects=False)
     assert parse_qs(urlsplit(by_transaction.headers["location"]).query)["sub_mchid"] == [SUB_B]
-    assert sp.client.get("/ui/", params={"q": NO, "sub_mchid": OTHER}).status_code == 404
+    assert sp.client.get("/ui/search", params={"q": NO, "sub_mchid": OTHER}).status_code == 404
 
     (csrf,) = set(re.findall(r'name="csrf" value="([^"]*)"', page.text))  # one token, on every form of the page
     requery = sp.client.post(f"/ui/orders/{NO}/query", params={"mchid": SP}, data={"csrf": csrf})

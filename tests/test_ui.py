@@ -86,7 +86,8 @@ def _no_order_data(html: str) -> None:
 
 
 def test_without_login_every_page_is_the_login_form_and_no_order_data(ui: UI) -> None:
-    for path in (ORDER_PAGE, "/ui/", f"/ui/?q={NO}", f"/ui/?q={TXN}", f"{ORDER_PAGE}?mchid=1900000109"):
+    pages = ("/ui/", "/ui/anomalies", "/ui/search", f"/ui/search?q={NO}", f"/ui/search?q={TXN}")
+    for path in (ORDER_PAGE, *pages, f"{ORDER_PAGE}?mchid=1900000109"):
         response = ui.page(path)
         assert response.status_code == 401, path
         html = response.text
@@ -196,10 +197,10 @@ def test_untrusted_payload_text_is_escaped(ui: UI) -> None:
 
 def test_search_by_out_trade_no_and_transaction_id(ui: UI) -> None:
     for q in (NO, TXN, f"  {TXN} "):
-        response = ui.client.get("/ui/", params={"q": q}, headers=BEARER, follow_redirects=False)
+        response = ui.client.get("/ui/search", params={"q": q}, headers=BEARER, follow_redirects=False)
         assert response.status_code == 303, q
         assert response.headers["location"] == f"/ui/orders/{NO}?mchid=1900000109"
-    missing = ui.client.get("/ui/", params={"q": "4200000000000000000000000000"}, headers=BEARER)
+    missing = ui.client.get("/ui/search", params={"q": "4200000000000000000000000000"}, headers=BEARER)
     assert missing.status_code == 404
     assert "No order found for “4200000000000000000000000000”." in missing.text
     assert ui.client.get("/ui/orders/ORDER-U404", headers=BEARER).status_code == 404

@@ -74,7 +74,7 @@ def test_operator_logs_in_searches_reads_the_timeline_and_requeries(
 
             # Search by out_trade_no, then by transaction_id, from the search page.
             for q in (NO, w.transaction_id):
-                page.goto(f"{base}/ui/")
+                page.goto(f"{base}/ui/search")
                 page.fill("main input[name=q]", q)
                 page.press("main input[name=q]", "Enter")
                 page.wait_for_url(f"**/ui/orders/{NO}?mchid={w.sandbox.mchid}")

@@ -1,4 +1,4 @@
-"""The operator pages under /ui: search, an order's timeline, re-query WeChat Pay; server-rendered.
+"""The operator pages under /ui: the overview, search, an order's timeline, re-query WeChat Pay; server-rendered.
 
 An order is named by `mchid`, `sub_mchid` (a service provider's, required for its orders as in the
 JSON API) and its number; every link to an order carries them. A sub-order of a combined payment
@@ -7,7 +7,8 @@ links to the other sub-orders registered with the same `combine_out_trade_no` (f
 Every page is behind `UISessions` (the admin token or a login session); without either a
 request gets the login form and a 401, never order data. Payload fields are untrusted text:
 the templates autoescape everything. The daily bills pages (api/ui/bills.py) are served through
-the same rendering and guard, and so are the unrouted notifications (api/ui/notifications.py).
+the same rendering and guard, and so are the unrouted notifications (api/ui/notifications.py), the
+overview at /ui/ (api/ui/overview.py) and the anomalies (api/ui/anomalies.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -33,9 +35,12 @@ from api.params import OUT_TRADE_NO, mchid_param, sub_mchid_param, sub_mchid_val
 from api.responses import to_jsonable
 from api.state import app_state
 from api.ui.activity import ActivityPages
+from api.ui.anomalies import AnomalyPages
 from api.ui.auth import COOKIE, SESSION_SECONDS, Access, UISessions
 from api.ui.bills import BillPages, bill_url
+from api.ui.formatting import beijing, yuan
 from api.ui.notifications import NotificationPages
+from api.ui.overview import OverviewPages
 from ledger.errors import (
     BodyTooLarge,
     InvalidRequest,
@@ -130,7 +135,7 @@ class OperatorPages:
             autoescape=True,
             undefined=jinja2.StrictUndefined,
         )
-        self.templates.filters.update(pretty=_pretty, iso=iso, duration=duration)
+        self.templates.filters.update(pretty=_pretty, iso=iso, duration=duration, beijing=beijing, yuan=yuan)
         self.templates.globals.update(
             attempt_text=attempt_text,
             order_url=_order_url,
@@ -450,14 +455,15 @@ def _payload(entry: Entry) -> dict[str, Any]:
     return {k: v for k, v in entry.data.items() if k not in _RAW_FIELDS}
 
 
-def ui_mount(settings: Settings) -> Mount:
-    """The /ui routes; the admin token (if any) comes from `settings`."""
+def ui_mount(settings: Settings, *, clock: Callable[[], float] = time.time) -> Mount:
+    """The /ui routes; the admin token (if any) comes from `settings`, "now" from `clock`."""
     token = settings.admin_token.value if settings.admin_token is not None else None
     pages = OperatorPages(UISessions(token, operators=lambda request: app_state(request).services.operators))
     return Mount(
         "/ui",
         routes=[
-            Route("/", pages.guarded(pages.search), methods=["GET"]),
+            *OverviewPages(pages, clock).routes(),
+            Route("/search", pages.guarded(pages.search), methods=["GET"]),
             Route("/login", pages.login, methods=["GET", "POST"]),
             Route("/logout", pages.guarded(pages.logout), methods=["POST"]),
             Route("/static/ui.css", pages.stylesheet, methods=["GET"]),
@@ -468,5 +474,6 @@ def ui_mount(settings: Settings) -> Mount:
             *BillPages(pages).routes(),
             *NotificationPages(pages).routes(),
             *ActivityPages(pages).routes(),
+            *AnomalyPages(pages).routes(),
         ],
     )

@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 from uuid import UUID
@@ -406,7 +406,8 @@ def check_order(
     raise OrderNotFound(out_trade_no)
 
 
-def _log(ledger: Ledger, page: int) -> Iterator[StoredEvent]:
+def _log(ledger: Ledger, page: int, progress: Callable[[int, int], None] | None = None) -> Iterator[StoredEvent]:
+    head = (ledger.recorder.max_notification_id() or 0) if progress is not None else 0
     position = 0
     while True:
         notifications = ledger.recorder.select_notifications(position, page, inclusive_of_start=False)
@@ -414,6 +415,8 @@ def _log(ledger: Ledger, page: int) -> Iterator[StoredEvent]:
             return
         yield from notifications
         position = notifications[-1].id
+        if progress is not None:
+            progress(position, max(head, position))
 
 
 def check_all(
@@ -425,8 +428,11 @@ def check_all(
     appids: Mapping[str, str | None] | None = None,
     sub_mchids: Mapping[str, frozenset[str] | None] | None = None,
     v2_keys: Mapping[str, str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Report:
-    """Every stream in the log, read once in notification order."""
-    checker = _checked(ledger, keys, apiv3 or {}, appids, _log(ledger, page), sub_mchids, v2_keys)
+    """Every stream in the log, read once in notification order; after each page, `progress(position,
+    head)` (the log's position read up to, and its head when the check began, or beyond)."""
+    events = _log(ledger, page, progress)
+    checker = _checked(ledger, keys, apiv3 or {}, appids, events, sub_mchids, v2_keys)
     checker.finish()
     return checker.report

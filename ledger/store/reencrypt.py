@@ -8,6 +8,7 @@ rewrite is never overwritten. Running processes read both forms while both keys 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -39,7 +40,10 @@ class ReencryptSummary:
         )
 
 
-def reencrypt(ledger: Ledger, *, page: int = PAGE) -> ReencryptSummary:
+def reencrypt(
+    ledger: Ledger, *, page: int = PAGE, progress: Callable[[int, int], None] | None = None
+) -> ReencryptSummary:
+    """After each page, `progress(position, head)`: the log's position done, and its head (or beyond)."""
     cipher = ledger.mapper.cipher
     if not isinstance(cipher, RotatingAESCipher) or not cipher.key_ids:
         raise ConfigurationError(SETTING, "is not set: there is no key to encrypt with")
@@ -47,6 +51,7 @@ def reencrypt(ledger: Ledger, *, page: int = PAGE) -> ReencryptSummary:
     states = rewritten = unreadable = 0
     position = 0
     try:
+        head = ledger.recorder.max_notification_id() or 0
         while notifications := ledger.recorder.select_notifications(position, page, inclusive_of_start=False):
             position = notifications[-1].id
             changes: list[tuple[Any, int, bytes, bytes]] = []
@@ -63,6 +68,8 @@ def reencrypt(ledger: Ledger, *, page: int = PAGE) -> ReencryptSummary:
                     (stored.originator_id, stored.originator_version, stored.state, cipher.encrypt(plaintext))
                 )
             rewritten += _update(ledger, changes)
+            if progress is not None:
+                progress(position, max(head, position))
     except PersistenceError as exc:
         raise StoreUnavailable(type(exc).__name__) from None
     return ReencryptSummary(current, states, rewritten, unreadable)

@@ -12,7 +12,6 @@ deterministic message ids: a rebuild of the read model never sends or drops a no
 from __future__ import annotations
 
 import datetime as dt
-import sys
 import threading
 import time
 from collections import OrderedDict
@@ -199,12 +198,3 @@ def rebuild_orders_view(
     caught_view.close()
     set_live_view(database_url, ORDERS_VIEW, new)
     return RebuildSummary(old, new, events, orders, max(0, caught_up), bulk_seconds)
-
-
-def print_progress(events: int, total: int, seconds: float) -> None:
-    width = 30
-    done = min(1.0, events / total) if total else 1.0
-    bar = "#" * int(done * width) + "." * (width - int(done * width))
-    rate = events / seconds if seconds else 0.0
-    sys.stderr.write(f"\r[{bar}] {events:,} events ({rate:,.0f}/s)")
-    sys.stderr.flush()

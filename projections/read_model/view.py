@@ -74,6 +74,7 @@ PAID = "{o}.success_time IS NOT NULL AND {o}.paid_total IS NOT NULL AND {o}.tran
 """An order row `{o}` whose payment is decided: set by PaymentSucceeded alone (a refund decided first
 sets transaction_id, never the other two); `paid_total` stays NULL only if WeChat's resource had no total."""
 _TIME_FIELDS = {"created_at", "updated_at"}
+_CONSOLE_INDEXES = ("orders_day", "refunds_day", "orders_anomalous")
 LAYOUT_COLUMN = "open_anomalies"
 """The column a view of the current layout has and one made by an earlier version lacks."""
 
@@ -155,6 +156,7 @@ class OrdersView(ViewRecorder):
                     "orders_number",
                     "orders_combined",
                     "refunds_id",
+                    *_CONSOLE_INDEXES,
                 )
             },
             # A list parameter (see `_list`): an array on PostgreSQL, a JSON array on SQLite.
@@ -201,6 +203,11 @@ class OrdersView(ViewRecorder):
                 # sub-orders of one combined payment.
                 "CREATE INDEX IF NOT EXISTS {orders_number} ON {orders} (out_trade_no)",
                 "CREATE INDEX IF NOT EXISTS {orders_combined} ON {orders} (combine_out_trade_no)",
+                # The console's overview: a Beijing day's payments and refunds, counted and summed from
+                # the index alone, and the (rare) orders with anomalies, newest change first.
+                "CREATE INDEX IF NOT EXISTS {orders_day} ON {orders} (success_time, paid_total)",
+                "CREATE INDEX IF NOT EXISTS {refunds_day} ON {refunds} (status, success_time, refund)",
+                "CREATE INDEX IF NOT EXISTS {orders_anomalous} ON {orders} (updated_at) WHERE anomalies > 0",
             )
         ]
 
@@ -311,6 +318,56 @@ class OrdersView(ViewRecorder):
             [mchid, sub_mchid or "", out_trade_no],
         )
 
+    # -- the console's overview ----------------------------------------------------------------
+
+    def day_totals(self, start: str, end: str) -> dict[str, int]:
+        """Payments and refunds decided with a `success_time` in [start, end): counts and sums in fen.
+
+        WeChat writes `success_time` in Beijing time with its offset ("2026-12-03T10:00:00+08:00"),
+        so a Beijing day is a range of the text, bounds written the same way."""
+        self._current()
+        with self.transaction(commit=False) as curs:
+            curs.execute(
+                self._sql(
+                    "SELECT COUNT(*), SUM(paid_total) FROM {orders} WHERE success_time >= %s AND success_time < %s"
+                ),
+                [start, end],
+            )
+            payments, paid = curs.fetchone()
+            curs.execute(
+                self._sql(
+                    "SELECT COUNT(*), SUM(refund) FROM {refunds}"
+                    " WHERE status = 'SUCCESS' AND success_time >= %s AND success_time < %s"
+                ),
+                [start, end],
+            )
+            refunds, refunded = curs.fetchone()
+        return {
+            "payments": int(payments),
+            "paid": int(paid or 0),
+            "refunds": int(refunds),
+            "refunded": int(refunded or 0),
+        }
+
+    def with_anomalies(self, limit: int, *, acknowledged: bool = False) -> list[dict[str, Any]]:
+        """Up to `limit` orders with an anomaly not acknowledged yet (`acknowledged`: with one acknowledged),
+        the most recently changed first: a walk down the index of the orders with anomalies."""
+        which = "open_anomalies < anomalies" if acknowledged else "open_anomalies > 0"
+        return self._select(
+            ORDER_FIELDS,
+            f"SELECT {', '.join(ORDER_FIELDS)} FROM {{orders}} WHERE anomalies > 0 AND {which}"
+            " ORDER BY updated_at DESC LIMIT %s",
+            [limit],
+        )
+
+    def anomaly_totals(self) -> tuple[int, int]:
+        """(anomalies not acknowledged yet, anomalies), over every order."""
+        self._current()
+        with self.transaction(commit=False) as curs:
+            curs.execute(self._sql("SELECT SUM(open_anomalies), SUM(anomalies) FROM {orders} WHERE anomalies > 0"))
+            open_anomalies, anomalies = curs.fetchone()
+        return int(open_anomalies or 0), int(anomalies or 0)
+
     def bill_tables(self) -> tuple[str, str, str | None]:
         """The orders and refunds tables as a bill's lines join them (`projections.bills.lines`), and on
         SQLite the view's file, attached beside the ledger's as ``view`` for that (None on PostgreSQL,
@@ -336,6 +393,7 @@ def _names(prefix: str) -> dict[str, str]:
         "orders_number": f"{prefix}_orders_number",
         "orders_combined": f"{prefix}_orders_combined",
         "refunds_id": f"{prefix}_refunds_id",
+        **{index: f"{prefix}_{index}" for index in _CONSOLE_INDEXES},
     }
 
 

@@ -250,3 +250,11 @@ class Worklist:
         with self.transaction() as cur:
             cur.execute(self._sql("SELECT state, COUNT(*) FROM {table} GROUP BY state"))
             return {row[0]: int(row[1]) for row in cur.fetchall()}
+
+    def open_sizes(self) -> tuple[int, int]:
+        """(orders, refunds) still to be settled by a query: the reconciler's work, from the index alone."""
+        with self._db.transaction(write=False) as cur:
+            cur.execute(self._sql("SELECT COUNT(*) FROM {table} WHERE state = 'open'"))
+            orders = int(cur.fetchone()[0])
+            cur.execute(self._sql("SELECT COUNT(*) FROM {refunds} WHERE state = 'open'"))
+            return orders, int(cur.fetchone()[0])

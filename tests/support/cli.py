@@ -15,9 +15,13 @@ __all__ = ["CLI", "clean_env", "following", "payledger"]
 CLI = [sys.executable, "-m", "cli.main"]
 
 
+# What makes rich take a pipe for a terminal (tests that want one set it themselves).
+_TERMINAL = ("FORCE_COLOR", "TTY_COMPATIBLE")
+
+
 def clean_env() -> dict[str, str]:
-    """This process's environment without any setting the ledger reads."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("WECHATPAY_", "LEDGER_"))}
+    """This process's environment without any setting the ledger reads, its output piped as a pipe."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("WECHATPAY_", "LEDGER_")) and k not in _TERMINAL}
 
 
 def payledger(
