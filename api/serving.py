@@ -33,8 +33,10 @@ __all__ = ["SERVER_OPTIONS", "prepare", "run_workers"]
 
 log = logging.getLogger("api.serving")
 
-# The options of every `payledger serve` process (and of the benchmark's baseline).
-SERVER_OPTIONS: dict[str, Any] = {"log_level": "warning", "timeout_keep_alive": 30}
+# The options of every `payledger serve` process (and of the benchmark's baseline). h11 whatever is
+# installed: it refuses a request head past 16 KiB, httptools has no such bound (a header flood
+# would reach the app; tests/test_http_limits.py). The event loop is uvloop when installed.
+SERVER_OPTIONS: dict[str, Any] = {"log_level": "warning", "timeout_keep_alive": 30, "http": "h11"}
 # A worker that dies this soon after it started is not restarted again and again: the command stops.
 _CRASH_WINDOW = 5.0
 

@@ -7,7 +7,9 @@ exactly once, its history without gaps, whichever process took which delivery.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -101,3 +103,13 @@ def test_two_processes_decide_each_payment_once(
             assert ledger.get_order(MCHID, out_trade_no).trade_state == "SUCCESS"
     finally:
         ledger.close()
+    # The workers serve with h11, which refuses a request head past 16 KiB (tests/test_http_limits.py):
+    # a header flood, sent line by line, is answered before it reaches the app.
+    port = int(two_workers.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"POST /wechatpay/notify HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            for i in range(200):
+                sock.sendall(f"X-Filler-{i}: {'a' * 200}\r\n".encode())
+        status_line = sock.recv(65536).split(b"\r\n", 1)[0]
+    assert status_line.split()[1] in (b"400", b"431"), status_line
