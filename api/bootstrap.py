@@ -26,7 +26,7 @@ from ledger.application import Ledger, build_ledger
 from ledger.audit.integrity import Report, check_all, check_order
 from ledger.domain import PaymentOrder
 from ledger.errors import InvalidRequest, OrderNotFound
-from ledger.groupcommit import GroupCommitter
+from ledger.groupcommit import LANES, GroupCommitter
 from ledger.identity import OrderKey
 from ledger.operators import Operators
 from ledger.refunding import OrderRequester, RequestClient
@@ -190,7 +190,7 @@ class Services:
     @cached_property
     def committer(self) -> GroupCommitter:
         """The HTTP service's write path: notifications from many requests, one transaction."""
-        return self._closing(GroupCommitter(self.ledger))
+        return self._closing(GroupCommitter(self.ledger, lanes=LANES))
 
     @cached_property
     def orders_view(self) -> LiveOrdersView:

@@ -30,6 +30,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from api.errors import answer_for
+from api.serving import SERVER_OPTIONS, run_workers
 from ledger.errors import NotificationRejected
 from ledger.settings import Settings
 from ledger.store.backends import persistence_env
@@ -195,10 +196,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="baseline WeChat Pay notify handler (benchmark only)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--workers", type=int, default=1, help="processes, pre-forked as `payledger serve` does")
     args = parser.parse_args(argv)
-    app = create_app(Settings.load())
-    # The same server options as `payledger serve`.
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_keep_alive=30)
+    settings = Settings.load()
+    # The same server options, and for several processes the same pre-fork, as `payledger serve`.
+    if args.workers > 1:
+        open_orders(settings.database_url.value).close()  # the table, created once before forking
+        return run_workers(lambda: create_app(settings), args.host, args.port, args.workers)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, **SERVER_OPTIONS)
     return 0
 
 

@@ -24,16 +24,18 @@ def verify(factory: NotificationFactory) -> Callable[[Delivery], VerifiedNotific
     return lambda d: verifier.verify(d.headers, d.body)
 
 
+@pytest.mark.parametrize("lanes", [1, 2])
 def test_many_orders_and_retries_through_the_pipeline(
-    ledger_factory: Callable[[], Any], factory: NotificationFactory, verify: Any
+    ledger_factory: Callable[[], Any], factory: NotificationFactory, verify: Any, lanes: int
 ) -> None:
-    """Every delivery recorded once, every order decided once, versions without gaps."""
+    """Every delivery recorded once, every order decided once, versions without gaps (with one lane,
+    and with two: a batch read while the one before it is written)."""
     ledger = ledger_factory()
     orders = [f"GC-{n:04d}" for n in range(40)]
     for out_trade_no in orders:
         ledger.register_order(MCHID, out_trade_no, 100)
     bodies = {n: factory.paid(n, 100).body for n in orders}
-    committer = GroupCommitter(ledger, max_batch=8)
+    committer = GroupCommitter(ledger, max_batch=8, lanes=lanes)
     try:
         futures = []
         for _ in range(3):  # WeChat's retries: same notification, freshly signed each time
@@ -77,14 +79,16 @@ class _SlowSaves:
         return self._ledger.record_notification(*args, **kwargs)
 
 
+@pytest.mark.parametrize("lanes", [1, 2])
 def test_a_stream_being_written_is_read_after_the_write(
-    ledger_factory: Callable[[], Any], factory: NotificationFactory, verify: Any
+    ledger_factory: Callable[[], Any], factory: NotificationFactory, verify: Any, lanes: int
 ) -> None:
-    """The reader never decides on a stream whose previous batch is still being committed."""
+    """The reader never decides on a stream whose previous batch is still being committed: with two
+    lanes the second delivery is taken while the first is written, and waits for that write."""
     slow = _SlowSaves(ledger_factory(), delay=0.3)
     slow.register_order(MCHID, "GC-SLOW-1", 100)
     paid = factory.paid("GC-SLOW-1", 100)
-    committer = GroupCommitter(slow)  # type: ignore[arg-type]
+    committer = GroupCommitter(slow, lanes=lanes)  # type: ignore[arg-type]
     try:
         first = committer.submit(MCHID, verify(paid), expected_appid=APPID)
         assert slow.saving.wait(5)
@@ -171,3 +175,40 @@ def test_store_failure_answers_every_request_and_the_committer_recovers(
     assert [e["type"] for e in ledger.order_history(MCHID, "GC-DOWN-0")].count("NotificationReceived") == 1
     with pytest.raises(OrderNotFound):
         ledger.order_history(MCHID, "GC-DOWN-1")
+
+
+@pytest.mark.parametrize(("lanes", "overlaps"), [(1, False), (2, True)])
+def test_with_two_lanes_the_next_batch_is_read_while_one_is_written(
+    ledger_factory: Callable[[], Any], factory: NotificationFactory, verify: Any, lanes: int, overlaps: bool
+) -> None:
+    """With two lanes, a delivery for another order is read and decided while the batch before it is
+    still being written; with one lane, only after."""
+    slow = _SlowSaves(ledger_factory(), delay=0.8)
+    for no in ("GC-LANE-A", "GC-LANE-B"):
+        slow.register_order(MCHID, no, 100)
+    reads: list[float] = []
+    saved: list[float] = []
+    original_get_many, original_save_all = slow.get_many, slow.save_all
+
+    def get_many(ids: Any) -> Any:
+        reads.append(time.monotonic())
+        return original_get_many(ids)
+
+    def save_all(aggregates: Any) -> None:
+        original_save_all(aggregates)
+        saved.append(time.monotonic())
+
+    slow.get_many, slow.save_all = get_many, save_all  # type: ignore[method-assign]
+    committer = GroupCommitter(slow, lanes=lanes)  # type: ignore[arg-type]
+    try:
+        first = committer.submit(MCHID, verify(factory.paid("GC-LANE-A", 100)), expected_appid=APPID)
+        assert slow.saving.wait(5)
+        other = committer.submit(MCHID, verify(factory.paid("GC-LANE-B", 100)), expected_appid=APPID)
+        results = [first.result(timeout=10), other.result(timeout=10)]
+    finally:
+        committer.close()
+    assert [r.outcome for r in results] == [Outcome.RECORDED] * 2
+    assert len(reads) == 2 and slow.fallbacks == 0
+    assert (reads[1] < saved[0]) is overlaps
+    for no in ("GC-LANE-A", "GC-LANE-B"):
+        assert [e["type"] for e in slow.order_history(MCHID, no)].count("PaymentSucceeded") == 1
