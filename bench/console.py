@@ -248,6 +248,11 @@ def main() -> int:
                 "GET /ui/bills": "/ui/bills",
                 "GET /ui/notifications": "/ui/notifications",
                 "GET /ui/activity": "/ui/activity",
+                "GET /ui/orders (list)": "/ui/orders",
+                "GET /ui/orders?state=REFUND&anomalies=1": "/ui/orders?state=REFUND&anomalies=1",
+                "GET /ui/orders?min=1&max=50 (amounts)": "/ui/orders?min=1&max=50",
+                "GET /ui/deliveries": "/ui/deliveries",
+                "GET /ui/endpoints": "/ui/endpoints",
             }
             timings = asyncio.run(measure(url, keys_env, pages, args.requests))
         finally:
