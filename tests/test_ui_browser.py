@@ -6,40 +6,23 @@ The run saves a screenshot of the order page to tests/artifacts/order-page.png.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.support.audit_world import NO, audit_world
+from tests.support.browser import CHROMIUM, playwright
 
-CHROMIUM = Path("/usr/bin/chromium")
 TOKEN = "browser-t0ken-for-the-tests-only-0123456789"
 SCREENSHOT = Path(__file__).parent / "artifacts" / "order-page.png"
 
 pytestmark = pytest.mark.slow
 
 
-def _playwright() -> Any:
-    problem = None
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        problem = "playwright is not installed"
-    if problem is None and not CHROMIUM.exists():
-        problem = f"{CHROMIUM} is missing (apt-get install chromium)"
-    if problem is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set but {problem}")
-        pytest.skip(problem)
-    return sync_playwright
-
-
 def test_operator_logs_in_searches_reads_the_timeline_and_requeries(
     tmp_path: Path, sqlite_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    sync_playwright = _playwright()
+    sync_playwright = playwright()
     with audit_world(tmp_path, sqlite_url, LEDGER_ADMIN_TOKEN=TOKEN) as w, sync_playwright() as p:
         # Chromium keeps Secure cookies on http://localhost (a secure context), not on 127.0.0.1.
         base = w.base_url.replace("127.0.0.1", "localhost")

@@ -8,7 +8,6 @@ tests/artifacts/.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import time
 import uuid
 from pathlib import Path
@@ -23,31 +22,16 @@ from projections.read_model.view import ORDERS_VIEW
 from projections.webhooks.outbox import Outbox
 from projections.webhooks.records import Attempt
 from projections.webhooks.schema import outbox_url
+from tests.support.browser import CHROMIUM, playwright
 from tests.support.constants import MCHID
 from tests.support.servers import service
 from tests.support.webhooks import decide
 
-CHROMIUM = Path("/usr/bin/chromium")
 TOKEN = "lists-browser-t0ken-for-the-tests-only-0123456789"
 ARTIFACTS = Path(__file__).parent / "artifacts"
 DAY0 = dt.datetime(2026, 11, 28, tzinfo=dt.timezone(dt.timedelta(hours=8)))
 
 pytestmark = pytest.mark.slow
-
-
-def _playwright() -> Any:
-    problem = None
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        problem = "playwright is not installed"
-    if problem is None and not CHROMIUM.exists():
-        problem = f"{CHROMIUM} is missing (apt-get install chromium)"
-    if problem is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set but {problem}")
-        pytest.skip(problem)
-    return sync_playwright
 
 
 def _orders(n: int) -> list[dict[str, Any]]:
@@ -91,7 +75,7 @@ def outbox(sqlite_url: str) -> Any:
 def test_operator_filters_pages_and_resends_a_dead_letter(
     merchant_env: dict[str, str], sqlite_url: str, outbox: Outbox
 ) -> None:
-    sync_playwright = _playwright()
+    sync_playwright = playwright()
     with service(merchant_env, sqlite_url, LEDGER_ADMIN_TOKEN=TOKEN) as (client, _), sync_playwright() as p:
         view = open_orders_view(sqlite_url, live_view(sqlite_url, ORDERS_VIEW))
         with view.transaction() as cur:
